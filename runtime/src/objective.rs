@@ -1,0 +1,85 @@
+//! The boundary between the training loop and a compiled objective.
+//!
+//! The runtime knows nothing about `.ssl` programs: it asks an [`Objective`] which views and
+//! branches to produce, hands it the embeddings of a batch, and gets back the loss, the
+//! per-sample losses, logged metrics and the gradient with respect to every embedding. It then
+//! backpropagates those gradients through the encoder itself. The `sslc` crate adapts the
+//! compiler's evaluators to this trait; tests may implement it by hand.
+
+use candle_core::Tensor;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One embedding the objective consumes, in the order [`Objective::step`] receives them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EmbeddingSpec {
+    /// Name in the objective (`z1`).
+    pub name: String,
+    /// Which augmented view feeds the encoder: 0 or 1.
+    pub view: usize,
+    /// SDCLR's pruned branch: the fraction of smallest-magnitude conv weights masked out.
+    pub pruned: Option<f64>,
+}
+
+/// An augmentation applied after the base pipeline with per-sample arguments (BCL's
+/// `randaugment(p=..., strength=...)`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExtraAugmentation {
+    pub name: String,
+    /// Argument names, in the order [`Objective::augmentation_args`] returns their values.
+    pub args: Vec<String>,
+}
+
+/// The views the data loader must produce.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ViewSpec {
+    /// The base pipeline's name (`simclr_augment`); the dataset decides its parameters.
+    pub base: String,
+    pub extra: Vec<ExtraAugmentation>,
+}
+
+/// Where in the run a step happens.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RunPosition {
+    /// Epochs completed before the current one.
+    pub epoch: usize,
+    /// Epochs in the whole run.
+    pub epochs: usize,
+}
+
+pub struct StepOutput {
+    /// The scalar that is minimised.
+    pub loss: f64,
+    /// The base loss of each sample, `[N]` (BCL's momentum loss tracks it).
+    pub per_sample: Tensor,
+    /// `metric` declarations of the objective, in declaration order.
+    pub metrics: Vec<(String, f64)>,
+    /// d loss / d embedding, one per [`EmbeddingSpec`], same shapes as the embeddings.
+    pub grads: Vec<Tensor>,
+}
+
+pub trait Objective: Send {
+    /// The objective's name (`simclr_gh`).
+    fn name(&self) -> &str;
+    fn embeddings(&self) -> Vec<EmbeddingSpec>;
+    fn views(&self) -> ViewSpec;
+    /// Creates per-sample and global state for a dataset of `samples` images.
+    fn init_state(&mut self, samples: usize) -> Result<(), BoxError>;
+    /// Named state tensors, for checkpoints.
+    fn state(&self) -> Vec<(String, Tensor)>;
+    /// Restores state saved by [`Objective::state`]; names and shapes must match.
+    fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<(), BoxError>;
+    /// The learning rate for an epoch, when the objective declares `schedule lr`.
+    fn learning_rate(&self, at: RunPosition, base_lr: f64) -> Result<Option<f64>, BoxError>;
+    /// Per-sample arguments of every extra augmentation for the given dataset indices:
+    /// `result[augmentation][argument][sample]`.
+    fn augmentation_args(&self, indices: &[u32], at: RunPosition) -> Result<Vec<Vec<Vec<f32>>>, BoxError>;
+    /// Loss, per-sample losses, metrics and gradients for one batch. `embeddings` are `[N, D]`
+    /// f32 tensors on the CPU, detached from the encoder's graph; `indices` are the batch's
+    /// dataset indices.
+    fn step(&mut self, embeddings: &[Tensor], indices: &[u32], at: RunPosition) -> Result<StepOutput, BoxError>;
+    /// Runs `on step` state updates after the optimizer step, with the same batch.
+    fn after_step(&mut self, embeddings: &[Tensor], indices: &[u32], output: &StepOutput, at: RunPosition) -> Result<(), BoxError>;
+    /// Runs `on epoch` handlers once `completed` epochs are done.
+    fn end_epoch(&mut self, completed: usize, epochs: usize) -> Result<(), BoxError>;
+}
