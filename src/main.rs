@@ -1,1 +1,7 @@
-fn main() {}
+//! `sslc`: compile, check and run self-supervised learning objectives.
+
+mod cli;
+
+fn main() {
+    std::process::exit(cli::main());
+}

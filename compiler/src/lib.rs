@@ -1,1 +1,56 @@
+//! sslc's compiler: `.ssl` objectives → typed IR → gradients → kernels.
+//!
+//! The stages, each a folder, in the order [`compile`] runs them:
+//! 1. [`front`] — read the file and its imports, parse them (pest, `grammar/ssl.pest`) into a
+//!    spanned AST, resolve names, inline functions and build the typed IR ([`ir`]).
+//! 2. [`valid`] — check every program of the module (types, ordering, loops).
+//!
+//! Every error of every stage is a [`diag::Diagnostic`] with a span and a hint.
 
+pub mod diag;
+pub mod front;
+pub mod ir;
+pub mod span;
+pub mod valid;
+
+use diag::{Diagnostic, Sources};
+use std::path::Path;
+
+/// The modules of every objective in a file, with the sources they came from.
+pub struct Compiled {
+    pub modules: Vec<ir::Module>,
+}
+
+/// Runs the pipeline on `path`: load → lower → validate.
+pub fn compile(path: &Path, sources: &mut Sources) -> Result<Compiled, Vec<Diagnostic>> {
+    let files = front::load(path, sources)?;
+    compile_files(&files)
+}
+
+/// Runs the pipeline on in-memory text (imports still resolve against the file system).
+pub fn compile_text(path: &Path, text: String, sources: &mut Sources) -> Result<Compiled, Vec<Diagnostic>> {
+    let files = front::load_text(path, text, sources)?;
+    compile_files(&files)
+}
+
+fn compile_files(files: &[front::ParsedFile]) -> Result<Compiled, Vec<Diagnostic>> {
+    let lowered = front::lower(files)?;
+    for m in &lowered.modules {
+        validate_module(m).map_err(|e| vec![e])?;
+    }
+    Ok(Compiled { modules: lowered.modules })
+}
+
+/// Validates every program of a module; a failure here is a compiler bug, reported as such.
+pub fn validate_module(m: &ir::Module) -> Result<(), Diagnostic> {
+    let programs = std::iter::once(("loss", &m.loss))
+        .chain(m.handlers.iter().map(|h| ("handler", &h.program)))
+        .chain(m.schedules.iter().map(|s| ("schedule", &s.program)));
+    for (what, p) in programs {
+        valid::validate(m, p).map_err(|e| {
+            Diagnostic::new(format!("internal compiler error in the {what} program of `{}`: {e}", m.name))
+                .hint("this is a bug in sslc; please report it with the objective file")
+        })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,529 @@
+//! The intermediate representation.
+//!
+//! An objective compiles to a [`Module`]: declarations (dims, params, inputs, constants, state,
+//! views, schedules) plus [`Program`]s — the loss program and one program per event handler.
+//! A program is a dataflow graph in an arena of [`Expr`] nodes addressed by typed handles;
+//! the order of evaluation is its [`Block`], and loops own nested blocks. Every node's type
+//! and source span sit in side tables, so passes that build new nodes keep them by construction.
+//! User functions are inlined during lowering: each call is checked against the shapes it is
+//! given, and the IR that later stages see is one flat program per entry point.
+
+mod arena;
+mod dim;
+mod print;
+
+pub use arena::{Arena, Handle};
+pub use dim::{display_shape, Dim, DimSym, Shape};
+pub use print::print_module;
+
+use crate::span::Span;
+use std::collections::HashMap;
+
+/// Element type of a tensor. `Real` is f32 on the fast back ends and f32 or f64 on the
+/// reference evaluator.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Elem {
+    Real,
+    Int,
+    Bool,
+}
+
+impl Elem {
+    pub fn name(self) -> &'static str {
+        match self {
+            Elem::Real => "f32",
+            Elem::Int => "int",
+            Elem::Bool => "bool",
+        }
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct Type {
+    pub elem: Elem,
+    pub shape: Shape,
+}
+
+impl Type {
+    pub fn scalar(elem: Elem) -> Type {
+        Type { elem, shape: Vec::new() }
+    }
+    pub fn tensor(elem: Elem, shape: Shape) -> Type {
+        Type { elem, shape }
+    }
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+    pub fn display<'a>(&'a self, dims: &'a Arena<DimDecl>) -> impl std::fmt::Display + 'a {
+        TypeDisplay { ty: self, dims }
+    }
+}
+
+struct TypeDisplay<'a> {
+    ty: &'a Type,
+    dims: &'a Arena<DimDecl>,
+}
+
+impl std::fmt::Display for TypeDisplay<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.ty.elem, self.ty.shape.is_empty()) {
+            (elem, true) => f.write_str(elem.name()),
+            (Elem::Real, false) => write!(f, "{}", display_shape(&self.ty.shape, self.dims)),
+            (elem, false) => write!(f, "{}{}", elem.name(), display_shape(&self.ty.shape, self.dims)),
+        }
+    }
+}
+
+// ---- declarations ------------------------------------------------------------------------
+
+/// Where a dimension's size comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DimKind {
+    /// The batch: rows of every input, length of `index`.
+    Batch,
+    /// Taken from the inputs' shapes at run time (`D`).
+    Free,
+    /// Fixed by a `dim K = 100` declaration (overridable with `--set K=...`).
+    Fixed(i64),
+    /// The dataset's size, for per-sample state.
+    Samples,
+}
+
+#[derive(Clone, Debug)]
+pub struct DimDecl {
+    pub name: String,
+    pub kind: DimKind,
+    pub span: Span,
+}
+
+/// A parameter's value: a number, or a fraction of the run (`50%`), resolved to epochs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ParamValue {
+    Real(f64),
+    Int(i64),
+    RunFraction(f64),
+}
+
+#[derive(Clone, Debug)]
+pub struct ParamDecl {
+    pub name: String,
+    pub default: ParamValue,
+    pub doc: String,
+    pub span: Span,
+}
+
+impl ParamDecl {
+    pub fn elem(&self) -> Elem {
+        match self.default {
+            ParamValue::Int(_) => Elem::Int,
+            _ => Elem::Real,
+        }
+    }
+}
+
+/// How the training loop produces an embedding input.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EncoderSource {
+    /// Index into [`ViewsDecl::names`].
+    pub view: usize,
+    /// SDCLR's pruned branch: the parameter holding the pruned fraction.
+    pub pruned: Option<Handle<ParamDecl>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct InputDecl {
+    pub name: String,
+    pub ty: Type,
+    pub source: EncoderSource,
+    pub doc: String,
+    pub span: Span,
+}
+
+/// Constants the compiler builds (or a user supplies from a file).
+#[derive(Clone, Debug, PartialEq)]
+pub enum ConstInit {
+    /// Simplex equiangular tight frame of `k` unit vectors in `d` dimensions (METHOD.md §GH).
+    Etf { k: Dim, d: Dim, seed: u64 },
+    /// Standard normal entries.
+    Randn { seed: u64 },
+}
+
+#[derive(Clone, Debug)]
+pub struct ConstDecl {
+    pub name: String,
+    pub ty: Type,
+    pub init: ConstInit,
+    pub doc: String,
+    pub span: Span,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum StateInit {
+    Fill(f64),
+    /// Each vector along the last axis sums to one.
+    Uniform,
+}
+
+#[derive(Clone, Debug)]
+pub struct StateDecl {
+    pub name: String,
+    pub ty: Type,
+    pub init: StateInit,
+    pub doc: String,
+    pub span: Span,
+}
+
+/// One augmentation applied to every view, with per-sample arguments computed by programs
+/// (BCL: `randaugment(p=w[index], strength=...)`).
+#[derive(Clone, Debug)]
+pub struct Augmentation {
+    pub name: String,
+    /// Argument name and the program computing it; each program's single output is `[N]`
+    /// or a scalar.
+    pub args: Vec<(String, Program)>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug)]
+pub struct ViewsDecl {
+    pub names: [String; 2],
+    /// Applied in order to the dataset image `x`; the first is the base pipeline.
+    pub pipeline: Vec<Augmentation>,
+    pub span: Span,
+}
+
+/// A named scalar schedule evaluated once per epoch (`schedule lr = ...`).
+#[derive(Clone, Debug)]
+pub struct ScheduleDecl {
+    pub name: String,
+    pub program: Program,
+    pub span: Span,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// After every optimizer step, with the batch's values.
+    Step,
+    /// Between epochs; `epoch` is the number of epochs completed.
+    Epoch,
+}
+
+/// A state assignment: `pi = ...` or `e[index] = ...`.
+#[derive(Clone, Debug)]
+pub struct StateUpdate {
+    pub state: Handle<StateDecl>,
+    /// Rows to overwrite (an `int[M]` node); whole state when `None`.
+    pub rows: Option<Handle<Expr>>,
+    pub value: Handle<Expr>,
+    pub span: Span,
+}
+
+/// An `on step` / `on epoch` block. All updates read the state as it was before the handler.
+#[derive(Clone, Debug)]
+pub struct Handler {
+    pub event: Event,
+    pub program: Program,
+    pub condition: Option<Handle<Expr>>,
+    pub updates: Vec<StateUpdate>,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Module {
+    pub name: String,
+    pub doc: String,
+    pub dims: Arena<DimDecl>,
+    pub params: Arena<ParamDecl>,
+    pub inputs: Arena<InputDecl>,
+    pub consts: Arena<ConstDecl>,
+    pub states: Arena<StateDecl>,
+    pub views: Option<ViewsDecl>,
+    pub schedules: Vec<ScheduleDecl>,
+    /// Outputs `loss` (scalar), `per_sample` (`[N]`) and one per `metric`.
+    pub loss: Program,
+    pub handlers: Vec<Handler>,
+}
+
+impl Module {
+    pub fn batch_dim(&self) -> Option<DimSym> {
+        self.dims.iter().find(|(_, d)| d.kind == DimKind::Batch).map(|(h, _)| h)
+    }
+    pub fn param_named(&self, name: &str) -> Option<Handle<ParamDecl>> {
+        self.params.iter().find(|(_, p)| p.name == name).map(|(h, _)| h)
+    }
+    pub fn input_named(&self, name: &str) -> Option<Handle<InputDecl>> {
+        self.inputs.iter().find(|(_, p)| p.name == name).map(|(h, _)| h)
+    }
+    pub fn const_named(&self, name: &str) -> Option<Handle<ConstDecl>> {
+        self.consts.iter().find(|(_, p)| p.name == name).map(|(h, _)| h)
+    }
+    pub fn state_named(&self, name: &str) -> Option<Handle<StateDecl>> {
+        self.states.iter().find(|(_, p)| p.name == name).map(|(h, _)| h)
+    }
+    pub fn dim_named(&self, name: &str) -> Option<DimSym> {
+        self.dims.iter().find(|(_, p)| p.name == name).map(|(h, _)| h)
+    }
+    pub fn schedule_named(&self, name: &str) -> Option<&ScheduleDecl> {
+        self.schedules.iter().find(|s| s.name == name)
+    }
+}
+
+// ---- programs ----------------------------------------------------------------------------
+
+pub type Block = Vec<Handle<Expr>>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnaryOp {
+    Neg,
+    Exp,
+    Log,
+    Sqrt,
+    Abs,
+    Cos,
+    Not,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Pow,
+    Rem,
+    Max,
+    Min,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Eq,
+    Ne,
+    And,
+    Or,
+}
+
+impl BinaryOp {
+    pub fn is_comparison(self) -> bool {
+        matches!(self, Self::Lt | Self::Le | Self::Gt | Self::Ge | Self::Eq | Self::Ne)
+    }
+    pub fn is_logical(self) -> bool {
+        matches!(self, Self::And | Self::Or)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReduceOp {
+    Sum,
+    Max,
+    Min,
+    /// `log(sum(exp(x)))`, evaluated stably.
+    LogSumExp,
+    /// Index of the first maximum, as `int`.
+    ArgMax,
+}
+
+/// Values the training loop provides to every program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BuiltinValue {
+    /// Epochs completed before the current one (0-based epoch number), `f32`.
+    Epoch,
+    /// Epochs in the whole run, `f32`.
+    Epochs,
+    /// The learning rate the user asked for (`--lr`), `f32`.
+    BaseLr,
+    /// Dataset indices of the batch's samples, `int[N]`.
+    SampleIndex,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Literal {
+    Real(f64),
+    Int(i64),
+    Bool(bool),
+}
+
+/// A value carried around a loop: starts as `init`, is `param` inside the body, becomes `next`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Carried {
+    pub init: Handle<Expr>,
+    pub param: Handle<Expr>,
+    pub next: Handle<Expr>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Expr {
+    Literal(Literal),
+    Param(Handle<ParamDecl>),
+    Input(Handle<InputDecl>),
+    Const(Handle<ConstDecl>),
+    State(Handle<StateDecl>),
+    Builtin(BuiltinValue),
+    /// An output of the loss program, read by an `on step` handler (by position).
+    Forward(usize),
+    /// A fraction of the run in epochs: `round(fraction * epochs)`, at least 1 when positive.
+    RunFraction(f64),
+    /// The size of a dimension, as `int`.
+    DimSize(Dim),
+    /// `int` tensor of `shape` whose entries are their coordinate along `axis`.
+    Iota { shape: Shape, axis: usize },
+    Unary { op: UnaryOp, arg: Handle<Expr> },
+    /// Operands have equal shapes (lowering inserts explicit broadcasts).
+    Binary { op: BinaryOp, lhs: Handle<Expr>, rhs: Handle<Expr> },
+    Select { cond: Handle<Expr>, on_true: Handle<Expr>, on_false: Handle<Expr> },
+    Cast { arg: Handle<Expr>, to: Elem },
+    /// Numpy broadcasting to `shape`: axes are aligned on the right; the argument's axes are
+    /// either equal to the target's or 1.
+    Broadcast { arg: Handle<Expr>, shape: Shape },
+    /// Inserts an axis of size 1 before `axis`.
+    ExpandDims { arg: Handle<Expr>, axis: usize },
+    /// Removes `axis`, whose size is 1.
+    Squeeze { arg: Handle<Expr>, axis: usize },
+    /// Swaps the two axes of a matrix.
+    Transpose { arg: Handle<Expr> },
+    /// Matrix product of `[a, b] @ [b, c]`.
+    MatMul { lhs: Handle<Expr>, rhs: Handle<Expr> },
+    /// Reduces `axis` away.
+    Reduce { op: ReduceOp, arg: Handle<Expr>, axis: usize },
+    Concat { parts: Vec<Handle<Expr>>, axis: usize },
+    Slice { arg: Handle<Expr>, axis: usize, start: Dim, len: Dim },
+    /// Rows of `table` picked by the `int[M]` vector `indices`.
+    Gather { table: Handle<Expr>, indices: Handle<Expr> },
+    /// The value unchanged; no gradient flows through it.
+    StopGrad { arg: Handle<Expr> },
+    /// The current value of a carried loop variable; bound by exactly one [`Expr::Loop`].
+    LoopParam,
+    /// Runs `body` `count` times (an `int` scalar node).
+    Loop { count: Handle<Expr>, carried: Vec<Carried>, body: Block },
+    /// The final value of carried variable `index` of `looped`.
+    LoopOutput { looped: Handle<Expr>, index: usize },
+}
+
+impl Expr {
+    /// Every node this one reads, loop bodies included (a loop's body nodes are its operands).
+    pub fn operands(&self) -> Vec<Handle<Expr>> {
+        match self {
+            Expr::Literal(_)
+            | Expr::Param(_)
+            | Expr::Input(_)
+            | Expr::Const(_)
+            | Expr::State(_)
+            | Expr::Builtin(_)
+            | Expr::Forward(_)
+            | Expr::RunFraction(_)
+            | Expr::DimSize(_)
+            | Expr::Iota { .. }
+            | Expr::LoopParam => Vec::new(),
+            Expr::Unary { arg, .. }
+            | Expr::Cast { arg, .. }
+            | Expr::Broadcast { arg, .. }
+            | Expr::ExpandDims { arg, .. }
+            | Expr::Squeeze { arg, .. }
+            | Expr::Transpose { arg }
+            | Expr::Reduce { arg, .. }
+            | Expr::Slice { arg, .. }
+            | Expr::StopGrad { arg } => vec![*arg],
+            Expr::Binary { lhs, rhs, .. } | Expr::MatMul { lhs, rhs } => vec![*lhs, *rhs],
+            Expr::Select { cond, on_true, on_false } => vec![*cond, *on_true, *on_false],
+            Expr::Concat { parts, .. } => parts.clone(),
+            Expr::Gather { table, indices } => vec![*table, *indices],
+            Expr::Loop { count, carried, .. } => {
+                let mut ops = vec![*count];
+                ops.extend(carried.iter().map(|c| c.init));
+                ops
+            }
+            Expr::LoopOutput { looped, .. } => vec![*looped],
+        }
+    }
+
+    /// Rewrites every operand handle through `f` (loop bodies and carried values included).
+    pub fn map_operands(&self, f: &mut dyn FnMut(Handle<Expr>) -> Handle<Expr>) -> Expr {
+        let mut e = self.clone();
+        match &mut e {
+            Expr::Literal(_)
+            | Expr::Param(_)
+            | Expr::Input(_)
+            | Expr::Const(_)
+            | Expr::State(_)
+            | Expr::Builtin(_)
+            | Expr::Forward(_)
+            | Expr::RunFraction(_)
+            | Expr::DimSize(_)
+            | Expr::Iota { .. }
+            | Expr::LoopParam => {}
+            Expr::Unary { arg, .. }
+            | Expr::Cast { arg, .. }
+            | Expr::Broadcast { arg, .. }
+            | Expr::ExpandDims { arg, .. }
+            | Expr::Squeeze { arg, .. }
+            | Expr::Transpose { arg }
+            | Expr::Reduce { arg, .. }
+            | Expr::Slice { arg, .. }
+            | Expr::StopGrad { arg } => *arg = f(*arg),
+            Expr::Binary { lhs, rhs, .. } | Expr::MatMul { lhs, rhs } => {
+                *lhs = f(*lhs);
+                *rhs = f(*rhs);
+            }
+            Expr::Select { cond, on_true, on_false } => {
+                *cond = f(*cond);
+                *on_true = f(*on_true);
+                *on_false = f(*on_false);
+            }
+            Expr::Concat { parts, .. } => parts.iter_mut().for_each(|p| *p = f(*p)),
+            Expr::Gather { table, indices } => {
+                *table = f(*table);
+                *indices = f(*indices);
+            }
+            Expr::Loop { count, carried, body } => {
+                *count = f(*count);
+                for c in carried.iter_mut() {
+                    c.init = f(c.init);
+                    c.param = f(c.param);
+                    c.next = f(c.next);
+                }
+                body.iter_mut().for_each(|b| *b = f(*b));
+            }
+            Expr::LoopOutput { looped, .. } => *looped = f(*looped),
+        }
+        e
+    }
+}
+
+/// A named result of a program.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Output {
+    pub name: String,
+    pub value: Handle<Expr>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Program {
+    pub exprs: Arena<Expr>,
+    /// Type of each node, by handle index.
+    pub types: Vec<Type>,
+    /// Source span of each node, by handle index.
+    pub spans: Vec<Span>,
+    /// Names users gave to values (`let a = ...`), for printing and back-end symbols.
+    pub names: HashMap<Handle<Expr>, String>,
+    pub body: Block,
+    pub outputs: Vec<Output>,
+}
+
+impl Program {
+    /// Appends a node whose type is already known; the caller places it in a block.
+    pub fn append(&mut self, expr: Expr, ty: Type, span: Span) -> Handle<Expr> {
+        let h = self.exprs.append(expr);
+        self.types.push(ty);
+        self.spans.push(span);
+        h
+    }
+    pub fn ty(&self, h: Handle<Expr>) -> &Type {
+        &self.types[h.index()]
+    }
+    pub fn span(&self, h: Handle<Expr>) -> Span {
+        self.spans[h.index()]
+    }
+    pub fn output(&self, name: &str) -> Option<Handle<Expr>> {
+        self.outputs.iter().find(|o| o.name == name).map(|o| o.value)
+    }
+}

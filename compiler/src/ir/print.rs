@@ -1,0 +1,165 @@
+//! The textual form of the IR (`sslc emit --stage ir`), also used by snapshot tests.
+
+use super::{
+    display_shape, BuiltinValue, ConstInit, DimKind, Event, Expr, Handle, Literal, Module, ParamValue, Program, StateInit,
+};
+use std::fmt::Write;
+
+pub fn print_module(m: &Module) -> String {
+    let mut out = String::new();
+    let w = &mut out;
+    let _ = writeln!(w, "objective {}", m.name);
+    for (_, d) in m.dims.iter() {
+        let kind = match &d.kind {
+            DimKind::Batch => "batch".to_string(),
+            DimKind::Free => "from the inputs".to_string(),
+            DimKind::Fixed(v) => format!("= {v}"),
+            DimKind::Samples => "dataset size".to_string(),
+        };
+        let _ = writeln!(w, "dim {} {kind}", d.name);
+    }
+    for (_, p) in m.params.iter() {
+        let v = match p.default {
+            ParamValue::Real(v) => format!("{v:?}"),
+            ParamValue::Int(v) => v.to_string(),
+            ParamValue::RunFraction(f) => format!("{}% of the run", f * 100.0),
+        };
+        let _ = writeln!(w, "param {}: {} = {v}", p.name, p.elem().name());
+    }
+    if let Some(v) = &m.views {
+        let stages: Vec<String> = v
+            .pipeline
+            .iter()
+            .map(|a| {
+                if a.args.is_empty() {
+                    format!("{}(x)", a.name)
+                } else {
+                    let args: Vec<String> = a.args.iter().map(|(n, _)| format!("{n}=<program {n}>")).collect();
+                    format!("{}({})", a.name, args.join(", "))
+                }
+            })
+            .collect();
+        let _ = writeln!(w, "views {}, {} = {}", v.names[0], v.names[1], stages.join(" + "));
+    }
+    for (_, i) in m.inputs.iter() {
+        let view = m.views.as_ref().map_or_else(|| format!("view{}", i.source.view), |v| v.names[i.source.view].clone());
+        let pruned = i.source.pruned.map_or(String::new(), |p| format!(", pruned={}", m.params[p].name));
+        let _ = writeln!(w, "input {}: {} = encoder({view}{pruned})", i.name, i.ty.display(&m.dims));
+    }
+    for (_, c) in m.consts.iter() {
+        let init = match &c.init {
+            ConstInit::Etf { k, d, seed } => format!("etf({}, {}, seed={seed})", k.display(&m.dims), d.display(&m.dims)),
+            ConstInit::Randn { seed } => format!("randn(seed={seed})"),
+        };
+        let _ = writeln!(w, "const {}: {} = {init}", c.name, c.ty.display(&m.dims));
+    }
+    for (_, s) in m.states.iter() {
+        let init = match s.init {
+            StateInit::Fill(v) => format!("{v:?}"),
+            StateInit::Uniform => "uniform".to_string(),
+        };
+        let _ = writeln!(w, "state {}: {} = {init}", s.name, s.ty.display(&m.dims));
+    }
+    if let Some(v) = &m.views {
+        for a in &v.pipeline {
+            for (n, p) in &a.args {
+                let _ = writeln!(w, "\naugmentation {}.{n} {{", a.name);
+                print_program(m, p, w);
+                let _ = writeln!(w, "}}");
+            }
+        }
+    }
+    for s in &m.schedules {
+        let _ = writeln!(w, "\nschedule {} {{", s.name);
+        print_program(m, &s.program, w);
+        let _ = writeln!(w, "}}");
+    }
+    let _ = writeln!(w, "\nloss {{");
+    print_program(m, &m.loss, w);
+    let _ = writeln!(w, "}}");
+    for h in &m.handlers {
+        let event = match h.event {
+            Event::Step => "step",
+            Event::Epoch => "epoch",
+        };
+        let when = h.condition.map_or(String::new(), |c| format!(" when {c}"));
+        let _ = writeln!(w, "\non {event}{when} {{");
+        print_program(m, &h.program, w);
+        for u in &h.updates {
+            let rows = u.rows.map_or(String::new(), |r| format!("[{r}]"));
+            let _ = writeln!(w, "  -> {}{rows} = {}", m.states[u.state].name, u.value);
+        }
+        let _ = writeln!(w, "}}");
+    }
+    out
+}
+
+/// Prints a program's blocks and outputs, two spaces deep per nesting level.
+pub fn print_program(m: &Module, p: &Program, w: &mut String) {
+    print_block(m, p, &p.body, 1, w);
+    for o in &p.outputs {
+        let _ = writeln!(w, "  -> {} = {}", o.name, o.value);
+    }
+}
+
+fn print_block(m: &Module, p: &Program, block: &[Handle<Expr>], depth: usize, w: &mut String) {
+    let pad = "  ".repeat(depth);
+    for &h in block {
+        let e = &p.exprs[h];
+        let ty = p.ty(h).display(&m.dims).to_string();
+        let name = p.names.get(&h).map_or(String::new(), |n| format!("  // {n}"));
+        if let Expr::Loop { count, carried, body } = e {
+            let vars: Vec<String> = carried
+                .iter()
+                .map(|c| format!("{}: {} = {} -> {}", c.param, p.ty(c.param).display(&m.dims), c.init, c.next))
+                .collect();
+            let _ = writeln!(w, "{pad}{h} = repeat {count} times ({}) {{", vars.join(", "));
+            print_block(m, p, body, depth + 1, w);
+            let _ = writeln!(w, "{pad}}}");
+            continue;
+        }
+        let _ = writeln!(w, "{pad}{h}: {ty} = {}{name}", describe(m, e));
+    }
+}
+
+fn describe(m: &Module, e: &Expr) -> String {
+    let list = |hs: &[Handle<Expr>]| hs.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(", ");
+    match e {
+        Expr::Literal(Literal::Real(v)) => format!("{v:?}"),
+        Expr::Literal(Literal::Int(v)) => format!("{v}"),
+        Expr::Literal(Literal::Bool(v)) => format!("{v}"),
+        Expr::Param(h) => format!("param {}", m.params[*h].name),
+        Expr::Input(h) => format!("input {}", m.inputs[*h].name),
+        Expr::Const(h) => format!("const {}", m.consts[*h].name),
+        Expr::State(h) => format!("state {}", m.states[*h].name),
+        Expr::Builtin(b) => match b {
+            BuiltinValue::Epoch => "epoch".into(),
+            BuiltinValue::Epochs => "epochs".into(),
+            BuiltinValue::BaseLr => "base_lr".into(),
+            BuiltinValue::SampleIndex => "index".into(),
+        },
+        Expr::Forward(i) => format!("loss.{}", m.loss.outputs.get(*i).map_or("?", |o| o.name.as_str())),
+        Expr::RunFraction(f) => format!("{}% of epochs", f * 100.0),
+        Expr::DimSize(d) => format!("size {}", d.display(&m.dims)),
+        Expr::Iota { shape, axis } => format!("iota {} axis={axis}", display_shape(shape, &m.dims)),
+        Expr::Unary { op, arg } => format!("{} {arg}", format!("{op:?}").to_lowercase()),
+        Expr::Binary { op, lhs, rhs } => format!("{} {lhs}, {rhs}", format!("{op:?}").to_lowercase()),
+        Expr::Select { cond, on_true, on_false } => format!("select {cond}, {on_true}, {on_false}"),
+        Expr::Cast { arg, to } => format!("cast {arg} to {}", to.name()),
+        Expr::Broadcast { arg, shape } => format!("broadcast {arg} to {}", display_shape(shape, &m.dims)),
+        Expr::ExpandDims { arg, axis } => format!("expand_dims {arg} axis={axis}"),
+        Expr::Squeeze { arg, axis } => format!("squeeze {arg} axis={axis}"),
+        Expr::Transpose { arg } => format!("transpose {arg}"),
+        Expr::MatMul { lhs, rhs } => format!("matmul {lhs}, {rhs}"),
+        Expr::Reduce { op, arg, axis } => format!("reduce.{} {arg} axis={axis}", format!("{op:?}").to_lowercase()),
+        Expr::Concat { parts, axis } => format!("concat {} axis={axis}", list(parts)),
+        Expr::Slice { arg, axis, start, len } => {
+            format!("slice {arg} axis={axis} [{}:{}]", start.display(&m.dims), start.add(len).display(&m.dims))
+        }
+        Expr::Gather { table, indices } => format!("gather {table}[{indices}]"),
+        Expr::StopGrad { arg } => format!("stopgrad {arg}"),
+        Expr::LoopParam => "loop parameter".into(),
+        Expr::Loop { .. } => "loop".into(),
+        Expr::LoopOutput { looped, index } => format!("output {index} of {looped}"),
+    }
+}

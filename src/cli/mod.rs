@@ -1,0 +1,35 @@
+//! The command line. Each subcommand lives in its own file; exit codes are uniform:
+//! 0 success, 1 the input was wrong (diagnostics on stderr), 2 usage errors (from clap).
+
+mod check;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "sslc",
+    version,
+    about = "A compiler and runtime for self-supervised learning objectives",
+    long_about = "sslc compiles objectives written in the .ssl language (SimCLR, Focal, SDCLR, BCL, \
+Geometric Harmonization, or your own) into gradients and fused kernels, and trains backbones with them \
+on long-tailed image benchmarks.\n\nStart with `sslc check objectives/simclr_gh.ssl`; the language is \
+described in docs/language.md."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Check(check::CheckArgs),
+    Emit(check::EmitArgs),
+}
+
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check(args) => check::check(&args),
+        Command::Emit(args) => check::emit(&args),
+    }
+}
