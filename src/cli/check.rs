@@ -61,7 +61,7 @@ pub fn emit(args: &EmitArgs) -> i32 {
         Stage::Ast => match sslc_compiler::front::load(&args.file, &mut sources) {
             Ok(files) => {
                 if let Some(root) = files.last() {
-                    println!("{:#?}", root.ast);
+                    super::print_stdout(&format!("{:#?}\n", root.ast));
                 }
                 0
             }
@@ -73,7 +73,7 @@ pub fn emit(args: &EmitArgs) -> i32 {
         Stage::Ir => match sslc_compiler::compile(&args.file, &mut sources) {
             Ok(c) => {
                 for m in &c.modules {
-                    println!("{}", sslc_compiler::ir::print_module(m));
+                    super::print_stdout(&format!("{}\n", sslc_compiler::ir::print_module(m)));
                 }
                 0
             }

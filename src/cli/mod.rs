@@ -33,3 +33,10 @@ pub fn main() -> i32 {
         Command::Emit(args) => check::emit(&args),
     }
 }
+
+/// Writes to stdout; a reader that went away (`sslc emit ... | head`) is not an error.
+pub fn print_stdout(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}

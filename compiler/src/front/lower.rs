@@ -242,13 +242,14 @@ impl Context {
     }
 }
 
-/// The members of `obj` with those of its bases first (bases in order, recursively).
-fn flatten(
-    obj: &ast::Objective,
-    table: &HashMap<String, &ast::Objective>,
+/// The members of `obj` with those of its bases first (bases in order, recursively), each
+/// tagged with the objective it was written in.
+fn flatten<'o>(
+    obj: &'o ast::Objective,
+    table: &HashMap<String, &'o ast::Objective>,
     stack: &mut Vec<String>,
     diags: &mut Vec<Diagnostic>,
-) -> Option<Vec<Member>> {
+) -> Option<Vec<(&'o str, Member)>> {
     stack.push(obj.name.name.clone());
     let mut members = Vec::new();
     for base in &obj.extends {
@@ -271,16 +272,17 @@ fn flatten(
         members.extend(flatten(b, table, stack, diags)?);
     }
     stack.pop();
-    members.extend(obj.members.iter().cloned());
+    members.extend(obj.members.iter().map(|m| (obj.name.name.as_str(), m.clone())));
     Some(members)
 }
 
-/// A later declaration of a name replaces the earlier one; `loss =` replaces earlier loss
-/// terms, `loss +=` adds one; handlers all stay.
-fn apply_overrides(members: Vec<Member>) -> Vec<Member> {
-    let mut out: Vec<Option<Member>> = Vec::new();
-    let mut by_name: HashMap<String, usize> = HashMap::new();
-    for m in members {
+/// A declaration in a derived objective replaces the base's declaration of the same name;
+/// `loss =` replaces the bases' loss terms, `loss +=` adds one; handlers all stay. Two
+/// declarations of a name in the same objective both stay, to be reported as a duplicate.
+fn apply_overrides(members: Vec<(&str, Member)>) -> Vec<Member> {
+    let mut out: Vec<Option<(&str, Member)>> = Vec::new();
+    let mut by_name: HashMap<String, (usize, &str)> = HashMap::new();
+    for (origin, m) in members {
         let key = match &m {
             Member::Param { name, .. }
             | Member::Dim { name, .. }
@@ -292,9 +294,10 @@ fn apply_overrides(members: Vec<Member>) -> Vec<Member> {
             | Member::Let { name, .. } => Some(name.name.clone()),
             Member::Output { name, add: false, .. } if name.name != "loss" => Some(name.name.clone()),
             Member::Views { .. } => Some(" views".to_string()),
-            Member::Output { name, add: false, .. } => {
+            Member::Output { add: false, .. } => {
                 for slot in out.iter_mut() {
-                    if matches!(slot, Some(Member::Output { name: n, .. }) if n.name == name.name) {
+                    let inherited_loss = matches!(slot, Some((o, Member::Output { name, .. })) if name.name == "loss" && *o != origin);
+                    if inherited_loss {
                         *slot = None;
                     }
                 }
@@ -303,13 +306,15 @@ fn apply_overrides(members: Vec<Member>) -> Vec<Member> {
             _ => None,
         };
         if let Some(key) = key {
-            if let Some(prev) = by_name.insert(key, out.len()) {
-                out[prev] = None;
+            if let Some((prev, prev_origin)) = by_name.insert(key, (out.len(), origin)) {
+                if prev_origin != origin {
+                    out[prev] = None;
+                }
             }
         }
-        out.push(Some(m));
+        out.push(Some((origin, m)));
     }
-    out.into_iter().flatten().collect()
+    out.into_iter().flatten().map(|(_, m)| m).collect()
 }
 
 fn declare<'a>(scope: &mut ObjectiveScope<'a>, diags: &mut Vec<Diagnostic>, name: &ast::Ident, what: ObjName<'a>) {
@@ -439,10 +444,21 @@ fn lower_objective<'a>(obj: &ast::Objective, members: &'a [Member], functions: &
     // Phase 4: names of the loss program's values, and the order of its outputs: `loss` first,
     // `per_sample` second when present, then metrics in declaration order.
     let mut loss_terms: Vec<&ast::Expr> = Vec::new();
+    let mut added = 0;
     let mut named: Vec<(String, &ast::Expr, Span)> = Vec::new();
     for m in members {
         match m {
-            Member::Output { name, value, .. } if name.name == "loss" => loss_terms.push(value),
+            Member::Output { name, value, add, span } if name.name == "loss" => {
+                if !add && loss_terms.len() > added {
+                    diags.push(
+                        Diagnostic::new("`loss` is assigned twice")
+                            .at(*span, "second assignment")
+                            .hint("sum the terms into one `loss = ...`, or add one with `loss += ...`"),
+                    );
+                }
+                added += usize::from(*add);
+                loss_terms.push(value);
+            }
             Member::Output { name, value, add: true, .. } => diags.push(
                 Diagnostic::new(format!("`{} +=` only adds loss terms", name.name))
                     .at(value.span, "not a loss term")

@@ -45,7 +45,7 @@ pub fn load(root: &Path, sources: &mut Sources) -> Result<Vec<ParsedFile>, Vec<D
 pub fn load_text(path: &Path, text: String, sources: &mut Sources) -> Result<Vec<ParsedFile>, Vec<Diagnostic>> {
     let mut loader = Loader { sources, files: Vec::new(), stack: Vec::new(), diags: Vec::new() };
     let id = loader.sources.add(path, text);
-    loader.parse_and_follow(id, path.to_path_buf());
+    loader.parse_and_follow(id, path, path.to_path_buf());
     if loader.diags.is_empty() {
         Ok(loader.files)
     } else {
@@ -104,7 +104,7 @@ impl Loader<'_> {
             Err(e) => {
                 let at = e.utf8_error().valid_up_to();
                 let valid = String::from_utf8_lossy(&e.as_bytes()[..at]).into_owned();
-                let id = self.sources.add(&canonical, valid);
+                let id = self.sources.add(path, valid);
                 let len = self.sources.text(id).len();
                 self.diags.push(
                     Diagnostic::new(format!("`{}` is not valid UTF-8 (byte {at})", path.display()))
@@ -114,11 +114,12 @@ impl Loader<'_> {
                 return;
             }
         };
-        let id = self.sources.add(&canonical, text);
-        self.parse_and_follow(id, canonical);
+        // Diagnostics show the path as the user wrote it; cycles are found on canonical paths.
+        let id = self.sources.add(path, text);
+        self.parse_and_follow(id, path, canonical);
     }
 
-    fn parse_and_follow(&mut self, id: FileId, path: PathBuf) {
+    fn parse_and_follow(&mut self, id: FileId, shown: &Path, path: PathBuf) {
         let ast = match parse(self.sources.text(id), id) {
             Ok(ast) => ast,
             Err(d) => {
@@ -127,7 +128,7 @@ impl Loader<'_> {
             }
         };
         self.stack.push(path.clone());
-        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let dir = shown.parent().map(Path::to_path_buf).unwrap_or_default();
         for import in &ast.imports {
             self.visit(&dir.join(&import.path), Some(import.span));
         }

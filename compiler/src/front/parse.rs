@@ -100,10 +100,11 @@ fn syntax_error(e: pest::error::Error<Rule>, source: &str, file: FileId) -> Diag
     let found = token_at(source, pos);
     let span = Span::new(file, pos, (pos + found.len().max(1)).min(source.len()).max(pos));
     let what = expected.describe();
+    let previous_word = source[..pos].trim_end().rsplit(|c: char| !(c.is_alphanumeric() || c == '_')).next().unwrap_or("");
     let shown = if found.is_empty() { "end of file".to_string() } else { format!("`{found}`") };
     Diagnostic::new(format!("syntax error: expected {what}, found {shown}"))
         .at(span, format!("expected {what}"))
-        .hint(expected.hint(&found))
+        .hint(expected.hint(&found, previous_word))
 }
 
 /// The token starting at `pos`: a word, a number, or one character.
@@ -138,7 +139,7 @@ impl Expected {
         const IGNORED: &[&str] = &[" ", "\t", "\r", "\n", "\t", "\n", "\r", "//", "///", "\"", "\t"];
         if OPERATORS.contains(&token) {
             self.operator = true;
-        } else if token.trim().is_empty() || token == "_" || token == "[" || IGNORED.contains(&token) || token.contains("..") || token.len() > 12 {
+        } else if token.trim().is_empty() || ["_", "[", "e", "E"].contains(&token) || IGNORED.contains(&token) || token.contains("..") || token.len() > 12 {
             // whitespace, comments and character ranges say nothing useful
         } else {
             self.push(&format!("`{token}`"));
@@ -197,9 +198,12 @@ impl Expected {
         }
     }
 
-    fn hint(&self, found: &str) -> String {
+    fn hint(&self, found: &str, previous_word: &str) -> String {
         let has = |s: &str| self.items.iter().any(|i| i == s);
-        if found == ";" {
+        let keywords = ["let", "var", "fn", "objective", "mixin", "repeat", "return", "if", "else", "import", "and", "or", "not"];
+        if keywords.contains(&previous_word) && (found == ":" || found == "=" || found == ",") {
+            format!("`{previous_word}` is a keyword and cannot be used as a name")
+        } else if found == ";" {
             "`.ssl` needs no semicolons: end the statement with a newline".into()
         } else if found.is_empty() {
             "the file ended early: is a `}` or `)` missing?".into()
@@ -207,7 +211,7 @@ impl Expected {
             "use `==` to compare; `=` binds a name at the start of a statement, or names an argument (`axis=1`)".into()
         } else if has("`->`") {
             "a function declares its result type: `fn f(x: [N, D]) -> [N] { ... }`".into()
-        } else if ["let", "var", "fn", "objective", "repeat", "return", "if", "else", "import"].contains(&found) {
+        } else if keywords.contains(&found) {
             format!("`{found}` is a keyword and cannot be used as a name")
         } else if has("`)`") || has("`]`") || has("`}`") {
             "check that every `(`, `[` and `{` is closed".into()
@@ -249,9 +253,23 @@ struct Cx {
 }
 
 impl Cx {
+    /// The pair's span without the whitespace and comments a rule may have swallowed at its end.
     fn span(&self, pair: &Pair<Rule>) -> Span {
         let s = pair.as_span();
-        Span::new(self.file, s.start(), s.end())
+        let mut text = s.as_str();
+        loop {
+            let trimmed = text.trim_end();
+            // A trailing line comment: drop it and trim again.
+            let cut = match trimmed.rfind('\n') {
+                Some(nl) if trimmed[nl..].trim_start().starts_with("//") => &trimmed[..nl],
+                _ => trimmed,
+            };
+            if cut.len() == text.len() {
+                break;
+            }
+            text = cut;
+        }
+        Span::new(self.file, s.start(), s.start() + text.len())
     }
 
     fn ident(&self, pair: Pair<Rule>) -> ast::Ident {
