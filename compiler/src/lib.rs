@@ -7,9 +7,13 @@
 //!
 //! Every error of every stage is a [`diag::Diagnostic`] with a span and a hint.
 
+pub mod autodiff;
 pub mod diag;
+pub mod eval;
 pub mod front;
 pub mod ir;
+pub mod gradcheck;
+pub mod objective;
 pub mod span;
 pub mod valid;
 

@@ -1,0 +1,341 @@
+//! Binding a module to concrete values: parameters (defaults and `--set` overrides), the
+//! sizes of its dimensions (taken from the inputs and checked across them), constants and
+//! state (given, or built), and the run position. Every mismatch is an error that names the
+//! value and says what was expected.
+
+use crate::ir::{Dim, DimKind, DimSym, Handle, Module, ParamDecl, ParamValue, Shape};
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum BindError {
+    #[error("unknown name `{name}` in --set; this objective has {known}")]
+    UnknownOverride { name: String, known: String },
+    #[error("--set {name}={value}: expected {expected}")]
+    BadOverride { name: String, value: String, expected: String },
+    #[error("input `{name}` is missing: the objective reads it as {expected}")]
+    MissingInput { name: String, expected: String },
+    #[error("`{name}` has {actual_rank} axes {actual:?}, but the objective declares {expected}")]
+    Rank { name: String, expected: String, actual: Vec<usize>, actual_rank: usize },
+    #[error("`{name}` has shape {actual:?}, but the objective declares {expected}: {why}")]
+    Shape { name: String, expected: String, actual: Vec<usize>, why: String },
+    #[error("`{name}` contains {count} NaN or infinite values")]
+    NonFinite { name: String, count: usize },
+    #[error("the dimension `{name}` has no size: {why}")]
+    UnboundDim { name: String, why: String },
+    #[error("a simplex ETF of K = {k} vectors needs at least K - 1 = {} dimensions, but D = {d}", k - 1)]
+    EtfTooLarge { k: usize, d: usize },
+    #[error("{0}")]
+    Tensor(String),
+}
+
+impl From<candle_core::Error> for BindError {
+    fn from(e: candle_core::Error) -> Self {
+        BindError::Tensor(e.to_string())
+    }
+}
+
+/// `--set NAME=VALUE` values: parameters and fixed dimensions.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub values: Vec<(String, String)>,
+}
+
+impl Overrides {
+    /// Parses `NAME=VALUE` strings.
+    pub fn parse(items: &[String]) -> Result<Overrides, BindError> {
+        let mut values = Vec::new();
+        for item in items {
+            match item.split_once('=') {
+                Some((n, v)) if !n.trim().is_empty() => values.push((n.trim().to_string(), v.trim().to_string())),
+                _ => {
+                    return Err(BindError::BadOverride {
+                        name: item.clone(),
+                        value: String::new(),
+                        expected: "NAME=VALUE, e.g. --set tau=0.5".into(),
+                    })
+                }
+            }
+        }
+        Ok(Overrides { values })
+    }
+}
+
+/// Every value a program may read.
+#[derive(Clone, Debug)]
+pub struct Bindings {
+    pub dtype: DType,
+    /// Size of every dimension, by symbol.
+    pub dims: Vec<i64>,
+    pub params: Vec<ParamValue>,
+    pub inputs: Vec<Tensor>,
+    pub consts: Vec<Tensor>,
+    pub states: Vec<Tensor>,
+    /// Epochs completed.
+    pub epoch: usize,
+    /// Epochs in the run.
+    pub epochs: usize,
+    pub base_lr: f64,
+    /// Dataset indices of the batch (`int[N]`, as i64).
+    pub index: Option<Tensor>,
+    /// Outputs of the loss program, for `on step` handlers.
+    pub forward: Vec<Tensor>,
+}
+
+/// What a caller supplies; everything optional is built or defaulted.
+pub struct BindRequest<'a> {
+    pub inputs: Vec<(String, Tensor)>,
+    pub consts: Vec<(String, Tensor)>,
+    pub states: Vec<(String, Tensor)>,
+    pub overrides: &'a Overrides,
+    /// Dataset size for `[samples, ...]` state; defaults to the given state's rows, else N.
+    pub samples: Option<usize>,
+    pub index: Option<Tensor>,
+    pub epoch: usize,
+    pub epochs: usize,
+    pub base_lr: f64,
+    pub dtype: DType,
+}
+
+impl Bindings {
+    pub fn new(module: &Module, req: BindRequest) -> Result<Bindings, BindError> {
+        let params = resolve_params(module, req.overrides)?;
+        let mut dims: Vec<Option<i64>> = module
+            .dims
+            .iter()
+            .map(|(_, d)| match d.kind {
+                DimKind::Fixed(v) => Some(v),
+                _ => None,
+            })
+            .collect();
+        apply_dim_overrides(module, req.overrides, &mut dims)?;
+
+        // Inputs fix the batch and free dimensions.
+        let mut inputs = Vec::new();
+        let mut origin: HashMap<DimSym, String> = HashMap::new();
+        for (_, decl) in module.inputs.iter() {
+            let Some((_, t)) = req.inputs.iter().find(|(n, _)| *n == decl.name) else {
+                return Err(BindError::MissingInput { name: decl.name.clone(), expected: declared(module, &decl.ty.shape) });
+            };
+            check_finite(&decl.name, t)?;
+            bind_shape(module, &decl.name, &decl.ty.shape, t.dims(), &mut dims, &mut origin)?;
+            inputs.push(t.to_dtype(req.dtype)?);
+        }
+        let batch = module.batch_dim().and_then(|b| dims[b.index()]);
+
+        // Per-sample state fixes the dataset size, unless the caller says it.
+        if let Some(samples) = module.dims.iter().find(|(_, d)| d.kind == DimKind::Samples).map(|(h, _)| h) {
+            let from_state = req.states.iter().find_map(|(n, t)| {
+                let decl = module.state_named(n)?;
+                let first = module.states[decl].ty.shape.first()?;
+                (first.as_symbol() == Some(samples)).then(|| t.dims().first().copied()).flatten()
+            });
+            dims[samples.index()] = req.samples.or(from_state).or(batch.map(|b| b as usize)).map(|v| v as i64);
+        }
+
+        let mut consts = Vec::new();
+        for (_, decl) in module.consts.iter() {
+            match req.consts.iter().find(|(n, _)| *n == decl.name) {
+                Some((_, t)) => {
+                    check_finite(&decl.name, t)?;
+                    bind_shape(module, &decl.name, &decl.ty.shape, t.dims(), &mut dims, &mut origin)?;
+                    consts.push(t.to_dtype(req.dtype)?);
+                }
+                None => {
+                    let shape = concrete(module, &decl.ty.shape, &dims)?;
+                    consts.push(super::build_const(&decl.init, &shape)?.to_dtype(req.dtype)?);
+                }
+            }
+        }
+        let mut states = Vec::new();
+        for (_, decl) in module.states.iter() {
+            match req.states.iter().find(|(n, _)| *n == decl.name) {
+                Some((_, t)) => {
+                    check_finite(&decl.name, t)?;
+                    bind_shape(module, &decl.name, &decl.ty.shape, t.dims(), &mut dims, &mut origin)?;
+                    states.push(t.to_dtype(req.dtype)?);
+                }
+                None => {
+                    let shape = concrete(module, &decl.ty.shape, &dims)?;
+                    states.push(super::initial_state(decl.init, &shape)?.to_dtype(req.dtype)?);
+                }
+            }
+        }
+        let index = match (req.index, batch) {
+            (Some(i), _) => Some(i.to_dtype(DType::I64)?),
+            (None, Some(n)) => Some(Tensor::arange(0i64, n, &Device::Cpu)?),
+            (None, None) => None,
+        };
+        let dims = module
+            .dims
+            .iter()
+            .map(|(h, d)| {
+                dims[h.index()].ok_or_else(|| BindError::UnboundDim {
+                    name: d.name.clone(),
+                    why: "no input, constant or state gives it a size".into(),
+                })
+            })
+            .collect::<Result<Vec<i64>, BindError>>()?;
+        Ok(Bindings {
+            dtype: req.dtype,
+            dims,
+            params,
+            inputs,
+            consts,
+            states,
+            epoch: req.epoch,
+            epochs: req.epochs,
+            base_lr: req.base_lr,
+            index,
+            forward: Vec::new(),
+        })
+    }
+
+    /// A parameter's value, with run fractions resolved to epochs.
+    pub fn param(&self, module: &Module, p: Handle<ParamDecl>) -> f64 {
+        let _ = module;
+        match self.params[p.index()] {
+            ParamValue::Real(v) => v,
+            ParamValue::Int(v) => v as f64,
+            ParamValue::RunFraction(f) => self.run_fraction(f) as f64,
+        }
+    }
+
+    /// `round(fraction × epochs)`, at least 1 for a positive fraction.
+    pub fn run_fraction(&self, fraction: f64) -> usize {
+        let e = (fraction * self.epochs as f64).round().max(0.0) as usize;
+        if fraction > 0.0 {
+            e.max(1)
+        } else {
+            e
+        }
+    }
+
+    pub fn size(&self, _module: &Module, d: &Dim) -> usize {
+        d.eval(&|s| Some(self.dims[s.index()])).unwrap_or(0).max(0) as usize
+    }
+
+    pub fn shape(&self, module: &Module, shape: &Shape) -> Vec<usize> {
+        shape.iter().map(|d| self.size(module, d)).collect()
+    }
+}
+
+fn resolve_params(module: &Module, overrides: &Overrides) -> Result<Vec<ParamValue>, BindError> {
+    let mut params: Vec<ParamValue> = module.params.iter().map(|(_, p)| p.default).collect();
+    for (name, value) in &overrides.values {
+        if let Some(h) = module.param_named(name) {
+            let bad = |expected: &str| BindError::BadOverride { name: name.clone(), value: value.clone(), expected: expected.into() };
+            params[h.index()] = match (module.params[h].default, value.strip_suffix('%')) {
+                (_, Some(pct)) => ParamValue::RunFraction(pct.parse::<f64>().map_err(|_| bad("a percentage such as 40%"))? / 100.0),
+                (ParamValue::Int(_), None) => ParamValue::Int(value.parse().map_err(|_| bad("an integer"))?),
+                (ParamValue::RunFraction(_), None) => {
+                    // An absolute number of epochs.
+                    ParamValue::Real(value.parse().map_err(|_| bad("a number of epochs or a percentage of the run"))?)
+                }
+                (ParamValue::Real(_), None) => ParamValue::Real(value.parse().map_err(|_| bad("a number"))?),
+            };
+        } else if module.dim_named(name).is_none() {
+            let mut known: Vec<String> = module.params.iter().map(|(_, p)| p.name.clone()).collect();
+            known.extend(module.dims.iter().filter(|(_, d)| matches!(d.kind, DimKind::Fixed(_))).map(|(_, d)| d.name.clone()));
+            let known = if known.is_empty() { "no parameters".to_string() } else { format!("parameters {}", known.join(", ")) };
+            return Err(BindError::UnknownOverride { name: name.clone(), known });
+        }
+    }
+    Ok(params)
+}
+
+fn apply_dim_overrides(module: &Module, overrides: &Overrides, dims: &mut [Option<i64>]) -> Result<(), BindError> {
+    for (name, value) in &overrides.values {
+        let Some(sym) = module.dim_named(name) else { continue };
+        if !matches!(module.dims[sym].kind, DimKind::Fixed(_)) {
+            return Err(BindError::BadOverride {
+                name: name.clone(),
+                value: value.clone(),
+                expected: "a `dim` declared with a size; this one comes from the inputs".into(),
+            });
+        }
+        match value.parse::<i64>() {
+            Ok(v) if v > 0 => dims[sym.index()] = Some(v),
+            _ => {
+                return Err(BindError::BadOverride { name: name.clone(), value: value.clone(), expected: "a positive integer".into() })
+            }
+        }
+    }
+    Ok(())
+}
+
+fn declared(module: &Module, shape: &[Dim]) -> String {
+    crate::ir::display_shape(shape, &module.dims).to_string()
+}
+
+/// Checks a value's shape against a declared one, giving sizes to unbound dimensions.
+fn bind_shape(
+    module: &Module,
+    name: &str,
+    declared_shape: &[Dim],
+    actual: &[usize],
+    dims: &mut [Option<i64>],
+    origin: &mut HashMap<DimSym, String>,
+) -> Result<(), BindError> {
+    let expected = declared(module, declared_shape);
+    if actual.len() != declared_shape.len() {
+        return Err(BindError::Rank { name: name.into(), expected, actual: actual.to_vec(), actual_rank: actual.len() });
+    }
+    for (axis, (d, &size)) in declared_shape.iter().zip(actual).enumerate() {
+        if let Some(sym) = d.as_symbol() {
+            if dims[sym.index()].is_none() {
+                dims[sym.index()] = Some(size as i64);
+                origin.insert(sym, name.to_string());
+                continue;
+            }
+        }
+        match d.eval(&|s| dims[s.index()]) {
+            Some(want) if want == size as i64 => {}
+            Some(want) => {
+                let dim_name = d.display(&module.dims).to_string();
+                let from = d
+                    .as_symbol()
+                    .map(|s| match (origin.get(&s), &module.dims[s].kind) {
+                        (Some(o), _) => format!(" (from `{o}`)"),
+                        (None, DimKind::Fixed(_)) => " (declared with `dim`, or --set)".into(),
+                        _ => String::new(),
+                    })
+                    .unwrap_or_default();
+                return Err(BindError::Shape {
+                    name: name.into(),
+                    expected,
+                    actual: actual.to_vec(),
+                    why: format!("axis {axis} should be {dim_name} = {want}{from}, not {size}"),
+                });
+            }
+            None => {
+                return Err(BindError::UnboundDim { name: d.display(&module.dims).to_string(), why: format!("needed for `{name}`") })
+            }
+        }
+    }
+    Ok(())
+}
+
+fn concrete(module: &Module, shape: &[Dim], dims: &[Option<i64>]) -> Result<Vec<usize>, BindError> {
+    shape
+        .iter()
+        .map(|d| {
+            d.eval(&|s| dims[s.index()]).map(|v| v.max(0) as usize).ok_or_else(|| BindError::UnboundDim {
+                name: d.display(&module.dims).to_string(),
+                why: "give it a size with an input, or a constant or state of known shape".into(),
+            })
+        })
+        .collect()
+}
+
+fn check_finite(name: &str, t: &Tensor) -> Result<(), BindError> {
+    if !t.dtype().is_float() {
+        return Ok(());
+    }
+    let values = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    let count = values.iter().filter(|v| !v.is_finite()).count();
+    if count > 0 {
+        return Err(BindError::NonFinite { name: name.into(), count });
+    }
+    Ok(())
+}

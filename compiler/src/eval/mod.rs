@@ -1,0 +1,276 @@
+//! The reference evaluator: executes any IR program node by node on candle CPU tensors, in
+//! f32 or f64. It is deliberately simple — no fusion, no cleverness — because it is the oracle
+//! that every fast back end is tested against.
+
+mod bind;
+mod constants;
+pub mod npy;
+
+pub use bind::{BindError, BindRequest, Bindings, Overrides};
+pub use constants::{build_const, etf, initial_state};
+
+use crate::ir::{
+    BinaryOp, BuiltinValue, Elem, Expr, Handle, Literal, Module, Program, ReduceOp, UnaryOp,
+};
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error("{0}")]
+    Bind(#[from] BindError),
+    #[error("node {node} ({what}): {source}")]
+    Tensor { node: String, what: String, source: candle_core::Error },
+    #[error("`index` is needed but no sample indices were given")]
+    NoIndex,
+    #[error("loss output #{0} is needed but was not given")]
+    NoForward(usize),
+}
+
+/// Runs `program` and returns its outputs, in order.
+pub fn run(module: &Module, program: &Program, b: &Bindings) -> Result<Vec<Tensor>, EvalError> {
+    Ok(run_traced(module, program, b, &HashMap::new())?.0)
+}
+
+/// Runs `program` with the nodes in `frozen` held at the given values (finite differences
+/// hold `stopgrad` values fixed this way), and returns the outputs and every node's value.
+pub fn run_traced(
+    module: &Module,
+    program: &Program,
+    b: &Bindings,
+    frozen: &HashMap<Handle<Expr>, Tensor>,
+) -> Result<(Vec<Tensor>, Vec<Option<Tensor>>), EvalError> {
+    let mut values: Vec<Option<Tensor>> = vec![None; program.exprs.len()];
+    let mut ev = Evaluator { module, program, b, values: &mut values, frozen };
+    ev.block(&program.body)?;
+    let outputs = program
+        .outputs
+        .iter()
+        .map(|o| ev.values[o.value.index()].clone().expect("validated programs compute their outputs"))
+        .collect();
+    Ok((outputs, values))
+}
+
+struct Evaluator<'a> {
+    module: &'a Module,
+    program: &'a Program,
+    b: &'a Bindings,
+    values: &'a mut Vec<Option<Tensor>>,
+    frozen: &'a HashMap<Handle<Expr>, Tensor>,
+}
+
+impl Evaluator<'_> {
+    fn block(&mut self, block: &[Handle<Expr>]) -> Result<(), EvalError> {
+        for &h in block {
+            if let Some(v) = self.frozen.get(&h) {
+                self.values[h.index()] = Some(v.clone());
+                continue;
+            }
+            let v = self.node(h)?;
+            if let Some(v) = v {
+                self.values[h.index()] = Some(v);
+            }
+        }
+        Ok(())
+    }
+
+    fn get(&self, h: Handle<Expr>) -> &Tensor {
+        self.values[h.index()].as_ref().expect("validated programs compute operands first")
+    }
+
+    fn dtype(&self, elem: Elem) -> DType {
+        match elem {
+            Elem::Real => self.b.dtype,
+            Elem::Int => DType::I64,
+            Elem::Bool => DType::U8,
+        }
+    }
+
+    fn scalar(&self, v: f64, elem: Elem) -> candle_core::Result<Tensor> {
+        Tensor::new(v, &Device::Cpu)?.to_dtype(self.dtype(elem))
+    }
+
+    /// Evaluates one node; loops store their own outputs and return `None`.
+    fn node(&mut self, h: Handle<Expr>) -> Result<Option<Tensor>, EvalError> {
+        let expr = &self.program.exprs[h];
+        let ty = self.program.ty(h).clone();
+        let wrap = |source: candle_core::Error| EvalError::Tensor {
+            node: h.to_string(),
+            what: format!("{expr:?}").chars().take(60).collect(),
+            source,
+        };
+        if let Expr::Loop { count, carried, body } = expr {
+            let n = self.get(*count).to_dtype(DType::F64).and_then(|t| t.to_vec0::<f64>()).map_err(wrap)?;
+            for c in carried {
+                self.values[c.param.index()] = Some(self.get(c.init).clone());
+            }
+            for _ in 0..(n.max(0.0) as usize) {
+                self.block(body)?;
+                let next: Vec<Tensor> = carried.iter().map(|c| self.get(c.next).clone()).collect();
+                for (c, v) in carried.iter().zip(next) {
+                    self.values[c.param.index()] = Some(v);
+                }
+            }
+            return Ok(Some(Tensor::new(0i64, &Device::Cpu).map_err(wrap)?));
+        }
+        self.compute(expr, &ty).map(Some).map_err(|e| match e {
+            Failure::Tensor(t) => wrap(t),
+            Failure::Eval(e) => e,
+        })
+    }
+
+    fn compute(&self, expr: &Expr, ty: &crate::ir::Type) -> Result<Tensor, Failure> {
+        let b = self.b;
+        Ok(match expr {
+            Expr::Literal(Literal::Real(v)) => self.scalar(*v, Elem::Real)?,
+            Expr::Literal(Literal::Int(v)) => Tensor::new(*v, &Device::Cpu)?,
+            Expr::Literal(Literal::Bool(v)) => Tensor::new(u8::from(*v), &Device::Cpu)?,
+            Expr::Param(p) => self.scalar(b.param(self.module, *p), self.module.params[*p].elem())?,
+            Expr::Input(i) => b.inputs[i.index()].to_dtype(b.dtype)?,
+            Expr::Const(c) => b.consts[c.index()].to_dtype(b.dtype)?,
+            Expr::State(s) => b.states[s.index()].to_dtype(b.dtype)?,
+            Expr::Builtin(v) => match v {
+                BuiltinValue::Epoch => self.scalar(b.epoch as f64, Elem::Real)?,
+                BuiltinValue::Epochs => self.scalar(b.epochs as f64, Elem::Real)?,
+                BuiltinValue::BaseLr => self.scalar(b.base_lr, Elem::Real)?,
+                BuiltinValue::SampleIndex => b.index.clone().ok_or(Failure::Eval(EvalError::NoIndex))?,
+            },
+            Expr::Forward(i) => b.forward.get(*i).cloned().ok_or(Failure::Eval(EvalError::NoForward(*i)))?,
+            Expr::RunFraction(f) => self.scalar(b.run_fraction(*f) as f64, Elem::Real)?,
+            Expr::DimSize(d) => Tensor::new(b.size(self.module, d) as i64, &Device::Cpu)?,
+            Expr::Iota { shape, axis } => {
+                let dims = b.shape(self.module, shape);
+                let n = dims[*axis];
+                let mut view = vec![1usize; dims.len()];
+                view[*axis] = n;
+                Tensor::arange(0i64, n as i64, &Device::Cpu)?.reshape(view)?.broadcast_as(dims)?.contiguous()?
+            }
+            Expr::Unary { op, arg } => {
+                let x = self.get(*arg);
+                match op {
+                    UnaryOp::Neg => x.neg()?,
+                    UnaryOp::Exp => x.exp()?,
+                    UnaryOp::Log => x.log()?,
+                    UnaryOp::Sqrt => x.sqrt()?,
+                    UnaryOp::Abs => x.abs()?,
+                    UnaryOp::Cos => x.cos()?,
+                    UnaryOp::Not => x.eq(0u8)?,
+                }
+            }
+            Expr::Binary { op, lhs, rhs } => self.binary(*op, self.get(*lhs), self.get(*rhs))?,
+            Expr::Select { cond, on_true, on_false } => self.get(*cond).where_cond(self.get(*on_true), self.get(*on_false))?,
+            Expr::Cast { arg, to } => {
+                let x = self.get(*arg);
+                match to {
+                    // Non-zero is true.
+                    Elem::Bool => x.ne(&0f64.to_dtype_of(x)?)?,
+                    // Truncation toward zero, as `int(x)` in Python.
+                    Elem::Int => x.to_dtype(DType::F64)?.to_dtype(DType::I64)?,
+                    Elem::Real => x.to_dtype(b.dtype)?,
+                }
+            }
+            Expr::Broadcast { arg, shape } => self.get(*arg).broadcast_as(b.shape(self.module, shape))?.contiguous()?,
+            Expr::ExpandDims { arg, axis } => self.get(*arg).unsqueeze(*axis)?,
+            Expr::Squeeze { arg, axis } => self.get(*arg).squeeze(*axis)?,
+            Expr::Transpose { arg } => self.get(*arg).t()?.contiguous()?,
+            Expr::MatMul { lhs, rhs } => self.get(*lhs).contiguous()?.matmul(&self.get(*rhs).contiguous()?)?,
+            Expr::Reduce { op, arg, axis } => reduce(*op, self.get(*arg), *axis)?,
+            Expr::Concat { parts, axis } => {
+                let ts: Vec<&Tensor> = parts.iter().map(|p| self.get(*p)).collect();
+                Tensor::cat(&ts, *axis)?
+            }
+            Expr::Slice { arg, axis, start, len } => {
+                self.get(*arg).narrow(*axis, b.size(self.module, start), b.size(self.module, len))?.contiguous()?
+            }
+            Expr::Gather { table, indices } => self.get(*table).index_select(self.get(*indices), 0)?,
+            Expr::StopGrad { arg } => self.get(*arg).clone(),
+            Expr::LoopParam => unreachable!("loop parameters are set by their loop"),
+            Expr::Loop { .. } => unreachable!("loops are evaluated by `node`"),
+            Expr::LoopOutput { looped, index } => match &self.program.exprs[*looped] {
+                Expr::Loop { carried, .. } => self.get(carried[*index].param).clone(),
+                _ => unreachable!("validated programs only take outputs of loops"),
+            },
+        })
+        .map(|t: Tensor| {
+            debug_assert_eq!(t.dims(), b.shape(self.module, &ty.shape).as_slice());
+            t
+        })
+    }
+
+    fn binary(&self, op: BinaryOp, l: &Tensor, r: &Tensor) -> candle_core::Result<Tensor> {
+        // Integer arithmetic goes through f64: exact for every size an objective uses.
+        if l.dtype() == DType::I64 && !op.is_comparison() {
+            let (lf, rf) = (l.to_dtype(DType::F64)?, r.to_dtype(DType::F64)?);
+            return self.binary(op, &lf, &rf)?.to_dtype(DType::I64);
+        }
+        match op {
+            BinaryOp::Add => l.add(r),
+            BinaryOp::Sub => l.sub(r),
+            BinaryOp::Mul => l.mul(r),
+            BinaryOp::Div => l.div(r),
+            BinaryOp::Pow => pow(l, r),
+            // Python's sign convention: the result has the sign of the divisor.
+            BinaryOp::Rem => l.sub(&r.mul(&l.div(r)?.floor()?)?),
+            BinaryOp::Max => l.maximum(r),
+            BinaryOp::Min => l.minimum(r),
+            BinaryOp::Lt => l.lt(r),
+            BinaryOp::Le => l.le(r),
+            BinaryOp::Gt => l.gt(r),
+            BinaryOp::Ge => l.ge(r),
+            BinaryOp::Eq => l.eq(r),
+            BinaryOp::Ne => l.ne(r),
+            BinaryOp::And => l.mul(r),
+            BinaryOp::Or => l.maximum(r),
+        }
+    }
+}
+
+enum Failure {
+    Tensor(candle_core::Error),
+    Eval(EvalError),
+}
+
+impl From<candle_core::Error> for Failure {
+    fn from(e: candle_core::Error) -> Self {
+        Failure::Tensor(e)
+    }
+}
+
+trait ToDtypeOf {
+    fn to_dtype_of(self, t: &Tensor) -> candle_core::Result<Tensor>;
+}
+
+impl ToDtypeOf for f64 {
+    fn to_dtype_of(self, t: &Tensor) -> candle_core::Result<Tensor> {
+        Tensor::new(self, &Device::Cpu)?.to_dtype(t.dtype())?.broadcast_as(t.dims())
+    }
+}
+
+/// `x ** y` with PyTorch's conventions where `exp(y log x)` would give NaN: `0 ** y = 0` for
+/// `y > 0`, `x ** 0 = 1`, and negative bases with integer exponents keep their sign.
+fn pow(x: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
+    let magnitude = x.abs()?.log()?.mul(y)?.exp()?;
+    let odd = y.sub(&y.affine(0.5, 0.0)?.floor()?.affine(2.0, 0.0)?)?.abs()?.eq(&1f64.to_dtype_of(y)?)?;
+    let negative = x.lt(&0f64.to_dtype_of(x)?)?;
+    let flip = negative.mul(&odd)?;
+    let signed = flip.where_cond(&magnitude.neg()?, &magnitude)?;
+    let y_zero = y.eq(&0f64.to_dtype_of(y)?)?;
+    y_zero.where_cond(&1f64.to_dtype_of(x)?, &signed)
+}
+
+fn reduce(op: ReduceOp, x: &Tensor, axis: usize) -> candle_core::Result<Tensor> {
+    match op {
+        ReduceOp::Sum => x.sum(axis),
+        ReduceOp::Max => x.max(axis),
+        ReduceOp::Min => x.min(axis),
+        ReduceOp::ArgMax => x.argmax(axis)?.to_dtype(DType::I64),
+        ReduceOp::LogSumExp => {
+            // Stable: subtract the maximum, which is replaced by 0 on rows that are all -inf.
+            let m = x.max_keepdim(axis)?;
+            let finite = m.abs()?.lt(&f64::INFINITY.to_dtype_of(&m)?)?;
+            let m = finite.where_cond(&m, &0f64.to_dtype_of(&m)?)?;
+            let s = x.broadcast_sub(&m)?.exp()?.sum_keepdim(axis)?;
+            s.log()?.add(&m)?.squeeze(axis)
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Gradient checking: central finite differences of the loss on the reference evaluator, in
+//! f64, against the autodiff gradient. `stopgrad` values are held at their unperturbed values
+//! while differencing, so both sides differentiate the same function.
+
+use crate::autodiff::{differentiate_with, grad_output_name, Rule};
+use crate::diag::Diagnostic;
+use crate::eval::{run_traced, Bindings, EvalError};
+use crate::ir::{Expr, Handle, Module};
+use candle_core::{DType, Tensor};
+use std::collections::HashMap;
+
+/// How far the autodiff gradient of one input is from finite differences.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct InputReport {
+    pub input: String,
+    /// max |fd − autodiff| over the input's entries.
+    pub max_abs_error: f64,
+    /// `max_abs_error` relative to the largest gradient entry.
+    pub max_rel_error: f64,
+    pub entries: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GradcheckError {
+    #[error("{0}")]
+    Eval(#[from] EvalError),
+    #[error("{}", .0.message)]
+    Autodiff(Diagnostic),
+    #[error("{0}")]
+    Tensor(#[from] candle_core::Error),
+}
+
+/// Checks d loss / d input for every input of `module`, with bindings in f64.
+pub fn gradcheck(module: &Module, b: &Bindings, step: f64) -> Result<Vec<InputReport>, GradcheckError> {
+    gradcheck_with(module, b, step, &crate::autodiff::standard_rule)
+}
+
+pub(crate) fn gradcheck_with(module: &Module, b: &Bindings, step: f64, rule: &Rule) -> Result<Vec<InputReport>, GradcheckError> {
+    let wrt: Vec<_> = module.inputs.handles().collect();
+    let gradient = differentiate_with(module, &module.loss, "loss", &wrt, rule).map_err(GradcheckError::Autodiff)?;
+    let (outputs, values) = run_traced(module, &gradient, b, &HashMap::new())?;
+    // The loss program's nodes keep their handles in the gradient program.
+    let frozen: HashMap<Handle<Expr>, Tensor> = module
+        .loss
+        .exprs
+        .iter()
+        .filter(|(_, e)| matches!(e, Expr::StopGrad { .. }))
+        .filter_map(|(h, _)| values[h.index()].clone().map(|v| (h, v)))
+        .collect();
+    let loss_at = |b: &Bindings| -> Result<f64, GradcheckError> {
+        let (out, _) = run_traced(module, &module.loss, b, &frozen)?;
+        let at = module.loss.outputs.iter().position(|o| o.name == "loss").expect("every objective has a loss");
+        Ok(out[at].to_dtype(DType::F64)?.to_vec0::<f64>()?)
+    };
+    let mut reports = Vec::new();
+    for (i, decl) in module.inputs.iter() {
+        let at = gradient.outputs.iter().position(|o| o.name == grad_output_name(&decl.name)).expect("one gradient per input");
+        let analytic = outputs[at].to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+        let base = b.inputs[i.index()].to_dtype(DType::F64)?;
+        let dims = base.dims().to_vec();
+        let flat = base.flatten_all()?.to_vec1::<f64>()?;
+        let mut max_abs: f64 = 0.0;
+        for (j, &g) in analytic.iter().enumerate() {
+            let shifted = |delta: f64| -> Result<f64, GradcheckError> {
+                let mut v = flat.clone();
+                v[j] += delta;
+                let mut bb = b.clone();
+                bb.inputs[i.index()] = Tensor::from_vec(v, dims.as_slice(), &candle_core::Device::Cpu)?;
+                loss_at(&bb)
+            };
+            let fd = (shifted(step)? - shifted(-step)?) / (2.0 * step);
+            max_abs = max_abs.max((fd - g).abs());
+        }
+        let scale = analytic.iter().fold(1e-12f64, |m, g| m.max(g.abs()));
+        reports.push(InputReport { input: decl.name.clone(), max_abs_error: max_abs, max_rel_error: max_abs / scale, entries: analytic.len() });
+    }
+    Ok(reports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::autodiff::Grad;
+    use crate::eval::{BindRequest, Overrides};
+    use crate::ir::UnaryOp;
+
+    fn simclr() -> Module {
+        let mut sources = crate::diag::Sources::new();
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../objectives/simclr.ssl");
+        crate::compile(&path, &mut sources).ok().expect("simclr compiles").modules.remove(0)
+    }
+
+    fn bindings(m: &Module) -> Bindings {
+        let x = |seed: u64| {
+            let v: Vec<f64> = (0..24).map(|i| ((i as f64 + 1.0) * (seed as f64 + 0.37)).sin()).collect();
+            Tensor::from_vec(v, (4, 6), &candle_core::Device::Cpu).unwrap()
+        };
+        let req = BindRequest {
+            inputs: vec![("z1".into(), x(1)), ("z2".into(), x(2))],
+            consts: vec![],
+            states: vec![],
+            overrides: &Overrides::default(),
+            samples: None,
+            index: None,
+            epoch: 0,
+            epochs: 1,
+            base_lr: 0.5,
+            dtype: DType::F64,
+        };
+        Bindings::new(m, req).unwrap()
+    }
+
+    #[test]
+    fn the_shipped_rules_pass() {
+        let m = simclr();
+        for r in gradcheck(&m, &bindings(&m), 1e-6).unwrap() {
+            assert!(r.max_rel_error < 1e-6, "{r:?}");
+        }
+    }
+
+    /// A deliberately wrong rule (d sqrt(x) = dx instead of dx / (2 sqrt(x))) must be caught.
+    #[test]
+    fn a_wrong_sqrt_rule_fails_the_check() {
+        let wrong = |g: &mut Grad, h: Handle<Expr>, adj: Handle<Expr>| {
+            if let Expr::Unary { op: UnaryOp::Sqrt, arg } = g.expr(h).clone() {
+                return Ok(if g.is_active(arg) { vec![(arg, adj)] } else { vec![] });
+            }
+            crate::autodiff::standard_rule(g, h, adj)
+        };
+        let m = simclr();
+        let worst = gradcheck_with(&m, &bindings(&m), 1e-6, &wrong).unwrap().iter().map(|r| r.max_rel_error).fold(0.0, f64::max);
+        assert!(worst > 1e-2, "a wrong sqrt rule went unnoticed: {worst}");
+    }
+}

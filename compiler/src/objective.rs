@@ -1,0 +1,68 @@
+//! An objective ready to run: its module and its gradient program, evaluated by a back end.
+//! Values come back by name, so callers never depend on output positions.
+
+use crate::autodiff::{differentiate, grad_output_name};
+use crate::diag::Diagnostic;
+use crate::eval::{run, Bindings, EvalError};
+use crate::ir::{Module, Program};
+use candle_core::{DType, Tensor};
+
+/// What one evaluation of an objective produces.
+#[derive(Clone, Debug)]
+pub struct Evaluation {
+    pub loss: f64,
+    /// The base loss of each sample, when the objective declares `per_sample`.
+    pub per_sample: Option<Tensor>,
+    /// `metric` values, in declaration order.
+    pub metrics: Vec<(String, f64)>,
+    /// d loss / d input, for every input, in declaration order.
+    pub grads: Vec<(String, Tensor)>,
+}
+
+pub struct Executable {
+    pub module: Module,
+    /// The loss program with `grad_<input>` outputs appended.
+    pub gradient: Program,
+}
+
+impl Executable {
+    /// Differentiates the loss with respect to every input.
+    pub fn new(module: Module) -> Result<Executable, Diagnostic> {
+        let wrt: Vec<_> = module.inputs.handles().collect();
+        let gradient = differentiate(&module, &module.loss, "loss", &wrt)?;
+        Ok(Executable { module, gradient })
+    }
+
+    /// Values and gradients on the reference evaluator.
+    pub fn evaluate(&self, b: &Bindings) -> Result<Evaluation, EvalError> {
+        let outputs = run(&self.module, &self.gradient, b)?;
+        Ok(self.collect(&outputs)?)
+    }
+
+    /// Names the outputs of the gradient program.
+    pub fn collect(&self, outputs: &[Tensor]) -> Result<Evaluation, candle_core::Error> {
+        let named = |name: &str| self.gradient.outputs.iter().position(|o| o.name == name).map(|i| &outputs[i]);
+        let scalar = |t: &Tensor| t.to_dtype(DType::F64).and_then(|t| t.to_vec0::<f64>());
+        let loss = scalar(named("loss").expect("every objective has a loss"))?;
+        let per_sample = named("per_sample").cloned();
+        let mut metrics = Vec::new();
+        for o in &self.module.loss.outputs {
+            if o.name != "loss" && o.name != "per_sample" {
+                metrics.push((o.name.clone(), scalar(named(&o.name).expect("metric outputs are kept"))?));
+            }
+        }
+        let grads = self
+            .module
+            .inputs
+            .iter()
+            .map(|(_, i)| (i.name.clone(), named(&grad_output_name(&i.name)).expect("one gradient per input").clone()))
+            .collect();
+        Ok(Evaluation { loss, per_sample, metrics, grads })
+    }
+}
+
+impl From<candle_core::Error> for EvalError {
+    fn from(source: candle_core::Error) -> Self {
+        EvalError::Tensor { node: "outputs".into(), what: "reading results".into(), source }
+    }
+}
