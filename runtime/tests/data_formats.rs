@@ -4,7 +4,7 @@
 use sslc_runtime::data::cifar::{self, CifarVariant, Part};
 use sslc_runtime::data::image_list::{self, Benchmark, ListFiles};
 use sslc_runtime::data::pickle::{self, PickleValue};
-use sslc_runtime::data::{fashion_mnist, DataError, ImbalanceProfile, LongTail};
+use sslc_runtime::data::{fashion_mnist, load, split_listing, DataError, DataOptions, DatasetName, ImbalanceProfile, LongTail};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -372,4 +372,31 @@ fn bad_lists_and_missing_images_name_the_file() {
     std::fs::write(root.join("broken.png"), b"not a png").unwrap();
     let text = message(image_list::decode_rgb(&root.join("broken.png")).unwrap_err());
     assert!(text.contains("broken.png") && text.contains("cannot decode"), "{text}");
+}
+
+#[test]
+fn benchmarks_are_found_by_name_and_split_for_the_cli() {
+    assert_eq!(DatasetName::from_name("cifar100").unwrap(), DatasetName::Cifar100);
+    assert_eq!(DatasetName::from_name("places-lt").unwrap(), DatasetName::PlacesLt);
+    let text = message(DatasetName::from_name("mnist").unwrap_err());
+    assert!(text.contains("`mnist` is not one of digits-lt, cifar10-lt"), "{text}");
+
+    let root = scratch("cli_split");
+    write_cifar100_binary(&root, 10);
+    let long_tail = LongTail::new(0.1, ImbalanceProfile::Step).unwrap();
+    let options = DataOptions { root: Some(root), long_tail: Some(long_tail), ..DataOptions::default() };
+    let listing = split_listing(DatasetName::Cifar100, &options).unwrap();
+    let lines: Vec<&str> = listing.lines().collect();
+    assert_eq!(lines[0], "# cifar100-lt: long-tailed subset, imbalance 0.1 (step), 550 of 1000 training images");
+    assert_eq!(lines.len(), 2 + 50 * 10 + 50);
+    assert!(lines[2..].iter().all(|l| l.split(' ').count() == 2));
+    assert_eq!(load(DatasetName::Cifar100, &options).unwrap().train.len(), 550);
+
+    let text = message(load(DatasetName::Cifar10, &DataOptions::default()).unwrap_err());
+    assert!(text.contains("cifar10-lt needs a data root"), "{text}");
+    let text = message(split_listing(DatasetName::ImageNetLt, &DataOptions::default()).unwrap_err());
+    assert!(text.contains("fixed by its list files"), "{text}");
+    let digits = load(DatasetName::Digits, &DataOptions::default()).unwrap();
+    assert_eq!((digits.train.len(), digits.probe_train.len(), digits.test.len()), (503, 1240, 500));
+    assert_eq!(split_listing(DatasetName::Digits, &DataOptions::default()).unwrap().lines().count(), 2 + 503);
 }
