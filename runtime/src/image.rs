@@ -63,10 +63,6 @@ impl Image {
         &mut self.data
     }
 
-    pub fn into_data(self) -> Vec<f32> {
-        self.data
-    }
-
     pub fn get(&self, c: usize, y: usize, x: usize) -> f32 {
         self.data[(c * self.height + y) * self.width + x]
     }
@@ -84,11 +80,6 @@ impl Image {
     pub fn plane_mut(&mut self, c: usize) -> &mut [f32] {
         let size = self.height * self.width;
         &mut self.data[c * size..(c + 1) * size]
-    }
-
-    /// The image as a `[C, H, W]` f32 tensor.
-    pub fn to_tensor(&self, device: &Device) -> candle_core::Result<Tensor> {
-        Tensor::from_slice(&self.data, (self.channels, self.height, self.width), device)
     }
 }
 

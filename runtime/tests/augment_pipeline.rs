@@ -1,6 +1,7 @@
 //! The per-dataset pipelines produce the right shapes and ranges, reproducibly.
 
 use sslc_runtime::augment::{view_rng, EvalTransform, Preset};
+use sslc_runtime::data::DatasetName;
 use sslc_runtime::image::Image;
 
 fn gradient(channels: usize, height: usize, width: usize) -> Image {
@@ -32,9 +33,9 @@ fn presets_follow_the_reference_recipe() {
     assert_eq!((imagenet.crop.size, imagenet.crop.scale, imagenet.blur, imagenet.normalize.is_none()), (224, (0.08, 1.0), Some(((0.1, 2.0), 0.5)), true));
     assert_eq!(Preset::Digits.simclr().flip_p, 0.0);
     assert_eq!(Preset::FashionMnist.simclr().jitter.saturation, 0.0);
-    assert_eq!(Preset::for_dataset("cifar100-lt"), Some(Preset::Cifar));
-    assert_eq!(Preset::for_dataset("places-lt"), Some(Preset::ImageNet));
-    assert_eq!(Preset::for_dataset("mnist"), None);
+    assert_eq!(DatasetName::from_name("cifar100-lt").unwrap().preset(), Preset::Cifar);
+    assert_eq!(DatasetName::from_name("places").unwrap().preset(), Preset::ImageNet);
+    assert_eq!(DatasetName::Digits.preset(), Preset::Digits);
 }
 
 #[test]

@@ -22,8 +22,10 @@ fn loader(workers: usize, prefetch: usize) -> TwoViewLoader {
     TwoViewLoader::new(digits_train(), Preset::Digits.simclr(), config(workers, prefetch)).unwrap()
 }
 
-/// Indices, labels and both views' values of every batch.
-fn contents(batches: impl Iterator<Item = Result<Batch, sslc_runtime::data::DataError>>) -> Vec<(Vec<u32>, Vec<u32>, Vec<f32>, Vec<f32>)> {
+/// A batch's indices, labels and both views' values.
+type Contents = (Vec<u32>, Vec<u32>, Vec<f32>, Vec<f32>);
+
+fn contents(batches: impl Iterator<Item = Result<Batch, sslc_runtime::data::DataError>>) -> Vec<Contents> {
     batches
         .map(|batch| {
             let batch = batch.unwrap();

@@ -96,16 +96,6 @@ fn normalize(mean: &[f32], std: &[f32]) -> Option<Normalize> {
 const GRAY_JITTER: ColorJitter = ColorJitter { brightness: 0.4, contrast: 0.4, saturation: 0.0, hue: 0.0 };
 
 impl Preset {
-    pub fn for_dataset(name: &str) -> Option<Preset> {
-        match name.trim_end_matches("-lt") {
-            "cifar10" | "cifar100" => Some(Preset::Cifar),
-            "imagenet" | "places" => Some(Preset::ImageNet),
-            "fashion-mnist" => Some(Preset::FashionMnist),
-            "digits" => Some(Preset::Digits),
-            _ => None,
-        }
-    }
-
     /// Channel statistics the reference normalises with. ImageNet/Places: none, as the
     /// reference's ResNet-50 path feeds `[0, 1]` images. Fashion-MNIST and digits: the
     /// training set's own pixel mean and standard deviation.

@@ -83,9 +83,9 @@ impl RandAugmentOp {
             RandAugmentOp::TranslateX => affine_nearest(image, [1.0, 0.0, signed() * w, 0.0, 1.0, 0.0]),
             RandAugmentOp::TranslateY => affine_nearest(image, [1.0, 0.0, 0.0, 0.0, 1.0, signed() * h]),
             RandAugmentOp::Rotate => rotate(image, signed()),
-            RandAugmentOp::AutoContrast => map_levels(image, |levels| autocontrast_table(levels)),
+            RandAugmentOp::AutoContrast => map_levels(image, autocontrast_table),
             RandAugmentOp::Invert => map_levels(image, |_| std::array::from_fn(|i| 255 - i as u8)),
-            RandAugmentOp::Equalize => map_levels(image, |levels| equalize_table(levels)),
+            RandAugmentOp::Equalize => map_levels(image, equalize_table),
             RandAugmentOp::Solarize => map_levels(image, |_| std::array::from_fn(|i| if (i as f64) < magnitude { i as u8 } else { 255 - i as u8 })),
             RandAugmentOp::Posterize => {
                 let bits = (magnitude as u32).clamp(1, 8);

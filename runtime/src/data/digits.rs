@@ -100,7 +100,7 @@ fn balanced_parts(labels: &[u32]) -> Result<(Vec<usize>, Vec<usize>), DataError>
 }
 
 /// The split of the embedded file.
-struct Split {
+struct DigitsSplit {
     /// Per image.
     roles: Vec<Role>,
     test: Vec<usize>,
@@ -109,7 +109,7 @@ struct Split {
     kept: Vec<usize>,
 }
 
-fn split(all: &Dataset, long_tail: &LongTail) -> Result<Split, DataError> {
+fn split_embedded(all: &Dataset, long_tail: &LongTail) -> Result<DigitsSplit, DataError> {
     let (test, probe) = balanced_parts(all.labels())?;
     let probe_labels: Vec<u32> = probe.iter().map(|&i| all.labels()[i]).collect();
     let kept = long_tail.select(&probe_labels, CLASSES, super::ClassOrder::ByLabel, 0)?;
@@ -123,13 +123,13 @@ fn split(all: &Dataset, long_tail: &LongTail) -> Result<Split, DataError> {
     for &k in &kept {
         roles[probe[k]] = Role::Train;
     }
-    Ok(Split { roles, test, probe, kept })
+    Ok(DigitsSplit { roles, test, probe, kept })
 }
 
 /// Digits-LT: long-tailed training set, balanced probe-train set, balanced test set.
 pub fn load_long_tailed(long_tail: &LongTail) -> Result<DataSplits, DataError> {
     let all = read_all()?;
-    let split = split(&all, long_tail)?;
+    let split = split_embedded(&all, long_tail)?;
     let probe_train = all.subset("digits", &split.probe);
     Ok(DataSplits { train: probe_train.subset("digits-lt", &split.kept), probe_train, test: all.subset("digits-test", &split.test) })
 }
@@ -139,7 +139,7 @@ pub fn load_long_tailed(long_tail: &LongTail) -> Result<DataSplits, DataError> {
 pub fn split_file_text() -> Result<String, DataError> {
     let all = read_all()?;
     let long_tail = LongTail::new(DEFAULT_IMBALANCE, ImbalanceProfile::Exp)?;
-    let roles = split(&all, &long_tail)?.roles;
+    let roles = split_embedded(&all, &long_tail)?.roles;
     let mut text = format!(
         "# UCI digits split (sslc): imbalance {DEFAULT_IMBALANCE} exp, numpy seed 0, {TEST_PER_CLASS} test images per class\n# index label role\n"
     );

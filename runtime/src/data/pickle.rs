@@ -203,43 +203,26 @@ impl<'a> Parser<'a> {
         Ok(self.stack.split_off(mark))
     }
 
-    fn top_mut(&mut self) -> Result<&mut PickleValue, PickleError> {
+    /// Adds `items` to the list (APPEND) or key-value pairs to the dict (SETITEM) on the
+    /// stack top.
+    fn extend_top(&mut self, items: Vec<PickleValue>) -> Result<(), PickleError> {
         let position = self.position;
-        self.stack.last_mut().ok_or(PickleError { offset: position, message: "stack underflow".into() })
-    }
-
-    fn append(&mut self, items: Vec<PickleValue>) -> Result<(), PickleError> {
-        match self.top_mut()? {
-            PickleValue::List(list) => {
-                list.extend(items);
-                Ok(())
+        let refuse = |message: String| Err(PickleError { offset: position, message });
+        match self.stack.last_mut() {
+            Some(PickleValue::List(list)) => list.extend(items),
+            Some(PickleValue::Dict(dict)) => {
+                if !items.len().is_multiple_of(2) {
+                    return refuse("SETITEMS with an odd number of keys and values".into());
+                }
+                let mut items = items.into_iter();
+                while let (Some(key), Some(value)) = (items.next(), items.next()) {
+                    dict.push((key, value));
+                }
             }
-            other => {
-                let kind = other.kind();
-                self.error(format!("APPEND to a {kind}, expected a list"))
-            }
+            Some(other) => return refuse(format!("adding items to a {}, expected a list or dict", other.kind())),
+            None => return refuse("stack underflow".into()),
         }
-    }
-
-    fn set_items(&mut self, items: Vec<PickleValue>) -> Result<(), PickleError> {
-        if items.len() % 2 != 0 {
-            return self.error("SETITEMS with an odd number of keys and values");
-        }
-        let mut pairs = Vec::with_capacity(items.len() / 2);
-        let mut items = items.into_iter();
-        while let (Some(key), Some(value)) = (items.next(), items.next()) {
-            pairs.push((key, value));
-        }
-        match self.top_mut()? {
-            PickleValue::Dict(dict) => {
-                dict.extend(pairs);
-                Ok(())
-            }
-            other => {
-                let kind = other.kind();
-                self.error(format!("SETITEM on a {kind}, expected a dict"))
-            }
-        }
+        Ok(())
     }
 
     fn memoize(&mut self, key: u32) -> Result<(), PickleError> {
@@ -361,7 +344,7 @@ impl<'a> Parser<'a> {
                 b'd' => {
                     let items = self.pop_mark()?;
                     self.stack.push(PickleValue::Dict(Vec::new()));
-                    self.set_items(items)?;
+                    self.extend_top(items)?;
                 }
                 b'l' => {
                     let items = self.pop_mark()?;
@@ -381,20 +364,16 @@ impl<'a> Parser<'a> {
                 }
                 b'a' => {
                     let item = self.pop()?;
-                    self.append(vec![item])?;
-                }
-                b'e' => {
-                    let items = self.pop_mark()?;
-                    self.append(items)?;
+                    self.extend_top(vec![item])?;
                 }
                 b's' => {
                     let value = self.pop()?;
                     let key = self.pop()?;
-                    self.set_items(vec![key, value])?;
+                    self.extend_top(vec![key, value])?;
                 }
-                b'u' => {
+                b'e' | b'u' => {
                     let items = self.pop_mark()?;
-                    self.set_items(items)?;
+                    self.extend_top(items)?;
                 }
                 b'J' => {
                     let value = self.u32()? as i32;
