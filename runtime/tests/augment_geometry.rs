@@ -28,7 +28,9 @@ fn assert_close(actual: &[f32], expected: &[f32], what: &str) {
 #[test]
 fn resampling_matches_pillow_down_and_up_with_a_box() {
     let image = ramp();
-    let cases: [(&str, [f64; 4], usize, usize, Interpolation, &[f32]); 4] = [
+    // (what, region, output height, output width, filter, Pillow's result)
+    type Case<'a> = (&'a str, [f64; 4], usize, usize, Interpolation, &'a [f32]);
+    let cases: [Case; 4] = [
         ("down bilinear", [0.0, 0.0, 7.0, 6.0], 2, 3, Interpolation::Bilinear, &DOWN_BILINEAR),
         ("down bicubic", [0.0, 0.0, 7.0, 6.0], 2, 3, Interpolation::Bicubic, &DOWN_BICUBIC),
         ("up bicubic, box", [1.0, 2.0, 5.0, 5.0], 4, 5, Interpolation::Bicubic, &UP_BICUBIC_BOX),

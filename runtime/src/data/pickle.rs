@@ -163,9 +163,17 @@ impl<'a> Parser<'a> {
         Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
     }
 
-    fn u64_len(&mut self) -> Result<usize, PickleError> {
-        let length = u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes"));
-        usize::try_from(length).or_else(|_| self.error(format!("length {length} does not fit in memory")))
+    /// The length before a string: one byte for the short forms, eight for protocol 4's
+    /// long forms, four otherwise.
+    fn length_prefix(&mut self, opcode: u8) -> Result<usize, PickleError> {
+        match opcode {
+            b'U' | b'C' | 0x8c => Ok(usize::from(self.u8()?)),
+            0x8e | 0x8d => {
+                let length = u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes"));
+                usize::try_from(length).or_else(|_| self.error(format!("length {length} does not fit in memory")))
+            }
+            _ => Ok(self.u32()? as usize),
+        }
     }
 
     fn line(&mut self) -> Result<String, PickleError> {
@@ -408,33 +416,13 @@ impl<'a> Parser<'a> {
                 b'N' => self.stack.push(PickleValue::None),
                 0x88 => self.stack.push(PickleValue::Bool(true)),
                 0x89 => self.stack.push(PickleValue::Bool(false)),
-                b'T' | b'B' => {
-                    let length = self.u32()? as usize;
+                b'T' | b'B' | b'U' | b'C' | 0x8e => {
+                    let length = self.length_prefix(opcode)?;
                     let raw = self.take(length)?;
                     self.stack.push(PickleValue::Bytes(raw.into()));
                 }
-                b'U' | b'C' => {
-                    let length = usize::from(self.u8()?);
-                    let raw = self.take(length)?;
-                    self.stack.push(PickleValue::Bytes(raw.into()));
-                }
-                0x8e => {
-                    let length = self.u64_len()?;
-                    let raw = self.take(length)?;
-                    self.stack.push(PickleValue::Bytes(raw.into()));
-                }
-                b'X' => {
-                    let length = self.u32()? as usize;
-                    let text = self.text(length)?;
-                    self.stack.push(PickleValue::Str(text));
-                }
-                0x8c => {
-                    let length = usize::from(self.u8()?);
-                    let text = self.text(length)?;
-                    self.stack.push(PickleValue::Str(text));
-                }
-                0x8d => {
-                    let length = self.u64_len()?;
+                b'X' | 0x8c | 0x8d => {
+                    let length = self.length_prefix(opcode)?;
                     let text = self.text(length)?;
                     self.stack.push(PickleValue::Str(text));
                 }
