@@ -2,3 +2,6 @@
 //! It drives any [`objective::Objective`]; the compiler's adapter lives in the `sslc` crate.
 
 pub mod objective;
+pub mod augment;
+pub mod data;
+pub mod image;
