@@ -2,6 +2,7 @@
 //! 0 success, 1 the input was wrong (diagnostics on stderr), 2 usage errors (from clap).
 
 mod check;
+mod eval;
 
 use clap::{Parser, Subcommand};
 
@@ -24,6 +25,8 @@ struct Cli {
 enum Command {
     Check(check::CheckArgs),
     Emit(check::EmitArgs),
+    Eval(eval::EvalArgs),
+    Gradcheck(eval::GradcheckArgs),
 }
 
 pub fn main() -> i32 {
@@ -31,6 +34,8 @@ pub fn main() -> i32 {
     match cli.command {
         Command::Check(args) => check::check(&args),
         Command::Emit(args) => check::emit(&args),
+        Command::Eval(args) => eval::eval(&args),
+        Command::Gradcheck(args) => eval::gradcheck(&args),
     }
 }
 

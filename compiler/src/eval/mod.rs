@@ -41,7 +41,8 @@ pub fn run_traced(
     frozen: &HashMap<Handle<Expr>, Tensor>,
 ) -> Result<(Vec<Tensor>, Vec<Option<Tensor>>), EvalError> {
     let mut values: Vec<Option<Tensor>> = vec![None; program.exprs.len()];
-    let mut ev = Evaluator { module, program, b, values: &mut values, frozen };
+    let live = live_nodes(program, frozen);
+    let mut ev = Evaluator { module, program, b, values: &mut values, frozen, live: &live };
     ev.block(&program.body)?;
     let outputs = program
         .outputs
@@ -51,12 +52,40 @@ pub fn run_traced(
     Ok((outputs, values))
 }
 
+/// Nodes the outputs depend on without passing through a frozen node (loop bodies count as
+/// their loop's operands).
+fn live_nodes(program: &Program, frozen: &HashMap<Handle<Expr>, Tensor>) -> Vec<bool> {
+    let mut live = vec![frozen.is_empty(); program.exprs.len()];
+    if frozen.is_empty() {
+        return live;
+    }
+    let mut stack: Vec<Handle<Expr>> = program.outputs.iter().map(|o| o.value).collect();
+    while let Some(h) = stack.pop() {
+        if live[h.index()] {
+            continue;
+        }
+        live[h.index()] = true;
+        if frozen.contains_key(&h) {
+            continue;
+        }
+        let e = &program.exprs[h];
+        stack.extend(e.operands());
+        if let Expr::Loop { carried, body, .. } = e {
+            stack.extend(body.iter().copied());
+            stack.extend(carried.iter().flat_map(|c| [c.param, c.next]));
+        }
+    }
+    live
+}
+
 struct Evaluator<'a> {
     module: &'a Module,
     program: &'a Program,
     b: &'a Bindings,
     values: &'a mut Vec<Option<Tensor>>,
     frozen: &'a HashMap<Handle<Expr>, Tensor>,
+    /// Root nodes the outputs need; what only feeds frozen nodes is skipped.
+    live: &'a [bool],
 }
 
 impl Evaluator<'_> {
@@ -64,6 +93,9 @@ impl Evaluator<'_> {
         for &h in block {
             if let Some(v) = self.frozen.get(&h) {
                 self.values[h.index()] = Some(v.clone());
+                continue;
+            }
+            if !self.live[h.index()] {
                 continue;
             }
             let v = self.node(h)?;
