@@ -1,0 +1,71 @@
+//! Back ends: the ways to run an objective's gradient program. Each is a folder here (`clif`:
+//! Cranelift JIT on the CPU; `cuda`: NVRTC kernels), and the reference evaluator is one too, so
+//! the command line, the tests and the training loop treat them alike through [`Backend`].
+
+use crate::eval::{Bindings, EvalError};
+use crate::objective::{Evaluation, Executable};
+use std::sync::Arc;
+
+/// An objective prepared for one back end: compiled once, evaluated on many batches.
+pub trait Backend: Send {
+    /// The back end's name as `--backend` spells it.
+    fn name(&self) -> &'static str;
+    /// Loss, per-sample losses, metrics and the gradient of every input, for `bindings`
+    /// (bound against the same module the back end was built from).
+    fn evaluate(&self, bindings: &Bindings) -> Result<Evaluation, BackendError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("{0}")]
+    Eval(#[from] EvalError),
+    /// The objective uses something this back end does not implement.
+    #[error("the {backend} back end cannot run this objective: {why}")]
+    Unsupported { backend: &'static str, why: String },
+    /// A failure while running compiled code on valid bindings (bad indices, memory).
+    #[error("the {backend} back end failed: {why}")]
+    Run { backend: &'static str, why: String },
+}
+
+/// Which back end to build, as `--backend` names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    Reference,
+    Cpu,
+    Cuda,
+}
+
+impl BackendKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Reference => "reference",
+            BackendKind::Cpu => "cpu",
+            BackendKind::Cuda => "cuda",
+        }
+    }
+}
+
+/// The reference evaluator as a back end: runs the unoptimised gradient program node by node.
+pub struct Reference {
+    pub executable: Arc<Executable>,
+}
+
+impl Backend for Reference {
+    fn name(&self) -> &'static str {
+        BackendKind::Reference.name()
+    }
+    fn evaluate(&self, bindings: &Bindings) -> Result<Evaluation, BackendError> {
+        Ok(self.executable.evaluate(bindings)?)
+    }
+}
+
+/// Builds (compiles) `executable` for the back end `kind`.
+pub fn build(kind: BackendKind, executable: Arc<Executable>) -> Result<Box<dyn Backend>, BackendError> {
+    match kind {
+        BackendKind::Reference => Ok(Box::new(Reference { executable })),
+        BackendKind::Cpu | BackendKind::Cuda => Err(BackendError::Unsupported {
+            backend: kind.name(),
+            why: "this back end is not built into this sslc yet; use --backend reference".into(),
+        }),
+    }
+}
