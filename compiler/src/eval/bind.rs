@@ -7,7 +7,7 @@ use crate::ir::{Dim, DimKind, DimSym, Handle, Module, ParamDecl, ParamValue, Sha
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 
-#[derive(Debug, thiserror::Error, PartialEq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum BindError {
     #[error("unknown name `{name}` in --set; this objective has {known}")]
     UnknownOverride { name: String, known: String },
