@@ -2,3 +2,9 @@
 //! It drives any [`objective::Objective`]; the compiler's adapter lives in the `sslc` crate.
 
 pub mod objective;
+pub mod checkpoint;
+pub mod model;
+pub mod optim;
+pub mod probe;
+pub mod report;
+pub mod train;

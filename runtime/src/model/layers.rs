@@ -1,0 +1,259 @@
+//! Layers with explicit parameters, so that the optimizer, the checkpoint and SDCLR's pruning
+//! can see every tensor by name.
+
+use candle_core::{Device, Tensor, Var, D};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use super::{Branch, Mode, ModelError};
+
+/// BatchNorm's default epsilon and running-statistics momentum (PyTorch's defaults).
+const BN_EPS: f64 = 1e-5;
+const BN_MOMENTUM: f64 = 0.1;
+
+/// How conv weights are initialised; the reference uses different schemes per network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ConvInit {
+    /// PyTorch's `Conv2d` default, kaiming_uniform(a=√5): U(±1/√fan_in).
+    /// The reference's CIFAR ResNet for SimCLR/Focal/BCL (`resnet.py`) keeps it.
+    PytorchDefault,
+    /// kaiming_normal(mode=fan_out, relu): N(0, 2/fan_out). The reference's SDCLR ResNets
+    /// and its ImageNet ResNet-50 (`resnet_prune_multibn.py`, `resnet_imagenet.py`) use it.
+    KaimingNormalFanOut,
+}
+
+/// Collects every trainable parameter and every buffer under a dotted name as layers are
+/// built, and draws their initial values from one seeded stream.
+pub(crate) struct Registry {
+    pub params: Vec<(String, Var)>,
+    pub buffers: Vec<(String, Var)>,
+    rng: ChaCha8Rng,
+    device: Device,
+}
+
+impl Registry {
+    pub fn new(rng: ChaCha8Rng, device: Device) -> Self {
+        Registry { params: Vec::new(), buffers: Vec::new(), rng, device }
+    }
+
+    fn tensor(&self, values: Vec<f32>, shape: &[usize]) -> Result<Tensor, ModelError> {
+        Ok(Tensor::from_vec(values, shape, &self.device)?)
+    }
+
+    fn uniform(&mut self, shape: &[usize], bound: f64) -> Result<Tensor, ModelError> {
+        let count = shape.iter().product();
+        let values = (0..count).map(|_| self.rng.random_range(-bound..bound) as f32).collect();
+        self.tensor(values, shape)
+    }
+
+    fn normal(&mut self, shape: &[usize], std: f64) -> Result<Tensor, ModelError> {
+        let count = shape.iter().product();
+        let values = (0..count).map(|_| (standard_normal(&mut self.rng) * std) as f32).collect();
+        self.tensor(values, shape)
+    }
+
+    fn filled(&self, shape: &[usize], value: f32) -> Result<Tensor, ModelError> {
+        self.tensor(vec![value; shape.iter().product()], shape)
+    }
+
+    fn param(&mut self, name: String, value: Tensor) -> Result<Var, ModelError> {
+        let var = Var::from_tensor(&value)?;
+        self.params.push((name, var.clone()));
+        Ok(var)
+    }
+
+    fn buffer(&mut self, name: String, value: Tensor) -> Result<Var, ModelError> {
+        let var = Var::from_tensor(&value)?;
+        self.buffers.push((name, var.clone()));
+        Ok(var)
+    }
+}
+
+/// Box–Muller: `rand` alone has no normal distribution and one is all we need.
+fn standard_normal(rng: &mut ChaCha8Rng) -> f64 {
+    let u1: f64 = 1.0 - rng.random::<f64>(); // (0, 1], so ln is finite
+    let u2: f64 = rng.random();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+/// A bias-free 2-d convolution whose weight SDCLR's pruned branch multiplies by a 0/1 mask.
+pub struct Conv2d {
+    pub(crate) weight: Var,
+    stride: usize,
+    padding: usize,
+    /// The pruned branch's 0/1 mask, same shape as the weight, all ones until the first
+    /// pruning (as the reference's `Mask.reset`); `None` when the encoder has no pruned branch.
+    /// A `Var` so that pruning can update it in place.
+    pub(crate) prune_mask: Option<Var>,
+}
+
+impl Conv2d {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        registry: &mut Registry,
+        name: &str,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        init: ConvInit,
+        prunable: bool,
+    ) -> Result<Self, ModelError> {
+        let shape = [out_channels, in_channels, kernel, kernel];
+        let value = match init {
+            ConvInit::PytorchDefault => {
+                registry.uniform(&shape, 1.0 / ((in_channels * kernel * kernel) as f64).sqrt())?
+            }
+            ConvInit::KaimingNormalFanOut => {
+                registry.normal(&shape, (2.0 / (out_channels * kernel * kernel) as f64).sqrt())?
+            }
+        };
+        let weight = registry.param(format!("{name}.weight"), value)?;
+        let prune_mask = if prunable { Some(Var::from_tensor(&registry.filled(&shape, 1.0)?)?) } else { None };
+        Ok(Conv2d { weight, stride, padding, prune_mask })
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor, branch: Branch) -> Result<Tensor, ModelError> {
+        let weight = match branch {
+            Branch::Dense => self.weight.as_tensor().clone(),
+            Branch::Pruned => {
+                let mask = self.prune_mask.as_ref().ok_or(ModelError::NoPrunedBranch)?;
+                self.weight.as_tensor().mul(mask.as_tensor())?
+            }
+        };
+        Ok(x.conv2d(&weight, self.padding, self.stride, 1, 1)?)
+    }
+}
+
+/// A fully connected layer, `y = x Wᵀ + b`, with PyTorch's default initialisation.
+pub struct Linear {
+    weight: Var,
+    bias: Option<Var>,
+}
+
+impl Linear {
+    pub(crate) fn new(
+        registry: &mut Registry,
+        name: &str,
+        in_features: usize,
+        out_features: usize,
+        with_bias: bool,
+    ) -> Result<Self, ModelError> {
+        let bound = 1.0 / (in_features as f64).sqrt();
+        let weight_value = registry.uniform(&[out_features, in_features], bound)?;
+        let weight = registry.param(format!("{name}.weight"), weight_value)?;
+        let bias = if with_bias {
+            let bias_value = registry.uniform(&[out_features], bound)?;
+            Some(registry.param(format!("{name}.bias"), bias_value)?)
+        } else {
+            None
+        };
+        Ok(Linear { weight, bias })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        let y = x.matmul(&self.weight.as_tensor().t()?)?;
+        Ok(match &self.bias {
+            Some(bias) => y.broadcast_add(bias.as_tensor())?,
+            None => y,
+        })
+    }
+}
+
+/// One set of BatchNorm affine parameters and running statistics.
+struct BatchNormSet {
+    weight: Var,
+    bias: Var,
+    running_mean: Var,
+    running_var: Var,
+}
+
+/// BatchNorm over the channel axis (dim 1) of `[N, C]` or `[N, C, H, W]` input, with one
+/// independent set of affine parameters and running statistics per [`Branch`]: SDCLR's pruned
+/// network sees different activation statistics than the dense one.
+pub struct BatchNorm {
+    sets: Vec<BatchNormSet>,
+    channels: usize,
+}
+
+impl BatchNorm {
+    /// `branches` is 1 (dense only) or 2 (dense and pruned).
+    pub(crate) fn new(
+        registry: &mut Registry,
+        name: &str,
+        channels: usize,
+        branches: usize,
+    ) -> Result<Self, ModelError> {
+        let mut sets = Vec::with_capacity(branches);
+        for branch in &[Branch::Dense, Branch::Pruned][..branches] {
+            let prefix = format!("{name}.{}", branch.name());
+            let ones = registry.filled(&[channels], 1.0)?;
+            let zeros = registry.filled(&[channels], 0.0)?;
+            sets.push(BatchNormSet {
+                weight: registry.param(format!("{prefix}.weight"), ones.clone())?,
+                bias: registry.param(format!("{prefix}.bias"), zeros.clone())?,
+                running_mean: registry.buffer(format!("{prefix}.running_mean"), zeros)?,
+                running_var: registry.buffer(format!("{prefix}.running_var"), ones)?,
+            });
+        }
+        Ok(BatchNorm { sets, channels })
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor, branch: Branch, mode: Mode) -> Result<Tensor, ModelError> {
+        let set = self.sets.get(branch.index()).ok_or(ModelError::NoPrunedBranch)?;
+        let rank = x.rank();
+        if !(rank == 2 || rank == 4) || x.dim(1)? != self.channels {
+            return Err(ModelError::Shape(format!(
+                "BatchNorm over {} channels got input of shape {:?}",
+                self.channels,
+                x.dims()
+            )));
+        }
+        // Broadcast per-channel vectors over [N, C] or [N, C, H, W].
+        let channel_shape: Vec<usize> =
+            (0..rank).map(|axis| if axis == 1 { self.channels } else { 1 }).collect();
+        let per_channel = |t: &Tensor| t.reshape(channel_shape.as_slice());
+        let (mean, var) = match mode {
+            Mode::Train => {
+                let values_per_channel = x.elem_count() / self.channels;
+                if values_per_channel < 2 {
+                    return Err(ModelError::Shape(format!(
+                        "BatchNorm in training mode needs more than one value per channel, got input of shape {:?}; use a batch of at least 2",
+                        x.dims()
+                    )));
+                }
+                let (mean, var) = batch_moments(x)?;
+                update_running(&set.running_mean, &mean)?;
+                let unbiased = (&var * (values_per_channel as f64 / (values_per_channel - 1) as f64))?;
+                update_running(&set.running_var, &unbiased)?;
+                (per_channel(&mean)?, per_channel(&var)?)
+            }
+            Mode::Eval => (
+                per_channel(set.running_mean.as_tensor())?,
+                per_channel(set.running_var.as_tensor())?,
+            ),
+        };
+        let normalized = x.broadcast_sub(&mean)?.broadcast_div(&(var + BN_EPS)?.sqrt()?)?;
+        Ok(normalized
+            .broadcast_mul(&per_channel(set.weight.as_tensor())?)?
+            .broadcast_add(&per_channel(set.bias.as_tensor())?)?)
+    }
+}
+
+/// Per-channel mean and biased variance of `[N, C]` or `[N, C, H, W]`, both `[C]`.
+fn batch_moments(x: &Tensor) -> Result<(Tensor, Tensor), ModelError> {
+    let channels = x.dim(1)?;
+    // [C, N * H * W]: one row per channel.
+    let rows = x.transpose(0, 1)?.contiguous()?.reshape((channels, ()))?;
+    let mean = rows.mean(D::Minus1)?;
+    let var = rows.broadcast_sub(&mean.unsqueeze(1)?)?.sqr()?.mean(D::Minus1)?;
+    Ok((mean, var))
+}
+
+/// PyTorch's running-statistics update: `running = (1 - m) running + m batch`, outside the graph.
+fn update_running(running: &Var, batch: &Tensor) -> Result<(), ModelError> {
+    let updated = ((running.as_tensor() * (1.0 - BN_MOMENTUM))? + (batch.detach() * BN_MOMENTUM)?)?;
+    running.set(&updated)?;
+    Ok(())
+}
