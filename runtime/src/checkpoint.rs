@@ -89,10 +89,9 @@ impl Checkpoint {
         let bytes = fs::read(path).map_err(|source| CheckpointError::Read { path: path.to_path_buf(), source })?;
         let corrupt = |reason: String| CheckpointError::Corrupt { path: path.to_path_buf(), reason };
         let foreign = |reason: String| CheckpointError::Foreign { path: path.to_path_buf(), reason };
-        let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| match bytes.len() {
-            // Too short to hold even the header's length: a file cut off early.
-            0..8 => corrupt(format!("{} bytes, truncated", bytes.len())),
-            _ => foreign(format!("not a readable safetensors file: {e}")),
+        let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| match damage_of_our_file(&bytes) {
+            Some(damage) => corrupt(damage),
+            None => foreign(format!("not a readable safetensors file: {e}")),
         })?;
         let metadata = header.metadata().clone().unwrap_or_default();
         if metadata.get("format").map(String::as_str) != Some(FORMAT) {
@@ -130,6 +129,22 @@ impl Checkpoint {
             return Err(corrupt("its contents do not match the checksum written with it".into()));
         }
         Ok(checkpoint)
+    }
+}
+
+/// Why an unreadable file that is ours (cut short, or carrying our format marker) is damaged;
+/// `None` when nothing says it was ever an sslc checkpoint.
+fn damage_of_our_file(bytes: &[u8]) -> Option<String> {
+    let Some(length_bytes) = bytes.get(..8) else {
+        return Some(format!("{} bytes, truncated", bytes.len()));
+    };
+    let header_length = u64::from_le_bytes(length_bytes.try_into().ok()?) as usize;
+    let header = &bytes[8..bytes.len().min(8usize.saturating_add(header_length))];
+    let marked = header.windows(FORMAT.len()).any(|window| window == FORMAT.as_bytes());
+    match (marked, bytes.len() < 8usize.saturating_add(header_length)) {
+        (true, true) => Some(format!("{} bytes, truncated inside its header", bytes.len())),
+        (true, false) => Some("its header or tensor table is unreadable or truncated".into()),
+        (false, _) => None,
     }
 }
 

@@ -53,7 +53,9 @@ impl Optimizer for Sgd {
     fn step(&mut self, params: &[(String, Var)], grads: &GradStore, lr: f64) -> Result<(), OptimError> {
         for (name, param) in params {
             let Some(grad) = grads.get(param.as_tensor()) else { continue };
-            let direction = decayed_gradient(grad, param.as_tensor(), self.weight_decay)?;
+            // Detached, so that buffers carry no autograd history from step to step.
+            let current = param.as_tensor().detach();
+            let direction = decayed_gradient(&grad.detach(), &current, self.weight_decay)?;
             let direction = if self.momentum == 0.0 {
                 direction
             } else {
@@ -64,7 +66,7 @@ impl Optimizer for Sgd {
                 self.momentum_buffers.insert(name.clone(), buffer.clone());
                 buffer
             };
-            param.set(&(param.as_tensor() - (direction * lr)?)?)?;
+            param.set(&(current - (direction * lr)?)?)?;
         }
         Ok(())
     }
@@ -110,7 +112,9 @@ impl Optimizer for Adam {
     fn step(&mut self, params: &[(String, Var)], grads: &GradStore, lr: f64) -> Result<(), OptimError> {
         for (name, param) in params {
             let Some(grad) = grads.get(param.as_tensor()) else { continue };
-            let grad = decayed_gradient(grad, param.as_tensor(), self.weight_decay)?;
+            // Detached, so that the moments carry no autograd history from step to step.
+            let current = param.as_tensor().detach();
+            let grad = decayed_gradient(&grad.detach(), &current, self.weight_decay)?;
             let step = self.steps.get(name).copied().unwrap_or(0) + 1;
             let first = match self.first_moments.get(name) {
                 Some(m) => ((m * self.beta1)? + (&grad * (1.0 - self.beta1))?)?,
@@ -124,7 +128,7 @@ impl Optimizer for Adam {
             let bias_correction2 = 1.0 - self.beta2.powi(step as i32);
             let denominator = ((second.sqrt()? / bias_correction2.sqrt())? + self.eps)?;
             let update = ((&first / denominator)? * (lr / bias_correction1))?;
-            param.set(&(param.as_tensor() - update)?)?;
+            param.set(&(current - update)?)?;
             self.first_moments.insert(name.clone(), first);
             self.second_moments.insert(name.clone(), second);
             self.steps.insert(name.clone(), step);

@@ -119,11 +119,48 @@ impl Conv2d {
             Branch::Dense => self.weight.as_tensor().clone(),
             Branch::Pruned => {
                 let mask = self.prune_mask.as_ref().ok_or(ModelError::NoPrunedBranch)?;
-                self.weight.as_tensor().mul(mask.as_tensor())?
+                self.weight.as_tensor().mul(&mask.as_tensor().detach())?
             }
         };
-        Ok(x.conv2d(&weight, self.padding, self.stride, 1, 1)?)
+        Ok(conv2d_as_matmul(x, &weight, self.stride, self.padding)?)
     }
+}
+
+/// 2-d convolution written as im2col plus one batched matmul, in candle ops. candle's own CPU
+/// conv2d backward (a direct-loop transposed convolution) runs about two orders of magnitude
+/// slower; this form's backward is matmuls and memory copies.
+fn conv2d_as_matmul(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> candle_core::Result<Tensor> {
+    let (batch, channels, height, width) = x.dims4()?;
+    let (out_channels, weight_channels, kernel, _) = weight.dims4()?;
+    if weight_channels != channels || height + 2 * padding < kernel || width + 2 * padding < kernel {
+        return Err(candle_core::Error::Msg(format!(
+            "conv with a {out_channels}x{weight_channels}x{kernel}x{kernel} kernel cannot take input of shape {:?}",
+            x.dims()
+        )));
+    }
+    let out_height = (height + 2 * padding - kernel) / stride + 1;
+    let out_width = (width + 2 * padding - kernel) / stride + 1;
+    let padded = if padding > 0 { x.pad_with_zeros(2, padding, padding)?.pad_with_zeros(3, padding, padding)? } else { x.clone() };
+    let mut patches = Vec::with_capacity(kernel * kernel);
+    for ky in 0..kernel {
+        let rows = take_every(&padded, 2, ky, out_height, stride)?;
+        for kx in 0..kernel {
+            patches.push(take_every(&rows, 3, kx, out_width, stride)?);
+        }
+    }
+    // [N, C, K*K, OH, OW] -> [N, C*K*K, OH*OW], matching the weight's [O, C, K, K] order.
+    let columns = Tensor::stack(&patches, 2)?.reshape((batch, channels * kernel * kernel, out_height * out_width))?;
+    let weight = weight.reshape((out_channels, channels * kernel * kernel))?;
+    weight.broadcast_left(batch)?.matmul(&columns)?.reshape((batch, out_channels, out_height, out_width))
+}
+
+/// Elements `start, start + stride, ...` (`count` of them) along `dim`.
+fn take_every(x: &Tensor, dim: usize, start: usize, count: usize, stride: usize) -> candle_core::Result<Tensor> {
+    if stride == 1 {
+        return x.narrow(dim, start, count);
+    }
+    let positions: Vec<u32> = (0..count).map(|i| (start + i * stride) as u32).collect();
+    x.index_select(&Tensor::from_vec(positions, count, x.device())?, dim)
 }
 
 /// A fully connected layer, `y = x Wᵀ + b`, with PyTorch's default initialisation.
@@ -253,7 +290,7 @@ fn batch_moments(x: &Tensor) -> Result<(Tensor, Tensor), ModelError> {
 
 /// PyTorch's running-statistics update: `running = (1 - m) running + m batch`, outside the graph.
 fn update_running(running: &Var, batch: &Tensor) -> Result<(), ModelError> {
-    let updated = ((running.as_tensor() * (1.0 - BN_MOMENTUM))? + (batch.detach() * BN_MOMENTUM)?)?;
+    let updated = ((running.as_tensor().detach() * (1.0 - BN_MOMENTUM))? + (batch.detach() * BN_MOMENTUM)?)?;
     running.set(&updated)?;
     Ok(())
 }
