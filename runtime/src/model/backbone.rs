@@ -127,9 +127,10 @@ impl Backbone {
         })
     }
 
-    /// Pooled features `[N, feature_dim]`.
+    /// Pooled features `[N, feature_dim]` of images `[N, C, H, W]`. Inside, activations are
+    /// channel-major `[C, N, H, W]`: the layout in which conv and BatchNorm are cheapest.
     pub fn forward(&self, x: &Tensor, branch: Branch, mode: Mode) -> Result<Tensor, ModelError> {
-        let mut out = x.clone();
+        let mut out = x.transpose(0, 1)?.contiguous()?;
         for unit in &self.stem {
             out = unit.forward(&out, branch, mode)?.relu()?;
         }
@@ -140,7 +141,7 @@ impl Backbone {
         for block in &self.blocks {
             out = block.forward(&out, branch, mode)?;
         }
-        Ok(out.mean((2, 3))?)
+        Ok(out.mean((2, 3))?.t()?.contiguous()?)
     }
 
     /// Every conv layer, in construction order: the set SDCLR prunes globally.

@@ -1,7 +1,7 @@
 //! Layers with explicit parameters, so that the optimizer, the checkpoint and SDCLR's pruning
 //! can see every tensor by name.
 
-use candle_core::{Device, Tensor, Var, D};
+use candle_core::{Device, Tensor, Var};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
@@ -76,7 +76,8 @@ fn standard_normal(rng: &mut ChaCha8Rng) -> f64 {
     (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
 }
 
-/// A bias-free 2-d convolution whose weight SDCLR's pruned branch multiplies by a 0/1 mask.
+/// A bias-free 2-d convolution on channel-major activations `[C, N, H, W]`, whose weight
+/// SDCLR's pruned branch multiplies by a 0/1 mask.
 pub struct Conv2d {
     pub(crate) weight: Var,
     stride: usize,
@@ -126,15 +127,16 @@ impl Conv2d {
     }
 }
 
-/// 2-d convolution written as im2col plus one batched matmul, in candle ops. candle's own CPU
-/// conv2d backward (a direct-loop transposed convolution) runs about two orders of magnitude
-/// slower; this form's backward is matmuls and memory copies.
+/// 2-d convolution of channel-major input `[C, N, H, W]` to `[O, N, OH, OW]`, written as im2col
+/// plus one 2-D matmul in candle ops. candle's own CPU conv2d backward (a direct-loop transposed
+/// convolution) runs about two orders of magnitude slower; this form's backward is two gemms
+/// and memory copies, and channel-major layout needs no transposes between layers.
 fn conv2d_as_matmul(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> candle_core::Result<Tensor> {
-    let (batch, channels, height, width) = x.dims4()?;
+    let (channels, batch, height, width) = x.dims4()?;
     let (out_channels, weight_channels, kernel, _) = weight.dims4()?;
     if weight_channels != channels || height + 2 * padding < kernel || width + 2 * padding < kernel {
         return Err(candle_core::Error::Msg(format!(
-            "conv with a {out_channels}x{weight_channels}x{kernel}x{kernel} kernel cannot take input of shape {:?}",
+            "conv with a {out_channels}x{weight_channels}x{kernel}x{kernel} kernel cannot take channel-major input of shape {:?}",
             x.dims()
         )));
     }
@@ -148,10 +150,10 @@ fn conv2d_as_matmul(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) 
             patches.push(take_every(&rows, 3, kx, out_width, stride)?);
         }
     }
-    // [N, C, K*K, OH, OW] -> [N, C*K*K, OH*OW], matching the weight's [O, C, K, K] order.
-    let columns = Tensor::stack(&patches, 2)?.reshape((batch, channels * kernel * kernel, out_height * out_width))?;
+    // [C, K*K, N, OH, OW] -> [C*K*K, N*OH*OW], matching the weight's [O, C, K, K] order.
+    let columns = Tensor::stack(&patches, 1)?.reshape((channels * kernel * kernel, batch * out_height * out_width))?;
     let weight = weight.reshape((out_channels, channels * kernel * kernel))?;
-    weight.broadcast_left(batch)?.matmul(&columns)?.reshape((batch, out_channels, out_height, out_width))
+    weight.matmul(&columns)?.reshape((out_channels, batch, out_height, out_width))
 }
 
 /// Elements `start, start + stride, ...` (`count` of them) along `dim`.
@@ -206,7 +208,7 @@ struct BatchNormSet {
     running_var: Var,
 }
 
-/// BatchNorm over the channel axis (dim 1) of `[N, C]` or `[N, C, H, W]` input, with one
+/// BatchNorm over the channel axis of channel-major input (see [`BatchNorm::forward`]), with one
 /// independent set of affine parameters and running statistics per [`Branch`]: SDCLR's pruned
 /// network sees different activation statistics than the dense one.
 pub struct BatchNorm {
@@ -237,55 +239,43 @@ impl BatchNorm {
         Ok(BatchNorm { sets, channels })
     }
 
+    /// `x` is channel-major, `[C, ...]` (`[C, N]` or `[C, N, H, W]`): every reduction then runs
+    /// over the last axis of a `[C, M]` view, candle's fast path (its reductions over other axes
+    /// divide per element and run about a hundred times slower).
     pub(crate) fn forward(&self, x: &Tensor, branch: Branch, mode: Mode) -> Result<Tensor, ModelError> {
         let set = self.sets.get(branch.index()).ok_or(ModelError::NoPrunedBranch)?;
-        let rank = x.rank();
-        if !(rank == 2 || rank == 4) || x.dim(1)? != self.channels {
+        if x.rank() < 2 || x.dim(0)? != self.channels {
             return Err(ModelError::Shape(format!(
-                "BatchNorm over {} channels got input of shape {:?}",
+                "BatchNorm over {} channels got channel-major input of shape {:?}",
                 self.channels,
                 x.dims()
             )));
         }
-        // Broadcast per-channel vectors over [N, C] or [N, C, H, W].
-        let channel_shape: Vec<usize> =
-            (0..rank).map(|axis| if axis == 1 { self.channels } else { 1 }).collect();
-        let per_channel = |t: &Tensor| t.reshape(channel_shape.as_slice());
-        let (mean, var) = match mode {
+        let rows = x.contiguous()?.reshape((self.channels, ()))?;
+        let column = |t: &Tensor| t.reshape((self.channels, 1));
+        let (centered, var) = match mode {
             Mode::Train => {
-                let values_per_channel = x.elem_count() / self.channels;
+                let values_per_channel = rows.dim(1)?;
                 if values_per_channel < 2 {
                     return Err(ModelError::Shape(format!(
                         "BatchNorm in training mode needs more than one value per channel, got input of shape {:?}; use a batch of at least 2",
                         x.dims()
                     )));
                 }
-                let (mean, var) = batch_moments(x)?;
-                update_running(&set.running_mean, &mean)?;
-                let unbiased = (&var * (values_per_channel as f64 / (values_per_channel - 1) as f64))?;
+                let mean = rows.mean_keepdim(1)?;
+                let centered = rows.broadcast_sub(&mean)?;
+                let var = centered.sqr()?.mean_keepdim(1)?;
+                update_running(&set.running_mean, &mean.flatten_all()?)?;
+                let unbiased = (var.flatten_all()? * (values_per_channel as f64 / (values_per_channel - 1) as f64))?;
                 update_running(&set.running_var, &unbiased)?;
-                (per_channel(&mean)?, per_channel(&var)?)
+                (centered, var)
             }
-            Mode::Eval => (
-                per_channel(set.running_mean.as_tensor())?,
-                per_channel(set.running_var.as_tensor())?,
-            ),
+            Mode::Eval => (rows.broadcast_sub(&column(set.running_mean.as_tensor())?)?, column(set.running_var.as_tensor())?),
         };
-        let normalized = x.broadcast_sub(&mean)?.broadcast_div(&(var + BN_EPS)?.sqrt()?)?;
-        Ok(normalized
-            .broadcast_mul(&per_channel(set.weight.as_tensor())?)?
-            .broadcast_add(&per_channel(set.bias.as_tensor())?)?)
+        let scale = column(set.weight.as_tensor())?.broadcast_div(&(var + BN_EPS)?.sqrt()?)?;
+        let normalized = centered.broadcast_mul(&scale)?.broadcast_add(&column(set.bias.as_tensor())?)?;
+        Ok(normalized.reshape(x.dims())?)
     }
-}
-
-/// Per-channel mean and biased variance of `[N, C]` or `[N, C, H, W]`, both `[C]`.
-fn batch_moments(x: &Tensor) -> Result<(Tensor, Tensor), ModelError> {
-    let channels = x.dim(1)?;
-    // [C, N * H * W]: one row per channel.
-    let rows = x.transpose(0, 1)?.contiguous()?.reshape((channels, ()))?;
-    let mean = rows.mean(D::Minus1)?;
-    let var = rows.broadcast_sub(&mean.unsqueeze(1)?)?.sqr()?.mean(D::Minus1)?;
-    Ok((mean, var))
 }
 
 /// PyTorch's running-statistics update: `running = (1 - m) running + m batch`, outside the graph.
@@ -293,4 +283,26 @@ fn update_running(running: &Var, batch: &Tensor) -> Result<(), ModelError> {
     let updated = ((running.as_tensor().detach() * (1.0 - BN_MOMENTUM))? + (batch.detach() * BN_MOMENTUM)?)?;
     running.set(&updated)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The matmul form agrees with candle's direct conv2d for every kernel/stride/padding the
+    /// backbones use, odd sizes included.
+    #[test]
+    fn conv_as_matmul_matches_candles_conv2d() {
+        let device = Device::Cpu;
+        for (kernel, stride, padding, size) in [(3, 1, 1, 8), (3, 2, 1, 9), (1, 1, 0, 6), (1, 2, 0, 7), (7, 2, 3, 11)] {
+            let x = Tensor::randn(0f32, 1.0, (2, 3, size, size), &device).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (4, 3, kernel, kernel), &device).unwrap();
+            let expected = x.conv2d(&w, padding, stride, 1, 1).unwrap();
+            let channel_major = x.transpose(0, 1).unwrap().contiguous().unwrap();
+            let actual = conv2d_as_matmul(&channel_major, &w, stride, padding).unwrap().transpose(0, 1).unwrap();
+            assert_eq!(actual.dims(), expected.dims());
+            let diff = (actual - expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-4, "kernel {kernel} stride {stride}: {diff}");
+        }
+    }
 }

@@ -120,8 +120,10 @@ struct Projector {
 
 impl Projector {
     fn forward(&self, features: &Tensor, branch: Branch, mode: Mode) -> Result<Tensor, ModelError> {
-        let hidden = self.bn1.forward(&self.fc1.forward(features)?, branch, mode)?.relu()?;
-        self.bn2.forward(&self.fc2.forward(&hidden)?, branch, mode)
+        // BatchNorm takes channel-major input: transpose [N, F] to [F, N] around it.
+        let batch_norm = |bn: &BatchNorm, x: &Tensor| -> Result<Tensor, ModelError> { Ok(bn.forward(&x.t()?, branch, mode)?.t()?) };
+        let hidden = batch_norm(&self.bn1, &self.fc1.forward(features)?)?.relu()?;
+        batch_norm(&self.bn2, &self.fc2.forward(&hidden)?)
     }
 }
 

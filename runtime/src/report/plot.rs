@@ -64,6 +64,8 @@ pub fn plot_per_class(path: &Path, report: &AccuracyReport, train_counts: &[usiz
         .configure_mesh()
         .x_desc("training images of the class (log scale)")
         .y_desc("top-1 accuracy (%)")
+        .x_label_formatter(&|count| format!("{count:.0}"))
+        .y_label_formatter(&|percent| format!("{percent:.0}"))
         .label_style((FONT_FAMILY, 18))
         .axis_desc_style((FONT_FAMILY, 20))
         .draw()
