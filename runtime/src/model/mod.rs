@@ -11,10 +11,10 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 pub use backbone::BackboneKind;
-pub use layers::{ConvInit, Linear};
+pub use layers::ConvInit;
 
 use backbone::Backbone;
-use layers::{BatchNorm, Registry};
+use layers::{BatchNorm, Linear, Registry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
