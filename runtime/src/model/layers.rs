@@ -1,10 +1,11 @@
 //! Layers with explicit parameters, so that the optimizer, the checkpoint and SDCLR's pruning
 //! can see every tensor by name.
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+use super::im2col::{Im2Col, Patches};
 use super::{Branch, Mode, ModelError};
 
 /// BatchNorm's default epsilon and running-statistics momentum (PyTorch's defaults).
@@ -127,42 +128,24 @@ impl Conv2d {
     }
 }
 
-/// 2-d convolution of channel-major input `[C, N, H, W]` to `[O, N, OH, OW]`, written as im2col
-/// plus one 2-D matmul in candle ops. candle's own CPU conv2d backward (a direct-loop transposed
-/// convolution) runs about two orders of magnitude slower; this form's backward is two gemms
-/// and memory copies, and channel-major layout needs no transposes between layers.
+/// 2-d convolution of channel-major input `[C, N, H, W]` to `[O, N, OH, OW]`: im2col, then one
+/// 2-D matmul. candle's own CPU conv2d backward (a direct-loop transposed convolution) runs
+/// about two orders of magnitude slower; here the backward is two gemms and one col2im, and
+/// channel-major layout needs no transposes between layers.
 fn conv2d_as_matmul(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> candle_core::Result<Tensor> {
     let (channels, batch, height, width) = x.dims4()?;
     let (out_channels, weight_channels, kernel, _) = weight.dims4()?;
-    if weight_channels != channels || height + 2 * padding < kernel || width + 2 * padding < kernel {
+    if weight_channels != channels || height + 2 * padding < kernel || width + 2 * padding < kernel || x.dtype() != DType::F32 {
         return Err(candle_core::Error::Msg(format!(
-            "conv with a {out_channels}x{weight_channels}x{kernel}x{kernel} kernel cannot take channel-major input of shape {:?}",
+            "conv with a {out_channels}x{weight_channels}x{kernel}x{kernel} kernel cannot take channel-major {:?} input of shape {:?}",
+            x.dtype(),
             x.dims()
         )));
     }
-    let out_height = (height + 2 * padding - kernel) / stride + 1;
-    let out_width = (width + 2 * padding - kernel) / stride + 1;
-    let padded = if padding > 0 { x.pad_with_zeros(2, padding, padding)?.pad_with_zeros(3, padding, padding)? } else { x.clone() };
-    let mut patches = Vec::with_capacity(kernel * kernel);
-    for ky in 0..kernel {
-        let rows = take_every(&padded, 2, ky, out_height, stride)?;
-        for kx in 0..kernel {
-            patches.push(take_every(&rows, 3, kx, out_width, stride)?);
-        }
-    }
-    // [C, K*K, N, OH, OW] -> [C*K*K, N*OH*OW], matching the weight's [O, C, K, K] order.
-    let columns = Tensor::stack(&patches, 1)?.reshape((channels * kernel * kernel, batch * out_height * out_width))?;
+    let patches = Patches { channels, batch, height, width, kernel, stride, padding };
+    let columns = x.contiguous()?.apply_op1(Im2Col(patches))?;
     let weight = weight.reshape((out_channels, channels * kernel * kernel))?;
-    weight.matmul(&columns)?.reshape((out_channels, batch, out_height, out_width))
-}
-
-/// Elements `start, start + stride, ...` (`count` of them) along `dim`.
-fn take_every(x: &Tensor, dim: usize, start: usize, count: usize, stride: usize) -> candle_core::Result<Tensor> {
-    if stride == 1 {
-        return x.narrow(dim, start, count);
-    }
-    let positions: Vec<u32> = (0..count).map(|i| (start + i * stride) as u32).collect();
-    x.index_select(&Tensor::from_vec(positions, count, x.device())?, dim)
+    weight.matmul(&columns)?.reshape((out_channels, batch, patches.out_height(), patches.out_width()))
 }
 
 /// A fully connected layer, `y = x Wᵀ + b`, with PyTorch's default initialisation.
@@ -289,20 +272,31 @@ fn update_running(running: &Var, batch: &Tensor) -> Result<(), ModelError> {
 mod tests {
     use super::*;
 
-    /// The matmul form agrees with candle's direct conv2d for every kernel/stride/padding the
-    /// backbones use, odd sizes included.
+    fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    /// The im2col form agrees with candle's direct conv2d, values and both gradients, for every
+    /// kernel/stride/padding the backbones use, odd sizes included.
     #[test]
     fn conv_as_matmul_matches_candles_conv2d() {
         let device = Device::Cpu;
         for (kernel, stride, padding, size) in [(3, 1, 1, 8), (3, 2, 1, 9), (1, 1, 0, 6), (1, 2, 0, 7), (7, 2, 3, 11)] {
-            let x = Tensor::randn(0f32, 1.0, (2, 3, size, size), &device).unwrap();
-            let w = Tensor::randn(0f32, 1.0, (4, 3, kernel, kernel), &device).unwrap();
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, size, size), &device).unwrap()).unwrap();
+            let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 3, kernel, kernel), &device).unwrap()).unwrap();
             let expected = x.conv2d(&w, padding, stride, 1, 1).unwrap();
-            let channel_major = x.transpose(0, 1).unwrap().contiguous().unwrap();
+            let channel_major = x.transpose(0, 1).unwrap();
             let actual = conv2d_as_matmul(&channel_major, &w, stride, padding).unwrap().transpose(0, 1).unwrap();
             assert_eq!(actual.dims(), expected.dims());
-            let diff = (actual - expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            assert!(diff < 1e-4, "kernel {kernel} stride {stride}: {diff}");
+            assert!(max_difference(&actual, &expected) < 1e-4, "kernel {kernel} stride {stride}");
+            // Backward: the gradient of sum(y * r) for a fixed random r.
+            let r = Tensor::randn(0f32, 1.0, expected.dims(), &device).unwrap();
+            let expected_grads = (&expected * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let actual_grads = (&actual * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            for var in [&x, &w] {
+                let (a, e) = (actual_grads.get(var).unwrap(), expected_grads.get(var).unwrap());
+                assert!(max_difference(a, e) < 1e-3, "kernel {kernel} stride {stride}: gradient differs");
+            }
         }
     }
 }

@@ -2,6 +2,7 @@
 //! branch (masked conv weights, its own BatchNorm sets) available on demand.
 
 mod backbone;
+mod im2col;
 mod layers;
 
 use std::collections::HashMap;
