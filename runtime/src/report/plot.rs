@@ -34,9 +34,9 @@ fn group_colour(group: Group) -> RGBColor {
 /// `groups[c]` colours class `c`, and the legend gives each group's mean.
 pub fn plot_per_class(path: &Path, report: &AccuracyReport, train_counts: &[usize], groups: &[Group]) -> Result<(), ReportError> {
     let classes = report.per_class.len();
-    if train_counts.len() != classes || groups.len() != classes {
+    if classes == 0 || train_counts.len() != classes || groups.len() != classes {
         return Err(ReportError::Input(format!(
-            "the plot needs one training count and one group per class: {classes} classes, {} counts, {} groups",
+            "the plot needs at least one class, and one training count and one group per class: {classes} classes, {} counts, {} groups",
             train_counts.len(),
             groups.len()
         )));
