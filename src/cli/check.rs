@@ -24,6 +24,8 @@ pub enum Stage {
     Grad,
     /// The gradient program after CSE, folding, dead-code elimination and pairwise fusion.
     Opt,
+    /// The Cranelift IR the CPU back end generates for the optimised gradient program.
+    Clif,
 }
 
 /// Print a compilation stage of an objective.
@@ -74,7 +76,7 @@ pub fn emit(args: &EmitArgs) -> i32 {
                 1
             }
         },
-        Stage::Ir | Stage::Grad | Stage::Opt => match sslc_compiler::compile(&args.file, &mut sources) {
+        Stage::Ir | Stage::Grad | Stage::Opt | Stage::Clif => match sslc_compiler::compile(&args.file, &mut sources) {
             Ok(c) => {
                 for m in c.modules {
                     match stage_text(m, args.stage) {
@@ -101,6 +103,11 @@ fn stage_text(m: sslc_compiler::ir::Module, stage: Stage) -> Result<String, sslc
         return Ok(format!("{}\n", sslc_compiler::ir::print_module(&m)));
     }
     let exe = sslc_compiler::objective::Executable::new(m)?;
+    if let Stage::Clif = stage {
+        let cpu = sslc_compiler::back::clif::Cpu::new(std::sync::Arc::new(exe))
+            .map_err(|e| sslc_compiler::diag::Diagnostic::new(e.to_string()))?;
+        return Ok(cpu.clif().to_string());
+    }
     let program = match stage {
         Stage::Opt => sslc_compiler::passes::optimize(&exe.module, &exe.gradient)?,
         _ => exe.gradient.clone(),

@@ -1,13 +1,15 @@
 //! `sslc eval` and `sslc gradcheck`: values and exact gradients of an objective, from files
-//! or random inputs, on the reference evaluator.
+//! or random inputs, on any back end (`eval`) or the reference evaluator (`gradcheck`).
 
 use clap::{Args, ValueEnum};
 use sslc_compiler::diag::{print_all, Sources};
 use sslc_compiler::eval::{npy, BindRequest, Bindings, Overrides};
 use sslc_compiler::ir::Module;
+use sslc_compiler::back::{self, BackendKind};
 use sslc_compiler::objective::Executable;
 use candle_core::{DType, Tensor};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
 pub enum Backend {
@@ -17,6 +19,16 @@ pub enum Backend {
     Cpu,
     /// Fused CUDA kernels compiled with NVRTC.
     Cuda,
+}
+
+impl Backend {
+    pub fn kind(self) -> BackendKind {
+        match self {
+            Backend::Reference => BackendKind::Reference,
+            Backend::Cpu => BackendKind::Cpu,
+            Backend::Cuda => BackendKind::Cuda,
+        }
+    }
 }
 
 /// Evaluate an objective's loss, per-sample losses and gradients on given inputs.
@@ -109,8 +121,8 @@ pub fn eval(args: &EvalArgs) -> i32 {
 }
 
 fn eval_inner(args: &EvalArgs) -> Result<(), i32> {
-    if args.backend != Backend::Reference {
-        return Err(fail(format!("the {:?} back end is not built into this sslc yet; use --backend reference", args.backend)));
+    if args.f64 && args.backend != Backend::Reference {
+        return Err(fail("--f64 evaluates on the reference back end only; add --backend reference"));
     }
     let module = load_objective(&args.file)?;
     let overrides = Overrides::parse(&args.set).map_err(fail)?;
@@ -152,8 +164,9 @@ fn eval_inner(args: &EvalArgs) -> Result<(), i32> {
         slot.push((name.to_string(), tensor));
     }
     let bindings = Bindings::new(&module, req).map_err(fail)?;
-    let exe = Executable::new(module).map_err(|d| fail(d.message))?;
-    let result = exe.evaluate(&bindings).map_err(fail)?;
+    let exe = Arc::new(Executable::new(module).map_err(|d| fail(d.message))?);
+    let backend = back::build(args.backend.kind(), exe.clone()).map_err(fail)?;
+    let result = backend.evaluate(&bindings).map_err(fail)?;
     std::fs::create_dir_all(&args.out).map_err(|e| fail(format!("{}: {e}", args.out.display())))?;
     let write = |name: &str, t: &Tensor| npy::write(&args.out.join(name), t).map_err(fail);
     let dtype = bindings.dtype;
@@ -169,7 +182,7 @@ fn eval_inner(args: &EvalArgs) -> Result<(), i32> {
     }
     let summary = serde_json::json!({
         "objective": exe.module.name,
-        "backend": "reference",
+        "backend": backend.name(),
         "dtype": if args.f64 { "f64" } else { "f32" },
         "loss": result.loss,
         "metrics": result.metrics.iter().map(|(n, v)| (n.clone(), serde_json::Value::from(*v))).collect::<serde_json::Map<_, _>>(),

@@ -1,6 +1,7 @@
 //! The command line. Each subcommand lives in its own file; exit codes are uniform:
 //! 0 success, 1 the input was wrong (diagnostics on stderr), 2 usage errors (from clap).
 
+mod bench;
 mod check;
 mod eval;
 
@@ -27,6 +28,7 @@ enum Command {
     Emit(check::EmitArgs),
     Eval(eval::EvalArgs),
     Gradcheck(eval::GradcheckArgs),
+    Bench(bench::BenchArgs),
 }
 
 pub fn main() -> i32 {
@@ -36,6 +38,7 @@ pub fn main() -> i32 {
         Command::Emit(args) => check::emit(&args),
         Command::Eval(args) => eval::eval(&args),
         Command::Gradcheck(args) => eval::gradcheck(&args),
+        Command::Bench(args) => bench::bench(&args),
     }
 }
 

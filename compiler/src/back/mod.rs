@@ -2,6 +2,8 @@
 //! Cranelift JIT on the CPU; `cuda`: NVRTC kernels), and the reference evaluator is one too, so
 //! the command line, the tests and the training loop treat them alike through [`Backend`].
 
+pub mod clif;
+
 use crate::eval::{Bindings, EvalError};
 use crate::objective::{Evaluation, Executable};
 use std::sync::Arc;
@@ -63,7 +65,8 @@ impl Backend for Reference {
 pub fn build(kind: BackendKind, executable: Arc<Executable>) -> Result<Box<dyn Backend>, BackendError> {
     match kind {
         BackendKind::Reference => Ok(Box::new(Reference { executable })),
-        BackendKind::Cpu | BackendKind::Cuda => Err(BackendError::Unsupported {
+        BackendKind::Cpu => Ok(Box::new(clif::Cpu::new(executable)?)),
+        BackendKind::Cuda => Err(BackendError::Unsupported {
             backend: kind.name(),
             why: "this back end is not built into this sslc yet; use --backend reference".into(),
         }),

@@ -1,0 +1,299 @@
+//! What generated code runs with: the functions it calls (splitting a kernel across threads,
+//! the GEMM library, reporting a bad index), and the driver that lays out the buffers of one
+//! evaluation, writes the leaves (inputs, parameters, ...) into them, runs `main` and reads
+//! the outputs back.
+
+use super::builder::round_up;
+use super::frame::Frame;
+use super::plan::{Access, Buffer, Coord, Leaf, RowStride, LANES};
+use super::sizes::SizeTable;
+use crate::eval::{Bindings, EvalError};
+use crate::ir::{BuiltinValue, Dim, Elem, Handle, Module, Type};
+use candle_core::{DType, Device, Tensor};
+use cranelift_codegen::ir::types::{F32, I64};
+use cranelift_codegen::ir::Type as ClifType;
+use rayon::prelude::*;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+/// A kernel's entry point: `(frame, begin, end)` over its units.
+type KernelFn = extern "C" fn(*const Frame, i64, i64);
+
+/// Work (elements times operations) below which a kernel runs on the calling thread: splitting
+/// smaller kernels costs more than it saves.
+const PARALLEL_WORK: i64 = 1 << 15;
+
+/// Runs `kernel` over `[0, total)`, split into ranges of whole `grain`s across the thread pool
+/// when the work is large enough.
+extern "C" fn parallel_for(frame: *const Frame, kernel: KernelFn, total: i64, grain: i64, work: i64) {
+    let threads = rayon::current_num_threads() as i64;
+    let grain = grain.max(1);
+    let grains = (total + grain - 1) / grain;
+    if threads <= 1 || grains <= 1 || total.saturating_mul(work.max(1)) < PARALLEL_WORK {
+        kernel(frame, 0, total);
+        return;
+    }
+    // A few ranges per thread, so an uneven split still keeps every thread busy.
+    let pieces = grains.min(threads * 4);
+    let per_piece = (grains + pieces - 1) / pieces * grain;
+    let frame = SharedFrame(frame);
+    (0..pieces).into_par_iter().for_each(|k| {
+        let begin = k * per_piece;
+        let end = (begin + per_piece).min(total);
+        if begin < end {
+            kernel(frame.get(), begin, end);
+        }
+    });
+}
+
+/// The frame shared by the threads of one kernel: each writes only its own range.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedFrame(pub *const Frame);
+// SAFETY: generated kernels only read the frame and write disjoint ranges of their output.
+unsafe impl Send for SharedFrame {}
+// SAFETY: as above; the frame outlives the parallel loop, which joins before returning.
+unsafe impl Sync for SharedFrame {}
+impl SharedFrame {
+    pub fn get(self) -> *const Frame {
+        self.0
+    }
+}
+
+/// `out = lhs @ rhs` for strided `f32` matrices (addresses and strides in elements), by the
+/// `gemm` crate, on the current thread pool when the product is large.
+#[allow(clippy::too_many_arguments)]
+extern "C" fn gemm_f32(
+    m: i64,
+    n: i64,
+    k: i64,
+    out: *mut f32,
+    out_rs: i64,
+    out_cs: i64,
+    lhs: *const f32,
+    lhs_rs: i64,
+    lhs_cs: i64,
+    rhs: *const f32,
+    rhs_rs: i64,
+    rhs_cs: i64,
+) {
+    let parallelism = if m * n * k >= 1 << 18 && rayon::current_num_threads() > 1 {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the generated code passes buffers of this evaluation laid out as described by
+    // the strides, with the output not overlapping the operands.
+    unsafe {
+        gemm::gemm(
+            m as usize,
+            n as usize,
+            k as usize,
+            out,
+            out_cs as isize,
+            out_rs as isize,
+            false,
+            lhs,
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs,
+            rhs_cs as isize,
+            rhs_rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// Records the first index out of range; the driver turns it into an error.
+extern "C" fn index_error(frame: *const Frame, index: i64, _limit: i64) {
+    // SAFETY: generated code passes the frame it was called with, which is live.
+    let slot = unsafe { &*(*frame).bad_index };
+    let _ = slot.compare_exchange(i64::MIN, index, Ordering::Relaxed, Ordering::Relaxed);
+}
+
+extern "C" fn cosf(x: f32) -> f32 {
+    x.cos()
+}
+
+/// A runtime function generated code may call.
+pub(crate) struct Symbol {
+    pub name: &'static str,
+    pub address: *const u8,
+    pub params: Vec<ClifType>,
+    pub returns: Vec<ClifType>,
+}
+
+pub(crate) fn symbols() -> Vec<Symbol> {
+    let ints = |n: usize| vec![I64; n];
+    vec![
+        Symbol { name: "sslc_parallel_for", address: parallel_for as *const u8, params: ints(5), returns: vec![] },
+        Symbol { name: "sslc_gemm", address: gemm_f32 as *const u8, params: ints(12), returns: vec![] },
+        Symbol { name: "sslc_pairwise", address: super::tiles::pairwise as *const u8, params: ints(2), returns: vec![] },
+        Symbol { name: "sslc_index_error", address: index_error as *const u8, params: ints(3), returns: vec![] },
+        Symbol { name: "sslc_cosf", address: cosf as *const u8, params: vec![F32], returns: vec![F32] },
+    ]
+}
+
+/// Why an evaluation could not run.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RunError {
+    #[error("{0}")]
+    Eval(#[from] EvalError),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<candle_core::Error> for RunError {
+    fn from(e: candle_core::Error) -> Self {
+        RunError::Other(e.to_string())
+    }
+}
+
+/// The buffers of one evaluation, in one allocation.
+pub(crate) struct Memory {
+    storage: Vec<f32>,
+    /// Where each buffer starts in `storage`.
+    offsets: Vec<usize>,
+    /// Each buffer's row stride.
+    strides: Vec<usize>,
+    /// The size table's values.
+    pub sizes: Vec<i64>,
+}
+
+/// Buffers start on 64-byte boundaries (16 elements), a cache line each.
+const ALIGN_ELEMENTS: usize = 16;
+
+impl Memory {
+    pub fn new(buffers: &[Buffer], table: &SizeTable, dims: &[i64]) -> Result<Memory, RunError> {
+        let size_of = |s: crate::ir::DimSym| dims.get(s.index()).copied();
+        let sizes = table.values(&size_of).ok_or_else(|| RunError::Other("a dimension has no size, or a negative one".into()))?;
+        let eval = |d: &Dim| -> Result<usize, RunError> {
+            let v = d.eval(&size_of).ok_or_else(|| RunError::Other("a dimension has no size".into()))?;
+            usize::try_from(v).map_err(|_| RunError::Other(format!("a size evaluates to {v}")))
+        };
+        let mut offsets = Vec::with_capacity(buffers.len());
+        let mut strides = Vec::with_capacity(buffers.len());
+        let mut total = 0usize;
+        for b in buffers {
+            let stride = match b.row_stride() {
+                RowStride::One => 1,
+                RowStride::Padded(d) => round_up(eval(&d)? as i64) as usize,
+            };
+            let len = eval(&b.rows)?
+                .checked_mul(stride)
+                .and_then(|l| l.checked_add(LANES as usize))
+                .ok_or_else(|| RunError::Other("a buffer would not fit in memory".into()))?;
+            total = total.div_ceil(ALIGN_ELEMENTS) * ALIGN_ELEMENTS;
+            offsets.push(total);
+            strides.push(stride);
+            total = total.checked_add(len).ok_or_else(|| RunError::Other("the buffers would not fit in memory".into()))?;
+        }
+        // Extra room to start the first buffer on a boundary whatever the allocator returns.
+        let storage = vec![0f32; total + ALIGN_ELEMENTS];
+        let shift = storage.as_ptr().align_offset(ALIGN_ELEMENTS * 4);
+        let offsets = offsets.into_iter().map(|o| o + shift).collect();
+        Ok(Memory { storage, offsets, strides, sizes })
+    }
+
+    /// Every buffer's address, for the frame.
+    pub fn addresses(&mut self) -> Vec<*mut f32> {
+        let base = self.storage.as_mut_ptr();
+        // SAFETY: every offset lies within `storage` (see `new`).
+        self.offsets.iter().map(|&o| unsafe { base.add(o) }).collect()
+    }
+
+    /// Writes `values` (row-major, `rows × cols`) into buffer `id`, one padded row at a time.
+    fn write(&mut self, id: usize, cols: usize, values: impl Iterator<Item = f32>) {
+        let (start, stride) = (self.offsets[id], self.strides[id]);
+        for (k, v) in values.enumerate() {
+            let (r, c) = if cols == 0 { (0, 0) } else { (k / cols, k % cols) };
+            self.storage[start + r * stride + c] = v;
+        }
+    }
+
+    /// The element `access` reads at `(row, col)`, as its bits.
+    fn read(&self, access: &Access, row: usize, col: usize, dims: &[i64]) -> f32 {
+        let at = |c: &Coord<super::plan::Axis>| -> usize {
+            let base = match c.follows {
+                Some(super::plan::Axis::Row) => row,
+                Some(super::plan::Axis::Col) => col,
+                None => 0,
+            };
+            base + c.offset.eval(&|s| dims.get(s.index()).copied()).unwrap_or(0).max(0) as usize
+        };
+        let id = access.buffer;
+        self.storage[self.offsets[id] + at(&access.row) * self.strides[id] + at(&access.col)]
+    }
+}
+
+/// Writes every leaf buffer from the bindings.
+pub(crate) fn write_leaves(memory: &mut Memory, buffers: &[Buffer], module: &Module, b: &Bindings) -> Result<(), RunError> {
+    for (id, buffer) in buffers.iter().enumerate() {
+        let Some(leaf) = &buffer.leaf else { continue };
+        let rows = b.size(module, &buffer.rows);
+        let cols = b.size(module, &buffer.cols);
+        let scalar = |v: f64| -> Vec<f64> { vec![v] };
+        let values: Vec<f64> = match leaf {
+            Leaf::Input(i) => tensor_values(&b.inputs[*i], rows * cols)?,
+            Leaf::Const(i) => tensor_values(&b.consts[*i], rows * cols)?,
+            Leaf::State(i) => tensor_values(&b.states[*i], rows * cols)?,
+            Leaf::Forward(i) => tensor_values(b.forward.get(*i).ok_or(EvalError::NoForward(*i))?, rows * cols)?,
+            Leaf::Param(p) => scalar(b.param(module, Handle::new(*p))),
+            Leaf::Builtin(BuiltinValue::Epoch) => scalar(b.epoch as f64),
+            Leaf::Builtin(BuiltinValue::Epochs) => scalar(b.epochs as f64),
+            Leaf::Builtin(BuiltinValue::BaseLr) => scalar(b.base_lr),
+            Leaf::Builtin(BuiltinValue::SampleIndex) => tensor_values(b.index.as_ref().ok_or(EvalError::NoIndex)?, rows * cols)?,
+            Leaf::RunFraction(f) => scalar(b.run_fraction(*f) as f64),
+            Leaf::DimSize(d) => scalar(b.size(module, d) as f64),
+        };
+        match buffer.elem {
+            Elem::Real => memory.write(id, cols, values.into_iter().map(|v| v as f32)),
+            Elem::Int => {
+                let mut ints = Vec::with_capacity(values.len());
+                for v in values {
+                    if v.abs() >= f64::from(i32::MAX) {
+                        return Err(RunError::Other(format!("the integer {v} is too large for the CPU back end's 32-bit ints")));
+                    }
+                    ints.push(f32::from_bits(v as i32 as u32));
+                }
+                memory.write(id, cols, ints.into_iter());
+            }
+            Elem::Bool => memory.write(id, cols, values.into_iter().map(|v| f32::from_bits(if v != 0.0 { u32::MAX } else { 0 }))),
+        }
+    }
+    Ok(())
+}
+
+fn tensor_values(t: &Tensor, expected: usize) -> Result<Vec<f64>, RunError> {
+    let values = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    if values.len() != expected {
+        return Err(RunError::Other(format!("a value has {} elements where {expected} were expected", values.len())));
+    }
+    Ok(values)
+}
+
+/// Reads an output into a tensor of its type.
+pub(crate) fn read_output(memory: &Memory, access: &Access, ty: &Type, module: &Module, b: &Bindings) -> Result<Tensor, RunError> {
+    let shape = b.shape(module, &ty.shape);
+    let (rows, cols) = match shape.len() {
+        0 => (1, 1),
+        1 => (1, shape[0]),
+        _ => (shape[0], shape[1]),
+    };
+    let bits = (0..rows).flat_map(|r| (0..cols).map(move |c| (r, c))).map(|(r, c)| memory.read(access, r, c, &b.dims));
+    let device = Device::Cpu;
+    let tensor = match ty.elem {
+        Elem::Real => Tensor::from_vec(bits.collect::<Vec<f32>>(), shape.as_slice(), &device)?,
+        Elem::Int => Tensor::from_vec(bits.map(|v| i64::from(v.to_bits() as i32)).collect::<Vec<i64>>(), shape.as_slice(), &device)?,
+        Elem::Bool => Tensor::from_vec(bits.map(|v| u8::from(v.to_bits() != 0)).collect::<Vec<u8>>(), shape.as_slice(), &device)?,
+    };
+    Ok(tensor)
+}
+
+/// The slot where kernels report a bad index, fresh for each evaluation.
+pub(crate) fn fresh_index_report() -> AtomicI64 {
+    AtomicI64::new(i64::MIN)
+}

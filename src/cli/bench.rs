@@ -1,0 +1,174 @@
+//! `sslc bench`: how long an objective's forward and backward pass takes on a back end, and
+//! how much memory it needs beyond its inputs and outputs, on random inputs.
+
+use super::eval::{load_objective, random_normal, Backend};
+use clap::Args;
+use sslc_compiler::back;
+use sslc_compiler::eval::{BindRequest, Bindings, Overrides};
+use sslc_compiler::objective::Executable;
+use candle_core::{DType, Tensor};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Time an objective's loss and gradient on random inputs.
+#[derive(Args)]
+#[command(after_help = "Prints one JSON line: objective, backend, batch, dim, threads, compile_ms (autodiff, \
+optimisation and code generation), fwd_bwd_ms_median and fwd_bwd_ms_min (one evaluation of the loss and \
+every gradient, after a warm-up), and peak_extra_bytes (the most memory an evaluation holds beyond its \
+inputs and its results).\n\nExample:\n  sslc bench objectives/simclr.ssl --backend cpu --batch 512 --dim 128")]
+pub struct BenchArgs {
+    file: PathBuf,
+    #[arg(long, value_enum, default_value = "cpu")]
+    backend: Backend,
+    /// Rows of each input (N).
+    #[arg(long, default_value_t = 512)]
+    batch: usize,
+    /// Columns of each input (D; GH's ETF needs dim >= K - 1).
+    #[arg(long, default_value_t = 128)]
+    dim: usize,
+    /// Timed evaluations.
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// NAME=VALUE overrides (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    set: Vec<String>,
+}
+
+/// Counts the bytes the process holds, and the most it has held since the last reset.
+struct CountingAllocator;
+
+static HELD: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded to the system allocator unchanged; only counters are added.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded as is.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            let now = HELD.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded as is.
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            let now = HELD.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded as is.
+        unsafe { System.dealloc(ptr, layout) };
+        HELD.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded as is.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            HELD.fetch_sub(layout.size(), Ordering::Relaxed);
+            let now = HELD.fetch_add(new_size, Ordering::Relaxed) + new_size;
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+fn fail(message: impl std::fmt::Display) -> i32 {
+    eprintln!("error: {message}");
+    1
+}
+
+pub fn bench(args: &BenchArgs) -> i32 {
+    if args.batch == 0 || args.dim == 0 || args.iters == 0 {
+        return fail("--batch, --dim and --iters must be at least 1");
+    }
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let pool = match rayon::ThreadPoolBuilder::new().num_threads(threads).build() {
+        Ok(p) => p,
+        Err(e) => return fail(format!("cannot start {threads} threads: {e}")),
+    };
+    match pool.install(|| run(args, threads)) {
+        Ok(line) => {
+            super::print_stdout(&format!("{line}\n"));
+            0
+        }
+        Err(code) => code,
+    }
+}
+
+fn run(args: &BenchArgs, threads: usize) -> Result<serde_json::Value, i32> {
+    let module = load_objective(&args.file)?;
+    let overrides = Overrides::parse(&args.set).map_err(fail)?;
+    let inputs: Vec<(String, Tensor)> = module
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(k, (_, d))| random_normal(args.batch, args.dim, k as u64).to_dtype(DType::F32).map(|t| (d.name.clone(), t)))
+        .collect::<Result<_, _>>()
+        .map_err(fail)?;
+    let req = BindRequest {
+        inputs,
+        consts: Vec::new(),
+        states: Vec::new(),
+        overrides: &overrides,
+        samples: None,
+        index: None,
+        epoch: 999,
+        epochs: 1000,
+        base_lr: 0.5,
+        dtype: DType::F32,
+    };
+    let bindings = Bindings::new(&module, req).map_err(fail)?;
+    let name = module.name.clone();
+
+    let start = Instant::now();
+    let exe = Arc::new(Executable::new(module).map_err(|d| fail(d.message))?);
+    let backend = back::build(args.backend.kind(), exe).map_err(fail)?;
+    let compile_ms = start.elapsed().as_secs_f64() * 1e3;
+
+    // A warm-up evaluation, which also measures memory: everything still held after it
+    // returns (with its result alive) is results, so the excess of the peak over that is the
+    // evaluation's own working memory.
+    PEAK.store(HELD.load(Ordering::Relaxed), Ordering::Relaxed);
+    let result = backend.evaluate(&bindings).map_err(fail)?;
+    let peak_extra_bytes = PEAK.load(Ordering::Relaxed).saturating_sub(HELD.load(Ordering::Relaxed));
+    drop(result);
+
+    let mut times = Vec::with_capacity(args.iters);
+    for _ in 0..args.iters {
+        let t = Instant::now();
+        let result = backend.evaluate(&bindings).map_err(fail)?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        drop(result);
+    }
+    times.sort_by(f64::total_cmp);
+    let median = if times.len() % 2 == 1 {
+        times[times.len() / 2]
+    } else {
+        (times[times.len() / 2 - 1] + times[times.len() / 2]) / 2.0
+    };
+    Ok(serde_json::json!({
+        "objective": name,
+        "backend": backend.name(),
+        "batch": args.batch,
+        "dim": args.dim,
+        "threads": threads,
+        "compile_ms": compile_ms,
+        "fwd_bwd_ms_median": median,
+        "fwd_bwd_ms_min": times[0],
+        "peak_extra_bytes": peak_extra_bytes,
+    }))
+}
