@@ -3,6 +3,7 @@
 
 mod check;
 mod eval;
+mod run;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +26,9 @@ struct Cli {
 enum Command {
     Check(check::CheckArgs),
     Emit(check::EmitArgs),
+    Run(run::RunArgs),
+    Probe(run::ProbeArgs),
+    Split(run::SplitArgs),
     Eval(eval::EvalArgs),
     Gradcheck(eval::GradcheckArgs),
 }
@@ -34,6 +38,9 @@ pub fn main() -> i32 {
     match cli.command {
         Command::Check(args) => check::check(&args),
         Command::Emit(args) => check::emit(&args),
+        Command::Run(args) => run::run(&args),
+        Command::Probe(args) => run::probe(&args),
+        Command::Split(args) => run::split(&args),
         Command::Eval(args) => eval::eval(&args),
         Command::Gradcheck(args) => eval::gradcheck(&args),
     }
