@@ -30,7 +30,7 @@ fn npy_bytes(descr: &str, fortran: bool, shape: &str, data: &[u8]) -> Vec<u8> {
 /// Version 1.0 framing around any header text.
 fn raw_npy(header: &str, data: &[u8]) -> Vec<u8> {
     let mut header = header.to_string();
-    while (10 + header.len() + 1) % 64 != 0 {
+    while !(10 + header.len() + 1).is_multiple_of(64) {
         header.push(' ');
     }
     header.push('\n');
@@ -307,10 +307,10 @@ fn corrupt_npy_files_are_rejected_with_the_reason() {
     version[6] = 9;
     case("version", version, &["version"]);
     case("fortran", npy_bytes("<f4", true, &format!("({N}, {D})"), &f32_bytes(N * D)), &["Fortran"]);
-    case("float16", npy_bytes("<f2", false, &format!("({N}, {D})"), &vec![0; 2 * N * D]), &["<f2", "float32"]);
+    case("float16", npy_bytes("<f2", false, &format!("({N}, {D})"), &[0; 2 * N * D]), &["<f2", "float32"]);
     case("big_endian", npy_bytes(">f4", false, &format!("({N}, {D})"), &f32_bytes(N * D)), &[">f4", "float32"]);
-    case("complex", npy_bytes("<c8", false, &format!("({N}, {D})"), &vec![0; 8 * N * D]), &["<c8", "float32"]);
-    case("integers", npy_bytes("<i8", false, &format!("({N}, {D})"), &vec![0; 8 * N * D]), &["z1", "integers"]);
+    case("complex", npy_bytes("<c8", false, &format!("({N}, {D})"), &[0; 8 * N * D]), &["<c8", "float32"]);
+    case("integers", npy_bytes("<i8", false, &format!("({N}, {D})"), &[0; 8 * N * D]), &["z1", "integers"]);
     case("bad_shape", npy_bytes("<f4", false, "(six, 5)", &f32_bytes(N * D)), &["shape"]);
     case("no_descr", raw_npy("{'fortran_order': False, 'shape': (6, 5), }", &f32_bytes(N * D)), &["descr"]);
 }

@@ -57,7 +57,7 @@ impl Objective {
         matches!(self, Objective::SimclrGh | Objective::FocalGh)
     }
 
-    fn base<'r>(self, r: &'r Reference) -> &'r Contrastive {
+    fn base(self, r: &Reference) -> &Contrastive {
         match self {
             Objective::Simclr | Objective::SimclrGh => &r.nt_xent,
             Objective::Focal | Objective::FocalGh => &r.focal,

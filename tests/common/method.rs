@@ -25,8 +25,7 @@ pub fn normalize_rows(x: &Mat) -> (Mat, Vec<f64>) {
 /// `g_x = (g − u (u·g)) / ‖x‖`; below the clamp `u = x / 1e-12` and `g_x = g / 1e-12`.
 pub fn normalize_rows_vjp(u: &Mat, norms: &[f64], g: &Mat) -> Mat {
     let mut out = g.clone();
-    for i in 0..u.rows {
-        let n = norms[i];
+    for (i, &n) in norms.iter().enumerate() {
         let ug = if n > 1e-12 { dot(u.row(i), g.row(i)) } else { 0.0 };
         for (o, &ui) in out.row_mut(i).iter_mut().zip(u.row(i)) {
             *o = (*o - ui * ug) / n;
@@ -106,13 +105,13 @@ fn contrastive(z1: &Mat, z2: &Mat, tau: f64, f: ViewTerm) -> Contrastive {
 
     let mut terms = vec![0.0; m];
     let mut g = Mat::zeros(m, m);
-    for i in 0..m {
+    for (i, term) in terms.iter_mut().enumerate() {
         // Stable log-sum-exp over j ≠ i.
         let max = (0..m).filter(|&j| j != i).map(|j| s.at(i, j)).fold(f64::NEG_INFINITY, f64::max);
         let total: f64 = (0..m).filter(|&j| j != i).map(|j| (s.at(i, j) - max).exp()).sum();
         let c = max + total.ln() - s.at(i, positive(i));
         let (value, slope) = f(c);
-        terms[i] = value;
+        *term = value;
         let weight = slope / m as f64;
         for j in (0..m).filter(|&j| j != i) {
             let p_ij = (s.at(i, j) - max).exp() / total;
