@@ -318,7 +318,6 @@ fn corrupt_npy_files_are_rejected_with_the_reason() {
 /// The issue asks that errors about corrupt files name the input they were given for, not
 /// only the file.
 #[test]
-#[ignore = "bug: src/cli/eval.rs eval_inner reports npy::read errors without the --input name (`error: PATH: the header promises ...`)"]
 fn corrupt_npy_errors_name_the_input() {
     let ok = valid(N, D);
     let full = valid(N, D);
@@ -330,7 +329,6 @@ fn corrupt_npy_errors_name_the_input() {
 /// inside the evaluator (today: `error: node %37 (Reduce { op: LogSumExp, .. }): empty tensor
 /// for reduce`, exit 1).
 #[test]
-#[ignore = "bug: eval::Bindings::new (compiler/src/eval/bind.rs) accepts N = 0; the failure surfaces as an internal evaluator error that names no input"]
 fn an_empty_batch_is_rejected_by_name() {
     let empty = npy_bytes("<f4", false, &format!("(0, {D})"), &[]);
     expect_rejected("empty_batch", "simclr", &[("a.npy", empty.clone()), ("b.npy", empty)], &args(&BOTH), &["z1", "[0, 5]"]);

@@ -240,7 +240,7 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
     let mut objective = TinySimclr::new(None);
     objective.nan_from_epoch = Some(1);
     let error = run(&dir, 3, &model, &mut objective, None, Start::Fresh).unwrap_err();
-    assert!(matches!(error, TrainError::NonFiniteLoss { epoch: 1, step: 0, .. }), "{error}");
+    assert!(matches!(error, TrainError::Diverged { what: "loss", epoch: 1, step: 0, .. }), "{error}");
     assert!(error.to_string().contains(CHECKPOINT_FILE), "{error}");
     let saved = Checkpoint::load(&dir.join(CHECKPOINT_FILE)).unwrap();
     assert_eq!(saved.epoch, 1);

@@ -29,6 +29,7 @@ enum Command {
     Run(run::RunArgs),
     Probe(run::ProbeArgs),
     Split(run::SplitArgs),
+    BenchTrain(run::BenchTrainArgs),
     Eval(eval::EvalArgs),
     Gradcheck(eval::GradcheckArgs),
 }
@@ -41,6 +42,7 @@ pub fn main() -> i32 {
         Command::Run(args) => run::run(&args),
         Command::Probe(args) => run::probe(&args),
         Command::Split(args) => run::split(&args),
+        Command::BenchTrain(args) => run::bench_train(&args),
         Command::Eval(args) => eval::eval(&args),
         Command::Gradcheck(args) => eval::gradcheck(&args),
     }

@@ -111,6 +111,30 @@ pub struct RunArgs {
     /// Continue the run in this directory from its last checkpoint (same flags).
     #[arg(long, conflicts_with = "out")]
     resume: Option<PathBuf>,
+    /// Stop once this many epochs are done, to continue later with --resume.
+    #[arg(long)]
+    stop_after: Option<usize>,
+}
+
+/// Measure the training throughput of a backbone (forward, backward and SGD on random images).
+#[derive(Args)]
+#[command(after_help = "Prints one JSON line. Example:
+  sslc bench-train --backbone resnet18 --batch-size 64")]
+pub struct BenchTrainArgs {
+    #[arg(long, value_enum, default_value = "resnet18")]
+    backbone: Backbone,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Image side (32 for CIFAR, 224 for ImageNet).
+    #[arg(long, default_value_t = 32)]
+    image_size: usize,
+    #[arg(long, default_value_t = 3)]
+    channels: usize,
+    /// Timed steps (after one warm-up step).
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 /// Evaluate a saved checkpoint: linear probe and kNN on frozen features.
@@ -225,6 +249,7 @@ fn run_inner(args: &RunArgs) -> Result<(), i32> {
         weight_decay: args.weight_decay.unwrap_or(defaults.weight_decay),
         seed: args.seed,
         eval_every: args.eval_every,
+        stop_after: args.stop_after,
         context: serde_json::json!({
             "objective_file": args.file.display().to_string(),
             "dataset": name.name(),
@@ -303,6 +328,25 @@ fn timestamp() -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!("{year:04}{month:02}{day:02}-{:02}{:02}{:02}", rest / 3600, rest % 3600 / 60, rest % 60)
+}
+
+pub fn bench_train(args: &BenchTrainArgs) -> i32 {
+    set_threads(args.threads);
+    match train::measure_train_throughput(args.backbone.kind(), args.channels, args.image_size, args.batch_size, args.steps) {
+        Ok(t) => {
+            let line = serde_json::json!({
+                "backbone": args.backbone,
+                "batch": args.batch_size,
+                "image_size": args.image_size,
+                "threads": rayon::current_num_threads(),
+                "images_per_second": t.images_per_second,
+                "seconds_per_step": t.seconds_per_step,
+            });
+            super::print_stdout(&format!("{line}\n"));
+            0
+        }
+        Err(e) => fail(e),
+    }
 }
 
 pub fn probe(args: &ProbeArgs) -> i32 {

@@ -44,8 +44,8 @@ pub enum TrainError {
     Objective { objective: String, during: &'static str, source: BoxError },
     #[error("the data source failed: {0}")]
     Source(BoxError),
-    #[error("the loss became {loss} at epoch {epoch}, step {step}; the run stopped and {checkpoint} still holds the last good epoch (lower the learning rate, then resume)")]
-    NonFiniteLoss { loss: f64, epoch: usize, step: usize, checkpoint: PathBuf },
+    #[error("the {what} became {value} at epoch {epoch}, step {step}; the run stopped and {} still holds the last good epoch (lower the learning rate, then resume)", checkpoint.display())]
+    Diverged { what: &'static str, value: f64, epoch: usize, step: usize, checkpoint: PathBuf },
     #[error("{0}")]
     Setup(String),
 }
@@ -65,6 +65,10 @@ pub struct TrainConfig {
     /// What else identifies the run (dataset, backbone, overrides): recorded in checkpoints,
     /// which refuse to resume under another, and in `summary.json`.
     pub context: serde_json::Value,
+    /// Stop after this many epochs in total, leaving the run to be resumed (train in chunks).
+    /// Not part of the run's identity.
+    #[serde(skip)]
+    pub stop_after: Option<usize>,
 }
 
 impl Default for TrainConfig {
@@ -79,6 +83,7 @@ impl Default for TrainConfig {
             seed: 0,
             eval_every: 0,
             context: serde_json::Value::Null,
+            stop_after: None,
         }
     }
 }
@@ -185,7 +190,8 @@ pub fn train(
     let mut last_evaluation = None;
     let mut progress = Progress::new(std::io::stdout().is_terminal());
 
-    for epoch in first_epoch..config.epochs {
+    let last_epoch = config.stop_after.map_or(config.epochs, |s| s.min(config.epochs));
+    for epoch in first_epoch..last_epoch {
         let at = RunPosition { epoch, epochs: config.epochs };
         if let Some(fraction) = prune_fraction {
             encoder.update_prune_mask(fraction)?;
@@ -214,9 +220,13 @@ pub fn train(
             let views = source.views(indices).map_err(TrainError::Source)?;
             let embeddings = forward_embeddings(encoder, &specs, &views)?;
             let detached: Vec<Tensor> = embeddings.iter().map(Tensor::detach).collect();
+            let diverged = |what, value| TrainError::Diverged { what, value, epoch, step, checkpoint: checkpoint_path.clone() };
+            if let Some(bad) = first_non_finite(&detached)? {
+                return Err(diverged("embeddings", bad));
+            }
             let output = objective.step(&detached, indices, at).map_err(objective_error("step", &name))?;
             if !output.loss.is_finite() {
-                return Err(TrainError::NonFiniteLoss { loss: output.loss, epoch, step, checkpoint: checkpoint_path });
+                return Err(diverged("loss", output.loss));
             }
             check_gradients(&output, &detached, &name)?;
             optimizer.step(encoder.parameters(), &backpropagate(&embeddings, &output.grads)?, lr)?;
@@ -314,6 +324,17 @@ pub fn backpropagate(embeddings: &[Tensor], grads: &[Tensor]) -> Result<GradStor
     }
     let surrogate = surrogate.ok_or_else(|| TrainError::Setup("the objective consumes no embedding".into()))?;
     Ok(surrogate.backward()?)
+}
+
+/// A NaN or infinite entry of the embeddings, if any: the encoder diverged.
+fn first_non_finite(embeddings: &[Tensor]) -> Result<Option<f64>, TrainError> {
+    for e in embeddings {
+        let sum = e.abs()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_vec0::<f64>()?;
+        if !sum.is_finite() {
+            return Ok(Some(sum));
+        }
+    }
+    Ok(None)
 }
 
 fn check_gradients(output: &StepOutput, embeddings: &[Tensor], objective: &str) -> Result<(), TrainError> {
