@@ -272,7 +272,7 @@ fn sdclr_accumulated_gradient_is_the_sum_of_the_two_separate_backward_passes() {
     model.update_prune_mask(0.9).unwrap();
     let mut source = MemorySource { batch_size: 6, fail_at_epoch: None, position: (0, 0) };
     let indices: Vec<u32> = (0..6).collect();
-    let views = source.views(&indices, &[], 0, 0).unwrap();
+    let views = source.views(&indices).unwrap();
     let specs = TinySimclr::new(Some(0.9)).embeddings();
     let mut objective = TinySimclr::new(Some(0.9));
     objective.init_state(SAMPLES).unwrap();
