@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use proptest::prelude::*;
-use sslc_compiler::back::{self, Backend, BackendKind};
+use sslc_compiler::back::{self, BackendKind};
 use sslc_compiler::diag::Sources;
 use sslc_compiler::eval::{BindRequest, Bindings, Overrides};
 use sslc_compiler::ir::Module;

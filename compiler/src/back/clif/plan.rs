@@ -460,6 +460,8 @@ impl Planner<'_> {
         let (rows, cols) = extent(&ty.shape)?;
         match e {
             _ if is_elementwise(e) => {
+                // The node's own expression is the body of the loop that stores it.
+                self.vals[h.index()] = Some(Val::Inline);
                 let body = self.element_program(h, &identity_coords(ty.rank()))?;
                 steps.push(Step::Map { out: placement.access(&identity_coords(ty.rank())), rows, cols, body });
             }

@@ -1,0 +1,39 @@
+"""The markdown tables of bench/RESULTS.md from the JSON lines bench/run.sh collects."""
+
+import json
+import sys
+
+from torch_reference import gram_flops
+
+
+def main():
+    rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+    sgemm = next(r for r in rows if "sgemm_size" in r)["gflops"]
+    runs = [r for r in rows if "objective" in r]
+    print(f"Machine sgemm rate (torch.mm, 2048³, {runs[0]['threads']} threads): {sgemm:.1f} GFLOP/s\n")
+    print("| objective | backend | N | D | compile ms | fwd+bwd ms (median) | min | GFLOP/s | % of sgemm | speed-up vs torch |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    torch_ms = {(r["objective"], r["batch"]): r["fwd_bwd_ms_median"] for r in runs if r["backend"] == "torch"}
+    for r in runs:
+        if r["batch"] != 512:
+            continue
+        ms = r["fwd_bwd_ms_median"]
+        gflops = gram_flops(r["batch"], r["dim"]) / ms / 1e6
+        speedup = torch_ms[(r["objective"], r["batch"])] / ms
+        print(
+            f"| {r['objective']} | {r['backend']} | {r['batch']} | {r['dim']} | {r['compile_ms']:.1f} | {ms:.2f} | "
+            f"{r['fwd_bwd_ms_min']:.2f} | {gflops:.1f} | {100 * gflops / sgemm:.0f}% | {speedup:.2f}x |"
+        )
+    print("\n| objective | backend | N | D | peak extra MiB | fwd+bwd ms |")
+    print("|---|---|---|---|---|---|")
+    for r in runs:
+        if r["batch"] == 512:
+            continue
+        print(
+            f"| {r['objective']} | {r['backend']} | {r['batch']} | {r['dim']} | "
+            f"{r['peak_extra_bytes'] / 2**20:.1f} | {r['fwd_bwd_ms_median']:.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

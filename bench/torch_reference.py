@@ -1,0 +1,133 @@
+"""PyTorch eager versions of simclr and simclr_gh, written the way the papers' code does it:
+the full similarity matrix, exp, a boolean mask select, a row sum and a log; Sinkhorn as
+`--sinkhorn-iters` iterations of two matrix-vector products. Prints one JSON line per run, in
+the format of `sslc bench` (plus `gflops`), so bench/run.sh can put both side by side.
+
+    python torch_reference.py simclr --batch 512 --dim 128 --threads 2 --iters 20
+    python torch_reference.py sgemm --threads 2          # the machine's sgemm rate
+"""
+
+import argparse
+import json
+import math
+import resource
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def nt_xent(z1, z2, tau, mask):
+    n = z1.shape[0]
+    a = F.normalize(z1, dim=1)
+    b = F.normalize(z2, dim=1)
+    z = torch.cat([a, b])
+    sim = z @ z.T / tau
+    others = torch.exp(sim).masked_select(mask).view(2 * n, 2 * n - 1)
+    pos = (a * b).sum(dim=1) / tau
+    losses = torch.log(others.sum(dim=1)) - torch.cat([pos, pos])
+    return (losses[:n] + losses[n:]) / 2
+
+
+def etf(k, d, generator):
+    """A simplex equiangular tight frame of k unit rows in d dimensions (d >= k - 1)."""
+    u, _ = torch.linalg.qr(torch.randn(d, k, generator=generator))
+    centred = torch.eye(k) - torch.full((k, k), 1.0 / k)
+    return math.sqrt(k / (k - 1)) * (centred @ u.T)
+
+
+@torch.no_grad()
+def sinkhorn(t, prior, eps, iters):
+    n, k = t.shape
+    q = torch.exp(t / eps)
+    pi = prior / prior.sum()
+    c = torch.full((n,), 1.0 / n)
+    for _ in range(iters):
+        r = pi / (c @ q)
+        c = (1.0 / n) / (q @ r)
+    return q * r * c[:, None] * n
+
+
+def gh(z1, z2, m, prior, eps, iters, temp):
+    t1 = F.normalize(z1 @ m.T, dim=1)
+    t2 = F.normalize(z2 @ m.T, dim=1)
+    q1 = sinkhorn(t1.detach(), prior, eps, iters)
+    q2 = sinkhorn(t2.detach(), prior, eps, iters)
+    return -(q1 * F.log_softmax(t2 / temp, dim=1)).sum(dim=1).mean() - (q2 * F.log_softmax(t1 / temp, dim=1)).sum(
+        dim=1
+    ).mean()
+
+
+def gram_flops(n, d):
+    """The Gram matrix of the 2n embeddings and the two products of its backward pass."""
+    return 3 * 2 * (2 * n) ** 2 * d
+
+
+def objective(args):
+    g = torch.Generator().manual_seed(0)
+    z1 = torch.randn(args.batch, args.dim, generator=g, requires_grad=True)
+    z2 = torch.randn(args.batch, args.dim, generator=g, requires_grad=True)
+    mask = ~torch.eye(2 * args.batch, dtype=torch.bool)
+    m = etf(args.k, args.dim, g)
+    prior = torch.full((args.k,), 1.0 / args.k)
+
+    def step():
+        loss = nt_xent(z1, z2, 0.2, mask).mean()
+        if args.objective == "simclr_gh":
+            loss = loss + gh(z1, z2, m, prior, 0.05, args.sinkhorn_iters, 0.1)
+        z1.grad = z2.grad = None
+        loss.backward()
+        return loss.item()
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    step()  # warm-up; its peak is this process's peak (run one measurement per process)
+    peak_extra = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    times = []
+    for _ in range(args.iters):
+        start = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - start) * 1e3)
+    median = statistics.median(times)
+    return {
+        "objective": args.objective,
+        "backend": "torch",
+        "batch": args.batch,
+        "dim": args.dim,
+        "threads": torch.get_num_threads(),
+        "compile_ms": 0.0,
+        "fwd_bwd_ms_median": median,
+        "fwd_bwd_ms_min": min(times),
+        "peak_extra_bytes": max(peak_extra, 0),
+        "gflops": gram_flops(args.batch, args.dim) / median / 1e6,
+    }
+
+
+def sgemm(args):
+    size = 2048
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    times = []
+    for _ in range(max(args.iters, 3)):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return {"backend": "torch", "sgemm_size": size, "threads": torch.get_num_threads(), "gflops": 2 * size**3 / min(times) / 1e9}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("objective", choices=["simclr", "simclr_gh", "sgemm"])
+    p.add_argument("--batch", type=int, default=512)
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--k", type=int, default=100)
+    p.add_argument("--sinkhorn-iters", type=int, default=300)
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    print(json.dumps(sgemm(args) if args.objective == "sgemm" else objective(args)))
+
+
+if __name__ == "__main__":
+    main()
