@@ -1,17 +1,22 @@
 //! The bridge between compiled objectives and the training loop: [`CompiledObjective`]
-//! implements the runtime's [`Objective`] trait with the compiler's gradient program, its
-//! schedules, augmentation arguments and state handlers.
+//! implements the runtime's [`Objective`] trait with the compiler's gradient program (run by
+//! the back end it was built for), its schedules, augmentation arguments and state handlers.
 
 use candle_core::{DType, Device, Tensor};
+use sslc_compiler::back::{self, Backend, BackendKind};
 use sslc_compiler::eval::{self, BindRequest, Bindings, Overrides};
 use sslc_compiler::ir::{Event, Handler, Module, ParamValue, Program};
 use sslc_compiler::objective::{Evaluation, Executable};
 use sslc_runtime::objective::{
     BoxError, EmbeddingSpec, ExtraAugmentation, Objective, RunPosition, StepOutput, ViewSpec,
 };
+use std::sync::Arc;
 
 pub struct CompiledObjective {
-    exe: Executable,
+    exe: Arc<Executable>,
+    /// Evaluates the loss and gradients of each step; schedules and handlers, which run once
+    /// per step or epoch on tiny inputs, stay on the reference evaluator.
+    backend: Box<dyn Backend>,
     overrides: Overrides,
     /// Current state tensors, in declaration order (f32).
     states: Vec<Tensor>,
@@ -24,10 +29,12 @@ pub struct CompiledObjective {
 }
 
 impl CompiledObjective {
-    pub fn new(module: Module, overrides: Overrides, base_lr: f64) -> Result<CompiledObjective, BoxError> {
-        let exe = Executable::new(module).map_err(|d| d.message)?;
+    pub fn new(module: Module, overrides: Overrides, base_lr: f64, backend: BackendKind) -> Result<CompiledObjective, BoxError> {
+        let exe = Arc::new(Executable::new(module).map_err(|d| d.message)?);
+        let backend = back::build(backend, exe.clone())?;
         // Check the overrides name real parameters now, not at the first step.
-        let objective = CompiledObjective { exe, overrides, states: Vec::new(), samples: 0, base_lr, consts: Vec::new(), width: None };
+        let objective =
+            CompiledObjective { exe, backend, overrides, states: Vec::new(), samples: 0, base_lr, consts: Vec::new(), width: None };
         if let Err(e) = objective.bindings(objective.probe_inputs(2), None, RunPosition { epoch: 0, epochs: 1 }) {
             if let Some(e @ (eval::BindError::UnknownOverride { .. } | eval::BindError::BadOverride { .. })) = e.downcast_ref::<eval::BindError>() {
                 return Err(e.clone().into());
@@ -213,7 +220,7 @@ impl Objective for CompiledObjective {
             self.width = embeddings.first().and_then(|e| e.dims().get(1).copied());
             self.consts = self.exe.module.consts.iter().zip(&b.consts).map(|((_, d), t)| (d.name.clone(), t.clone())).collect();
         }
-        let Evaluation { loss, per_sample, metrics, grads } = self.exe.evaluate(&b)?;
+        let Evaluation { loss, per_sample, metrics, grads } = self.backend.evaluate(&b)?;
         let per_sample = match per_sample {
             Some(p) => p.to_dtype(DType::F32)?,
             None => Tensor::zeros(indices.len(), DType::F32, &Device::Cpu)?,

@@ -67,24 +67,31 @@ fn values(t: &Tensor) -> Vec<f64> {
     t.flatten_all().and_then(|t| t.to_dtype(DType::F64)).and_then(|t| t.to_vec1::<f64>()).expect("readable")
 }
 
-/// `max |got - want| / max(max |want|, 1e-6)`.
-fn relative_error(got: &[f64], want: &[f64]) -> f64 {
+/// `max |got - want| / max(max |want|, floor)`; infinite where only one side is NaN or
+/// infinite (`f64::max` would skip a NaN difference).
+fn relative_error(got: &[f64], want: &[f64], floor: f64) -> f64 {
     assert_eq!(got.len(), want.len());
-    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-6);
-    got.iter().zip(want).fold(0f64, |m, (g, w)| m.max((g - w).abs())) / scale
+    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs())).max(floor);
+    let difference = |g: f64, w: f64| match (g - w).abs() {
+        _ if g == w || (g.is_nan() && w.is_nan()) => 0.0,
+        d if d.is_nan() => f64::INFINITY,
+        d => d,
+    };
+    got.iter().zip(want).fold(0f64, |m, (&g, &w)| m.max(difference(g, w))) / scale
 }
 
-/// Every value of `got` against `want`, named in the failure message.
-fn compare(got: &Evaluation, want: &Evaluation) -> Result<(), String> {
-    let mut report = vec![("loss".to_string(), relative_error(&[got.loss], &[want.loss]))];
+/// Every value of `got` against `want`, named in the failure message. Gradients are measured
+/// against at least `grad_floor`.
+fn compare(got: &Evaluation, want: &Evaluation, grad_floor: f64) -> Result<(), String> {
+    let mut report = vec![("loss".to_string(), relative_error(&[got.loss], &[want.loss], 1e-6))];
     if let (Some(g), Some(w)) = (&got.per_sample, &want.per_sample) {
-        report.push(("per_sample".into(), relative_error(&values(g), &values(w))));
+        report.push(("per_sample".into(), relative_error(&values(g), &values(w), 1e-6)));
     }
     for ((name, g), (_, w)) in got.metrics.iter().zip(&want.metrics) {
-        report.push((name.clone(), relative_error(&[*g], &[*w])));
+        report.push((name.clone(), relative_error(&[*g], &[*w], 1e-6)));
     }
     for ((name, g), (_, w)) in got.grads.iter().zip(&want.grads) {
-        report.push((format!("grad_{name}"), relative_error(&values(g), &values(w))));
+        report.push((format!("grad_{name}"), relative_error(&values(g), &values(w), grad_floor)));
     }
     match report.iter().find(|(_, e)| !(*e <= TOLERANCE)) {
         Some((name, e)) => Err(format!("{name}: relative error {e:.3e} (all: {report:?})")),
@@ -98,7 +105,11 @@ fn check(m: &Module, n: usize, d: usize, seed: u64) -> Result<(), String> {
     let cpu = back::build(BackendKind::Cpu, exe.clone()).map_err(|e| e.to_string())?;
     let got = cpu.evaluate(&bindings(m, n, d, seed, DType::F32)).map_err(|e| e.to_string())?;
     let want = exe.evaluate(&bindings(m, n, d, seed, DType::F64)).map_err(|e| e.to_string())?;
-    compare(&got, &want).map_err(|e| format!("{} at N={n}, D={d}: {e}", m.name))
+    // With one feature every embedding normalises to ±1 and the exact gradient is 0; what
+    // f32 computes is rounding noise of the terms that cancel (about 1e-7 of them), so it is
+    // held to an absolute 1e-6 instead.
+    let grad_floor = if d == 1 { 1e-2 } else { 1e-6 };
+    compare(&got, &want, grad_floor).map_err(|e| format!("{} at N={n}, D={d}: {e}", m.name))
 }
 
 fn objective(name: &str) -> Module {
@@ -116,12 +127,37 @@ fn edge_shapes_match_the_reference() {
     }
 }
 
+/// Batch sizes and widths, mostly small (where off-by-one tails are most of the work) and
+/// sometimes up to a few tiles.
+fn size(small: usize, large: usize) -> impl Strategy<Value = usize> {
+    prop_oneof![3 => 1..small, 1 => small..large]
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 3, max_shrink_iters: 8, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 24, max_shrink_iters: 8, ..ProptestConfig::default() })]
     #[test]
-    fn every_objective_matches_the_reference(which in 0..OBJECTIVES.len(), n in 1usize..600, d in 1usize..256, seed in 0u64..1000) {
+    fn every_objective_matches_the_reference(which in 0..OBJECTIVES.len(), n in size(40, 300), d in size(24, 256), seed in 0u64..1000) {
         let m = objective(OBJECTIVES[which]);
-        prop_assert!(check(&m, n, d, seed).is_ok(), "{}", check(&m, n, d, seed).unwrap_err());
+        let result = check(&m, n, d, seed);
+        prop_assert!(result.is_ok(), "{}", result.unwrap_err());
+    }
+}
+
+#[test]
+fn a_batch_of_several_row_blocks_matches_the_reference() {
+    // 2N = 1194 rows: 18 full row blocks of the tiled loop and a partial one, and a partial
+    // column tile.
+    for name in ["simclr_gh", "bcl"] {
+        check(&objective(name), 597, 131, 3).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+#[test]
+fn cranelift_ir_snapshots() {
+    for name in OBJECTIVES {
+        let exe = Arc::new(Executable::new(objective(name)).expect("differentiable"));
+        let cpu = back::clif::Cpu::new(exe).expect("compiles");
+        insta::assert_snapshot!(format!("clif_{name}"), cpu.clif());
     }
 }
 
@@ -170,7 +206,7 @@ fn gathers_match_the_reference_and_bad_indices_are_errors() {
     let cpu = back::build(BackendKind::Cpu, exe.clone()).expect("compiles");
     let got = cpu.evaluate(&indexed_bindings(&m, vec![3, 0, 2], DType::F32)).expect("runs");
     let want = exe.evaluate(&indexed_bindings(&m, vec![3, 0, 2], DType::F64)).expect("runs");
-    compare(&got, &want).unwrap_or_else(|e| panic!("{e}"));
+    compare(&got, &want, 1e-6).unwrap_or_else(|e| panic!("{e}"));
     for bad in [4, -1] {
         let err = cpu.evaluate(&indexed_bindings(&m, vec![1, bad, 2], DType::F32)).err().expect("an error, not a result");
         assert!(err.to_string().contains("out of range"), "{err}");

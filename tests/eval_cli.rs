@@ -106,7 +106,7 @@ fn assert_results_match(out: &Output, dir: &Path, objective: &str, want: &method
 
     let json = summary(out);
     assert_eq!(json["objective"], objective);
-    assert_eq!(json["backend"], "reference");
+    assert_eq!(json["backend"], if dtype == DType::F64 { "reference" } else { "cpu" });
     assert_eq!(json["dtype"], if dtype == DType::F64 { "f64" } else { "f32" });
     // serde_json's default float parser may be off in the last bit.
     let reported = json["loss"].as_f64().expect("a loss in the summary");

@@ -4,6 +4,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use sslc::objective::CompiledObjective;
+use sslc_compiler::back::BackendKind;
 use sslc_compiler::diag::Sources;
 use sslc_compiler::eval::Overrides;
 use sslc_runtime::objective::{Objective, RunPosition};
@@ -13,7 +14,7 @@ fn objective(name: &str, set: &[&str]) -> CompiledObjective {
     let mut sources = Sources::new();
     let module = sslc_compiler::compile(Path::new(&format!("objectives/{name}.ssl")), &mut sources).ok().unwrap().modules.remove(0);
     let overrides = Overrides::parse(&set.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-    CompiledObjective::new(module, overrides, 0.5).unwrap()
+    CompiledObjective::new(module, overrides, 0.5, BackendKind::Reference).unwrap()
 }
 
 fn embeddings(n: usize, d: usize, seed: f64) -> Vec<Tensor> {
@@ -155,6 +156,6 @@ fn sdclr_declares_a_pruned_branch() {
 fn unknown_overrides_are_refused_up_front() {
     let mut sources = Sources::new();
     let module = sslc_compiler::compile(Path::new("objectives/simclr.ssl"), &mut sources).ok().unwrap().modules.remove(0);
-    let err = CompiledObjective::new(module, Overrides::parse(&["tua=1".to_string()]).unwrap(), 0.5).err().unwrap();
+    let err = CompiledObjective::new(module, Overrides::parse(&["tua=1".to_string()]).unwrap(), 0.5, BackendKind::Reference).err().unwrap();
     assert!(err.to_string().contains("tua"), "{err}");
 }

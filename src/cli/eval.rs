@@ -46,9 +46,9 @@ pub struct EvalArgs {
     /// NAME=VALUE overrides a parameter or a `dim` (repeatable), e.g. --set tau=0.5 --set warm_up=40%.
     #[arg(long = "set", value_name = "NAME=VALUE")]
     set: Vec<String>,
-    /// Where to evaluate.
-    #[arg(long, value_enum, default_value = "reference")]
-    backend: Backend,
+    /// Where to evaluate (default: cpu, or reference with --f64).
+    #[arg(long, value_enum)]
+    backend: Option<Backend>,
     /// Evaluate in f64 (reference back end only).
     #[arg(long)]
     f64: bool,
@@ -125,9 +125,12 @@ pub fn eval(args: &EvalArgs) -> i32 {
 }
 
 fn eval_inner(args: &EvalArgs) -> Result<(), i32> {
-    if args.f64 && args.backend != Backend::Reference {
-        return Err(fail("--f64 evaluates on the reference back end only; add --backend reference"));
-    }
+    let backend = match (args.backend, args.f64) {
+        (None, false) => Backend::Cpu,
+        (None | Some(Backend::Reference), true) => Backend::Reference,
+        (Some(_), true) => return Err(fail("--f64 evaluates on the reference back end only; use --backend reference")),
+        (Some(b), false) => b,
+    };
     let module = load_objective(&args.file)?;
     let overrides = Overrides::parse(&args.set).map_err(fail)?;
     let mut req = BindRequest {
@@ -169,7 +172,7 @@ fn eval_inner(args: &EvalArgs) -> Result<(), i32> {
     }
     let bindings = Bindings::new(&module, req).map_err(fail)?;
     let exe = Arc::new(Executable::new(module).map_err(|d| fail(d.message))?);
-    let backend = back::build(args.backend.kind(), exe.clone()).map_err(fail)?;
+    let backend = back::build(backend.kind(), exe.clone()).map_err(fail)?;
     let result = backend.evaluate(&bindings).map_err(fail)?;
     std::fs::create_dir_all(&args.out).map_err(|e| fail(format!("{}: {e}", args.out.display())))?;
     let write = |name: &str, t: &Tensor| npy::write(&args.out.join(name), t).map_err(fail);

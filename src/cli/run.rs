@@ -2,7 +2,7 @@
 //! linear-probe accuracy for the Many / Medium / Few classes; `sslc probe`: evaluate a saved
 //! checkpoint again; `sslc split`: print a long-tailed subset.
 
-use super::eval::load_objective;
+use super::eval::{load_objective, Backend};
 use clap::{Args, ValueEnum};
 use sslc::objective::CompiledObjective;
 use sslc_compiler::eval::Overrides;
@@ -99,6 +99,9 @@ pub struct RunArgs {
     /// NAME=VALUE overrides an objective parameter or `dim` (repeatable).
     #[arg(long = "set", value_name = "NAME=VALUE")]
     set: Vec<String>,
+    /// Where the objective's loss and gradients are computed.
+    #[arg(long, value_enum, default_value = "cpu")]
+    backend: Backend,
     /// Evaluate every this many epochs as well as at the end (0: only at the end).
     #[arg(long, default_value_t = 0)]
     eval_every: usize,
@@ -227,7 +230,7 @@ fn run_inner(args: &RunArgs) -> Result<(), i32> {
     let defaults = preset(name);
     let module = load_objective(&args.file)?;
     let overrides = Overrides::parse(&args.set).map_err(fail)?;
-    let mut objective = CompiledObjective::new(module, overrides, args.lr).map_err(fail)?;
+    let mut objective = CompiledObjective::new(module, overrides, args.lr, args.backend.kind()).map_err(fail)?;
     let options = data_options(&args.data, &args.split_dir, args.imbalance, args.imb_type).map_err(fail)?;
     eprintln!("loading {} ...", name.name());
     let splits = data::load(name, &options).map_err(fail)?;
@@ -258,6 +261,7 @@ fn run_inner(args: &RunArgs) -> Result<(), i32> {
             "batch_size": batch_size,
             "backbone": backbone,
             "set": args.set,
+            "backend": args.backend.kind().name(),
             "probe_epochs": probe_epochs,
         }),
     };

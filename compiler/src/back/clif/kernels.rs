@@ -208,7 +208,9 @@ impl Emitter<'_, '_> {
                 let accs: Vec<Variable> = (0..vectors).map(|_| em.local(cranelift_codegen::ir::types::F32X4, zero_acc)).collect();
                 let zero = em.int(0);
                 em.for_range(zero, k, 1, |em, p| {
-                    let a = em.load_access(buffers, lhs, Elem::Real, &Point { row: zero, col: p, inner: Axis::Col, width: Width::Lanes, tile: None });
+                    // `lhs[0, p]` multiplies every column: one element, in every lane.
+                    let a = em.load_access(buffers, lhs, Elem::Real, &Point { row: zero, col: p, inner: Axis::Col, width: Width::One, tile: None });
+                    let a = em.widen(a, Elem::Real, Width::Lanes);
                     for (u, acc) in accs.iter().enumerate() {
                         let col = em.fb.ins().iadd_imm_s(j, u as i64 * LANES);
                         let b = em.load_access(buffers, rhs, Elem::Real, &Point { row: p, col, inner: Axis::Col, width: Width::Lanes, tile: None });
