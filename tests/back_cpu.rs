@@ -48,18 +48,7 @@ fn bindings(m: &Module, n: usize, d: usize, seed: u64, dtype: DType) -> Bindings
     }
     let overrides = Overrides::parse(&set).expect("valid overrides");
     let inputs = m.inputs.iter().enumerate().map(|(k, (_, i))| (i.name.clone(), random(n, d, seed * 7 + k as u64))).collect();
-    let req = BindRequest {
-        inputs,
-        consts: Vec::new(),
-        states: Vec::new(),
-        overrides: &overrides,
-        samples: None,
-        index: None,
-        epoch: 999,
-        epochs: 1000,
-        base_lr: 0.5,
-        dtype,
-    };
+    let req = BindRequest::inputs_only(inputs, &overrides, dtype);
     Bindings::new(m, req).expect("bindings")
 }
 

@@ -119,18 +119,7 @@ fn run(args: &BenchArgs, threads: usize) -> Result<serde_json::Value, i32> {
         .map(|(k, (_, d))| random_normal(args.batch, args.dim, k as u64).to_dtype(DType::F32).map(|t| (d.name.clone(), t)))
         .collect::<Result<_, _>>()
         .map_err(fail)?;
-    let req = BindRequest {
-        inputs,
-        consts: Vec::new(),
-        states: Vec::new(),
-        overrides: &overrides,
-        samples: None,
-        index: None,
-        epoch: 999,
-        epochs: 1000,
-        base_lr: 0.5,
-        dtype: DType::F32,
-    };
+    let req = BindRequest::inputs_only(inputs, &overrides, DType::F32);
     let bindings = Bindings::new(&module, req).map_err(fail)?;
     let name = module.name.clone();
 

@@ -215,18 +215,7 @@ pub fn gradcheck(args: &GradcheckArgs) -> i32 {
     let random = |seed: u64| random_normal(args.batch, args.dim, seed);
     let inputs: Vec<(String, Tensor)> =
         module.inputs.iter().enumerate().map(|(k, (_, d))| (d.name.clone(), random(args.seed * 1000 + k as u64))).collect();
-    let req = BindRequest {
-        inputs,
-        consts: Vec::new(),
-        states: Vec::new(),
-        overrides: &overrides,
-        samples: None,
-        index: None,
-        epoch: 999,
-        epochs: 1000,
-        base_lr: 0.5,
-        dtype: DType::F64,
-    };
+    let req = BindRequest::inputs_only(inputs, &overrides, DType::F64);
     let bindings = match Bindings::new(&module, req) {
         Ok(b) => b,
         Err(e) => return fail(e),

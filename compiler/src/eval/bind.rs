@@ -97,6 +97,26 @@ pub struct BindRequest<'a> {
     pub dtype: DType,
 }
 
+impl<'a> BindRequest<'a> {
+    /// Just `inputs`: constants and state built from their declarations, no sample indices,
+    /// at the last of 1000 epochs (where every ramp has reached its end), base lr 0.5. How
+    /// one-off evaluations (`sslc gradcheck`, `sslc bench`, tests) see an objective.
+    pub fn inputs_only(inputs: Vec<(String, Tensor)>, overrides: &'a Overrides, dtype: DType) -> BindRequest<'a> {
+        BindRequest {
+            inputs,
+            consts: Vec::new(),
+            states: Vec::new(),
+            overrides,
+            samples: None,
+            index: None,
+            epoch: 999,
+            epochs: 1000,
+            base_lr: 0.5,
+            dtype,
+        }
+    }
+}
+
 impl Bindings {
     pub fn new(module: &Module, req: BindRequest) -> Result<Bindings, BindError> {
         let params = resolve_params(module, req.overrides)?;

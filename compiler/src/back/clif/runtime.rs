@@ -5,7 +5,7 @@
 
 use super::builder::round_up;
 use super::frame::Frame;
-use super::plan::{Access, Buffer, Coord, Leaf, RowStride, LANES};
+use super::plan::{Access, Axis, Buffer, Coord, Leaf, RowStride, LANES};
 use super::sizes::SizeTable;
 use crate::eval::{Bindings, EvalError};
 use crate::ir::{BuiltinValue, Dim, Elem, Handle, Module, Type};
@@ -191,8 +191,12 @@ impl Memory {
             strides.push(stride);
             total = total.checked_add(len).ok_or_else(|| RunError::Other("the buffers would not fit in memory".into()))?;
         }
-        // Extra room to start the first buffer on a boundary whatever the allocator returns.
-        let storage = vec![0f32; total + ALIGN_ELEMENTS];
+        // Extra room to start the first buffer on a boundary whatever the allocator returns,
+        // and for the last vector of a padded row read through a transposed view: up to
+        // LANES - 1 rows past a buffer's end (only padding lanes, never results, come from
+        // there).
+        let widest = strides.iter().copied().max().unwrap_or(1);
+        let storage = vec![0f32; total + ALIGN_ELEMENTS + LANES as usize * widest];
         let shift = storage.as_ptr().align_offset(ALIGN_ELEMENTS * 4);
         let offsets = offsets.into_iter().map(|o| o + shift).collect();
         Ok(Memory { storage, offsets, strides, sizes })
@@ -205,74 +209,85 @@ impl Memory {
         self.offsets.iter().map(|&o| unsafe { base.add(o) }).collect()
     }
 
-    /// Writes `values` (row-major, `rows × cols`) into buffer `id`, one padded row at a time.
-    fn write(&mut self, id: usize, cols: usize, values: impl Iterator<Item = f32>) {
+    /// Writes `values` (row-major, `cols` to a row) into buffer `id`, one padded row at a time.
+    fn write(&mut self, id: usize, cols: usize, values: &[f32]) {
         let (start, stride) = (self.offsets[id], self.strides[id]);
-        for (k, v) in values.enumerate() {
-            let (r, c) = if cols == 0 { (0, 0) } else { (k / cols, k % cols) };
-            self.storage[start + r * stride + c] = v;
+        for (r, row) in values.chunks(cols.max(1)).enumerate() {
+            self.storage[start + r * stride..][..row.len()].copy_from_slice(row);
         }
     }
 
-    /// The element `access` reads at `(row, col)`, as its bits.
-    fn read(&self, access: &Access, row: usize, col: usize, dims: &[i64]) -> f32 {
-        let at = |c: &Coord<super::plan::Axis>| -> usize {
-            let base = match c.follows {
-                Some(super::plan::Axis::Row) => row,
-                Some(super::plan::Axis::Col) => col,
-                None => 0,
-            };
-            base + c.offset.eval(&|s| dims.get(s.index()).copied()).unwrap_or(0).max(0) as usize
-        };
-        let id = access.buffer;
-        self.storage[self.offsets[id] + at(&access.row) * self.strides[id] + at(&access.col)]
+    /// The `rows × cols` elements `access` reads, row-major, as their bits.
+    fn read(&self, access: &Access, rows: usize, cols: usize, dims: &[i64]) -> Vec<f32> {
+        let offset = |c: &Coord<Axis>| c.offset.eval(&|s| dims.get(s.index()).copied()).unwrap_or(0).max(0) as usize;
+        let follows = |c: &Coord<Axis>, axis: Axis| usize::from(c.follows == Some(axis));
+        let stride = self.strides[access.buffer];
+        let start = self.offsets[access.buffer] + offset(&access.row) * stride + offset(&access.col);
+        // Elements between consecutive rows and columns of the value, in storage.
+        let step = |axis: Axis| follows(&access.row, axis) * stride + follows(&access.col, axis);
+        let (down, across) = (step(Axis::Row), step(Axis::Col));
+        (0..rows).flat_map(|r| (0..cols).map(move |c| self.storage[start + r * down + c * across])).collect()
     }
 }
 
-/// Writes every leaf buffer from the bindings.
+/// What a leaf holds: a bound tensor or one number.
+enum LeafValue<'b> {
+    Tensor(&'b Tensor),
+    Number(f64),
+}
+
+fn leaf_value<'b>(leaf: &Leaf, module: &Module, b: &'b Bindings) -> Result<LeafValue<'b>, RunError> {
+    Ok(match leaf {
+        Leaf::Input(i) => LeafValue::Tensor(&b.inputs[*i]),
+        Leaf::Const(i) => LeafValue::Tensor(&b.consts[*i]),
+        Leaf::State(i) => LeafValue::Tensor(&b.states[*i]),
+        Leaf::Forward(i) => LeafValue::Tensor(b.forward.get(*i).ok_or(EvalError::NoForward(*i))?),
+        Leaf::Builtin(BuiltinValue::SampleIndex) => LeafValue::Tensor(b.index.as_ref().ok_or(EvalError::NoIndex)?),
+        Leaf::Param(p) => LeafValue::Number(b.param(module, Handle::new(*p))),
+        Leaf::Builtin(BuiltinValue::Epoch) => LeafValue::Number(b.epoch as f64),
+        Leaf::Builtin(BuiltinValue::Epochs) => LeafValue::Number(b.epochs as f64),
+        Leaf::Builtin(BuiltinValue::BaseLr) => LeafValue::Number(b.base_lr),
+        Leaf::RunFraction(f) => LeafValue::Number(b.run_fraction(*f) as f64),
+        Leaf::DimSize(d) => LeafValue::Number(b.size(module, d) as f64),
+    })
+}
+
+/// Writes every leaf buffer from the bindings. Reals are copied as `f32` straight from their
+/// tensors; ints and bools (indices, flags: small) go through `f64`.
 pub(crate) fn write_leaves(memory: &mut Memory, buffers: &[Buffer], module: &Module, b: &Bindings) -> Result<(), RunError> {
     for (id, buffer) in buffers.iter().enumerate() {
         let Some(leaf) = &buffer.leaf else { continue };
-        let rows = b.size(module, &buffer.rows);
-        let cols = b.size(module, &buffer.cols);
-        let scalar = |v: f64| -> Vec<f64> { vec![v] };
-        let values: Vec<f64> = match leaf {
-            Leaf::Input(i) => tensor_values(&b.inputs[*i], rows * cols)?,
-            Leaf::Const(i) => tensor_values(&b.consts[*i], rows * cols)?,
-            Leaf::State(i) => tensor_values(&b.states[*i], rows * cols)?,
-            Leaf::Forward(i) => tensor_values(b.forward.get(*i).ok_or(EvalError::NoForward(*i))?, rows * cols)?,
-            Leaf::Param(p) => scalar(b.param(module, Handle::new(*p))),
-            Leaf::Builtin(BuiltinValue::Epoch) => scalar(b.epoch as f64),
-            Leaf::Builtin(BuiltinValue::Epochs) => scalar(b.epochs as f64),
-            Leaf::Builtin(BuiltinValue::BaseLr) => scalar(b.base_lr),
-            Leaf::Builtin(BuiltinValue::SampleIndex) => tensor_values(b.index.as_ref().ok_or(EvalError::NoIndex)?, rows * cols)?,
-            Leaf::RunFraction(f) => scalar(b.run_fraction(*f) as f64),
-            Leaf::DimSize(d) => scalar(b.size(module, d) as f64),
+        let expected = b.size(module, &buffer.rows) * b.size(module, &buffer.cols);
+        let bits = match (leaf_value(leaf, module, b)?, buffer.elem) {
+            (LeafValue::Tensor(t), Elem::Real) => sized(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?, expected)?,
+            (LeafValue::Tensor(t), elem) => encode(sized(t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?, expected)?, elem)?,
+            (LeafValue::Number(v), elem) => encode(vec![v], elem)?,
         };
-        match buffer.elem {
-            Elem::Real => memory.write(id, cols, values.into_iter().map(|v| v as f32)),
-            Elem::Int => {
-                let mut ints = Vec::with_capacity(values.len());
-                for v in values {
-                    if v.abs() >= f64::from(i32::MAX) {
-                        return Err(RunError::Other(format!("the integer {v} is too large for the CPU back end's 32-bit ints")));
-                    }
-                    ints.push(f32::from_bits(v as i32 as u32));
-                }
-                memory.write(id, cols, ints.into_iter());
-            }
-            Elem::Bool => memory.write(id, cols, values.into_iter().map(|v| f32::from_bits(if v != 0.0 { u32::MAX } else { 0 }))),
-        }
+        memory.write(id, b.size(module, &buffer.cols), &bits);
     }
     Ok(())
 }
 
-fn tensor_values(t: &Tensor, expected: usize) -> Result<Vec<f64>, RunError> {
-    let values = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+fn sized<T>(values: Vec<T>, expected: usize) -> Result<Vec<T>, RunError> {
     if values.len() != expected {
         return Err(RunError::Other(format!("a value has {} elements where {expected} were expected", values.len())));
     }
     Ok(values)
+}
+
+/// Numbers as the bits generated code reads: `f32`, `i32`, or an all-ones mask for true.
+fn encode(values: Vec<f64>, elem: Elem) -> Result<Vec<f32>, RunError> {
+    values
+        .into_iter()
+        .map(|v| match elem {
+            Elem::Real => Ok(v as f32),
+            Elem::Int if v.abs() >= f64::from(i32::MAX) => {
+                Err(RunError::Other(format!("the integer {v} is too large for the CPU back end's 32-bit ints")))
+            }
+            Elem::Int => Ok(f32::from_bits(v as i32 as u32)),
+            Elem::Bool => Ok(f32::from_bits(if v != 0.0 { u32::MAX } else { 0 })),
+        })
+        .collect()
 }
 
 /// Reads an output into a tensor of its type.
@@ -283,12 +298,12 @@ pub(crate) fn read_output(memory: &Memory, access: &Access, ty: &Type, module: &
         1 => (1, shape[0]),
         _ => (shape[0], shape[1]),
     };
-    let bits = (0..rows).flat_map(|r| (0..cols).map(move |c| (r, c))).map(|(r, c)| memory.read(access, r, c, &b.dims));
+    let bits = memory.read(access, rows, cols, &b.dims);
     let device = Device::Cpu;
     let tensor = match ty.elem {
-        Elem::Real => Tensor::from_vec(bits.collect::<Vec<f32>>(), shape.as_slice(), &device)?,
-        Elem::Int => Tensor::from_vec(bits.map(|v| i64::from(v.to_bits() as i32)).collect::<Vec<i64>>(), shape.as_slice(), &device)?,
-        Elem::Bool => Tensor::from_vec(bits.map(|v| u8::from(v.to_bits() != 0)).collect::<Vec<u8>>(), shape.as_slice(), &device)?,
+        Elem::Real => Tensor::from_vec(bits, shape.as_slice(), &device)?,
+        Elem::Int => Tensor::from_vec(bits.iter().map(|v| i64::from(v.to_bits() as i32)).collect::<Vec<i64>>(), shape.as_slice(), &device)?,
+        Elem::Bool => Tensor::from_vec(bits.iter().map(|v| u8::from(v.to_bits() != 0)).collect::<Vec<u8>>(), shape.as_slice(), &device)?,
     };
     Ok(tensor)
 }
