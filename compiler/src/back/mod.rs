@@ -19,14 +19,21 @@ pub trait Backend: Send {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
+    /// Boxed: evaluation errors are large, and every back-end call returns this type.
     #[error("{0}")]
-    Eval(#[from] EvalError),
+    Eval(Box<EvalError>),
     /// The objective uses something this back end does not implement.
     #[error("the {backend} back end cannot run this objective: {why}")]
     Unsupported { backend: &'static str, why: String },
     /// A failure while running compiled code on valid bindings (bad indices, memory).
     #[error("the {backend} back end failed: {why}")]
     Run { backend: &'static str, why: String },
+}
+
+impl From<EvalError> for BackendError {
+    fn from(e: EvalError) -> Self {
+        BackendError::Eval(Box::new(e))
+    }
 }
 
 /// Which back end to build, as `--backend` names them.

@@ -269,14 +269,14 @@ impl<'f, 's> Emitter<'f, 's> {
     /// A comparison's result as a mask of `width`.
     pub fn fcmp(&mut self, cc: FloatCC, a: Value, b: Value, width: Width) -> Value {
         let c = self.fb.ins().fcmp(cc, a, b);
-        self.to_mask(c, width)
+        self.mask_of(c, width)
     }
     pub fn icmp(&mut self, cc: IntCC, a: Value, b: Value, width: Width) -> Value {
         let c = self.fb.ins().icmp(cc, a, b);
-        self.to_mask(c, width)
+        self.mask_of(c, width)
     }
     /// Scalar comparisons give `i8` 0/1; vector ones are already masks.
-    fn to_mask(&mut self, c: Value, width: Width) -> Value {
+    fn mask_of(&mut self, c: Value, width: Width) -> Value {
         match width {
             Width::One => self.fb.ins().bmask(I32, c),
             Width::Lanes => c,

@@ -141,9 +141,15 @@ pub(crate) fn symbols() -> Vec<Symbol> {
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum RunError {
     #[error("{0}")]
-    Eval(#[from] EvalError),
+    Eval(Box<EvalError>),
     #[error("{0}")]
     Other(String),
+}
+
+impl From<EvalError> for RunError {
+    fn from(e: EvalError) -> Self {
+        RunError::Eval(Box::new(e))
+    }
 }
 
 impl From<candle_core::Error> for RunError {
