@@ -69,8 +69,9 @@ def objective(args):
     z1 = torch.randn(args.batch, args.dim, generator=g, requires_grad=True)
     z2 = torch.randn(args.batch, args.dim, generator=g, requires_grad=True)
     mask = ~torch.eye(2 * args.batch, dtype=torch.bool)
-    m = etf(args.k, args.dim, g)
-    prior = torch.full((args.k,), 1.0 / args.k)
+    if args.objective == "simclr_gh":
+        m = etf(args.k, args.dim, g)
+        prior = torch.full((args.k,), 1.0 / args.k)
 
     def step():
         loss = nt_xent(z1, z2, 0.2, mask).mean()
