@@ -16,6 +16,9 @@ if ! "$python" -c 'import torch' 2>/dev/null; then
     "$venv/bin/pip" install --quiet torch numpy
 fi
 cargo build --release --quiet
+# OpenMP threads that spin while waiting (PyTorch's default) slow PyTorch down several times
+# over on a machine whose cores are shared; passive waiting is its best case there.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 sslc=target/release/sslc
 out=bench/results.jsonl
 : > "$out"
