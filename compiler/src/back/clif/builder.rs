@@ -13,8 +13,9 @@ use super::sizes::SizeTable;
 use crate::ir::{Dim, Elem};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::types::{F32, F32X4, I32, I32X4, I64};
+use cranelift_codegen::cursor::{Cursor, FuncCursor};
 use cranelift_codegen::ir::{
-    AbiParam, ConstantData, Endianness, ExtFuncData, ExternalName, FuncRef, InstBuilder, MemFlagsData, Signature, Type,
+    AbiParam, Block, ConstantData, Endianness, ExtFuncData, ExternalName, FuncRef, InstBuilder, MemFlagsData, Signature, Type,
     UserExternalName, Value,
 };
 use cranelift_frontend::FunctionBuilder;
@@ -58,6 +59,10 @@ pub(crate) struct Emitter<'f, 's> {
     pub frame: Value,
     shared: Shared<'s>,
     imported: HashMap<String, FuncRef>,
+    /// The entry block, where every value read from the frame is loaded, once.
+    entry: Block,
+    /// Those values: (offset of the frame's table, index in it) to the loaded value.
+    frame_values: HashMap<(i32, usize), Value>,
 }
 
 /// Flags for reads of the frame's tables: they never change while generated code runs, so
@@ -72,8 +77,12 @@ fn lanes_flags() -> MemFlagsData {
 }
 
 impl<'f, 's> Emitter<'f, 's> {
-    pub fn new(fb: FunctionBuilder<'f>, frame: Value, shared: Shared<'s>) -> Self {
-        Emitter { fb, frame, shared, imported: HashMap::new() }
+    /// An emitter for the function being built in `fb`, whose current block is its entry.
+    pub fn new(mut fb: FunctionBuilder<'f>, frame: Value, shared: Shared<'s>) -> Self {
+        let entry = fb.current_block().expect("the entry block is current");
+        // Frame values are inserted into it directly, so it must be in the layout already.
+        fb.ensure_inserted_block();
+        Emitter { fb, frame, shared, imported: HashMap::new(), entry, frame_values: HashMap::new() }
     }
 
     pub fn finish(self) -> FunctionBuilder<'f> {
@@ -107,14 +116,27 @@ impl<'f, 's> Emitter<'f, 's> {
     }
 
     fn size_slot(&mut self, slot: usize) -> Value {
-        let table = self.fb.ins().load(I64, invariant(), self.frame, frame::SIZES);
-        self.fb.ins().load(I64, invariant(), table, (slot * 8) as i32)
+        self.frame_value(frame::SIZES, slot)
     }
 
     /// The address of buffer `buffer`'s first element.
     pub fn buffer_base(&mut self, buffer: usize) -> Value {
-        let table = self.fb.ins().load(I64, invariant(), self.frame, frame::BUFFERS);
-        self.fb.ins().load(I64, invariant(), table, (buffer * 8) as i32)
+        self.frame_value(frame::BUFFERS, buffer)
+    }
+
+    /// Entry `index` of the frame's table at `table`, loaded at the top of the entry block the
+    /// first time it is asked for: that dominates every use, so kernels do not reload it in
+    /// their loops, and Cranelift has far less code to optimise away.
+    fn frame_value(&mut self, table: i32, index: usize) -> Value {
+        if let Some(&v) = self.frame_values.get(&(table, index)) {
+            return v;
+        }
+        let frame = self.frame;
+        let mut pos = FuncCursor::new(self.fb.func).at_first_insertion_point(self.entry);
+        let address = pos.ins().load(I64, invariant(), frame, table);
+        let v = pos.ins().load(I64, invariant(), address, (index * 8) as i32);
+        self.frame_values.insert((table, index), v);
+        v
     }
 
     /// `base + index * 4`: the address of element `index` (all elements are 4 bytes).
