@@ -12,20 +12,23 @@ use super::runtime;
 use super::sizes::SizeTable;
 use crate::ir::Elem;
 use cranelift_codegen::ir::types::I64;
-use cranelift_codegen::ir::{AbiParam, InstBuilder, Signature, UserFuncName};
+use cranelift_codegen::control::ControlPlane;
+use cranelift_codegen::ir::{AbiParam, Function, InstBuilder, Signature, UserFuncName};
+use cranelift_codegen::Context;
 use cranelift_codegen::isa::OwnedTargetIsa;
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
-use cranelift_module::{default_libcall_names, Linkage, Module};
+use cranelift_module::{default_libcall_names, Linkage, Module, ModuleReloc};
+use rayon::prelude::*;
 use std::collections::HashMap;
 
 /// JIT-compiled code of one plan.
 pub(crate) struct Generated {
     pub module: JITModule,
     pub main: *const u8,
-    /// The Cranelift IR of every function, as built (before Cranelift's optimisations).
-    pub clif: String,
+    /// Every function as built (before Cranelift's optimisations), for `sslc emit --stage clif`.
+    pub functions: Vec<Function>,
     pub sizes: SizeTable,
 }
 
@@ -98,39 +101,65 @@ pub(crate) fn generate(plan: &Plan, isa: OwnedTargetIsa) -> Result<Generated, St
         ids.push(id);
     }
 
+    // The functions are built one after another (they share the size table), then compiled
+    // to machine code on the thread pool, and the code handed to the JIT module.
     let mut sizes = SizeTable::default();
-    let mut ctx = module.make_context();
     let mut builder_ctx = FunctionBuilderContext::new();
-    let mut clif = String::new();
-    for ((name, body), &id) in functions.iter().zip(&ids) {
-        ctx.func.signature = callees[name].signature.clone();
-        ctx.func.name = UserFuncName::testcase(name.as_str());
-        {
-            let mut fb = FunctionBuilder::new(&mut ctx.func, &mut builder_ctx);
-            let entry = fb.create_block();
-            fb.append_block_params_for_function_params(entry);
-            fb.switch_to_block(entry);
-            let params = fb.block_params(entry).to_vec();
-            let mut em = Emitter::new(fb, params[0], Shared { sizes: &mut sizes, callees: &callees });
-            match body {
-                Body::Kernel(step) => em.kernel(&plan.buffers, step, params[1], params[2]),
-                Body::Loop(step) => em.inline_step(&plan.buffers, step),
-                Body::Tile(step) => em.pairwise_tile(&plan.buffers, step, &params),
-                Body::Main => em.main(plan),
-            }
-            let mut fb = em.finish();
-            fb.ins().return_(&[]);
-            fb.seal_all_blocks();
-            fb.finalize(module.target_config());
+    let mut built = Vec::with_capacity(functions.len());
+    for (name, body) in &functions {
+        let mut func = Function::with_name_signature(UserFuncName::testcase(name.as_str()), callees[name].signature.clone());
+        let mut fb = FunctionBuilder::new(&mut func, &mut builder_ctx);
+        let entry = fb.create_block();
+        fb.append_block_params_for_function_params(entry);
+        fb.switch_to_block(entry);
+        let params = fb.block_params(entry).to_vec();
+        let mut em = Emitter::new(fb, params[0], Shared { sizes: &mut sizes, callees: &callees });
+        match body {
+            Body::Kernel(step) => em.kernel(&plan.buffers, step, params[1], params[2]),
+            Body::Loop(step) => em.inline_step(&plan.buffers, step),
+            Body::Tile(step) => em.pairwise_tile(&plan.buffers, step, &params),
+            Body::Main => em.main(plan),
         }
-        clif.push_str(&ctx.func.display().to_string());
-        clif.push('\n');
-        module.define_function(id, &mut ctx).map_err(|e| format!("cranelift rejected `{name}`: {e:?}"))?;
-        module.clear_context(&mut ctx);
+        let mut fb = em.finish();
+        fb.ins().return_(&[]);
+        fb.seal_all_blocks();
+        fb.finalize(module.target_config());
+        built.push(func);
+    }
+    let isa = module.isa();
+    let machine_code = built
+        .par_iter()
+        .zip(&ids)
+        .map(|(func, &id)| {
+            let mut ctx = Context::for_function(func.clone());
+            let alignment = ctx
+                .compile(isa, &mut ControlPlane::default())
+                .map_err(|e| format!("cranelift rejected `{}`: {:?}", func.name, e.inner))?
+                .buffer
+                .alignment;
+            let code = ctx.compiled_code().ok_or("cranelift kept no code")?;
+            let relocs: Vec<ModuleReloc> = code.buffer.relocs().iter().map(|r| ModuleReloc::from_mach_reloc(r, &ctx.func, id)).collect();
+            Ok((u64::from(alignment), code.code_buffer().to_vec(), relocs))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    for ((alignment, bytes, relocs), &id) in machine_code.iter().zip(&ids) {
+        module.define_function_bytes(id, *alignment, bytes, relocs).map_err(fail)?;
     }
     module.finalize_definitions().map_err(fail)?;
     let main = module.get_finalized_function(*ids.last().ok_or("no functions were generated")?);
-    Ok(Generated { module, main, clif, sizes })
+    Ok(Generated { module, main, functions: built, sizes })
+}
+
+/// Cranelift IR as `sslc emit --stage clif` prints it: every function, one after another.
+pub(crate) struct ClifText<'a>(pub &'a [Function]);
+
+impl std::fmt::Display for ClifText<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for func in self.0 {
+            writeln!(f, "{}", func.display())?;
+        }
+        Ok(())
+    }
 }
 
 impl Emitter<'_, '_> {

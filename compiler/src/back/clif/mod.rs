@@ -50,7 +50,7 @@ pub(crate) struct Compiled {
     main: extern "C" fn(*const Frame),
     plan: Plan,
     sizes: SizeTable,
-    clif: String,
+    functions: Vec<cranelift_codegen::ir::Function>,
 }
 
 // SAFETY: the JIT module is never modified after `finalize_definitions`; its code is
@@ -68,7 +68,7 @@ fn compile(program: &crate::ir::Program) -> Result<Arc<Compiled>, BackendError> 
         let generated = codegen::generate(&plan, isa).map_err(|e| unsupported(format!("internal compiler error: {e}")))?;
         // SAFETY: `main` was generated with the signature `fn(*const Frame)`.
         let main = unsafe { std::mem::transmute::<*const u8, extern "C" fn(*const Frame)>(generated.main) };
-        Ok(Compiled { _module: generated.module, main, plan, sizes: generated.sizes, clif: generated.clif })
+        Ok(Compiled { _module: generated.module, main, plan, sizes: generated.sizes, functions: generated.functions })
     })
 }
 
@@ -89,8 +89,8 @@ impl Cpu {
     }
 
     /// The Cranelift IR of every generated function.
-    pub fn clif(&self) -> &str {
-        &self.compiled.clif
+    pub fn clif(&self) -> impl std::fmt::Display + '_ {
+        codegen::ClifText(&self.compiled.functions)
     }
 
     fn run(&self, b: &Bindings) -> Result<Vec<candle_core::Tensor>, runtime::RunError> {
