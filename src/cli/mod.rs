@@ -2,6 +2,7 @@
 //! 0 success, 1 the input was wrong (diagnostics on stderr), 2 usage errors (from clap).
 
 mod check;
+mod compare;
 mod eval;
 mod run;
 
@@ -30,6 +31,7 @@ enum Command {
     Probe(run::ProbeArgs),
     Split(run::SplitArgs),
     BenchTrain(run::BenchTrainArgs),
+    Compare(compare::CompareArgs),
     Eval(eval::EvalArgs),
     Gradcheck(eval::GradcheckArgs),
 }
@@ -43,6 +45,7 @@ pub fn main() -> i32 {
         Command::Probe(args) => run::probe(&args),
         Command::Split(args) => run::split(&args),
         Command::BenchTrain(args) => run::bench_train(&args),
+        Command::Compare(args) => compare::compare(&args),
         Command::Eval(args) => eval::eval(&args),
         Command::Gradcheck(args) => eval::gradcheck(&args),
     }
