@@ -2,6 +2,7 @@
 //! 0 success, 1 the input was wrong (diagnostics on stderr), 2 usage errors (from clap).
 
 mod check;
+mod cuda;
 mod eval;
 
 use clap::{Parser, Subcommand};
