@@ -31,9 +31,6 @@ fn at_least_thirty_malformed_programs() {
 #[test]
 fn every_malformed_program_has_a_located_diagnostic_with_a_hint() {
     for f in malformed_files() {
-        if f.file_name().is_some_and(|n| n == "empty.ssl") {
-            continue; // an empty file is a valid, empty library
-        }
         let text = rendered_errors(&f);
         let located = text.lines().any(|l| l.contains("┌─ tests/malformed/") && l.split(".ssl:").nth(1).is_some_and(|lc| lc.contains(':')));
         assert!(located, "{}: no file:line:col in\n{text}", f.display());
@@ -52,8 +49,7 @@ fn sslc(args: &[&str]) -> std::process::Output {
 fn check_exits_1_on_every_malformed_program_and_0_on_the_objectives() {
     for f in malformed_files() {
         let out = sslc(&["check", f.to_str().unwrap()]);
-        let expected = if f.file_name().is_some_and(|n| n == "empty.ssl") { 0 } else { 1 };
-        assert_eq!(out.status.code(), Some(expected), "{}: {}", f.display(), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(1), "{}: {}", f.display(), String::from_utf8_lossy(&out.stderr));
     }
     let out = sslc(&["check", "objectives/simclr.ssl", "objectives/simclr_gh.ssl", "objectives/lib/gh.ssl"]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));

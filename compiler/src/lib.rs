@@ -4,6 +4,9 @@
 //! 1. [`front`] — read the file and its imports, parse them (pest, `grammar/ssl.pest`) into a
 //!    spanned AST, resolve names, inline functions and build the typed IR ([`ir`]).
 //! 2. [`valid`] — check every program of the module (types, ordering, loops).
+//! 3. [`autodiff`] — append the gradient of the loss to the loss program.
+//! 4. [`passes`] — CSE, folding, dead code and pairwise fusion ([`passes::optimize`]).
+//! 5. [`eval`] — the reference evaluator, the oracle for every back end.
 //!
 //! Every error of every stage is a [`diag::Diagnostic`] with a span and a hint.
 
@@ -15,6 +18,7 @@ pub mod front;
 pub mod ir;
 pub mod gradcheck;
 pub mod objective;
+pub mod passes;
 pub mod span;
 pub mod valid;
 

@@ -20,6 +20,10 @@ pub enum Stage {
     Ast,
     /// The typed IR after lowering and validation.
     Ir,
+    /// The loss program with its gradient appended (autodiff), before optimisation.
+    Grad,
+    /// The gradient program after CSE, folding, dead-code elimination and pairwise fusion.
+    Opt,
     /// The CUDA C++ translation unit of every kernel (forward and gradient), as NVRTC compiles it.
     Cuda,
 }
@@ -76,10 +80,16 @@ pub fn emit(args: &EmitArgs) -> i32 {
                 1
             }
         },
-        Stage::Ir => match sslc_compiler::compile(&args.file, &mut sources) {
+        Stage::Ir | Stage::Grad | Stage::Opt => match sslc_compiler::compile(&args.file, &mut sources) {
             Ok(c) => {
-                for m in &c.modules {
-                    super::print_stdout(&format!("{}\n", sslc_compiler::ir::print_module(m)));
+                for m in c.modules {
+                    match stage_text(m, args.stage) {
+                        Ok(text) => super::print_stdout(&text),
+                        Err(d) => {
+                            print_all(&[d], &sources);
+                            return 1;
+                        }
+                    }
                 }
                 0
             }
@@ -89,4 +99,20 @@ pub fn emit(args: &EmitArgs) -> i32 {
             }
         },
     }
+}
+
+fn stage_text(m: sslc_compiler::ir::Module, stage: Stage) -> Result<String, sslc_compiler::diag::Diagnostic> {
+    use sslc_compiler::ir::print_program;
+    if let Stage::Ir = stage {
+        return Ok(format!("{}\n", sslc_compiler::ir::print_module(&m)));
+    }
+    let exe = sslc_compiler::objective::Executable::new(m)?;
+    let program = match stage {
+        Stage::Opt => sslc_compiler::passes::optimize(&exe.module, &exe.gradient)?,
+        _ => exe.gradient.clone(),
+    };
+    let mut text = format!("gradient of {} {{\n", exe.module.name);
+    print_program(&exe.module, &program, &mut text);
+    text.push_str("}\n");
+    Ok(text)
 }

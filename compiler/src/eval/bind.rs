@@ -7,7 +7,7 @@ use crate::ir::{Dim, DimKind, DimSym, Handle, Module, ParamDecl, ParamValue, Sha
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 
-#[derive(Debug, thiserror::Error, PartialEq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum BindError {
     #[error("unknown name `{name}` in --set; this objective has {known}")]
     UnknownOverride { name: String, known: String },
@@ -133,34 +133,27 @@ impl Bindings {
             dims[samples.index()] = req.samples.or(from_state).or(batch.map(|b| b as usize)).map(|v| v as i64);
         }
 
-        let mut consts = Vec::new();
-        for (_, decl) in module.consts.iter() {
-            match req.consts.iter().find(|(n, _)| *n == decl.name) {
+        // A given value is checked against its declaration; a missing one is built from it.
+        let mut given_or_built = |name: &str, shape: &[Dim], given: &[(String, Tensor)], build: &dyn Fn(&[usize]) -> Result<Tensor, BindError>| {
+            match given.iter().find(|(n, _)| n == name) {
                 Some((_, t)) => {
-                    check_finite(&decl.name, t)?;
-                    bind_shape(module, &decl.name, &decl.ty.shape, t.dims(), &mut dims, &mut origin)?;
-                    consts.push(t.to_dtype(req.dtype)?);
+                    check_finite(name, t)?;
+                    bind_shape(module, name, shape, t.dims(), &mut dims, &mut origin)?;
+                    Ok::<Tensor, BindError>(t.to_dtype(req.dtype)?)
                 }
-                None => {
-                    let shape = concrete(module, &decl.ty.shape, &dims)?;
-                    consts.push(super::build_const(&decl.init, &shape)?.to_dtype(req.dtype)?);
-                }
+                None => Ok(build(&concrete(module, shape, &dims)?)?.to_dtype(req.dtype)?),
             }
-        }
-        let mut states = Vec::new();
-        for (_, decl) in module.states.iter() {
-            match req.states.iter().find(|(n, _)| *n == decl.name) {
-                Some((_, t)) => {
-                    check_finite(&decl.name, t)?;
-                    bind_shape(module, &decl.name, &decl.ty.shape, t.dims(), &mut dims, &mut origin)?;
-                    states.push(t.to_dtype(req.dtype)?);
-                }
-                None => {
-                    let shape = concrete(module, &decl.ty.shape, &dims)?;
-                    states.push(super::initial_state(decl.init, &shape)?.to_dtype(req.dtype)?);
-                }
-            }
-        }
+        };
+        let consts = module
+            .consts
+            .iter()
+            .map(|(_, d)| given_or_built(&d.name, &d.ty.shape, &req.consts, &|shape| super::build_const(&d.init, shape)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let states = module
+            .states
+            .iter()
+            .map(|(_, d)| given_or_built(&d.name, &d.ty.shape, &req.states, &|shape| super::initial_state(d.init, shape)))
+            .collect::<Result<Vec<_>, _>>()?;
         let index = match (req.index, batch) {
             (Some(i), _) => Some(i.to_dtype(DType::I64)?),
             (None, Some(n)) => Some(Tensor::arange(0i64, n, &Device::Cpu)?),

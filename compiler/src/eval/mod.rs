@@ -10,7 +10,7 @@ pub use bind::{BindError, BindRequest, Bindings, Overrides};
 pub use constants::{build_const, etf, initial_state};
 
 use crate::ir::{
-    BinaryOp, BuiltinValue, Elem, Expr, Handle, Literal, Module, Program, ReduceOp, UnaryOp,
+    BinaryOp, BuiltinValue, Elem, Expr, Handle, KernelNode, Literal, Module, PairwiseOperands, Program, ReduceOp, UnaryOp,
 };
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
@@ -177,30 +177,10 @@ impl Evaluator<'_> {
                 view[*axis] = n;
                 Tensor::arange(0i64, n as i64, &Device::Cpu)?.reshape(view)?.broadcast_as(dims)?.contiguous()?
             }
-            Expr::Unary { op, arg } => {
-                let x = self.get(*arg);
-                match op {
-                    UnaryOp::Neg => x.neg()?,
-                    UnaryOp::Exp => x.exp()?,
-                    UnaryOp::Log => x.log()?,
-                    UnaryOp::Sqrt => x.sqrt()?,
-                    UnaryOp::Abs => x.abs()?,
-                    UnaryOp::Cos => x.cos()?,
-                    UnaryOp::Not => x.eq(0u8)?,
-                }
-            }
+            Expr::Unary { op, arg } => unary(*op, self.get(*arg))?,
             Expr::Binary { op, lhs, rhs } => self.binary(*op, self.get(*lhs), self.get(*rhs))?,
             Expr::Select { cond, on_true, on_false } => self.get(*cond).where_cond(self.get(*on_true), self.get(*on_false))?,
-            Expr::Cast { arg, to } => {
-                let x = self.get(*arg);
-                match to {
-                    // Non-zero is true.
-                    Elem::Bool => x.ne(&0f64.to_dtype_of(x)?)?,
-                    // Truncation toward zero, as `int(x)` in Python.
-                    Elem::Int => x.to_dtype(DType::F64)?.to_dtype(DType::I64)?,
-                    Elem::Real => x.to_dtype(b.dtype)?,
-                }
-            }
+            Expr::Cast { arg, to } => self.cast(self.get(*arg), *to)?,
             Expr::Broadcast { arg, shape } => self.get(*arg).broadcast_as(b.shape(self.module, shape))?.contiguous()?,
             Expr::ExpandDims { arg, axis } => self.get(*arg).unsqueeze(*axis)?,
             Expr::Squeeze { arg, axis } => self.get(*arg).squeeze(*axis)?,
@@ -222,11 +202,54 @@ impl Evaluator<'_> {
                 Expr::Loop { carried, .. } => self.get(carried[*index].param).clone(),
                 _ => unreachable!("validated programs only take outputs of loops"),
             },
+            Expr::PairwiseReduce { pairwise, op, axis } => reduce(*op, &self.pairwise_matrix(pairwise)?, *axis)?,
+            Expr::PairwiseMatMul { pairwise, v, axis } => {
+                let w = self.pairwise_matrix(pairwise)?;
+                let w = if *axis == 1 { w } else { w.t()?.contiguous()? };
+                w.matmul(&self.get(*v).contiguous()?)?
+            }
         })
         .map(|t: Tensor| {
             debug_assert_eq!(t.dims(), b.shape(self.module, &ty.shape).as_slice());
             t
         })
+    }
+
+    /// The `[M, P]` matrix `w(i, j)` a pairwise node stands for. The oracle materialises it;
+    /// the back ends never do.
+    fn pairwise_matrix(&self, pw: &PairwiseOperands) -> candle_core::Result<Tensor> {
+        let s = self.get(pw.x).contiguous()?.matmul(&self.get(pw.y).t()?.contiguous()?)?;
+        let (m, p) = (s.dims()[0], s.dims()[1]);
+        let mut values: Vec<Tensor> = Vec::with_capacity(pw.kernel.nodes.len());
+        for node in &pw.kernel.nodes {
+            let v = match node {
+                KernelNode::Dot => s.clone(),
+                KernelNode::Row(k) => self.get(pw.rows[*k]).unsqueeze(1)?.broadcast_as((m, p))?.contiguous()?,
+                KernelNode::Col(k) => self.get(pw.cols[*k]).unsqueeze(0)?.broadcast_as((m, p))?.contiguous()?,
+                KernelNode::Scalar(k) => self.get(pw.scalars[*k]).broadcast_as((m, p))?.contiguous()?,
+                KernelNode::RowIndex => Tensor::arange(0i64, m as i64, &Device::Cpu)?.unsqueeze(1)?.broadcast_as((m, p))?.contiguous()?,
+                KernelNode::ColIndex => Tensor::arange(0i64, p as i64, &Device::Cpu)?.unsqueeze(0)?.broadcast_as((m, p))?.contiguous()?,
+                KernelNode::Literal(Literal::Real(v)) => self.scalar(*v, Elem::Real)?.broadcast_as((m, p))?.contiguous()?,
+                KernelNode::Literal(Literal::Int(v)) => Tensor::new(*v, &Device::Cpu)?.broadcast_as((m, p))?.contiguous()?,
+                KernelNode::Literal(Literal::Bool(v)) => Tensor::new(u8::from(*v), &Device::Cpu)?.broadcast_as((m, p))?.contiguous()?,
+                KernelNode::Unary(op, a) => unary(*op, &values[*a])?,
+                KernelNode::Binary(op, a, b) => self.binary(*op, &values[*a], &values[*b])?,
+                KernelNode::Select(c, a, b) => values[*c].where_cond(&values[*a], &values[*b])?,
+                KernelNode::Cast(a, to) => self.cast(&values[*a], *to)?,
+            };
+            values.push(v);
+        }
+        Ok(values.swap_remove(pw.kernel.result))
+    }
+
+    fn cast(&self, x: &Tensor, to: Elem) -> candle_core::Result<Tensor> {
+        match to {
+            // Non-zero is true.
+            Elem::Bool => x.ne(&0f64.to_dtype_of(x)?),
+            // Truncation toward zero, as `int(x)` in Python.
+            Elem::Int => x.to_dtype(DType::F64)?.to_dtype(DType::I64),
+            Elem::Real => x.to_dtype(self.b.dtype),
+        }
     }
 
     fn binary(&self, op: BinaryOp, l: &Tensor, r: &Tensor) -> candle_core::Result<Tensor> {
@@ -288,6 +311,18 @@ fn pow(x: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
     let signed = flip.where_cond(&magnitude.neg()?, &magnitude)?;
     let y_zero = y.eq(&0f64.to_dtype_of(y)?)?;
     y_zero.where_cond(&1f64.to_dtype_of(x)?, &signed)
+}
+
+fn unary(op: UnaryOp, x: &Tensor) -> candle_core::Result<Tensor> {
+    match op {
+        UnaryOp::Neg => x.neg(),
+        UnaryOp::Exp => x.exp(),
+        UnaryOp::Log => x.log(),
+        UnaryOp::Sqrt => x.sqrt(),
+        UnaryOp::Abs => x.abs(),
+        UnaryOp::Cos => x.cos(),
+        UnaryOp::Not => x.eq(0u8),
+    }
 }
 
 fn reduce(op: ReduceOp, x: &Tensor, axis: usize) -> candle_core::Result<Tensor> {

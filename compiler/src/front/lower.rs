@@ -40,6 +40,15 @@ type Functions<'a> = HashMap<String, &'a ast::Function>;
 
 pub fn lower(files: &[ParsedFile]) -> Result<LoweredFile, Vec<Diagnostic>> {
     let mut diags = Vec::new();
+    for file in files {
+        if file.ast.functions.is_empty() && file.ast.objectives.is_empty() {
+            diags.push(
+                Diagnostic::new(format!("`{}` declares nothing", file.path.file_name().map_or_else(|| file.path.display().to_string(), |n| n.to_string_lossy().into_owned())))
+                    .at(Span::new(file.id, 0, 0), "no `fn`, `objective` or `mixin` in this file")
+                    .hint("an objective file declares an `objective`; a library declares `fn`s (see docs/language.md)"),
+            );
+        }
+    }
     let mut functions: Functions = HashMap::new();
     for file in files {
         for f in &file.ast.functions {

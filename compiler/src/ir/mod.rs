@@ -14,7 +14,7 @@ mod print;
 
 pub use arena::{Arena, Handle};
 pub use dim::{display_shape, Dim, DimSym, Shape};
-pub use print::print_module;
+pub use print::{print_module, print_program};
 
 use crate::span::Span;
 use std::collections::HashMap;
@@ -397,6 +397,12 @@ pub enum Expr {
     Loop { count: Handle<Expr>, carried: Vec<Carried>, body: Block },
     /// The final value of carried variable `index` of `looped`.
     LoopOutput { looped: Handle<Expr>, index: usize },
+    /// Fused by `passes::fuse_pairwise`: `reduce_j w(i, j)` for `axis = 1` (shape `[M]`), or
+    /// `reduce_i w(i, j)` for `axis = 0` (shape `[P]`), without storing the `[M, P]` matrix.
+    PairwiseReduce { pairwise: Box<PairwiseOperands>, op: ReduceOp, axis: usize },
+    /// Fused by `passes::fuse_pairwise`: `Σ_j w(i, j) v[j]` for `axis = 1` (`v: [P, E]`, shape
+    /// `[M, E]`), or `Σ_i w(i, j) v[i]` for `axis = 0` (`v: [M, E]`, shape `[P, E]`).
+    PairwiseMatMul { pairwise: Box<PairwiseOperands>, v: Handle<Expr>, axis: usize },
 }
 
 impl Expr {
@@ -433,6 +439,12 @@ impl Expr {
                 ops
             }
             Expr::LoopOutput { looped, .. } => vec![*looped],
+            Expr::PairwiseReduce { pairwise, .. } => pairwise.handles(),
+            Expr::PairwiseMatMul { pairwise, v, .. } => {
+                let mut hs = pairwise.handles();
+                hs.push(*v);
+                hs
+            }
         }
     }
 
@@ -484,8 +496,74 @@ impl Expr {
                 body.iter_mut().for_each(|b| *b = f(*b));
             }
             Expr::LoopOutput { looped, .. } => *looped = f(*looped),
+            Expr::PairwiseReduce { pairwise, .. } => pairwise.map(f),
+            Expr::PairwiseMatMul { pairwise, v, .. } => {
+                pairwise.map(f);
+                *v = f(*v);
+            }
         }
         e
+    }
+}
+
+/// One scalar operation of a [`PairwiseKernel`]; operands index earlier nodes of the kernel.
+#[derive(Clone, Debug, PartialEq)]
+pub enum KernelNode {
+    /// `s_ij = x_i · y_j`, the entry of the similarity matrix the kernel replaces.
+    Dot,
+    /// `rows[k][i]`.
+    Row(usize),
+    /// `cols[k][j]`.
+    Col(usize),
+    /// `scalars[k]`.
+    Scalar(usize),
+    /// `i`, as `int`.
+    RowIndex,
+    /// `j`, as `int`.
+    ColIndex,
+    Literal(Literal),
+    Unary(UnaryOp, usize),
+    Binary(BinaryOp, usize, usize),
+    Select(usize, usize, usize),
+    Cast(usize, Elem),
+}
+
+/// The element-wise function `w(i, j)` of a pairwise node, computed per entry and never stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PairwiseKernel {
+    pub nodes: Vec<KernelNode>,
+    /// Element type of each node.
+    pub elems: Vec<Elem>,
+    /// The node whose value is `w(i, j)` (always real).
+    pub result: usize,
+}
+
+/// The operands a pairwise node reads: `x: [M, D]` and `y: [P, D]` (the entry `s_ij` of
+/// `x @ y.T`), per-row vectors `[M]`, per-column vectors `[P]`, and scalars.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PairwiseOperands {
+    pub x: Handle<Expr>,
+    pub y: Handle<Expr>,
+    pub rows: Vec<Handle<Expr>>,
+    pub cols: Vec<Handle<Expr>>,
+    pub scalars: Vec<Handle<Expr>>,
+    pub kernel: PairwiseKernel,
+}
+
+impl PairwiseOperands {
+    fn handles(&self) -> Vec<Handle<Expr>> {
+        let mut hs = vec![self.x, self.y];
+        hs.extend(&self.rows);
+        hs.extend(&self.cols);
+        hs.extend(&self.scalars);
+        hs
+    }
+    fn map(&mut self, f: &mut dyn FnMut(Handle<Expr>) -> Handle<Expr>) {
+        self.x = f(self.x);
+        self.y = f(self.y);
+        for h in self.rows.iter_mut().chain(self.cols.iter_mut()).chain(self.scalars.iter_mut()) {
+            *h = f(*h);
+        }
     }
 }
 

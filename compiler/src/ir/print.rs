@@ -1,7 +1,8 @@
 //! The textual form of the IR (`sslc emit --stage ir`), also used by snapshot tests.
 
 use super::{
-    display_shape, BuiltinValue, ConstInit, DimKind, Event, Expr, Handle, Literal, Module, ParamValue, Program, StateInit,
+    display_shape, BuiltinValue, ConstInit, DimKind, Event, Expr, Handle, KernelNode, Literal, Module, PairwiseOperands,
+    ParamValue, Program, StateInit,
 };
 use std::fmt::Write;
 
@@ -161,5 +162,47 @@ fn describe(m: &Module, e: &Expr) -> String {
         Expr::LoopParam => "loop parameter".into(),
         Expr::Loop { .. } => "loop".into(),
         Expr::LoopOutput { looped, index } => format!("output {index} of {looped}"),
+        Expr::PairwiseReduce { pairwise, op, axis } => {
+            format!("pairwise.reduce.{} axis={axis} {}", format!("{op:?}").to_lowercase(), pairwise_text(pairwise))
+        }
+        Expr::PairwiseMatMul { pairwise, v, axis } => format!("pairwise.matmul axis={axis} v={v} {}", pairwise_text(pairwise)),
     }
+}
+
+fn pairwise_text(pw: &PairwiseOperands) -> String {
+    let list = |hs: &[Handle<Expr>]| hs.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(", ");
+    let nodes: Vec<String> = pw
+        .kernel
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let body = match n {
+                KernelNode::Dot => "dot".to_string(),
+                KernelNode::Row(k) => format!("row{k}[i]"),
+                KernelNode::Col(k) => format!("col{k}[j]"),
+                KernelNode::Scalar(k) => format!("scalar{k}"),
+                KernelNode::RowIndex => "i".to_string(),
+                KernelNode::ColIndex => "j".to_string(),
+                KernelNode::Literal(Literal::Real(v)) => format!("{v:?}"),
+                KernelNode::Literal(Literal::Int(v)) => v.to_string(),
+                KernelNode::Literal(Literal::Bool(v)) => v.to_string(),
+                KernelNode::Unary(op, a) => format!("{} k{a}", format!("{op:?}").to_lowercase()),
+                KernelNode::Binary(op, a, b) => format!("{} k{a}, k{b}", format!("{op:?}").to_lowercase()),
+                KernelNode::Select(c, a, b) => format!("select k{c}, k{a}, k{b}"),
+                KernelNode::Cast(a, e) => format!("cast k{a} to {}", e.name()),
+            };
+            format!("k{i} = {body}")
+        })
+        .collect();
+    format!(
+        "x={} y={} rows=[{}] cols=[{}] scalars=[{}] {{ {}; -> k{} }}",
+        pw.x,
+        pw.y,
+        list(&pw.rows),
+        list(&pw.cols),
+        list(&pw.scalars),
+        nodes.join("; "),
+        pw.kernel.result
+    )
 }

@@ -5,7 +5,8 @@
 //! pass that builds ill-typed or ill-ordered IR is caught at its source instead of in a back end.
 
 use crate::ir::{
-    display_shape, BinaryOp, Block, Dim, Elem, Expr, Handle, Literal, Module, Program, ReduceOp, Type, UnaryOp,
+    display_shape, BinaryOp, Block, Dim, Elem, Expr, Handle, KernelNode, Literal, Module, PairwiseOperands, Program, ReduceOp,
+    Type, UnaryOp,
 };
 use std::collections::HashSet;
 
@@ -239,7 +240,105 @@ pub fn infer(module: &Module, expr: &Expr, ty: &dyn Fn(Handle<Expr>) -> Type) ->
             Type::scalar(Elem::Int)
         }
         Expr::LoopOutput { .. } => return Err(TypeError::Other("a loop output's type is that of its carried value".into())),
+        Expr::PairwiseReduce { pairwise, op, axis } => {
+            let (m, p) = pairwise_dims(module, pairwise, ty)?;
+            if *op == ReduceOp::ArgMax {
+                return Err(TypeError::Other("a pairwise reduction cannot be an argmax".into()));
+            }
+            Type::tensor(Elem::Real, vec![if *axis == 1 { m } else { p }])
+        }
+        Expr::PairwiseMatMul { pairwise, v, axis } => {
+            let (m, p) = pairwise_dims(module, pairwise, ty)?;
+            let t = ty(*v);
+            let (summed, kept) = if *axis == 1 { (p, m) } else { (m, p) };
+            if t.rank() != 2 || t.elem != Elem::Real || t.shape[0] != summed {
+                return Err(TypeError::Other(format!("pairwise matmul: v is {}, expected [{}, E]", text(&t), summed.display(&module.dims))));
+            }
+            Type::tensor(Elem::Real, vec![kept, t.shape[1].clone()])
+        }
     })
+}
+
+/// Checks a pairwise node's operands and kernel; returns its `(M, P)`.
+fn pairwise_dims(module: &Module, pw: &PairwiseOperands, ty: &dyn Fn(Handle<Expr>) -> Type) -> Result<(Dim, Dim), TypeError> {
+    let text = |t: &Type| shape_text(module, t);
+    let (x, y) = (ty(pw.x), ty(pw.y));
+    if x.rank() != 2 || y.rank() != 2 || x.elem != Elem::Real || y.elem != Elem::Real || x.shape[1] != y.shape[1] {
+        return Err(TypeError::Other(format!("pairwise: x is {} and y is {}, expected [M, D] and [P, D]", text(&x), text(&y))));
+    }
+    let (m, p) = (x.shape[0].clone(), y.shape[0].clone());
+    let vector = |h: &Handle<Expr>, len: &Dim| {
+        let t = ty(*h);
+        if t.rank() == 1 && t.shape[0] == *len {
+            Ok(t.elem)
+        } else {
+            Err(TypeError::Other(format!("pairwise: operand {h} is {}, expected a vector of {}", text(&t), len.display(&module.dims))))
+        }
+    };
+    let rows = pw.rows.iter().map(|h| vector(h, &m)).collect::<Result<Vec<_>, _>>()?;
+    let cols = pw.cols.iter().map(|h| vector(h, &p)).collect::<Result<Vec<_>, _>>()?;
+    let mut scalars = Vec::new();
+    for h in &pw.scalars {
+        let t = ty(*h);
+        if t.rank() != 0 {
+            return Err(TypeError::Other(format!("pairwise: scalar operand {h} is {}", text(&t))));
+        }
+        scalars.push(t.elem);
+    }
+    let k = &pw.kernel;
+    if k.elems.len() != k.nodes.len() || k.result >= k.nodes.len() || k.elems[k.result] != Elem::Real {
+        return Err(TypeError::Other("pairwise kernel: malformed result".into()));
+    }
+    for (i, n) in k.nodes.iter().enumerate() {
+        let earlier = |a: usize| if a < i { Ok(k.elems[a]) } else { Err(TypeError::Other(format!("pairwise kernel: node {i} reads a later node"))) };
+        let elem = match n {
+            KernelNode::Dot => Elem::Real,
+            KernelNode::Row(r) => *rows.get(*r).ok_or_else(|| TypeError::Other(format!("pairwise kernel: no row operand {r}")))?,
+            KernelNode::Col(c) => *cols.get(*c).ok_or_else(|| TypeError::Other(format!("pairwise kernel: no column operand {c}")))?,
+            KernelNode::Scalar(c) => *scalars.get(*c).ok_or_else(|| TypeError::Other(format!("pairwise kernel: no scalar operand {c}")))?,
+            KernelNode::RowIndex | KernelNode::ColIndex => Elem::Int,
+            KernelNode::Literal(Literal::Real(_)) => Elem::Real,
+            KernelNode::Literal(Literal::Int(_)) => Elem::Int,
+            KernelNode::Literal(Literal::Bool(_)) => Elem::Bool,
+            KernelNode::Unary(UnaryOp::Not, a) => expect_kernel(earlier(*a)?, Elem::Bool)?,
+            KernelNode::Unary(_, a) => earlier(*a)?,
+            KernelNode::Binary(op, a, b) => {
+                let (ea, eb) = (earlier(*a)?, earlier(*b)?);
+                if ea != eb {
+                    return Err(TypeError::Other(format!("pairwise kernel: node {i} mixes {} and {}", ea.name(), eb.name())));
+                }
+                if op.is_comparison() {
+                    Elem::Bool
+                } else {
+                    ea
+                }
+            }
+            KernelNode::Select(c, a, b) => {
+                expect_kernel(earlier(*c)?, Elem::Bool)?;
+                let (ea, eb) = (earlier(*a)?, earlier(*b)?);
+                if ea != eb {
+                    return Err(TypeError::Other(format!("pairwise kernel: node {i} selects between {} and {}", ea.name(), eb.name())));
+                }
+                ea
+            }
+            KernelNode::Cast(a, to) => {
+                earlier(*a)?;
+                *to
+            }
+        };
+        if elem != k.elems[i] {
+            return Err(TypeError::Other(format!("pairwise kernel: node {i} is {} but recorded {}", elem.name(), k.elems[i].name())));
+        }
+    }
+    Ok((m, p))
+}
+
+fn expect_kernel(found: Elem, want: Elem) -> Result<Elem, TypeError> {
+    if found == want {
+        Ok(found)
+    } else {
+        Err(TypeError::Other(format!("pairwise kernel: expected {}, found {}", want.name(), found.name())))
+    }
 }
 
 fn expect_elem(op: &str, t: &Type, elem: Elem) -> Result<(), TypeError> {

@@ -1,0 +1,378 @@
+//! Pairwise fusion: the FlashAttention-style rewrite that keeps contrastive losses in
+//! O(N·D) memory.
+//!
+//! A *seed* is a matrix product `x @ yᵀ` whose `[M, P]` result feeds only element-wise work —
+//! the similarity matrix, masked by `eye`, scaled by a temperature, exponentiated, combined
+//! with per-row and per-column vectors — that ends in *sinks*: row or column reductions
+//! (`sum`, `max`, `logsumexp`), or products with a matrix (`W @ V`, `Wᵀ @ V`, as the gradient
+//! of a similarity matrix is). When every use of the seed's element-wise region ends in a
+//! sink, each sink becomes a [`Expr::PairwiseReduce`] or [`Expr::PairwiseMatMul`] that
+//! recomputes `w(i, j)` tile by tile from `x`, `y` and the vectors, and the `[M, P]` matrices
+//! are never stored. Patterns are matched on the IR's structure only, so any objective with
+//! this shape (another mask, weighting or temperature) is fused the same way.
+
+use super::{Action, Rebuilder};
+use crate::ir::{
+    Elem, Expr, Handle, KernelNode, Literal, Module, PairwiseKernel, PairwiseOperands, Program, ReduceOp,
+};
+use std::collections::HashMap;
+
+pub(super) fn run(module: &Module, program: &Program) -> Program {
+    let sinks = plan(program);
+    if sinks.is_empty() {
+        return program.clone();
+    }
+    Rebuilder::new(module, program).run(&mut |rb, old, _| match sinks.get(&old) {
+        Some(sink) => Action::Replace(build(rb, sink)),
+        None => Action::Keep,
+    })
+}
+
+/// How an element-wise `[M, P]` node relates to the seeds.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Region {
+    /// Computed from one seed (and leaves).
+    Of(Handle<Expr>),
+    /// Computed from leaves only: broadcast vectors and scalars, index grids.
+    Leaves,
+    /// Anything else: it would have to be stored.
+    Opaque,
+}
+
+/// Where a fused node's vector operand comes from in the old program.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Source {
+    Node(Handle<Expr>),
+    /// The node with size-1 axis `axis` removed.
+    Squeeze(Handle<Expr>, usize),
+    /// A `[1, 1]` node as a scalar.
+    SqueezeBoth(Handle<Expr>),
+}
+
+#[derive(Clone, Debug)]
+enum SinkKind {
+    Reduce { op: ReduceOp, axis: usize },
+    /// `W @ V` (`axis = 1`) or `Wᵀ @ V` (`axis = 0`).
+    MatMul { v: Source, axis: usize, transpose_v: bool, transpose_result: bool },
+}
+
+#[derive(Clone, Debug)]
+struct Sink {
+    seed: Handle<Expr>,
+    /// The region node the sink consumes.
+    input: Handle<Expr>,
+    kind: SinkKind,
+}
+
+fn plan(p: &Program) -> HashMap<Handle<Expr>, Sink> {
+    let mut region: HashMap<Handle<Expr>, Region> = HashMap::new();
+    for &h in &p.body {
+        let r = classify(p, h, &region);
+        region.insert(h, r);
+    }
+    let mut users: HashMap<Handle<Expr>, Vec<Handle<Expr>>> = HashMap::new();
+    collect_users(p, &p.body, &mut users);
+    let outputs: Vec<Handle<Expr>> = p.outputs.iter().map(|o| o.value).collect();
+
+    // Group the region nodes by seed and collect their sinks; one unfusable use spoils a seed.
+    let mut sinks_of: HashMap<Handle<Expr>, Option<Vec<(Handle<Expr>, Sink)>>> = HashMap::new();
+    for &h in &p.body {
+        let Region::Of(seed) = region[&h] else { continue };
+        let entry = sinks_of.entry(seed).or_insert_with(|| Some(Vec::new()));
+        let Some(list) = entry else { continue };
+        if outputs.contains(&h) {
+            *entry = None;
+            continue;
+        }
+        for &u in users.get(&h).map(Vec::as_slice).unwrap_or(&[]) {
+            if region.get(&u) == Some(&Region::Of(seed)) {
+                continue;
+            }
+            match sinks_for_use(p, h, u, &users, &outputs, &region) {
+                Some(found) => list.extend(found.into_iter().map(|(at, kind)| (at, Sink { seed, input: h, kind }))),
+                None => {
+                    *entry = None;
+                    break;
+                }
+            }
+        }
+    }
+    sinks_of.into_values().flatten().flatten().collect()
+}
+
+/// Every use of every node, loop bodies included (a use inside a loop is never a sink).
+fn collect_users(p: &Program, block: &[Handle<Expr>], users: &mut HashMap<Handle<Expr>, Vec<Handle<Expr>>>) {
+    for &h in block {
+        let e = &p.exprs[h];
+        for o in e.operands() {
+            users.entry(o).or_default().push(h);
+        }
+        if let Expr::Loop { body, carried, .. } = e {
+            collect_users(p, body, users);
+            for c in carried {
+                users.entry(c.next).or_default().push(h);
+            }
+        }
+    }
+}
+
+fn is_pairwise_shape(p: &Program, h: Handle<Expr>) -> bool {
+    let t = p.ty(h);
+    t.rank() == 2
+}
+
+fn classify(p: &Program, h: Handle<Expr>, region: &HashMap<Handle<Expr>, Region>) -> Region {
+    if !is_pairwise_shape(p, h) {
+        return Region::Opaque;
+    }
+    let of = |o: &Handle<Expr>| region.get(o).copied().unwrap_or(Region::Opaque);
+    let shape = &p.ty(h).shape;
+    match &p.exprs[h] {
+        Expr::MatMul { .. } => Region::Of(h),
+        Expr::Iota { .. } => Region::Leaves,
+        Expr::Broadcast { arg, .. } if leaf_source(p, *arg, shape).is_some() => Region::Leaves,
+        e @ (Expr::Unary { .. } | Expr::Binary { .. } | Expr::Select { .. } | Expr::Cast { .. }) => {
+            let mut seed = None;
+            for o in e.operands() {
+                if p.ty(o).shape != *shape {
+                    return Region::Opaque;
+                }
+                match of(&o) {
+                    Region::Opaque => return Region::Opaque,
+                    Region::Leaves => {}
+                    Region::Of(s) if seed.is_none_or(|x| x == s) => seed = Some(s),
+                    Region::Of(_) => return Region::Opaque,
+                }
+            }
+            seed.map_or(Region::Leaves, Region::Of)
+        }
+        _ => Region::Opaque,
+    }
+}
+
+/// What a broadcast into an `[M, P]` shape reads per entry: a row vector, a column vector or
+/// a scalar.
+#[derive(Clone, Copy, Debug)]
+enum Leaf {
+    Row(Source),
+    Col(Source),
+    Scalar(Source),
+    Literal(Literal),
+}
+
+fn leaf_source(p: &Program, arg: Handle<Expr>, target: &[crate::ir::Dim]) -> Option<Leaf> {
+    let t = p.ty(arg);
+    match t.rank() {
+        0 => Some(match p.exprs[arg] {
+            Expr::Literal(l) => Leaf::Literal(l),
+            _ => Leaf::Scalar(Source::Node(arg)),
+        }),
+        // Aligned on the right: a vector is indexed by the column.
+        1 if t.shape[0] == target[1] => Some(Leaf::Col(Source::Node(arg))),
+        2 => match (t.shape[0].is_one(), t.shape[1].is_one()) {
+            (true, true) => Some(Leaf::Scalar(Source::SqueezeBoth(arg))),
+            (false, true) if t.shape[0] == target[0] => Some(Leaf::Row(match p.exprs[arg] {
+                Expr::ExpandDims { arg: v, axis: 1 } => Source::Node(v),
+                _ => Source::Squeeze(arg, 1),
+            })),
+            (true, false) if t.shape[1] == target[1] => Some(Leaf::Col(match p.exprs[arg] {
+                Expr::ExpandDims { arg: v, axis: 0 } => Source::Node(v),
+                _ => Source::Squeeze(arg, 0),
+            })),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The sinks a use of region node `h` by `u` becomes, placed at the nodes they replace;
+/// `None` when the use needs the matrix stored.
+fn sinks_for_use(
+    p: &Program,
+    h: Handle<Expr>,
+    u: Handle<Expr>,
+    users: &HashMap<Handle<Expr>, Vec<Handle<Expr>>>,
+    outputs: &[Handle<Expr>],
+    region: &HashMap<Handle<Expr>, Region>,
+) -> Option<Vec<(Handle<Expr>, SinkKind)>> {
+    // The other factor of a product must be an ordinary tensor, not another fused region.
+    let plain = |v: Handle<Expr>| !matches!(region.get(&v), Some(Region::Of(_)));
+    let matmul_sink = |at: Handle<Expr>, lhs: Handle<Expr>, rhs: Handle<Expr>, w_is_transposed: bool| -> Option<(Handle<Expr>, SinkKind)> {
+        // W @ V → axis 1; Wᵀ @ V → axis 0; L @ W = (Wᵀ Lᵀ)ᵀ → axis 0; L @ Wᵀ = (W Lᵀ)ᵀ → axis 1.
+        let w_node = if w_is_transposed { p.exprs[at].operands().into_iter().find(|&o| matches!(p.exprs[o], Expr::Transpose { arg } if arg == h)) } else { Some(h) };
+        let w_node = w_node?;
+        if lhs == w_node && rhs != w_node && plain(rhs) {
+            Some((at, SinkKind::MatMul { v: Source::Node(rhs), axis: if w_is_transposed { 0 } else { 1 }, transpose_v: false, transpose_result: false }))
+        } else if rhs == w_node && lhs != w_node && plain(lhs) {
+            Some((at, SinkKind::MatMul { v: Source::Node(lhs), axis: if w_is_transposed { 1 } else { 0 }, transpose_v: true, transpose_result: true }))
+        } else {
+            None
+        }
+    };
+    match p.exprs[u] {
+        Expr::Reduce { op, axis, .. } if op != ReduceOp::ArgMax => Some(vec![(u, SinkKind::Reduce { op, axis })]),
+        Expr::MatMul { lhs, rhs } => matmul_sink(u, lhs, rhs, false).map(|s| vec![s]),
+        Expr::Transpose { .. } => {
+            if outputs.contains(&u) {
+                return None;
+            }
+            let mut out = Vec::new();
+            for &v in users.get(&u).map(Vec::as_slice).unwrap_or(&[]) {
+                match p.exprs[v] {
+                    Expr::MatMul { lhs, rhs } => out.push(matmul_sink(v, lhs, rhs, true)?),
+                    _ => return None,
+                }
+            }
+            Some(out)
+        }
+        _ => None,
+    }
+}
+
+/// Builds the fused node replacing `sink` in the new program.
+fn build(rb: &mut Rebuilder, sink: &Sink) -> Handle<Expr> {
+    let span = rb.old.span(sink.input);
+    let (x_old, b_old) = match rb.old.exprs[sink.seed] {
+        Expr::MatMul { lhs, rhs } => (lhs, rhs),
+        _ => unreachable!("seeds are matrix products"),
+    };
+    let x = rb.mapped(x_old);
+    // s_ij = x_i · y_j needs y's rows: the right operand transposed.
+    let y = match rb.old.exprs[b_old] {
+        Expr::Transpose { arg } => rb.mapped(arg),
+        _ => {
+            let b = rb.mapped(b_old);
+            rb.push(Expr::Transpose { arg: b }, span)
+        }
+    };
+    let mut k = KernelBuilder { rb, seed: sink.seed, operands: Operands::default(), memo: HashMap::new(), nodes: Vec::new(), elems: Vec::new() };
+    let result = k.node(sink.input);
+    let KernelBuilder { rb, operands, nodes, elems, .. } = k;
+    let pairwise = Box::new(PairwiseOperands {
+        x,
+        y,
+        rows: operands.rows.iter().map(|s| materialise(rb, *s, span)).collect(),
+        cols: operands.cols.iter().map(|s| materialise(rb, *s, span)).collect(),
+        scalars: operands.scalars.iter().map(|s| materialise(rb, *s, span)).collect(),
+        kernel: PairwiseKernel { nodes, elems, result },
+    });
+    match &sink.kind {
+        SinkKind::Reduce { op, axis } => rb.push(Expr::PairwiseReduce { pairwise, op: *op, axis: *axis }, span),
+        SinkKind::MatMul { v, axis, transpose_v, transpose_result } => {
+            let mut v = materialise(rb, *v, span);
+            if *transpose_v {
+                v = match *rb.new_expr(v) {
+                    Expr::Transpose { arg } => arg,
+                    _ => rb.push(Expr::Transpose { arg: v }, span),
+                };
+            }
+            let fused = rb.push(Expr::PairwiseMatMul { pairwise, v, axis: *axis }, span);
+            if *transpose_result {
+                rb.push(Expr::Transpose { arg: fused }, span)
+            } else {
+                fused
+            }
+        }
+    }
+}
+
+fn materialise(rb: &mut Rebuilder, s: Source, span: crate::span::Span) -> Handle<Expr> {
+    match s {
+        Source::Node(h) => rb.mapped(h),
+        Source::Squeeze(h, axis) => {
+            let arg = rb.mapped(h);
+            rb.push(Expr::Squeeze { arg, axis }, span)
+        }
+        Source::SqueezeBoth(h) => {
+            let arg = rb.mapped(h);
+            let once = rb.push(Expr::Squeeze { arg, axis: 1 }, span);
+            rb.push(Expr::Squeeze { arg: once, axis: 0 }, span)
+        }
+    }
+}
+
+#[derive(Default)]
+struct Operands {
+    rows: Vec<Source>,
+    cols: Vec<Source>,
+    scalars: Vec<Source>,
+}
+
+fn index_of(list: &mut Vec<Source>, s: Source) -> usize {
+    list.iter().position(|x| *x == s).unwrap_or_else(|| {
+        list.push(s);
+        list.len() - 1
+    })
+}
+
+/// Translates a region node of the old program into kernel nodes.
+struct KernelBuilder<'r, 'a> {
+    rb: &'r mut Rebuilder<'a>,
+    seed: Handle<Expr>,
+    operands: Operands,
+    memo: HashMap<Handle<Expr>, usize>,
+    nodes: Vec<KernelNode>,
+    elems: Vec<Elem>,
+}
+
+impl KernelBuilder<'_, '_> {
+    fn emit(&mut self, n: KernelNode, elem: Elem) -> usize {
+        self.nodes.push(n);
+        self.elems.push(elem);
+        self.nodes.len() - 1
+    }
+
+    fn node(&mut self, h: Handle<Expr>) -> usize {
+        if let Some(&i) = self.memo.get(&h) {
+            return i;
+        }
+        let p = self.rb.old;
+        let elem = p.ty(h).elem;
+        let shape = p.ty(h).shape.clone();
+        let i = if h == self.seed {
+            self.emit(KernelNode::Dot, Elem::Real)
+        } else {
+            match p.exprs[h].clone() {
+                Expr::Iota { axis, .. } => self.emit(if axis == 0 { KernelNode::RowIndex } else { KernelNode::ColIndex }, Elem::Int),
+                Expr::Broadcast { arg, .. } => {
+                    let leaf = leaf_source(p, arg, &shape).expect("classified as a leaf");
+                    let leaf_elem = p.ty(arg).elem;
+                    match leaf {
+                        Leaf::Literal(l) => self.emit(KernelNode::Literal(l), elem),
+                        Leaf::Row(s) => {
+                            let k = index_of(&mut self.operands.rows, s);
+                            self.emit(KernelNode::Row(k), leaf_elem)
+                        }
+                        Leaf::Col(s) => {
+                            let k = index_of(&mut self.operands.cols, s);
+                            self.emit(KernelNode::Col(k), leaf_elem)
+                        }
+                        Leaf::Scalar(s) => {
+                            let k = index_of(&mut self.operands.scalars, s);
+                            self.emit(KernelNode::Scalar(k), leaf_elem)
+                        }
+                    }
+                }
+                Expr::Unary { op, arg } => {
+                    let a = self.node(arg);
+                    self.emit(KernelNode::Unary(op, a), elem)
+                }
+                Expr::Binary { op, lhs, rhs } => {
+                    let (a, b) = (self.node(lhs), self.node(rhs));
+                    self.emit(KernelNode::Binary(op, a, b), elem)
+                }
+                Expr::Select { cond, on_true, on_false } => {
+                    let (c, a, b) = (self.node(cond), self.node(on_true), self.node(on_false));
+                    self.emit(KernelNode::Select(c, a, b), elem)
+                }
+                Expr::Cast { arg, to } => {
+                    let a = self.node(arg);
+                    self.emit(KernelNode::Cast(a, to), to)
+                }
+                e => unreachable!("classified as element-wise: {e:?}"),
+            }
+        };
+        self.memo.insert(h, i);
+        i
+    }
+}

@@ -1,0 +1,32 @@
+//! Images/s of one training step (two-view forward, backward, SGD) on the CPU.
+//! `cargo bench -p sslc-runtime --bench train_step [-- BACKBONE BATCH STEPS]`, where BACKBONE is
+//! `resnet18` (default, CIFAR 32x32 RGB), `resnet50` (224x224 RGB) or `small` (28x28 gray).
+//! On glibc, large tensors are mmap-ed and unmapped per op; `MALLOC_MMAP_THRESHOLD_=33554432
+//! MALLOC_TRIM_THRESHOLD_=4294967296` keeps them in the heap and cut system time about 3x here.
+
+use sslc_runtime::model::BackboneKind;
+use sslc_runtime::train::measure_train_throughput;
+
+fn main() {
+    // `cargo bench` passes `--bench`; everything else is ours.
+    let args: Vec<String> = std::env::args().skip(1).filter(|arg| !arg.starts_with("--")).collect();
+    let (backbone, channels, size) = match args.first().map(String::as_str).unwrap_or("resnet18") {
+        "resnet50" => (BackboneKind::ResNet50, 3, 224),
+        "small" => (BackboneKind::SmallConv, 1, 28),
+        _ => (BackboneKind::ResNet18Cifar, 3, 32),
+    };
+    let batch = args.get(1).and_then(|arg| arg.parse().ok()).unwrap_or(64);
+    let steps = args.get(2).and_then(|arg| arg.parse().ok()).unwrap_or(3);
+    match measure_train_throughput(backbone, channels, size, batch, steps) {
+        Ok(result) => println!(
+            "{backbone:?} batch {batch}: {:.1} images/s ({:.3} s/step, {} threads)",
+            result.images_per_second,
+            result.seconds_per_step,
+            rayon::current_num_threads()
+        ),
+        Err(error) => {
+            eprintln!("benchmark failed: {error}");
+            std::process::exit(1);
+        }
+    }
+}

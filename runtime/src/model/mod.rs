@@ -1,0 +1,317 @@
+//! The encoder the training loop optimises: a backbone and a projector, with SDCLR's pruned
+//! branch (masked conv weights, its own BatchNorm sets) available on demand.
+
+mod backbone;
+mod im2col;
+mod layers;
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+pub use backbone::BackboneKind;
+pub use layers::ConvInit;
+
+use backbone::Backbone;
+use layers::{BatchNorm, Linear, Registry};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Tensor(#[from] candle_core::Error),
+    #[error("{0}")]
+    Shape(String),
+    #[error("this encoder was built without SDCLR's pruned branch; build it with EncoderConfig::pruned_branch = true")]
+    NoPrunedBranch,
+    #[error("prune fraction {0} is outside [0, 1): it is the share of conv weights masked out, e.g. 0.9")]
+    InvalidPruneFraction(f64),
+    #[error("saved model state does not fit this encoder: {0}; was it saved with another backbone or configuration?")]
+    StateMismatch(String),
+}
+
+/// Which copy of the network a forward pass uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Branch {
+    Dense,
+    /// SDCLR's branch: conv weights times the prune mask, its own BatchNorm sets.
+    Pruned,
+}
+
+impl Branch {
+    fn index(self) -> usize {
+        match self {
+            Branch::Dense => 0,
+            Branch::Pruned => 1,
+        }
+    }
+
+    /// Name used in parameter names (`bn.dense.weight`).
+    fn name(self) -> &'static str {
+        match self {
+            Branch::Dense => "dense",
+            Branch::Pruned => "pruned",
+        }
+    }
+}
+
+/// BatchNorm behaviour: batch statistics (and running-statistics updates) or running statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Train,
+    Eval,
+}
+
+/// Per-channel standardisation `(x - mean) / std` applied inside the network.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ChannelStandardization {
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+impl ChannelStandardization {
+    /// ImageNet statistics, which the reference's SDCLR and ImageNet ResNets apply to their input
+    /// on top of the data pipeline's own normalisation.
+    pub fn imagenet() -> Self {
+        ChannelStandardization { mean: vec![0.485, 0.456, 0.406], std: vec![0.229, 0.224, 0.225] }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EncoderConfig {
+    pub backbone: BackboneKind,
+    /// Image channels: 1 for digits and Fashion-MNIST, 3 for colour.
+    pub in_channels: usize,
+    /// Output width of the projector (128 in every reference recipe).
+    pub embedding_dim: usize,
+    /// Build SDCLR's second BatchNorm set in every BN layer.
+    pub pruned_branch: bool,
+    pub conv_init: ConvInit,
+    pub input_standardization: Option<ChannelStandardization>,
+    /// Seeds the initial weights.
+    pub seed: u64,
+}
+
+impl EncoderConfig {
+    /// The reference implementation's choices: SDCLR's networks and the ImageNet ResNet-50 use
+    /// kaiming-normal(fan_out) conv init and standardise RGB input with ImageNet statistics; the
+    /// CIFAR ResNet of SimCLR/Focal/BCL keeps PyTorch's defaults and no extra standardisation.
+    pub fn reference(backbone: BackboneKind, in_channels: usize, pruned_branch: bool, seed: u64) -> Self {
+        let reference_resnet = pruned_branch || backbone == BackboneKind::ResNet50;
+        EncoderConfig {
+            backbone,
+            in_channels,
+            embedding_dim: 128,
+            pruned_branch,
+            conv_init: if reference_resnet { ConvInit::KaimingNormalFanOut } else { ConvInit::PytorchDefault },
+            input_standardization: (reference_resnet && in_channels == 3).then(ChannelStandardization::imagenet),
+            seed,
+        }
+    }
+}
+
+/// fc(F, F) + BN + ReLU + fc(F, D, no bias) + BN, as `proj_head` in the reference.
+struct Projector {
+    fc1: Linear,
+    bn1: BatchNorm,
+    fc2: Linear,
+    bn2: BatchNorm,
+}
+
+impl Projector {
+    fn forward(&self, features: &Tensor, branch: Branch, mode: Mode) -> Result<Tensor, ModelError> {
+        // BatchNorm takes channel-major input: transpose [N, F] to [F, N] around it.
+        let batch_norm = |bn: &BatchNorm, x: &Tensor| -> Result<Tensor, ModelError> { Ok(bn.forward(&x.t()?, branch, mode)?.t()?) };
+        let hidden = batch_norm(&self.bn1, &self.fc1.forward(features)?)?.relu()?;
+        batch_norm(&self.bn2, &self.fc2.forward(&hidden)?)
+    }
+}
+
+/// How many conv weights the last [`Encoder::update_prune_mask`] masked out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PruneCount {
+    pub pruned: usize,
+    pub total: usize,
+}
+
+/// Backbone + projector. Parameters and buffers are `Var`s shared with the layers, so the
+/// optimizer and checkpoints update them in place.
+pub struct Encoder {
+    config: EncoderConfig,
+    standardization: Option<(Tensor, Tensor)>,
+    backbone: Backbone,
+    projector: Projector,
+    params: Vec<(String, Var)>,
+    buffers: Vec<(String, Var)>,
+}
+
+impl Encoder {
+    pub fn new(config: EncoderConfig) -> Result<Self, ModelError> {
+        let device = Device::Cpu;
+        if config.in_channels == 0 || config.embedding_dim == 0 {
+            return Err(ModelError::Shape("in_channels and embedding_dim must be positive".into()));
+        }
+        let standardization = match &config.input_standardization {
+            None => None,
+            Some(stats) => {
+                if stats.mean.len() != config.in_channels || stats.std.len() != config.in_channels {
+                    return Err(ModelError::Shape(format!(
+                        "input standardisation has {} means and {} stds for {} channels; give one per channel",
+                        stats.mean.len(),
+                        stats.std.len(),
+                        config.in_channels
+                    )));
+                }
+                let shape = (1, config.in_channels, 1, 1);
+                let mean = Tensor::from_slice(&stats.mean, shape, &device)?;
+                let std = Tensor::from_slice(&stats.std, shape, &device)?;
+                Some((mean, std))
+            }
+        };
+        let branches = if config.pruned_branch { 2 } else { 1 };
+        let mut registry = Registry::new(ChaCha8Rng::seed_from_u64(config.seed), device);
+        let backbone = Backbone::new(&mut registry, config.backbone, config.in_channels, config.conv_init, branches)?;
+        let features = config.backbone.feature_dim();
+        let projector = Projector {
+            fc1: Linear::new(&mut registry, "projector.fc1", features, features, true)?,
+            bn1: BatchNorm::new(&mut registry, "projector.bn1", features, branches)?,
+            fc2: Linear::new(&mut registry, "projector.fc2", features, config.embedding_dim, false)?,
+            bn2: BatchNorm::new(&mut registry, "projector.bn2", config.embedding_dim, branches)?,
+        };
+        Ok(Encoder {
+            config,
+            standardization,
+            backbone,
+            projector,
+            params: registry.params,
+            buffers: registry.buffers,
+        })
+    }
+
+    pub fn config(&self) -> &EncoderConfig {
+        &self.config
+    }
+
+    /// Backbone features `[N, F]` (what the linear probe sees) and the projector's embedding
+    /// `[N, D]`. `images` is `[N, C, H, W]` f32.
+    pub fn forward(&self, images: &Tensor, branch: Branch, mode: Mode) -> Result<(Tensor, Tensor), ModelError> {
+        let features = self.features(images, branch, mode)?;
+        let embedding = self.projector.forward(&features, branch, mode)?;
+        Ok((features, embedding))
+    }
+
+    /// Backbone features only: evaluation does not need the projector.
+    pub fn features(&self, images: &Tensor, branch: Branch, mode: Mode) -> Result<Tensor, ModelError> {
+        let dims = images.dims();
+        if dims.len() != 4 || dims[1] != self.config.in_channels || dims[0] == 0 || images.dtype() != DType::F32 {
+            return Err(ModelError::Shape(format!(
+                "the encoder expects f32 images [N, {}, H, W] with N >= 1, got {:?} {:?}",
+                self.config.in_channels,
+                images.dtype(),
+                dims
+            )));
+        }
+        if branch == Branch::Pruned && !self.config.pruned_branch {
+            return Err(ModelError::NoPrunedBranch);
+        }
+        let input = match &self.standardization {
+            Some((mean, std)) => images.broadcast_sub(mean)?.broadcast_div(std)?,
+            None => images.clone(),
+        };
+        self.backbone.forward(&input, branch, mode)
+    }
+
+    /// Trainable parameters, by name, in a fixed order.
+    pub fn parameters(&self) -> &[(String, Var)] {
+        &self.params
+    }
+
+    /// BatchNorm running statistics of every branch, by name.
+    pub fn buffers(&self) -> &[(String, Var)] {
+        &self.buffers
+    }
+
+    /// Parameters and buffers, for checkpoints.
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        self.params
+            .iter()
+            .chain(&self.buffers)
+            .map(|(name, var)| (name.clone(), var.as_tensor().clone()))
+            .collect()
+    }
+
+    /// Restores what [`Encoder::state`] returned; every name must be present with its shape.
+    pub fn load_state(&self, state: &[(String, Tensor)]) -> Result<(), ModelError> {
+        let saved: HashMap<&str, &Tensor> = state.iter().map(|(name, tensor)| (name.as_str(), tensor)).collect();
+        let own = self.params.iter().chain(&self.buffers);
+        if saved.len() != self.params.len() + self.buffers.len() {
+            return Err(ModelError::StateMismatch(format!(
+                "it holds {} tensors, this encoder has {}",
+                saved.len(),
+                self.params.len() + self.buffers.len()
+            )));
+        }
+        for (name, var) in own.clone() {
+            let tensor = saved.get(name.as_str()).ok_or_else(|| ModelError::StateMismatch(format!("`{name}` is missing")))?;
+            if tensor.dims() != var.dims() || tensor.dtype() != var.dtype() {
+                return Err(ModelError::StateMismatch(format!(
+                    "`{name}` is {:?} {:?}, expected {:?} {:?}",
+                    tensor.dtype(),
+                    tensor.dims(),
+                    var.dtype(),
+                    var.dims()
+                )));
+            }
+        }
+        for (name, var) in own {
+            var.set(saved[name.as_str()])?;
+        }
+        Ok(())
+    }
+
+    /// Recomputes SDCLR's mask: the `ceil(fraction * total)` smallest-magnitude weights over all
+    /// conv layers together are masked out (ties broken by position, so the count is exact).
+    /// Until the first call the pruned branch masks nothing, as in the reference.
+    pub fn update_prune_mask(&self, fraction: f64) -> Result<PruneCount, ModelError> {
+        if !(0.0..1.0).contains(&fraction) {
+            return Err(ModelError::InvalidPruneFraction(fraction));
+        }
+        if !self.config.pruned_branch {
+            return Err(ModelError::NoPrunedBranch);
+        }
+        let convs = self.backbone.convs();
+        let mut magnitudes = Vec::new();
+        for conv in &convs {
+            magnitudes.extend(conv.weight.as_tensor().flatten_all()?.abs()?.to_vec1::<f32>()?);
+        }
+        let total = magnitudes.len();
+        let pruned = ((fraction * total as f64).ceil() as usize).min(total);
+        let mut keep = vec![1f32; total];
+        if pruned > 0 {
+            let mut order: Vec<usize> = (0..total).collect();
+            let by_magnitude = |a: &usize, b: &usize| magnitudes[*a].total_cmp(&magnitudes[*b]).then(a.cmp(b));
+            order.select_nth_unstable_by(pruned - 1, by_magnitude);
+            for &index in &order[..pruned] {
+                keep[index] = 0.0;
+            }
+        }
+        let mut offset = 0;
+        for conv in convs {
+            let mask = conv.prune_mask.as_ref().ok_or(ModelError::NoPrunedBranch)?;
+            let count = mask.elem_count();
+            mask.set(&Tensor::from_slice(&keep[offset..offset + count], mask.shape(), mask.device())?)?;
+            offset += count;
+        }
+        Ok(PruneCount { pruned, total })
+    }
+
+    /// Every conv weight with its prune mask (`None` without a pruned branch), in layer order.
+    pub fn conv_weights_and_masks(&self) -> Vec<(Tensor, Option<Tensor>)> {
+        self.backbone
+            .convs()
+            .into_iter()
+            .map(|conv| (conv.weight.as_tensor().clone(), conv.prune_mask.as_ref().map(|mask| mask.as_tensor().clone())))
+            .collect()
+    }
+}

@@ -1,0 +1,186 @@
+//! SGD with momentum and Adam, with PyTorch's update rules, so that the reference recipes'
+//! hyper-parameters mean the same thing here. Their state is a list of named tensors for
+//! checkpoints.
+
+use std::collections::HashMap;
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor, Var};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OptimError {
+    #[error(transparent)]
+    Tensor(#[from] candle_core::Error),
+    #[error("saved optimizer state does not fit: {0}; was the checkpoint written for another model or optimizer?")]
+    StateMismatch(String),
+}
+
+/// What the training loop needs from an optimizer.
+pub trait Optimizer: Send {
+    /// Updates every parameter that has a gradient in `grads`; the others are left untouched
+    /// and keep no state, as PyTorch skips parameters whose `.grad` is `None`.
+    fn step(&mut self, params: &[(String, Var)], grads: &GradStore, lr: f64) -> Result<(), OptimError>;
+    /// Named state tensors (`{kind}/{parameter}`), for checkpoints.
+    fn state(&self) -> Result<Vec<(String, Tensor)>, OptimError>;
+    /// Restores what [`Optimizer::state`] returned.
+    fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<(), OptimError>;
+}
+
+/// `torch.optim.SGD(momentum, weight_decay)`: `d = g + wd·p; buf = m·buf + d` (the first step
+/// sets `buf = d`); `p -= lr·buf`.
+pub struct Sgd {
+    momentum: f64,
+    weight_decay: f64,
+    momentum_buffers: HashMap<String, Tensor>,
+}
+
+impl Sgd {
+    pub fn new(momentum: f64, weight_decay: f64) -> Self {
+        Sgd { momentum, weight_decay, momentum_buffers: HashMap::new() }
+    }
+}
+
+/// `g + wd·p`: PyTorch's L2 weight decay, folded into the gradient.
+fn decayed_gradient(grad: &Tensor, param: &Tensor, weight_decay: f64) -> candle_core::Result<Tensor> {
+    if weight_decay == 0.0 {
+        Ok(grad.clone())
+    } else {
+        grad + (param * weight_decay)?
+    }
+}
+
+impl Optimizer for Sgd {
+    fn step(&mut self, params: &[(String, Var)], grads: &GradStore, lr: f64) -> Result<(), OptimError> {
+        for (name, param) in params {
+            let Some(grad) = grads.get(param.as_tensor()) else { continue };
+            // Detached, so that buffers carry no autograd history from step to step.
+            let current = param.as_tensor().detach();
+            let direction = decayed_gradient(&grad.detach(), &current, self.weight_decay)?;
+            let direction = if self.momentum == 0.0 {
+                direction
+            } else {
+                let buffer = match self.momentum_buffers.get(name) {
+                    Some(buffer) => ((buffer * self.momentum)? + direction)?,
+                    None => direction,
+                };
+                self.momentum_buffers.insert(name.clone(), buffer.clone());
+                buffer
+            };
+            param.set(&(current - (direction * lr)?)?)?;
+        }
+        Ok(())
+    }
+
+    fn state(&self) -> Result<Vec<(String, Tensor)>, OptimError> {
+        Ok(sorted_state(self.momentum_buffers.iter().map(|(name, buffer)| (format!("momentum_buffer/{name}"), buffer.clone()))))
+    }
+
+    fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<(), OptimError> {
+        let [momentum_buffers] = split_state(state, ["momentum_buffer"])?;
+        self.momentum_buffers = momentum_buffers;
+        Ok(())
+    }
+}
+
+/// `torch.optim.Adam(betas=(0.9, 0.999), eps=1e-8, weight_decay)`: L2 decay added to the
+/// gradient (not AdamW's decoupled decay), bias-corrected moments, per-parameter step counts.
+pub struct Adam {
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    weight_decay: f64,
+    first_moments: HashMap<String, Tensor>,
+    second_moments: HashMap<String, Tensor>,
+    steps: HashMap<String, u64>,
+}
+
+impl Adam {
+    pub fn new(weight_decay: f64) -> Self {
+        Adam {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay,
+            first_moments: HashMap::new(),
+            second_moments: HashMap::new(),
+            steps: HashMap::new(),
+        }
+    }
+}
+
+impl Optimizer for Adam {
+    fn step(&mut self, params: &[(String, Var)], grads: &GradStore, lr: f64) -> Result<(), OptimError> {
+        for (name, param) in params {
+            let Some(grad) = grads.get(param.as_tensor()) else { continue };
+            // Detached, so that the moments carry no autograd history from step to step.
+            let current = param.as_tensor().detach();
+            let grad = decayed_gradient(&grad.detach(), &current, self.weight_decay)?;
+            let step = self.steps.get(name).copied().unwrap_or(0) + 1;
+            let first = match self.first_moments.get(name) {
+                Some(m) => ((m * self.beta1)? + (&grad * (1.0 - self.beta1))?)?,
+                None => (&grad * (1.0 - self.beta1))?,
+            };
+            let second = match self.second_moments.get(name) {
+                Some(v) => ((v * self.beta2)? + (grad.sqr()? * (1.0 - self.beta2))?)?,
+                None => (grad.sqr()? * (1.0 - self.beta2))?,
+            };
+            let bias_correction1 = 1.0 - self.beta1.powi(step as i32);
+            let bias_correction2 = 1.0 - self.beta2.powi(step as i32);
+            let denominator = ((second.sqrt()? / bias_correction2.sqrt())? + self.eps)?;
+            let update = ((&first / denominator)? * (lr / bias_correction1))?;
+            param.set(&(current - update)?)?;
+            self.first_moments.insert(name.clone(), first);
+            self.second_moments.insert(name.clone(), second);
+            self.steps.insert(name.clone(), step);
+        }
+        Ok(())
+    }
+
+    fn state(&self) -> Result<Vec<(String, Tensor)>, OptimError> {
+        let mut state: Vec<(String, Tensor)> = Vec::new();
+        for (name, m) in &self.first_moments {
+            state.push((format!("exp_avg/{name}"), m.clone()));
+        }
+        for (name, v) in &self.second_moments {
+            state.push((format!("exp_avg_sq/{name}"), v.clone()));
+        }
+        for (name, &step) in &self.steps {
+            state.push((format!("step/{name}"), Tensor::new(step as f64, &Device::Cpu)?));
+        }
+        Ok(sorted_state(state.into_iter()))
+    }
+
+    fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<(), OptimError> {
+        let [first_moments, second_moments, step_tensors] = split_state(state, ["exp_avg", "exp_avg_sq", "step"])?;
+        let mut steps = HashMap::new();
+        for (name, step) in step_tensors {
+            steps.insert(name, step.to_dtype(DType::F64)?.to_scalar::<f64>()? as u64);
+        }
+        let covered = |moments: &HashMap<String, Tensor>| moments.len() == steps.len() && moments.keys().all(|name| steps.contains_key(name));
+        if !covered(&first_moments) || !covered(&second_moments) {
+            return Err(OptimError::StateMismatch("Adam's moments and step counts cover different parameters".into()));
+        }
+        (self.first_moments, self.second_moments, self.steps) = (first_moments, second_moments, steps);
+        Ok(())
+    }
+}
+
+fn sorted_state(entries: impl Iterator<Item = (String, Tensor)>) -> Vec<(String, Tensor)> {
+    let mut state: Vec<_> = entries.collect();
+    state.sort_by(|a, b| a.0.cmp(&b.0));
+    state
+}
+
+/// Splits `{kind}/{parameter}` entries by kind, keyed by parameter; any other name is an error.
+fn split_state<const KINDS: usize>(state: &[(String, Tensor)], kinds: [&str; KINDS]) -> Result<[HashMap<String, Tensor>; KINDS], OptimError> {
+    let mut split: [HashMap<String, Tensor>; KINDS] = std::array::from_fn(|_| HashMap::new());
+    for (name, tensor) in state {
+        let (kind, param) = name.split_once('/').unwrap_or((name.as_str(), ""));
+        let position = kinds
+            .iter()
+            .position(|known| *known == kind)
+            .ok_or_else(|| OptimError::StateMismatch(format!("unexpected entry `{name}`, expected kinds {kinds:?}")))?;
+        split[position].insert(param.to_string(), tensor.clone());
+    }
+    Ok(split)
+}

@@ -1,0 +1,141 @@
+//! What a run leaves for people: `metrics.jsonl`, `summary.json`, `per_class.png`, a console
+//! table of the Many/Medium/Few accuracies and a progress bar.
+
+mod plot;
+mod progress;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Map, Value};
+
+use crate::checkpoint::write_atomically;
+use crate::probe::{AccuracyReport, Evaluation, Group};
+
+pub use plot::plot_per_class;
+pub use progress::Progress;
+
+pub const METRICS_FILE: &str = "metrics.jsonl";
+pub const SUMMARY_FILE: &str = "summary.json";
+pub const PER_CLASS_PLOT_FILE: &str = "per_class.png";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("cannot write {path}: {source}; check that the run directory is writable")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("cannot draw {path}: {reason}")]
+    Plot { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Input(String),
+}
+
+/// Appends one JSON object per line to `metrics.jsonl`, flushed line by line so that a crash
+/// loses nothing already logged.
+pub struct MetricsLog {
+    path: PathBuf,
+    file: File,
+}
+
+impl MetricsLog {
+    /// Opens the log of a run that resumes at `first_epoch` (0 for a new run): lines of later
+    /// epochs, logged after the last checkpoint by an interrupted run, are dropped because
+    /// those epochs are trained again.
+    pub fn open(path: &Path, first_epoch: usize) -> Result<Self, ReportError> {
+        let io_error = |source| ReportError::Io { path: path.to_path_buf(), source };
+        let kept: String = match fs::read_to_string(path) {
+            Ok(previous) => previous
+                .lines()
+                .filter(|line| {
+                    let epoch = serde_json::from_str::<Value>(line).ok().and_then(|value| value["epoch"].as_u64());
+                    epoch.is_some_and(|epoch| (epoch as usize) < first_epoch)
+                })
+                .map(|line| format!("{line}\n"))
+                .collect(),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(error) => return Err(io_error(error)),
+        };
+        write_atomically(path, kept.as_bytes()).map_err(io_error)?;
+        let file = OpenOptions::new().append(true).open(path).map_err(io_error)?;
+        Ok(MetricsLog { path: path.to_path_buf(), file })
+    }
+
+    fn write(&mut self, mut line: Map<String, Value>, metrics: &[(String, f64)]) -> Result<(), ReportError> {
+        for (key, value) in metrics {
+            line.insert(key.clone(), json!(value));
+        }
+        let mut text = Value::Object(line).to_string();
+        text.push('\n');
+        let io_error = |source| ReportError::Io { path: self.path.clone(), source };
+        self.file.write_all(text.as_bytes()).map_err(io_error)?;
+        self.file.flush().map_err(io_error)
+    }
+
+    /// One optimisation step; `epoch` is 0-based, `metrics` are the objective's.
+    #[allow(clippy::too_many_arguments)]
+    pub fn step(&mut self, epoch: usize, step: usize, loss: f64, lr: f64, seconds: f64, images_per_second: f64, metrics: &[(String, f64)]) -> Result<(), ReportError> {
+        let line = json!({"kind": "step", "epoch": epoch, "step": step, "loss": loss, "lr": lr, "seconds": seconds, "images_per_s": images_per_second});
+        self.write(as_map(line), metrics)
+    }
+
+    /// One epoch: image-weighted mean loss and metrics.
+    pub fn epoch(&mut self, epoch: usize, loss: f64, lr: f64, seconds: f64, images_per_second: f64, metrics: &[(String, f64)]) -> Result<(), ReportError> {
+        let line = json!({"kind": "epoch", "epoch": epoch, "loss": loss, "lr": lr, "seconds": seconds, "images_per_s": images_per_second});
+        self.write(as_map(line), metrics)
+    }
+
+    /// An evaluation after `completed` epochs (logged with `epoch = completed - 1`, the epoch
+    /// it follows, so that resuming drops it with that epoch).
+    pub fn evaluation(&mut self, completed: usize, result: &Evaluation) -> Result<(), ReportError> {
+        let mut line = as_map(json!({"kind": "eval", "epoch": completed.saturating_sub(1)}));
+        line.extend(accuracy_fields("linear", &result.linear));
+        for (k, report) in &result.knn {
+            line.extend(accuracy_fields(&format!("knn{k}"), report));
+        }
+        self.write(line, &[])
+    }
+}
+
+fn as_map(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
+
+/// The headline numbers of one classifier, keys prefixed (`linear_top1`, `knn20_few`).
+fn accuracy_fields(prefix: &str, report: &AccuracyReport) -> Map<String, Value> {
+    as_map(json!({
+        format!("{prefix}_top1"): report.overall,
+        format!("{prefix}_many"): report.many,
+        format!("{prefix}_medium"): report.medium,
+        format!("{prefix}_few"): report.few,
+        format!("{prefix}_per_class_std"): report.per_class_std,
+        format!("{prefix}_group_std"): report.group_std,
+    }))
+}
+
+/// `summary.json`: the final evaluation in full (per-class accuracies included).
+pub fn write_summary(dir: &Path, objective: &str, epochs: usize, result: &Evaluation) -> Result<(), ReportError> {
+    let path = dir.join(SUMMARY_FILE);
+    let knn: Vec<Value> = result.knn.iter().map(|(k, report)| json!({"k": k, "accuracy": report})).collect();
+    let summary = json!({"objective": objective, "epochs": epochs, "linear": result.linear, "knn": knn});
+    let text = serde_json::to_string_pretty(&summary).map_err(|e| ReportError::Input(e.to_string()))?;
+    write_atomically(&path, text.as_bytes()).map_err(|source| ReportError::Io { path, source })
+}
+
+/// The Many/Medium/Few table printed at the end of a run, accuracies in percent.
+pub fn group_table(report: &AccuracyReport) -> String {
+    let percent = |value: Option<f64>| value.map_or_else(|| "     -".to_string(), |v| format!("{:6.2}", 100.0 * v));
+    let mut table = String::from("group     top-1 %\n");
+    for group in Group::ALL {
+        table.push_str(&format!("{:<8} {}\n", format!("{group:?}"), percent(report.group(group))));
+    }
+    table.push_str(&format!("{:<8} {}\n", "overall", percent(Some(report.overall))));
+    table.push_str(&format!(
+        "std of per-class accuracy {:.4}, of group accuracies (balancedness) {}",
+        report.per_class_std,
+        report.group_std.map_or_else(|| "-".to_string(), |v| format!("{v:.4}"))
+    ));
+    table
+}

@@ -1,0 +1,353 @@
+//! The training loop: drives any [`Objective`] over batches from a [`BatchSource`], updates
+//! the [`Encoder`] with SGD, checkpoints every epoch and evaluates on frozen features.
+
+mod bench;
+mod source;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::backprop::GradStore;
+use candle_core::Tensor;
+
+use crate::checkpoint::{Checkpoint, CheckpointError};
+use crate::model::{Branch, Encoder, EncoderConfig, Mode, ModelError};
+use crate::objective::{BoxError, EmbeddingSpec, Objective, RunPosition, StepOutput};
+use crate::optim::{OptimError, Optimizer, Sgd};
+use crate::probe::{self, Evaluation, Features, Group, ProbeConfig, ProbeError};
+use crate::report::{self, MetricsLog, Progress, ReportError};
+
+pub use bench::{measure_train_throughput, Throughput};
+pub use source::{BatchSource, LabelledImages};
+
+/// The checkpoint's file name inside a run directory.
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Tensor(#[from] candle_core::Error),
+    #[error(transparent)]
+    Optim(#[from] OptimError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error(transparent)]
+    Report(#[from] ReportError),
+    #[error("objective `{objective}` failed in {during}: {source}")]
+    Objective { objective: String, during: &'static str, source: BoxError },
+    #[error("the data source failed: {0}")]
+    Source(BoxError),
+    #[error("the loss became {loss} at epoch {epoch}, step {step}; the run stopped and {checkpoint} still holds the last good epoch (lower the learning rate, then resume)")]
+    NonFiniteLoss { loss: f64, epoch: usize, step: usize, checkpoint: PathBuf },
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// The SGD recipe and run length (METHOD.md §2).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub base_lr: f64,
+    /// Floor of the default cosine schedule.
+    pub lr_min: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub seed: u64,
+    /// Evaluate every this many epochs (0: only at the end).
+    pub eval_every: usize,
+}
+
+impl Default for TrainConfig {
+    /// CIFAR-100-LT's recipe, except the epoch count.
+    fn default() -> Self {
+        TrainConfig { epochs: 100, base_lr: 0.5, lr_min: 1e-6, momentum: 0.9, weight_decay: 5e-4, seed: 0, eval_every: 0 }
+    }
+}
+
+/// The reference's `lr_scheduler`: with `e = epoch + 1`, a linear warm-up `base·e/10` while
+/// `e < 10`, then cosine from `base` to `lr_min` over the remaining epochs. (Runs of at most ten
+/// epochs reach the cosine's start at `e = 10` and stay there.)
+pub fn reference_learning_rate(epoch: usize, epochs: usize, base_lr: f64, lr_min: f64) -> f64 {
+    let e = (epoch + 1) as f64;
+    if e < 10.0 {
+        base_lr * e / 10.0
+    } else {
+        let progress = (e - 10.0) / (epochs.saturating_sub(10).max(1)) as f64;
+        lr_min + (base_lr - lr_min) * 0.5 * (1.0 + (progress * std::f64::consts::PI).cos())
+    }
+}
+
+/// Evaluation data and settings. Features come from the dense backbone in eval mode.
+pub struct EvalSetup<'a> {
+    pub probe_train: &'a mut dyn LabelledImages,
+    pub probe_test: &'a mut dyn LabelledImages,
+    /// Class `c`'s group.
+    pub groups: Vec<Group>,
+    /// Class `c`'s number of images in the (long-tailed) training set, for the plot.
+    pub train_counts: Vec<usize>,
+    pub probe: ProbeConfig,
+    /// Images per forward pass when extracting features.
+    pub batch_size: usize,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub struct TrainOutcome {
+    /// Epochs completed, counting those before a resume.
+    pub epochs: usize,
+    /// Mean loss of the last epoch trained in this call (`None` when none was left to train).
+    pub last_epoch_loss: Option<f64>,
+    pub evaluation: Option<Evaluation>,
+}
+
+/// Whether [`train`] begins a run or continues one from its directory's checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    Fresh,
+    Resume,
+}
+
+/// What the checkpoint records to refuse resuming with different settings.
+fn run_identity(config: &TrainConfig, encoder: &EncoderConfig, objective: &str) -> serde_json::Value {
+    serde_json::json!({ "train": config, "encoder": encoder, "objective": objective })
+}
+
+/// Trains `encoder` with `objective` in run directory `dir` (checkpoint, metrics.jsonl, and
+/// with evaluation summary.json and per_class.png).
+pub fn train(
+    dir: &Path,
+    config: &TrainConfig,
+    encoder: &Encoder,
+    objective: &mut dyn Objective,
+    source: &mut dyn BatchSource,
+    mut evaluation: Option<EvalSetup<'_>>,
+    start: Start,
+) -> Result<TrainOutcome, TrainError> {
+    let checkpoint_path = dir.join(CHECKPOINT_FILE);
+    let identity = run_identity(config, encoder.config(), objective.name());
+    let specs = objective.embeddings();
+    let prune_fraction = shared_prune_fraction(&specs)?;
+    std::fs::create_dir_all(dir).map_err(|e| TrainError::Setup(format!("cannot create run directory {}: {e}", dir.display())))?;
+    let objective_error = |during: &'static str, name: &str| {
+        let objective = name.to_string();
+        move |source| TrainError::Objective { objective, during, source }
+    };
+    let name = objective.name().to_string();
+    objective.init_state(source.samples()).map_err(objective_error("init_state", &name))?;
+    let mut optimizer = Sgd::new(config.momentum, config.weight_decay);
+
+    let first_epoch = match start {
+        Start::Fresh => {
+            if checkpoint_path.exists() {
+                return Err(TrainError::Setup(format!(
+                    "{} already holds a checkpoint; resume it or choose another run directory",
+                    checkpoint_path.display()
+                )));
+            }
+            0
+        }
+        Start::Resume => {
+            let saved = Checkpoint::load(&checkpoint_path)?;
+            if saved.config != identity || saved.seed != config.seed {
+                return Err(TrainError::Setup(format!(
+                    "{} was written with other settings ({}); resume with the same configuration or start a new run directory",
+                    checkpoint_path.display(),
+                    saved.config
+                )));
+            }
+            encoder.load_state(&saved.model)?;
+            optimizer.load_state(&saved.optimizer)?;
+            objective.load_state(&saved.objective).map_err(objective_error("load_state", &name))?;
+            saved.epoch
+        }
+    };
+    let mut metrics = MetricsLog::open(&dir.join(report::METRICS_FILE), first_epoch)?;
+    let mut last_epoch_loss = None;
+    let mut last_evaluation = None;
+    let mut progress = Progress::new(std::io::stdout().is_terminal());
+
+    for epoch in first_epoch..config.epochs {
+        let at = RunPosition { epoch, epochs: config.epochs };
+        if let Some(fraction) = prune_fraction {
+            encoder.update_prune_mask(fraction)?;
+        }
+        let lr = match objective.learning_rate(at, config.base_lr).map_err(objective_error("learning_rate", &name))? {
+            Some(lr) => lr,
+            None => reference_learning_rate(epoch, config.epochs, config.base_lr, config.lr_min),
+        };
+        let batches = source.batch_indices(epoch, config.seed).map_err(TrainError::Source)?;
+        progress.start_epoch(epoch, config.epochs, batches.len());
+        let epoch_start = Instant::now();
+        let (mut loss_sum, mut images) = (0.0, 0usize);
+        let mut metric_sums: Vec<(String, f64)> = Vec::new();
+        for (step, indices) in batches.iter().enumerate() {
+            let step_start = Instant::now();
+            let extra_args = objective.augmentation_args(indices, at).map_err(objective_error("augmentation_args", &name))?;
+            let views = source.views(indices, &extra_args, epoch, config.seed).map_err(TrainError::Source)?;
+            let embeddings = forward_embeddings(encoder, &specs, &views)?;
+            let detached: Vec<Tensor> = embeddings.iter().map(Tensor::detach).collect();
+            let output = objective.step(&detached, indices, at).map_err(objective_error("step", &name))?;
+            if !output.loss.is_finite() {
+                return Err(TrainError::NonFiniteLoss { loss: output.loss, epoch, step, checkpoint: checkpoint_path });
+            }
+            check_gradients(&output, &detached, &name)?;
+            optimizer.step(encoder.parameters(), &backpropagate(&embeddings, &output.grads)?, lr)?;
+            objective.after_step(&detached, indices, &output, at).map_err(objective_error("after_step", &name))?;
+
+            let seconds = step_start.elapsed().as_secs_f64();
+            loss_sum += output.loss * indices.len() as f64;
+            images += indices.len();
+            accumulate_metrics(&mut metric_sums, &output.metrics, indices.len());
+            let images_per_second = indices.len() as f64 / seconds.max(1e-9);
+            metrics.step(epoch, step, output.loss, lr, seconds, images_per_second, &output.metrics)?;
+            progress.step(output.loss, images_per_second);
+        }
+        objective.end_epoch(epoch + 1, config.epochs).map_err(objective_error("end_epoch", &name))?;
+        let seconds = epoch_start.elapsed().as_secs_f64();
+        let epoch_loss = loss_sum / images.max(1) as f64;
+        let means: Vec<(String, f64)> = metric_sums.into_iter().map(|(key, sum)| (key, sum / images.max(1) as f64)).collect();
+        metrics.epoch(epoch, epoch_loss, lr, seconds, images as f64 / seconds.max(1e-9), &means)?;
+        progress.finish_epoch();
+        last_epoch_loss = Some(epoch_loss);
+
+        let completed = epoch + 1;
+        Checkpoint {
+            epoch: completed,
+            seed: config.seed,
+            config: identity.clone(),
+            model: encoder.state(),
+            optimizer: optimizer.state()?,
+            objective: objective.state(),
+        }
+        .save(&checkpoint_path)?;
+
+        let due = completed == config.epochs || (config.eval_every > 0 && completed % config.eval_every == 0);
+        if let (true, Some(setup)) = (due, evaluation.as_mut()) {
+            let result = evaluate_encoder(encoder, setup)?;
+            metrics.evaluation(completed, &result)?;
+            last_evaluation = Some(result);
+        }
+    }
+    if let (Some(setup), Some(result)) = (evaluation.as_ref(), last_evaluation.as_ref()) {
+        report::write_summary(dir, objective.name(), config.epochs, result)?;
+        report::plot_per_class(&dir.join(report::PER_CLASS_PLOT_FILE), &result.linear, &setup.train_counts, &setup.groups)?;
+        println!("{}", report::group_table(&result.linear));
+    }
+    Ok(TrainOutcome { epochs: config.epochs.max(first_epoch), last_epoch_loss, evaluation: last_evaluation })
+}
+
+/// The encoder holds one prune mask, so every pruned embedding must ask for the same fraction.
+fn shared_prune_fraction(specs: &[EmbeddingSpec]) -> Result<Option<f64>, TrainError> {
+    let mut fraction = None;
+    for spec in specs {
+        if spec.view > 1 {
+            return Err(TrainError::Setup(format!("embedding `{}` asks for view {}; there are only views 0 and 1", spec.name, spec.view)));
+        }
+        if let Some(wanted) = spec.pruned {
+            if fraction.is_some_and(|shared| shared != wanted) {
+                return Err(TrainError::Setup(format!(
+                    "embedding `{}` asks for prune fraction {wanted}, another for {}; use one fraction for all pruned embeddings",
+                    spec.name,
+                    fraction.unwrap_or(wanted)
+                )));
+            }
+            fraction = Some(wanted);
+        }
+    }
+    Ok(fraction)
+}
+
+/// Each spec's embedding, with the encoder's graph attached, from its own forward pass: the
+/// reference encodes the two views separately, so BatchNorm sees each view's batch statistics.
+pub fn forward_embeddings(encoder: &Encoder, specs: &[EmbeddingSpec], views: &[Tensor; 2]) -> Result<Vec<Tensor>, TrainError> {
+    specs
+        .iter()
+        .map(|spec| {
+            let branch = if spec.pruned.is_some() { Branch::Pruned } else { Branch::Dense };
+            let view = views.get(spec.view).ok_or_else(|| TrainError::Setup(format!("no view {} for `{}`", spec.view, spec.name)))?;
+            Ok(encoder.forward(view, branch, Mode::Train)?.1)
+        })
+        .collect()
+}
+
+/// Backpropagates the objective's `d loss / d embedding` through the encoder: the gradient of
+/// `Σ_i sum(z_i · g_i)` with the `g_i` constant. All embeddings go in one backward pass, so
+/// gradients reaching a parameter from several embeddings add up; that is how SDCLR's two
+/// steps (dense with the pruned side detached, then pruned with the dense side detached)
+/// accumulate before the single optimizer step.
+pub fn backpropagate(embeddings: &[Tensor], grads: &[Tensor]) -> Result<GradStore, TrainError> {
+    let mut surrogate: Option<Tensor> = None;
+    for (embedding, grad) in embeddings.iter().zip(grads) {
+        let term = (embedding * grad.detach())?.sum_all()?;
+        surrogate = Some(match surrogate {
+            Some(total) => (total + term)?,
+            None => term,
+        });
+    }
+    let surrogate = surrogate.ok_or_else(|| TrainError::Setup("the objective consumes no embedding".into()))?;
+    Ok(surrogate.backward()?)
+}
+
+fn check_gradients(output: &StepOutput, embeddings: &[Tensor], objective: &str) -> Result<(), TrainError> {
+    if output.grads.len() != embeddings.len() {
+        return Err(TrainError::Setup(format!(
+            "objective `{objective}` returned {} gradients for {} embeddings",
+            output.grads.len(),
+            embeddings.len()
+        )));
+    }
+    for (grad, embedding) in output.grads.iter().zip(embeddings) {
+        if grad.dims() != embedding.dims() {
+            return Err(TrainError::Setup(format!(
+                "objective `{objective}` returned a gradient of shape {:?} for an embedding of shape {:?}",
+                grad.dims(),
+                embedding.dims()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Adds batch-size-weighted metric values, keeping the objective's declaration order.
+fn accumulate_metrics(sums: &mut Vec<(String, f64)>, metrics: &[(String, f64)], weight: usize) {
+    for (key, value) in metrics {
+        match sums.iter_mut().find(|(existing, _)| existing == key) {
+            Some((_, sum)) => *sum += value * weight as f64,
+            None => sums.push((key.clone(), value * weight as f64)),
+        }
+    }
+}
+
+/// Frozen dense-backbone features of a labelled set, in eval mode.
+pub fn extract_features(encoder: &Encoder, images: &mut dyn LabelledImages, batch_size: usize) -> Result<Features, TrainError> {
+    if images.is_empty() || batch_size == 0 {
+        return Err(TrainError::Setup("feature extraction needs a non-empty image set and a positive batch size".into()));
+    }
+    let mut chunks = Vec::new();
+    let mut labels = Vec::with_capacity(images.len());
+    for start in (0..images.len()).step_by(batch_size) {
+        let (batch, batch_labels) = images.batch(start, batch_size.min(images.len() - start)).map_err(TrainError::Source)?;
+        chunks.push(encoder.features(&batch, Branch::Dense, Mode::Eval)?.detach());
+        labels.extend(batch_labels);
+    }
+    Ok(Features { values: Tensor::cat(&chunks, 0)?, labels })
+}
+
+/// Linear probe and kNN on the current encoder.
+pub fn evaluate_encoder(encoder: &Encoder, setup: &mut EvalSetup<'_>) -> Result<Evaluation, TrainError> {
+    if setup.train_counts.len() != setup.groups.len() {
+        return Err(TrainError::Setup(format!(
+            "{} training counts for {} class groups; give one of each per class",
+            setup.train_counts.len(),
+            setup.groups.len()
+        )));
+    }
+    let train = extract_features(encoder, setup.probe_train, setup.batch_size)?;
+    let test = extract_features(encoder, setup.probe_test, setup.batch_size)?;
+    Ok(probe::evaluate(&train, &test, &setup.groups, &setup.probe)?)
+}

@@ -1,0 +1,30 @@
+//! Where the training loop gets its images. The data loader implements these traits; the loop
+//! only asks for batches by dataset index, so the two are developed and tested separately.
+
+use candle_core::Tensor;
+
+use crate::objective::BoxError;
+
+/// The two-view training set.
+pub trait BatchSource {
+    /// Number of images in the dataset; the objective keeps per-sample state for this many.
+    fn samples(&self) -> usize;
+    /// The dataset indices of every batch of `epoch`, in order. Must depend only on
+    /// `(epoch, seed)`, so that a resumed run sees the same batches.
+    fn batch_indices(&self, epoch: usize, seed: u64) -> Result<Vec<Vec<u32>>, BoxError>;
+    /// The two augmented views `[N, C, H, W]` f32 of `indices`. `extra_args` holds the
+    /// objective's per-sample arguments of each extra augmentation
+    /// (`extra_args[augmentation][argument][sample]`, see `Objective::augmentation_args`).
+    /// Randomness must derive from `(seed, epoch, indices)` only.
+    fn views(&mut self, indices: &[u32], extra_args: &[Vec<Vec<f32>>], epoch: usize, seed: u64) -> Result<[Tensor; 2], BoxError>;
+}
+
+/// A labelled, unaugmented image set for evaluation (the probe's training and test sets).
+pub trait LabelledImages {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Images `[count, C, H, W]` f32 and labels of samples `start..start + count`.
+    fn batch(&mut self, start: usize, count: usize) -> Result<(Tensor, Vec<u32>), BoxError>;
+}

@@ -1,0 +1,257 @@
+//! The bridge between compiled objectives and the training loop: [`CompiledObjective`]
+//! implements the runtime's [`Objective`] trait with the compiler's gradient program, its
+//! schedules, augmentation arguments and state handlers.
+
+use candle_core::{DType, Device, Tensor};
+use sslc_compiler::eval::{self, BindRequest, Bindings, Overrides};
+use sslc_compiler::ir::{Event, Handler, Module, ParamValue, Program};
+use sslc_compiler::objective::{Evaluation, Executable};
+use sslc_runtime::objective::{
+    BoxError, EmbeddingSpec, ExtraAugmentation, Objective, RunPosition, StepOutput, ViewSpec,
+};
+
+pub struct CompiledObjective {
+    exe: Executable,
+    overrides: Overrides,
+    /// Current state tensors, in declaration order (f32).
+    states: Vec<Tensor>,
+    samples: usize,
+    base_lr: f64,
+    /// Constants, built once the embedding width is known (the ETF is not free to build).
+    consts: Vec<(String, Tensor)>,
+    /// Columns of the embeddings, from the first step.
+    width: Option<usize>,
+}
+
+impl CompiledObjective {
+    pub fn new(module: Module, overrides: Overrides, base_lr: f64) -> Result<CompiledObjective, BoxError> {
+        let exe = Executable::new(module).map_err(|d| d.message)?;
+        // Check the overrides name real parameters now, not at the first step.
+        let objective = CompiledObjective { exe, overrides, states: Vec::new(), samples: 0, base_lr, consts: Vec::new(), width: None };
+        if let Err(e) = objective.bindings(objective.probe_inputs(2), None, RunPosition { epoch: 0, epochs: 1 }) {
+            if let Some(e @ (eval::BindError::UnknownOverride { .. } | eval::BindError::BadOverride { .. })) = e.downcast_ref::<eval::BindError>() {
+                return Err(e.clone().into());
+            }
+        }
+        Ok(objective)
+    }
+
+    /// Zero embeddings of `rows` rows, for programs that do not read them (schedules,
+    /// handlers): they only give the dimensions a size.
+    fn probe_inputs(&self, rows: usize) -> Vec<(String, Tensor)> {
+        let fixed = self.exe.module.dims.iter().filter_map(|(_, d)| match d.kind {
+            sslc_compiler::ir::DimKind::Fixed(k) => Some(k as usize),
+            _ => None,
+        });
+        // Wide enough for an ETF of any fixed dimension until the real width is known.
+        let width = self.width.unwrap_or_else(|| fixed.max().unwrap_or(2).max(2));
+        self.exe.module.inputs.iter().map(|(_, i)| (i.name.clone(), Tensor::zeros((rows, width), DType::F32, &Device::Cpu).expect("small"))).collect()
+    }
+
+    pub fn module(&self) -> &Module {
+        &self.exe.module
+    }
+
+    fn bindings(&self, inputs: Vec<(String, Tensor)>, index: Option<&[u32]>, at: RunPosition) -> Result<Bindings, BoxError> {
+        let states = self.exe.module.states.iter().zip(&self.states).map(|((_, d), t)| (d.name.clone(), t.clone())).collect();
+        let index = index.map(|ix| Tensor::from_vec(ix.iter().map(|&i| i as i64).collect::<Vec<_>>(), ix.len(), &Device::Cpu)).transpose()?;
+        let req = BindRequest {
+            inputs,
+            consts: self.consts.clone(),
+            states,
+            overrides: &self.overrides,
+            samples: (self.samples > 0).then_some(self.samples),
+            index,
+            epoch: at.epoch,
+            epochs: at.epochs,
+            base_lr: self.base_lr,
+            dtype: DType::F32,
+        };
+        Ok(Bindings::new(&self.exe.module, req)?)
+    }
+
+    /// Evaluates a one-output program (schedules, augmentation arguments).
+    fn value(&self, program: &Program, b: &Bindings) -> Result<Tensor, BoxError> {
+        Ok(eval::run(&self.exe.module, program, b)?.remove(0))
+    }
+
+    fn run_handlers(&mut self, event: Event, b: &Bindings) -> Result<(), BoxError> {
+        let handlers: Vec<&Handler> = self.exe.module.handlers.iter().filter(|h| h.event == event).collect();
+        let mut new_states = self.states.clone();
+        for h in handlers {
+            let (outputs, values) = eval::run_traced(&self.exe.module, &h.program, b, &Default::default())?;
+            let _ = outputs;
+            let value = |x: sslc_compiler::ir::Handle<sslc_compiler::ir::Expr>| values[x.index()].clone().expect("handler values are computed");
+            if let Some(c) = h.condition {
+                if value(c).to_dtype(DType::F64)?.to_vec0::<f64>()? == 0.0 {
+                    continue;
+                }
+            }
+            for u in &h.updates {
+                let v = value(u.value).to_dtype(DType::F32)?;
+                let slot = &mut new_states[u.state.index()];
+                *slot = match u.rows {
+                    None => v,
+                    Some(rows) => write_rows(slot, &value(rows), &v)?,
+                };
+            }
+        }
+        for (t, (_, d)) in new_states.iter().zip(self.exe.module.states.iter()) {
+            let bad = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?.iter().filter(|x| !x.is_finite()).count();
+            if bad > 0 {
+                return Err(format!("state `{}` became NaN or infinite in {} entries after an `on {}` handler", d.name, bad, if event == Event::Step { "step" } else { "epoch" }).into());
+            }
+        }
+        self.states = new_states;
+        Ok(())
+    }
+}
+
+/// Rows `rows` of `table` replaced by `values` (later rows win when an index repeats).
+fn write_rows(table: &Tensor, rows: &Tensor, values: &Tensor) -> Result<Tensor, BoxError> {
+    let dims = table.dims().to_vec();
+    let width: usize = dims[1..].iter().product();
+    let mut data = table.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    let new = values.flatten_all()?.to_vec1::<f32>()?;
+    for (k, r) in rows.to_dtype(DType::I64)?.to_vec1::<i64>()?.into_iter().enumerate() {
+        let r = usize::try_from(r).ok().filter(|&r| r < dims[0]).ok_or_else(|| format!("sample index {r} is outside the state's {} rows", dims[0]))?;
+        data[r * width..(r + 1) * width].copy_from_slice(&new[k * width..(k + 1) * width]);
+    }
+    Ok(Tensor::from_vec(data, dims, &Device::Cpu)?)
+}
+
+impl Objective for CompiledObjective {
+    fn name(&self) -> &str {
+        &self.exe.module.name
+    }
+
+    fn embeddings(&self) -> Vec<EmbeddingSpec> {
+        let m = &self.exe.module;
+        m.inputs
+            .iter()
+            .map(|(_, i)| EmbeddingSpec {
+                name: i.name.clone(),
+                view: i.source.view,
+                pruned: i.source.pruned.map(|p| {
+                    let overridden = self.overrides.values.iter().find(|(n, _)| *n == m.params[p].name).and_then(|(_, v)| v.parse().ok());
+                    overridden.unwrap_or(match m.params[p].default {
+                        ParamValue::Real(v) | ParamValue::RunFraction(v) => v,
+                        ParamValue::Int(v) => v as f64,
+                    })
+                }),
+            })
+            .collect()
+    }
+
+    fn views(&self) -> ViewSpec {
+        let views = self.exe.module.views.as_ref().expect("validated objectives declare views");
+        ViewSpec {
+            base: views.pipeline[0].name.clone(),
+            extra: views.pipeline[1..]
+                .iter()
+                .map(|a| ExtraAugmentation { name: a.name.clone(), args: a.args.iter().map(|(n, _)| n.clone()).collect() })
+                .collect(),
+        }
+    }
+
+    fn init_state(&mut self, samples: usize) -> Result<(), BoxError> {
+        self.samples = samples;
+        let inputs = self.probe_inputs(2);
+        self.states = Vec::new();
+        let b = self.bindings(inputs, None, RunPosition { epoch: 0, epochs: 1 })?;
+        self.states = b.states.iter().map(|t| t.to_dtype(DType::F32)).collect::<Result<_, _>>()?;
+        Ok(())
+    }
+
+    fn state(&self) -> Vec<(String, Tensor)> {
+        self.exe.module.states.iter().zip(&self.states).map(|((_, d), t)| (d.name.clone(), t.clone())).collect()
+    }
+
+    fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<(), BoxError> {
+        for ((_, d), slot) in self.exe.module.states.iter().zip(self.states.iter_mut()) {
+            let Some((_, t)) = state.iter().find(|(n, _)| *n == d.name) else {
+                return Err(format!("the checkpoint has no state `{}`; was it written by another objective?", d.name).into());
+            };
+            if t.dims() != slot.dims() {
+                return Err(format!("state `{}` in the checkpoint is {:?}, but this run needs {:?}", d.name, t.dims(), slot.dims()).into());
+            }
+            *slot = t.to_dtype(DType::F32)?;
+        }
+        Ok(())
+    }
+
+    fn learning_rate(&self, at: RunPosition, base_lr: f64) -> Result<Option<f64>, BoxError> {
+        let Some(schedule) = self.exe.module.schedule_named("lr") else { return Ok(None) };
+        let mut b = self.bindings(self.probe_inputs(2), None, at)?;
+        b.base_lr = base_lr;
+        let lr = self.value(&schedule.program, &b)?.to_dtype(DType::F64)?.to_vec0::<f64>()?;
+        Ok(Some(lr))
+    }
+
+    fn augmentation_args(&self, indices: &[u32], at: RunPosition) -> Result<Vec<Vec<Vec<f32>>>, BoxError> {
+        let views = self.exe.module.views.as_ref().expect("validated objectives declare views");
+        let n = indices.len();
+        let inputs = self.probe_inputs(n);
+        let b = self.bindings(inputs, Some(indices), at)?;
+        let mut out = Vec::new();
+        for a in &views.pipeline[1..] {
+            let mut args = Vec::new();
+            for (_, program) in &a.args {
+                let v = self.value(program, &b)?.to_dtype(DType::F32)?;
+                let v = if v.rank() == 0 { v.broadcast_as(n)?.contiguous()? } else { v };
+                args.push(v.to_vec1::<f32>()?);
+            }
+            out.push(args);
+        }
+        Ok(out)
+    }
+
+    fn step(&mut self, embeddings: &[Tensor], indices: &[u32], at: RunPosition) -> Result<StepOutput, BoxError> {
+        let inputs = self.exe.module.inputs.iter().zip(embeddings).map(|((_, d), t)| (d.name.clone(), t.clone())).collect();
+        let b = self.bindings(inputs, Some(indices), at)?;
+        if self.width.is_none() {
+            self.width = embeddings.first().and_then(|e| e.dims().get(1).copied());
+            self.consts = self.exe.module.consts.iter().zip(&b.consts).map(|((_, d), t)| (d.name.clone(), t.clone())).collect();
+        }
+        let Evaluation { loss, per_sample, metrics, grads } = self.exe.evaluate(&b)?;
+        let per_sample = match per_sample {
+            Some(p) => p.to_dtype(DType::F32)?,
+            None => Tensor::zeros(indices.len(), DType::F32, &Device::Cpu)?,
+        };
+        let grads = grads.into_iter().map(|(_, g)| g.to_dtype(DType::F32)).collect::<Result<_, _>>()?;
+        Ok(StepOutput { loss, per_sample, metrics, grads })
+    }
+
+    fn after_step(&mut self, embeddings: &[Tensor], indices: &[u32], output: &StepOutput, at: RunPosition) -> Result<(), BoxError> {
+        if !self.exe.module.handlers.iter().any(|h| h.event == Event::Step) {
+            return Ok(());
+        }
+        let inputs = self.exe.module.inputs.iter().zip(embeddings).map(|((_, d), t)| (d.name.clone(), t.clone())).collect();
+        let mut b = self.bindings(inputs, Some(indices), at)?;
+        // The loss program's outputs, in its order: loss, per_sample, metrics.
+        b.forward = self
+            .exe
+            .module
+            .loss
+            .outputs
+            .iter()
+            .map(|o| match o.name.as_str() {
+                "loss" => Tensor::new(output.loss as f32, &Device::Cpu),
+                "per_sample" => Ok(output.per_sample.clone()),
+                name => {
+                    let v = output.metrics.iter().find(|(n, _)| n == name).map_or(f64::NAN, |(_, v)| *v);
+                    Tensor::new(v as f32, &Device::Cpu)
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        self.run_handlers(Event::Step, &b)
+    }
+
+    fn end_epoch(&mut self, completed: usize, epochs: usize) -> Result<(), BoxError> {
+        if !self.exe.module.handlers.iter().any(|h| h.event == Event::Epoch) {
+            return Ok(());
+        }
+        let b = self.bindings(self.probe_inputs(2), None, RunPosition { epoch: completed, epochs })?;
+        self.run_handlers(Event::Epoch, &b)
+    }
+}

@@ -1,0 +1,160 @@
+//! The compiled objective drives the training loop's state exactly as METHOD.md says: GH's
+//! per-sample EMA and prior re-estimation, BCL's momentum loss and augmentation weights, and
+//! the learning-rate schedules.
+
+use candle_core::{DType, Device, Tensor};
+use sslc::objective::CompiledObjective;
+use sslc_compiler::diag::Sources;
+use sslc_compiler::eval::Overrides;
+use sslc_runtime::objective::{Objective, RunPosition};
+use std::path::Path;
+
+fn objective(name: &str, set: &[&str]) -> CompiledObjective {
+    let mut sources = Sources::new();
+    let module = sslc_compiler::compile(Path::new(&format!("objectives/{name}.ssl")), &mut sources).ok().unwrap().modules.remove(0);
+    let overrides = Overrides::parse(&set.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    CompiledObjective::new(module, overrides, 0.5).unwrap()
+}
+
+fn embeddings(n: usize, d: usize, seed: f64) -> Vec<Tensor> {
+    (0..2)
+        .map(|k| {
+            let v: Vec<f32> = (0..n * d).map(|i| ((i as f64 * 0.37 + seed + k as f64 * 5.0).sin()) as f32).collect();
+            Tensor::from_vec(v, (n, d), &Device::Cpu).unwrap()
+        })
+        .collect()
+}
+
+fn rows(t: &Tensor) -> Vec<Vec<f32>> {
+    t.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap()
+}
+
+fn state(o: &CompiledObjective, name: &str) -> Tensor {
+    o.state().into_iter().find(|(n, _)| n == name).unwrap().1
+}
+
+#[test]
+fn gh_stores_the_anchor_scores_in_the_first_epoch_then_averages_them() {
+    let mut o = objective("simclr_gh", &["K=4"]);
+    o.init_state(6).unwrap();
+    let z = embeddings(3, 8, 0.0);
+    let at = RunPosition { epoch: 0, epochs: 10 };
+    let out = o.step(&z, &[4, 0, 2], at).unwrap();
+    o.after_step(&z, &[4, 0, 2], &out, at).unwrap();
+    let e0 = rows(&state(&o, "e"));
+    assert!(e0[1].iter().all(|v| *v == 0.0) && e0[3].iter().all(|v| *v == 0.0), "untouched rows stay zero");
+    let norm = |r: &[f32]| r.iter().map(|v| v * v).sum::<f32>().sqrt();
+    for r in [0, 2, 4] {
+        assert!((norm(&e0[r]) - 1.0).abs() < 1e-5, "row {r} holds a normalised score: {:?}", e0[r]);
+    }
+    // A later epoch (still in warm-up: beta 0.9) blends old and new.
+    let z2 = embeddings(3, 8, 1.0);
+    let at = RunPosition { epoch: 1, epochs: 10 };
+    let out = o.step(&z2, &[4, 0, 2], at).unwrap();
+    o.after_step(&z2, &[4, 0, 2], &out, at).unwrap();
+    let e1 = rows(&state(&o, "e"));
+    let o2 = {
+        let mut fresh = objective("simclr_gh", &["K=4"]);
+        fresh.init_state(6).unwrap();
+        let at0 = RunPosition { epoch: 0, epochs: 10 };
+        let out = fresh.step(&z2, &[4, 0, 2], at0).unwrap();
+        fresh.after_step(&z2, &[4, 0, 2], &out, at0).unwrap();
+        rows(&state(&fresh, "e"))
+    };
+    for r in [0, 2, 4] {
+        for c in 0..4 {
+            let want = 0.9 * e0[r][c] + 0.1 * o2[r][c];
+            assert!((e1[r][c] - want).abs() < 1e-5, "row {r} col {c}: {} vs {want}", e1[r][c]);
+        }
+    }
+}
+
+#[test]
+fn gh_reestimates_the_prior_at_the_end_of_warm_up_only() {
+    let mut o = objective("simclr_gh", &["K=4"]);
+    o.init_state(3).unwrap();
+    let e = Tensor::from_vec(vec![1f32, 0., 0., 0., 0., 2., 0., 0., 0., 3., 0., 0.], (3, 4), &Device::Cpu).unwrap();
+    let pi = state(&o, "pi");
+    o.load_state(&[("pi".to_string(), pi.clone()), ("e".to_string(), e)]).unwrap();
+    // 10 epochs, warm_up = 50% = 5: before it the prior stays uniform.
+    o.end_epoch(4, 10).unwrap();
+    assert_eq!(state(&o, "pi").to_vec1::<f32>().unwrap(), vec![0.25; 4]);
+    o.end_epoch(5, 10).unwrap();
+    let got = state(&o, "pi").to_vec1::<f32>().unwrap();
+    let want = [1.0 / 3.0, 2.0 / 3.0, 0.0, 0.0];
+    assert!(got.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6), "{got:?}");
+}
+
+#[test]
+fn gh_weight_follows_the_reference_ramp() {
+    let mut o = objective("simclr_gh", &["K=4", "warm_up=4", "gh_ramp=2"]);
+    o.init_state(4).unwrap();
+    let z = embeddings(4, 8, 0.0);
+    let weight = |o: &mut CompiledObjective, epoch| {
+        let out = o.step(&z, &[0, 1, 2, 3], RunPosition { epoch, epochs: 20 }).unwrap();
+        out.metrics.iter().find(|(n, _)| n == "gh_weight").unwrap().1
+    };
+    // (epoch + 1 - warm_up) / GH_warm_up, clamped to [0, 1].
+    for (epoch, want) in [(0, 0.0), (3, 0.0), (4, 0.5), (5, 1.0), (9, 1.0)] {
+        assert!((weight(&mut o, epoch) - want).abs() < 1e-9, "epoch {epoch}");
+    }
+}
+
+#[test]
+fn bcl_tracks_the_momentum_loss_and_boosts_hard_samples() {
+    let mut o = objective("bcl", &[]);
+    o.init_state(4).unwrap();
+    let z = embeddings(4, 5, 0.3);
+    let at = RunPosition { epoch: 0, epochs: 10 };
+    let out = o.step(&z, &[0, 1, 2, 3], at).unwrap();
+    o.after_step(&z, &[0, 1, 2, 3], &out, at).unwrap();
+    let m = state(&o, "m").to_vec1::<f32>().unwrap();
+    let per_sample = out.per_sample.to_vec1::<f32>().unwrap();
+    assert_eq!(m, per_sample, "the first epoch stores the loss");
+    o.end_epoch(1, 10).unwrap();
+    let w = state(&o, "w").to_vec1::<f32>().unwrap();
+    // w = (m - mean) / std, scaled by max |.| to [-1/2, 1/2], shifted by 1/2.
+    let mean = m.iter().sum::<f32>() / 4.0;
+    let std = (m.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / 3.0).sqrt();
+    let s: Vec<f32> = m.iter().map(|x| (x - mean) / std).collect();
+    let peak = s.iter().fold(0f32, |a, b| a.max(b.abs()));
+    for (got, si) in w.iter().zip(&s) {
+        assert!((got - (si / peak / 2.0 + 0.5)).abs() < 1e-5);
+    }
+    let args = o.augmentation_args(&[2, 0], RunPosition { epoch: 1, epochs: 10 }).unwrap();
+    assert_eq!(args.len(), 1, "one extra augmentation: randaugment");
+    let (p, strength) = (&args[0][0], &args[0][1]);
+    assert!((p[0] - w[2]).abs() < 1e-6 && (p[1] - w[0]).abs() < 1e-6);
+    assert!((strength[0] - (10.0 + 20.0 * w[2])).abs() < 1e-4);
+}
+
+#[test]
+fn schedules_follow_the_reference_learning_rates() {
+    let o = objective("simclr", &[]);
+    let lr = |epoch| o.learning_rate(RunPosition { epoch, epochs: 1000 }, 0.5).unwrap().unwrap();
+    assert!((lr(0) - 0.05).abs() < 1e-7, "linear warm-up: 0.5 * 1/10");
+    assert!((lr(9) - (1e-6 + (0.5 - 1e-6) * 0.5 * (1.0 + 0.0f64.cos()))).abs() < 1e-6);
+    assert!(lr(999) < 1e-5);
+    let gh = objective("simclr_gh", &["K=4"]);
+    let lr = |epoch| gh.learning_rate(RunPosition { epoch, epochs: 1000 }, 0.5).unwrap().unwrap();
+    // Stage one ends at 0.3 when warm-up (500) ends; stage two starts there.
+    assert!((lr(498) - 0.3).abs() < 1e-3, "{}", lr(498));
+    assert!((lr(499) - 0.3).abs() < 1e-6, "{}", lr(499));
+    assert!(lr(999) < 1e-5);
+}
+
+#[test]
+fn sdclr_declares_a_pruned_branch() {
+    let o = objective("sdclr", &["prune_percent=0.1"]);
+    let e = o.embeddings();
+    assert_eq!((e[0].view, e[0].pruned), (0, None));
+    assert_eq!((e[1].view, e[1].pruned), (1, Some(0.1)));
+}
+
+#[test]
+fn unknown_overrides_are_refused_up_front() {
+    let mut sources = Sources::new();
+    let module = sslc_compiler::compile(Path::new("objectives/simclr.ssl"), &mut sources).ok().unwrap().modules.remove(0);
+    let err = CompiledObjective::new(module, Overrides::parse(&["tua=1".to_string()]).unwrap(), 0.5).err().unwrap();
+    assert!(err.to_string().contains("tua"), "{err}");
+}

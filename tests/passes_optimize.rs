@@ -1,0 +1,109 @@
+//! The optimiser preserves meaning (the optimised gradient program evaluates to the same
+//! values as the unoptimised one on the reference evaluator) and removes every `[2N, 2N]`
+//! matrix from the contrastive losses. The optimised IR of each objective is a snapshot.
+
+use candle_core::{DType, Device, Tensor};
+use sslc_compiler::diag::Sources;
+use sslc_compiler::eval::{run, BindRequest, Bindings, Overrides};
+use sslc_compiler::ir::{Dim, Expr, Module};
+use sslc_compiler::objective::Executable;
+use std::path::Path;
+
+const OBJECTIVES: [&str; 8] = ["simclr", "simclr_gh", "focal", "focal_gh", "sdclr", "sdclr_gh", "bcl", "bcl_gh"];
+
+fn executable(name: &str) -> Executable {
+    let mut sources = Sources::new();
+    let path = format!("objectives/{name}.ssl");
+    let module = sslc_compiler::compile(Path::new(&path), &mut sources).ok().expect("compiles").modules.remove(0);
+    Executable::new(module).expect("differentiates")
+}
+
+fn inputs(n: usize, d: usize, seed: u64) -> Vec<(String, Tensor)> {
+    ["z1", "z2"]
+        .iter()
+        .enumerate()
+        .map(|(k, name)| {
+            let v: Vec<f64> = (0..n * d).map(|i| ((i as f64 * 0.7 + seed as f64 * 3.1 + k as f64 * 11.3).sin() * 1.7)).collect();
+            (name.to_string(), Tensor::from_vec(v, (n, d), &Device::Cpu).unwrap())
+        })
+        .collect()
+}
+
+fn bindings(m: &Module, n: usize, d: usize, seed: u64) -> Bindings {
+    // A small K keeps the ETF valid for small D.
+    let overrides = Overrides::parse(&["K=5".to_string()]).unwrap();
+    let overrides = if m.dim_named("K").is_some() { overrides } else { Overrides::default() };
+    Bindings::new(
+        m,
+        BindRequest {
+            inputs: inputs(n, d, seed),
+            consts: vec![],
+            states: vec![],
+            overrides: &overrides,
+            samples: None,
+            index: None,
+            epoch: 7,
+            epochs: 8,
+            base_lr: 0.5,
+            dtype: DType::F64,
+        },
+    )
+    .unwrap()
+}
+
+fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
+    let a = a.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let b = b.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let scale = b.iter().fold(1e-12f64, |m, x| m.max(x.abs()));
+    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max) / scale
+}
+
+#[test]
+fn optimised_programs_compute_the_same_values() {
+    for name in OBJECTIVES {
+        let exe = executable(name);
+        let optimised = sslc_compiler::passes::optimize(&exe.module, &exe.gradient).unwrap();
+        for (n, d, seed) in [(1, 6, 0), (3, 6, 1), (7, 9, 2)] {
+            let b = bindings(&exe.module, n, d, seed);
+            let want = run(&exe.module, &exe.gradient, &b).unwrap();
+            let got = run(&exe.module, &optimised, &b).unwrap();
+            for (o, (w, g)) in exe.gradient.outputs.iter().zip(want.iter().zip(&got)) {
+                let err = max_rel(g, w);
+                assert!(err < 1e-12, "{name} N={n} D={d}: output {} differs by {err:e}", o.name);
+            }
+        }
+    }
+}
+
+/// No node of the optimised program is a `[2N, 2N]` (or any `[a·N, b·N]`) matrix.
+#[test]
+fn contrastive_losses_never_store_an_n_by_n_matrix() {
+    for name in OBJECTIVES {
+        let exe = executable(name);
+        let optimised = sslc_compiler::passes::optimize(&exe.module, &exe.gradient).unwrap();
+        let batch = exe.module.batch_dim().unwrap();
+        let batch_sized = |d: &Dim| d.symbols().any(|s| s == batch);
+        let mut pairwise = 0;
+        for (h, e) in optimised.exprs.iter() {
+            let shape = &optimised.ty(h).shape;
+            assert!(
+                !(shape.len() == 2 && batch_sized(&shape[0]) && batch_sized(&shape[1])),
+                "{name}: node {h} ({e:?}) stores a {}-sized matrix",
+                sslc_compiler::ir::display_shape(shape, &exe.module.dims)
+            );
+            pairwise += usize::from(matches!(e, Expr::PairwiseReduce { .. } | Expr::PairwiseMatMul { .. }));
+        }
+        assert!(pairwise >= 3, "{name}: only {pairwise} fused pairwise nodes");
+    }
+}
+
+#[test]
+fn optimised_ir_snapshots() {
+    for name in OBJECTIVES {
+        let exe = executable(name);
+        let optimised = sslc_compiler::passes::optimize(&exe.module, &exe.gradient).unwrap();
+        let mut text = String::new();
+        sslc_compiler::ir::print_program(&exe.module, &optimised, &mut text);
+        insta::assert_snapshot!(format!("opt_{name}"), text);
+    }
+}
