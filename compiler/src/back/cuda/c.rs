@@ -299,7 +299,9 @@ impl Display for Kernel {
         for line in self.doc.lines() {
             writeln!(f, "// {line}")?;
         }
-        write!(f, "extern \"C\" __global__ void __launch_bounds__({}) {}(", self.threads, self.name)?;
+        // At least one block per multiprocessor: ptxas may then give the tile kernels the ~130
+        // registers they need instead of spilling to fit a guessed occupancy.
+        write!(f, "extern \"C\" __global__ void __launch_bounds__({}, 1) {}(", self.threads, self.name)?;
         for (k, p) in self.params.iter().enumerate() {
             f.write_str(if k == 0 { "\n    " } else { ",\n    " })?;
             write!(f, "{p}")?;

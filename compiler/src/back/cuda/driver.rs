@@ -160,11 +160,19 @@ fn launch_config(plan: &Plan, scalars: &[Value], body: &Body) -> Result<LaunchCo
     let threads = body.threads();
     let grid_dim = match body {
         Body::Loop { .. } => (1, 1, 1),
-        Body::Grid(Step::Map { count, .. }) => (blocks(size(count)?, i64::from(threads)), 1, 1),
-        Body::Grid(Step::Reduce { outputs, .. }) => (blocks(size(outputs)?, i64::from(threads / 32)), 1, 1),
-        Body::Grid(Step::Pairwise { outer_count, product, .. }) => {
-            let rows = (size(outer_count)?.max(1) as u64).div_ceil(PAIR_TILE) as u32;
-            let columns = match product {
+        Body::Grid(steps) => {
+            let mut most = 1;
+            for step in steps {
+                most = most.max(match step {
+                    Step::Map { count, .. } => blocks(size(count)?, i64::from(threads)),
+                    Step::Reduce { outputs, .. } => blocks(size(outputs)?, i64::from(threads / 32)),
+                });
+            }
+            (most, 1, 1)
+        }
+        Body::Tiles(t) => {
+            let rows = (size(&t.outer_count)?.max(1) as u64).div_ceil(PAIR_TILE) as u32;
+            let columns = match &t.product {
                 PairwiseProduct::MatMul { width, .. } => (size(width)?.max(1) as u64).div_ceil(PAIR_VCOLS) as u32,
                 PairwiseProduct::Reduce(_) => 1,
             };

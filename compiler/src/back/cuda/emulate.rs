@@ -7,7 +7,7 @@
 //! The launcher uses the same interpreter for launch sizes and scalar arguments.
 
 use super::c::{CExpr, COp, CStmt, Lambda};
-use super::plan::{Body, BufferSource, HostScalar, PairwiseProduct, Plan, Reducer, Step};
+use super::plan::{Body, BufferSource, HostScalar, PairwiseProduct, Plan, Reducer, Step, Tiles};
 use super::{CudaError, Precision};
 use crate::eval::Bindings;
 use crate::ir::{Elem, Module, ReduceOp};
@@ -174,7 +174,12 @@ pub fn run(module: &Module, plan: &Plan, b: &Bindings) -> Result<Vec<Tensor>, Cu
     let mut machine = Machine { plan, scalars: &scalars, memory };
     for k in &plan.kernels {
         match &k.body {
-            Body::Grid(step) => machine.step(step)?,
+            Body::Grid(steps) => {
+                for s in steps {
+                    machine.step(s)?;
+                }
+            }
+            Body::Tiles(t) => machine.tiles(t)?,
             Body::Loop { init, count, body } => {
                 for s in init {
                     machine.step(s)?;
@@ -315,45 +320,48 @@ impl Machine<'_> {
                     self.memory[*out].set(o as usize, r.result());
                 }
             }
-            Step::Pairwise { outer, inner, outer_count, inner_count, dim, out, weight, product } => {
-                let (outer_count, inner_count, dim) = (self.size(outer_count)?, self.size(inner_count)?, self.size(dim)? as usize);
-                let rows = |data: &Data, r: i64| -> Vec<f32> {
-                    (0..dim).map(|k| round_operand(self.plan.precision, data.get(r as usize * dim + k).float())).collect()
-                };
-                let width = match product {
-                    PairwiseProduct::MatMul { width, .. } => self.size(width)? as usize,
-                    PairwiseProduct::Reduce(_) => 0,
-                };
-                let inner_rows: Vec<Vec<f32>> = (0..inner_count).map(|n| rows(&self.memory[*inner], n)).collect();
-                for o in 0..outer_count {
-                    let x = rows(&self.memory[*outer], o);
-                    let mut acc = vec![0f32; width];
-                    let mut fold = match product {
-                        PairwiseProduct::Reduce(r) => Some(Fold::new(*r)),
-                        PairwiseProduct::MatMul { .. } => None,
-                    };
-                    for (n, y) in inner_rows.iter().enumerate() {
-                        let dot = x.iter().zip(y).fold(0f32, |s, (a, b)| a.mul_add(*b, s));
-                        let w = self.call(weight, &[Value::Int(o), Value::Int(n as i64), Value::Float(dot)])?.expect("weights are returned").float();
-                        match (&mut fold, product) {
-                            (Some(f), _) => f.add(Value::Float(w), n as i64),
-                            (None, PairwiseProduct::MatMul { v, .. }) => {
-                                let w = round_operand(self.plan.precision, w);
-                                for (e, a) in acc.iter_mut().enumerate() {
-                                    let ve = round_operand(self.plan.precision, self.memory[*v].get(n * width + e).float());
-                                    *a = w.mul_add(ve, *a);
-                                }
-                            }
-                            (None, PairwiseProduct::Reduce(_)) => unreachable!(),
+        }
+        Ok(())
+    }
+
+    /// The tile product, with its operands rounded to the plan's precision and f32 sums.
+    fn tiles(&mut self, t: &Tiles) -> Result<(), CudaError> {
+        let precision = self.plan.precision;
+        let (outer_count, inner_count, dim) = (self.size(&t.outer_count)?, self.size(&t.inner_count)?, self.size(&t.dim)? as usize);
+        let rows = |data: &Data, count: i64| -> Vec<Vec<f32>> {
+            (0..count as usize).map(|r| (0..dim).map(|k| round_operand(precision, data.get(r * dim + k).float())).collect()).collect()
+        };
+        let (outer_rows, inner_rows) = (rows(&self.memory[t.outer], outer_count), rows(&self.memory[t.inner], inner_count));
+        let width = match &t.product {
+            PairwiseProduct::MatMul { width, .. } => self.size(width)? as usize,
+            PairwiseProduct::Reduce(_) => 0,
+        };
+        for (o, x) in outer_rows.iter().enumerate() {
+            let mut acc = vec![0f32; width];
+            let mut fold = match t.product {
+                PairwiseProduct::Reduce(r) => Some(Fold::new(r)),
+                PairwiseProduct::MatMul { .. } => None,
+            };
+            for (n, y) in inner_rows.iter().enumerate() {
+                let dot = x.iter().zip(y).fold(0f32, |s, (a, b)| a.mul_add(*b, s));
+                let args = [Value::Int(o as i64), Value::Int(n as i64), Value::Float(dot)];
+                let w = self.call(&t.weight, &args)?.expect("weights are returned").float();
+                match (&mut fold, &t.product) {
+                    (Some(f), _) => f.add(Value::Float(w), n as i64),
+                    (None, PairwiseProduct::MatMul { v, .. }) => {
+                        let w = round_operand(precision, w);
+                        for (e, a) in acc.iter_mut().enumerate() {
+                            *a = w.mul_add(round_operand(precision, self.memory[*v].get(n * width + e).float()), *a);
                         }
                     }
-                    match fold {
-                        Some(f) => self.memory[*out].set(o as usize, f.result()),
-                        None => {
-                            for (e, a) in acc.into_iter().enumerate() {
-                                self.memory[*out].set(o as usize * width + e, Value::Float(a));
-                            }
-                        }
+                    (None, PairwiseProduct::Reduce(_)) => unreachable!("reductions fold"),
+                }
+            }
+            match fold {
+                Some(f) => self.memory[t.out].set(o, f.result()),
+                None => {
+                    for (e, a) in acc.into_iter().enumerate() {
+                        self.memory[t.out].set(o * width + e, Value::Float(a));
                     }
                 }
             }

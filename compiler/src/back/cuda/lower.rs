@@ -10,15 +10,20 @@
 
 use super::c::{self, CExpr, COp, CStmt, CType, Lambda};
 use super::plan::{
-    c_type, Body, Buffer, BufferId, BufferSource, HostScalar, KernelPlan, Plan, Reducer, Scalar, ScalarId, Step, Use,
+    c_type, Body, Buffer, BufferId, BufferSource, HostScalar, KernelPlan, PairwiseProduct, Plan, Reducer, Scalar, ScalarId,
+    Step, Tiles, Use,
 };
 use super::{CudaError, Precision};
 use crate::ir::{
-    BinaryOp, BuiltinValue, Dim, Elem, Expr, Handle, Literal, Module, Program, ReduceOp, Shape, UnaryOp,
+    BinaryOp, BuiltinValue, Dim, Elem, Expr, Handle, KernelNode, Literal, Module, PairwiseOperands, Program, ReduceOp, Shape,
+    UnaryOp,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 type H = Handle<Expr>;
+
+/// The most arithmetic a reader recomputes rather than load a stored value.
+const CHEAP_OPERATIONS: usize = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Place {
@@ -36,7 +41,10 @@ pub fn lower(module: &Module, program: &Program, precision: Precision) -> Result
         users: vec![BTreeSet::new(); program.exprs.len()],
         loop_of: vec![None; program.exprs.len()],
         uniform: vec![false; program.exprs.len()],
+        invariant: vec![false; program.exprs.len()],
+        units: Vec::new(),
         place: vec![Place::Inline; program.exprs.len()],
+        cost: vec![0; program.exprs.len()],
         outputs: program.outputs.iter().map(|o| o.value).collect(),
         plan: Plan { buffers: Vec::new(), scalars: Vec::new(), kernels: Vec::new(), outputs: Vec::new(), precision },
         externals: HashMap::new(),
@@ -46,6 +54,7 @@ pub fn lower(module: &Module, program: &Program, precision: Precision) -> Result
     for &h in &program.body {
         l.generate(h)?;
     }
+    l.schedule();
     l.plan.outputs = program
         .outputs
         .iter()
@@ -63,7 +72,14 @@ struct Lowering<'a> {
     loop_of: Vec<Option<H>>,
     /// Scalars the host knows at launch: computed inline wherever they are used.
     uniform: Vec<bool>,
+    /// Values that read no buffer, only indices and uniform scalars (constant vectors, masks):
+    /// recomputing them is as cheap as loading them.
+    invariant: Vec<bool>,
+    /// The work of each computed node, in program order, before it is grouped into kernels.
+    units: Vec<Unit>,
     place: Vec<Place>,
+    /// [`Lowering::inline_cost`] of each placed node (0 when stored).
+    cost: Vec<usize>,
     outputs: Vec<H>,
     plan: Plan,
     externals: HashMap<BufferSource, BufferId>,
@@ -88,6 +104,22 @@ impl Lowering<'_> {
                     }
                     _ => false,
                 };
+            self.invariant[h.index()] = self.uniform[h.index()]
+                || match e {
+                    Expr::Iota { .. } | Expr::Literal(_) => true,
+                    Expr::Broadcast { .. }
+                    | Expr::ExpandDims { .. }
+                    | Expr::Squeeze { .. }
+                    | Expr::Transpose { .. }
+                    | Expr::Slice { .. }
+                    | Expr::StopGrad { .. }
+                    | Expr::Concat { .. }
+                    | Expr::Unary { .. }
+                    | Expr::Binary { .. }
+                    | Expr::Select { .. }
+                    | Expr::Cast { .. } => e.operands().iter().all(|o| self.invariant[o.index()]),
+                    _ => false,
+                };
             if let Expr::Loop { carried, body, .. } = e {
                 if enclosing.is_some() {
                     return Err(CudaError::Unsupported("a `repeat` loop inside another loop".into()));
@@ -108,6 +140,10 @@ impl Lowering<'_> {
         for &h in block {
             let place = self.place_of(h)?;
             self.place[h.index()] = place;
+            self.cost[h.index()] = match place {
+                Place::Inline => self.inline_cost(h),
+                Place::Buffer(_) | Place::Alias(_) => 0,
+            };
             if let Expr::Loop { carried, body, .. } = &self.p.exprs[h] {
                 for c in carried {
                     let b = self.temp(c.param, "carried");
@@ -134,8 +170,11 @@ impl Lowering<'_> {
                 Expr::Loop { carried, .. } => Place::Alias(carried[*index].param),
                 _ => unreachable!("validated programs only take outputs of loops"),
             },
-            Expr::Reduce { .. } | Expr::MatMul { .. } => Place::Buffer(self.temp(h, "t")),
+            Expr::Reduce { .. } | Expr::MatMul { .. } | Expr::PairwiseReduce { .. } | Expr::PairwiseMatMul { .. } => {
+                Place::Buffer(self.temp(h, "t"))
+            }
             _ if self.uniform[h.index()] && !self.outputs.contains(&h) => Place::Inline,
+            _ if self.invariant[h.index()] && !self.outputs.contains(&h) && !self.tile_operand(h) => Place::Inline,
             _ if self.must_store(h) => Place::Buffer(self.temp(h, "t")),
             _ => Place::Inline,
         })
@@ -145,8 +184,11 @@ impl Lowering<'_> {
         if self.outputs.contains(&h) {
             return self.view_buffer(h).is_none();
         }
-        let cheap = self.cheap(h);
+        if self.tile_operand(h) && self.view_buffer(h).is_none() {
+            return true;
+        }
         let users = &self.users[h.index()];
+        let cheap = self.cheap(h);
         if users.len() >= 2 && !cheap {
             return true;
         }
@@ -162,28 +204,37 @@ impl Lowering<'_> {
         })
     }
 
-    /// Whether reading the node inline costs no more than loading a stored copy: index
-    /// remapping and loads only.
+    /// Whether a pairwise node reads it: tiles read their operands as row-major matrices and
+    /// vectors.
+    fn tile_operand(&self, h: H) -> bool {
+        self.users[h.index()].iter().any(|&u| matches!(self.p.exprs[u], Expr::PairwiseReduce { .. } | Expr::PairwiseMatMul { .. }))
+    }
+
+    /// Whether a reader may recompute the node instead of loading a stored copy: a few
+    /// arithmetic operations on loads cost less than a kernel boundary and a round trip
+    /// through memory.
     fn cheap(&self, h: H) -> bool {
-        let stored_or_cheap = |o: H| match self.place[o.index()] {
-            Place::Buffer(_) | Place::Alias(_) => true,
-            Place::Inline => self.cheap(o),
-        };
-        if self.uniform[h.index()] {
-            return true;
+        self.inline_cost(h) <= CHEAP_OPERATIONS
+    }
+
+    /// Arithmetic operations a reader repeats when it inlines the node: none for loads, index
+    /// remapping and invariant values.
+    fn inline_cost(&self, h: H) -> usize {
+        if self.invariant[h.index()] {
+            return 0;
         }
+        let operands = self.p.exprs[h].operands().iter().fold(0usize, |total, o| total.saturating_add(self.cost[o.index()]));
         match &self.p.exprs[h] {
-            Expr::Iota { .. } | Expr::Literal(_) => true,
-            e @ (Expr::Broadcast { .. }
+            Expr::Unary { .. } | Expr::Binary { .. } | Expr::Select { .. } | Expr::Cast { .. } => operands.saturating_add(1),
+            Expr::Broadcast { .. }
             | Expr::ExpandDims { .. }
             | Expr::Squeeze { .. }
             | Expr::Transpose { .. }
             | Expr::Slice { .. }
             | Expr::StopGrad { .. }
             | Expr::Concat { .. }
-            | Expr::Gather { .. }
-            | Expr::Cast { .. }) => e.operands().into_iter().all(stored_or_cheap),
-            _ => false,
+            | Expr::Gather { .. } => operands,
+            _ => usize::MAX,
         }
     }
 
@@ -235,39 +286,94 @@ impl Lowering<'_> {
             return self.loop_kernel(h);
         }
         let mut uses = KernelUses::default();
-        if let Some(step) = self.step_for(h, &mut uses)? {
-            let kind = step_kind(&step);
-            self.push_kernel(kind, h, Body::Grid(step), uses);
+        if let Some(body) = self.work_for(h, &mut uses)? {
+            self.units.push(Unit { node: h, body, uses });
         }
         Ok(())
     }
 
-    fn push_kernel(&mut self, kind: String, h: H, body: Body, uses: KernelUses) {
+    /// Groups the units into kernels: each runs after the units whose results it reads, and
+    /// the grid steps that could run at the same point share one launch.
+    fn schedule(&mut self) {
+        let mut producer: HashMap<BufferId, usize> = HashMap::new();
+        let mut level = Vec::with_capacity(self.units.len());
+        for (k, unit) in self.units.iter().enumerate() {
+            let reads = unit.uses.buffers.iter().filter(|(_, u)| u.read).filter_map(|(b, _)| producer.get(b));
+            level.push(reads.map(|&p: &usize| level[p] + 1).max().unwrap_or(0));
+            producer.extend(unit.uses.buffers.iter().filter(|(_, u)| u.written).map(|(&b, _)| (b, k)));
+        }
+        let units = std::mem::take(&mut self.units);
+        let depth = level.iter().copied().max().map_or(0, |d| d + 1);
+        let mut by_level: Vec<Vec<Unit>> = (0..depth).map(|_| Vec::new()).collect();
+        for (unit, l) in units.into_iter().zip(level) {
+            by_level[l].push(unit);
+        }
+        for members in by_level {
+            let (grid, alone): (Vec<Unit>, Vec<Unit>) = members.into_iter().partition(|u| matches!(u.body, Body::Grid(_)));
+            if !grid.is_empty() {
+                self.push_kernel(grid);
+            }
+            for unit in alone {
+                self.push_kernel(vec![unit]);
+            }
+        }
+    }
+
+    fn push_kernel(&mut self, units: Vec<Unit>) {
         let n = self.plan.kernels.len();
-        let name = match self.p.names.get(&h) {
-            Some(label) => format!("k{n:02}_{kind}_{}", identifier(label)),
-            None => format!("k{n:02}_{kind}"),
+        let kinds: Vec<String> = units.iter().map(|u| unit_kind(&u.body)).collect();
+        let name = match (units.as_slice(), self.p.names.get(&units[0].node)) {
+            ([_], Some(label)) => format!("k{n:02}_{}_{}", kinds[0], identifier(label)),
+            _ => {
+                let mut distinct = kinds.clone();
+                distinct.dedup();
+                format!("k{n:02}_{}", distinct.join("_"))
+            }
         };
-        let ty = self.p.ty(h);
-        let doc = format!("{kind} -> %{} {}", h.index(), ty.display(&self.module.dims));
+        let doc: Vec<String> = units
+            .iter()
+            .zip(&kinds)
+            .map(|(u, kind)| format!("{kind} -> %{} {}", u.node.index(), self.p.ty(u.node).display(&self.module.dims)))
+            .collect();
+        let mut uses = KernelUses::default();
+        let mut steps = Vec::new();
+        let mut body = None;
+        for unit in units {
+            for (b, u) in unit.uses.buffers {
+                let merged = uses.buffers.entry(b).or_default();
+                merged.read |= u.read;
+                merged.written |= u.written;
+            }
+            uses.scalars.extend(unit.uses.scalars);
+            match unit.body {
+                Body::Grid(s) => steps.extend(s),
+                other => body = Some(other),
+            }
+        }
         self.plan.kernels.push(KernelPlan {
             name,
-            doc,
-            body,
+            doc: doc.join("\n"),
+            body: body.unwrap_or(Body::Grid(steps)),
             buffers: uses.buffers.into_iter().collect(),
             scalars: uses.scalars.into_iter().collect(),
         });
     }
 
-    /// The step computing node `h` into its buffer; `None` when the node needs no step.
-    fn step_for(&mut self, h: H, uses: &mut KernelUses) -> Result<Option<Step>, CudaError> {
+    /// The work computing node `h` into its buffer; `None` when the node needs none.
+    fn work_for(&mut self, h: H, uses: &mut KernelUses) -> Result<Option<Body>, CudaError> {
         let Place::Buffer(out) = self.place[h.index()] else { return Ok(None) };
         if self.plan.buffers[out].source != BufferSource::Temp || matches!(self.p.exprs[h], Expr::LoopParam) {
             return Ok(None);
         }
         uses.write(out);
         let ty = self.p.ty(h).clone();
-        Ok(Some(match self.p.exprs[h].clone() {
+        let step = match self.p.exprs[h].clone() {
+            Expr::PairwiseReduce { pairwise, op, axis } => {
+                return Ok(Some(Body::Tiles(self.tiles(&pairwise, None, op, axis, out, uses))));
+            }
+            Expr::PairwiseMatMul { pairwise, v, axis } => {
+                return Ok(Some(Body::Tiles(self.tiles(&pairwise, Some(v), ReduceOp::Sum, axis, out, uses))));
+            }
             Expr::Reduce { op, arg, axis } => {
                 let arg_shape = self.p.ty(arg).shape.clone();
                 let mut e = Emitter::new(self, uses);
@@ -291,7 +397,8 @@ impl Lowering<'_> {
                 Step::Reduce { reducer: Reducer { op: ReduceOp::Sum, elem: Elem::Real }, out, outputs, length, value }
             }
             _ => self.fill(out, &ty.shape, uses, &mut |e, idx| e.compute(h, idx)),
-        }))
+        };
+        Ok(Some(Body::Grid(vec![step])))
     }
 
     fn loop_kernel(&mut self, h: H) -> Result<(), CudaError> {
@@ -308,8 +415,10 @@ impl Lowering<'_> {
             if matches!(self.p.exprs[b], Expr::Loop { .. }) {
                 return Err(CudaError::Unsupported("a `repeat` loop inside another loop".into()));
             }
-            if let Some(step) = self.step_for(b, &mut uses)? {
-                steps.push(step);
+            match self.work_for(b, &mut uses)? {
+                Some(Body::Grid(s)) => steps.extend(s),
+                Some(_) => return Err(CudaError::Unsupported("a pairwise product inside a `repeat` loop".into())),
+                None => {}
             }
         }
         // Every next value is complete before any carried variable is overwritten.
@@ -328,8 +437,63 @@ impl Lowering<'_> {
         }
         steps.extend(copies);
         let count = Emitter::new(self, &mut uses).value(count, &[]);
-        self.push_kernel("loop".into(), h, Body::Loop { init, count, body: steps }, uses);
+        self.units.push(Unit { node: h, body: Body::Loop { init, count, body: steps }, uses });
         Ok(())
+    }
+
+    /// A tile step: outer rows are those the result is indexed by (`x`'s for axis 1), inner
+    /// rows those reduced over; `w(i, j)` is the kernel's SSA nodes, one `const` each.
+    fn tiles(
+        &mut self,
+        pw: &PairwiseOperands,
+        v: Option<H>,
+        op: ReduceOp,
+        axis: usize,
+        out: BufferId,
+        uses: &mut KernelUses,
+    ) -> Tiles {
+        let (outer, inner) = if axis == 1 { (pw.x, pw.y) } else { (pw.y, pw.x) };
+        let stored = |l: &Self, h: H| l.dense_buffer(h).expect("tile operands are stored");
+        let (outer_buffer, inner_buffer) = (stored(self, outer), stored(self, inner));
+        let v = v.map(|v| (stored(self, v), self.p.ty(v).shape[1].clone()));
+        uses.read(outer_buffer);
+        uses.read(inner_buffer);
+        let (outer_rows, inner_rows, dim) =
+            (self.p.ty(outer).shape[0].clone(), self.p.ty(inner).shape[0].clone(), self.p.ty(pw.x).shape[1].clone());
+        let mut e = Emitter::new(self, uses);
+        let (i, j) = if axis == 1 { (c::var("o"), c::var("n")) } else { (c::var("n"), c::var("o")) };
+        let kernel = &pw.kernel;
+        let mut w: Vec<CExpr> = Vec::with_capacity(kernel.nodes.len());
+        for (k, node) in kernel.nodes.iter().enumerate() {
+            let expr = match *node {
+                KernelNode::Dot => c::var("dot"),
+                KernelNode::Row(r) => e.value(pw.rows[r], &[i.clone()]),
+                KernelNode::Col(r) => e.value(pw.cols[r], &[j.clone()]),
+                KernelNode::Scalar(r) => e.value(pw.scalars[r], &[]),
+                KernelNode::RowIndex => i.clone(),
+                KernelNode::ColIndex => j.clone(),
+                KernelNode::Literal(l) => literal(l),
+                KernelNode::Unary(op, a) => unary(op, kernel.elems[a], w[a].clone()),
+                KernelNode::Binary(op, a, b) => binary(op, kernel.elems[a], w[a].clone(), w[b].clone()),
+                KernelNode::Select(cond, a, b) => c::ternary(w[cond].clone(), w[a].clone(), w[b].clone()),
+                KernelNode::Cast(a, to) => cast(kernel.elems[a], to, w[a].clone()),
+            };
+            let bound = e.bind(format!("w{k}"), c_type(kernel.elems[k]), expr);
+            w.push(bound);
+        }
+        let (outer_count, inner_count, dim) = (e.dim(&outer_rows), e.dim(&inner_rows), e.dim(&dim));
+        let product = match &v {
+            Some((buffer, width)) => {
+                e.uses.read(*buffer);
+                PairwiseProduct::MatMul { v: *buffer, width: e.dim(width) }
+            }
+            None => PairwiseProduct::Reduce(Reducer { op, elem: Elem::Real }),
+        };
+        let weight = e.finish(
+            &[(CType::LongLong, "o"), (CType::LongLong, "n"), (CType::Float, "dot")],
+            CStmt::Return(w[kernel.result].clone()),
+        );
+        Tiles { outer: outer_buffer, inner: inner_buffer, outer_count, inner_count, dim, out, weight, product }
     }
 
     /// A step storing `value(idx)` into every element of `buffer` (of `shape`).
@@ -364,13 +528,24 @@ fn numel_differs(a: &[Dim], b: &[Dim]) -> bool {
     strip(a) != strip(b)
 }
 
-fn step_kind(step: &Step) -> String {
-    match step {
-        Step::Map { .. } => "map".into(),
-        Step::Reduce { reducer, .. } => format!("reduce_{}", reduce_name(reducer.op)),
-        Step::Pairwise { product: super::plan::PairwiseProduct::Reduce(r), .. } => format!("pairwise_{}", reduce_name(r.op)),
-        Step::Pairwise { .. } => "pairwise_matmul".into(),
+fn unit_kind(body: &Body) -> String {
+    match body {
+        Body::Grid(steps) => match &steps[0] {
+            Step::Map { .. } => "map".into(),
+            Step::Reduce { reducer, .. } => format!("reduce_{}", reduce_name(reducer.op)),
+        },
+        Body::Tiles(Tiles { product: PairwiseProduct::Reduce(r), .. }) => format!("pairwise_{}", reduce_name(r.op)),
+        Body::Tiles(_) => "pairwise_matmul".into(),
+        Body::Loop { .. } => "loop".into(),
     }
+}
+
+/// A kernel's worth of work before scheduling: the node it computes, and what it reads and
+/// writes.
+struct Unit {
+    node: H,
+    body: Body,
+    uses: KernelUses,
 }
 
 fn reduce_name(op: ReduceOp) -> &'static str {
@@ -441,16 +616,15 @@ impl<'l, 'a> Emitter<'l, 'a> {
             let name = format!("dim_{}", identifier(&self.low.module.dims[s].name));
             let id = self.low.scalar(HostScalar::Dim(s), CType::LongLong, name.clone());
             self.uses.scalars.insert(id);
-            let term = if coefficient == 1 { c::var(name) } else { c::binary(COp::Mul, CExpr::Int(coefficient), c::var(name)) };
+            let term = mul(CExpr::Int(coefficient), c::var(name));
             e = Some(match e {
                 None => term,
-                Some(prev) => c::binary(COp::Add, prev, term),
+                Some(prev) => add(prev, term),
             });
         }
-        match (e, constant) {
-            (None, k) => CExpr::Int(k),
-            (Some(e), 0) => e,
-            (Some(e), k) => c::binary(COp::Add, e, CExpr::Int(k)),
+        match e {
+            None => CExpr::Int(constant),
+            Some(e) => add(e, CExpr::Int(constant)),
         }
     }
 
@@ -460,7 +634,7 @@ impl<'l, 'a> Emitter<'l, 'a> {
             let size = self.dim(d);
             total = Some(match total {
                 None => size,
-                Some(t) => c::binary(COp::Mul, t, size),
+                Some(t) => mul(t, size),
             });
         }
         total.unwrap_or(CExpr::Int(1))
@@ -495,7 +669,7 @@ impl<'l, 'a> Emitter<'l, 'a> {
                 None => i.clone(),
                 Some(o) => {
                     let size = self.dim(d);
-                    c::binary(COp::Add, c::binary(COp::Mul, o, size), i.clone())
+                    add(mul(o, size), i.clone())
                 }
             });
         }
@@ -586,7 +760,7 @@ impl<'l, 'a> Emitter<'l, 'a> {
             Expr::Slice { arg, axis, start, .. } => {
                 let mut inner = idx.to_vec();
                 let offset = self.dim(&start);
-                inner[axis] = c::binary(COp::Add, idx[axis].clone(), offset);
+                inner[axis] = add(idx[axis].clone(), offset);
                 return self.value(arg, &inner);
             }
             Expr::Concat { parts, axis } => return self.concat(&parts, axis, idx),
@@ -620,7 +794,7 @@ impl<'l, 'a> Emitter<'l, 'a> {
         for &part in parts {
             let offset = self.dim(&start);
             let mut inner = idx.to_vec();
-            inner[axis] = c::binary(COp::Sub, idx[axis].clone(), offset);
+            inner[axis] = sub(idx[axis].clone(), offset);
             let v = self.value(part, &inner);
             start = start.add(&self.low.p.ty(part).shape[axis]);
             let end = self.dim(&start);
@@ -632,6 +806,32 @@ impl<'l, 'a> Emitter<'l, 'a> {
             .into_iter()
             .rev()
             .fold(last, |acc, (end, v)| c::ternary(c::binary(COp::Lt, idx[axis].clone(), end), v, acc))
+    }
+}
+
+// ---- index arithmetic, folding the zeros and ones of constant dimensions ----------------------
+
+fn add(a: CExpr, b: CExpr) -> CExpr {
+    match (&a, &b) {
+        (CExpr::Int(0), _) => b,
+        (_, CExpr::Int(0)) => a,
+        _ => c::binary(COp::Add, a, b),
+    }
+}
+
+fn sub(a: CExpr, b: CExpr) -> CExpr {
+    match b {
+        CExpr::Int(0) => a,
+        _ => c::binary(COp::Sub, a, b),
+    }
+}
+
+fn mul(a: CExpr, b: CExpr) -> CExpr {
+    match (&a, &b) {
+        (CExpr::Int(0), _) | (_, CExpr::Int(0)) => CExpr::Int(0),
+        (CExpr::Int(1), _) => b,
+        (_, CExpr::Int(1)) => a,
+        _ => c::binary(COp::Mul, a, b),
     }
 }
 

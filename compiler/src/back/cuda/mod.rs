@@ -21,7 +21,7 @@ pub mod nvrtc;
 pub mod plan;
 
 use crate::eval::Bindings;
-use crate::ir::{DimKind, Module, Program};
+use crate::ir::{DimKind, Module};
 use crate::objective::{Evaluation, Executable};
 
 /// Operand precision of the similarity tiles (tensor cores unless `F32`); accumulation is
@@ -65,24 +65,24 @@ pub enum CudaError {
     NoDevice(String),
     #[error("NVRTC (libnvrtc.so.12 or .so.13) was not found; install the nvidia-cuda-nvrtc-cu12 wheel and add its lib folder to LD_LIBRARY_PATH")]
     NoNvrtc,
-    #[error("NVRTC failed to compile the generated CUDA for sm_{arch}:\n{log}\n---- generated source ----\n{source}")]
-    Compile { arch: u32, log: String, source: String },
+    #[error("NVRTC failed to compile the generated CUDA for sm_{arch}:\n{log}\n---- generated source ----\n{text}")]
+    Compile { arch: u32, log: String, text: String },
     #[error("the CUDA back end does not support {0} yet; use --backend reference")]
     Unsupported(String),
     #[error("CUDA driver: {0}")]
     Driver(String),
     #[error("{0}")]
     Bind(String),
+    /// An internal error of an earlier stage (the optimiser).
+    #[error("{0}")]
+    Compiler(String),
 }
 
-/// The program the kernels compute: the loss with its gradients.
-fn program(exe: &Executable) -> Program {
-    exe.gradient.clone()
-}
-
-/// The kernel plan of an objective's loss and gradients.
+/// The kernel plan of an objective's loss and gradients, from the optimised (pairwise-fused)
+/// gradient program.
 pub fn plan(exe: &Executable, precision: Precision) -> Result<plan::Plan, CudaError> {
-    lower::lower(&exe.module, &program(exe), precision)
+    let program = crate::passes::optimize(&exe.module, &exe.gradient).map_err(|d| CudaError::Compiler(d.message))?;
+    lower::lower(&exe.module, &program, precision)
 }
 
 /// The complete translation unit, exactly as NVRTC compiles it (`sslc emit --stage cuda`).

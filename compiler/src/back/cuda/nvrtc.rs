@@ -80,7 +80,7 @@ fn compile_uncached(source: &str, arch: u32) -> Result<(Vec<u8>, String), CudaEr
             String::from_utf8_lossy(&bytes).into_owned()
         })
         .unwrap_or_default();
-    let image = outcome.map_err(|_| CudaError::Compile { arch, log: log.clone(), source: source.to_string() }).and_then(|()| {
+    let image = outcome.map_err(|_| CudaError::Compile { arch, log: log.clone(), text: source.to_string() }).and_then(|()| {
         let mut size = 0usize;
         // SAFETY: the program compiled; NVRTC writes `size` bytes into a buffer of that size.
         unsafe {

@@ -12,7 +12,7 @@ pub type BufferId = usize;
 pub type ScalarId = usize;
 
 /// Where a buffer's contents come from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BufferSource {
     Input(usize),
     Const(usize),
@@ -87,31 +87,36 @@ pub enum PairwiseProduct {
     MatMul { v: BufferId, width: CExpr },
 }
 
-/// One unit of parallel work. Counts are expressions of the host scalars.
+/// One unit of grid-stride work. Counts are expressions of the host scalars.
 #[derive(Clone, Debug)]
 pub enum Step {
     /// `body(i)` for every `i < count`; the body stores its own results.
     Map { count: CExpr, body: Lambda },
     /// `out[o] = reduce_k value(o, k)` for `o < outputs`, `k < length`.
     Reduce { reducer: Reducer, out: BufferId, outputs: CExpr, length: CExpr, value: Lambda },
-    /// Tiles of `w(o, n, outer_o · inner_n)` over outer and inner rows, never stored.
-    Pairwise {
-        outer: BufferId,
-        inner: BufferId,
-        outer_count: CExpr,
-        inner_count: CExpr,
-        dim: CExpr,
-        out: BufferId,
-        weight: Lambda,
-        product: PairwiseProduct,
-    },
 }
 
-/// How a kernel's steps run.
+/// Tiles of `w(o, n, outer_o · inner_n)` over outer and inner rows, never stored: reduced
+/// over `n`, or multiplied with the rows of `v`.
+#[derive(Clone, Debug)]
+pub struct Tiles {
+    pub outer: BufferId,
+    pub inner: BufferId,
+    pub outer_count: CExpr,
+    pub inner_count: CExpr,
+    pub dim: CExpr,
+    pub out: BufferId,
+    pub weight: Lambda,
+    pub product: PairwiseProduct,
+}
+
+/// How a kernel's work runs.
 #[derive(Clone, Debug)]
 pub enum Body {
-    /// One step over the whole grid.
-    Grid(Step),
+    /// Independent steps over the whole grid, one after the other in one launch.
+    Grid(Vec<Step>),
+    /// One pairwise product; each block owns 64 outer rows.
+    Tiles(Tiles),
     /// A `repeat` loop in one launch: one block runs `init`, then `body` `count` times, with
     /// `__syncthreads` between steps, so the loop's state never leaves the chip's caches.
     Loop { init: Vec<Step>, count: CExpr, body: Vec<Step> },
@@ -153,7 +158,7 @@ pub const PAIR_VCOLS: u64 = 128;
 impl Body {
     pub fn threads(&self) -> u32 {
         match self {
-            Body::Grid(_) => GRID_THREADS,
+            Body::Grid(_) | Body::Tiles(_) => GRID_THREADS,
             Body::Loop { .. } => LOOP_THREADS,
         }
     }
@@ -177,14 +182,13 @@ impl Plan {
         params.extend(k.scalars.iter().map(|&s| Param::Scalar { ty: self.scalars[s].ty, name: self.scalars[s].name.clone() }));
         let mut body = Vec::new();
         match &k.body {
-            Body::Grid(step) => {
-                if !matches!(step, Step::Pairwise { .. }) {
-                    body.push(context("sslc::Grid"));
-                }
-                body.push(self.step(step));
+            Body::Grid(steps) => {
+                body.push(CStmt::Context("sslc::Grid"));
+                body.extend(steps.iter().map(|s| self.step(s)));
             }
+            Body::Tiles(t) => body.push(self.tiles(t)),
             Body::Loop { init, count, body: steps } => {
-                body.push(context("sslc::Block"));
+                body.push(CStmt::Context("sslc::Block"));
                 for s in init {
                     body.push(self.step(s));
                     body.push(CStmt::SyncThreads);
@@ -212,27 +216,24 @@ impl Plan {
                 format!("sslc::reduce<{}>", reducer.c_type()),
                 vec![ctx, self.buffer(*out), outputs.clone(), length.clone(), CExpr::Lambda(value.clone())],
             ),
-            Step::Pairwise { outer, inner, outer_count, inner_count, dim, out, weight, product } => {
-                let precision = c::var(self.precision.c_tag());
-                let (name, mut args) = match product {
-                    PairwiseProduct::Reduce(r) => (format!("sslc::pairwise_reduce<{}>", r.c_type()), vec![precision]),
-                    PairwiseProduct::MatMul { .. } => ("sslc::pairwise_matmul".to_string(), vec![precision]),
-                };
-                args.extend([self.buffer(*outer), self.buffer(*inner)]);
-                if let PairwiseProduct::MatMul { v, .. } = product {
-                    args.push(self.buffer(*v));
-                }
-                args.extend([outer_count.clone(), inner_count.clone(), dim.clone()]);
-                if let PairwiseProduct::MatMul { width, .. } = product {
-                    args.push(width.clone());
-                }
-                args.extend([self.buffer(*out), CExpr::Lambda(weight.clone())]);
-                c::call(name, args)
-            }
         })
     }
-}
 
-fn context(ty: &'static str) -> CStmt {
-    CStmt::Context(ty)
+    fn tiles(&self, t: &Tiles) -> CStmt {
+        let precision = c::var(self.precision.c_tag());
+        let (name, mut args) = match &t.product {
+            PairwiseProduct::Reduce(r) => (format!("sslc::pairwise_reduce<{}>", r.c_type()), vec![precision]),
+            PairwiseProduct::MatMul { .. } => ("sslc::pairwise_matmul".to_string(), vec![precision]),
+        };
+        args.extend([self.buffer(t.outer), self.buffer(t.inner)]);
+        if let PairwiseProduct::MatMul { v, .. } = &t.product {
+            args.push(self.buffer(*v));
+        }
+        args.extend([t.outer_count.clone(), t.inner_count.clone(), t.dim.clone()]);
+        if let PairwiseProduct::MatMul { width, .. } = &t.product {
+            args.push(width.clone());
+        }
+        args.extend([self.buffer(t.out), CExpr::Lambda(t.weight.clone())]);
+        CStmt::Expr(c::call(name, args))
+    }
 }
