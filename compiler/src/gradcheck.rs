@@ -21,6 +21,14 @@ pub struct InputReport {
     pub entries: usize,
 }
 
+impl InputReport {
+    /// Within `rtol` relative error, or `atol` absolute error: finite differences of an
+    /// exactly zero gradient are rounding noise, which no relative measure can pass.
+    pub fn passes(&self, rtol: f64, atol: f64) -> bool {
+        self.max_rel_error <= rtol || self.max_abs_error <= atol
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum GradcheckError {
     #[error("{0}")]

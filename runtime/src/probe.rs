@@ -44,17 +44,7 @@ impl Features {
     }
 }
 
-/// The reference's class groups: by training count, head to tail.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Group {
-    Many,
-    Medium,
-    Few,
-}
-
-impl Group {
-    pub const ALL: [Group; 3] = [Group::Many, Group::Medium, Group::Few];
-}
+pub use crate::data::groups::Group;
 
 /// Linear-probe schedule; the defaults are METHOD.md §4's.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -35,6 +35,8 @@ struct MemorySource {
     batch_size: usize,
     /// Simulates a crash: fail when asked for this epoch's batches.
     fail_at_epoch: Option<usize>,
+    /// The epoch being served and the run's seed.
+    position: (usize, u64),
 }
 
 impl BatchSource for MemorySource {
@@ -51,7 +53,13 @@ impl BatchSource for MemorySource {
         Ok(order.chunks(self.batch_size).map(<[u32]>::to_vec).collect())
     }
 
-    fn views(&mut self, indices: &[u32], _extra: &[Vec<Vec<f32>>], epoch: usize, seed: u64) -> Result<[Tensor; 2], BoxError> {
+    fn start_epoch(&mut self, epoch: usize, seed: u64, _extra: Vec<Vec<Vec<f32>>>) -> Result<(), BoxError> {
+        self.position = (epoch, seed);
+        Ok(())
+    }
+
+    fn views(&mut self, indices: &[u32]) -> Result<[Tensor; 2], BoxError> {
+        let (epoch, seed) = self.position;
         let view = |which: u64| -> candle_core::Result<Tensor> {
             let mut values = Vec::new();
             for &index in indices {
@@ -191,7 +199,7 @@ fn metrics_lines(dir: &Path) -> Vec<serde_json::Value> {
 }
 
 fn run(dir: &Path, epochs: usize, encoder: &Encoder, objective: &mut TinySimclr, fail_at_epoch: Option<usize>, start: Start) -> Result<(), TrainError> {
-    let mut source = MemorySource { batch_size: 6, fail_at_epoch };
+    let mut source = MemorySource { batch_size: 6, fail_at_epoch, position: (0, 0) };
     train(dir, &config(epochs), encoder, objective, &mut source, None, start).map(|_| ())
 }
 
@@ -232,7 +240,7 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
     let mut objective = TinySimclr::new(None);
     objective.nan_from_epoch = Some(1);
     let error = run(&dir, 3, &model, &mut objective, None, Start::Fresh).unwrap_err();
-    assert!(matches!(error, TrainError::NonFiniteLoss { epoch: 1, step: 0, .. }), "{error}");
+    assert!(matches!(error, TrainError::Diverged { what: "loss", epoch: 1, step: 0, .. }), "{error}");
     assert!(error.to_string().contains(CHECKPOINT_FILE), "{error}");
     let saved = Checkpoint::load(&dir.join(CHECKPOINT_FILE)).unwrap();
     assert_eq!(saved.epoch, 1);
@@ -262,9 +270,9 @@ fn a_run_directory_is_neither_overwritten_nor_resumed_with_other_settings() {
 fn sdclr_accumulated_gradient_is_the_sum_of_the_two_separate_backward_passes() {
     let model = encoder(true);
     model.update_prune_mask(0.9).unwrap();
-    let mut source = MemorySource { batch_size: 6, fail_at_epoch: None };
+    let mut source = MemorySource { batch_size: 6, fail_at_epoch: None, position: (0, 0) };
     let indices: Vec<u32> = (0..6).collect();
-    let views = source.views(&indices, &[], 0, 0).unwrap();
+    let views = source.views(&indices).unwrap();
     let specs = TinySimclr::new(Some(0.9)).embeddings();
     let mut objective = TinySimclr::new(Some(0.9));
     objective.init_state(SAMPLES).unwrap();
@@ -318,7 +326,7 @@ fn evaluation_writes_metrics_summary_and_a_per_class_plot() {
     };
     let mut train_config = config(2);
     train_config.eval_every = 1;
-    let mut source = MemorySource { batch_size: 6, fail_at_epoch: None };
+    let mut source = MemorySource { batch_size: 6, fail_at_epoch: None, position: (0, 0) };
     let outcome = train(&dir, &train_config, &encoder(false), &mut TinySimclr::new(None), &mut source, Some(setup), Start::Fresh).unwrap();
     let evaluation = outcome.evaluation.unwrap();
     assert_eq!(evaluation.linear.per_class.len(), 3);
@@ -368,7 +376,7 @@ fn training_lowers_the_loss_on_a_fixed_batch() {
     let mut objective = TinySimclr::new(None);
     let mut train_config = config(12);
     train_config.base_lr = 0.5;
-    let mut source = MemorySource { batch_size: 12, fail_at_epoch: None };
+    let mut source = MemorySource { batch_size: 12, fail_at_epoch: None, position: (0, 0) };
     train(&dir, &train_config, &model, &mut objective, &mut source, None, Start::Fresh).unwrap();
     let losses: Vec<f64> = metrics_lines(&dir).iter().filter(|l| l["kind"] == "epoch").map(|l| l["loss"].as_f64().unwrap()).collect();
     assert!(losses.last().unwrap() < &(losses[0] - 0.1), "{losses:?}");

@@ -79,6 +79,10 @@ pub struct GradcheckArgs {
     /// Largest accepted relative error.
     #[arg(long, default_value_t = 1e-5)]
     tolerance: f64,
+    /// An input also passes when its absolute error is at most this (finite differences of
+    /// an exactly zero gradient are noise, not a relative error).
+    #[arg(long, default_value_t = 1e-8)]
+    abs_tolerance: f64,
     /// Finite-difference step.
     #[arg(long, default_value_t = 1e-6)]
     step: f64,
@@ -143,7 +147,7 @@ fn eval_inner(args: &EvalArgs) -> Result<(), i32> {
         let Some((name, path)) = item.split_once('=') else {
             return Err(fail(format!("--input {item}: expected NAME=PATH.npy")));
         };
-        let tensor = npy::read(Path::new(path)).map_err(fail)?;
+        let tensor = npy::read(Path::new(path)).map_err(|e| fail(format!("--input {name}: {e}")))?;
         let slot = if module.input_named(name).is_some() {
             &mut req.inputs
         } else if module.const_named(name).is_some() {
@@ -246,7 +250,7 @@ pub fn gradcheck(args: &GradcheckArgs) -> i32 {
     };
     let mut ok = true;
     for r in &reports {
-        let pass = r.max_rel_error <= args.tolerance;
+        let pass = r.passes(args.tolerance, args.abs_tolerance);
         ok &= pass;
         super::print_stdout(&format!(
             "{} {:<6} max abs error {:.3e}  max rel error {:.3e}  ({} entries)\n",

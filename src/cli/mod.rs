@@ -4,6 +4,7 @@
 mod check;
 mod cuda;
 mod eval;
+mod run;
 
 use clap::{Parser, Subcommand};
 
@@ -26,6 +27,10 @@ struct Cli {
 enum Command {
     Check(check::CheckArgs),
     Emit(check::EmitArgs),
+    Run(run::RunArgs),
+    Probe(run::ProbeArgs),
+    Split(run::SplitArgs),
+    BenchTrain(run::BenchTrainArgs),
     Eval(eval::EvalArgs),
     Gradcheck(eval::GradcheckArgs),
 }
@@ -35,6 +40,10 @@ pub fn main() -> i32 {
     match cli.command {
         Command::Check(args) => check::check(&args),
         Command::Emit(args) => check::emit(&args),
+        Command::Run(args) => run::run(&args),
+        Command::Probe(args) => run::probe(&args),
+        Command::Split(args) => run::split(&args),
+        Command::BenchTrain(args) => run::bench_train(&args),
         Command::Eval(args) => eval::eval(&args),
         Command::Gradcheck(args) => eval::gradcheck(&args),
     }

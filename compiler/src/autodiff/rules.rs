@@ -24,11 +24,16 @@ pub(super) fn vjp(b: &mut Grad, h: Handle<Expr>, g: Handle<Expr>) -> Contributio
                 // d exp(x) = exp(x) dx: reuse the forward value.
                 UnaryOp::Exp => b.binary(Mul, g, h, s)?,
                 UnaryOp::Log => b.binary(Div, g, arg, s)?,
-                // d sqrt(x) = dx / (2 sqrt(x))
+                // d sqrt(x) = dx / (2 sqrt(x)); where no gradient arrives (g = 0) none leaves,
+                // even at x = 0 — as for a zero row under `normalize`, whose `max(norm, eps)`
+                // sends the gradient to `eps`.
                 UnaryOp::Sqrt => {
                     let two = b.constant_like(2.0, h, s)?;
                     let denom = b.binary(Mul, two, h, s)?;
-                    b.binary(Div, g, denom, s)?
+                    let d = b.binary(Div, g, denom, s)?;
+                    let zero = b.constant_like(0.0, g, s)?;
+                    let silent = b.binary(Eq, g, zero, s)?;
+                    b.push(Expr::Select { cond: silent, on_true: zero, on_false: d }, s)?
                 }
                 UnaryOp::Abs => {
                     let sign = sign(b, arg, s)?;

@@ -275,6 +275,9 @@ fn bind_shape(
         return Err(BindError::Rank { name: name.into(), expected, actual: actual.to_vec(), actual_rank: actual.len() });
     }
     for (axis, (d, &size)) in declared_shape.iter().zip(actual).enumerate() {
+        if size == 0 {
+            return Err(BindError::Shape { name: name.into(), expected, actual: actual.to_vec(), why: format!("axis {axis} is empty") });
+        }
         if let Some(sym) = d.as_symbol() {
             if dims[sym.index()].is_none() {
                 dims[sym.index()] = Some(size as i64);

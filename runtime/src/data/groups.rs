@@ -1,6 +1,7 @@
 //! Many/Medium/Few class groups for per-group accuracy (METHOD.md §4).
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// The reference's class groups: by training count, head to tail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Group {
     Many,
     Medium,
@@ -8,6 +9,8 @@ pub enum Group {
 }
 
 impl Group {
+    pub const ALL: [Group; 3] = [Group::Many, Group::Medium, Group::Few];
+
     pub fn name(self) -> &'static str {
         match self {
             Group::Many => "many",

@@ -262,6 +262,11 @@ impl TwoViewLoader {
         order
     }
 
+    /// The dataset indices of each batch of `epoch`, in order.
+    pub fn epoch_batches(&self, epoch: usize) -> Vec<Vec<u32>> {
+        self.epoch_order(epoch).chunks(self.config.batch_size).take(self.batches_per_epoch()).map(<[u32]>::to_vec).collect()
+    }
+
     pub fn epoch(&self, epoch: usize, extras: ExtraArgs) -> BatchStream<Batch> {
         self.epoch_from(epoch, 0, extras)
     }
@@ -269,7 +274,7 @@ impl TwoViewLoader {
     /// The batches of `epoch` from batch `first_batch` on, identical to those of an epoch
     /// iterated from its start.
     pub fn epoch_from(&self, epoch: usize, first_batch: usize, extras: ExtraArgs) -> BatchStream<Batch> {
-        let batches: Vec<Vec<u32>> = self.epoch_order(epoch).chunks(self.config.batch_size).skip(first_batch).take(self.batches_per_epoch().saturating_sub(first_batch)).map(<[u32]>::to_vec).collect();
+        let batches: Vec<Vec<u32>> = self.epoch_batches(epoch).into_iter().skip(first_batch).collect();
         let (dataset, augment, seed) = (self.dataset.clone(), self.augment.clone(), self.config.seed);
         let sample_dataset = dataset.clone();
         let sample = move |index: u32| -> Result<[Image; 2], DataError> {

@@ -115,11 +115,13 @@ fn accuracy_fields(prefix: &str, report: &AccuracyReport) -> Map<String, Value> 
     }))
 }
 
-/// `summary.json`: the final evaluation in full (per-class accuracies included).
-pub fn write_summary(dir: &Path, objective: &str, epochs: usize, result: &Evaluation) -> Result<(), ReportError> {
+/// `summary.json`: what ran (`run`: objective, training and encoder configuration, seed,
+/// context), the sslc version, and the final evaluation in full (per-class accuracies
+/// included).
+pub fn write_summary(dir: &Path, run: &Value, result: &Evaluation) -> Result<(), ReportError> {
     let path = dir.join(SUMMARY_FILE);
     let knn: Vec<Value> = result.knn.iter().map(|(k, report)| json!({"k": k, "accuracy": report})).collect();
-    let summary = json!({"objective": objective, "epochs": epochs, "linear": result.linear, "knn": knn});
+    let summary = json!({"run": run, "version": env!("CARGO_PKG_VERSION"), "linear": result.linear, "knn": knn});
     let text = serde_json::to_string_pretty(&summary).map_err(|e| ReportError::Input(e.to_string()))?;
     write_atomically(&path, text.as_bytes()).map_err(|source| ReportError::Io { path, source })
 }

@@ -2,6 +2,7 @@
 //! the [`Encoder`] with SGD, checkpoints every epoch and evaluates on frozen features.
 
 mod bench;
+mod loader_source;
 mod source;
 
 use std::io::IsTerminal;
@@ -19,6 +20,7 @@ use crate::probe::{self, Evaluation, Features, Group, ProbeConfig, ProbeError};
 use crate::report::{self, MetricsLog, Progress, ReportError};
 
 pub use bench::{measure_train_throughput, Throughput};
+pub use loader_source::{FeatureImages, LoaderSource};
 pub use source::{BatchSource, LabelledImages};
 
 /// The checkpoint's file name inside a run directory.
@@ -42,8 +44,8 @@ pub enum TrainError {
     Objective { objective: String, during: &'static str, source: BoxError },
     #[error("the data source failed: {0}")]
     Source(BoxError),
-    #[error("the loss became {loss} at epoch {epoch}, step {step}; the run stopped and {checkpoint} still holds the last good epoch (lower the learning rate, then resume)")]
-    NonFiniteLoss { loss: f64, epoch: usize, step: usize, checkpoint: PathBuf },
+    #[error("the {what} became {value} at epoch {epoch}, step {step}; the run stopped and {} still holds the last good epoch (lower the learning rate, then resume)", checkpoint.display())]
+    Diverged { what: &'static str, value: f64, epoch: usize, step: usize, checkpoint: PathBuf },
     #[error("{0}")]
     Setup(String),
 }
@@ -60,12 +62,29 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Evaluate every this many epochs (0: only at the end).
     pub eval_every: usize,
+    /// What else identifies the run (dataset, backbone, overrides): recorded in checkpoints,
+    /// which refuse to resume under another, and in `summary.json`.
+    pub context: serde_json::Value,
+    /// Stop after this many epochs in total, leaving the run to be resumed (train in chunks).
+    /// Not part of the run's identity.
+    #[serde(skip)]
+    pub stop_after: Option<usize>,
 }
 
 impl Default for TrainConfig {
     /// CIFAR-100-LT's recipe, except the epoch count.
     fn default() -> Self {
-        TrainConfig { epochs: 100, base_lr: 0.5, lr_min: 1e-6, momentum: 0.9, weight_decay: 5e-4, seed: 0, eval_every: 0 }
+        TrainConfig {
+            epochs: 100,
+            base_lr: 0.5,
+            lr_min: 1e-6,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            seed: 0,
+            eval_every: 0,
+            context: serde_json::Value::Null,
+            stop_after: None,
+        }
     }
 }
 
@@ -171,7 +190,8 @@ pub fn train(
     let mut last_evaluation = None;
     let mut progress = Progress::new(std::io::stdout().is_terminal());
 
-    for epoch in first_epoch..config.epochs {
+    let last_epoch = config.stop_after.map_or(config.epochs, |s| s.min(config.epochs));
+    for epoch in first_epoch..last_epoch {
         let at = RunPosition { epoch, epochs: config.epochs };
         if let Some(fraction) = prune_fraction {
             encoder.update_prune_mask(fraction)?;
@@ -181,19 +201,32 @@ pub fn train(
             None => reference_learning_rate(epoch, config.epochs, config.base_lr, config.lr_min),
         };
         let batches = source.batch_indices(epoch, config.seed).map_err(TrainError::Source)?;
+        // Augmentation arguments are evaluated once per epoch, for every sample, so the source
+        // can augment ahead of the training step.
+        let extra_args = match objective.views().extra.is_empty() {
+            true => Vec::new(),
+            false => {
+                let all: Vec<u32> = (0..source.samples() as u32).collect();
+                objective.augmentation_args(&all, at).map_err(objective_error("augmentation_args", &name))?
+            }
+        };
+        source.start_epoch(epoch, config.seed, extra_args).map_err(TrainError::Source)?;
         progress.start_epoch(epoch, config.epochs, batches.len());
         let epoch_start = Instant::now();
         let (mut loss_sum, mut images) = (0.0, 0usize);
         let mut metric_sums: Vec<(String, f64)> = Vec::new();
         for (step, indices) in batches.iter().enumerate() {
             let step_start = Instant::now();
-            let extra_args = objective.augmentation_args(indices, at).map_err(objective_error("augmentation_args", &name))?;
-            let views = source.views(indices, &extra_args, epoch, config.seed).map_err(TrainError::Source)?;
+            let views = source.views(indices).map_err(TrainError::Source)?;
             let embeddings = forward_embeddings(encoder, &specs, &views)?;
             let detached: Vec<Tensor> = embeddings.iter().map(Tensor::detach).collect();
+            let diverged = |what, value| TrainError::Diverged { what, value, epoch, step, checkpoint: checkpoint_path.clone() };
+            if let Some(bad) = first_non_finite(&detached)? {
+                return Err(diverged("embeddings", bad));
+            }
             let output = objective.step(&detached, indices, at).map_err(objective_error("step", &name))?;
             if !output.loss.is_finite() {
-                return Err(TrainError::NonFiniteLoss { loss: output.loss, epoch, step, checkpoint: checkpoint_path });
+                return Err(diverged("loss", output.loss));
             }
             check_gradients(&output, &detached, &name)?;
             optimizer.step(encoder.parameters(), &backpropagate(&embeddings, &output.grads)?, lr)?;
@@ -234,7 +267,7 @@ pub fn train(
         }
     }
     if let (Some(setup), Some(result)) = (evaluation.as_ref(), last_evaluation.as_ref()) {
-        report::write_summary(dir, objective.name(), config.epochs, result)?;
+        report::write_summary(dir, &identity, result)?;
         report::plot_per_class(&dir.join(report::PER_CLASS_PLOT_FILE), &result.linear, &setup.train_counts, &setup.groups)?;
         println!("{}", report::group_table(&result.linear));
     }
@@ -291,6 +324,17 @@ pub fn backpropagate(embeddings: &[Tensor], grads: &[Tensor]) -> Result<GradStor
     }
     let surrogate = surrogate.ok_or_else(|| TrainError::Setup("the objective consumes no embedding".into()))?;
     Ok(surrogate.backward()?)
+}
+
+/// A NaN or infinite entry of the embeddings, if any: the encoder diverged.
+fn first_non_finite(embeddings: &[Tensor]) -> Result<Option<f64>, TrainError> {
+    for e in embeddings {
+        let sum = e.abs()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_vec0::<f64>()?;
+        if !sum.is_finite() {
+            return Ok(Some(sum));
+        }
+    }
+    Ok(None)
 }
 
 fn check_gradients(output: &StepOutput, embeddings: &[Tensor], objective: &str) -> Result<(), TrainError> {

@@ -12,11 +12,14 @@ pub trait BatchSource {
     /// The dataset indices of every batch of `epoch`, in order. Must depend only on
     /// `(epoch, seed)`, so that a resumed run sees the same batches.
     fn batch_indices(&self, epoch: usize, seed: u64) -> Result<Vec<Vec<u32>>, BoxError>;
-    /// The two augmented views `[N, C, H, W]` f32 of `indices`. `extra_args` holds the
-    /// objective's per-sample arguments of each extra augmentation
-    /// (`extra_args[augmentation][argument][sample]`, see `Objective::augmentation_args`).
-    /// Randomness must derive from `(seed, epoch, indices)` only.
-    fn views(&mut self, indices: &[u32], extra_args: &[Vec<Vec<f32>>], epoch: usize, seed: u64) -> Result<[Tensor; 2], BoxError>;
+    /// Begins an epoch whose batches are [`BatchSource::batch_indices`]. `extra_args` holds
+    /// every dataset sample's arguments of each extra augmentation
+    /// (`extra_args[augmentation][argument][sample]`, see `Objective::augmentation_args`), so
+    /// a source can prepare batches ahead of the training step.
+    fn start_epoch(&mut self, epoch: usize, seed: u64, extra_args: Vec<Vec<Vec<f32>>>) -> Result<(), BoxError>;
+    /// The two augmented views `[N, C, H, W]` f32 of the epoch's next batch, whose dataset
+    /// indices are `indices`. Randomness must derive from `(seed, epoch, indices)` only.
+    fn views(&mut self, indices: &[u32]) -> Result<[Tensor; 2], BoxError>;
 }
 
 /// A labelled, unaugmented image set for evaluation (the probe's training and test sets).

@@ -1,0 +1,413 @@
+//! `sslc run`: train a backbone with an objective on a long-tailed benchmark and report
+//! linear-probe accuracy for the Many / Medium / Few classes; `sslc probe`: evaluate a saved
+//! checkpoint again; `sslc split`: print a long-tailed subset.
+
+use super::eval::load_objective;
+use clap::{Args, ValueEnum};
+use sslc::objective::CompiledObjective;
+use sslc_compiler::eval::Overrides;
+use sslc_runtime::checkpoint::Checkpoint;
+use sslc_runtime::data::groups::{groups_by_thirds, groups_by_thresholds};
+use sslc_runtime::data::loader::{FeatureLoader, LoaderConfig, TwoViewLoader};
+use sslc_runtime::data::{self, DataOptions, DataSplits, DatasetName, ImbalanceProfile, LongTail};
+use sslc_runtime::model::{BackboneKind, Encoder, EncoderConfig};
+use sslc_runtime::objective::Objective;
+use sslc_runtime::probe::ProbeConfig;
+use sslc_runtime::train::{self, EvalSetup, FeatureImages, LoaderSource, Start, TrainConfig};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Clone, Copy, ValueEnum, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Backbone {
+    /// Three conv layers, 128-d: for the 8x8 digits and 28x28 Fashion-MNIST on a CPU.
+    Small,
+    /// ResNet-18 with the CIFAR stem, 512-d (CIFAR-LT).
+    Resnet18,
+    /// ResNet-50, 2048-d (ImageNet-LT, Places-LT).
+    Resnet50,
+}
+
+impl Backbone {
+    fn kind(self) -> BackboneKind {
+        match self {
+            Backbone::Small => BackboneKind::SmallConv,
+            Backbone::Resnet18 => BackboneKind::ResNet18Cifar,
+            Backbone::Resnet50 => BackboneKind::ResNet50,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum, Debug, PartialEq, Eq)]
+pub enum ImbType {
+    /// n_c = n_max · r^(c/(C−1)).
+    Exp,
+    /// Half the classes keep n_max, half n_max · r.
+    Step,
+}
+
+/// Train a backbone with an objective and report Many/Medium/Few linear-probe accuracy.
+#[derive(Args)]
+#[command(after_help = "With no flags, trains on the embedded long-tailed UCI digits (no download) in about \
+three minutes on two cores, then prints the Many/Medium/Few table.\n\n\
+Outputs, under --out (default runs/<objective>-<time>):\n  metrics.jsonl      one JSON line per step, epoch and evaluation (loss terms, lr, GH weight, ...)\n  \
+summary.json       final accuracies (overall, Many/Medium/Few, per class, kNN), configuration, seed, version\n  \
+per_class.png      per-class accuracy against training count, groups marked\n  \
+checkpoint.safetensors  model, optimizer, objective state and epoch, written atomically every epoch\n\n\
+Examples:\n  sslc run objectives/simclr_gh.ssl\n  \
+sslc run objectives/simclr.ssl --dataset fashion-mnist-lt --epochs 20\n  \
+sslc run objectives/sdclr_gh.ssl --dataset cifar100-lt --data ~/data/cifar-100-binary --backbone resnet18 --epochs 1000 --batch-size 512\n  \
+sslc run objectives/simclr_gh.ssl --set warm_up=40% --set tau=0.1\n  \
+sslc run objectives/simclr_gh.ssl --resume runs/simclr_gh-20261128-101500")]
+pub struct RunArgs {
+    /// The objective (`.ssl`).
+    file: PathBuf,
+    /// Benchmark: digits (embedded), fashion-mnist-lt, cifar10-lt, cifar100-lt, imagenet-lt, places-lt.
+    #[arg(long, default_value = "digits")]
+    dataset: String,
+    /// Where the dataset's files are (CIFAR folder, Fashion-MNIST IDX folder, or the image root of
+    /// ImageNet-LT/Places-LT).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Folder holding ImageNet_LT/ and Places_LT/ list files (default: split/).
+    #[arg(long)]
+    split_dir: Option<PathBuf>,
+    /// Imbalance factor r = n_min / n_max of the long-tailed training set.
+    #[arg(long)]
+    imbalance: Option<f64>,
+    #[arg(long, value_enum, default_value = "exp")]
+    imb_type: ImbType,
+    /// Training epochs (default: the dataset's preset).
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Images per batch (default: the dataset's preset).
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Base learning rate (the objective's `schedule lr` shapes it).
+    #[arg(long, default_value_t = 0.5)]
+    lr: f64,
+    /// SGD weight decay (default: 5e-4, or 1e-4 on ImageNet-LT/Places-LT).
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Backbone (default: the dataset's preset).
+    #[arg(long, value_enum)]
+    backbone: Option<Backbone>,
+    /// CPU threads for compute and data loading (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// NAME=VALUE overrides an objective parameter or `dim` (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    set: Vec<String>,
+    /// Evaluate every this many epochs as well as at the end (0: only at the end).
+    #[arg(long, default_value_t = 0)]
+    eval_every: usize,
+    /// Linear-probe epochs (METHOD.md uses 500).
+    #[arg(long)]
+    probe_epochs: Option<usize>,
+    /// Run directory.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in this directory from its last checkpoint (same flags).
+    #[arg(long, conflicts_with = "out")]
+    resume: Option<PathBuf>,
+    /// Stop once this many epochs are done, to continue later with --resume.
+    #[arg(long)]
+    stop_after: Option<usize>,
+}
+
+/// Measure the training throughput of a backbone (forward, backward and SGD on random images).
+#[derive(Args)]
+#[command(after_help = "Prints one JSON line. Example:
+  sslc bench-train --backbone resnet18 --batch-size 64")]
+pub struct BenchTrainArgs {
+    #[arg(long, value_enum, default_value = "resnet18")]
+    backbone: Backbone,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Image side (32 for CIFAR, 224 for ImageNet).
+    #[arg(long, default_value_t = 32)]
+    image_size: usize,
+    #[arg(long, default_value_t = 3)]
+    channels: usize,
+    /// Timed steps (after one warm-up step).
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+/// Evaluate a saved checkpoint: linear probe and kNN on frozen features.
+#[derive(Args)]
+#[command(after_help = "Example:\n  sslc probe --checkpoint runs/simclr_gh-20261128-101500/checkpoint.safetensors")]
+pub struct ProbeArgs {
+    /// The checkpoint (`checkpoint.safetensors` of a run directory).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Linear-probe epochs (default: as the run was trained with).
+    #[arg(long)]
+    probe_epochs: Option<usize>,
+    /// Where the dataset's files are, if the run used --data.
+    #[arg(long)]
+    data: Option<PathBuf>,
+}
+
+/// Print a long-tailed subset (kept indices and labels) of a dataset.
+#[derive(Args)]
+#[command(after_help = "Example:\n  sslc split --dataset cifar100 --data ~/data/cifar-100-binary --imbalance 0.01 > split/cifar100_lt_r100.txt")]
+pub struct SplitArgs {
+    #[arg(long, default_value = "digits")]
+    dataset: String,
+    #[arg(long)]
+    data: Option<PathBuf>,
+    #[arg(long)]
+    imbalance: Option<f64>,
+    #[arg(long, value_enum, default_value = "exp")]
+    imb_type: ImbType,
+}
+
+/// Per-dataset defaults: small enough to finish on a CPU, faithful where it matters.
+struct Preset {
+    backbone: Backbone,
+    epochs: usize,
+    batch_size: usize,
+    probe_epochs: usize,
+    weight_decay: f64,
+}
+
+fn preset(name: DatasetName) -> Preset {
+    match name {
+        DatasetName::Digits => Preset { backbone: Backbone::Small, epochs: 30, batch_size: 128, probe_epochs: 200, weight_decay: 5e-4 },
+        DatasetName::FashionMnist => Preset { backbone: Backbone::Small, epochs: 15, batch_size: 256, probe_epochs: 100, weight_decay: 5e-4 },
+        DatasetName::Cifar10 | DatasetName::Cifar100 => {
+            Preset { backbone: Backbone::Resnet18, epochs: 1000, batch_size: 512, probe_epochs: 500, weight_decay: 5e-4 }
+        }
+        DatasetName::ImageNetLt | DatasetName::PlacesLt => {
+            Preset { backbone: Backbone::Resnet50, epochs: 500, batch_size: 256, probe_epochs: 500, weight_decay: 1e-4 }
+        }
+    }
+}
+
+fn fail(message: impl std::fmt::Display) -> i32 {
+    eprintln!("error: {message}");
+    1
+}
+
+fn data_options(data: &Option<PathBuf>, split_dir: &Option<PathBuf>, imbalance: Option<f64>, imb_type: ImbType) -> Result<DataOptions, String> {
+    let long_tail = imbalance
+        .map(|r| {
+            let profile = match imb_type {
+                ImbType::Exp => ImbalanceProfile::Exp,
+                ImbType::Step => ImbalanceProfile::Step,
+            };
+            LongTail::new(r, profile).map_err(|e| e.to_string())
+        })
+        .transpose()?;
+    Ok(DataOptions { root: data.clone(), split_dir: split_dir.clone(), long_tail })
+}
+
+fn set_threads(threads: Option<usize>) {
+    if let Some(t) = threads.filter(|&t| t > 0) {
+        // Both the encoder's kernels and the loader's pool size themselves from this.
+        std::env::set_var("RAYON_NUM_THREADS", t.to_string());
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(t).build_global();
+    }
+}
+
+pub fn run(args: &RunArgs) -> i32 {
+    set_threads(args.threads);
+    match run_inner(args) {
+        Ok(()) => 0,
+        Err(code) => code,
+    }
+}
+
+fn run_inner(args: &RunArgs) -> Result<(), i32> {
+    let name = DatasetName::from_name(&args.dataset).map_err(fail)?;
+    let defaults = preset(name);
+    let module = load_objective(&args.file)?;
+    let overrides = Overrides::parse(&args.set).map_err(fail)?;
+    let mut objective = CompiledObjective::new(module, overrides, args.lr).map_err(fail)?;
+    let options = data_options(&args.data, &args.split_dir, args.imbalance, args.imb_type).map_err(fail)?;
+    eprintln!("loading {} ...", name.name());
+    let splits = data::load(name, &options).map_err(fail)?;
+
+    let backbone = args.backbone.unwrap_or(defaults.backbone);
+    let batch_size = args.batch_size.unwrap_or(defaults.batch_size).min(splits.train.len());
+    let epochs = args.epochs.unwrap_or(defaults.epochs);
+    let probe_epochs = args.probe_epochs.unwrap_or(defaults.probe_epochs);
+    let (dir, start) = match (&args.resume, &args.out) {
+        (Some(dir), _) => (dir.clone(), Start::Resume),
+        (None, Some(dir)) => (dir.clone(), Start::Fresh),
+        (None, None) => (PathBuf::from("runs").join(format!("{}-{}", objective.name(), timestamp())), Start::Fresh),
+    };
+    let config = TrainConfig {
+        epochs,
+        base_lr: args.lr,
+        lr_min: 1e-6,
+        momentum: 0.9,
+        weight_decay: args.weight_decay.unwrap_or(defaults.weight_decay),
+        seed: args.seed,
+        eval_every: args.eval_every,
+        stop_after: args.stop_after,
+        context: serde_json::json!({
+            "objective_file": args.file.display().to_string(),
+            "dataset": name.name(),
+            "data": args.data.as_ref().map(|d| d.display().to_string()),
+            "imbalance": args.imbalance,
+            "batch_size": batch_size,
+            "backbone": backbone,
+            "set": args.set,
+            "probe_epochs": probe_epochs,
+        }),
+    };
+    let pruned = objective.embeddings().iter().any(|e| e.pruned.is_some());
+    let channels = splits.train.image(0).map_err(fail)?.channels();
+    let encoder = Encoder::new(EncoderConfig::reference(backbone.kind(), channels, pruned, args.seed)).map_err(fail)?;
+
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let loader_config = LoaderConfig { batch_size, seed: args.seed, workers, prefetch: 2, drop_last: true };
+    let augment = name.preset();
+    let samples = splits.train.len();
+    let DataSplits { train, probe_train, test } = splits;
+    let train_counts = train.class_counts();
+    let groups = match name {
+        DatasetName::ImageNetLt | DatasetName::PlacesLt => groups_by_thresholds(&train_counts),
+        _ => groups_by_thirds(&train_counts),
+    };
+    let loader = TwoViewLoader::new(Arc::new(train), augment.simclr(), loader_config.clone()).map_err(fail)?;
+    let mut source = LoaderSource::new(loader, samples, objective.views().extra);
+    let eval_config = LoaderConfig { batch_size: 500, ..loader_config };
+    let (probe_len, test_len) = (probe_train.len(), test.len());
+    let mut probe_images =
+        FeatureImages::new(FeatureLoader::new(Arc::new(probe_train), augment.probe_train(), &eval_config).map_err(fail)?, probe_len);
+    let mut test_images = FeatureImages::new(FeatureLoader::new(Arc::new(test), augment.test(), &eval_config).map_err(fail)?, test_len);
+    let setup = EvalSetup {
+        probe_train: &mut probe_images,
+        probe_test: &mut test_images,
+        groups,
+        train_counts,
+        probe: ProbeConfig { epochs: probe_epochs, seed: args.seed, ..ProbeConfig::default() },
+        batch_size: 500,
+    };
+    eprintln!(
+        "training {} on {} ({} images, batch {batch_size}, {epochs} epochs, {:?} backbone) in {}",
+        objective.name(),
+        name.name(),
+        samples,
+        backbone,
+        dir.display()
+    );
+    let started = std::time::Instant::now();
+    let outcome = train::train(&dir, &config, &encoder, &mut objective, &mut source, Some(setup), start).map_err(fail)?;
+    let stats = source.stats();
+    eprintln!(
+        "done in {:.0} s ({:.0} images/s augmented); results in {}",
+        started.elapsed().as_secs_f64(),
+        stats.images_per_second(),
+        dir.display()
+    );
+    if outcome.evaluation.is_none() {
+        eprintln!("no evaluation was run (the run had already finished?)");
+    }
+    Ok(())
+}
+
+/// `YYYYmmdd-HHMMSS` in UTC, for default run directories.
+fn timestamp() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}{month:02}{day:02}-{:02}{:02}{:02}", rest / 3600, rest % 3600 / 60, rest % 60)
+}
+
+pub fn bench_train(args: &BenchTrainArgs) -> i32 {
+    set_threads(args.threads);
+    match train::measure_train_throughput(args.backbone.kind(), args.channels, args.image_size, args.batch_size, args.steps) {
+        Ok(t) => {
+            let line = serde_json::json!({
+                "backbone": args.backbone,
+                "batch": args.batch_size,
+                "image_size": args.image_size,
+                "threads": rayon::current_num_threads(),
+                "images_per_second": t.images_per_second,
+                "seconds_per_step": t.seconds_per_step,
+            });
+            super::print_stdout(&format!("{line}\n"));
+            0
+        }
+        Err(e) => fail(e),
+    }
+}
+
+pub fn probe(args: &ProbeArgs) -> i32 {
+    match probe_inner(args) {
+        Ok(()) => 0,
+        Err(code) => code,
+    }
+}
+
+fn probe_inner(args: &ProbeArgs) -> Result<(), i32> {
+    let saved = Checkpoint::load(&args.checkpoint).map_err(fail)?;
+    let context = &saved.config["train"]["context"];
+    let dataset = context["dataset"].as_str().ok_or_else(|| fail(format!("{} does not say which dataset it was trained on", args.checkpoint.display())))?;
+    let name = DatasetName::from_name(dataset).map_err(fail)?;
+    let data = args.data.clone().or_else(|| context["data"].as_str().map(PathBuf::from));
+    let imbalance = context["imbalance"].as_f64();
+    let options = data_options(&data, &None, imbalance, ImbType::Exp).map_err(fail)?;
+    let splits = data::load(name, &options).map_err(fail)?;
+    let encoder_config: EncoderConfig = serde_json::from_value(saved.config["encoder"].clone())
+        .map_err(|e| fail(format!("{}: unreadable encoder configuration ({e}); was it written by this sslc?", args.checkpoint.display())))?;
+    let encoder = Encoder::new(encoder_config).map_err(fail)?;
+    encoder.load_state(&saved.model).map_err(fail)?;
+    let probe_epochs = args.probe_epochs.or(context["probe_epochs"].as_u64().map(|e| e as usize)).unwrap_or(500);
+    let seed = saved.seed;
+    let train_counts = splits.train.class_counts();
+    let groups = match name {
+        DatasetName::ImageNetLt | DatasetName::PlacesLt => groups_by_thresholds(&train_counts),
+        _ => groups_by_thirds(&train_counts),
+    };
+    let augment = name.preset();
+    let eval_config = LoaderConfig { batch_size: 500, seed, ..LoaderConfig::default() };
+    let (probe_len, test_len) = (splits.probe_train.len(), splits.test.len());
+    let mut probe_images = FeatureImages::new(FeatureLoader::new(Arc::new(splits.probe_train), augment.probe_train(), &eval_config).map_err(fail)?, probe_len);
+    let mut test_images = FeatureImages::new(FeatureLoader::new(Arc::new(splits.test), augment.test(), &eval_config).map_err(fail)?, test_len);
+    let mut setup = EvalSetup {
+        probe_train: &mut probe_images,
+        probe_test: &mut test_images,
+        groups,
+        train_counts,
+        probe: ProbeConfig { epochs: probe_epochs, seed, ..ProbeConfig::default() },
+        batch_size: 500,
+    };
+    let result = train::evaluate_encoder(&encoder, &mut setup).map_err(fail)?;
+    println!("{}", sslc_runtime::report::group_table(&result.linear));
+    for (k, report) in &result.knn {
+        println!("kNN k={k}: top-1 {:.2} %", 100.0 * report.overall);
+    }
+    Ok(())
+}
+
+pub fn split(args: &SplitArgs) -> i32 {
+    let run = || -> Result<String, String> {
+        let name = DatasetName::from_name(&args.dataset).map_err(|e| e.to_string())?;
+        let options = data_options(&args.data, &None, args.imbalance, args.imb_type)?;
+        data::split_listing(name, &options).map_err(|e| e.to_string())
+    };
+    match run() {
+        Ok(text) => {
+            super::print_stdout(&text);
+            0
+        }
+        Err(e) => fail(e),
+    }
+}

@@ -1,0 +1,139 @@
+//! `sslc run` end to end on the embedded digits: every shipped objective trains for two epochs
+//! and writes valid outputs; a run stopped and resumed ends with the same weights as one that
+//! was not; a diverging loss stops cleanly; a corrupted checkpoint is refused with a clear error.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn sslc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sslc")).args(args).output().expect("run sslc")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sslc-run-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// A short run: two epochs, a quick probe, small batches.
+fn tiny_run(objective: &str, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["run", objective, "--epochs", "2", "--batch-size", "64", "--probe-epochs", "5", "--out", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    sslc(&args)
+}
+
+#[test]
+fn every_objective_trains_on_the_default_data_and_writes_its_outputs() {
+    for name in ["simclr", "simclr_gh", "focal", "focal_gh", "sdclr", "sdclr_gh", "bcl", "bcl_gh"] {
+        let dir = scratch(name);
+        let small_k: &[&str] = if name.ends_with("_gh") { &["--set", "K=16"] } else { &[] };
+        let out = tiny_run(&format!("objectives/{name}.ssl"), &dir, small_k);
+        assert!(out.status.success(), "{name}: {}", text(&out));
+        let printed = String::from_utf8_lossy(&out.stdout);
+        for row in ["Many", "Medium", "Few", "overall"] {
+            assert!(printed.contains(row), "{name}: no {row} row in\n{printed}");
+        }
+        let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+        let top1 = summary["linear"]["overall"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&top1), "{name}: top-1 {top1}");
+        assert_eq!(summary["run"]["objective"], name);
+        let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+        let lines: Vec<serde_json::Value> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert!(lines.iter().any(|l| l["kind"] == "epoch" && l["epoch"] == 1), "{name}: no epoch-1 line");
+        assert!(lines.iter().all(|l| l.get("loss").is_none_or(|v| v.as_f64().is_some_and(f64::is_finite))));
+        if name.ends_with("_gh") {
+            assert!(lines.iter().any(|l| l.get("gh_weight").is_some() && l.get("pi_entropy").is_some()), "{name}: GH metrics missing");
+        }
+        let png = std::fs::read(dir.join("per_class.png")).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{name}: per_class.png is not a PNG");
+        assert!(dir.join("checkpoint.safetensors").exists());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
+
+#[test]
+fn a_resumed_run_reaches_the_same_weights() {
+    let whole = scratch("whole");
+    let split = scratch("split");
+    let objective = "objectives/simclr_gh.ssl";
+    let flags = ["--set", "K=16", "--set", "warm_up=1"];
+    assert!(tiny_run(objective, &whole, &flags).status.success());
+    let first = tiny_run(objective, &split, &[&flags[..], &["--stop-after", "1"]].concat());
+    assert!(first.status.success(), "{}", text(&first));
+    assert!(!split.join("summary.json").exists(), "stopping early does not evaluate");
+    let resumed = sslc(&[
+        "run", objective, "--epochs", "2", "--batch-size", "64", "--probe-epochs", "5", "--resume", split.to_str().unwrap(), "--set", "K=16", "--set", "warm_up=1",
+    ]);
+    assert!(resumed.status.success(), "{}", text(&resumed));
+    let load = |d: &Path| sslc_runtime::checkpoint::Checkpoint::load(&d.join("checkpoint.safetensors")).unwrap();
+    let (a, b) = (load(&whole), load(&split));
+    assert_eq!(a.epoch, b.epoch);
+    for (part, (x, y)) in [("model", (&a.model, &b.model)), ("optimizer", (&a.optimizer, &b.optimizer)), ("objective", (&a.objective, &b.objective))] {
+        assert_eq!(x.len(), y.len(), "{part}");
+        for ((name, tx), (_, ty)) in x.iter().zip(y.iter()) {
+            let (vx, vy) = (tx.flatten_all().unwrap().to_vec1::<f32>().unwrap(), ty.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            assert!(vx == vy, "{part} tensor {name} differs after resuming");
+        }
+    }
+    let summary = |d: &Path| std::fs::read_to_string(d.join("summary.json")).unwrap();
+    let (sa, sb): (serde_json::Value, serde_json::Value) = (serde_json::from_str(&summary(&whole)).unwrap(), serde_json::from_str(&summary(&split)).unwrap());
+    assert_eq!(sa["linear"], sb["linear"]);
+    // Resuming with other settings is refused.
+    let other = sslc(&["run", objective, "--epochs", "3", "--batch-size", "64", "--resume", split.to_str().unwrap(), "--set", "K=16", "--set", "warm_up=1"]);
+    assert_eq!(other.status.code(), Some(1), "{}", text(&other));
+    assert!(text(&other).contains("other settings"), "{}", text(&other));
+    std::fs::remove_dir_all(&whole).ok();
+    std::fs::remove_dir_all(&split).ok();
+}
+
+#[test]
+fn a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
+    let dir = scratch("nan");
+    let out = tiny_run("objectives/simclr.ssl", &dir, &["--lr", "1e30"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let message = text(&out);
+    assert!(message.contains("became") && message.contains("checkpoint"), "{message}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_corrupted_checkpoint_gives_a_clear_error() {
+    let dir = scratch("corrupt");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("checkpoint.safetensors");
+    std::fs::write(&path, b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": not json").unwrap();
+    let probe = sslc(&["probe", "--checkpoint", path.to_str().unwrap()]);
+    assert_eq!(probe.status.code(), Some(1), "{}", text(&probe));
+    assert!(text(&probe).contains("checkpoint.safetensors"), "{}", text(&probe));
+    let resume = sslc(&["run", "objectives/simclr.ssl", "--epochs", "2", "--resume", dir.to_str().unwrap()]);
+    assert_eq!(resume.status.code(), Some(1), "{}", text(&resume));
+    assert!(text(&resume).contains("checkpoint.safetensors"), "{}", text(&resume));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn probe_evaluates_a_saved_run_again() {
+    let dir = scratch("probe");
+    assert!(tiny_run("objectives/simclr.ssl", &dir, &[]).status.success());
+    let out = sslc(&["probe", "--checkpoint", dir.join("checkpoint.safetensors").to_str().unwrap(), "--probe-epochs", "5"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Few"));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn bad_run_arguments_are_errors_not_panics() {
+    let out = sslc(&["run", "objectives/simclr.ssl", "--dataset", "mnist-ultra"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("mnist-ultra"));
+    let out = sslc(&["run", "objectives/simclr.ssl", "--set", "tua=1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("tua"));
+    let out = sslc(&["run", "objectives/simclr.ssl", "--dataset", "cifar100-lt", "--data", "/nonexistent/cifar"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("/nonexistent/cifar"), "{}", text(&out));
+}
