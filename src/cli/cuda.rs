@@ -8,6 +8,7 @@ use sslc_compiler::diag::{print_all, Sources};
 use sslc_compiler::eval::Bindings;
 use sslc_compiler::objective::{Evaluation, Executable};
 use std::path::Path;
+use std::sync::Arc;
 
 /// Operand precision of the tensor-core similarity tiles (accumulation is always f32).
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
@@ -64,9 +65,9 @@ pub fn require_device() -> Result<(), String> {
     cuda::driver::device().map(|_| ()).map_err(|e| e.to_string())
 }
 
-/// The device's evaluation and its largest relative difference from the reference's.
-pub fn evaluate(exe: &Executable, bindings: &Bindings, precision: Precision) -> Result<(Evaluation, Vec<(String, f64)>), String> {
-    let device = cuda::evaluate(exe, bindings, precision).map_err(|e| e.to_string())?;
+/// The device's evaluation and each output's relative difference from the reference's.
+pub fn evaluate(exe: &Arc<Executable>, bindings: &Bindings, precision: Precision) -> Result<(Evaluation, Vec<(String, f64)>), String> {
+    let device = cuda::Cuda::new(exe.clone(), precision).and_then(|c| c.evaluate(bindings)).map_err(|e| e.to_string())?;
     let reference = exe.evaluate(bindings).map_err(|e| e.to_string())?;
     let errors = cuda::relative_errors(&device, &reference).map_err(|e| e.to_string())?;
     Ok((device, errors))

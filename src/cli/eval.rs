@@ -8,6 +8,7 @@ use sslc_compiler::ir::Module;
 use sslc_compiler::objective::Executable;
 use candle_core::{DType, Tensor};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
 pub enum Backend {
@@ -169,7 +170,7 @@ fn eval_inner(args: &EvalArgs) -> Result<(), i32> {
         slot.push((name.to_string(), tensor));
     }
     let bindings = Bindings::new(&module, req).map_err(fail)?;
-    let exe = Executable::new(module).map_err(|d| fail(d.message))?;
+    let exe = Arc::new(Executable::new(module).map_err(|d| fail(d.message))?);
     let (result, parity) = match args.backend {
         Backend::Cuda => {
             let (result, errors) = super::cuda::evaluate(&exe, &bindings, args.precision.into()).map_err(fail)?;

@@ -40,21 +40,16 @@ enum DeviceBuffer {
     Bool(CudaSlice<u8>),
 }
 
-/// A plan loaded on the device with its buffers: run it once or many times.
-pub struct Session<'p> {
-    plan: &'p Plan,
+/// A plan's kernels compiled for the first device and loaded there: done once per objective,
+/// since NVRTC and module loading cost far more than a batch.
+pub struct Kernels {
     stream: Arc<CudaStream>,
     functions: Vec<CudaFunction>,
-    buffers: Vec<DeviceBuffer>,
-    scalars: Vec<Value>,
-    shapes: Vec<Vec<usize>>,
-    launches: Vec<LaunchConfig>,
 }
 
-impl<'p> Session<'p> {
-    /// Compiles (or reads from the cache) the kernels for the device and uploads the inputs.
-    pub fn new(module: &Module, plan: &'p Plan, source: &str, b: &Bindings) -> Result<Session<'p>, CudaError> {
-        super::check_sample_index(module, b)?;
+impl Kernels {
+    /// Compiles `source` (or reads it from the cache) for the device and loads every kernel.
+    pub fn load(plan: &Plan, source: &str) -> Result<Kernels, CudaError> {
         let (ctx, arch) = device()?;
         let cubin = nvrtc::compile(source, arch)?;
         let loaded = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin.image)).map_err(driver_error("loading the CUBIN"))?;
@@ -63,7 +58,27 @@ impl<'p> Session<'p> {
             .iter()
             .map(|k| loaded.load_function(&k.name).map_err(driver_error(&k.name)))
             .collect::<Result<Vec<_>, _>>()?;
-        let stream = ctx.default_stream();
+        Ok(Kernels { stream: ctx.default_stream(), functions })
+    }
+}
+
+/// One batch on the device: the loaded kernels with the batch's buffers; run it once or many
+/// times.
+pub struct Session<'p> {
+    plan: &'p Plan,
+    stream: Arc<CudaStream>,
+    functions: &'p [CudaFunction],
+    buffers: Vec<DeviceBuffer>,
+    scalars: Vec<Value>,
+    shapes: Vec<Vec<usize>>,
+    launches: Vec<LaunchConfig>,
+}
+
+impl<'p> Session<'p> {
+    /// Uploads the batch's inputs and allocates every other buffer.
+    pub fn new(module: &Module, plan: &'p Plan, kernels: &'p Kernels, b: &Bindings) -> Result<Session<'p>, CudaError> {
+        super::check_sample_index(module, b)?;
+        let stream = kernels.stream.clone();
         let scalars = emulate::scalar_values(plan, module, b);
         let sizes = emulate::buffer_sizes(plan, b);
         let mut buffers = Vec::new();
@@ -83,12 +98,12 @@ impl<'p> Session<'p> {
         }
         let launches = plan.kernels.iter().map(|k| launch_config(plan, &scalars, &k.body)).collect::<Result<Vec<_>, _>>()?;
         let shapes = plan.buffers.iter().map(|buf| buf.shape.iter().map(|d| b.size(module, d)).collect()).collect();
-        Ok(Session { plan, stream, functions, buffers, scalars, shapes, launches })
+        Ok(Session { plan, stream, functions: &kernels.functions, buffers, scalars, shapes, launches })
     }
 
     /// Enqueues every kernel once, in order.
     pub fn launch(&self) -> Result<(), CudaError> {
-        for ((k, f), cfg) in self.plan.kernels.iter().zip(&self.functions).zip(&self.launches) {
+        for ((k, f), cfg) in self.plan.kernels.iter().zip(self.functions).zip(&self.launches) {
             let mut args = self.stream.launch_builder(f);
             for &(id, _) in &k.buffers {
                 match &self.buffers[id] {
@@ -111,16 +126,22 @@ impl<'p> Session<'p> {
         Ok(())
     }
 
-    /// Milliseconds per run of the whole plan, averaged over `repeats` runs after one warm-up.
-    pub fn time(&self, repeats: usize) -> Result<f64, CudaError> {
+    /// Device milliseconds of each of `repeats` runs of the whole plan, after one warm-up run;
+    /// events on the stream time the kernels alone, without host transfers or launch gaps
+    /// before the first kernel.
+    pub fn time(&self, repeats: usize) -> Result<Vec<f64>, CudaError> {
         self.launch()?;
         let timing = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
-        let start = self.stream.record_event(timing).map_err(driver_error("timing"))?;
+        let mut events = Vec::with_capacity(repeats);
         for _ in 0..repeats {
+            let start = self.stream.record_event(timing).map_err(driver_error("timing"))?;
             self.launch()?;
+            events.push((start, self.stream.record_event(timing).map_err(driver_error("timing"))?));
         }
-        let end = self.stream.record_event(timing).map_err(driver_error("timing"))?;
-        Ok(f64::from(start.elapsed_ms(&end).map_err(driver_error("timing"))?) / repeats.max(1) as f64)
+        events
+            .iter()
+            .map(|(start, end)| start.elapsed_ms(end).map(f64::from).map_err(driver_error("timing")))
+            .collect()
     }
 
     /// Waits for the device and reads the plan's outputs back.
@@ -142,13 +163,6 @@ impl<'p> Session<'p> {
             })
             .collect()
     }
-}
-
-/// The plan's outputs computed on the device.
-pub fn run(module: &Module, plan: &Plan, source: &str, b: &Bindings) -> Result<Vec<Tensor>, CudaError> {
-    let session = Session::new(module, plan, source, b)?;
-    session.launch()?;
-    session.outputs()
 }
 
 /// Grid-stride steps need no more blocks than this to fill any current GPU.

@@ -23,6 +23,7 @@ pub mod plan;
 use crate::eval::Bindings;
 use crate::ir::{DimKind, Module};
 use crate::objective::{Evaluation, Executable};
+use std::sync::Arc;
 
 /// Operand precision of the similarity tiles (tensor cores unless `F32`); accumulation is
 /// always f32, and every other kernel computes in f32.
@@ -102,11 +103,36 @@ pub fn source(exe: &Executable, plan: &plan::Plan) -> String {
 /// The fixed device library every translation unit starts with.
 pub const PRELUDE: &str = include_str!("prelude.cu");
 
-/// Values and gradients computed on the first CUDA device, in f32.
-pub fn evaluate(exe: &Executable, b: &Bindings, precision: Precision) -> Result<Evaluation, CudaError> {
-    let plan = plan(exe, precision)?;
-    let outputs = driver::run(&exe.module, &plan, &source(exe, &plan), b)?;
-    exe.collect(&outputs).map_err(|e| CudaError::Driver(e.to_string()))
+/// An objective prepared for the first CUDA device: planned, compiled and loaded once, then
+/// evaluated on many batches (`sslc eval` and `sslc bench --backend cuda`).
+pub struct Cuda {
+    executable: Arc<Executable>,
+    plan: plan::Plan,
+    kernels: driver::Kernels,
+}
+
+impl Cuda {
+    pub fn new(executable: Arc<Executable>, precision: Precision) -> Result<Cuda, CudaError> {
+        let plan = plan(&executable, precision)?;
+        let kernels = driver::Kernels::load(&plan, &source(&executable, &plan))?;
+        Ok(Cuda { executable, plan, kernels })
+    }
+
+    /// Values and gradients of one batch, in f32.
+    pub fn evaluate(&self, b: &Bindings) -> Result<Evaluation, CudaError> {
+        let session = self.session(b)?;
+        session.launch()?;
+        self.executable.collect(&session.outputs()?).map_err(|e| CudaError::Driver(e.to_string()))
+    }
+
+    /// Device milliseconds of each of `repeats` forward and backward passes over one batch.
+    pub fn time(&self, b: &Bindings, repeats: usize) -> Result<Vec<f64>, CudaError> {
+        self.session(b)?.time(repeats)
+    }
+
+    fn session(&self, b: &Bindings) -> Result<driver::Session<'_>, CudaError> {
+        driver::Session::new(&self.executable.module, &self.plan, &self.kernels, b)
+    }
 }
 
 /// Sample indices address rows of per-sample state, where on a device an index out of range
