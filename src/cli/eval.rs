@@ -210,7 +210,7 @@ fn eval_inner(args: &EvalArgs) -> Result<(), i32> {
         eprintln!("warning: the loss is {}; check the inputs' scale", result.loss);
     }
     match worst {
-        Some((name, error)) if !(error <= args.tolerance) => {
+        Some((name, error)) if error.is_nan() || error > args.tolerance => {
             Err(fail(format!("`{name}` differs from the reference evaluator by {error:.3e} (relative), more than --tolerance {:e}", args.tolerance)))
         }
         _ => Ok(()),

@@ -107,17 +107,7 @@ impl Lowering<'_> {
             self.invariant[h.index()] = self.uniform[h.index()]
                 || match e {
                     Expr::Iota { .. } | Expr::Literal(_) => true,
-                    Expr::Broadcast { .. }
-                    | Expr::ExpandDims { .. }
-                    | Expr::Squeeze { .. }
-                    | Expr::Transpose { .. }
-                    | Expr::Slice { .. }
-                    | Expr::StopGrad { .. }
-                    | Expr::Concat { .. }
-                    | Expr::Unary { .. }
-                    | Expr::Binary { .. }
-                    | Expr::Select { .. }
-                    | Expr::Cast { .. } => e.operands().iter().all(|o| self.invariant[o.index()]),
+                    _ if remaps_indices(e) || scalar_arithmetic(e) => e.operands().iter().all(|o| self.invariant[o.index()]),
                     _ => false,
                 };
             if let Expr::Loop { carried, body, .. } = e {
@@ -225,15 +215,8 @@ impl Lowering<'_> {
         }
         let operands = self.p.exprs[h].operands().iter().fold(0usize, |total, o| total.saturating_add(self.cost[o.index()]));
         match &self.p.exprs[h] {
-            Expr::Unary { .. } | Expr::Binary { .. } | Expr::Select { .. } | Expr::Cast { .. } => operands.saturating_add(1),
-            Expr::Broadcast { .. }
-            | Expr::ExpandDims { .. }
-            | Expr::Squeeze { .. }
-            | Expr::Transpose { .. }
-            | Expr::Slice { .. }
-            | Expr::StopGrad { .. }
-            | Expr::Concat { .. }
-            | Expr::Gather { .. } => operands,
+            e if scalar_arithmetic(e) => operands.saturating_add(1),
+            e if remaps_indices(e) || matches!(e, Expr::Gather { .. }) => operands,
             _ => usize::MAX,
         }
     }
@@ -467,8 +450,8 @@ impl Lowering<'_> {
         for (k, node) in kernel.nodes.iter().enumerate() {
             let expr = match *node {
                 KernelNode::Dot => c::var("dot"),
-                KernelNode::Row(r) => e.value(pw.rows[r], &[i.clone()]),
-                KernelNode::Col(r) => e.value(pw.cols[r], &[j.clone()]),
+                KernelNode::Row(r) => e.value(pw.rows[r], std::slice::from_ref(&i)),
+                KernelNode::Col(r) => e.value(pw.cols[r], std::slice::from_ref(&j)),
                 KernelNode::Scalar(r) => e.value(pw.scalars[r], &[]),
                 KernelNode::RowIndex => i.clone(),
                 KernelNode::ColIndex => j.clone(),
@@ -526,6 +509,25 @@ impl Lowering<'_> {
 fn numel_differs(a: &[Dim], b: &[Dim]) -> bool {
     let strip = |s: &[Dim]| s.iter().filter(|d| !d.is_one()).cloned().collect::<Vec<_>>();
     strip(a) != strip(b)
+}
+
+/// Nodes whose elements are their operands' elements at other indices: free to inline.
+fn remaps_indices(e: &Expr) -> bool {
+    matches!(
+        e,
+        Expr::Broadcast { .. }
+            | Expr::ExpandDims { .. }
+            | Expr::Squeeze { .. }
+            | Expr::Transpose { .. }
+            | Expr::Slice { .. }
+            | Expr::StopGrad { .. }
+            | Expr::Concat { .. }
+    )
+}
+
+/// Nodes computing each element from the same element of their operands: one operation.
+fn scalar_arithmetic(e: &Expr) -> bool {
+    matches!(e, Expr::Unary { .. } | Expr::Binary { .. } | Expr::Select { .. } | Expr::Cast { .. })
 }
 
 fn unit_kind(body: &Body) -> String {
