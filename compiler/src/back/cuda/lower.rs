@@ -308,8 +308,12 @@ impl Lowering<'_> {
         let name = match (units.as_slice(), self.p.names.get(&units[0].node)) {
             ([_], Some(label)) => format!("k{n:02}_{}_{}", kinds[0], identifier(label)),
             _ => {
-                let mut distinct = kinds.clone();
-                distinct.dedup();
+                let mut distinct: Vec<&str> = Vec::new();
+                for kind in &kinds {
+                    if !distinct.contains(&kind.as_str()) {
+                        distinct.push(kind);
+                    }
+                }
                 format!("k{n:02}_{}", distinct.join("_"))
             }
         };

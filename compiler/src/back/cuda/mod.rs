@@ -62,7 +62,7 @@ impl Precision {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CudaError {
-    #[error("no CUDA device found: {0}")]
+    #[error("no CUDA device found: {0}; use --backend reference")]
     NoDevice(String),
     #[error("NVRTC (libnvrtc.so.12 or .so.13) was not found; install the nvidia-cuda-nvrtc-cu12 wheel and add its lib folder to LD_LIBRARY_PATH")]
     NoNvrtc,
