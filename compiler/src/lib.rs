@@ -11,6 +11,7 @@
 //! Every error of every stage is a [`diag::Diagnostic`] with a span and a hint.
 
 pub mod autodiff;
+pub mod back;
 pub mod diag;
 pub mod eval;
 pub mod front;

@@ -24,6 +24,8 @@ pub enum Stage {
     Grad,
     /// The gradient program after CSE, folding, dead-code elimination and pairwise fusion.
     Opt,
+    /// The CUDA C++ translation unit of every kernel (forward and gradient), as NVRTC compiles it.
+    Cuda,
 }
 
 /// Print a compilation stage of an objective.
@@ -35,6 +37,9 @@ pub struct EmitArgs {
     /// Which stage to print.
     #[arg(long, value_enum, default_value = "ir")]
     stage: Stage,
+    /// Tile operand precision of `--stage cuda`.
+    #[arg(long, value_enum, default_value = "tf32")]
+    precision: super::cuda::PrecisionArg,
 }
 
 pub fn check(args: &CheckArgs) -> i32 {
@@ -62,6 +67,7 @@ pub fn check(args: &CheckArgs) -> i32 {
 pub fn emit(args: &EmitArgs) -> i32 {
     let mut sources = Sources::new();
     match args.stage {
+        Stage::Cuda => super::cuda::emit(&args.file, args.precision.into()),
         Stage::Ast => match sslc_compiler::front::load(&args.file, &mut sources) {
             Ok(files) => {
                 if let Some(root) = files.last() {

@@ -8,6 +8,7 @@ use sslc_compiler::ir::Module;
 use sslc_compiler::objective::Executable;
 use candle_core::{DType, Tensor};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
 pub enum Backend {
@@ -40,6 +41,13 @@ pub struct EvalArgs {
     /// Evaluate in f64 (reference back end only).
     #[arg(long)]
     f64: bool,
+    /// Tile operand precision of the CUDA back end.
+    #[arg(long, value_enum, default_value = "tf32")]
+    precision: super::cuda::PrecisionArg,
+    /// Largest accepted relative difference between the CUDA back end and the reference
+    /// evaluator (checked on every `--backend cuda` run; exit status 1 beyond it).
+    #[arg(long, default_value_t = 1e-3)]
+    tolerance: f64,
     /// Epochs completed, for schedules (default: the last epoch, where every ramp is at its end).
     #[arg(long)]
     epoch: Option<usize>,
@@ -113,8 +121,14 @@ pub fn eval(args: &EvalArgs) -> i32 {
 }
 
 fn eval_inner(args: &EvalArgs) -> Result<(), i32> {
-    if args.backend != Backend::Reference {
+    if args.backend == Backend::Cpu {
         return Err(fail(format!("the {:?} back end is not built into this sslc yet; use --backend reference", args.backend)));
+    }
+    if args.backend == Backend::Cuda {
+        if args.f64 {
+            return Err(fail("the CUDA back end computes in f32; drop --f64"));
+        }
+        super::cuda::require_device().map_err(fail)?;
     }
     let module = load_objective(&args.file)?;
     let overrides = Overrides::parse(&args.set).map_err(fail)?;
@@ -156,8 +170,14 @@ fn eval_inner(args: &EvalArgs) -> Result<(), i32> {
         slot.push((name.to_string(), tensor));
     }
     let bindings = Bindings::new(&module, req).map_err(fail)?;
-    let exe = Executable::new(module).map_err(|d| fail(d.message))?;
-    let result = exe.evaluate(&bindings).map_err(fail)?;
+    let exe = Arc::new(Executable::new(module).map_err(|d| fail(d.message))?);
+    let (result, parity) = match args.backend {
+        Backend::Cuda => {
+            let (result, errors) = super::cuda::evaluate(&exe, &bindings, args.precision.into()).map_err(fail)?;
+            (result, Some(errors))
+        }
+        _ => (exe.evaluate(&bindings).map_err(fail)?, None),
+    };
     std::fs::create_dir_all(&args.out).map_err(|e| fail(format!("{}: {e}", args.out.display())))?;
     let write = |name: &str, t: &Tensor| npy::write(&args.out.join(name), t).map_err(fail);
     let dtype = bindings.dtype;
@@ -171,20 +191,30 @@ fn eval_inner(args: &EvalArgs) -> Result<(), i32> {
         let norm = g.sqr().and_then(|s| s.sum_all()).and_then(|s| s.to_dtype(DType::F64)).and_then(|s| s.to_vec0::<f64>()).map_err(fail)?;
         grad_norms.insert(name.clone(), norm.sqrt().into());
     }
-    let summary = serde_json::json!({
+    let mut summary = serde_json::json!({
         "objective": exe.module.name,
-        "backend": "reference",
+        "backend": format!("{:?}", args.backend).to_lowercase(),
         "dtype": if args.f64 { "f64" } else { "f32" },
         "loss": result.loss,
         "metrics": result.metrics.iter().map(|(n, v)| (n.clone(), serde_json::Value::from(*v))).collect::<serde_json::Map<_, _>>(),
         "grad_norms": grad_norms,
         "out": args.out.display().to_string(),
     });
+    let worst = parity.as_ref().and_then(|errors| errors.iter().max_by(|a, b| a.1.total_cmp(&b.1)).cloned());
+    if let Some(errors) = &parity {
+        let errors: serde_json::Map<_, _> = errors.iter().map(|(n, e)| (n.clone(), serde_json::Value::from(*e))).collect();
+        summary["relative_error_vs_reference"] = errors.into();
+    }
     super::print_stdout(&format!("{summary}\n"));
     if !result.loss.is_finite() {
         eprintln!("warning: the loss is {}; check the inputs' scale", result.loss);
     }
-    Ok(())
+    match worst {
+        Some((name, error)) if error.is_nan() || error > args.tolerance => {
+            Err(fail(format!("`{name}` differs from the reference evaluator by {error:.3e} (relative), more than --tolerance {:e}", args.tolerance)))
+        }
+        _ => Ok(()),
+    }
 }
 
 pub fn gradcheck(args: &GradcheckArgs) -> i32 {

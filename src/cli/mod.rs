@@ -3,6 +3,7 @@
 
 mod check;
 mod compare;
+mod cuda;
 mod eval;
 mod run;
 
