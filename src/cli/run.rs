@@ -54,7 +54,7 @@ summary.json       final accuracies (overall, Many/Medium/Few, per class, kNN), 
 per_class.png      per-class accuracy against training count, groups marked\n  \
 checkpoint.safetensors  model, optimizer, objective state and epoch, written atomically every epoch\n\n\
 Examples:\n  sslc run objectives/simclr_gh.ssl\n  \
-sslc run objectives/simclr.ssl --dataset fashion-mnist-lt --epochs 20\n  \
+sslc run objectives/simclr.ssl --dataset fashion-mnist-lt --seed 1\n  \
 sslc run objectives/sdclr_gh.ssl --dataset cifar100-lt --data ~/data/cifar-100-binary --backbone resnet18 --epochs 1000 --batch-size 512\n  \
 sslc run objectives/simclr_gh.ssl --set warm_up=40% --set tau=0.1\n  \
 sslc run objectives/simclr_gh.ssl --resume runs/simclr_gh-20261128-101500")]
@@ -178,7 +178,7 @@ struct Preset {
 fn preset(name: DatasetName) -> Preset {
     match name {
         DatasetName::Digits => Preset { backbone: Backbone::Small, epochs: 30, batch_size: 128, probe_epochs: 200, weight_decay: 5e-4 },
-        DatasetName::FashionMnist => Preset { backbone: Backbone::Small, epochs: 15, batch_size: 256, probe_epochs: 100, weight_decay: 5e-4 },
+        DatasetName::FashionMnist => Preset { backbone: Backbone::Small, epochs: 5, batch_size: 256, probe_epochs: 100, weight_decay: 5e-4 },
         DatasetName::Cifar10 | DatasetName::Cifar100 => {
             Preset { backbone: Backbone::Resnet18, epochs: 1000, batch_size: 512, probe_epochs: 500, weight_decay: 5e-4 }
         }
