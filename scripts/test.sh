@@ -18,7 +18,7 @@ NVRTC_WHEEL="nvidia-cuda-nvrtc-cu12==12.9.86"
 NVRTC_DIR=".tools/nvrtc"
 NVRTC_LIB="$NVRTC_DIR/nvidia/cuda_nvrtc/lib"
 if [ ! -e "$NVRTC_LIB/libnvrtc.so.12" ]; then
-    python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$NVRTC_DIR" "$NVRTC_WHEEL" \
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps --target "$NVRTC_DIR" "$NVRTC_WHEEL" \
         || echo "NOTICE: could not install $NVRTC_WHEEL; the NVRTC tests will skip" >&2
 fi
 if [ -e "$NVRTC_LIB/libnvrtc.so.12" ]; then
