@@ -114,6 +114,10 @@ pub struct RunArgs {
     /// Stop once this many epochs are done, to continue later with --resume.
     #[arg(long)]
     stop_after: Option<usize>,
+    /// Use at most this many images of each set (train, probe train, test), evenly strided so
+    /// every class keeps its share: for smoke runs and quick looks at a large benchmark.
+    #[arg(long)]
+    limit: Option<usize>,
 }
 
 /// Measure the training throughput of a backbone (forward, backward and SGD on random images).
@@ -231,6 +235,10 @@ fn run_inner(args: &RunArgs) -> Result<(), i32> {
     let options = data_options(&args.data, &args.split_dir, args.imbalance, args.imb_type).map_err(fail)?;
     eprintln!("loading {} ...", name.name());
     let splits = data::load(name, &options).map_err(fail)?;
+    let splits = match args.limit {
+        Some(limit) => splits.limited(limit),
+        None => splits,
+    };
 
     let backbone = args.backbone.unwrap_or(defaults.backbone);
     let batch_size = args.batch_size.unwrap_or(defaults.batch_size).min(splits.train.len());
@@ -259,6 +267,7 @@ fn run_inner(args: &RunArgs) -> Result<(), i32> {
             "backbone": backbone,
             "set": args.set,
             "probe_epochs": probe_epochs,
+            "limit": args.limit,
         }),
     };
     let pruned = objective.embeddings().iter().any(|e| e.pruned.is_some());
@@ -365,6 +374,10 @@ fn probe_inner(args: &ProbeArgs) -> Result<(), i32> {
     let imbalance = context["imbalance"].as_f64();
     let options = data_options(&data, &None, imbalance, ImbType::Exp).map_err(fail)?;
     let splits = data::load(name, &options).map_err(fail)?;
+    let splits = match context["limit"].as_u64() {
+        Some(limit) => splits.limited(limit as usize),
+        None => splits,
+    };
     let encoder_config: EncoderConfig = serde_json::from_value(saved.config["encoder"].clone())
         .map_err(|e| fail(format!("{}: unreadable encoder configuration ({e}); was it written by this sslc?", args.checkpoint.display())))?;
     let encoder = Encoder::new(encoder_config).map_err(fail)?;
