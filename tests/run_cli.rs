@@ -1,6 +1,7 @@
 //! `sslc run` end to end on the embedded digits: every shipped objective trains for two epochs
 //! and writes valid outputs; a run stopped and resumed ends with the same weights as one that
-//! was not; a diverging loss stops cleanly; a corrupted checkpoint is refused with a clear error.
+//! was not; a diverging loss stops cleanly; a corrupted checkpoint is refused with a clear error;
+//! every objective also runs one epoch on the real Fashion-MNIST-LT.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -136,4 +137,31 @@ fn bad_run_arguments_are_errors_not_panics() {
     let out = sslc(&["run", "objectives/simclr.ssl", "--dataset", "cifar100-lt", "--data", "/nonexistent/cifar"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("/nonexistent/cifar"), "{}", text(&out));
+}
+
+/// Issue 5's real-data smoke run: every objective, one epoch on Debian's Fashion-MNIST-LT,
+/// thinned with `--limit` so the eight runs fit in CI.
+#[test]
+fn every_objective_trains_one_epoch_on_fashion_mnist_lt() {
+    let root = Path::new("/usr/share/datasets/fashion-mnist");
+    if !root.join("train-images-idx3-ubyte.gz").exists() {
+        assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI must install dataset-fashion-mnist ({} is missing)", root.display());
+        eprintln!("NOTICE: skipped: Fashion-MNIST is not installed at {} (apt-get install dataset-fashion-mnist)", root.display());
+        return;
+    }
+    for name in ["simclr", "simclr_gh", "focal", "focal_gh", "sdclr", "sdclr_gh", "bcl", "bcl_gh"] {
+        let dir = scratch(&format!("fashion-{name}"));
+        let mut args = vec!["run", "--dataset", "fashion-mnist-lt", "--limit", "600", "--epochs", "1", "--batch-size", "64", "--probe-epochs", "3"];
+        let file = format!("objectives/{name}.ssl");
+        args.extend([file.as_str(), "--out", dir.to_str().unwrap()]);
+        if name.ends_with("_gh") {
+            args.extend(["--set", "K=16"]);
+        }
+        let out = sslc(&args);
+        assert!(out.status.success(), "{name}: {}", text(&out));
+        let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+        assert_eq!(summary["run"]["train"]["context"]["dataset"], "fashion-mnist-lt");
+        assert_eq!(summary["linear"]["per_class"].as_array().map(Vec::len), Some(10), "{name}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }

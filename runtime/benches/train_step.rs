@@ -2,7 +2,9 @@
 //! `cargo bench -p sslc-runtime --bench train_step [-- BACKBONE BATCH STEPS]`, where BACKBONE is
 //! `resnet18` (default, CIFAR 32x32 RGB), `resnet50` (224x224 RGB) or `small` (28x28 gray).
 //! On glibc, large tensors are mmap-ed and unmapped per op; `MALLOC_MMAP_THRESHOLD_=33554432
-//! MALLOC_TRIM_THRESHOLD_=4294967296` keeps them in the heap and cut system time about 3x here.
+//! MALLOC_TRIM_THRESHOLD_=4294967296` keeps them in the heap and cut system time about 3x here
+//! (the `sslc` binary sets the same thresholds itself; `sslc bench-train` is this benchmark).
+//! Under `cargo test --all-targets` (no `--bench` flag) it only checks that one small step runs.
 
 use sslc_runtime::model::BackboneKind;
 use sslc_runtime::train::measure_train_throughput;
@@ -10,6 +12,14 @@ use sslc_runtime::train::measure_train_throughput;
 fn main() {
     // `cargo bench` passes `--bench`; everything else is ours.
     let args: Vec<String> = std::env::args().skip(1).filter(|arg| !arg.starts_with("--")).collect();
+    if !std::env::args().any(|arg| arg == "--bench") {
+        let smoke = measure_train_throughput(BackboneKind::SmallConv, 1, 8, 4, 1);
+        if let Err(error) = smoke {
+            eprintln!("benchmark smoke step failed: {error}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let (backbone, channels, size) = match args.first().map(String::as_str).unwrap_or("resnet18") {
         "resnet50" => (BackboneKind::ResNet50, 3, 224),
         "small" => (BackboneKind::SmallConv, 1, 28),

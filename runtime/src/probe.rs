@@ -76,7 +76,7 @@ impl Default for ProbeConfig {
 }
 
 /// Accuracies as fractions in [0, 1].
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AccuracyReport {
     /// Top-1 over all test images.
     pub overall: f64,

@@ -26,6 +26,8 @@ pub enum Stage {
     Opt,
     /// The Cranelift IR the CPU back end generates for the optimised gradient program.
     Clif,
+    /// The CUDA C++ translation unit of every kernel (forward and gradient), as NVRTC compiles it.
+    Cuda,
 }
 
 /// Print a compilation stage of an objective.
@@ -37,6 +39,9 @@ pub struct EmitArgs {
     /// Which stage to print.
     #[arg(long, value_enum, default_value = "ir")]
     stage: Stage,
+    /// Tile operand precision of `--stage cuda`.
+    #[arg(long, value_enum, default_value = "tf32")]
+    precision: super::cuda::PrecisionArg,
 }
 
 pub fn check(args: &CheckArgs) -> i32 {
@@ -64,6 +69,7 @@ pub fn check(args: &CheckArgs) -> i32 {
 pub fn emit(args: &EmitArgs) -> i32 {
     let mut sources = Sources::new();
     match args.stage {
+        Stage::Cuda => super::cuda::emit(&args.file, args.precision.into()),
         Stage::Ast => match sslc_compiler::front::load(&args.file, &mut sources) {
             Ok(files) => {
                 if let Some(root) = files.last() {

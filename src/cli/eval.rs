@@ -52,6 +52,13 @@ pub struct EvalArgs {
     /// Evaluate in f64 (reference back end only).
     #[arg(long)]
     f64: bool,
+    /// Tile operand precision of the CUDA back end.
+    #[arg(long, value_enum, default_value = "tf32")]
+    precision: super::cuda::PrecisionArg,
+    /// Largest accepted relative difference between the CUDA back end and the reference
+    /// evaluator (checked on every `--backend cuda` run; exit status 1 beyond it).
+    #[arg(long, default_value_t = 1e-3)]
+    tolerance: f64,
     /// Epochs completed, for schedules (default: the last epoch, where every ramp is at its end).
     #[arg(long)]
     epoch: Option<usize>,
@@ -128,9 +135,13 @@ fn eval_inner(args: &EvalArgs) -> Result<(), i32> {
     let backend = match (args.backend, args.f64) {
         (None, false) => Backend::Cpu,
         (None | Some(Backend::Reference), true) => Backend::Reference,
+        (Some(Backend::Cuda), true) => return Err(fail("the CUDA back end computes in f32; drop --f64")),
         (Some(_), true) => return Err(fail("--f64 evaluates on the reference back end only; use --backend reference")),
         (Some(b), false) => b,
     };
+    if backend == Backend::Cuda {
+        super::cuda::require_device().map_err(fail)?;
+    }
     let module = load_objective(&args.file)?;
     let overrides = Overrides::parse(&args.set).map_err(fail)?;
     let mut req = BindRequest {
@@ -172,8 +183,14 @@ fn eval_inner(args: &EvalArgs) -> Result<(), i32> {
     }
     let bindings = Bindings::new(&module, req).map_err(fail)?;
     let exe = Arc::new(Executable::new(module).map_err(|d| fail(d.message))?);
-    let backend = back::build(backend.kind(), exe.clone()).map_err(fail)?;
-    let result = backend.evaluate(&bindings).map_err(fail)?;
+    // The CUDA back end checks itself against the reference evaluator on every run.
+    let (result, parity) = match backend {
+        Backend::Cuda => {
+            let (result, errors) = super::cuda::evaluate(&exe, &bindings, args.precision.into()).map_err(fail)?;
+            (result, Some(errors))
+        }
+        _ => (back::build(backend.kind(), exe.clone()).and_then(|b| b.evaluate(&bindings)).map_err(fail)?, None),
+    };
     std::fs::create_dir_all(&args.out).map_err(|e| fail(format!("{}: {e}", args.out.display())))?;
     let write = |name: &str, t: &Tensor| npy::write(&args.out.join(name), t).map_err(fail);
     let dtype = bindings.dtype;
@@ -187,20 +204,30 @@ fn eval_inner(args: &EvalArgs) -> Result<(), i32> {
         let norm = g.sqr().and_then(|s| s.sum_all()).and_then(|s| s.to_dtype(DType::F64)).and_then(|s| s.to_vec0::<f64>()).map_err(fail)?;
         grad_norms.insert(name.clone(), norm.sqrt().into());
     }
-    let summary = serde_json::json!({
+    let mut summary = serde_json::json!({
         "objective": exe.module.name,
-        "backend": backend.name(),
+        "backend": backend.kind().name(),
         "dtype": if args.f64 { "f64" } else { "f32" },
         "loss": result.loss,
         "metrics": result.metrics.iter().map(|(n, v)| (n.clone(), serde_json::Value::from(*v))).collect::<serde_json::Map<_, _>>(),
         "grad_norms": grad_norms,
         "out": args.out.display().to_string(),
     });
+    let worst = parity.as_ref().and_then(|errors| errors.iter().max_by(|a, b| a.1.total_cmp(&b.1)).cloned());
+    if let Some(errors) = &parity {
+        let errors: serde_json::Map<_, _> = errors.iter().map(|(n, e)| (n.clone(), serde_json::Value::from(*e))).collect();
+        summary["relative_error_vs_reference"] = errors.into();
+    }
     super::print_stdout(&format!("{summary}\n"));
     if !result.loss.is_finite() {
         eprintln!("warning: the loss is {}; check the inputs' scale", result.loss);
     }
-    Ok(())
+    match worst {
+        Some((name, error)) if error.is_nan() || error > args.tolerance => {
+            Err(fail(format!("`{name}` differs from the reference evaluator by {error:.3e} (relative), more than --tolerance {:e}", args.tolerance)))
+        }
+        _ => Ok(()),
+    }
 }
 
 pub fn gradcheck(args: &GradcheckArgs) -> i32 {

@@ -3,6 +3,8 @@
 
 mod bench;
 mod check;
+mod compare;
+mod cuda;
 mod eval;
 mod run;
 
@@ -31,6 +33,7 @@ enum Command {
     Probe(run::ProbeArgs),
     Split(run::SplitArgs),
     BenchTrain(run::BenchTrainArgs),
+    Compare(compare::CompareArgs),
     Eval(eval::EvalArgs),
     Gradcheck(eval::GradcheckArgs),
     Bench(bench::BenchArgs),
@@ -45,6 +48,7 @@ pub fn main() -> i32 {
         Command::Probe(args) => run::probe(&args),
         Command::Split(args) => run::split(&args),
         Command::BenchTrain(args) => run::bench_train(&args),
+        Command::Compare(args) => compare::compare(&args),
         Command::Eval(args) => eval::eval(&args),
         Command::Gradcheck(args) => eval::gradcheck(&args),
         Command::Bench(args) => bench::bench(&args),

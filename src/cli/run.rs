@@ -54,7 +54,7 @@ summary.json       final accuracies (overall, Many/Medium/Few, per class, kNN), 
 per_class.png      per-class accuracy against training count, groups marked\n  \
 checkpoint.safetensors  model, optimizer, objective state and epoch, written atomically every epoch\n\n\
 Examples:\n  sslc run objectives/simclr_gh.ssl\n  \
-sslc run objectives/simclr.ssl --dataset fashion-mnist-lt --epochs 20\n  \
+sslc run objectives/simclr.ssl --dataset fashion-mnist-lt --seed 1\n  \
 sslc run objectives/sdclr_gh.ssl --dataset cifar100-lt --data ~/data/cifar-100-binary --backbone resnet18 --epochs 1000 --batch-size 512\n  \
 sslc run objectives/simclr_gh.ssl --set warm_up=40% --set tau=0.1\n  \
 sslc run objectives/simclr_gh.ssl --resume runs/simclr_gh-20261128-101500")]
@@ -117,6 +117,10 @@ pub struct RunArgs {
     /// Stop once this many epochs are done, to continue later with --resume.
     #[arg(long)]
     stop_after: Option<usize>,
+    /// Use at most this many images of each set (train, probe train, test), evenly strided so
+    /// every class keeps its share: for smoke runs and quick looks at a large benchmark.
+    #[arg(long)]
+    limit: Option<usize>,
 }
 
 /// Measure the training throughput of a backbone (forward, backward and SGD on random images).
@@ -181,7 +185,7 @@ struct Preset {
 fn preset(name: DatasetName) -> Preset {
     match name {
         DatasetName::Digits => Preset { backbone: Backbone::Small, epochs: 30, batch_size: 128, probe_epochs: 200, weight_decay: 5e-4 },
-        DatasetName::FashionMnist => Preset { backbone: Backbone::Small, epochs: 15, batch_size: 256, probe_epochs: 100, weight_decay: 5e-4 },
+        DatasetName::FashionMnist => Preset { backbone: Backbone::Small, epochs: 5, batch_size: 256, probe_epochs: 100, weight_decay: 5e-4 },
         DatasetName::Cifar10 | DatasetName::Cifar100 => {
             Preset { backbone: Backbone::Resnet18, epochs: 1000, batch_size: 512, probe_epochs: 500, weight_decay: 5e-4 }
         }
@@ -234,6 +238,10 @@ fn run_inner(args: &RunArgs) -> Result<(), i32> {
     let options = data_options(&args.data, &args.split_dir, args.imbalance, args.imb_type).map_err(fail)?;
     eprintln!("loading {} ...", name.name());
     let splits = data::load(name, &options).map_err(fail)?;
+    let splits = match args.limit {
+        Some(limit) => splits.limited(limit),
+        None => splits,
+    };
 
     let backbone = args.backbone.unwrap_or(defaults.backbone);
     let batch_size = args.batch_size.unwrap_or(defaults.batch_size).min(splits.train.len());
@@ -263,6 +271,7 @@ fn run_inner(args: &RunArgs) -> Result<(), i32> {
             "set": args.set,
             "backend": args.backend.kind().name(),
             "probe_epochs": probe_epochs,
+            "limit": args.limit,
         }),
     };
     let pruned = objective.embeddings().iter().any(|e| e.pruned.is_some());
@@ -369,6 +378,10 @@ fn probe_inner(args: &ProbeArgs) -> Result<(), i32> {
     let imbalance = context["imbalance"].as_f64();
     let options = data_options(&data, &None, imbalance, ImbType::Exp).map_err(fail)?;
     let splits = data::load(name, &options).map_err(fail)?;
+    let splits = match context["limit"].as_u64() {
+        Some(limit) => splits.limited(limit as usize),
+        None => splits,
+    };
     let encoder_config: EncoderConfig = serde_json::from_value(saved.config["encoder"].clone())
         .map_err(|e| fail(format!("{}: unreadable encoder configuration ({e}); was it written by this sslc?", args.checkpoint.display())))?;
     let encoder = Encoder::new(encoder_config).map_err(fail)?;

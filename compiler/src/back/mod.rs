@@ -3,6 +3,7 @@
 //! the command line, the tests and the training loop treat them alike through [`Backend`].
 
 pub mod clif;
+pub mod cuda;
 
 use crate::eval::{Bindings, EvalError};
 use crate::objective::{Evaluation, Executable};
@@ -73,9 +74,11 @@ pub fn build(kind: BackendKind, executable: Arc<Executable>) -> Result<Box<dyn B
     match kind {
         BackendKind::Reference => Ok(Box::new(Reference { executable })),
         BackendKind::Cpu => Ok(Box::new(clif::Cpu::new(executable)?)),
+        // The CUDA back end checks every evaluation against the reference evaluator and is
+        // reached through `sslc eval --backend cuda` only, not through this interface yet.
         BackendKind::Cuda => Err(BackendError::Unsupported {
             backend: kind.name(),
-            why: "this back end is not built into this sslc yet; use --backend reference".into(),
+            why: "it runs through `sslc eval --backend cuda` only so far; use --backend cpu or reference".into(),
         }),
     }
 }

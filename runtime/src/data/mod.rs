@@ -188,6 +188,22 @@ pub struct DataSplits {
     pub test: Dataset,
 }
 
+impl DataSplits {
+    /// At most `limit` images of each set, taken at an even stride so every class keeps about
+    /// its share: a smoke run or a quick experiment on a large benchmark (`sslc run --limit`).
+    pub fn limited(self, limit: usize) -> DataSplits {
+        let thin = |set: Dataset| {
+            let len = set.len();
+            if len <= limit {
+                return set;
+            }
+            let kept: Vec<usize> = (0..limit).map(|i| i * len / limit).collect();
+            set.subset(&set.name().to_string(), &kept)
+        };
+        DataSplits { train: thin(self.train), probe_train: thin(self.probe_train), test: thin(self.test) }
+    }
+}
+
 /// Long-tails a balanced training set, keeping the balanced set as the probe's training set.
 pub(crate) fn long_tailed_splits(balanced_train: Dataset, test: Dataset, long_tail: &LongTail, order: ClassOrder) -> Result<DataSplits, DataError> {
     let kept = long_tail.select(balanced_train.labels(), balanced_train.class_count(), order, 0)?;

@@ -1,0 +1,197 @@
+//! Running a plan on a CUDA device through the driver API. libcuda is opened at run time
+//! (cudarc's dynamic loading), so building needs no CUDA at all; a machine without a driver or
+//! a GPU gets [`CudaError::NoDevice`].
+
+use super::emulate::{self, Data, Value};
+use super::plan::{Body, PairwiseProduct, Plan, Step, PAIR_TILE, PAIR_VCOLS};
+use super::{nvrtc, CudaError};
+use crate::eval::Bindings;
+use crate::ir::{Elem, Module};
+use candle_core::Tensor;
+use cudarc::driver::{sys, CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use std::sync::Arc;
+
+fn driver_error(what: &str) -> impl Fn(cudarc::driver::DriverError) -> CudaError + '_ {
+    move |e| CudaError::Driver(format!("{what}: {e}"))
+}
+
+/// The first device and its architecture (`90` for sm_90).
+pub fn device() -> Result<(Arc<CudaContext>, u32), CudaError> {
+    // SAFETY: only tries to open the library.
+    if !unsafe { sys::is_culib_present() } {
+        return Err(CudaError::NoDevice("libcuda was not found (no NVIDIA driver on this machine)".into()));
+    }
+    let count = CudaContext::device_count().map_err(|e| CudaError::NoDevice(format!("the driver reports {e}")))?;
+    if count < 1 {
+        return Err(CudaError::NoDevice("the driver sees no GPU".into()));
+    }
+    let ctx = CudaContext::new(0).map_err(|e| CudaError::NoDevice(format!("device 0: {e}")))?;
+    let (major, minor) = ctx.compute_capability().map_err(driver_error("compute capability"))?;
+    let arch = (major * 10 + minor) as u32;
+    if arch < 80 {
+        return Err(CudaError::Unsupported(format!("sm_{arch} devices: the tiles use tensor-core instructions of sm_80 or newer")));
+    }
+    Ok((ctx, arch))
+}
+
+enum DeviceBuffer {
+    Float(CudaSlice<f32>),
+    Int(CudaSlice<i64>),
+    Bool(CudaSlice<u8>),
+}
+
+/// A plan's kernels compiled for the first device and loaded there: done once per objective,
+/// since NVRTC and module loading cost far more than a batch.
+pub struct Kernels {
+    stream: Arc<CudaStream>,
+    functions: Vec<CudaFunction>,
+}
+
+impl Kernels {
+    /// Compiles `source` (or reads it from the cache) for the device and loads every kernel.
+    pub fn load(plan: &Plan, source: &str) -> Result<Kernels, CudaError> {
+        let (ctx, arch) = device()?;
+        let cubin = nvrtc::compile(source, arch)?;
+        let loaded = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin.image)).map_err(driver_error("loading the CUBIN"))?;
+        let functions = plan
+            .kernels
+            .iter()
+            .map(|k| loaded.load_function(&k.name).map_err(driver_error(&k.name)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Kernels { stream: ctx.default_stream(), functions })
+    }
+}
+
+/// One batch on the device: the loaded kernels with the batch's buffers; run it once or many
+/// times.
+pub struct Session<'p> {
+    plan: &'p Plan,
+    stream: Arc<CudaStream>,
+    functions: &'p [CudaFunction],
+    buffers: Vec<DeviceBuffer>,
+    scalars: Vec<Value>,
+    shapes: Vec<Vec<usize>>,
+    launches: Vec<LaunchConfig>,
+}
+
+impl<'p> Session<'p> {
+    /// Uploads the batch's inputs and allocates every other buffer.
+    pub fn new(module: &Module, plan: &'p Plan, kernels: &'p Kernels, b: &Bindings) -> Result<Session<'p>, CudaError> {
+        super::check_sample_index(module, b)?;
+        let stream = kernels.stream.clone();
+        let scalars = emulate::scalar_values(plan, module, b);
+        let sizes = emulate::buffer_sizes(plan, b);
+        let mut buffers = Vec::new();
+        for ((buf, data), &n) in plan.buffers.iter().zip(emulate::external_data(plan, b)?).zip(&sizes) {
+            let upload = driver_error("uploading inputs");
+            let n = n.max(1);
+            buffers.push(match (data, buf.elem) {
+                (Some(Data::Float(v)), _) => DeviceBuffer::Float(stream.clone_htod(&v).map_err(upload)?),
+                (Some(Data::Int(v)), _) => DeviceBuffer::Int(stream.clone_htod(&v).map_err(upload)?),
+                (Some(Data::Bool(v)), _) => {
+                    DeviceBuffer::Bool(stream.clone_htod(&v.iter().map(|&x| u8::from(x)).collect::<Vec<u8>>()).map_err(upload)?)
+                }
+                (None, Elem::Real) => DeviceBuffer::Float(stream.alloc_zeros(n).map_err(upload)?),
+                (None, Elem::Int) => DeviceBuffer::Int(stream.alloc_zeros(n).map_err(upload)?),
+                (None, Elem::Bool) => DeviceBuffer::Bool(stream.alloc_zeros(n).map_err(upload)?),
+            });
+        }
+        let launches = plan.kernels.iter().map(|k| launch_config(plan, &scalars, &k.body)).collect::<Result<Vec<_>, _>>()?;
+        let shapes = plan.buffers.iter().map(|buf| buf.shape.iter().map(|d| b.size(module, d)).collect()).collect();
+        Ok(Session { plan, stream, functions: &kernels.functions, buffers, scalars, shapes, launches })
+    }
+
+    /// Enqueues every kernel once, in order.
+    pub fn launch(&self) -> Result<(), CudaError> {
+        for ((k, f), cfg) in self.plan.kernels.iter().zip(self.functions).zip(&self.launches) {
+            let mut args = self.stream.launch_builder(f);
+            for &(id, _) in &k.buffers {
+                match &self.buffers[id] {
+                    DeviceBuffer::Float(s) => args.arg(s),
+                    DeviceBuffer::Int(s) => args.arg(s),
+                    DeviceBuffer::Bool(s) => args.arg(s),
+                };
+            }
+            for &s in &k.scalars {
+                match &self.scalars[s] {
+                    Value::Float(v) => args.arg(v),
+                    Value::Int(v) => args.arg(v),
+                    Value::Bool(v) => args.arg(v),
+                };
+            }
+            // SAFETY: the arguments follow the kernel's parameter list, buffers are sized from
+            // the same shapes the kernels index with, and sample indices were range-checked.
+            unsafe { args.launch(*cfg) }.map_err(driver_error(&k.name))?;
+        }
+        Ok(())
+    }
+
+    /// Device milliseconds of each of `repeats` runs of the whole plan, after one warm-up run;
+    /// events on the stream time the kernels alone, without host transfers or launch gaps
+    /// before the first kernel.
+    pub fn time(&self, repeats: usize) -> Result<Vec<f64>, CudaError> {
+        self.launch()?;
+        let timing = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let mut events = Vec::with_capacity(repeats);
+        for _ in 0..repeats {
+            let start = self.stream.record_event(timing).map_err(driver_error("timing"))?;
+            self.launch()?;
+            events.push((start, self.stream.record_event(timing).map_err(driver_error("timing"))?));
+        }
+        events
+            .iter()
+            .map(|(start, end)| start.elapsed_ms(end).map(f64::from).map_err(driver_error("timing")))
+            .collect()
+    }
+
+    /// Waits for the device and reads the plan's outputs back.
+    pub fn outputs(&self) -> Result<Vec<Tensor>, CudaError> {
+        self.stream.synchronize().map_err(driver_error("running the kernels"))?;
+        let read = driver_error("reading results");
+        self.plan
+            .outputs
+            .iter()
+            .map(|&(_, id)| {
+                let data = match &self.buffers[id] {
+                    DeviceBuffer::Float(s) => Data::Float(self.stream.clone_dtoh(s).map_err(&read)?),
+                    DeviceBuffer::Int(s) => Data::Int(self.stream.clone_dtoh(s).map_err(&read)?),
+                    DeviceBuffer::Bool(s) => Data::Bool(self.stream.clone_dtoh(s).map_err(&read)?.into_iter().map(|x| x != 0).collect()),
+                };
+                let shape = &self.shapes[id];
+                let n: usize = shape.iter().product();
+                data.truncated(n).tensor(shape).map_err(|e| CudaError::Driver(e.to_string()))
+            })
+            .collect()
+    }
+}
+
+/// Grid-stride steps need no more blocks than this to fill any current GPU.
+const MAX_BLOCKS: i64 = 1 << 16;
+
+fn launch_config(plan: &Plan, scalars: &[Value], body: &Body) -> Result<LaunchConfig, CudaError> {
+    let size = |e| emulate::host_size(plan, scalars, e);
+    let blocks = |units: i64, per_block: i64| ((units + per_block - 1) / per_block).clamp(1, MAX_BLOCKS) as u32;
+    let threads = body.threads();
+    let grid_dim = match body {
+        Body::Loop { .. } => (1, 1, 1),
+        Body::Grid(steps) => {
+            let mut most = 1;
+            for step in steps {
+                most = most.max(match step {
+                    Step::Map { count, .. } => blocks(size(count)?, i64::from(threads)),
+                    Step::Reduce { outputs, .. } => blocks(size(outputs)?, i64::from(threads / 32)),
+                });
+            }
+            (most, 1, 1)
+        }
+        Body::Tiles(t) => {
+            let rows = (size(&t.outer_count)?.max(1) as u64).div_ceil(PAIR_TILE) as u32;
+            let columns = match &t.product {
+                PairwiseProduct::MatMul { width, .. } => (size(width)?.max(1) as u64).div_ceil(PAIR_VCOLS) as u32,
+                PairwiseProduct::Reduce(_) => 1,
+            };
+            (rows, columns, 1)
+        }
+    };
+    Ok(LaunchConfig { grid_dim, block_dim: (threads, 1, 1), shared_mem_bytes: 0 })
+}

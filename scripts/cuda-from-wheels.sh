@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Assemble a CUDA 13.0 toolkit folder from PyPI wheels, so `cargo build --features cuda`
+# (candle's CUDA backend, which runs nvcc at build time) works on a machine with no CUDA.
+# Usage: eval "$(bash scripts/cuda-from-wheels.sh /tmp/cuda13)"   (docs/gpu.md)
+# Pinned to 13.0.x on purpose: cudarc 0.19.10's build script rejects 13.5, and nvcc 13.5
+# emits PTX ISA 9.5, which a CUDA 13.0 driver (the lent H200 has driver 580) refuses.
+# No wheel ships libcuda, so a link-only stub is generated from cuda.h; at run time the
+# real driver's libcuda.so.1 is used.
+set -euo pipefail
+D=${1:-/tmp/cuda13}
+mkdir -p "$D/whl"
+if [ ! -x "$D/site/nvidia/cu13/bin/nvcc" ]; then
+  pip download -q --no-deps -d "$D/whl" nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88 \
+    nvidia-cuda-crt==13.0.88 nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85 \
+    nvidia-cuda-nvrtc==13.0.88 nvidia-cublas==13.1.1.3 nvidia-curand==10.4.0.35 >&2
+  pip install -q --no-deps --target "$D/site" "$D"/whl/*.whl >&2
+fi
+T="$D/site/nvidia/cu13"; C="$D/cuda"
+rm -rf "$C"; mkdir -p "$C/lib64/stubs"
+ln -s "$T/bin" "$C/bin"; ln -s "$T/include" "$C/include"; ln -s "$T/nvvm" "$C/nvvm"; ln -s lib64 "$C/lib"
+for f in "$T"/lib/*.so* "$T"/lib/*.a; do [ -e "$f" ] && ln -s "$f" "$C/lib64/"; done
+for s in cudart.so.13 nvrtc.so.13 cublas.so.13 cublasLt.so.13 curand.so.10; do
+  ln -sf "lib$s" "$C/lib64/lib${s%.so.*}.so"
+done
+for X in "" -D__CUDA_API_VERSION_INTERNAL; do gcc -E -P $X -I"$T/include" "$T/include/cuda.h"; done \
+  | grep -oE '\bcu[A-Z][A-Za-z0-9_]*[[:space:]]*\(' | tr -d ' (' | sort -u \
+  | awk '{print "void " $1 "(void){}"}' > "$C/lib64/stubs/libcuda_stub.c"
+gcc -shared -fPIC -w -Wl,-soname,libcuda.so.1 -o "$C/lib64/stubs/libcuda.so" "$C/lib64/stubs/libcuda_stub.c"
+echo "export CUDA_HOME=$C CUDA_PATH=$C PATH=$C/bin:\$PATH CUDA_COMPUTE_CAP=90"

@@ -1,0 +1,156 @@
+//! `sslc compare RUN...`: the Many/Medium/Few table of finished runs, as mean ± std over the
+//! seeds of each configuration. Runs that differ only in their seed (and run directory) are
+//! one row, so `sslc compare runs/*` turns a seed sweep into the table a paper reports.
+
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+use serde_json::Value;
+use sslc_runtime::probe::AccuracyReport;
+use std::path::{Path, PathBuf};
+
+/// Tabulate finished runs: Many/Medium/Few accuracy as mean ± std over seeds (Markdown)
+#[derive(Args)]
+#[command(after_help = "Example (three seeds of two objectives):\n  \
+for s in 0 1 2; do for o in simclr simclr_gh; do\n    \
+sslc run objectives/$o.ssl --dataset fashion-mnist-lt --seed $s --out runs/fm-$o-$s\n  \
+done; done\n  \
+sslc compare runs/fm-*")]
+pub struct CompareArgs {
+    /// Run directories (or their summary.json files)
+    #[arg(required = true)]
+    runs: Vec<PathBuf>,
+    /// Which classifier's accuracies to tabulate
+    #[arg(long, value_enum, default_value = "linear")]
+    classifier: Classifier,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Classifier {
+    /// The linear probe (METHOD.md §4)
+    Linear,
+    /// Cosine kNN with k = 20
+    Knn20,
+}
+
+/// The parts of `summary.json` the table needs.
+#[derive(Deserialize)]
+struct Summary {
+    run: Value,
+    linear: AccuracyReport,
+    knn: Vec<KnnEntry>,
+}
+
+#[derive(Deserialize)]
+struct KnnEntry {
+    k: usize,
+    accuracy: AccuracyReport,
+}
+
+/// One table row: every run of one configuration.
+struct Row {
+    /// The run identity with the seeds removed: runs with equal keys are seeds of one experiment.
+    key: Value,
+    label: String,
+    reports: Vec<AccuracyReport>,
+}
+
+pub fn compare(args: &CompareArgs) -> i32 {
+    let mut rows: Vec<Row> = Vec::new();
+    for path in &args.runs {
+        let (summary, file) = match read_summary(path) {
+            Ok(found) => found,
+            Err(message) => {
+                eprintln!("error: {message}");
+                return 1;
+            }
+        };
+        let report = match args.classifier {
+            Classifier::Linear => Some(summary.linear),
+            Classifier::Knn20 => summary.knn.into_iter().find(|entry| entry.k == 20).map(|entry| entry.accuracy),
+        };
+        let Some(report) = report else {
+            eprintln!("error: {} has no kNN (k = 20) result", file.display());
+            return 1;
+        };
+        let key = without_seeds(summary.run);
+        match rows.iter_mut().find(|row| row.key == key) {
+            Some(row) => row.reports.push(report),
+            None => rows.push(Row { label: label(&key), key, reports: vec![report] }),
+        }
+    }
+    super::print_stdout(&table(&rows));
+    0
+}
+
+/// Reads `path/summary.json` (or `path` itself when it is the file).
+fn read_summary(path: &Path) -> Result<(Summary, PathBuf), String> {
+    let file = if path.is_dir() { path.join(sslc_runtime::report::SUMMARY_FILE) } else { path.to_path_buf() };
+    let text = std::fs::read_to_string(&file)
+        .map_err(|e| format!("cannot read {}: {e} (is it a finished `sslc run` directory?)", file.display()))?;
+    let summary = serde_json::from_str(&text)
+        .map_err(|e| format!("{} is not an sslc summary: {e} (rerun the evaluation with `sslc probe`)", file.display()))?;
+    Ok((summary, file))
+}
+
+/// The run identity minus the seeds.
+fn without_seeds(mut run: Value) -> Value {
+    for pointer in ["/train/seed", "/encoder/seed"] {
+        if let Some((parent, field)) = pointer.rsplit_once('/') {
+            if let Some(Value::Object(map)) = run.pointer_mut(parent) {
+                map.remove(field);
+            }
+        }
+    }
+    run
+}
+
+/// `objective (dataset)`, the row's name.
+fn label(key: &Value) -> String {
+    let text = |pointer: &str| key.pointer(pointer).and_then(Value::as_str).unwrap_or("?").to_string();
+    format!("{} ({})", text("/objective"), text("/train/context/dataset"))
+}
+
+/// A Markdown table, accuracies in percent as mean ± sample std over the row's runs.
+fn table(rows: &[Row]) -> String {
+    let mut out = String::from("| objective | runs | Many | Medium | Few | overall | group std |\n");
+    out.push_str("|---|---|---|---|---|---|---|\n");
+    for row in rows {
+        let column = |pick: fn(&AccuracyReport) -> Option<f64>| MeanStd::of(row.reports.iter().map(pick));
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            row.label,
+            row.reports.len(),
+            column(|r| r.many),
+            column(|r| r.medium),
+            column(|r| r.few),
+            column(|r| Some(r.overall)),
+            column(|r| r.group_std),
+        ));
+    }
+    out
+}
+
+/// Mean ± sample standard deviation of percentages; `-` when any run lacks the value.
+struct MeanStd(Option<(f64, f64, usize)>);
+
+impl MeanStd {
+    fn of(values: impl Iterator<Item = Option<f64>>) -> Self {
+        let values: Option<Vec<f64>> = values.map(|v| v.map(|v| 100.0 * v)).collect();
+        MeanStd(values.filter(|v| !v.is_empty()).map(|v| {
+            let n = v.len() as f64;
+            let mean = v.iter().sum::<f64>() / n;
+            let var = if v.len() > 1 { v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+            (mean, var.sqrt(), v.len())
+        }))
+    }
+}
+
+impl std::fmt::Display for MeanStd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            None => f.write_str("-"),
+            Some((mean, _, 1)) => write!(f, "{mean:.2}"),
+            Some((mean, std, _)) => write!(f, "{mean:.2} ± {std:.2}"),
+        }
+    }
+}
