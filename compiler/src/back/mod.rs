@@ -74,11 +74,10 @@ pub fn build(kind: BackendKind, executable: Arc<Executable>) -> Result<Box<dyn B
     match kind {
         BackendKind::Reference => Ok(Box::new(Reference { executable })),
         BackendKind::Cpu => Ok(Box::new(clif::Cpu::new(executable)?)),
-        // The CUDA back end checks every evaluation against the reference evaluator and is
-        // reached through `sslc eval --backend cuda` only, not through this interface yet.
-        BackendKind::Cuda => Err(BackendError::Unsupported {
-            backend: kind.name(),
-            why: "it runs through `sslc eval --backend cuda` only so far; use --backend cpu or reference".into(),
-        }),
+        BackendKind::Cuda => {
+            let cuda = cuda::Cuda::new(executable, cuda::Precision::default())
+                .map_err(|e| BackendError::Run { backend: kind.name(), why: e.to_string() })?;
+            Ok(Box::new(cuda))
+        }
     }
 }

@@ -111,6 +111,17 @@ pub struct Cuda {
     kernels: driver::Kernels,
 }
 
+/// Training and `sslc bench` reach the GPU through the common interface; `sslc eval` uses
+/// [`Cuda`] directly to also report device timings and the comparison with the reference.
+impl super::Backend for Cuda {
+    fn name(&self) -> &'static str {
+        super::BackendKind::Cuda.name()
+    }
+    fn evaluate(&self, bindings: &Bindings) -> Result<Evaluation, super::BackendError> {
+        Cuda::evaluate(self, bindings).map_err(|e| super::BackendError::Run { backend: self.name(), why: e.to_string() })
+    }
+}
+
 impl Cuda {
     pub fn new(executable: Arc<Executable>, precision: Precision) -> Result<Cuda, CudaError> {
         let plan = plan(&executable, precision)?;
