@@ -47,8 +47,8 @@ pub enum ImbType {
 
 /// Train a backbone with an objective and report Many/Medium/Few linear-probe accuracy.
 #[derive(Args)]
-#[command(after_help = "With no flags, trains on the embedded long-tailed UCI digits (no download) in about \
-three minutes on two cores, then prints the Many/Medium/Few table.\n\n\
+#[command(after_help = "With no flags, trains on the embedded long-tailed UCI digits (no download) in seconds \
+on two cores, then prints the Many/Medium/Few table.\n\n\
 Outputs, under --out (default runs/<objective>-<time>):\n  metrics.jsonl      one JSON line per step, epoch and evaluation (loss terms, lr, GH weight, ...)\n  \
 summary.json       final accuracies (overall, Many/Medium/Few, per class, kNN), configuration, seed, version\n  \
 per_class.png      per-class accuracy against training count, groups marked\n  \
