@@ -143,7 +143,7 @@ fn bad_run_arguments_are_errors_not_panics() {
 /// thinned with `--limit` so the eight runs fit in CI.
 #[test]
 fn every_objective_trains_one_epoch_on_fashion_mnist_lt() {
-    let root = Path::new("/usr/share/datasets/fashion-mnist");
+    let root = Path::new(sslc_runtime::data::fashion_mnist::DEFAULT_ROOT);
     if !root.join("train-images-idx3-ubyte.gz").exists() {
         assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI must install dataset-fashion-mnist ({} is missing)", root.display());
         eprintln!("NOTICE: skipped: Fashion-MNIST is not installed at {} (apt-get install dataset-fashion-mnist)", root.display());

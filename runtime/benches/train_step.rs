@@ -1,15 +1,15 @@
 //! Images/s of one training step (two-view forward, backward, SGD) on the CPU.
 //! `cargo bench -p sslc-runtime --bench train_step [-- BACKBONE BATCH STEPS]`, where BACKBONE is
 //! `resnet18` (default, CIFAR 32x32 RGB), `resnet50` (224x224 RGB) or `small` (28x28 gray).
-//! On glibc, large tensors are mmap-ed and unmapped per op; `MALLOC_MMAP_THRESHOLD_=33554432
-//! MALLOC_TRIM_THRESHOLD_=4294967296` keeps them in the heap and cut system time about 3x here
-//! (the `sslc` binary sets the same thresholds itself; `sslc bench-train` is this benchmark).
+//! It tunes the allocator as the `sslc` binary does, so it measures what training gets
+//! (`sslc bench-train` is the same benchmark).
 //! Under `cargo test --all-targets` (no `--bench` flag) it only checks that one small step runs.
 
 use sslc_runtime::model::BackboneKind;
 use sslc_runtime::train::measure_train_throughput;
 
 fn main() {
+    sslc_runtime::allocator::keep_freed_buffers();
     // `cargo bench` passes `--bench`; everything else is ours.
     let args: Vec<String> = std::env::args().skip(1).filter(|arg| !arg.starts_with("--")).collect();
     if !std::env::args().any(|arg| arg == "--bench") {

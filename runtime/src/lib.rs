@@ -1,6 +1,7 @@
 //! sslc's runtime: datasets, augmentations, backbones, the training loop and evaluation.
 //! It drives any [`objective::Objective`]; the compiler's adapter lives in the `sslc` crate.
 
+pub mod allocator;
 pub mod augment;
 pub mod checkpoint;
 pub mod data;

@@ -200,6 +200,15 @@ fn fail(message: impl std::fmt::Display) -> i32 {
     1
 }
 
+/// The benchmark's sets, thinned to `limit` images each when the run asked for it.
+fn load_splits(name: DatasetName, options: &DataOptions, limit: Option<usize>) -> Result<DataSplits, i32> {
+    let splits = data::load(name, options).map_err(fail)?;
+    Ok(match limit {
+        Some(limit) => splits.limited(limit),
+        None => splits,
+    })
+}
+
 fn data_options(data: &Option<PathBuf>, split_dir: &Option<PathBuf>, imbalance: Option<f64>, imb_type: ImbType) -> Result<DataOptions, String> {
     let long_tail = imbalance
         .map(|r| {
@@ -237,11 +246,7 @@ fn run_inner(args: &RunArgs) -> Result<(), i32> {
     let mut objective = CompiledObjective::new(module, overrides, args.lr, args.backend.kind()).map_err(fail)?;
     let options = data_options(&args.data, &args.split_dir, args.imbalance, args.imb_type).map_err(fail)?;
     eprintln!("loading {} ...", name.name());
-    let splits = data::load(name, &options).map_err(fail)?;
-    let splits = match args.limit {
-        Some(limit) => splits.limited(limit),
-        None => splits,
-    };
+    let splits = load_splits(name, &options, args.limit)?;
 
     let backbone = args.backbone.unwrap_or(defaults.backbone);
     let batch_size = args.batch_size.unwrap_or(defaults.batch_size).min(splits.train.len());
@@ -377,11 +382,7 @@ fn probe_inner(args: &ProbeArgs) -> Result<(), i32> {
     let data = args.data.clone().or_else(|| context["data"].as_str().map(PathBuf::from));
     let imbalance = context["imbalance"].as_f64();
     let options = data_options(&data, &None, imbalance, ImbType::Exp).map_err(fail)?;
-    let splits = data::load(name, &options).map_err(fail)?;
-    let splits = match context["limit"].as_u64() {
-        Some(limit) => splits.limited(limit as usize),
-        None => splits,
-    };
+    let splits = load_splits(name, &options, context["limit"].as_u64().map(|limit| limit as usize))?;
     let encoder_config: EncoderConfig = serde_json::from_value(saved.config["encoder"].clone())
         .map_err(|e| fail(format!("{}: unreadable encoder configuration ({e}); was it written by this sslc?", args.checkpoint.display())))?;
     let encoder = Encoder::new(encoder_config).map_err(fail)?;
