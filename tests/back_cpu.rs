@@ -144,6 +144,43 @@ fn a_batch_of_several_row_blocks_matches_the_reference() {
     }
 }
 
+/// Pairwise nodes the shipped objectives do not have: a similarity between two matrices (the
+/// tiled loop over all tiles), and a product over a single matrix with a kernel that is not
+/// symmetric (half the tiles, the kernel evaluated on each tile and on its mirror image).
+const OTHER_PAIRWISE: [&str; 2] = [
+    r#"
+objective cross_view {
+    param tau = 0.5
+    views x1, x2 = simclr_augment(x)
+    input z1: [N, D] = encoder(x1)
+    input z2: [N, D] = encoder(x2)
+    per_sample = logsumexp(z1 @ z2.T / tau, axis=1) - sum(z1 * z2, axis=1) / tau
+    loss = mean(per_sample)
+}
+"#,
+    r#"
+objective attention {
+    views x1, x2 = simclr_augment(x)
+    input z1: [N, D] = encoder(x1)
+    input z2: [N, D] = encoder(x2)
+    let n = sum(z1 * z1, axis=1)
+    per_sample = sum((stopgrad(exp(z1 @ z1.T - n[:, None])) @ z2) * z1, axis=1)
+    loss = mean(per_sample)
+}
+"#,
+];
+
+#[test]
+fn other_pairwise_shapes_match_the_reference() {
+    for text in OTHER_PAIRWISE {
+        let m = module_from_text(text);
+        // Across the tile sizes of both loops (64-row blocks, 128-row square tiles).
+        for (n, d) in [(1, 3), (5, 4), (64, 7), (129, 16), (300, 33)] {
+            check(&m, n, d, 4).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+}
+
 #[test]
 fn cranelift_ir_snapshots() {
     for name in OBJECTIVES {

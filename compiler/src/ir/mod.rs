@@ -10,6 +10,7 @@
 
 mod arena;
 mod dim;
+mod pairwise;
 mod print;
 
 pub use arena::{Arena, Handle};

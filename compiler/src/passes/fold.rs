@@ -1,7 +1,8 @@
 //! Constant folding and algebraic simplification: scalar operations on literals are computed
 //! now, and identities that autodiff and lowering leave behind (`transpose(transpose(x))`,
 //! `squeeze(expand_dims(x))`, broadcasts of broadcasts, `x * 1`, `x + 0`, `--x`, casts to the
-//! same type) disappear, so later passes see the simplest form.
+//! same type) disappear, so later passes see the simplest form. Passes run on gradient
+//! programs, where `stopgrad` has done its work, so it is dropped too.
 
 use super::{Action, Rebuilder};
 use crate::ir::{BinaryOp, Elem, Expr, Handle, Literal, Module, Program, UnaryOp};
@@ -52,6 +53,7 @@ fn simplify(rb: &mut Rebuilder, expr: &Expr, span: crate::span::Span) -> Option<
             }
         }
         Expr::Cast { arg, to } if rb.new_ty(arg).elem == to => Some(arg),
+        Expr::StopGrad { arg } => Some(arg),
         Expr::Unary { op: UnaryOp::Neg, arg } => match rb.new_expr(arg) {
             Expr::Unary { op: UnaryOp::Neg, arg: inner } => Some(*inner),
             Expr::Literal(Literal::Real(v)) => {

@@ -8,6 +8,7 @@ mod cse;
 mod dce;
 mod fold;
 mod fuse_pairwise;
+mod symmetrize_pairwise;
 
 use crate::diag::Diagnostic;
 use crate::ir::{Block, Carried, Expr, Handle, Module, Program, Type};
@@ -15,7 +16,8 @@ use crate::span::Span;
 
 /// The pass pipeline: common subexpressions, constant folding, dead code, then pairwise
 /// fusion (which relies on the first three having merged and simplified the similarity
-/// matrix's uses), then folding, CSE and dead code again for what fusion left behind.
+/// matrix's uses), folding (which settles the transposes fusion leaves), the merging of
+/// paired products, then CSE and dead code again.
 pub fn optimize(module: &Module, program: &Program) -> Result<Program, Diagnostic> {
     let mut p = program.clone();
     for (name, pass) in [
@@ -24,6 +26,7 @@ pub fn optimize(module: &Module, program: &Program) -> Result<Program, Diagnosti
         ("dce", dce::run),
         ("fuse_pairwise", fuse_pairwise::run),
         ("fold", fold::run),
+        ("symmetrize_pairwise", symmetrize_pairwise::run),
         ("cse", cse::run),
         ("dce", dce::run),
     ] {

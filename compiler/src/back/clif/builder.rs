@@ -63,6 +63,12 @@ pub(crate) struct Emitter<'f, 's> {
     entry: Block,
     /// Those values: (offset of the frame's table, index in it) to the loaded value.
     frame_values: HashMap<(i32, usize), Value>,
+    /// Whether no buffer changes while this function runs (tile functions write only their
+    /// tile and accumulators), so buffer reads may be hoisted out of loops.
+    pub buffers_invariant: bool,
+    /// Values of the element program being evaluated that were computed outside the current
+    /// loop (by op index), which [`Self::evaluate`] reuses instead of recomputing.
+    pub hoisted: Vec<Option<Value>>,
 }
 
 /// Flags for reads of the frame's tables: they never change while generated code runs, so
@@ -82,7 +88,7 @@ impl<'f, 's> Emitter<'f, 's> {
         let entry = fb.current_block().expect("the entry block is current");
         // Frame values are inserted into it directly, so it must be in the layout already.
         fb.ensure_inserted_block();
-        Emitter { fb, frame, shared, imported: HashMap::new(), entry, frame_values: HashMap::new() }
+        Emitter { fb, frame, shared, imported: HashMap::new(), entry, frame_values: HashMap::new(), buffers_invariant: false, hoisted: Vec::new() }
     }
 
     pub fn finish(self) -> FunctionBuilder<'f> {
@@ -251,22 +257,32 @@ impl<'f, 's> Emitter<'f, 's> {
 
     /// Loads `elem` at `addr`: one element, a whole vector, or lanes `stride` elements apart.
     pub fn load(&mut self, elem: Elem, width: Width, addr: Value, stride: LoadStride) -> Value {
+        self.load_flagged(elem, width, addr, stride, MemFlagsData::trusted())
+    }
+
+    /// Loads a buffer element: as [`Self::load`], hoistable when buffers are invariant.
+    pub fn load_buffer(&mut self, elem: Elem, width: Width, addr: Value, stride: LoadStride) -> Value {
+        let flags = if self.buffers_invariant { invariant() } else { MemFlagsData::trusted() };
+        self.load_flagged(elem, width, addr, stride, flags)
+    }
+
+    fn load_flagged(&mut self, elem: Elem, width: Width, addr: Value, stride: LoadStride, flags: MemFlagsData) -> Value {
         let scalar_ty = reg_type(elem, Width::One);
         match (width, stride) {
-            (Width::One, _) => self.fb.ins().load(scalar_ty, MemFlagsData::trusted(), addr, 0),
+            (Width::One, _) => self.fb.ins().load(scalar_ty, flags, addr, 0),
             (Width::Lanes, LoadStride::Uniform) => {
-                let s = self.fb.ins().load(scalar_ty, MemFlagsData::trusted(), addr, 0);
+                let s = self.fb.ins().load(scalar_ty, flags, addr, 0);
                 self.widen(s, elem, width)
             }
-            (Width::Lanes, LoadStride::Contiguous) => self.fb.ins().load(reg_type(elem, width), MemFlagsData::trusted(), addr, 0),
+            (Width::Lanes, LoadStride::Contiguous) => self.fb.ins().load(reg_type(elem, width), flags, addr, 0),
             (Width::Lanes, LoadStride::Elements(step)) => {
                 let bytes = self.fb.ins().ishl_imm_u(step, 2);
-                let first = self.fb.ins().load(scalar_ty, MemFlagsData::trusted(), addr, 0);
+                let first = self.fb.ins().load(scalar_ty, flags, addr, 0);
                 let mut v = self.widen(first, elem, width);
                 let mut at = addr;
                 for lane in 1..LANES as u8 {
                     at = self.fb.ins().iadd(at, bytes);
-                    let x = self.fb.ins().load(scalar_ty, MemFlagsData::trusted(), at, 0);
+                    let x = self.fb.ins().load(scalar_ty, flags, at, 0);
                     v = self.fb.ins().insertlane(v, x, lane);
                 }
                 v

@@ -92,7 +92,7 @@ pub(crate) fn generate(plan: &Plan, isa: OwnedTargetIsa) -> Result<Generated, St
     for (name, body) in &functions {
         let params = match body {
             Body::Kernel(_) => 3,
-            Body::Tile(_) => 7,
+            Body::Tile(_) => 8,
             Body::Loop(_) | Body::Main => 1,
         };
         let signature = signature_of(call_conv, params);

@@ -114,7 +114,7 @@ impl Emitter<'_, '_> {
 
     pub fn load_access(&mut self, buffers: &[Buffer], access: &Access, elem: Elem, p: &Point) -> Value {
         let (addr, stride) = self.address(buffers, access, p);
-        self.load(elem, p.width, addr, stride)
+        self.load_buffer(elem, p.width, addr, stride)
     }
 
     /// Stores `value` where `access` points at `p` (contiguous along `p.inner`, or one element).
@@ -125,9 +125,19 @@ impl Emitter<'_, '_> {
 
     /// Evaluates `prog` at `p`.
     pub fn evaluate(&mut self, buffers: &[Buffer], prog: &ElementProgram, p: &Point) -> Value {
+        let vals = self.evaluate_all(buffers, prog, p);
+        vals.last().copied().unwrap_or_else(|| self.constant(Elem::Real, p.width, 0.0))
+    }
+
+    /// Every op of `prog` at `p`.
+    fn evaluate_all(&mut self, buffers: &[Buffer], prog: &ElementProgram, p: &Point) -> Vec<Value> {
         let w = p.width;
         let mut vals: Vec<Value> = Vec::with_capacity(prog.ops.len());
-        for (op, elem) in &prog.ops {
+        for (k, (op, elem)) in prog.ops.iter().enumerate() {
+            if let Some(&Some(v)) = self.hoisted.get(k) {
+                vals.push(v);
+                continue;
+            }
             let elem = *elem;
             let v = match op {
                 Op::Load(a) => self.load_access(buffers, a, elem, p),
@@ -140,6 +150,13 @@ impl Emitter<'_, '_> {
                 }
                 Op::Tile => self.tile_entry(p),
                 Op::Unary(op, a) => self.unary(*op, vals[*a], elem, w),
+                Op::Binary(BinaryOp::Div, a, b) if self.buffers_invariant && elem == Elem::Real && is_uniform(&prog.ops[*b].0) => {
+                    // A multiply by the reciprocal, which is hoisted out of the loops (within
+                    // an ulp of the quotient).
+                    let one = self.constant(Elem::Real, w, 1.0);
+                    let reciprocal = self.fb.ins().fdiv(one, vals[*b]);
+                    self.fb.ins().fmul(vals[*a], reciprocal)
+                }
                 Op::Binary(op, a, b) => {
                     let operand = prog.ops[*a].1;
                     self.binary(*op, vals[*a], vals[*b], operand, w)
@@ -149,7 +166,7 @@ impl Emitter<'_, '_> {
             };
             vals.push(v);
         }
-        vals.last().copied().unwrap_or_else(|| self.constant(Elem::Real, w, 0.0))
+        vals
     }
 
     /// The address of the tile entry at `p`.
@@ -251,6 +268,56 @@ impl Emitter<'_, '_> {
             }
             _ => unreachable!("every pair of distinct element types is handled above"),
         }
+    }
+}
+
+impl Emitter<'_, '_> {
+    /// Evaluates, at `p`, the ops of `prog` that do not vary along `axis`, and keeps them in
+    /// [`Emitter::hoisted`] so that evaluations inside a loop over `axis` reuse them: the
+    /// row's values and the scalars of a tile function are computed once per row, not once
+    /// per vector. Cranelift does not move these loads out of loops by itself.
+    pub fn hoist_invariants(&mut self, buffers: &[Buffer], prog: &ElementProgram, p: &Point, axis: Axis) {
+        let mut varies = vec![false; prog.ops.len()];
+        for (k, (op, _)) in prog.ops.iter().enumerate() {
+            let along = |c: &Coord<Axis>| c.follows == Some(axis);
+            varies[k] = match op {
+                Op::Tile => true,
+                Op::Index(c) => along(c),
+                Op::Load(a) => along(&a.row) || along(&a.col),
+                Op::Literal(_) => false,
+                Op::Unary(_, a) | Op::Cast(a, _) => varies[*a],
+                Op::Binary(_, a, b) => varies[*a] || varies[*b],
+                Op::Select(c, a, b) => varies[*c] || varies[*a] || varies[*b],
+            };
+        }
+        // Evaluating the whole program once defines every op; only the invariant ones are kept.
+        self.hoisted.clear();
+        let mut invariant = ElementProgram::default();
+        let mut kept = Vec::new();
+        for (k, (op, elem)) in prog.ops.iter().enumerate() {
+            if !varies[k] {
+                invariant.ops.push((op.clone(), *elem));
+                kept.push(k);
+            } else {
+                // A placeholder the invariant ops never read (they depend on invariant ops only).
+                invariant.ops.push((Op::Literal(Literal::Int(0)), Elem::Int));
+            }
+        }
+        let values = self.evaluate_all(buffers, &invariant, p);
+        self.hoisted = vec![None; prog.ops.len()];
+        for k in kept {
+            self.hoisted[k] = Some(values[k]);
+        }
+    }
+}
+
+/// Whether `op` has one value for every point of a kernel: a literal, or a load of a
+/// scalar.
+fn is_uniform(op: &Op) -> bool {
+    match op {
+        Op::Literal(_) => true,
+        Op::Load(a) => a.row.follows.is_none() && a.col.follows.is_none(),
+        _ => false,
     }
 }
 

@@ -15,6 +15,8 @@ use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{InstBuilder, Value};
 
 const LOG2_E: f64 = std::f64::consts::LOG2_E;
+/// 1.5 · 2^23: adding it rounds an `f32` below 2^22 in magnitude to an integer.
+const SHIFTER: f64 = 12_582_912.0;
 /// ln 2 split so that `k * LN2_HI` is exact for the `k` that occur.
 const LN2_HI: f64 = 0.693359375;
 const LN2_LO: f64 = -2.12194440e-4;
@@ -51,14 +53,21 @@ fn pow2(em: &mut Emitter, k: Value, w: Width) -> Value {
 
 pub(crate) fn exp(em: &mut Emitter, x: Value, w: Width) -> Value {
     // Clamping keeps the exponent arithmetic in range; beyond these, the result is 0 or inf
-    // anyway, and NaN passes through `fmax`/`fmin`.
+    // anyway.
     let lo = em.constant(Elem::Real, w, -104.0);
     let hi = em.constant(Elem::Real, w, 89.0);
-    let x = em.fb.ins().fmax(x, lo);
-    let x = em.fb.ins().fmin(x, hi);
+    // Compare-and-select rather than `fmax`/`fmin`, whose NaN rules cost several
+    // instructions on x86; comparisons with NaN are false, so NaN is kept.
+    let below = em.fcmp(FloatCC::LessThan, x, lo, w);
+    let x = em.select(below, lo, x, w);
+    let above = em.fcmp(FloatCC::GreaterThan, x, hi, w);
+    let x = em.select(above, hi, x, w);
+    // k = round(x log2 e), by adding 1.5 · 2^23: the sum's low mantissa bits are k itself,
+    // which saves a float-to-int conversion (slow on vectors).
     let log2e = em.constant(Elem::Real, w, LOG2_E);
-    let scaled = em.fb.ins().fmul(x, log2e);
-    let k = em.fb.ins().nearest(scaled);
+    let shifter = em.constant(Elem::Real, w, SHIFTER);
+    let shifted = em.fb.ins().fma(x, log2e, shifter);
+    let k = em.fb.ins().fsub(shifted, shifter);
     let neg_hi = em.constant(Elem::Real, w, -LN2_HI);
     let neg_lo = em.constant(Elem::Real, w, -LN2_LO);
     let r = em.fb.ins().fma(k, neg_hi, x);
@@ -70,8 +79,9 @@ pub(crate) fn exp(em: &mut Emitter, x: Value, w: Width) -> Value {
     let e_r = em.fb.ins().fma(p, r2, r_plus_one);
     // 2^k as two factors, so that k from -150 to 129 never leaves the normal exponent range
     // (results underflow gradually and overflow to inf on the final products).
-    let int_ty = super::builder::reg_type(Elem::Int, w);
-    let ki = em.fb.ins().fcvt_to_sint_sat(int_ty, k);
+    let shifted_bits = em.as_int_bits(shifted, w);
+    let shifter_bits = em.constant(Elem::Int, w, f64::from((SHIFTER as f32).to_bits() as i32));
+    let ki = em.fb.ins().isub(shifted_bits, shifter_bits);
     let half = em.fb.ins().sshr_imm_u(ki, 1);
     let rest = em.fb.ins().isub(ki, half);
     let s1 = pow2(em, half, w);

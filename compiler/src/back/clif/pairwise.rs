@@ -2,37 +2,50 @@
 //! ([`super::tiles`]) calls for each tile of dot products, and the call in `main` that hands
 //! the node to that loop.
 
-use super::builder::{Emitter, Width};
+use super::builder::{Emitter, LoadStride, Width};
 use super::element::{needs_scalar, Point, TileCursor};
 use super::kernels::{combine, lanes, Run};
-use super::plan::{Axis, Buffer, Sink, Step};
-use super::tiles::{reduce_code, PairwiseArgs, PRODUCT};
+use super::plan::{Axis, Buffer, ElementProgram, Sink, Step};
+use super::tiles::{reduce_code, PairwiseArgs, PRODUCT, SYMMETRIC_PRODUCT};
 use crate::ir::Elem;
 use cranelift_codegen::ir::{InstBuilder, StackSlotData, StackSlotKind, Value};
 use std::mem::offset_of;
 
 impl Emitter<'_, '_> {
-    /// The body of a tile function `(frame, tile, stride, row0, row1, col0, col1)`: for the
-    /// tile's rows, `w(i, j)` from the dot products, either folded into `out` (reductions) or
-    /// written over the tile (products, which the runtime then multiplies into `v`).
+    /// The body of a tile function `(frame, tile, stride, row0, row1, col0, col1, acc)`: for
+    /// the tile's rows, `w(i, j)` from the dot products, either folded into `acc[i - row0]`
+    /// (reductions) or written over the tile (products, which the runtime then multiplies into
+    /// `v`).
     pub fn pairwise_tile(&mut self, buffers: &[Buffer], step: &Step, params: &[Value]) {
         let Step::Pairwise { kernel, sink, .. } = step else {
             unreachable!("tile functions are generated for pairwise steps")
         };
-        let [_, base, stride, r0, r1, c0, c1] = params[..] else {
-            unreachable!("tile functions take seven parameters")
+        let [_, base, stride, r0, r1, c0, c1, acc] = params[..] else {
+            unreachable!("tile functions take eight parameters")
         };
+        self.buffers_invariant = true;
         let tile = Some(TileCursor { base, stride, row0: r0, col0: c0 });
         let width = if needs_scalar(kernel) { Width::One } else { Width::Lanes };
-        self.for_range(r0, r1, 1, |em, r| match sink {
-            Sink::Reduce { op, out } => {
+        self.for_range(r0, r1, 1, |em, r| {
+            let row_start = Point { row: r, col: c0, inner: Axis::Col, width, tile };
+            em.hoist_invariants(buffers, kernel, &row_start, Axis::Col);
+            em.tile_row(buffers, kernel, sink, width, tile, [r, r0, c0, c1, acc]);
+            em.hoisted.clear();
+        });
+    }
+
+    /// One row `r` of a tile: columns `[c0, c1)`.
+    fn tile_row(&mut self, buffers: &[Buffer], kernel: &ElementProgram, sink: &Sink, width: Width, tile: Option<TileCursor>, [r, r0, c0, c1, acc]: [Value; 5]) {
+        let em = self;
+        match sink {
+            Sink::Reduce { op, .. } => {
                 let run = Run { op: *op, elem: Elem::Real, width, inner: Axis::Col, tile };
                 let partial = em.reduce_run(buffers, kernel, &run, r, c0, c1);
-                let zero = em.int(0);
-                let at = Point { row: r, col: zero, inner: Axis::Col, width: Width::One, tile: None };
-                let old = em.load_access(buffers, out, Elem::Real, &at);
+                let offset = em.fb.ins().isub(r, r0);
+                let addr = em.element_address(acc, offset);
+                let old = em.load(Elem::Real, Width::One, addr, LoadStride::Contiguous);
                 let new = combine(em, *op, old, partial);
-                em.store_access(buffers, out, &at, new);
+                em.store(new, addr);
             }
             Sink::MatMul { .. } => {
                 em.for_range(c0, c1, lanes(width), |em, c| {
@@ -42,7 +55,7 @@ impl Emitter<'_, '_> {
                     em.store(w, addr);
                 });
             }
-        });
+        }
     }
 
     /// Runs a pairwise step through the runtime's tiled loop with tile function `tile_fn`.
@@ -69,7 +82,7 @@ impl Emitter<'_, '_> {
         }
         let (code, out, v_and_width) = match sink {
             Sink::Reduce { op, out } => (reduce_code(*op), out, None),
-            Sink::MatMul { v, width, out } => (PRODUCT, out, Some((v, width))),
+            Sink::MatMul { v, width, out, symmetric } => (if *symmetric { SYMMETRIC_PRODUCT } else { PRODUCT }, out, Some((v, width))),
         };
         let code = self.int(code);
         fields.push((offset_of!(PairwiseArgs, sink), code));

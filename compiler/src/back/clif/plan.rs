@@ -195,8 +195,9 @@ pub(crate) enum Step {
 pub(crate) enum Sink {
     /// `out[i] = reduce_j w(i, j)`.
     Reduce { op: ReduceOp, out: Access },
-    /// `out[i, :] = sum_j w(i, j) v[j, :]` (`v`: `[cols, width]`).
-    MatMul { v: Access, width: Dim, out: Access },
+    /// `out[i, :] = sum_j w(i, j) v[j, :]` (`v`: `[cols, width]`); `symmetric` when
+    /// `w(i, j) = w(j, i)` (see [`crate::ir::PairwiseOperands::is_symmetric`]).
+    MatMul { v: Access, width: Dim, out: Access, symmetric: bool },
 }
 
 /// The plan of a whole program.
@@ -514,7 +515,8 @@ impl Planner<'_> {
                 let width = p.ty(*v).shape[1].clone();
                 let v = self.stored(*v, steps)?.access(&identity_coords(2));
                 let out = placement.access(&identity_coords(2));
-                steps.push(Step::Pairwise { a: a.0, b: b.0, rows: a.1, cols: b.1, depth: a.2, kernel, sink: Sink::MatMul { v, width, out } });
+                let symmetric = pairwise.is_symmetric();
+                steps.push(Step::Pairwise { a: a.0, b: b.0, rows: a.1, cols: b.1, depth: a.2, kernel, sink: Sink::MatMul { v, width, out, symmetric } });
             }
             other => return Err(Unsupported(format!("the IR node {other:?}"))),
         }

@@ -1,9 +1,16 @@
-//! The runtime side of pairwise nodes: the tiled loop. Row blocks of the iteration space are
-//! spread over the thread pool; for each block and each column block, the `gemm` crate's
-//! micro-kernel computes the tile of dot products `a_i · b_j` into a small per-thread buffer,
-//! and the generated tile function turns it into `w(i, j)` and folds it into the running row
-//! reductions, or (for products) the library multiplies the tile into `v`. Only one tile per
-//! thread ever exists, so memory stays O(rows · depth).
+//! The runtime side of pairwise nodes: the tiled loop. For each tile of the iteration space,
+//! the `gemm` crate's micro-kernel computes the dot products `a_i · b_j` into a small
+//! per-thread buffer, and the generated tile function turns them into `w(i, j)` and folds them
+//! into running row reductions, or (for products) writes them over the tile, which the
+//! library then multiplies into `v`. Only a few tiles per thread ever exist, so memory stays
+//! O(rows · depth).
+//!
+//! When both matrices are the same (`Z Zᵀ`, as in every contrastive loss) the dot products
+//! are symmetric: only the tiles on and above the diagonal are computed, and each also serves
+//! the mirrored tile, transposed in memory, so the tile function sees `w(j, i)` with the
+//! dot product it needs. That halves the dot-product work. A kernel that is symmetric itself
+//! ([`SYMMETRIC_PRODUCT`], such as the merged `W V + Wᵀ V` of a similarity matrix's gradient)
+//! is evaluated on those tiles only, its lower tiles being the transposes of the upper ones.
 
 use super::frame::Frame;
 use super::plan::LANES;
@@ -14,7 +21,7 @@ use rayon::prelude::*;
 /// What generated code passes to [`pairwise`]: addresses and strides in elements, all `i64`.
 #[repr(C)]
 pub(crate) struct PairwiseArgs {
-    /// The tile function: `(frame, tile, stride, row0, row1, col0, col1)`.
+    /// The tile function (see [`TileFn`]).
     pub tile: i64,
     pub a: i64,
     pub a_rs: i64,
@@ -25,7 +32,7 @@ pub(crate) struct PairwiseArgs {
     pub rows: i64,
     pub cols: i64,
     pub depth: i64,
-    /// The reduction (see [`reduce_code`]), or [`PRODUCT`] for a product with `v`.
+    /// The reduction (see [`reduce_code`]), [`PRODUCT`] or [`SYMMETRIC_PRODUCT`].
     pub sink: i64,
     /// `[rows]` for reductions (`out_rs` apart), `[rows, width]` for products.
     pub out: i64,
@@ -37,7 +44,11 @@ pub(crate) struct PairwiseArgs {
     pub width: i64,
 }
 
+/// `out = W v`.
 pub(crate) const PRODUCT: i64 = -1;
+/// `out = W v` where `w(i, j) = w(j, i)` (`a = b`): the tiles below the diagonal are the
+/// transposes of those above.
+pub(crate) const SYMMETRIC_PRODUCT: i64 = -2;
 
 pub(crate) fn reduce_code(op: ReduceOp) -> i64 {
     match op {
@@ -58,102 +69,284 @@ fn identity(code: i64) -> f32 {
     }
 }
 
-type TileFn = extern "C" fn(*const Frame, *mut f32, i64, i64, i64, i64, i64);
+/// Two partial reductions of the same row as one; NaN wins, as in the generated code.
+fn merge(code: i64, a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        return f32::NAN;
+    }
+    match code {
+        1 => a.max(b),
+        2 => a.min(b),
+        3 => {
+            let m = a.max(b);
+            if m == f32::NEG_INFINITY {
+                m
+            } else {
+                m + ((a - m).exp() + (b - m).exp()).ln()
+            }
+        }
+        _ => a + b,
+    }
+}
 
-/// Rows per block: one block's tiles stay in the core's L2 cache.
+/// A generated tile function: `(frame, tile, stride, row0, row1, col0, col1, acc)`. Entry
+/// `(r, c)` of the iteration space is at `tile[(r - row0) * stride + c - col0]`; reductions
+/// fold row `r`'s part into `acc[r - row0]`, products overwrite the tile with `w`.
+type TileFn = extern "C" fn(*const Frame, *mut f32, i64, i64, i64, i64, i64, *mut f32);
+
+/// Rows per block of the rectangular loop: one block's tiles stay in the core's L2 cache.
 const ROW_BLOCK: i64 = 64;
-/// Columns per tile (a multiple of the SIMD width, so tile rows are whole vectors).
+/// Columns per tile of the rectangular loop (a multiple of the SIMD width, so tile rows are
+/// whole vectors).
 const COL_BLOCK: i64 = 256;
+/// The side of the square tiles of the symmetric loop: two of them and their operands stay
+/// in L2.
+const SQUARE: i64 = 128;
 
 /// `f32` element `k` after `base` (`k` may be negative for reversed strides).
 fn at(base: i64, k: i64) -> *mut f32 {
     (base as *mut f32).wrapping_offset(k as isize)
 }
 
+/// A strided `f32` matrix view: address and strides in elements.
+#[derive(Clone, Copy)]
+struct View {
+    base: *const f32,
+    rs: isize,
+    cs: isize,
+}
+
+impl View {
+    fn rows_from(self, r: i64) -> View {
+        View { base: self.base.wrapping_offset(r as isize * self.rs), ..self }
+    }
+    fn transposed(self) -> View {
+        View { rs: self.cs, cs: self.rs, ..self }
+    }
+}
+
+/// `dst (+)= lhs[m × k] · rhs[k × n]` on this thread; `accumulate` keeps what `dst` held.
+fn gemm_into(m: i64, n: i64, k: i64, dst: *mut f32, dst_rs: isize, dst_cs: isize, lhs: View, rhs: View, accumulate: bool) {
+    // SAFETY: callers pass views of this evaluation's buffers or of their own tiles, sized
+    // as described, with `dst` not overlapping the operands.
+    unsafe {
+        gemm::gemm(
+            m as usize,
+            n as usize,
+            k as usize,
+            dst,
+            dst_cs,
+            dst_rs,
+            accumulate,
+            lhs.base,
+            lhs.cs,
+            lhs.rs,
+            rhs.base,
+            rhs.cs,
+            rhs.rs,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// One pairwise node's evaluation, as the threads share it.
+struct Job<'a> {
+    frame: SharedFrame,
+    args: &'a PairwiseArgs,
+    tile_fn: TileFn,
+    a: View,
+    b: View,
+    v: View,
+}
+
+// SAFETY: the job only reads its operands; each thread writes its own scratch memory, and
+// results reach `out` after the threads have joined (or per disjoint row block).
+unsafe impl Sync for Job<'_> {}
+
 pub(crate) extern "C" fn pairwise(frame: *const Frame, args: *const PairwiseArgs) {
     // SAFETY: generated code passes the address of a filled argument block on its stack.
     let args = unsafe { &*args };
     // SAFETY: `tile` is the address of a generated function of type `TileFn`.
     let tile_fn = unsafe { std::mem::transmute::<*const u8, TileFn>(args.tile as *const u8) };
-    let frame = SharedFrame(frame);
-    let blocks = (args.rows + ROW_BLOCK - 1) / ROW_BLOCK;
-    let scratch = || vec![0f32; (ROW_BLOCK * COL_BLOCK + LANES) as usize];
-    let run = |tile: &mut Vec<f32>, block: i64| row_block(frame, args, tile_fn, tile, block);
-    if blocks <= 1 || rayon::current_num_threads() <= 1 {
-        let mut tile = scratch();
-        (0..blocks).for_each(|b| run(&mut tile, b));
+    let view = |base: i64, rs: i64, cs: i64| View { base: base as *const f32, rs: rs as isize, cs: cs as isize };
+    let job = Job {
+        frame: SharedFrame(frame),
+        args,
+        tile_fn,
+        a: view(args.a, args.a_rs, args.a_cs),
+        b: view(args.b, args.b_rs, args.b_cs),
+        v: view(args.v, args.v_rs, args.v_cs),
+    };
+    let same = args.a == args.b && args.a_rs == args.b_rs && args.a_cs == args.b_cs && args.rows == args.cols;
+    if same {
+        job.symmetric();
     } else {
-        (0..blocks).into_par_iter().for_each_init(scratch, run);
+        debug_assert_ne!(args.sink, SYMMETRIC_PRODUCT, "a symmetric product needs one matrix");
+        job.rectangular();
     }
 }
 
-fn row_block(frame: SharedFrame, args: &PairwiseArgs, tile_fn: TileFn, tile: &mut [f32], block: i64) {
-    let r0 = block * ROW_BLOCK;
-    let r1 = (r0 + ROW_BLOCK).min(args.rows);
-    let product = args.sink == PRODUCT;
-    // SAFETY (all the raw accesses below): the argument block describes this evaluation's
-    // buffers; this block writes only rows [r0, r1) of `out`.
-    for r in r0..r1 {
-        if product {
-            for e in 0..args.width {
-                unsafe { *at(args.out, r * args.out_rs + e * args.out_cs) = 0.0 };
-            }
+impl Job<'_> {
+    fn is_product(&self) -> bool {
+        self.args.sink < 0
+    }
+
+    fn call_tile(&self, tile: &mut [f32], stride: i64, rows: (i64, i64), cols: (i64, i64), acc: *mut f32) {
+        (self.tile_fn)(self.frame.get(), tile.as_mut_ptr(), stride, rows.0, rows.1, cols.0, cols.1, acc);
+    }
+
+    /// Row blocks spread over the threads, each sweeping all column tiles and writing its own
+    /// rows of `out`.
+    fn rectangular(&self) {
+        let blocks = (self.args.rows + ROW_BLOCK - 1) / ROW_BLOCK;
+        let scratch = || vec![0f32; (ROW_BLOCK * COL_BLOCK + LANES) as usize];
+        let run = |tile: &mut Vec<f32>, block: i64| self.row_block(tile, block);
+        if blocks <= 1 || rayon::current_num_threads() <= 1 {
+            let mut tile = scratch();
+            (0..blocks).for_each(|b| run(&mut tile, b));
         } else {
-            unsafe { *at(args.out, r * args.out_rs) = identity(args.sink) };
+            (0..blocks).into_par_iter().for_each_init(scratch, run);
         }
     }
-    let mut c0 = 0;
-    while c0 < args.cols {
-        let c1 = (c0 + COL_BLOCK).min(args.cols);
-        unsafe {
-            gemm::gemm(
-                (r1 - r0) as usize,
-                (c1 - c0) as usize,
-                args.depth as usize,
-                tile.as_mut_ptr(),
-                1,
-                COL_BLOCK as isize,
-                false,
-                at(args.a, r0 * args.a_rs),
-                args.a_cs as isize,
-                args.a_rs as isize,
-                at(args.b, c0 * args.b_rs),
-                args.b_rs as isize,
-                args.b_cs as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
-        tile_fn(frame.get(), tile.as_mut_ptr(), COL_BLOCK, r0, r1, c0, c1);
+
+    fn row_block(&self, tile: &mut [f32], block: i64) {
+        let args = self.args;
+        let r0 = block * ROW_BLOCK;
+        let r1 = (r0 + ROW_BLOCK).min(args.rows);
+        let product = self.is_product();
+        let mut acc = vec![identity(args.sink); (r1 - r0) as usize];
         if product {
-            unsafe {
-                gemm::gemm(
-                    (r1 - r0) as usize,
-                    args.width as usize,
-                    (c1 - c0) as usize,
-                    at(args.out, r0 * args.out_rs),
-                    args.out_cs as isize,
-                    args.out_rs as isize,
-                    true,
-                    tile.as_ptr(),
-                    1,
-                    COL_BLOCK as isize,
-                    at(args.v, c0 * args.v_rs),
-                    args.v_cs as isize,
-                    args.v_rs as isize,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
+            // SAFETY: this block writes only rows [r0, r1) of `out`, which is `[rows, width]`.
+            for r in r0..r1 {
+                for e in 0..args.width {
+                    unsafe { *at(args.out, r * args.out_rs + e * args.out_cs) = 0.0 };
+                }
             }
         }
-        c0 = c1;
+        let mut c0 = 0;
+        while c0 < args.cols {
+            let c1 = (c0 + COL_BLOCK).min(args.cols);
+            gemm_into(r1 - r0, c1 - c0, args.depth, tile.as_mut_ptr(), COL_BLOCK as isize, 1, self.a.rows_from(r0), self.b.rows_from(c0).transposed(), false);
+            self.call_tile(tile, COL_BLOCK, (r0, r1), (c0, c1), acc.as_mut_ptr());
+            if product {
+                let out = at(args.out, r0 * args.out_rs);
+                let w = View { base: tile.as_ptr(), rs: COL_BLOCK as isize, cs: 1 };
+                gemm_into(r1 - r0, args.width, c1 - c0, out, args.out_rs as isize, args.out_cs as isize, w, self.v.rows_from(c0), true);
+            }
+            c0 = c1;
+        }
+        if !product {
+            for (r, value) in (r0..r1).zip(acc) {
+                // SAFETY: as above, rows [r0, r1) of the `[rows]` output.
+                unsafe { *at(args.out, r * args.out_rs) = value };
+            }
+        }
+    }
+
+    /// Tiles on and above the diagonal, split into one contiguous run per thread; each thread
+    /// accumulates into its own copy of the output, and the copies are merged at the end.
+    fn symmetric(&self) {
+        let args = self.args;
+        let blocks = (args.rows + SQUARE - 1) / SQUARE;
+        let pairs: Vec<(i64, i64)> = (0..blocks).flat_map(|i| (i..blocks).map(move |j| (i, j))).collect();
+        let threads = (rayon::current_num_threads() as i64).clamp(1, pairs.len().max(1) as i64);
+        // Off-diagonal tiles serve two blocks of rows; diagonal ones one.
+        let cost = |&(i, j): &(i64, i64)| if i == j { 1 } else { 2 };
+        let total: i64 = pairs.iter().map(cost).sum();
+        let mut runs = vec![Vec::new(); threads as usize];
+        let mut done = 0;
+        for p in &pairs {
+            let t = (done * threads / total.max(1)).min(threads - 1);
+            runs[t as usize].push(*p);
+            done += cost(p);
+        }
+        let partials: Vec<Vec<f32>> = if threads == 1 {
+            vec![self.symmetric_run(&runs[0])]
+        } else {
+            runs.par_iter().map(|run| self.symmetric_run(run)).collect()
+        };
+        self.write_out(partials);
+    }
+
+    /// The output (`[rows]` or `[rows, width]`, dense) of the tiles in `run`.
+    fn symmetric_run(&self, run: &[(i64, i64)]) -> Vec<f32> {
+        let args = self.args;
+        let width = args.width.max(1);
+        let product = self.is_product();
+        let mut out = if product { vec![0f32; (args.rows * width) as usize] } else { vec![identity(args.sink); args.rows as usize] };
+        let side = (SQUARE * SQUARE + LANES) as usize;
+        let (mut direct, mut mirror) = (vec![0f32; side], vec![0f32; side]);
+        for &(bi, bj) in run {
+            let rows = (bi * SQUARE, ((bi + 1) * SQUARE).min(args.rows));
+            let cols = (bj * SQUARE, ((bj + 1) * SQUARE).min(args.rows));
+            let (m, n) = (rows.1 - rows.0, cols.1 - cols.0);
+            gemm_into(m, n, args.depth, direct.as_mut_ptr(), SQUARE as isize, 1, self.a.rows_from(rows.0), self.a.rows_from(cols.0).transposed(), false);
+            let off_diagonal = bi != bj;
+            // The mirrored tile `w(j, i)` needs evaluating unless the kernel is symmetric.
+            let mirror_needed = off_diagonal && args.sink != SYMMETRIC_PRODUCT;
+            if mirror_needed {
+                transpose(&direct, &mut mirror, m, n);
+            }
+            let acc_of = |out: &mut Vec<f32>, r0: i64| if product { std::ptr::null_mut() } else { out[r0 as usize..].as_mut_ptr() };
+            let acc = acc_of(&mut out, rows.0);
+            self.call_tile(&mut direct, SQUARE, rows, cols, acc);
+            if mirror_needed {
+                let acc = acc_of(&mut out, cols.0);
+                self.call_tile(&mut mirror, SQUARE, cols, rows, acc);
+            }
+            if !product {
+                continue;
+            }
+            let w = |t: &[f32]| View { base: t.as_ptr(), rs: SQUARE as isize, cs: 1 };
+            let out_rows = |out: &mut Vec<f32>, r0: i64| out[(r0 * width) as usize..].as_mut_ptr();
+            let (v_rows, v_cols) = (self.v.rows_from(rows.0), self.v.rows_from(cols.0));
+            gemm_into(m, args.width, n, out_rows(&mut out, rows.0), width as isize, 1, w(&direct), v_cols, true);
+            if off_diagonal {
+                // A symmetric kernel's mirrored tile is the transpose of this one.
+                let mirrored = if args.sink == SYMMETRIC_PRODUCT { w(&direct).transposed() } else { w(&mirror) };
+                gemm_into(n, args.width, m, out_rows(&mut out, cols.0), width as isize, 1, mirrored, v_rows, true);
+            }
+        }
+        out
+    }
+
+    /// Merges the threads' partial outputs into `out`.
+    fn write_out(&self, partials: Vec<Vec<f32>>) {
+        let args = self.args;
+        let mut partials = partials.into_iter();
+        let Some(mut total) = partials.next() else { return };
+        for p in partials {
+            for (t, x) in total.iter_mut().zip(p) {
+                *t = if self.is_product() { *t + x } else { merge(args.sink, *t, x) };
+            }
+        }
+        let width = if self.is_product() { args.width } else { 1 };
+        for r in 0..args.rows {
+            for e in 0..width {
+                let value = total[(r * width.max(1) + e) as usize];
+                // SAFETY: `out` is this node's `[rows]` or `[rows, width]` output buffer.
+                unsafe { *at(args.out, r * args.out_rs + e * args.out_cs) = value };
+            }
+        }
+    }
+}
+
+/// `to[c][r] = from[r][c]` for an `m × n` tile (both with row stride [`SQUARE`]).
+fn transpose(from: &[f32], to: &mut [f32], m: i64, n: i64) {
+    const STEP: usize = 8;
+    let (m, n, s) = (m as usize, n as usize, SQUARE as usize);
+    for r0 in (0..m).step_by(STEP) {
+        for c0 in (0..n).step_by(STEP) {
+            for r in r0..(r0 + STEP).min(m) {
+                for c in c0..(c0 + STEP).min(n) {
+                    to[c * s + r] = from[r * s + c];
+                }
+            }
+        }
     }
 }
