@@ -15,7 +15,7 @@ use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::types::{F32, F32X4, I32, I32X4, I64};
 use cranelift_codegen::cursor::{Cursor, FuncCursor};
 use cranelift_codegen::ir::{
-    AbiParam, Block, ConstantData, Endianness, ExtFuncData, ExternalName, FuncRef, InstBuilder, MemFlagsData, Signature, Type,
+    AbiParam, Block, ConstantData, Endianness, ExtFuncData, ExternalName, FuncRef, InstBuilder, MemFlagsData, Signature, StackSlot, StackSlotData, StackSlotKind, Type,
     UserExternalName, Value,
 };
 use cranelift_frontend::FunctionBuilder;
@@ -69,6 +69,10 @@ pub(crate) struct Emitter<'f, 's> {
     /// Values of the element program being evaluated that were computed outside the current
     /// loop (by op index), which [`Self::evaluate`] reuses instead of recomputing.
     pub hoisted: Vec<Option<Value>>,
+    /// The reciprocals of hoisted divisors (by op index), for multiplying by instead.
+    pub reciprocals: Vec<Option<Value>>,
+    /// The stack slot [`Self::anchor`] stores into, once made.
+    anchor_slot: Option<StackSlot>,
 }
 
 /// Flags for reads of the frame's tables: they never change while generated code runs, so
@@ -88,7 +92,7 @@ impl<'f, 's> Emitter<'f, 's> {
         let entry = fb.current_block().expect("the entry block is current");
         // Frame values are inserted into it directly, so it must be in the layout already.
         fb.ensure_inserted_block();
-        Emitter { fb, frame, shared, imported: HashMap::new(), entry, frame_values: HashMap::new(), buffers_invariant: false, hoisted: Vec::new() }
+        Emitter { fb, frame, shared, imported: HashMap::new(), entry, frame_values: HashMap::new(), buffers_invariant: false, hoisted: Vec::new(), reciprocals: Vec::new(), anchor_slot: None }
     }
 
     pub fn finish(self) -> FunctionBuilder<'f> {
@@ -138,11 +142,28 @@ impl<'f, 's> Emitter<'f, 's> {
             return v;
         }
         let frame = self.frame;
+        let slot = self.anchor_slot();
         let mut pos = FuncCursor::new(self.fb.func).at_first_insertion_point(self.entry);
         let address = pos.ins().load(I64, invariant(), frame, table);
         let v = pos.ins().load(I64, invariant(), address, (index * 8) as i32);
+        pos.ins().stack_store(I64, v, slot, 0);
         self.frame_values.insert((table, index), v);
         v
+    }
+
+    /// Keeps `values` computed where they are now. Cranelift places pure values at their
+    /// first use in dominator order and does not move them out of loops itself, so a value
+    /// computed before a loop but used only inside it would be recomputed on every iteration;
+    /// storing it to a scratch stack slot here makes this its first use.
+    pub fn anchor(&mut self, values: &[Value]) {
+        let slot = self.anchor_slot();
+        for &v in values {
+            self.fb.ins().stack_store(I64, v, slot, 0);
+        }
+    }
+
+    fn anchor_slot(&mut self) -> StackSlot {
+        *self.anchor_slot.get_or_insert_with(|| self.fb.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, 16, 4)))
     }
 
     /// `base + index * 4`: the address of element `index` (all elements are 4 bytes).

@@ -150,11 +150,9 @@ impl Emitter<'_, '_> {
                 }
                 Op::Tile => self.tile_entry(p),
                 Op::Unary(op, a) => self.unary(*op, vals[*a], elem, w),
-                Op::Binary(BinaryOp::Div, a, b) if self.buffers_invariant && elem == Elem::Real && is_uniform(&prog.ops[*b].0) => {
-                    // A multiply by the reciprocal, which is hoisted out of the loops (within
-                    // an ulp of the quotient).
-                    let one = self.constant(Elem::Real, w, 1.0);
-                    let reciprocal = self.fb.ins().fdiv(one, vals[*b]);
+                Op::Binary(BinaryOp::Div, a, b) if self.reciprocals.get(*b).is_some_and(Option::is_some) => {
+                    // A multiply by the hoisted reciprocal (within an ulp of the quotient).
+                    let reciprocal = self.reciprocals[*b].expect("checked above");
                     self.fb.ins().fmul(vals[*a], reciprocal)
                 }
                 Op::Binary(op, a, b) => {
@@ -275,7 +273,7 @@ impl Emitter<'_, '_> {
     /// Evaluates, at `p`, the ops of `prog` that do not vary along `axis`, and keeps them in
     /// [`Emitter::hoisted`] so that evaluations inside a loop over `axis` reuse them: the
     /// row's values and the scalars of a tile function are computed once per row, not once
-    /// per vector. Cranelift does not move these loads out of loops by itself.
+    /// per vector.
     pub fn hoist_invariants(&mut self, buffers: &[Buffer], prog: &ElementProgram, p: &Point, axis: Axis) {
         let mut varies = vec![false; prog.ops.len()];
         for (k, (op, _)) in prog.ops.iter().enumerate() {
@@ -305,19 +303,26 @@ impl Emitter<'_, '_> {
         }
         let values = self.evaluate_all(buffers, &invariant, p);
         self.hoisted = vec![None; prog.ops.len()];
+        self.reciprocals = vec![None; prog.ops.len()];
+        let mut computed = Vec::new();
         for k in kept {
             self.hoisted[k] = Some(values[k]);
+            if !matches!(prog.ops[k].0, Op::Literal(_)) {
+                computed.push(values[k]);
+            }
         }
-    }
-}
-
-/// Whether `op` has one value for every point of a kernel: a literal, or a load of a
-/// scalar.
-fn is_uniform(op: &Op) -> bool {
-    match op {
-        Op::Literal(_) => true,
-        Op::Load(a) => a.row.follows.is_none() && a.col.follows.is_none(),
-        _ => false,
+        // Divisions of varying values by invariant ones become multiplications.
+        for (k, (op, elem)) in prog.ops.iter().enumerate() {
+            if let (Op::Binary(BinaryOp::Div, _, b), Elem::Real, true) = (op, elem, varies[k]) {
+                if !varies[*b] && self.reciprocals[*b].is_none() {
+                    let one = self.constant(Elem::Real, p.width, 1.0);
+                    let r = self.fb.ins().fdiv(one, values[*b]);
+                    self.reciprocals[*b] = Some(r);
+                    computed.push(r);
+                }
+            }
+        }
+        self.anchor(&computed);
     }
 }
 

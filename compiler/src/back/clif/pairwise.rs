@@ -31,6 +31,7 @@ impl Emitter<'_, '_> {
             em.hoist_invariants(buffers, kernel, &row_start, Axis::Col);
             em.tile_row(buffers, kernel, sink, width, tile, [r, r0, c0, c1, acc]);
             em.hoisted.clear();
+            em.reciprocals.clear();
         });
     }
 
