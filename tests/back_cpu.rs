@@ -181,6 +181,42 @@ fn other_pairwise_shapes_match_the_reference() {
     }
 }
 
+/// Three `repeat` loops: the second consumes the first; the third is independent of both.
+const CHAINED_LOOPS: &str = r#"
+fn smooth(v: [N], times: int) -> [N] {
+    var s = v
+    repeat times {
+        s = (s + mean(s)) / 2 + s * s / 10
+    }
+    return s
+}
+
+objective chained {
+    views x1, x2 = simclr_augment(x)
+    input z1: [N, D] = encoder(x1)
+    input z2: [N, D] = encoder(x2)
+    let first = smooth(sum(z1, axis=1), 3)
+    let second = smooth(first * 2, 4)
+    let other = smooth(sum(z2 * z2, axis=1), 5)
+    per_sample = sum(z1 * z2, axis=1) * stopgrad(second) + sum(z2, axis=1) * stopgrad(other)
+    loss = mean(per_sample)
+}
+"#;
+
+#[test]
+fn independent_loops_run_side_by_side_and_dependent_ones_in_order() {
+    let m = module_from_text(CHAINED_LOOPS);
+    let exe = Arc::new(Executable::new(m.clone()).expect("differentiable"));
+    let clif = back::clif::Cpu::new(exe).expect("compiles").clif().to_string();
+    let loops: Vec<&str> = clif.lines().filter(|l| l.starts_with("function %loop")).collect();
+    // Two loop functions of one concurrent group (`loopK_0`, `loopK_1`), one loop alone.
+    assert_eq!(loops.len(), 3, "{loops:?}");
+    assert_eq!(loops.iter().filter(|l| l.split('(').next().is_some_and(|name| name.contains('_'))).count(), 2, "{loops:?}");
+    for (n, d) in [(1, 2), (37, 5), (300, 16)] {
+        check(&m, n, d, 5).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
 #[test]
 fn cranelift_ir_snapshots() {
     for name in OBJECTIVES {

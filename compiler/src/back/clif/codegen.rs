@@ -13,7 +13,7 @@ use super::sizes::SizeTable;
 use crate::ir::Elem;
 use cranelift_codegen::ir::types::I64;
 use cranelift_codegen::control::ControlPlane;
-use cranelift_codegen::ir::{AbiParam, Function, InstBuilder, Signature, UserFuncName};
+use cranelift_codegen::ir::{AbiParam, Function, InstBuilder, Signature, StackSlotData, StackSlotKind, UserFuncName};
 use cranelift_codegen::Context;
 use cranelift_codegen::isa::OwnedTargetIsa;
 use cranelift_codegen::settings::{self, Configurable};
@@ -82,6 +82,9 @@ pub(crate) fn generate(plan: &Plan, isa: OwnedTargetIsa) -> Result<Generated, St
     for (k, step) in plan.steps.iter().enumerate() {
         match step {
             Step::Loop { .. } => functions.push((format!("loop{k}"), Body::Loop(step))),
+            Step::Concurrent { loops } => {
+                functions.extend(loops.iter().enumerate().map(|(m, l)| (format!("loop{k}_{m}"), Body::Loop(l))));
+            }
             Step::Pairwise { .. } => functions.push((format!("pairwise{k}"), Body::Tile(step))),
             Step::MatMul { m, n, .. } if product_kind(m, n) == Product::General => {}
             _ => functions.push((format!("kernel{k}"), Body::Kernel(step))),
@@ -172,6 +175,10 @@ impl Emitter<'_, '_> {
                     self.call(&format!("loop{k}"), &[frame]);
                 }
                 Step::Pairwise { .. } => self.pairwise_call(&plan.buffers, step, &format!("pairwise{k}")),
+                Step::Concurrent { loops } => {
+                    let names: Vec<String> = (0..loops.len()).map(|m| format!("loop{k}_{m}")).collect();
+                    self.concurrent_call(&names);
+                }
                 Step::MatMul { out, lhs, rhs, m, k: inner, n } if product_kind(m, n) == Product::General => {
                     self.gemm_call(&plan.buffers, out, lhs, rhs, [m, inner, n]);
                 }
@@ -184,6 +191,21 @@ impl Emitter<'_, '_> {
                 }
             }
         }
+    }
+
+    /// Runs the loop functions `names` through the runtime, side by side: their addresses go
+    /// in an array on the stack.
+    fn concurrent_call(&mut self, names: &[String]) {
+        let size = (names.len() * 8) as u32;
+        let slot = self.fb.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, size, 3));
+        for (m, name) in names.iter().enumerate() {
+            let f = self.function_address(name);
+            self.fb.ins().stack_store(I64, f, slot, (m * 8) as i32);
+        }
+        let array = self.fb.ins().stack_addr(I64, slot, 0);
+        let count = self.int(names.len() as i64);
+        let frame = self.frame;
+        self.call("sslc_concurrent", &[frame, array, count]);
     }
 
     /// A step run whole, here: kernels over all their units, products, and loops.

@@ -2,7 +2,8 @@
 //!
 //! The stages, one file each:
 //! 1. [`plan`] — decide which values get a buffer and group element-wise chains into the
-//!    loops of their consumers (the fusion of element-wise code); every tensor is 2-D.
+//!    loops of their consumers (the fusion of element-wise code); every tensor is 2-D. Then
+//!    [`schedule`] groups independent `repeat` loops to run side by side.
 //! 2. [`codegen`] — build Cranelift functions for the plan's kernels through the [`builder`]
 //!    layer: [`kernels`] (maps, reductions, products, gathers) and [`element`] (one point of
 //!    a kernel, SIMD where possible, [`math`] for `exp`/`log`/`pow`), [`pairwise`] (tile
@@ -25,6 +26,7 @@ mod math;
 mod pairwise;
 mod plan;
 mod runtime;
+mod schedule;
 mod sizes;
 mod tiles;
 

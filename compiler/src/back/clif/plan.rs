@@ -188,6 +188,9 @@ pub(crate) enum Step {
     /// of the iteration space) gives `w(i, j)`, which `sink` consumes; the `rows × cols`
     /// matrix is never stored.
     Pairwise { a: Access, b: Access, rows: Dim, cols: Dim, depth: Dim, kernel: ElementProgram, sink: Sink },
+    /// Top-level [`Step::Loop`]s that share no written buffer, run on separate threads (see
+    /// [`super::schedule`]).
+    Concurrent { loops: Vec<Step> },
 }
 
 /// What a [`Step::Pairwise`] does with `w(i, j)`.
@@ -385,7 +388,7 @@ pub(crate) fn plan(program: &Program) -> Result<Plan, Unsupported> {
         let placement = planner.stored(o.value, &mut steps)?;
         outputs.push((o.name.clone(), ty.clone(), placement.access(&identity_coords(ty.rank()))));
     }
-    Ok(Plan { buffers: planner.buffers, steps, outputs })
+    Ok(Plan { buffers: planner.buffers, steps: super::schedule::concurrent_loops(steps), outputs })
 }
 
 impl Planner<'_> {

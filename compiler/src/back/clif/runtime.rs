@@ -45,6 +45,25 @@ extern "C" fn parallel_for(frame: *const Frame, kernel: KernelFn, total: i64, gr
     });
 }
 
+/// A generated loop function: `(frame)`.
+type LoopFn = extern "C" fn(*const Frame);
+
+/// Runs the `count` loop functions at `functions` side by side on the thread pool (they share
+/// no buffer they write; see `schedule`).
+extern "C" fn concurrent(frame: *const Frame, functions: *const i64, count: i64) {
+    // SAFETY: generated code passes an array of `count` addresses of functions of type
+    // `LoopFn` on its stack.
+    let loops: Vec<LoopFn> = (0..count as usize)
+        .map(|m| unsafe { std::mem::transmute::<*const u8, LoopFn>(*functions.add(m) as *const u8) })
+        .collect();
+    let frame = SharedFrame(frame);
+    if rayon::current_num_threads() <= 1 {
+        loops.iter().for_each(|f| f(frame.get()));
+    } else {
+        loops.par_iter().for_each(|f| f(frame.get()));
+    }
+}
+
 /// The frame shared by the threads of one kernel: each writes only its own range.
 #[derive(Clone, Copy)]
 pub(crate) struct SharedFrame(pub *const Frame);
@@ -132,6 +151,7 @@ pub(crate) fn symbols() -> Vec<Symbol> {
         Symbol { name: "sslc_parallel_for", address: parallel_for as *const u8, params: ints(5), returns: vec![] },
         Symbol { name: "sslc_gemm", address: gemm_f32 as *const u8, params: ints(12), returns: vec![] },
         Symbol { name: "sslc_pairwise", address: super::tiles::pairwise as *const u8, params: ints(2), returns: vec![] },
+        Symbol { name: "sslc_concurrent", address: concurrent as *const u8, params: ints(3), returns: vec![] },
         Symbol { name: "sslc_index_error", address: index_error as *const u8, params: ints(3), returns: vec![] },
         Symbol { name: "sslc_cosf", address: cosf as *const u8, params: vec![F32], returns: vec![F32] },
     ]

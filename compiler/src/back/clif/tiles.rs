@@ -126,6 +126,7 @@ impl View {
 }
 
 /// `dst (+)= lhs[m × k] · rhs[k × n]` on this thread; `accumulate` keeps what `dst` held.
+#[allow(clippy::too_many_arguments)]
 fn gemm_into(m: i64, n: i64, k: i64, dst: *mut f32, dst_rs: isize, dst_cs: isize, lhs: View, rhs: View, accumulate: bool) {
     // SAFETY: callers pass views of this evaluation's buffers or of their own tiles, sized
     // as described, with `dst` not overlapping the operands.
