@@ -1,18 +1,35 @@
 """The markdown tables of bench/RESULTS.md from the JSON lines bench/run.sh collects."""
 
 import json
+import statistics
 import sys
 
 from torch_reference import gram_flops
 
 
+def combined(runs):
+    """One row per configuration: the median of its rounds' medians, the least minimum."""
+    groups = {}
+    for r in runs:
+        groups.setdefault((r["objective"], r["backend"], r["batch"]), []).append(r)
+    out = []
+    for group in groups.values():
+        row = dict(group[0])
+        row["fwd_bwd_ms_median"] = statistics.median(r["fwd_bwd_ms_median"] for r in group)
+        row["fwd_bwd_ms_min"] = min(r["fwd_bwd_ms_min"] for r in group)
+        row["compile_ms"] = min(r["compile_ms"] for r in group)
+        row["rounds"] = len(group)
+        out.append(row)
+    return out
+
+
 def main():
     rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
     sgemm = next(r for r in rows if "sgemm_size" in r)["gflops"]
-    runs = [r for r in rows if "objective" in r]
+    runs = combined([r for r in rows if "objective" in r])
     print(f"Machine sgemm rate (torch.mm, 2048³, {runs[0]['threads']} threads): {sgemm:.1f} GFLOP/s\n")
-    print("| objective | backend | N | D | compile ms | fwd+bwd ms (median) | min | GFLOP/s | % of sgemm | speed-up vs torch |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| objective | backend | N | D | rounds | compile ms | fwd+bwd ms (median) | min | GFLOP/s | % of sgemm | speed-up vs torch |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     torch_ms = {(r["objective"], r["batch"]): r["fwd_bwd_ms_median"] for r in runs if r["backend"] == "torch"}
     for r in runs:
         if r["batch"] != 512:
@@ -21,7 +38,7 @@ def main():
         gflops = gram_flops(r["batch"], r["dim"]) / ms / 1e6
         speedup = torch_ms[(r["objective"], r["batch"])] / ms
         print(
-            f"| {r['objective']} | {r['backend']} | {r['batch']} | {r['dim']} | {r['compile_ms']:.1f} | {ms:.2f} | "
+            f"| {r['objective']} | {r['backend']} | {r['batch']} | {r['dim']} | {r['rounds']} | {r['compile_ms']:.1f} | {ms:.2f} | "
             f"{r['fwd_bwd_ms_min']:.2f} | {gflops:.1f} | {100 * gflops / sgemm:.0f}% | {speedup:.2f}x |"
         )
     print("\n| objective | backend | N | D | peak extra MiB | fwd+bwd ms |")

@@ -2,13 +2,16 @@
 # The CPU back end against PyTorch eager: speed at N=512, D=128 (K=100 anchors, 300 Sinkhorn
 # iterations) and peak working memory at larger N, on the same number of threads. Makes a
 # throwaway virtual environment with PyTorch from PyPI in bench/.venv, builds sslc in release
-# mode, writes every measurement to bench/results.jsonl and prints the table of RESULTS.md.
+# mode, writes every measurement to bench/results.jsonl (or $OUT) and prints the tables of
+# RESULTS.md. On a shared machine, speed is measured in ROUNDS rounds that alternate sslc and
+# PyTorch, and the report takes the median of each configuration's round medians.
 #
-#   bench/run.sh            # 2 threads
-#   THREADS=4 bench/run.sh
+#   bench/run.sh                      # 2 threads, 3 rounds
+#   THREADS=1 OUT=bench/results-1.jsonl bench/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=${THREADS:-2}
+rounds=${ROUNDS:-3}
 venv=bench/.venv
 python=$venv/bin/python
 if ! "$python" -c 'import torch' 2>/dev/null; then
@@ -20,15 +23,18 @@ cargo build --release --quiet
 # over on a machine whose cores are shared; passive waiting is its best case there.
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 sslc=target/release/sslc
-out=bench/results.jsonl
+out=${OUT:-bench/results.jsonl}
 : > "$out"
 
 "$python" bench/torch_reference.py sgemm --threads "$threads" >> "$out"
-for objective in simclr simclr_gh; do
-    for backend in cpu reference; do
-        "$sslc" bench "objectives/$objective.ssl" --backend "$backend" --batch 512 --dim 128 --iters 20 --threads "$threads" >> "$out"
+for round in $(seq "$rounds"); do
+    for objective in simclr simclr_gh; do
+        "$sslc" bench "objectives/$objective.ssl" --backend cpu --batch 512 --dim 128 --iters 20 --threads "$threads" >> "$out"
+        "$python" bench/torch_reference.py "$objective" --batch 512 --dim 128 --iters 20 --threads "$threads" >> "$out"
+        if [ "$round" = 1 ]; then
+            "$sslc" bench "objectives/$objective.ssl" --backend reference --batch 512 --dim 128 --iters 5 --threads "$threads" >> "$out"
+        fi
     done
-    "$python" bench/torch_reference.py "$objective" --batch 512 --dim 128 --iters 20 --threads "$threads" >> "$out"
 done
 # Memory: one evaluation each. PyTorch stops at N=8192: its N² matrices at N=16384
 # (2N = 32768 rows, 4 GiB each) would not fit in this machine's memory.
