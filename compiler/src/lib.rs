@@ -5,7 +5,8 @@
 //!    spanned AST, resolve names, inline functions and build the typed IR ([`ir`]).
 //! 2. [`valid`] — check every program of the module (types, ordering, loops).
 //! 3. [`autodiff`] — append the gradient of the loss to the loss program.
-//! 4. [`passes`] — CSE, folding, dead code and pairwise fusion ([`passes::optimize`]).
+//! 4. [`passes`] — CSE, folding, dead code, pairwise fusion and the merging of paired
+//!    pairwise products ([`passes::optimize`]).
 //! 5. [`eval`] — the reference evaluator, the oracle for every back end.
 //!
 //! Every error of every stage is a [`diag::Diagnostic`] with a span and a hint.
