@@ -287,6 +287,12 @@ impl<'f, 's> Emitter<'f, 's> {
         self.load_flagged(elem, width, addr, stride, flags)
     }
 
+    /// The vector `bytes` after `addr` in a buffer: the offset goes in the instruction.
+    pub fn load_buffer_vector_at(&mut self, elem: Elem, addr: Value, bytes: i32) -> Value {
+        let flags = if self.buffers_invariant { invariant() } else { MemFlagsData::trusted() };
+        self.fb.ins().load(reg_type(elem, Width::Lanes), flags, addr, bytes)
+    }
+
     fn load_flagged(&mut self, elem: Elem, width: Width, addr: Value, stride: LoadStride, flags: MemFlagsData) -> Value {
         let scalar_ty = reg_type(elem, Width::One);
         match (width, stride) {

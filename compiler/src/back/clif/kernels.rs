@@ -213,11 +213,11 @@ impl Emitter<'_, '_> {
                     // `lhs[0, p]` multiplies every column: one element, in every lane.
                     let a = em.load_access(buffers, lhs, Elem::Real, &Point { row: zero, col: p, inner: Axis::Col, width: Width::One, tile: None });
                     let a = em.widen(a, Elem::Real, Width::Lanes);
-                    for (u, acc) in accs.iter().enumerate() {
-                        let col = em.fb.ins().iadd_imm_s(j, u as i64 * LANES);
-                        let b = em.load_access(buffers, rhs, Elem::Real, &Point { row: p, col, inner: Axis::Col, width: Width::Lanes, tile: None });
+                    let row = Point { row: p, col: j, inner: Axis::Col, width: Width::Lanes, tile: None };
+                    let bs = em.load_vectors(buffers, rhs, Elem::Real, &row, accs.len());
+                    for (acc, b) in accs.iter().zip(bs) {
                         let sum = em.fb.use_var(*acc);
-                        let sum = em.fb.ins().fma(a, b, sum);
+                        let sum = em.accumulate_product(sum, a, b);
                         em.fb.def_var(*acc, sum);
                     }
                 });
@@ -262,7 +262,7 @@ impl Emitter<'_, '_> {
                 let a = em.load_access(buffers, lhs, Elem::Real, &Point { row: i, col: p, inner: Axis::Col, width: Width::Lanes, tile: None });
                 let sum = em.fb.use_var(acc[chain]);
                 let sum = match valid {
-                    None => em.fb.ins().fma(a, b, sum),
+                    None => em.accumulate_product(sum, a, b),
                     Some(mask) => {
                         let ab = em.fb.ins().fmul(a, b);
                         let zero = em.constant(Elem::Real, Width::Lanes, 0.0);
@@ -276,9 +276,15 @@ impl Emitter<'_, '_> {
         let block = CHAINS as i64 * LANES;
         let blocks_end = self.fb.ins().iadd_imm_s(k, 1 - block);
         self.for_range(zero, blocks_end, block, |em, p| {
-            for chain in 0..CHAINS {
-                let at = em.fb.ins().iadd_imm_s(p, chain as i64 * LANES);
-                step(em, at, chain, None);
+            let bs = em.load_vectors(buffers, rhs, Elem::Real, &Point { row: p, col: zero, inner: Axis::Row, width: Width::Lanes, tile: None }, CHAINS);
+            for (&i, acc) in rows.iter().zip(&accs) {
+                let row = Point { row: i, col: p, inner: Axis::Col, width: Width::Lanes, tile: None };
+                let a_s = em.load_vectors(buffers, lhs, Elem::Real, &row, CHAINS);
+                for ((a, b), chain) in a_s.into_iter().zip(&bs).zip(acc) {
+                    let sum = em.fb.use_var(*chain);
+                    let sum = em.accumulate_product(sum, a, *b);
+                    em.fb.def_var(*chain, sum);
+                }
             }
         });
         let whole_blocks = self.fb.ins().band_imm_s(k, !(block - 1));
@@ -298,6 +304,14 @@ impl Emitter<'_, '_> {
             let dot = self.across_lanes(total, Width::Lanes, |em, a, b| em.fb.ins().fadd(a, b));
             self.store_access(buffers, out, &Point { row: i, col: zero, inner: Axis::Col, width: Width::One, tile: None }, dot);
         }
+    }
+
+    /// `sum + a b` for a running sum. A multiply then an add, not a fused multiply-add:
+    /// Cranelift's x86 FMA overwrites a factor, so a loop-carried sum would move between
+    /// registers every iteration, and the add's shorter latency suits a dependent chain.
+    fn accumulate_product(&mut self, sum: Value, a: Value, b: Value) -> Value {
+        let product = self.fb.ins().fmul(a, b);
+        self.fb.ins().fadd(sum, product)
     }
 
     /// Lanes `start + l` below `end` (both `i64`), as a mask.
