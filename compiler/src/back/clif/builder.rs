@@ -66,13 +66,20 @@ pub(crate) struct Emitter<'f, 's> {
     /// Whether no buffer changes while this function runs (tile functions write only their
     /// tile and accumulators), so buffer reads may be hoisted out of loops.
     pub buffers_invariant: bool,
-    /// Values of the element program being evaluated that were computed outside the current
-    /// loop (by op index), which [`Self::evaluate`] reuses instead of recomputing.
-    pub hoisted: Vec<Option<Value>>,
-    /// The reciprocals of hoisted divisors (by op index), for multiplying by instead.
-    pub reciprocals: Vec<Option<Value>>,
+    /// What [`Self::hoist_invariants`] computed outside the current loop for the element
+    /// program being evaluated.
+    pub hoisted: Hoisted,
     /// The stack slot [`Self::anchor`] stores into, once made.
     anchor_slot: Option<StackSlot>,
+}
+
+/// Values of an element program computed outside the loop that evaluates it, by op index:
+/// [`Emitter::evaluate`] reuses them instead of recomputing.
+#[derive(Default)]
+pub(crate) struct Hoisted {
+    pub values: Vec<Option<Value>>,
+    /// The reciprocals of hoisted divisors, to multiply by instead.
+    pub reciprocals: Vec<Option<Value>>,
 }
 
 /// Flags for reads of the frame's tables: they never change while generated code runs, so
@@ -92,7 +99,7 @@ impl<'f, 's> Emitter<'f, 's> {
         let entry = fb.current_block().expect("the entry block is current");
         // Frame values are inserted into it directly, so it must be in the layout already.
         fb.ensure_inserted_block();
-        Emitter { fb, frame, shared, imported: HashMap::new(), entry, frame_values: HashMap::new(), buffers_invariant: false, hoisted: Vec::new(), reciprocals: Vec::new(), anchor_slot: None }
+        Emitter { fb, frame, shared, imported: HashMap::new(), entry, frame_values: HashMap::new(), buffers_invariant: false, hoisted: Hoisted::default(), anchor_slot: None }
     }
 
     pub fn finish(self) -> FunctionBuilder<'f> {

@@ -2,7 +2,7 @@
 //! [`Access`] reads, and the evaluation of an [`ElementProgram`] there, one element or one
 //! vector of them at a time.
 
-use super::builder::{reg_type, Emitter, LoadStride, Width};
+use super::builder::{reg_type, Emitter, Hoisted, LoadStride, Width};
 use super::math;
 use super::plan::{Access, Axis, Buffer, Coord, ElementProgram, Op, RowStride, LANES};
 use crate::ir::{BinaryOp, Elem, Literal, UnaryOp};
@@ -151,7 +151,7 @@ impl Emitter<'_, '_> {
         let w = p.width;
         let mut vals: Vec<Value> = Vec::with_capacity(prog.ops.len());
         for (k, (op, elem)) in prog.ops.iter().enumerate() {
-            if let Some(&Some(v)) = self.hoisted.get(k) {
+            if let Some(&Some(v)) = self.hoisted.values.get(k) {
                 vals.push(v);
                 continue;
             }
@@ -167,9 +167,9 @@ impl Emitter<'_, '_> {
                 }
                 Op::Tile => self.tile_entry(p),
                 Op::Unary(op, a) => self.unary(*op, vals[*a], elem, w),
-                Op::Binary(BinaryOp::Div, a, b) if self.reciprocals.get(*b).is_some_and(Option::is_some) => {
+                Op::Binary(BinaryOp::Div, a, b) if self.hoisted.reciprocals.get(*b).is_some_and(Option::is_some) => {
                     // A multiply by the hoisted reciprocal (within an ulp of the quotient).
-                    let reciprocal = self.reciprocals[*b].expect("checked above");
+                    let reciprocal = self.hoisted.reciprocals[*b].expect("checked above");
                     self.fb.ins().fmul(vals[*a], reciprocal)
                 }
                 Op::Binary(op, a, b) => {
@@ -288,9 +288,9 @@ impl Emitter<'_, '_> {
 
 impl Emitter<'_, '_> {
     /// Evaluates, at `p`, the ops of `prog` that do not vary along `axis`, and keeps them in
-    /// [`Emitter::hoisted`] so that evaluations inside a loop over `axis` reuse them: the
-    /// row's values and the scalars of a tile function are computed once per row, not once
-    /// per vector.
+    /// [`Emitter::hoisted`] so that evaluations inside a loop over `axis` reuse them (until
+    /// it is reset): the row's values and the scalars of a tile function are computed once per
+    /// row, not once per vector.
     pub fn hoist_invariants(&mut self, buffers: &[Buffer], prog: &ElementProgram, p: &Point, axis: Axis) {
         let mut varies = vec![false; prog.ops.len()];
         for (k, (op, _)) in prog.ops.iter().enumerate() {
@@ -306,7 +306,7 @@ impl Emitter<'_, '_> {
             };
         }
         // Evaluating the whole program once defines every op; only the invariant ones are kept.
-        self.hoisted.clear();
+        self.hoisted = Hoisted::default();
         let mut invariant = ElementProgram::default();
         let mut kept = Vec::new();
         for (k, (op, elem)) in prog.ops.iter().enumerate() {
@@ -319,11 +319,10 @@ impl Emitter<'_, '_> {
             }
         }
         let values = self.evaluate_all(buffers, &invariant, p);
-        self.hoisted = vec![None; prog.ops.len()];
-        self.reciprocals = vec![None; prog.ops.len()];
+        let mut hoisted = Hoisted { values: vec![None; prog.ops.len()], reciprocals: vec![None; prog.ops.len()] };
         let mut computed = Vec::new();
         for k in kept {
-            self.hoisted[k] = Some(values[k]);
+            hoisted.values[k] = Some(values[k]);
             if !matches!(prog.ops[k].0, Op::Literal(_)) {
                 computed.push(values[k]);
             }
@@ -331,15 +330,16 @@ impl Emitter<'_, '_> {
         // Divisions of varying values by invariant ones become multiplications.
         for (k, (op, elem)) in prog.ops.iter().enumerate() {
             if let (Op::Binary(BinaryOp::Div, _, b), Elem::Real, true) = (op, elem, varies[k]) {
-                if !varies[*b] && self.reciprocals[*b].is_none() {
+                if !varies[*b] && hoisted.reciprocals[*b].is_none() {
                     let one = self.constant(Elem::Real, p.width, 1.0);
                     let r = self.fb.ins().fdiv(one, values[*b]);
-                    self.reciprocals[*b] = Some(r);
+                    hoisted.reciprocals[*b] = Some(r);
                     computed.push(r);
                 }
             }
         }
         self.anchor(&computed);
+        self.hoisted = hoisted;
     }
 }
 

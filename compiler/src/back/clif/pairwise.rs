@@ -2,7 +2,7 @@
 //! ([`super::tiles`]) calls for each tile of dot products, and the call in `main` that hands
 //! the node to that loop.
 
-use super::builder::{Emitter, LoadStride, Width};
+use super::builder::{Emitter, Hoisted, LoadStride, Width};
 use super::element::{needs_scalar, Point, TileCursor};
 use super::kernels::{combine, lanes, Run};
 use super::plan::{Axis, Buffer, ElementProgram, Sink, Step};
@@ -30,8 +30,7 @@ impl Emitter<'_, '_> {
             let row_start = Point { row: r, col: c0, inner: Axis::Col, width, tile };
             em.hoist_invariants(buffers, kernel, &row_start, Axis::Col);
             em.tile_row(buffers, kernel, sink, width, tile, [r, r0, c0, c1, acc]);
-            em.hoisted.clear();
-            em.reciprocals.clear();
+            em.hoisted = Hoisted::default();
         });
     }
 

@@ -77,8 +77,69 @@ impl SharedFrame {
     }
 }
 
-/// `out = lhs @ rhs` for strided `f32` matrices (addresses and strides in elements), by the
-/// `gemm` crate, on the current thread pool when the product is large.
+/// A strided `f32` matrix view: address and strides in elements.
+#[derive(Clone, Copy)]
+pub(crate) struct View {
+    pub base: *const f32,
+    pub rs: isize,
+    pub cs: isize,
+}
+
+impl View {
+    pub fn new(base: i64, rs: i64, cs: i64) -> View {
+        View { base: base as *const f32, rs: rs as isize, cs: cs as isize }
+    }
+    /// The view from row `r` on.
+    pub fn rows_from(self, r: i64) -> View {
+        View { base: self.base.wrapping_offset(r as isize * self.rs), ..self }
+    }
+    pub fn transposed(self) -> View {
+        View { rs: self.cs, cs: self.rs, ..self }
+    }
+}
+
+/// `dst (+)= lhs[m × k] · rhs[k × n]` by the `gemm` crate; `accumulate` keeps what `dst`
+/// held. Every matrix product of the CPU back end goes through here.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_into(
+    [m, n, k]: [i64; 3],
+    dst: *mut f32,
+    dst_rs: isize,
+    dst_cs: isize,
+    lhs: View,
+    rhs: View,
+    accumulate: bool,
+    parallelism: gemm::Parallelism,
+) {
+    // SAFETY: callers pass views of this evaluation's buffers or of their own tiles, sized
+    // as described, with `dst` not overlapping the operands.
+    unsafe {
+        gemm::gemm(
+            m as usize,
+            n as usize,
+            k as usize,
+            dst,
+            dst_cs,
+            dst_rs,
+            accumulate,
+            lhs.base,
+            lhs.cs,
+            lhs.rs,
+            rhs.base,
+            rhs.cs,
+            rhs.rs,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// `out = lhs @ rhs` for strided `f32` matrices (addresses and strides in elements), on the
+/// current thread pool when the product is large.
 #[allow(clippy::too_many_arguments)]
 extern "C" fn gemm_f32(
     m: i64,
@@ -99,31 +160,9 @@ extern "C" fn gemm_f32(
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: the generated code passes buffers of this evaluation laid out as described by
-    // the strides, with the output not overlapping the operands.
-    unsafe {
-        gemm::gemm(
-            m as usize,
-            n as usize,
-            k as usize,
-            out,
-            out_cs as isize,
-            out_rs as isize,
-            false,
-            lhs,
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs,
-            rhs_cs as isize,
-            rhs_rs as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
+    // The generated code passes buffers of this evaluation laid out as the strides say.
+    let (lhs, rhs) = (View::new(lhs as i64, lhs_rs, lhs_cs), View::new(rhs as i64, rhs_rs, rhs_cs));
+    gemm_into([m, n, k], out, out_rs as isize, out_cs as isize, lhs, rhs, false, parallelism);
 }
 
 /// Records the first index out of range; the driver turns it into an error.

@@ -14,7 +14,7 @@
 
 use super::frame::Frame;
 use super::plan::LANES;
-use super::runtime::SharedFrame;
+use super::runtime::{gemm_into, SharedFrame, View};
 use crate::ir::ReduceOp;
 use rayon::prelude::*;
 
@@ -108,51 +108,10 @@ fn at(base: i64, k: i64) -> *mut f32 {
     (base as *mut f32).wrapping_offset(k as isize)
 }
 
-/// A strided `f32` matrix view: address and strides in elements.
-#[derive(Clone, Copy)]
-struct View {
-    base: *const f32,
-    rs: isize,
-    cs: isize,
-}
-
-impl View {
-    fn rows_from(self, r: i64) -> View {
-        View { base: self.base.wrapping_offset(r as isize * self.rs), ..self }
-    }
-    fn transposed(self) -> View {
-        View { rs: self.cs, cs: self.rs, ..self }
-    }
-}
-
-/// `dst (+)= lhs[m × k] · rhs[k × n]` on this thread; `accumulate` keeps what `dst` held.
+/// A product of tiles, on this thread (the tiled loop's threads are the parallelism).
 #[allow(clippy::too_many_arguments)]
-fn gemm_into(m: i64, n: i64, k: i64, dst: *mut f32, dst_rs: isize, dst_cs: isize, lhs: View, rhs: View, accumulate: bool) {
-    // SAFETY: callers pass views of this evaluation's buffers or of their own tiles, sized
-    // as described, with `dst` not overlapping the operands.
-    unsafe {
-        gemm::gemm(
-            m as usize,
-            n as usize,
-            k as usize,
-            dst,
-            dst_cs,
-            dst_rs,
-            accumulate,
-            lhs.base,
-            lhs.cs,
-            lhs.rs,
-            rhs.base,
-            rhs.cs,
-            rhs.rs,
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+fn tile_gemm(m: i64, n: i64, k: i64, dst: *mut f32, dst_rs: isize, dst_cs: isize, lhs: View, rhs: View, accumulate: bool) {
+    gemm_into([m, n, k], dst, dst_rs, dst_cs, lhs, rhs, accumulate, gemm::Parallelism::None);
 }
 
 /// One pairwise node's evaluation, as the threads share it.
@@ -174,14 +133,13 @@ pub(crate) extern "C" fn pairwise(frame: *const Frame, args: *const PairwiseArgs
     let args = unsafe { &*args };
     // SAFETY: `tile` is the address of a generated function of type `TileFn`.
     let tile_fn = unsafe { std::mem::transmute::<*const u8, TileFn>(args.tile as *const u8) };
-    let view = |base: i64, rs: i64, cs: i64| View { base: base as *const f32, rs: rs as isize, cs: cs as isize };
     let job = Job {
         frame: SharedFrame(frame),
         args,
         tile_fn,
-        a: view(args.a, args.a_rs, args.a_cs),
-        b: view(args.b, args.b_rs, args.b_cs),
-        v: view(args.v, args.v_rs, args.v_cs),
+        a: View::new(args.a, args.a_rs, args.a_cs),
+        b: View::new(args.b, args.b_rs, args.b_cs),
+        v: View::new(args.v, args.v_rs, args.v_cs),
     };
     let same = args.a == args.b && args.a_rs == args.b_rs && args.a_cs == args.b_cs && args.rows == args.cols;
     if same {
@@ -232,12 +190,12 @@ impl Job<'_> {
         let mut c0 = 0;
         while c0 < args.cols {
             let c1 = (c0 + COL_BLOCK).min(args.cols);
-            gemm_into(r1 - r0, c1 - c0, args.depth, tile.as_mut_ptr(), COL_BLOCK as isize, 1, self.a.rows_from(r0), self.b.rows_from(c0).transposed(), false);
+            tile_gemm(r1 - r0, c1 - c0, args.depth, tile.as_mut_ptr(), COL_BLOCK as isize, 1, self.a.rows_from(r0), self.b.rows_from(c0).transposed(), false);
             self.call_tile(tile, COL_BLOCK, (r0, r1), (c0, c1), acc.as_mut_ptr());
             if product {
                 let out = at(args.out, r0 * args.out_rs);
                 let w = View { base: tile.as_ptr(), rs: COL_BLOCK as isize, cs: 1 };
-                gemm_into(r1 - r0, args.width, c1 - c0, out, args.out_rs as isize, args.out_cs as isize, w, self.v.rows_from(c0), true);
+                tile_gemm(r1 - r0, args.width, c1 - c0, out, args.out_rs as isize, args.out_cs as isize, w, self.v.rows_from(c0), true);
             }
             c0 = c1;
         }
@@ -286,7 +244,7 @@ impl Job<'_> {
             let rows = (bi * SQUARE, ((bi + 1) * SQUARE).min(args.rows));
             let cols = (bj * SQUARE, ((bj + 1) * SQUARE).min(args.rows));
             let (m, n) = (rows.1 - rows.0, cols.1 - cols.0);
-            gemm_into(m, n, args.depth, direct.as_mut_ptr(), SQUARE as isize, 1, self.a.rows_from(rows.0), self.a.rows_from(cols.0).transposed(), false);
+            tile_gemm(m, n, args.depth, direct.as_mut_ptr(), SQUARE as isize, 1, self.a.rows_from(rows.0), self.a.rows_from(cols.0).transposed(), false);
             let off_diagonal = bi != bj;
             // The mirrored tile `w(j, i)` needs evaluating unless the kernel is symmetric.
             let mirror_needed = off_diagonal && args.sink != SYMMETRIC_PRODUCT;
@@ -306,32 +264,33 @@ impl Job<'_> {
             let w = |t: &[f32]| View { base: t.as_ptr(), rs: SQUARE as isize, cs: 1 };
             let out_rows = |out: &mut Vec<f32>, r0: i64| out[(r0 * width) as usize..].as_mut_ptr();
             let (v_rows, v_cols) = (self.v.rows_from(rows.0), self.v.rows_from(cols.0));
-            gemm_into(m, args.width, n, out_rows(&mut out, rows.0), width as isize, 1, w(&direct), v_cols, true);
+            tile_gemm(m, args.width, n, out_rows(&mut out, rows.0), width as isize, 1, w(&direct), v_cols, true);
             if off_diagonal {
                 // A symmetric kernel's mirrored tile is the transpose of this one.
                 let mirrored = if args.sink == SYMMETRIC_PRODUCT { w(&direct).transposed() } else { w(&mirror) };
-                gemm_into(n, args.width, m, out_rows(&mut out, cols.0), width as isize, 1, mirrored, v_rows, true);
+                tile_gemm(n, args.width, m, out_rows(&mut out, cols.0), width as isize, 1, mirrored, v_rows, true);
             }
         }
         out
     }
 
-    /// Merges the threads' partial outputs into `out`.
+    /// Merges the threads' partial outputs (as [`Self::symmetric_run`] lays them out) into
+    /// `out`.
     fn write_out(&self, partials: Vec<Vec<f32>>) {
         let args = self.args;
+        let product = self.is_product();
         let mut partials = partials.into_iter();
         let Some(mut total) = partials.next() else { return };
         for p in partials {
             for (t, x) in total.iter_mut().zip(p) {
-                *t = if self.is_product() { *t + x } else { merge(args.sink, *t, x) };
+                *t = if product { *t + x } else { merge(args.sink, *t, x) };
             }
         }
-        let width = if self.is_product() { args.width } else { 1 };
+        let (columns, stride) = if product { (args.width, args.width.max(1)) } else { (1, 1) };
         for r in 0..args.rows {
-            for e in 0..width {
-                let value = total[(r * width.max(1) + e) as usize];
+            for e in 0..columns {
                 // SAFETY: `out` is this node's `[rows]` or `[rows, width]` output buffer.
-                unsafe { *at(args.out, r * args.out_rs + e * args.out_cs) = value };
+                unsafe { *at(args.out, r * args.out_rs + e * args.out_cs) = total[(r * stride + e) as usize] };
             }
         }
     }
