@@ -29,14 +29,29 @@ pub struct CompiledObjective {
 }
 
 impl CompiledObjective {
-    pub fn new(module: Module, overrides: Overrides, base_lr: f64, backend: BackendKind) -> Result<CompiledObjective, BoxError> {
+    pub fn new(
+        module: Module,
+        overrides: Overrides,
+        base_lr: f64,
+        backend: BackendKind,
+    ) -> Result<CompiledObjective, BoxError> {
         let exe = Arc::new(Executable::new(module).map_err(|d| d.message)?);
         let backend = back::build(backend, exe.clone())?;
         // Check the overrides name real parameters now, not at the first step.
-        let objective =
-            CompiledObjective { exe, backend, overrides, states: Vec::new(), samples: 0, base_lr, consts: Vec::new(), width: None };
+        let objective = CompiledObjective {
+            exe,
+            backend,
+            overrides,
+            states: Vec::new(),
+            samples: 0,
+            base_lr,
+            consts: Vec::new(),
+            width: None,
+        };
         if let Err(e) = objective.bindings(objective.probe_inputs(2), None, RunPosition { epoch: 0, epochs: 1 }) {
-            if let Some(e @ (eval::BindError::UnknownOverride { .. } | eval::BindError::BadOverride { .. })) = e.downcast_ref::<eval::BindError>() {
+            if let Some(e @ (eval::BindError::UnknownOverride { .. } | eval::BindError::BadOverride { .. })) =
+                e.downcast_ref::<eval::BindError>()
+            {
                 return Err(e.clone().into());
             }
         }
@@ -52,16 +67,29 @@ impl CompiledObjective {
         });
         // Wide enough for an ETF of any fixed dimension until the real width is known.
         let width = self.width.unwrap_or_else(|| fixed.max().unwrap_or(2).max(2));
-        self.exe.module.inputs.iter().map(|(_, i)| (i.name.clone(), Tensor::zeros((rows, width), DType::F32, &Device::Cpu).expect("small"))).collect()
+        self.exe
+            .module
+            .inputs
+            .iter()
+            .map(|(_, i)| (i.name.clone(), Tensor::zeros((rows, width), DType::F32, &Device::Cpu).expect("small")))
+            .collect()
     }
 
     pub fn module(&self) -> &Module {
         &self.exe.module
     }
 
-    fn bindings(&self, inputs: Vec<(String, Tensor)>, index: Option<&[u32]>, at: RunPosition) -> Result<Bindings, BoxError> {
-        let states = self.exe.module.states.iter().zip(&self.states).map(|((_, d), t)| (d.name.clone(), t.clone())).collect();
-        let index = index.map(|ix| Tensor::from_vec(ix.iter().map(|&i| i as i64).collect::<Vec<_>>(), ix.len(), &Device::Cpu)).transpose()?;
+    fn bindings(
+        &self,
+        inputs: Vec<(String, Tensor)>,
+        index: Option<&[u32]>,
+        at: RunPosition,
+    ) -> Result<Bindings, BoxError> {
+        let states =
+            self.exe.module.states.iter().zip(&self.states).map(|((_, d), t)| (d.name.clone(), t.clone())).collect();
+        let index = index
+            .map(|ix| Tensor::from_vec(ix.iter().map(|&i| i as i64).collect::<Vec<_>>(), ix.len(), &Device::Cpu))
+            .transpose()?;
         let req = BindRequest {
             inputs,
             consts: self.consts.clone(),
@@ -88,7 +116,9 @@ impl CompiledObjective {
         for h in handlers {
             let (outputs, values) = eval::run_traced(&self.exe.module, &h.program, b, &Default::default())?;
             let _ = outputs;
-            let value = |x: sslc_compiler::ir::Handle<sslc_compiler::ir::Expr>| values[x.index()].clone().expect("handler values are computed");
+            let value = |x: sslc_compiler::ir::Handle<sslc_compiler::ir::Expr>| {
+                values[x.index()].clone().expect("handler values are computed")
+            };
             if let Some(c) = h.condition {
                 if value(c).to_dtype(DType::F64)?.to_vec0::<f64>()? == 0.0 {
                     continue;
@@ -104,9 +134,16 @@ impl CompiledObjective {
             }
         }
         for (t, (_, d)) in new_states.iter().zip(self.exe.module.states.iter()) {
-            let bad = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?.iter().filter(|x| !x.is_finite()).count();
+            let bad =
+                t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?.iter().filter(|x| !x.is_finite()).count();
             if bad > 0 {
-                return Err(format!("state `{}` became NaN or infinite in {} entries after an `on {}` handler", d.name, bad, if event == Event::Step { "step" } else { "epoch" }).into());
+                return Err(format!(
+                    "state `{}` became NaN or infinite in {} entries after an `on {}` handler",
+                    d.name,
+                    bad,
+                    if event == Event::Step { "step" } else { "epoch" }
+                )
+                .into());
             }
         }
         self.states = new_states;
@@ -121,7 +158,10 @@ fn write_rows(table: &Tensor, rows: &Tensor, values: &Tensor) -> Result<Tensor, 
     let mut data = table.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
     let new = values.flatten_all()?.to_vec1::<f32>()?;
     for (k, r) in rows.to_dtype(DType::I64)?.to_vec1::<i64>()?.into_iter().enumerate() {
-        let r = usize::try_from(r).ok().filter(|&r| r < dims[0]).ok_or_else(|| format!("sample index {r} is outside the state's {} rows", dims[0]))?;
+        let r = usize::try_from(r)
+            .ok()
+            .filter(|&r| r < dims[0])
+            .ok_or_else(|| format!("sample index {r} is outside the state's {} rows", dims[0]))?;
         data[r * width..(r + 1) * width].copy_from_slice(&new[k * width..(k + 1) * width]);
     }
     Ok(Tensor::from_vec(data, dims, &Device::Cpu)?)
@@ -140,7 +180,12 @@ impl Objective for CompiledObjective {
                 name: i.name.clone(),
                 view: i.source.view,
                 pruned: i.source.pruned.map(|p| {
-                    let overridden = self.overrides.values.iter().find(|(n, _)| *n == m.params[p].name).and_then(|(_, v)| v.parse().ok());
+                    let overridden = self
+                        .overrides
+                        .values
+                        .iter()
+                        .find(|(n, _)| *n == m.params[p].name)
+                        .and_then(|(_, v)| v.parse().ok());
                     overridden.unwrap_or(match m.params[p].default {
                         ParamValue::Real(v) | ParamValue::RunFraction(v) => v,
                         ParamValue::Int(v) => v as f64,
@@ -156,7 +201,10 @@ impl Objective for CompiledObjective {
             base: views.pipeline[0].name.clone(),
             extra: views.pipeline[1..]
                 .iter()
-                .map(|a| ExtraAugmentation { name: a.name.clone(), args: a.args.iter().map(|(n, _)| n.clone()).collect() })
+                .map(|a| ExtraAugmentation {
+                    name: a.name.clone(),
+                    args: a.args.iter().map(|(n, _)| n.clone()).collect(),
+                })
                 .collect(),
         }
     }
@@ -177,10 +225,18 @@ impl Objective for CompiledObjective {
     fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<(), BoxError> {
         for ((_, d), slot) in self.exe.module.states.iter().zip(self.states.iter_mut()) {
             let Some((_, t)) = state.iter().find(|(n, _)| *n == d.name) else {
-                return Err(format!("the checkpoint has no state `{}`; was it written by another objective?", d.name).into());
+                return Err(
+                    format!("the checkpoint has no state `{}`; was it written by another objective?", d.name).into()
+                );
             };
             if t.dims() != slot.dims() {
-                return Err(format!("state `{}` in the checkpoint is {:?}, but this run needs {:?}", d.name, t.dims(), slot.dims()).into());
+                return Err(format!(
+                    "state `{}` in the checkpoint is {:?}, but this run needs {:?}",
+                    d.name,
+                    t.dims(),
+                    slot.dims()
+                )
+                .into());
             }
             *slot = t.to_dtype(DType::F32)?;
         }
@@ -214,11 +270,13 @@ impl Objective for CompiledObjective {
     }
 
     fn step(&mut self, embeddings: &[Tensor], indices: &[u32], at: RunPosition) -> Result<StepOutput, BoxError> {
-        let inputs = self.exe.module.inputs.iter().zip(embeddings).map(|((_, d), t)| (d.name.clone(), t.clone())).collect();
+        let inputs =
+            self.exe.module.inputs.iter().zip(embeddings).map(|((_, d), t)| (d.name.clone(), t.clone())).collect();
         let b = self.bindings(inputs, Some(indices), at)?;
         if self.width.is_none() {
             self.width = embeddings.first().and_then(|e| e.dims().get(1).copied());
-            self.consts = self.exe.module.consts.iter().zip(&b.consts).map(|((_, d), t)| (d.name.clone(), t.clone())).collect();
+            self.consts =
+                self.exe.module.consts.iter().zip(&b.consts).map(|((_, d), t)| (d.name.clone(), t.clone())).collect();
         }
         let Evaluation { loss, per_sample, metrics, grads } = self.backend.evaluate(&b)?;
         let per_sample = match per_sample {
@@ -229,11 +287,18 @@ impl Objective for CompiledObjective {
         Ok(StepOutput { loss, per_sample, metrics, grads })
     }
 
-    fn after_step(&mut self, embeddings: &[Tensor], indices: &[u32], output: &StepOutput, at: RunPosition) -> Result<(), BoxError> {
+    fn after_step(
+        &mut self,
+        embeddings: &[Tensor],
+        indices: &[u32],
+        output: &StepOutput,
+        at: RunPosition,
+    ) -> Result<(), BoxError> {
         if !self.exe.module.handlers.iter().any(|h| h.event == Event::Step) {
             return Ok(());
         }
-        let inputs = self.exe.module.inputs.iter().zip(embeddings).map(|((_, d), t)| (d.name.clone(), t.clone())).collect();
+        let inputs =
+            self.exe.module.inputs.iter().zip(embeddings).map(|((_, d), t)| (d.name.clone(), t.clone())).collect();
         let mut b = self.bindings(inputs, Some(indices), at)?;
         // The loss program's outputs, in its order: loss, per_sample, metrics.
         b.forward = self

@@ -47,7 +47,8 @@ fn bindings(m: &Module, n: usize, d: usize, seed: u64, dtype: DType) -> Bindings
         set.push(format!("K={}", d + 1));
     }
     let overrides = Overrides::parse(&set).expect("valid overrides");
-    let inputs = m.inputs.iter().enumerate().map(|(k, (_, i))| (i.name.clone(), random(n, d, seed * 7 + k as u64))).collect();
+    let inputs =
+        m.inputs.iter().enumerate().map(|(k, (_, i))| (i.name.clone(), random(n, d, seed * 7 + k as u64))).collect();
     let req = BindRequest::inputs_only(inputs, &overrides, dtype);
     Bindings::new(m, req).expect("bindings")
 }
@@ -211,7 +212,11 @@ fn independent_loops_run_side_by_side_and_dependent_ones_in_order() {
     let loops: Vec<&str> = clif.lines().filter(|l| l.starts_with("function %loop")).collect();
     // Two loop functions of one concurrent group (`loopK_0`, `loopK_1`), one loop alone.
     assert_eq!(loops.len(), 3, "{loops:?}");
-    assert_eq!(loops.iter().filter(|l| l.split('(').next().is_some_and(|name| name.contains('_'))).count(), 2, "{loops:?}");
+    assert_eq!(
+        loops.iter().filter(|l| l.split('(').next().is_some_and(|name| name.contains('_'))).count(),
+        2,
+        "{loops:?}"
+    );
     for (n, d) in [(1, 2), (37, 5), (300, 16)] {
         check(&m, n, d, 5).unwrap_or_else(|e| panic!("{e}"));
     }

@@ -27,7 +27,9 @@ fn bindings(exe: &Executable, rows: usize, dim: usize, overrides: &[&str]) -> Bi
         .inputs
         .iter()
         .enumerate()
-        .map(|(k, (_, d))| (d.name.clone(), build_const(&ConstInit::Randn { seed: 7 + k as u64 }, &[rows, dim]).expect("shape")))
+        .map(|(k, (_, d))| {
+            (d.name.clone(), build_const(&ConstInit::Randn { seed: 7 + k as u64 }, &[rows, dim]).expect("shape"))
+        })
         .collect();
     let overrides = Overrides::parse(&overrides.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("overrides");
     let req = BindRequest {
@@ -175,13 +177,22 @@ fn nvrtc_compiles_every_kernel_without_spills() {
             .map(|chunk| {
                 let units = &units;
                 scope.spawn(move || {
-                    chunk.iter().map(|&(u, arch)| ((u, arch), nvrtc::compile(&units[u].1, arch).unwrap_or_else(|e| panic!("{}: {e}", units[u].0)))).collect::<Vec<_>>()
+                    chunk
+                        .iter()
+                        .map(|&(u, arch)| {
+                            (
+                                (u, arch),
+                                nvrtc::compile(&units[u].1, arch).unwrap_or_else(|e| panic!("{}: {e}", units[u].0)),
+                            )
+                        })
+                        .collect::<Vec<_>>()
                 })
             })
             .collect();
         handles.into_iter().flat_map(|h| h.join().expect("compiles")).collect()
     });
-    let mut table = String::from("objective / kernel                              sm_80 regs  sm_90 regs  smem bytes\n");
+    let mut table =
+        String::from("objective / kernel                              sm_80 regs  sm_90 regs  smem bytes\n");
     for (u, (name, _)) in units.iter().enumerate() {
         let stats = |arch| &results.iter().find(|((v, a), _)| *v == u && *a == arch).expect("compiled").1.kernels;
         let (sm80, sm90) = (stats(80), stats(90));
@@ -191,7 +202,13 @@ fn nvrtc_compiles_every_kernel_without_spills() {
             for k in [a, b] {
                 assert_eq!((k.spill_stores, k.spill_loads), (0, 0), "{name}: {} spills registers", k.name);
             }
-            table += &format!("{:<48}{:>10}{:>12}{:>12}\n", format!("{name} / {}", a.name), a.registers, b.registers, b.shared_bytes);
+            table += &format!(
+                "{:<48}{:>10}{:>12}{:>12}\n",
+                format!("{name} / {}", a.name),
+                a.registers,
+                b.registers,
+                b.shared_bytes
+            );
         }
     }
     insta::assert_snapshot!("cuda_registers", table);

@@ -171,11 +171,20 @@ fn constants_and_state_can_be_supplied() {
     let dir = scratch_dir("supplied_inputs");
     let pm = write_npy(&dir, "anchors.npy", &m.tensor(DType::F64));
     let pp = write_npy(&dir, "prior.npy", &vector_tensor(&prior, DType::F64));
-    let extra = ["--f64", "--set", "K=7", "--input", &format!("M={}", pm.display()), "--input", &format!("pi={}", pp.display())];
+    let extra = [
+        "--f64",
+        "--set",
+        "K=7",
+        "--input",
+        &format!("M={}", pm.display()),
+        "--input",
+        &format!("pi={}", pp.display()),
+    ];
     let (out, out_dir) = eval("supplied", "focal_gh", &z1, &z2, DType::F64, &extra);
     assert_success(&out);
     let (loss, _, g1, g2) = results(&out_dir, N, D, DType::F64);
-    let want = method::with_gh(&method::focal_nt_xent(&z1, &z2, 0.2, 2.0), &method::gh_term(&z1, &z2, &m, &prior, GH), 1.0);
+    let want =
+        method::with_gh(&method::focal_nt_xent(&z1, &z2, 0.2, 2.0), &method::gh_term(&z1, &z2, &m, &prior, GH), 1.0);
     assert!(rel_error(&[loss], &[want.loss], 1e-7) < 1e-5, "loss {loss} vs {}", want.loss);
     assert!(rel_error(&g1, &want.grad_z1.data, 1e-7) < 1e-5);
     assert!(rel_error(&g2, &want.grad_z2.data, 1e-7) < 1e-5);
@@ -218,7 +227,8 @@ fn expect_rejected(case: &str, objective: &str, files: &[(&str, Vec<u8>)], args:
         std::fs::write(dir.join(name), bytes).expect("fixture");
     }
     let out_dir = dir.join("out");
-    let mut all: Vec<String> = vec!["eval".into(), format!("objectives/{objective}.ssl"), "--out".into(), out_dir.display().to_string()];
+    let mut all: Vec<String> =
+        vec!["eval".into(), format!("objectives/{objective}.ssl"), "--out".into(), out_dir.display().to_string()];
     all.extend(args.iter().map(|a| a.replace("{dir}", &dir.display().to_string())));
     let out = run_sslc(&all);
     assert_rejected(case, &out, &out_dir, needles);
@@ -243,46 +253,129 @@ const BOTH: [&str; 4] = ["--input", "z1={dir}/a.npy", "--input", "z2={dir}/b.npy
 #[test]
 fn shape_errors_name_the_input_and_both_shapes() {
     let ok = valid(N, D);
-    expect_rejected("columns", "simclr", &[("a.npy", ok.clone()), ("b.npy", valid(N, D + 2))], &args(&BOTH), &["z2", "[6, 7]", "[N, D]", "D = 5"]);
-    expect_rejected("rows", "simclr", &[("a.npy", ok.clone()), ("b.npy", valid(N - 1, D))], &args(&BOTH), &["z2", "[5, 5]", "[N, D]", "N = 6"]);
+    expect_rejected(
+        "columns",
+        "simclr",
+        &[("a.npy", ok.clone()), ("b.npy", valid(N, D + 2))],
+        &args(&BOTH),
+        &["z2", "[6, 7]", "[N, D]", "D = 5"],
+    );
+    expect_rejected(
+        "rows",
+        "simclr",
+        &[("a.npy", ok.clone()), ("b.npy", valid(N - 1, D))],
+        &args(&BOTH),
+        &["z2", "[5, 5]", "[N, D]", "N = 6"],
+    );
     let flat = npy_bytes("<f4", false, "(30,)", &f32_bytes(30));
-    expect_rejected("rank", "simclr", &[("a.npy", flat), ("b.npy", ok.clone())], &args(&BOTH), &["z1", "[30]", "[N, D]"]);
+    expect_rejected(
+        "rank",
+        "simclr",
+        &[("a.npy", flat), ("b.npy", ok.clone())],
+        &args(&BOTH),
+        &["z1", "[30]", "[N, D]"],
+    );
     let scalar = npy_bytes("<f4", false, "()", &f32_bytes(1));
     expect_rejected("scalar", "simclr", &[("a.npy", ok.clone()), ("b.npy", scalar)], &args(&BOTH), &["z2", "[N, D]"]);
     // A constant of the wrong shape, and anchors that cannot form a simplex ETF.
     let gh_args = [&BOTH[..], &["--set", "K=4", "--input", "M={dir}/m.npy"]].concat();
-    expect_rejected("const", "simclr_gh", &[("a.npy", ok.clone()), ("b.npy", ok.clone()), ("m.npy", valid(4, D + 1))], &args(&gh_args), &["M", "[4, 6]", "[K, D]"]);
+    expect_rejected(
+        "const",
+        "simclr_gh",
+        &[("a.npy", ok.clone()), ("b.npy", ok.clone()), ("m.npy", valid(4, D + 1))],
+        &args(&gh_args),
+        &["M", "[4, 6]", "[K, D]"],
+    );
     expect_rejected("etf", "simclr_gh", &[("a.npy", ok.clone()), ("b.npy", ok)], &args(&BOTH), &["K = 100", "D = 5"]);
 }
 
 #[test]
 fn missing_and_unknown_inputs_are_named() {
     let ok = valid(N, D);
-    expect_rejected("missing_z2", "simclr", &[("a.npy", ok.clone())], &args(&["--input", "z1={dir}/a.npy"]), &["z2", "missing", "[N, D]"]);
+    expect_rejected(
+        "missing_z2",
+        "simclr",
+        &[("a.npy", ok.clone())],
+        &args(&["--input", "z1={dir}/a.npy"]),
+        &["z2", "missing", "[N, D]"],
+    );
     expect_rejected("no_inputs", "simclr", &[], &[], &["z1", "missing"]);
     let unknown = [&BOTH[..], &["--input", "z3={dir}/a.npy"]].concat();
-    expect_rejected("unknown_input", "simclr", &[("a.npy", ok.clone()), ("b.npy", ok.clone())], &args(&unknown), &["z3", "z1, z2"]);
-    expect_rejected("no_equals", "simclr", &[("a.npy", ok.clone())], &args(&["--input", "{dir}/a.npy"]), &["NAME=PATH"]);
+    expect_rejected(
+        "unknown_input",
+        "simclr",
+        &[("a.npy", ok.clone()), ("b.npy", ok.clone())],
+        &args(&unknown),
+        &["z3", "z1, z2"],
+    );
+    expect_rejected(
+        "no_equals",
+        "simclr",
+        &[("a.npy", ok.clone())],
+        &args(&["--input", "{dir}/a.npy"]),
+        &["NAME=PATH"],
+    );
     expect_rejected("no_file", "simclr", &[("a.npy", ok)], &args(&BOTH), &["b.npy"]);
 }
 
 #[test]
 fn bad_set_values_are_named() {
     let files = [("a.npy", valid(N, D)), ("b.npy", valid(N, D))];
-    expect_rejected("unknown_set", "simclr", &files, &args(&[&BOTH[..], &["--set", "temperature=0.5"]].concat()), &["temperature", "tau"]);
+    expect_rejected(
+        "unknown_set",
+        "simclr",
+        &files,
+        &args(&[&BOTH[..], &["--set", "temperature=0.5"]].concat()),
+        &["temperature", "tau"],
+    );
     expect_rejected("dim_of_other", "simclr", &files, &args(&[&BOTH[..], &["--set", "K=4"]].concat()), &["`K`"]);
-    expect_rejected("not_a_number", "simclr", &files, &args(&[&BOTH[..], &["--set", "tau=warm"]].concat()), &["tau", "warm", "a number"]);
-    expect_rejected("no_value", "simclr", &files, &args(&[&BOTH[..], &["--set", "tau"]].concat()), &["tau", "NAME=VALUE"]);
-    expect_rejected("bad_dim", "simclr_gh", &files, &args(&[&BOTH[..], &["--set", "K=0"]].concat()), &["K", "positive integer"]);
+    expect_rejected(
+        "not_a_number",
+        "simclr",
+        &files,
+        &args(&[&BOTH[..], &["--set", "tau=warm"]].concat()),
+        &["tau", "warm", "a number"],
+    );
+    expect_rejected(
+        "no_value",
+        "simclr",
+        &files,
+        &args(&[&BOTH[..], &["--set", "tau"]].concat()),
+        &["tau", "NAME=VALUE"],
+    );
+    expect_rejected(
+        "bad_dim",
+        "simclr_gh",
+        &files,
+        &args(&[&BOTH[..], &["--set", "K=0"]].concat()),
+        &["K", "positive integer"],
+    );
     expect_rejected("batch_dim", "simclr", &files, &args(&[&BOTH[..], &["--set", "N=3"]].concat()), &["N"]);
 }
 
 #[test]
 fn non_finite_values_are_named() {
     let ok = valid(N, D);
-    expect_rejected("nan", "simclr", &[("a.npy", with_value(N, D, 7, f32::NAN)), ("b.npy", ok.clone())], &args(&BOTH), &["z1", "NaN"]);
-    expect_rejected("inf", "simclr", &[("a.npy", ok.clone()), ("b.npy", with_value(N, D, 0, f32::NEG_INFINITY))], &args(&BOTH), &["z2", "infinite"]);
-    let pi = npy_bytes("<f4", false, "(4,)", &[1.0f32, f32::NAN, 1.0, 1.0].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>());
+    expect_rejected(
+        "nan",
+        "simclr",
+        &[("a.npy", with_value(N, D, 7, f32::NAN)), ("b.npy", ok.clone())],
+        &args(&BOTH),
+        &["z1", "NaN"],
+    );
+    expect_rejected(
+        "inf",
+        "simclr",
+        &[("a.npy", ok.clone()), ("b.npy", with_value(N, D, 0, f32::NEG_INFINITY))],
+        &args(&BOTH),
+        &["z2", "infinite"],
+    );
+    let pi = npy_bytes(
+        "<f4",
+        false,
+        "(4,)",
+        &[1.0f32, f32::NAN, 1.0, 1.0].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>(),
+    );
     let with_pi = [&BOTH[..], &["--set", "K=4", "--input", "pi={dir}/p.npy"]].concat();
     let files = [("a.npy", valid(N, 8)), ("b.npy", valid(N, 8)), ("p.npy", pi)];
     expect_rejected("nan_state", "simclr_gh", &files, &args(&with_pi), &["pi", "NaN"]);
@@ -294,7 +387,13 @@ fn non_finite_values_are_named() {
 fn corrupt_npy_files_are_rejected_with_the_reason() {
     let ok = valid(N, D);
     let case = |name: &str, bad: Vec<u8>, needles: &[&str]| {
-        expect_rejected(name, "simclr", &[("a.npy", bad), ("b.npy", ok.clone())], &args(&BOTH), &[&["a.npy"][..], needles].concat());
+        expect_rejected(
+            name,
+            "simclr",
+            &[("a.npy", bad), ("b.npy", ok.clone())],
+            &args(&BOTH),
+            &[&["a.npy"][..], needles].concat(),
+        );
     };
     let full = valid(N, D);
     case("truncated_data", full[..full.len() - 9].to_vec(), &["120", "111"]);
@@ -331,7 +430,13 @@ fn corrupt_npy_errors_name_the_input() {
 #[test]
 fn an_empty_batch_is_rejected_by_name() {
     let empty = npy_bytes("<f4", false, &format!("(0, {D})"), &[]);
-    expect_rejected("empty_batch", "simclr", &[("a.npy", empty.clone()), ("b.npy", empty)], &args(&BOTH), &["z1", "[0, 5]"]);
+    expect_rejected(
+        "empty_batch",
+        "simclr",
+        &[("a.npy", empty.clone()), ("b.npy", empty)],
+        &args(&BOTH),
+        &["z1", "[0, 5]"],
+    );
 }
 
 #[test]

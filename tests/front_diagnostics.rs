@@ -32,7 +32,9 @@ fn at_least_thirty_malformed_programs() {
 fn every_malformed_program_has_a_located_diagnostic_with_a_hint() {
     for f in malformed_files() {
         let text = rendered_errors(&f);
-        let located = text.lines().any(|l| l.contains("┌─ tests/malformed/") && l.split(".ssl:").nth(1).is_some_and(|lc| lc.contains(':')));
+        let located = text
+            .lines()
+            .any(|l| l.contains("┌─ tests/malformed/") && l.split(".ssl:").nth(1).is_some_and(|lc| lc.contains(':')));
         assert!(located, "{}: no file:line:col in\n{text}", f.display());
         assert!(text.contains('^'), "{}: no caret in\n{text}", f.display());
         assert!(text.contains("hint:"), "{}: no hint in\n{text}", f.display());

@@ -99,7 +99,11 @@ fn sslc_gradcheck_binary_passes_on_simclr_gh() {
     assert_eq!(lines.len(), 2, "one line per input:\n{stdout}");
     for (line, input) in lines.iter().zip(["z1", "z2"]) {
         assert!(line.starts_with("ok") && line.contains(input), "{line}");
-        let rel: f64 = line.split("max rel error").nth(1).and_then(|s| s.split_whitespace().next()).and_then(|s| s.parse().ok())
+        let rel: f64 = line
+            .split("max rel error")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("no relative error in `{line}`"));
         assert!(rel < TOLERANCE, "{line}");
     }
@@ -109,7 +113,18 @@ fn sslc_gradcheck_binary_passes_on_simclr_gh() {
 /// below that, the binary must report FAIL and exit 1 (never panic).
 #[test]
 fn sslc_gradcheck_binary_fails_above_its_tolerance() {
-    let out = run_sslc(&["gradcheck", "objectives/focal.ssl", "--batch", "3", "--dim", "4", "--tolerance", "1e-300", "--abs-tolerance", "0"]);
+    let out = run_sslc(&[
+        "gradcheck",
+        "objectives/focal.ssl",
+        "--batch",
+        "3",
+        "--dim",
+        "4",
+        "--tolerance",
+        "1e-300",
+        "--abs-tolerance",
+        "0",
+    ]);
     let stdout = stdout_of(&out);
     assert_eq!(out.status.code(), Some(1), "stdout:\n{stdout}\nstderr:\n{}", stderr_of(&out));
     assert!(stdout.lines().any(|l| l.starts_with("FAIL")), "{stdout}");

@@ -12,7 +12,11 @@ use std::path::Path;
 
 fn objective(name: &str, set: &[&str]) -> CompiledObjective {
     let mut sources = Sources::new();
-    let module = sslc_compiler::compile(Path::new(&format!("objectives/{name}.ssl")), &mut sources).ok().unwrap().modules.remove(0);
+    let module = sslc_compiler::compile(Path::new(&format!("objectives/{name}.ssl")), &mut sources)
+        .ok()
+        .unwrap()
+        .modules
+        .remove(0);
     let overrides = Overrides::parse(&set.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
     CompiledObjective::new(module, overrides, 0.5, BackendKind::Reference).unwrap()
 }
@@ -155,7 +159,11 @@ fn sdclr_declares_a_pruned_branch() {
 #[test]
 fn unknown_overrides_are_refused_up_front() {
     let mut sources = Sources::new();
-    let module = sslc_compiler::compile(Path::new("objectives/simclr.ssl"), &mut sources).ok().unwrap().modules.remove(0);
-    let err = CompiledObjective::new(module, Overrides::parse(&["tua=1".to_string()]).unwrap(), 0.5, BackendKind::Reference).err().unwrap();
+    let module =
+        sslc_compiler::compile(Path::new("objectives/simclr.ssl"), &mut sources).ok().unwrap().modules.remove(0);
+    let err =
+        CompiledObjective::new(module, Overrides::parse(&["tua=1".to_string()]).unwrap(), 0.5, BackendKind::Reference)
+            .err()
+            .unwrap();
     assert!(err.to_string().contains("tua"), "{err}");
 }

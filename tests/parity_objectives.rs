@@ -151,7 +151,11 @@ fn cases() -> &'static [Prepared] {
         };
         let supplied = |m: Mat, prior: Option<Vec<f64>>| Anchors { m, supplied: true, prior };
         let compiler_etf = |d: usize, prior: Option<Vec<f64>>| Anchors {
-            m: Mat { rows: 100, cols: d, data: sslc_compiler::eval::etf(100, d, ETF_SEED).expect("K = 100 fits D >= 99") },
+            m: Mat {
+                rows: 100,
+                cols: d,
+                data: sslc_compiler::eval::etf(100, d, ETF_SEED).expect("K = 100 fits D >= 99"),
+            },
             supplied: false,
             prior,
         };
@@ -251,7 +255,12 @@ impl Errors {
 
 /// The bindings of one case: inputs, and for GH the anchors, their count and the prior.
 fn setup(objective: Objective, case: &Case, dtype: DType, epoch: usize) -> Setup<'static> {
-    let mut s = Setup { inputs: vec![("z1", case.z1.tensor(dtype)), ("z2", case.z2.tensor(dtype))], epoch, dtype, ..Setup::default() };
+    let mut s = Setup {
+        inputs: vec![("z1", case.z1.tensor(dtype)), ("z2", case.z2.tensor(dtype))],
+        epoch,
+        dtype,
+        ..Setup::default()
+    };
     if objective.has_gh() {
         let a = &case.anchors;
         if a.m.rows != 100 {
@@ -298,7 +307,11 @@ fn check_parity(objective: Objective, dtype: DType) {
         worst = worst.max(errors);
     }
     eprintln!("{objective:?} {dtype:?} worst over all cases: {worst}");
-    assert!(failures.is_empty(), "{objective:?} in {dtype:?} differs from METHOD.md by more than {tol:e}:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{objective:?} in {dtype:?} differs from METHOD.md by more than {tol:e}:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -351,7 +364,11 @@ fn compiler_anchors_are_a_simplex_etf() {
         for i in 0..100 {
             for j in 0..100 {
                 let want = if i == j { 1.0 } else { -1.0 / 99.0 };
-                assert!((gram.at(i, j) - want).abs() < 1e-9, "D={d}: <M_{i}, M_{j}> = {} instead of {want}", gram.at(i, j));
+                assert!(
+                    (gram.at(i, j) - want).abs() < 1e-9,
+                    "D={d}: <M_{i}, M_{j}> = {} instead of {want}",
+                    gram.at(i, j)
+                );
             }
         }
     }
@@ -404,8 +421,16 @@ fn reference_gradients_match_finite_differences() {
     };
     type Loss<'a> = Box<dyn Fn(&Mat, &Mat) -> f64 + 'a>;
     let losses: Vec<(&str, Loss, Graded)> = vec![
-        ("nt_xent", Box::new(|a: &Mat, b: &Mat| method::nt_xent(a, b, TAU).graded.loss), method::nt_xent(&z1, &z2, TAU).graded),
-        ("focal", Box::new(|a: &Mat, b: &Mat| method::focal_nt_xent(a, b, TAU, GAMMA).graded.loss), method::focal_nt_xent(&z1, &z2, TAU, GAMMA).graded),
+        (
+            "nt_xent",
+            Box::new(|a: &Mat, b: &Mat| method::nt_xent(a, b, TAU).graded.loss),
+            method::nt_xent(&z1, &z2, TAU).graded,
+        ),
+        (
+            "focal",
+            Box::new(|a: &Mat, b: &Mat| method::focal_nt_xent(a, b, TAU, GAMMA).graded.loss),
+            method::focal_nt_xent(&z1, &z2, TAU, GAMMA).graded,
+        ),
         ("gh", Box::new(gh_fixed_targets), method::gh_term(&z1, &z2, &m, &prior, GH)),
     ];
     let h = 1e-6;
@@ -415,7 +440,11 @@ fn reference_gradients_match_finite_differences() {
             for j in 0..z1.data.len() {
                 let at = |delta: f64| {
                     let (mut a, mut b) = (z1.clone(), z2.clone());
-                    if which == 0 { a.data[j] += delta } else { b.data[j] += delta }
+                    if which == 0 {
+                        a.data[j] += delta
+                    } else {
+                        b.data[j] += delta
+                    }
                     loss(&a, &b)
                 };
                 fd.push((at(h) - at(-h)) / (2.0 * h));
@@ -440,7 +469,10 @@ fn gradients_are_orthogonal_to_their_rows() {
             for i in 0..z.rows {
                 let gi = &g[i * z.cols..(i + 1) * z.cols];
                 let cosine = common::dot(gi, z.row(i)) / (common::dot(gi, gi) * common::dot(z.row(i), z.row(i))).sqrt();
-                assert!(cosine.abs() < 1e-9, "{objective:?}: row {i} of d loss/d {name} has cosine {cosine:e} with the row");
+                assert!(
+                    cosine.abs() < 1e-9,
+                    "{objective:?}: row {i} of d loss/d {name} has cosine {cosine:e} with the row"
+                );
             }
         }
     }
@@ -458,7 +490,8 @@ fn an_all_zero_row_has_a_finite_gradient() {
     let z2 = z2.rounded_to_f32();
     for objective in [Objective::Simclr, Objective::Focal] {
         let module = common::compile_objective(objective.path());
-        let setup = Setup { inputs: vec![("z1", z1.tensor(DType::F64)), ("z2", z2.tensor(DType::F64))], ..Setup::default() };
+        let setup =
+            Setup { inputs: vec![("z1", z1.tensor(DType::F64)), ("z2", z2.tensor(DType::F64))], ..Setup::default() };
         let eval = evaluate(&module, &setup);
         let want = match objective {
             Objective::Simclr => method::nt_xent(&z1, &z2, TAU),
@@ -466,6 +499,10 @@ fn an_all_zero_row_has_a_finite_gradient() {
         };
         let got = values(grad(&eval, "z1"));
         let err = rel_error(&got, &want.graded.grad_z1.data, want.graded.scale_z1.max(FLOOR));
-        assert!(err < 1e-5, "{objective:?}: d loss/d z1 with a zero row: {got:?} instead of {:?}", want.graded.grad_z1.data);
+        assert!(
+            err < 1e-5,
+            "{objective:?}: d loss/d z1 with a zero row: {got:?} instead of {:?}",
+            want.graded.grad_z1.data
+        );
     }
 }

@@ -23,7 +23,8 @@ fn inputs(n: usize, d: usize, seed: u64) -> Vec<(String, Tensor)> {
         .iter()
         .enumerate()
         .map(|(k, name)| {
-            let v: Vec<f64> = (0..n * d).map(|i| (i as f64 * 0.7 + seed as f64 * 3.1 + k as f64 * 11.3).sin() * 1.7).collect();
+            let v: Vec<f64> =
+                (0..n * d).map(|i| (i as f64 * 0.7 + seed as f64 * 3.1 + k as f64 * 11.3).sin() * 1.7).collect();
             (name.to_string(), Tensor::from_vec(v, (n, d), &Device::Cpu).unwrap())
         })
         .collect()

@@ -22,7 +22,18 @@ fn text(out: &Output) -> String {
 
 /// A short run: two epochs, a quick probe, small batches.
 fn tiny_run(objective: &str, out: &Path, extra: &[&str]) -> Output {
-    let mut args = vec!["run", objective, "--epochs", "2", "--batch-size", "64", "--probe-epochs", "5", "--out", out.to_str().unwrap()];
+    let mut args = vec![
+        "run",
+        objective,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "64",
+        "--probe-epochs",
+        "5",
+        "--out",
+        out.to_str().unwrap(),
+    ];
     args.extend_from_slice(extra);
     sslc(&args)
 }
@@ -38,7 +49,8 @@ fn every_objective_trains_on_the_default_data_and_writes_its_outputs() {
         for row in ["Many", "Medium", "Few", "overall"] {
             assert!(printed.contains(row), "{name}: no {row} row in\n{printed}");
         }
-        let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
         let top1 = summary["linear"]["overall"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&top1), "{name}: top-1 {top1}");
         assert_eq!(summary["run"]["objective"], name);
@@ -47,7 +59,10 @@ fn every_objective_trains_on_the_default_data_and_writes_its_outputs() {
         assert!(lines.iter().any(|l| l["kind"] == "epoch" && l["epoch"] == 1), "{name}: no epoch-1 line");
         assert!(lines.iter().all(|l| l.get("loss").is_none_or(|v| v.as_f64().is_some_and(f64::is_finite))));
         if name.ends_with("_gh") {
-            assert!(lines.iter().any(|l| l.get("gh_weight").is_some() && l.get("pi_entropy").is_some()), "{name}: GH metrics missing");
+            assert!(
+                lines.iter().any(|l| l.get("gh_weight").is_some() && l.get("pi_entropy").is_some()),
+                "{name}: GH metrics missing"
+            );
         }
         let png = std::fs::read(dir.join("per_class.png")).unwrap();
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{name}: per_class.png is not a PNG");
@@ -67,24 +82,58 @@ fn a_resumed_run_reaches_the_same_weights() {
     assert!(first.status.success(), "{}", text(&first));
     assert!(!split.join("summary.json").exists(), "stopping early does not evaluate");
     let resumed = sslc(&[
-        "run", objective, "--epochs", "2", "--batch-size", "64", "--probe-epochs", "5", "--resume", split.to_str().unwrap(), "--set", "K=16", "--set", "warm_up=1",
+        "run",
+        objective,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "64",
+        "--probe-epochs",
+        "5",
+        "--resume",
+        split.to_str().unwrap(),
+        "--set",
+        "K=16",
+        "--set",
+        "warm_up=1",
     ]);
     assert!(resumed.status.success(), "{}", text(&resumed));
     let load = |d: &Path| sslc_runtime::checkpoint::Checkpoint::load(&d.join("checkpoint.safetensors")).unwrap();
     let (a, b) = (load(&whole), load(&split));
     assert_eq!(a.epoch, b.epoch);
-    for (part, (x, y)) in [("model", (&a.model, &b.model)), ("optimizer", (&a.optimizer, &b.optimizer)), ("objective", (&a.objective, &b.objective))] {
+    for (part, (x, y)) in [
+        ("model", (&a.model, &b.model)),
+        ("optimizer", (&a.optimizer, &b.optimizer)),
+        ("objective", (&a.objective, &b.objective)),
+    ] {
         assert_eq!(x.len(), y.len(), "{part}");
         for ((name, tx), (_, ty)) in x.iter().zip(y.iter()) {
-            let (vx, vy) = (tx.flatten_all().unwrap().to_vec1::<f32>().unwrap(), ty.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            let (vx, vy) = (
+                tx.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                ty.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
             assert!(vx == vy, "{part} tensor {name} differs after resuming");
         }
     }
     let summary = |d: &Path| std::fs::read_to_string(d.join("summary.json")).unwrap();
-    let (sa, sb): (serde_json::Value, serde_json::Value) = (serde_json::from_str(&summary(&whole)).unwrap(), serde_json::from_str(&summary(&split)).unwrap());
+    let (sa, sb): (serde_json::Value, serde_json::Value) =
+        (serde_json::from_str(&summary(&whole)).unwrap(), serde_json::from_str(&summary(&split)).unwrap());
     assert_eq!(sa["linear"], sb["linear"]);
     // Resuming with other settings is refused.
-    let other = sslc(&["run", objective, "--epochs", "3", "--batch-size", "64", "--resume", split.to_str().unwrap(), "--set", "K=16", "--set", "warm_up=1"]);
+    let other = sslc(&[
+        "run",
+        objective,
+        "--epochs",
+        "3",
+        "--batch-size",
+        "64",
+        "--resume",
+        split.to_str().unwrap(),
+        "--set",
+        "K=16",
+        "--set",
+        "warm_up=1",
+    ]);
     assert_eq!(other.status.code(), Some(1), "{}", text(&other));
     assert!(text(&other).contains("other settings"), "{}", text(&other));
     std::fs::remove_dir_all(&whole).ok();
@@ -120,7 +169,8 @@ fn a_corrupted_checkpoint_gives_a_clear_error() {
 fn probe_evaluates_a_saved_run_again() {
     let dir = scratch("probe");
     assert!(tiny_run("objectives/simclr.ssl", &dir, &[]).status.success());
-    let out = sslc(&["probe", "--checkpoint", dir.join("checkpoint.safetensors").to_str().unwrap(), "--probe-epochs", "5"]);
+    let out =
+        sslc(&["probe", "--checkpoint", dir.join("checkpoint.safetensors").to_str().unwrap(), "--probe-epochs", "5"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("Few"));
     std::fs::remove_dir_all(&dir).ok();
@@ -145,13 +195,33 @@ fn bad_run_arguments_are_errors_not_panics() {
 fn every_objective_trains_one_epoch_on_fashion_mnist_lt() {
     let root = Path::new(sslc_runtime::data::fashion_mnist::DEFAULT_ROOT);
     if !root.join("train-images-idx3-ubyte.gz").exists() {
-        assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI must install dataset-fashion-mnist ({} is missing)", root.display());
-        eprintln!("NOTICE: skipped: Fashion-MNIST is not installed at {} (apt-get install dataset-fashion-mnist)", root.display());
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "CI must install dataset-fashion-mnist ({} is missing)",
+            root.display()
+        );
+        eprintln!(
+            "NOTICE: skipped: Fashion-MNIST is not installed at {} (apt-get install dataset-fashion-mnist)",
+            root.display()
+        );
         return;
     }
     for name in ["simclr", "simclr_gh", "focal", "focal_gh", "sdclr", "sdclr_gh", "bcl", "bcl_gh"] {
         let dir = scratch(&format!("fashion-{name}"));
-        let mut args = vec!["run", "--dataset", "fashion-mnist-lt", "--limit", "600", "--epochs", "1", "--batch-size", "64", "--probe-epochs", "3"];
+        let mut args = vec![
+            "run",
+            "--dataset",
+            "fashion-mnist-lt",
+            "--limit",
+            "600",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "64",
+            "--probe-epochs",
+            "3",
+        ];
         let file = format!("objectives/{name}.ssl");
         args.extend([file.as_str(), "--out", dir.to_str().unwrap()]);
         if name.ends_with("_gh") {
@@ -159,7 +229,8 @@ fn every_objective_trains_one_epoch_on_fashion_mnist_lt() {
         }
         let out = sslc(&args);
         assert!(out.status.success(), "{name}: {}", text(&out));
-        let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
         assert_eq!(summary["run"]["train"]["context"]["dataset"], "fashion-mnist-lt");
         assert_eq!(summary["linear"]["per_class"].as_array().map(Vec::len), Some(10), "{name}");
         std::fs::remove_dir_all(&dir).ok();

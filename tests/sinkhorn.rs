@@ -75,7 +75,11 @@ fn column_sums(q: &Mat) -> Vec<f64> {
 /// only as close as 300 iterations get.
 fn assert_marginals(q: &Mat, row_sums: &[f64], prior: &[f64], tol: f64, col_tol: f64) -> Result<(), TestCaseError> {
     let n = q.rows as f64;
-    prop_assert!(q.data.iter().all(|v| v.is_finite() && *v >= 0.0), "the plan has negative or non-finite entries: {:?}", q.data);
+    prop_assert!(
+        q.data.iter().all(|v| v.is_finite() && *v >= 0.0),
+        "the plan has negative or non-finite entries: {:?}",
+        q.data
+    );
     let ones = vec![1.0; q.rows];
     prop_assert!(rel_error(row_sums, &ones, 1.0) < tol, "row sums {row_sums:?}");
     let plan_rows: Vec<f64> = (0..q.rows).map(|i| q.row(i).iter().sum()).collect();
@@ -150,8 +154,10 @@ fn plan_matches_method() {
 fn random_problems() -> impl Strategy<Value = (Mat, Vec<f64>)> {
     (1usize..40, 1usize..16, any::<u64>(), 2usize..6).prop_map(|(n, k, seed, zero_every)| {
         let mut rng = Rng::new(seed);
-        let t = Mat { rows: n, cols: k, data: (0..n * k).map(|_| 2.0 * rng.uniform() - 1.0).collect() }.rounded_to_f32();
-        let mut prior: Vec<f64> = (0..k).map(|j| if j % zero_every == 0 { 0.0 } else { rng.uniform() + 0.05 }).collect();
+        let t =
+            Mat { rows: n, cols: k, data: (0..n * k).map(|_| 2.0 * rng.uniform() - 1.0).collect() }.rounded_to_f32();
+        let mut prior: Vec<f64> =
+            (0..k).map(|j| if j % zero_every == 0 { 0.0 } else { rng.uniform() + 0.05 }).collect();
         if prior.iter().all(|&p| p == 0.0) {
             prior[k - 1] = 1.0;
         }

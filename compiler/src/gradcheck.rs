@@ -53,7 +53,12 @@ pub fn gradcheck(module: &Module, b: &Bindings, options: Options) -> Result<Vec<
     gradcheck_with(module, b, options, &crate::autodiff::standard_rule)
 }
 
-pub(crate) fn gradcheck_with(module: &Module, b: &Bindings, options: Options, rule: &Rule) -> Result<Vec<InputReport>, GradcheckError> {
+pub(crate) fn gradcheck_with(
+    module: &Module,
+    b: &Bindings,
+    options: Options,
+    rule: &Rule,
+) -> Result<Vec<InputReport>, GradcheckError> {
     let step = options.step;
     let wrt: Vec<_> = module.inputs.handles().collect();
     let gradient = differentiate_with(module, &module.loss, "loss", &wrt, rule).map_err(GradcheckError::Autodiff)?;
@@ -73,7 +78,11 @@ pub(crate) fn gradcheck_with(module: &Module, b: &Bindings, options: Options, ru
     };
     let mut reports = Vec::new();
     for (i, decl) in module.inputs.iter() {
-        let at = gradient.outputs.iter().position(|o| o.name == grad_output_name(&decl.name)).expect("one gradient per input");
+        let at = gradient
+            .outputs
+            .iter()
+            .position(|o| o.name == grad_output_name(&decl.name))
+            .expect("one gradient per input");
         let analytic = outputs[at].to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
         let base = b.inputs[i.index()].to_dtype(DType::F64)?;
         let dims = base.dims().to_vec();
@@ -97,7 +106,12 @@ pub(crate) fn gradcheck_with(module: &Module, b: &Bindings, options: Options, ru
             max_abs = max_abs.max((fd - g).abs());
         }
         let scale = analytic.iter().fold(1e-12f64, |m, g| m.max(g.abs()));
-        reports.push(InputReport { input: decl.name.clone(), max_abs_error: max_abs, max_rel_error: max_abs / scale, entries: checked });
+        reports.push(InputReport {
+            input: decl.name.clone(),
+            max_abs_error: max_abs,
+            max_rel_error: max_abs / scale,
+            entries: checked,
+        });
     }
     Ok(reports)
 }
@@ -153,7 +167,11 @@ mod tests {
             crate::autodiff::standard_rule(g, h, adj)
         };
         let m = simclr();
-        let worst = gradcheck_with(&m, &bindings(&m), Options { step: 1e-6, max_entries: 0 }, &wrong).unwrap().iter().map(|r| r.max_rel_error).fold(0.0, f64::max);
+        let worst = gradcheck_with(&m, &bindings(&m), Options { step: 1e-6, max_entries: 0 }, &wrong)
+            .unwrap()
+            .iter()
+            .map(|r| r.max_rel_error)
+            .fold(0.0, f64::max);
         assert!(worst > 1e-2, "a wrong sqrt rule went unnoticed: {worst}");
     }
 }

@@ -80,7 +80,8 @@ impl Checkpoint {
             ("config".to_string(), self.config.to_string()),
             ("sha256".to_string(), hex(&digest.finalize())),
         ]);
-        let bytes = safetensors::serialize(tensors.iter().map(|(name, raw)| (name.as_str(), raw)), Some(metadata)).map_err(|e| serialize_error(e.to_string()))?;
+        let bytes = safetensors::serialize(tensors.iter().map(|(name, raw)| (name.as_str(), raw)), Some(metadata))
+            .map_err(|e| serialize_error(e.to_string()))?;
         write_atomically(path, &bytes).map_err(|source| CheckpointError::Write { path: path.to_path_buf(), source })
     }
 
@@ -110,7 +111,8 @@ impl Checkpoint {
         let mut names: Vec<String> = file.names().into_iter().map(str::to_string).collect();
         names.sort();
         let mut digest = digest_metadata(epoch, seed, &config);
-        let mut checkpoint = Checkpoint { epoch, seed, config, model: Vec::new(), optimizer: Vec::new(), objective: Vec::new() };
+        let mut checkpoint =
+            Checkpoint { epoch, seed, config, model: Vec::new(), optimizer: Vec::new(), objective: Vec::new() };
         for name in names {
             let view = file.tensor(&name).map_err(|e| corrupt(e.to_string()))?;
             let tensor = view.load(&Device::Cpu).map_err(|e| corrupt(format!("tensor `{name}`: {e}")))?;
@@ -165,7 +167,11 @@ impl RawTensor {
             DType::U32 => (Dtype::U32, flat.to_vec1::<u32>()?.iter().flat_map(|v| v.to_le_bytes()).collect()),
             DType::I64 => (Dtype::I64, flat.to_vec1::<i64>()?.iter().flat_map(|v| v.to_le_bytes()).collect()),
             DType::U8 => (Dtype::U8, flat.to_vec1::<u8>()?),
-            other => return Err(candle_core::Error::Msg(format!("dtype {other:?} is not checkpointed; use f32, f64, u32, i64 or u8"))),
+            other => {
+                return Err(candle_core::Error::Msg(format!(
+                    "dtype {other:?} is not checkpointed; use f32, f64, u32, i64 or u8"
+                )))
+            }
         };
         Ok(RawTensor { dtype, shape: tensor.dims().to_vec(), bytes })
     }

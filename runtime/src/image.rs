@@ -16,7 +16,11 @@ pub struct Image {
 impl Image {
     /// An image from channel-major data; `data.len()` must be `channels * height * width`.
     pub fn from_chw(channels: usize, height: usize, width: usize, data: Vec<f32>) -> Image {
-        assert_eq!(data.len(), channels * height * width, "Image::from_chw: buffer size does not match {channels}x{height}x{width}");
+        assert_eq!(
+            data.len(),
+            channels * height * width,
+            "Image::from_chw: buffer size does not match {channels}x{height}x{width}"
+        );
         Image { channels, height, width, data }
     }
 
@@ -32,7 +36,11 @@ impl Image {
 
     /// Interleaved 8-bit RGB (`image::RgbImage`'s layout) to channel-major `[0, 1]` planes.
     pub fn from_rgb8_interleaved(height: usize, width: usize, pixels: &[u8]) -> Image {
-        assert_eq!(pixels.len(), 3 * height * width, "Image::from_rgb8_interleaved: buffer is not {height}x{width} RGB");
+        assert_eq!(
+            pixels.len(),
+            3 * height * width,
+            "Image::from_rgb8_interleaved: buffer is not {height}x{width} RGB"
+        );
         let plane = height * width;
         let mut data = vec![0.0; 3 * plane];
         for (i, rgb) in pixels.chunks_exact(3).enumerate() {

@@ -79,7 +79,13 @@ pub trait Objective: Send {
     /// dataset indices.
     fn step(&mut self, embeddings: &[Tensor], indices: &[u32], at: RunPosition) -> Result<StepOutput, BoxError>;
     /// Runs `on step` state updates after the optimizer step, with the same batch.
-    fn after_step(&mut self, embeddings: &[Tensor], indices: &[u32], output: &StepOutput, at: RunPosition) -> Result<(), BoxError>;
+    fn after_step(
+        &mut self,
+        embeddings: &[Tensor],
+        indices: &[u32],
+        output: &StepOutput,
+        at: RunPosition,
+    ) -> Result<(), BoxError>;
     /// Runs `on epoch` handlers once `completed` epochs are done.
     fn end_epoch(&mut self, completed: usize, epochs: usize) -> Result<(), BoxError>;
 }

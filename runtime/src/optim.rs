@@ -72,7 +72,9 @@ impl Optimizer for Sgd {
     }
 
     fn state(&self) -> Result<Vec<(String, Tensor)>, OptimError> {
-        Ok(sorted_state(self.momentum_buffers.iter().map(|(name, buffer)| (format!("momentum_buffer/{name}"), buffer.clone()))))
+        Ok(sorted_state(
+            self.momentum_buffers.iter().map(|(name, buffer)| (format!("momentum_buffer/{name}"), buffer.clone())),
+        ))
     }
 
     fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<(), OptimError> {
@@ -156,7 +158,9 @@ impl Optimizer for Adam {
         for (name, step) in step_tensors {
             steps.insert(name, step.to_dtype(DType::F64)?.to_scalar::<f64>()? as u64);
         }
-        let covered = |moments: &HashMap<String, Tensor>| moments.len() == steps.len() && moments.keys().all(|name| steps.contains_key(name));
+        let covered = |moments: &HashMap<String, Tensor>| {
+            moments.len() == steps.len() && moments.keys().all(|name| steps.contains_key(name))
+        };
         if !covered(&first_moments) || !covered(&second_moments) {
             return Err(OptimError::StateMismatch("Adam's moments and step counts cover different parameters".into()));
         }
@@ -172,7 +176,10 @@ fn sorted_state(entries: impl Iterator<Item = (String, Tensor)>) -> Vec<(String,
 }
 
 /// Splits `{kind}/{parameter}` entries by kind, keyed by parameter; any other name is an error.
-fn split_state<const KINDS: usize>(state: &[(String, Tensor)], kinds: [&str; KINDS]) -> Result<[HashMap<String, Tensor>; KINDS], OptimError> {
+fn split_state<const KINDS: usize>(
+    state: &[(String, Tensor)],
+    kinds: [&str; KINDS],
+) -> Result<[HashMap<String, Tensor>; KINDS], OptimError> {
     let mut split: [HashMap<String, Tensor>; KINDS] = std::array::from_fn(|_| HashMap::new());
     for (name, tensor) in state {
         let (kind, param) = name.split_once('/').unwrap_or((name.as_str(), ""));

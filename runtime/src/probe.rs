@@ -108,7 +108,9 @@ impl AccuracyReport {
         for (&prediction, &label) in predictions.iter().zip(labels) {
             let label = label as usize;
             if label >= classes {
-                return Err(ProbeError::Input(format!("label {label} is outside the {classes} classes the group assignment lists")));
+                return Err(ProbeError::Input(format!(
+                    "label {label} is outside the {classes} classes the group assignment lists"
+                )));
             }
             seen[label] += 1;
             correct[label] += usize::from(prediction as usize == label);
@@ -120,7 +122,8 @@ impl AccuracyReport {
         }
         let per_class: Vec<f64> = correct.iter().zip(&seen).map(|(&hit, &count)| hit as f64 / count as f64).collect();
         let group_mean = |group: Group| {
-            let members: Vec<f64> = per_class.iter().zip(groups).filter(|(_, g)| **g == group).map(|(acc, _)| *acc).collect();
+            let members: Vec<f64> =
+                per_class.iter().zip(groups).filter(|(_, g)| **g == group).map(|(acc, _)| *acc).collect();
             (!members.is_empty()).then(|| mean(&members))
         };
         let (many, medium, few) = (group_mean(Group::Many), group_mean(Group::Medium), group_mean(Group::Few));
@@ -160,7 +163,12 @@ fn population_std(values: &[f64]) -> f64 {
 
 /// Trains one linear layer on `train` with Adam (L2 weight decay), cross-entropy and the
 /// exponential learning-rate decay of the reference, then predicts the class of every `test` row.
-pub fn linear_probe(train: &Features, test: &Features, classes: usize, config: &ProbeConfig) -> Result<Vec<u32>, ProbeError> {
+pub fn linear_probe(
+    train: &Features,
+    test: &Features,
+    classes: usize,
+    config: &ProbeConfig,
+) -> Result<Vec<u32>, ProbeError> {
     train.check("probe training", classes)?;
     test.check("probe test", classes)?;
     if config.epochs == 0 || config.batch_size == 0 {
@@ -171,11 +179,14 @@ pub fn linear_probe(train: &Features, test: &Features, classes: usize, config: &
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     // nn.Linear's default initialisation: U(±1/√fan_in) for weight and bias.
     let bound = 1.0 / (width as f64).sqrt();
-    let mut uniform = |count: usize| -> Vec<f32> { (0..count).map(|_| rng.random_range(-bound..bound) as f32).collect() };
+    let mut uniform =
+        |count: usize| -> Vec<f32> { (0..count).map(|_| rng.random_range(-bound..bound) as f32).collect() };
     let weight = Var::from_vec(uniform(classes * width), (classes, width), &device)?;
     let bias = Var::from_vec(uniform(classes), classes, &device)?;
     let params = [("weight".to_string(), weight.clone()), ("bias".to_string(), bias.clone())];
-    let logits = |x: &Tensor| -> candle_core::Result<Tensor> { x.matmul(&weight.as_tensor().t()?)?.broadcast_add(bias.as_tensor()) };
+    let logits = |x: &Tensor| -> candle_core::Result<Tensor> {
+        x.matmul(&weight.as_tensor().t()?)?.broadcast_add(bias.as_tensor())
+    };
 
     let targets = Tensor::from_slice(&train.labels, rows, &device)?;
     let mut optimizer = Adam::new(config.weight_decay);
@@ -198,7 +209,12 @@ pub fn linear_probe(train: &Features, test: &Features, classes: usize, config: &
 /// kNN predictions for every `k` in `ks`: cosine similarity to the training features, majority
 /// vote among the `k` most similar, ties to the smallest label (as the reference's `eval_knn`,
 /// which ranks by Euclidean distance; on L2-normalised features the ranking is the same).
-pub fn knn_predict(train: &Features, test: &Features, classes: usize, ks: &[usize]) -> Result<Vec<Vec<u32>>, ProbeError> {
+pub fn knn_predict(
+    train: &Features,
+    test: &Features,
+    classes: usize,
+    ks: &[usize],
+) -> Result<Vec<Vec<u32>>, ProbeError> {
     train.check("kNN training", classes)?;
     test.check("kNN test", classes)?;
     let train_rows = train.labels.len();
@@ -252,7 +268,12 @@ pub struct Evaluation {
 }
 
 /// Linear probe and kNN on frozen features; `groups[c]` is class `c`'s group.
-pub fn evaluate(train: &Features, test: &Features, groups: &[Group], config: &ProbeConfig) -> Result<Evaluation, ProbeError> {
+pub fn evaluate(
+    train: &Features,
+    test: &Features,
+    groups: &[Group],
+    config: &ProbeConfig,
+) -> Result<Evaluation, ProbeError> {
     let classes = groups.len();
     let linear = AccuracyReport::new(&linear_probe(train, test, classes, config)?, &test.labels, groups)?;
     let mut knn = Vec::new();

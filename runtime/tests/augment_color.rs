@@ -1,7 +1,10 @@
 //! Photometric augmentations against hand-computed values.
 
 use rand::SeedableRng;
-use sslc_runtime::augment::color::{adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation, gaussian_blur, to_grayscale, ColorJitter, Normalize};
+use sslc_runtime::augment::color::{
+    adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation, gaussian_blur, to_grayscale, ColorJitter,
+    Normalize,
+};
 use sslc_runtime::augment::AugmentRng;
 use sslc_runtime::image::Image;
 
@@ -69,7 +72,8 @@ fn hue_rotates_primaries_and_leaves_grays_alone() {
 fn jitter_factors_stay_in_range_and_vary() {
     let jitter = ColorJitter { brightness: 0.4, contrast: 0.0, saturation: 0.0, hue: 0.0 };
     let image = Image::filled(1, 1, 1, 0.5);
-    let values: Vec<f32> = (0..200).map(|s| jitter.apply(image.clone(), &mut AugmentRng::seed_from_u64(s)).data()[0]).collect();
+    let values: Vec<f32> =
+        (0..200).map(|s| jitter.apply(image.clone(), &mut AugmentRng::seed_from_u64(s)).data()[0]).collect();
     // Brightness factor in [0.6, 1.4]: 0.5 -> [0.3, 0.7].
     assert!(values.iter().all(|v| (0.3..=0.7).contains(v)));
     assert!(values.iter().any(|&v| v < 0.35) && values.iter().any(|&v| v > 0.65));

@@ -1,7 +1,9 @@
 //! Crops, resizing, flips: hand-computed cases and Pillow's float-image resize results.
 
 use rand::SeedableRng;
-use sslc_runtime::augment::geometry::{center_crop, horizontal_flip, random_crop_padded, resize_shorter, resized_crop, CropBox, RandomResizedCrop};
+use sslc_runtime::augment::geometry::{
+    center_crop, horizontal_flip, random_crop_padded, resize_shorter, resized_crop, CropBox, RandomResizedCrop,
+};
 use sslc_runtime::augment::resample::{resample_region, Interpolation};
 use sslc_runtime::augment::AugmentRng;
 use sslc_runtime::image::Image;
@@ -9,12 +11,20 @@ use sslc_runtime::image::Image;
 /// Pillow 13's `Image.fromarray(f, "F").resize(size, filter, box)` on [`ramp`], row-major.
 const DOWN_BILINEAR: [f32; 6] = [0.18076923, 0.29615384, 0.41153848, 0.46923077, 0.5846154, 0.7];
 const DOWN_BICUBIC: [f32; 6] = [0.15868813, 0.28157896, 0.40446976, 0.47447762, 0.5973684, 0.72025925];
-const UP_BICUBIC_BOX: [f32; 20] = [0.2060561, 0.24959137, 0.29266828, 0.3357452, 0.37882212, 0.28394073, 0.32747597, 0.3705529, 0.4136298, 0.45670673, 0.3877869, 0.43132213, 0.47439903, 0.51747596, 0.5605529, 0.5205691, 0.5641043, 0.60718125, 0.6502582, 0.6933351];
-const UP_BILINEAR_BOX: [f32; 20] = [0.20903847, 0.2521154, 0.29519233, 0.33826923, 0.38134617, 0.2898077, 0.33288464, 0.37596154, 0.41903847, 0.4621154, 0.39365384, 0.43673077, 0.47980767, 0.5228846, 0.56596154, 0.5205769, 0.5636538, 0.60673076, 0.6498077, 0.6928846];
+const UP_BICUBIC_BOX: [f32; 20] = [
+    0.2060561, 0.24959137, 0.29266828, 0.3357452, 0.37882212, 0.28394073, 0.32747597, 0.3705529, 0.4136298, 0.45670673,
+    0.3877869, 0.43132213, 0.47439903, 0.51747596, 0.5605529, 0.5205691, 0.5641043, 0.60718125, 0.6502582, 0.6933351,
+];
+const UP_BILINEAR_BOX: [f32; 20] = [
+    0.20903847, 0.2521154, 0.29519233, 0.33826923, 0.38134617, 0.2898077, 0.33288464, 0.37596154, 0.41903847,
+    0.4621154, 0.39365384, 0.43673077, 0.47980767, 0.5228846, 0.56596154, 0.5205769, 0.5636538, 0.60673076, 0.6498077,
+    0.6928846,
+];
 
 /// `(3 y^2 + 7 x + 10) / 130` on a 6x7 grid (the image the constants were computed on).
 fn ramp() -> Image {
-    let data = (0..6).flat_map(|y| (0..7).map(move |x| (3.0 * (y * y) as f32 + 7.0 * x as f32 + 10.0) / 130.0)).collect();
+    let data =
+        (0..6).flat_map(|y| (0..7).map(move |x| (3.0 * (y * y) as f32 + 7.0 * x as f32 + 10.0) / 130.0)).collect();
     Image::from_chw(1, 6, 7, data)
 }
 
@@ -55,7 +65,11 @@ fn halving_a_row_with_bilinear_antialiases_over_three_pixels() {
 fn resizing_to_the_same_size_is_identity() {
     let image = ramp();
     for interpolation in [Interpolation::Bilinear, Interpolation::Bicubic] {
-        assert_close(resample_region(&image, [0.0, 0.0, 7.0, 6.0], 6, 7, interpolation).data(), image.data(), "identity");
+        assert_close(
+            resample_region(&image, [0.0, 0.0, 7.0, 6.0], 6, 7, interpolation).data(),
+            image.data(),
+            "identity",
+        );
     }
 }
 
@@ -74,7 +88,10 @@ fn random_resized_crop_boxes_stay_inside_and_cover_the_scale_range() {
     for (height, width) in [(32, 32), (375, 500), (500, 333), (17, 90)] {
         for seed in 0..300 {
             let b = crop.sample_box(height, width, &mut AugmentRng::seed_from_u64(seed));
-            assert!(b.height >= 1 && b.width >= 1 && b.top + b.height <= height && b.left + b.width <= width, "{b:?} outside {height}x{width}");
+            assert!(
+                b.height >= 1 && b.width >= 1 && b.top + b.height <= height && b.left + b.width <= width,
+                "{b:?} outside {height}x{width}"
+            );
             let area = (b.height * b.width) as f64 / (height * width) as f64;
             smallest = smallest.min(area);
             largest = largest.max(area);
@@ -87,7 +104,8 @@ fn random_resized_crop_boxes_stay_inside_and_cover_the_scale_range() {
 fn random_resized_crop_falls_back_to_the_centre_when_nothing_fits() {
     // Scale 1 with ratio pinned at 1 cannot fit a 4x16 image: the fallback clamps the ratio
     // (in_ratio 4 > 1) to a 4x4 centred box.
-    let crop = RandomResizedCrop { size: 4, scale: (1.0, 1.0), ratio: (1.0, 1.0), interpolation: Interpolation::Bilinear };
+    let crop =
+        RandomResizedCrop { size: 4, scale: (1.0, 1.0), ratio: (1.0, 1.0), interpolation: Interpolation::Bilinear };
     let b = crop.sample_box(4, 16, &mut AugmentRng::seed_from_u64(0));
     assert_eq!(b, CropBox { top: 0, left: 6, height: 4, width: 4 });
     // A tall image clamps the other way.
@@ -113,8 +131,15 @@ fn padded_crop_is_a_window_of_the_zero_padded_image() {
         let ones = out.data().iter().filter(|&&v| v == 1.0).count();
         assert!(ones >= 3 * 4 && out.data().iter().all(|&v| v == 0.0 || v == 1.0), "{ones} ones");
     }
-    let windows: std::collections::HashSet<Vec<u32>> =
-        (0..200).map(|seed| random_crop_padded(&image, 4, 2, &mut AugmentRng::seed_from_u64(seed)).data().iter().map(|v| v.to_bits()).collect()).collect();
+    let windows: std::collections::HashSet<Vec<u32>> = (0..200)
+        .map(|seed| {
+            random_crop_padded(&image, 4, 2, &mut AugmentRng::seed_from_u64(seed))
+                .data()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect()
+        })
+        .collect();
     assert_eq!(windows.len(), 25, "every offset of the 5x5 offsets appears");
 }
 

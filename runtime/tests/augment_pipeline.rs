@@ -11,7 +11,12 @@ fn gradient(channels: usize, height: usize, width: usize) -> Image {
 
 #[test]
 fn simclr_views_have_each_dataset_shape_and_stay_in_range_before_normalisation() {
-    let cases = [(Preset::Cifar, gradient(3, 32, 32), 32, 3), (Preset::ImageNet, gradient(3, 60, 90), 224, 3), (Preset::FashionMnist, gradient(1, 28, 28), 28, 1), (Preset::Digits, gradient(1, 8, 8), 8, 1)];
+    let cases = [
+        (Preset::Cifar, gradient(3, 32, 32), 32, 3),
+        (Preset::ImageNet, gradient(3, 60, 90), 224, 3),
+        (Preset::FashionMnist, gradient(1, 28, 28), 28, 1),
+        (Preset::Digits, gradient(1, 8, 8), 8, 1),
+    ];
     for (preset, image, size, channels) in cases {
         let augment = preset.simclr();
         for sample in 0..4 {
@@ -28,9 +33,15 @@ fn simclr_views_have_each_dataset_shape_and_stay_in_range_before_normalisation()
 #[test]
 fn presets_follow_the_reference_recipe() {
     let cifar = Preset::Cifar.simclr();
-    assert_eq!((cifar.crop.size, cifar.crop.scale, cifar.jitter_p, cifar.grayscale_p, cifar.blur), (32, (0.1, 1.0), 0.8, 0.2, None));
+    assert_eq!(
+        (cifar.crop.size, cifar.crop.scale, cifar.jitter_p, cifar.grayscale_p, cifar.blur),
+        (32, (0.1, 1.0), 0.8, 0.2, None)
+    );
     let imagenet = Preset::ImageNet.simclr();
-    assert_eq!((imagenet.crop.size, imagenet.crop.scale, imagenet.blur, imagenet.normalize.is_none()), (224, (0.08, 1.0), Some(((0.1, 2.0), 0.5)), true));
+    assert_eq!(
+        (imagenet.crop.size, imagenet.crop.scale, imagenet.blur, imagenet.normalize.is_none()),
+        (224, (0.08, 1.0), Some(((0.1, 2.0), 0.5)), true)
+    );
     assert_eq!(Preset::Digits.simclr().flip_p, 0.0);
     assert_eq!(Preset::FashionMnist.simclr().jitter.saturation, 0.0);
     assert_eq!(DatasetName::from_name("cifar100-lt").unwrap().preset(), Preset::Cifar);

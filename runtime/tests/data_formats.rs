@@ -4,7 +4,9 @@
 use sslc_runtime::data::cifar::{self, CifarVariant, Part};
 use sslc_runtime::data::image_list::{self, Benchmark, ListFiles};
 use sslc_runtime::data::pickle::{self, PickleValue};
-use sslc_runtime::data::{fashion_mnist, load, split_listing, DataError, DataOptions, DatasetName, ImbalanceProfile, LongTail};
+use sslc_runtime::data::{
+    fashion_mnist, load, split_listing, DataError, DataOptions, DatasetName, ImbalanceProfile, LongTail,
+};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -298,7 +300,10 @@ fn fashion_mnist_idx_files_are_read_gzipped_or_plain() {
 fn broken_idx_files_are_refused_and_missing_ones_point_to_the_package() {
     let root = scratch("fashion_bad");
     let text = message(fashion_mnist::read_train(&root).unwrap_err());
-    assert!(text.contains("apt-get install dataset-fashion-mnist") && text.contains("train-images-idx3-ubyte"), "{text}");
+    assert!(
+        text.contains("apt-get install dataset-fashion-mnist") && text.contains("train-images-idx3-ubyte"),
+        "{text}"
+    );
     write_fashion(&root, "train", 10, false);
     std::fs::write(root.join("train-labels-idx1-ubyte"), idx_bytes(1, &[11], &[0; 11])).unwrap();
     let text = message(fashion_mnist::read_train(&root).unwrap_err());
@@ -315,8 +320,16 @@ fn broken_idx_files_are_refused_and_missing_ones_point_to_the_package() {
 fn installed_fashion_mnist_is_the_balanced_60000_10000() {
     let root = Path::new(fashion_mnist::DEFAULT_ROOT);
     if !root.join("train-images-idx3-ubyte.gz").is_file() {
-        assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI must install dataset-fashion-mnist ({} is missing)", root.display());
-        eprintln!("SKIPPED installed_fashion_mnist: {} is absent (apt-get install dataset-fashion-mnist)", root.display());
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "CI must install dataset-fashion-mnist ({} is missing)",
+            root.display()
+        );
+        eprintln!(
+            "SKIPPED installed_fashion_mnist: {} is absent (apt-get install dataset-fashion-mnist)",
+            root.display()
+        );
         return;
     }
     let long_tail = LongTail::new(0.01, ImbalanceProfile::Exp).unwrap();

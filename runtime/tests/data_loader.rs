@@ -30,7 +30,12 @@ fn contents(batches: impl Iterator<Item = Result<Batch, sslc_runtime::data::Data
         .map(|batch| {
             let batch = batch.unwrap();
             let [a, b] = &batch.views;
-            (batch.indices, batch.labels, a.flatten_all().unwrap().to_vec1().unwrap(), b.flatten_all().unwrap().to_vec1().unwrap())
+            (
+                batch.indices,
+                batch.labels,
+                a.flatten_all().unwrap().to_vec1().unwrap(),
+                b.flatten_all().unwrap().to_vec1().unwrap(),
+            )
         })
         .collect()
 }
@@ -65,7 +70,8 @@ fn batches_do_not_depend_on_worker_count_or_prefetch() {
 #[test]
 fn epochs_reshuffle_and_the_two_views_differ() {
     let loader = loader(2, 2);
-    let (epoch0, epoch1) = (contents(loader.epoch(0, ExtraArgs::default())), contents(loader.epoch(1, ExtraArgs::default())));
+    let (epoch0, epoch1) =
+        (contents(loader.epoch(0, ExtraArgs::default())), contents(loader.epoch(1, ExtraArgs::default())));
     assert_ne!(epoch0[0].0, epoch1[0].0);
     assert_ne!(epoch0[0].2, epoch0[0].3);
     assert_eq!(loader.epoch_order(1), loader.epoch_order(1));
@@ -139,7 +145,8 @@ fn feature_loader_visits_every_sample_once_in_order() {
 fn an_unreadable_image_ends_the_epoch_with_its_error() {
     let paths = vec![Path::new("gone/a.jpg").to_path_buf(); 4];
     let dataset = Arc::new(Dataset::from_files("broken", Path::new("/nonexistent-root"), paths, vec![0, 1, 0, 1], 2));
-    let loader = TwoViewLoader::new(dataset, Preset::ImageNet.simclr(), LoaderConfig { batch_size: 2, ..config(1, 1) }).unwrap();
+    let loader =
+        TwoViewLoader::new(dataset, Preset::ImageNet.simclr(), LoaderConfig { batch_size: 2, ..config(1, 1) }).unwrap();
     let mut batches = loader.epoch(0, ExtraArgs::default());
     let error = batches.next().unwrap().unwrap_err();
     assert!(error.to_string().contains("gone/a.jpg"), "{error}");

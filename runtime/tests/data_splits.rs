@@ -117,7 +117,8 @@ fn split_listing_prints_index_and_label_of_each_kept_image() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines[0], "# toy: long-tailed subset, imbalance 0.34 (exp), 4 of 6 training images");
     assert_eq!(lines.len(), 2 + 4);
-    assert!(lines[2..].iter().all(|l| l.split(' ').nth(1) == Some(&labels[l.split(' ').next().unwrap().parse::<usize>().unwrap()].to_string()[..])));
+    assert!(lines[2..].iter().all(|l| l.split(' ').nth(1)
+        == Some(&labels[l.split(' ').next().unwrap().parse::<usize>().unwrap()].to_string()[..])));
 }
 
 #[test]
@@ -125,7 +126,10 @@ fn thirds_follow_the_reference_index_arithmetic() {
     let counts = lt(0.01, ImbalanceProfile::Exp).counts(500, 100);
     let groups = groups_by_thirds(&counts);
     assert_eq!(group_sizes(&groups), [34, 33, 33]);
-    assert_eq!((groups[0], groups[33], groups[34], groups[66], groups[67], groups[99]), (Group::Many, Group::Many, Group::Medium, Group::Medium, Group::Few, Group::Few));
+    assert_eq!(
+        (groups[0], groups[33], groups[34], groups[66], groups[67], groups[99]),
+        (Group::Many, Group::Many, Group::Medium, Group::Medium, Group::Few, Group::Few)
+    );
     let ten = groups_by_thirds(&lt(0.01, ImbalanceProfile::Exp).counts(5000, 10));
     assert_eq!(group_sizes(&ten), [4, 3, 3]);
     assert_eq!(ten[3], Group::Many);

@@ -26,7 +26,10 @@ fn sample() -> Checkpoint {
             ("backbone.stem.0.conv.weight".into(), Tensor::from_slice(&special, (2, 3), cpu).unwrap()),
             ("projector.bn1.pruned.running_var".into(), Tensor::new(&[1.0f32, 2.0], cpu).unwrap()),
         ],
-        optimizer: vec![("momentum_buffer/backbone.stem.0.conv.weight".into(), Tensor::new(&[[0.25f32, -0.5, 1e-7]], cpu).unwrap())],
+        optimizer: vec![(
+            "momentum_buffer/backbone.stem.0.conv.weight".into(),
+            Tensor::new(&[[0.25f32, -0.5, 1e-7]], cpu).unwrap(),
+        )],
         objective: vec![
             ("momentum_loss".into(), Tensor::new(&[1.5f64, -2.25], cpu).unwrap()),
             ("assignment".into(), Tensor::new(&[3u32, 0, 7], cpu).unwrap()),
@@ -83,7 +86,8 @@ fn saving_replaces_the_file_and_leaves_no_temporary_behind() {
     newer.epoch = 8;
     newer.save(&path).unwrap();
     assert_eq!(Checkpoint::load(&path).unwrap().epoch, 8);
-    let names: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(names, vec!["checkpoint.safetensors".to_string()]);
 }
 

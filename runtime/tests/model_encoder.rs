@@ -20,7 +20,15 @@ fn param(encoder: &Encoder, name: &str) -> Var {
 }
 
 fn buffer(encoder: &Encoder, name: &str) -> Vec<f32> {
-    encoder.buffers().iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no buffer {name}")).1.as_tensor().to_vec1().unwrap()
+    encoder
+        .buffers()
+        .iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("no buffer {name}"))
+        .1
+        .as_tensor()
+        .to_vec1()
+        .unwrap()
 }
 
 fn backbone_param_count(encoder: &Encoder) -> usize {
@@ -147,14 +155,26 @@ fn batchnorm_training_normalises_with_batch_statistics_and_updates_running_ones_
     let rows = conv.transpose(0, 1).unwrap().contiguous().unwrap().flatten_from(1).unwrap();
     let count = rows.dim(1).unwrap() as f64;
     let mean: Vec<f32> = rows.mean(D::Minus1).unwrap().to_vec1().unwrap();
-    let biased: Vec<f32> = rows.broadcast_sub(&rows.mean_keepdim(D::Minus1).unwrap()).unwrap().sqr().unwrap().mean(D::Minus1).unwrap().to_vec1().unwrap();
+    let biased: Vec<f32> = rows
+        .broadcast_sub(&rows.mean_keepdim(D::Minus1).unwrap())
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .mean(D::Minus1)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     let running_mean = buffer(&encoder, "backbone.stem.0.bn.dense.running_mean");
     let running_var = buffer(&encoder, "backbone.stem.0.bn.dense.running_var");
     for c in 0..mean.len() {
         let expected_mean = 0.1 * mean[c];
         let expected_var = 0.9 + 0.1 * biased[c] as f64 * count / (count - 1.0);
         assert!((running_mean[c] - expected_mean).abs() < 1e-5, "channel {c}: {} vs {expected_mean}", running_mean[c]);
-        assert!((running_var[c] as f64 - expected_var).abs() < 1e-5, "channel {c}: {} vs {expected_var}", running_var[c]);
+        assert!(
+            (running_var[c] as f64 - expected_var).abs() < 1e-5,
+            "channel {c}: {} vs {expected_var}",
+            running_var[c]
+        );
     }
 }
 
@@ -166,7 +186,8 @@ fn eval_mode_uses_running_statistics_so_samples_do_not_influence_each_other() {
     let before = encoder.state();
     let batch = encoder.features(&images, Branch::Dense, Mode::Eval).unwrap();
     let alone = encoder.features(&images.narrow(0, 0, 1).unwrap(), Branch::Dense, Mode::Eval).unwrap();
-    let diff = (batch.narrow(0, 0, 1).unwrap() - alone).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let diff =
+        (batch.narrow(0, 0, 1).unwrap() - alone).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
     assert!(diff < 1e-5, "eval output depends on the batch: {diff}");
     // Eval mode leaves the running statistics alone.
     for ((name, old), (_, new)) in before.iter().zip(encoder.state()) {
@@ -176,7 +197,14 @@ fn eval_mode_uses_running_statistics_so_samples_do_not_influence_each_other() {
     // Train mode, by contrast, normalises with the batch's own statistics.
     let train_batch = encoder.features(&images, Branch::Dense, Mode::Train).unwrap();
     let train_pair = encoder.features(&images.narrow(0, 0, 2).unwrap(), Branch::Dense, Mode::Train).unwrap();
-    let diff = (train_batch.narrow(0, 0, 1).unwrap() - train_pair.narrow(0, 0, 1).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let diff = (train_batch.narrow(0, 0, 1).unwrap() - train_pair.narrow(0, 0, 1).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(diff > 1e-4);
 }
 
@@ -237,20 +265,33 @@ fn dense_and_pruned_branches_keep_independent_batchnorm_statistics_and_parameter
     let images = random_images(4, 1, 8, 13);
     encoder.forward(&images, Branch::Pruned, Mode::Train).unwrap();
     for name in ["backbone.stem.2.bn", "projector.bn1", "projector.bn2"] {
-        assert!(buffer(&encoder, &format!("{name}.dense.running_mean")).iter().all(|&m| m == 0.0), "{name} dense stats moved");
-        assert!(buffer(&encoder, &format!("{name}.pruned.running_mean")).iter().any(|&m| m != 0.0), "{name} pruned stats did not move");
+        assert!(
+            buffer(&encoder, &format!("{name}.dense.running_mean")).iter().all(|&m| m == 0.0),
+            "{name} dense stats moved"
+        );
+        assert!(
+            buffer(&encoder, &format!("{name}.pruned.running_mean")).iter().any(|&m| m != 0.0),
+            "{name} pruned stats did not move"
+        );
     }
     // A loss on the pruned branch reaches the pruned BN affine parameters only.
     let (_, embedding) = encoder.forward(&images, Branch::Pruned, Mode::Train).unwrap();
     let grads = embedding.sqr().unwrap().sum_all().unwrap().backward().unwrap();
     for name in ["backbone.stem.0.bn", "projector.bn1", "projector.bn2"] {
-        assert!(grads.get(param(&encoder, &format!("{name}.pruned.weight")).as_tensor()).is_some(), "{name} pruned got no gradient");
-        assert!(grads.get(param(&encoder, &format!("{name}.dense.weight")).as_tensor()).is_none(), "{name} dense got a gradient");
+        assert!(
+            grads.get(param(&encoder, &format!("{name}.pruned.weight")).as_tensor()).is_some(),
+            "{name} pruned got no gradient"
+        );
+        assert!(
+            grads.get(param(&encoder, &format!("{name}.dense.weight")).as_tensor()).is_none(),
+            "{name} dense got a gradient"
+        );
     }
     // Masked conv weights get no gradient through the pruned branch.
     let (weight, mask) = encoder.conv_weights_and_masks().remove(0);
     let grad = grads.get(param(&encoder, "backbone.stem.0.conv.weight").as_tensor()).unwrap();
-    let masked_grad = (grad * (1.0 - mask.unwrap()).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let masked_grad =
+        (grad * (1.0 - mask.unwrap()).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
     assert_eq!(masked_grad, 0.0);
     assert_eq!(weight.dims(), grad.dims());
 }
@@ -258,13 +299,19 @@ fn dense_and_pruned_branches_keep_independent_batchnorm_statistics_and_parameter
 #[test]
 fn bad_input_is_an_error_not_a_panic() {
     let encoder = small(false);
-    assert!(matches!(encoder.forward(&random_images(2, 3, 8, 0), Branch::Dense, Mode::Train), Err(ModelError::Shape(_))));
+    assert!(matches!(
+        encoder.forward(&random_images(2, 3, 8, 0), Branch::Dense, Mode::Train),
+        Err(ModelError::Shape(_))
+    ));
     let vector = Tensor::zeros(8, candle_core::DType::F32, &Device::Cpu).unwrap();
     assert!(matches!(encoder.forward(&vector, Branch::Dense, Mode::Train), Err(ModelError::Shape(_))));
     // One image, train mode: the projector's BatchNorm1d has one value per channel (PyTorch refuses too).
     let error = encoder.forward(&random_images(1, 1, 8, 0), Branch::Dense, Mode::Train).unwrap_err();
     assert!(error.to_string().contains("batch of at least 2"), "{error}");
-    assert!(matches!(encoder.forward(&random_images(2, 1, 8, 0), Branch::Pruned, Mode::Train), Err(ModelError::NoPrunedBranch)));
+    assert!(matches!(
+        encoder.forward(&random_images(2, 1, 8, 0), Branch::Pruned, Mode::Train),
+        Err(ModelError::NoPrunedBranch)
+    ));
     assert!(matches!(encoder.update_prune_mask(0.5), Err(ModelError::NoPrunedBranch)));
     assert!(matches!(small(true).update_prune_mask(1.5), Err(ModelError::InvalidPruneFraction(_))));
     // Images with no pixels: the 3x3 conv has nothing to slide over.

@@ -11,7 +11,9 @@ fn clusters(classes: usize, per_class: usize, dim: usize, offset: u64) -> Featur
         for sample in 0..per_class {
             for d in 0..dim {
                 let centre = if d % classes == class { 4.0 } else { 0.0 };
-                let jitter = ((((class * 131 + sample * 31 + d * 7) as u64 + offset) * 2654435761 % 1000) as f32 / 1000.0 - 0.5) * 0.6;
+                let jitter =
+                    ((((class * 131 + sample * 31 + d * 7) as u64 + offset) * 2654435761 % 1000) as f32 / 1000.0 - 0.5)
+                        * 0.6;
                 values.push(centre + jitter);
             }
             labels.push(class as u32);
@@ -57,7 +59,7 @@ fn knn_majority_vote_with_ties_to_the_smallest_label() {
     assert_eq!(predictions[0], vec![2, 1]); // nearest neighbour
     assert_eq!(predictions[1], vec![1, 1]); // labels 2 and 1 tie: the smaller wins
     assert_eq!(predictions[2], vec![1, 1]); // two votes for 1
-    // Cosine: the scale of a feature vector does not matter.
+                                            // Cosine: the scale of a feature vector does not matter.
     let scaled = Features { values: (test.values.clone() * 100.0).unwrap(), labels: test.labels.clone() };
     assert_eq!(knn_predict(&train, &scaled, 3, &[1, 2, 3]).unwrap(), predictions);
 }
@@ -74,9 +76,11 @@ fn group_accuracies_and_their_spread_from_hand_built_predictions() {
     assert_eq!((report.many, report.medium, report.few), (Some(1.0), Some(0.75), Some(0.25)));
     // numpy.std (ddof 0) of the per-class and of the three group accuracies.
     let per_class_mean = 4.0 / 6.0;
-    let per_class_var = [1.0, 1.0, 0.5, 1.0, 0.5, 0.0].iter().map(|a: &f64| (a - per_class_mean).powi(2)).sum::<f64>() / 6.0;
+    let per_class_var =
+        [1.0, 1.0, 0.5, 1.0, 0.5, 0.0].iter().map(|a: &f64| (a - per_class_mean).powi(2)).sum::<f64>() / 6.0;
     assert!((report.per_class_std - per_class_var.sqrt()).abs() < 1e-12);
-    let group_var = ((1.0f64 - 2.0 / 3.0).powi(2) + (0.75f64 - 2.0 / 3.0).powi(2) + (0.25f64 - 2.0 / 3.0).powi(2)) / 3.0;
+    let group_var =
+        ((1.0f64 - 2.0 / 3.0).powi(2) + (0.75f64 - 2.0 / 3.0).powi(2) + (0.25f64 - 2.0 / 3.0).powi(2)) / 3.0;
     assert!((report.group_std.unwrap() - group_var.sqrt()).abs() < 1e-12);
 }
 
@@ -91,9 +95,15 @@ fn an_empty_group_has_no_accuracy_and_no_balancedness() {
 #[test]
 fn inconsistent_input_is_a_clear_error() {
     let groups = [Group::Many, Group::Few];
-    assert!(AccuracyReport::new(&[0], &[0, 1], &groups).unwrap_err().to_string().contains("one prediction per test image"));
+    assert!(AccuracyReport::new(&[0], &[0, 1], &groups)
+        .unwrap_err()
+        .to_string()
+        .contains("one prediction per test image"));
     assert!(AccuracyReport::new(&[0, 0], &[0, 2], &groups).unwrap_err().to_string().contains("outside the 2 classes"));
-    assert!(AccuracyReport::new(&[0, 0], &[0, 0], &groups).unwrap_err().to_string().contains("class 1 has no test image"));
+    assert!(AccuracyReport::new(&[0, 0], &[0, 0], &groups)
+        .unwrap_err()
+        .to_string()
+        .contains("class 1 has no test image"));
     let train = clusters(2, 3, 4, 0);
     let test = clusters(2, 3, 4, 1);
     assert!(knn_predict(&train, &test, 2, &[7]).unwrap_err().to_string().contains("k = 7"));

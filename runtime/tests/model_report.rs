@@ -54,11 +54,15 @@ fn metrics_log_writes_one_json_object_per_line_and_drops_epochs_a_resume_repeats
 #[test]
 fn per_class_plot_renders_text_with_the_embedded_font() {
     let path = scratch_dir("plot").join("per_class.png");
-    plot_per_class(&path, &report(), &[500, 200, 30, 5], &[Group::Many, Group::Many, Group::Medium, Group::Few]).unwrap();
+    plot_per_class(&path, &report(), &[500, 200, 30, 5], &[Group::Many, Group::Many, Group::Medium, Group::Few])
+        .unwrap();
     let image = image::open(&path).unwrap().to_rgb8();
     assert_eq!(image.dimensions(), (1000, 640));
     // The caption band holds dark glyph pixels only if text was drawn.
-    let dark_in_caption = (0..1000).flat_map(|x| (0..45).map(move |y| (x, y))).filter(|&(x, y)| image.get_pixel(x, y).0.iter().all(|&c| c < 100)).count();
+    let dark_in_caption = (0..1000)
+        .flat_map(|x| (0..45).map(move |y| (x, y)))
+        .filter(|&(x, y)| image.get_pixel(x, y).0.iter().all(|&c| c < 100))
+        .count();
     assert!(dark_in_caption > 200, "{dark_in_caption} dark pixels in the caption");
     // Each group's colour appears (Many blue, Medium orange, Few red).
     for colour in [[31u8, 119, 180], [255, 127, 14], [214, 39, 40]] {

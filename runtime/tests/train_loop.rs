@@ -12,8 +12,8 @@ use sslc_runtime::model::{BackboneKind, Encoder, EncoderConfig};
 use sslc_runtime::objective::{BoxError, EmbeddingSpec, Objective, RunPosition, StepOutput, ViewSpec};
 use sslc_runtime::probe::{Group, ProbeConfig};
 use sslc_runtime::train::{
-    backpropagate, forward_embeddings, reference_learning_rate, train, BatchSource, EvalSetup, LabelledImages, Start, TrainConfig, TrainError,
-    CHECKPOINT_FILE,
+    backpropagate, forward_embeddings, reference_learning_rate, train, BatchSource, EvalSetup, LabelledImages, Start,
+    TrainConfig, TrainError, CHECKPOINT_FILE,
 };
 
 const SAMPLES: usize = 12;
@@ -104,7 +104,12 @@ impl TinySimclr {
             EmbeddingSpec { name: "z1".into(), view: 0, pruned: None },
             EmbeddingSpec { name: "z2".into(), view: 1, pruned },
         ];
-        TinySimclr { specs, nan_from_epoch: None, fixed_lr: None, seen: Tensor::zeros(0, candle_core::DType::F32, &Device::Cpu).unwrap() }
+        TinySimclr {
+            specs,
+            nan_from_epoch: None,
+            fixed_lr: None,
+            seen: Tensor::zeros(0, candle_core::DType::F32, &Device::Cpu).unwrap(),
+        }
     }
 }
 
@@ -164,11 +169,20 @@ impl Objective for TinySimclr {
         Ok(StepOutput {
             loss: value,
             metrics: vec![("positive_pairs".into(), embeddings[0].dim(0)? as f64)],
-            grads: vec![grads.get(z1.as_tensor()).ok_or("no grad")?.clone(), grads.get(z2.as_tensor()).ok_or("no grad")?.clone()],
+            grads: vec![
+                grads.get(z1.as_tensor()).ok_or("no grad")?.clone(),
+                grads.get(z2.as_tensor()).ok_or("no grad")?.clone(),
+            ],
             per_sample: per_sample.detach(),
         })
     }
-    fn after_step(&mut self, _embeddings: &[Tensor], indices: &[u32], _output: &StepOutput, _at: RunPosition) -> Result<(), BoxError> {
+    fn after_step(
+        &mut self,
+        _embeddings: &[Tensor],
+        indices: &[u32],
+        _output: &StepOutput,
+        _at: RunPosition,
+    ) -> Result<(), BoxError> {
         let ids = Tensor::from_slice(indices, indices.len(), &Device::Cpu)?;
         let ones = Tensor::ones(indices.len(), candle_core::DType::F32, &Device::Cpu)?;
         self.seen = self.seen.index_add(&ids, &ones, 0)?;
@@ -190,15 +204,28 @@ fn encoder(pruned_branch: bool) -> Encoder {
 fn bits(state: &[(String, Tensor)]) -> Vec<(String, Vec<u32>)> {
     state
         .iter()
-        .map(|(name, t)| (name.clone(), t.flatten_all().unwrap().to_vec1::<f32>().unwrap().into_iter().map(f32::to_bits).collect()))
+        .map(|(name, t)| {
+            (name.clone(), t.flatten_all().unwrap().to_vec1::<f32>().unwrap().into_iter().map(f32::to_bits).collect())
+        })
         .collect()
 }
 
 fn metrics_lines(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap().lines().map(|line| serde_json::from_str(line).unwrap()).collect()
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
 }
 
-fn run(dir: &Path, epochs: usize, encoder: &Encoder, objective: &mut TinySimclr, fail_at_epoch: Option<usize>, start: Start) -> Result<(), TrainError> {
+fn run(
+    dir: &Path,
+    epochs: usize,
+    encoder: &Encoder,
+    objective: &mut TinySimclr,
+    fail_at_epoch: Option<usize>,
+    start: Start,
+) -> Result<(), TrainError> {
     let mut source = MemorySource { batch_size: 6, fail_at_epoch, position: (0, 0) };
     train(dir, &config(epochs), encoder, objective, &mut source, None, start).map(|_| ())
 }
@@ -262,7 +289,9 @@ fn a_run_directory_is_neither_overwritten_nor_resumed_with_other_settings() {
     assert!(error.to_string().contains("already holds a checkpoint"), "{error}");
     let error = run(&dir, 5, &encoder(false), &mut TinySimclr::new(None), None, Start::Resume).unwrap_err();
     assert!(error.to_string().contains("other settings"), "{error}");
-    let error = run(&scratch_dir("nothing-to-resume"), 1, &encoder(false), &mut TinySimclr::new(None), None, Start::Resume).unwrap_err();
+    let error =
+        run(&scratch_dir("nothing-to-resume"), 1, &encoder(false), &mut TinySimclr::new(None), None, Start::Resume)
+            .unwrap_err();
     assert!(error.to_string().contains(CHECKPOINT_FILE), "{error}");
 }
 
@@ -282,8 +311,10 @@ fn sdclr_accumulated_gradient_is_the_sum_of_the_two_separate_backward_passes() {
     let output = objective.step(&detached, &indices, RunPosition { epoch: 0, epochs: 1 }).unwrap();
     let together = backpropagate(&embeddings, &output.grads).unwrap();
     // Step 1 alone (dense view, pruned side detached) and step 2 alone (pruned view).
-    let dense_only = backpropagate(&forward_embeddings(&model, &specs[..1], &views).unwrap(), &output.grads[..1]).unwrap();
-    let pruned_only = backpropagate(&forward_embeddings(&model, &specs[1..], &views).unwrap(), &output.grads[1..]).unwrap();
+    let dense_only =
+        backpropagate(&forward_embeddings(&model, &specs[..1], &views).unwrap(), &output.grads[..1]).unwrap();
+    let pruned_only =
+        backpropagate(&forward_embeddings(&model, &specs[1..], &views).unwrap(), &output.grads[1..]).unwrap();
 
     let mut compared = 0;
     for (name, param) in model.parameters() {
@@ -327,7 +358,9 @@ fn evaluation_writes_metrics_summary_and_a_per_class_plot() {
     let mut train_config = config(2);
     train_config.eval_every = 1;
     let mut source = MemorySource { batch_size: 6, fail_at_epoch: None, position: (0, 0) };
-    let outcome = train(&dir, &train_config, &encoder(false), &mut TinySimclr::new(None), &mut source, Some(setup), Start::Fresh).unwrap();
+    let outcome =
+        train(&dir, &train_config, &encoder(false), &mut TinySimclr::new(None), &mut source, Some(setup), Start::Fresh)
+            .unwrap();
     let evaluation = outcome.evaluation.unwrap();
     assert_eq!(evaluation.linear.per_class.len(), 3);
 
@@ -341,7 +374,8 @@ fn evaluation_writes_metrics_summary_and_a_per_class_plot() {
     for key in ["linear_top1", "linear_many", "linear_few", "linear_group_std", "knn1_top1", "knn3_per_class_std"] {
         assert!(lines[3].get(key).is_some(), "eval line lacks {key}: {}", lines[3]);
     }
-    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["linear"]["per_class"].as_array().unwrap().len(), 3);
     assert_eq!(summary["knn"][1]["k"], 3);
     let plot = image::open(dir.join("per_class.png")).unwrap().to_rgb8();
@@ -378,6 +412,7 @@ fn training_lowers_the_loss_on_a_fixed_batch() {
     train_config.base_lr = 0.5;
     let mut source = MemorySource { batch_size: 12, fail_at_epoch: None, position: (0, 0) };
     train(&dir, &train_config, &model, &mut objective, &mut source, None, Start::Fresh).unwrap();
-    let losses: Vec<f64> = metrics_lines(&dir).iter().filter(|l| l["kind"] == "epoch").map(|l| l["loss"].as_f64().unwrap()).collect();
+    let losses: Vec<f64> =
+        metrics_lines(&dir).iter().filter(|l| l["kind"] == "epoch").map(|l| l["loss"].as_f64().unwrap()).collect();
     assert!(losses.last().unwrap() < &(losses[0] - 0.1), "{losses:?}");
 }

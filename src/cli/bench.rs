@@ -2,11 +2,11 @@
 //! how much memory it needs beyond its inputs and outputs, on random inputs.
 
 use super::eval::{load_objective, random_normal, Backend};
+use candle_core::{DType, Tensor};
 use clap::Args;
 use sslc_compiler::back;
 use sslc_compiler::eval::{BindRequest, Bindings, Overrides};
 use sslc_compiler::objective::Executable;
-use candle_core::{DType, Tensor};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -116,7 +116,9 @@ fn run(args: &BenchArgs, threads: usize) -> Result<serde_json::Value, i32> {
         .inputs
         .iter()
         .enumerate()
-        .map(|(k, (_, d))| random_normal(args.batch, args.dim, k as u64).to_dtype(DType::F32).map(|t| (d.name.clone(), t)))
+        .map(|(k, (_, d))| {
+            random_normal(args.batch, args.dim, k as u64).to_dtype(DType::F32).map(|t| (d.name.clone(), t))
+        })
         .collect::<Result<_, _>>()
         .map_err(fail)?;
     let req = BindRequest::inputs_only(inputs, &overrides, DType::F32);

@@ -66,8 +66,13 @@ pub fn require_device() -> Result<(), String> {
 }
 
 /// The device's evaluation and each output's relative difference from the reference's.
-pub fn evaluate(exe: &Arc<Executable>, bindings: &Bindings, precision: Precision) -> Result<(Evaluation, Vec<(String, f64)>), String> {
-    let device = cuda::Cuda::new(exe.clone(), precision).and_then(|c| c.evaluate(bindings)).map_err(|e| e.to_string())?;
+pub fn evaluate(
+    exe: &Arc<Executable>,
+    bindings: &Bindings,
+    precision: Precision,
+) -> Result<(Evaluation, Vec<(String, f64)>), String> {
+    let device =
+        cuda::Cuda::new(exe.clone(), precision).and_then(|c| c.evaluate(bindings)).map_err(|e| e.to_string())?;
     let reference = exe.evaluate(bindings).map_err(|e| e.to_string())?;
     let errors = cuda::relative_errors(&device, &reference).map_err(|e| e.to_string())?;
     Ok((device, errors))

@@ -1,13 +1,13 @@
 //! `sslc eval` and `sslc gradcheck`: values and exact gradients of an objective, from files
 //! or random inputs, on any back end (`eval`) or the reference evaluator (`gradcheck`).
 
+use candle_core::{DType, Tensor};
 use clap::{Args, ValueEnum};
+use sslc_compiler::back::{self, BackendKind};
 use sslc_compiler::diag::{print_all, Sources};
 use sslc_compiler::eval::{npy, BindRequest, Bindings, Overrides};
 use sslc_compiler::ir::Module;
-use sslc_compiler::back::{self, BackendKind};
 use sslc_compiler::objective::Executable;
-use candle_core::{DType, Tensor};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -174,10 +174,16 @@ fn eval_inner(args: &EvalArgs) -> Result<(), i32> {
             let mut known: Vec<&str> = module.inputs.iter().map(|(_, d)| d.name.as_str()).collect();
             known.extend(module.consts.iter().map(|(_, d)| d.name.as_str()));
             known.extend(module.states.iter().map(|(_, d)| d.name.as_str()));
-            return Err(fail(format!("--input {name}: `{}` has no input, constant or state `{name}` (it has {})", module.name, known.join(", "))));
+            return Err(fail(format!(
+                "--input {name}: `{}` has no input, constant or state `{name}` (it has {})",
+                module.name,
+                known.join(", ")
+            )));
         };
         if !tensor.dtype().is_float() {
-            return Err(fail(format!("--input {name}: {path} holds integers; inputs, constants and state are float32 or float64")));
+            return Err(fail(format!(
+                "--input {name}: {path} holds integers; inputs, constants and state are float32 or float64"
+            )));
         }
         slot.push((name.to_string(), tensor));
     }
@@ -194,14 +200,22 @@ fn eval_inner(args: &EvalArgs) -> Result<(), i32> {
     std::fs::create_dir_all(&args.out).map_err(|e| fail(format!("{}: {e}", args.out.display())))?;
     let write = |name: &str, t: &Tensor| npy::write(&args.out.join(name), t).map_err(fail);
     let dtype = bindings.dtype;
-    write("loss.npy", &Tensor::new(result.loss, &candle_core::Device::Cpu).and_then(|t| t.to_dtype(dtype)).map_err(fail)?)?;
+    write(
+        "loss.npy",
+        &Tensor::new(result.loss, &candle_core::Device::Cpu).and_then(|t| t.to_dtype(dtype)).map_err(fail)?,
+    )?;
     if let Some(p) = &result.per_sample {
         write("per_sample.npy", p)?;
     }
     let mut grad_norms = serde_json::Map::new();
     for (name, g) in &result.grads {
         write(&format!("grad_{name}.npy"), g)?;
-        let norm = g.sqr().and_then(|s| s.sum_all()).and_then(|s| s.to_dtype(DType::F64)).and_then(|s| s.to_vec0::<f64>()).map_err(fail)?;
+        let norm = g
+            .sqr()
+            .and_then(|s| s.sum_all())
+            .and_then(|s| s.to_dtype(DType::F64))
+            .and_then(|s| s.to_vec0::<f64>())
+            .map_err(fail)?;
         grad_norms.insert(name.clone(), norm.sqrt().into());
     }
     let mut summary = serde_json::json!({
@@ -215,7 +229,8 @@ fn eval_inner(args: &EvalArgs) -> Result<(), i32> {
     });
     let worst = parity.as_ref().and_then(|errors| errors.iter().max_by(|a, b| a.1.total_cmp(&b.1)).cloned());
     if let Some(errors) = &parity {
-        let errors: serde_json::Map<_, _> = errors.iter().map(|(n, e)| (n.clone(), serde_json::Value::from(*e))).collect();
+        let errors: serde_json::Map<_, _> =
+            errors.iter().map(|(n, e)| (n.clone(), serde_json::Value::from(*e))).collect();
         summary["relative_error_vs_reference"] = errors.into();
     }
     super::print_stdout(&format!("{summary}\n"));
@@ -223,9 +238,10 @@ fn eval_inner(args: &EvalArgs) -> Result<(), i32> {
         eprintln!("warning: the loss is {}; check the inputs' scale", result.loss);
     }
     match worst {
-        Some((name, error)) if error.is_nan() || error > args.tolerance => {
-            Err(fail(format!("`{name}` differs from the reference evaluator by {error:.3e} (relative), more than --tolerance {:e}", args.tolerance)))
-        }
+        Some((name, error)) if error.is_nan() || error > args.tolerance => Err(fail(format!(
+            "`{name}` differs from the reference evaluator by {error:.3e} (relative), more than --tolerance {:e}",
+            args.tolerance
+        ))),
         _ => Ok(()),
     }
 }
@@ -240,14 +256,22 @@ pub fn gradcheck(args: &GradcheckArgs) -> i32 {
         Err(e) => return fail(e),
     };
     let random = |seed: u64| random_normal(args.batch, args.dim, seed);
-    let inputs: Vec<(String, Tensor)> =
-        module.inputs.iter().enumerate().map(|(k, (_, d))| (d.name.clone(), random(args.seed * 1000 + k as u64))).collect();
+    let inputs: Vec<(String, Tensor)> = module
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(k, (_, d))| (d.name.clone(), random(args.seed * 1000 + k as u64)))
+        .collect();
     let req = BindRequest::inputs_only(inputs, &overrides, DType::F64);
     let bindings = match Bindings::new(&module, req) {
         Ok(b) => b,
         Err(e) => return fail(e),
     };
-    let reports = match sslc_compiler::gradcheck::gradcheck(&module, &bindings, sslc_compiler::gradcheck::Options { step: args.step, max_entries: args.max_entries }) {
+    let reports = match sslc_compiler::gradcheck::gradcheck(
+        &module,
+        &bindings,
+        sslc_compiler::gradcheck::Options { step: args.step, max_entries: args.max_entries },
+    ) {
         Ok(r) => r,
         Err(e) => return fail(e),
     };

@@ -161,7 +161,9 @@ pub struct ProbeArgs {
 
 /// Print a long-tailed subset (kept indices and labels) of a dataset.
 #[derive(Args)]
-#[command(after_help = "Example:\n  sslc split --dataset cifar100 --data ~/data/cifar-100-binary --imbalance 0.01 > split/cifar100_lt_r100.txt")]
+#[command(
+    after_help = "Example:\n  sslc split --dataset cifar100 --data ~/data/cifar-100-binary --imbalance 0.01 > split/cifar100_lt_r100.txt"
+)]
 pub struct SplitArgs {
     #[arg(long, default_value = "digits")]
     dataset: String,
@@ -184,11 +186,19 @@ struct Preset {
 
 fn preset(name: DatasetName) -> Preset {
     match name {
-        DatasetName::Digits => Preset { backbone: Backbone::Small, epochs: 30, batch_size: 128, probe_epochs: 200, weight_decay: 5e-4 },
-        DatasetName::FashionMnist => Preset { backbone: Backbone::Small, epochs: 5, batch_size: 256, probe_epochs: 100, weight_decay: 5e-4 },
-        DatasetName::Cifar10 | DatasetName::Cifar100 => {
-            Preset { backbone: Backbone::Resnet18, epochs: 1000, batch_size: 512, probe_epochs: 500, weight_decay: 5e-4 }
+        DatasetName::Digits => {
+            Preset { backbone: Backbone::Small, epochs: 30, batch_size: 128, probe_epochs: 200, weight_decay: 5e-4 }
         }
+        DatasetName::FashionMnist => {
+            Preset { backbone: Backbone::Small, epochs: 5, batch_size: 256, probe_epochs: 100, weight_decay: 5e-4 }
+        }
+        DatasetName::Cifar10 | DatasetName::Cifar100 => Preset {
+            backbone: Backbone::Resnet18,
+            epochs: 1000,
+            batch_size: 512,
+            probe_epochs: 500,
+            weight_decay: 5e-4,
+        },
         DatasetName::ImageNetLt | DatasetName::PlacesLt => {
             Preset { backbone: Backbone::Resnet50, epochs: 500, batch_size: 256, probe_epochs: 500, weight_decay: 1e-4 }
         }
@@ -209,7 +219,12 @@ fn load_splits(name: DatasetName, options: &DataOptions, limit: Option<usize>) -
     })
 }
 
-fn data_options(data: &Option<PathBuf>, split_dir: &Option<PathBuf>, imbalance: Option<f64>, imb_type: ImbType) -> Result<DataOptions, String> {
+fn data_options(
+    data: &Option<PathBuf>,
+    split_dir: &Option<PathBuf>,
+    imbalance: Option<f64>,
+    imb_type: ImbType,
+) -> Result<DataOptions, String> {
     let long_tail = imbalance
         .map(|r| {
             let profile = match imb_type {
@@ -297,9 +312,12 @@ fn run_inner(args: &RunArgs) -> Result<(), i32> {
     let mut source = LoaderSource::new(loader, samples, objective.views().extra);
     let eval_config = LoaderConfig { batch_size: 500, ..loader_config };
     let (probe_len, test_len) = (probe_train.len(), test.len());
-    let mut probe_images =
-        FeatureImages::new(FeatureLoader::new(Arc::new(probe_train), augment.probe_train(), &eval_config).map_err(fail)?, probe_len);
-    let mut test_images = FeatureImages::new(FeatureLoader::new(Arc::new(test), augment.test(), &eval_config).map_err(fail)?, test_len);
+    let mut probe_images = FeatureImages::new(
+        FeatureLoader::new(Arc::new(probe_train), augment.probe_train(), &eval_config).map_err(fail)?,
+        probe_len,
+    );
+    let mut test_images =
+        FeatureImages::new(FeatureLoader::new(Arc::new(test), augment.test(), &eval_config).map_err(fail)?, test_len);
     let setup = EvalSetup {
         probe_train: &mut probe_images,
         probe_test: &mut test_images,
@@ -317,7 +335,8 @@ fn run_inner(args: &RunArgs) -> Result<(), i32> {
         dir.display()
     );
     let started = std::time::Instant::now();
-    let outcome = train::train(&dir, &config, &encoder, &mut objective, &mut source, Some(setup), start).map_err(fail)?;
+    let outcome =
+        train::train(&dir, &config, &encoder, &mut objective, &mut source, Some(setup), start).map_err(fail)?;
     let stats = source.stats();
     eprintln!(
         "done in {:.0} s ({:.0} images/s augmented); results in {}",
@@ -350,7 +369,13 @@ fn timestamp() -> String {
 
 pub fn bench_train(args: &BenchTrainArgs) -> i32 {
     set_threads(args.threads);
-    match train::measure_train_throughput(args.backbone.kind(), args.channels, args.image_size, args.batch_size, args.steps) {
+    match train::measure_train_throughput(
+        args.backbone.kind(),
+        args.channels,
+        args.image_size,
+        args.batch_size,
+        args.steps,
+    ) {
         Ok(t) => {
             let line = serde_json::json!({
                 "backbone": args.backbone,
@@ -377,14 +402,20 @@ pub fn probe(args: &ProbeArgs) -> i32 {
 fn probe_inner(args: &ProbeArgs) -> Result<(), i32> {
     let saved = Checkpoint::load(&args.checkpoint).map_err(fail)?;
     let context = &saved.config["train"]["context"];
-    let dataset = context["dataset"].as_str().ok_or_else(|| fail(format!("{} does not say which dataset it was trained on", args.checkpoint.display())))?;
+    let dataset = context["dataset"]
+        .as_str()
+        .ok_or_else(|| fail(format!("{} does not say which dataset it was trained on", args.checkpoint.display())))?;
     let name = DatasetName::from_name(dataset).map_err(fail)?;
     let data = args.data.clone().or_else(|| context["data"].as_str().map(PathBuf::from));
     let imbalance = context["imbalance"].as_f64();
     let options = data_options(&data, &None, imbalance, ImbType::Exp).map_err(fail)?;
     let splits = load_splits(name, &options, context["limit"].as_u64().map(|limit| limit as usize))?;
-    let encoder_config: EncoderConfig = serde_json::from_value(saved.config["encoder"].clone())
-        .map_err(|e| fail(format!("{}: unreadable encoder configuration ({e}); was it written by this sslc?", args.checkpoint.display())))?;
+    let encoder_config: EncoderConfig = serde_json::from_value(saved.config["encoder"].clone()).map_err(|e| {
+        fail(format!(
+            "{}: unreadable encoder configuration ({e}); was it written by this sslc?",
+            args.checkpoint.display()
+        ))
+    })?;
     let encoder = Encoder::new(encoder_config).map_err(fail)?;
     encoder.load_state(&saved.model).map_err(fail)?;
     let probe_epochs = args.probe_epochs.or(context["probe_epochs"].as_u64().map(|e| e as usize)).unwrap_or(500);
@@ -397,8 +428,14 @@ fn probe_inner(args: &ProbeArgs) -> Result<(), i32> {
     let augment = name.preset();
     let eval_config = LoaderConfig { batch_size: 500, seed, ..LoaderConfig::default() };
     let (probe_len, test_len) = (splits.probe_train.len(), splits.test.len());
-    let mut probe_images = FeatureImages::new(FeatureLoader::new(Arc::new(splits.probe_train), augment.probe_train(), &eval_config).map_err(fail)?, probe_len);
-    let mut test_images = FeatureImages::new(FeatureLoader::new(Arc::new(splits.test), augment.test(), &eval_config).map_err(fail)?, test_len);
+    let mut probe_images = FeatureImages::new(
+        FeatureLoader::new(Arc::new(splits.probe_train), augment.probe_train(), &eval_config).map_err(fail)?,
+        probe_len,
+    );
+    let mut test_images = FeatureImages::new(
+        FeatureLoader::new(Arc::new(splits.test), augment.test(), &eval_config).map_err(fail)?,
+        test_len,
+    );
     let mut setup = EvalSetup {
         probe_train: &mut probe_images,
         probe_test: &mut test_images,

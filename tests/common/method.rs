@@ -218,7 +218,8 @@ pub fn gh_term(z1: &Mat, z2: &Mat, m: &Mat, prior: &[f64], params: GhParams) -> 
 
 /// `base + weight · gh`: the loss of a `*_gh` objective (its per-sample loss stays the base's).
 pub fn with_gh(base: &Contrastive, gh: &Graded, weight: f64) -> Graded {
-    let add = |x: &Mat, y: &Mat| Mat { data: x.data.iter().zip(&y.data).map(|(a, b)| a + weight * b).collect(), ..x.clone() };
+    let add =
+        |x: &Mat, y: &Mat| Mat { data: x.data.iter().zip(&y.data).map(|(a, b)| a + weight * b).collect(), ..x.clone() };
     Graded {
         loss: base.graded.loss + weight * gh.loss,
         grad_z1: add(&base.graded.grad_z1, &gh.grad_z1),

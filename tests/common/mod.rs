@@ -196,13 +196,22 @@ pub struct Setup<'a> {
 
 impl Default for Setup<'_> {
     fn default() -> Self {
-        Setup { inputs: vec![], consts: vec![], states: vec![], overrides: vec![], epoch: 999, epochs: 1000, dtype: DType::F64 }
+        Setup {
+            inputs: vec![],
+            consts: vec![],
+            states: vec![],
+            overrides: vec![],
+            epoch: 999,
+            epochs: 1000,
+            dtype: DType::F64,
+        }
     }
 }
 
 pub fn bind(module: &Module, setup: &Setup) -> Bindings {
     let overrides = Overrides::parse(&setup.overrides).expect("overrides are NAME=VALUE");
-    let named = |v: &[(&str, Tensor)]| -> Vec<(String, Tensor)> { v.iter().map(|(n, t)| (n.to_string(), t.clone())).collect() };
+    let named =
+        |v: &[(&str, Tensor)]| -> Vec<(String, Tensor)> { v.iter().map(|(n, t)| (n.to_string(), t.clone())).collect() };
     let req = BindRequest {
         inputs: named(&setup.inputs),
         consts: named(&setup.consts),
@@ -221,7 +230,8 @@ pub fn bind(module: &Module, setup: &Setup) -> Bindings {
 /// Loss, per-sample losses, metrics and gradients on the reference evaluator.
 pub fn evaluate(module: &Module, setup: &Setup) -> Evaluation {
     let bindings = bind(module, setup);
-    let exe = Executable::new(module.clone()).unwrap_or_else(|d| panic!("`{}` does not differentiate: {}", module.name, d.message));
+    let exe = Executable::new(module.clone())
+        .unwrap_or_else(|d| panic!("`{}` does not differentiate: {}", module.name, d.message));
     exe.evaluate(&bindings).unwrap_or_else(|e| panic!("`{}` does not evaluate: {e}", module.name))
 }
 

@@ -24,17 +24,27 @@ pub fn grad_output_name(input: &str) -> String {
 
 /// Appends to `forward` the gradient of its output `of` (a scalar) with respect to each input
 /// in `wrt`, as outputs `grad_<input>`.
-pub fn differentiate(module: &Module, forward: &Program, of: &str, wrt: &[Handle<InputDecl>]) -> Result<Program, Diagnostic> {
+pub fn differentiate(
+    module: &Module,
+    forward: &Program,
+    of: &str,
+    wrt: &[Handle<InputDecl>],
+) -> Result<Program, Diagnostic> {
     differentiate_with(module, forward, of, wrt, &rules::vjp)
 }
 
 /// The shipped rules, for callers that swap one of them out (tests of the gradient checker).
-pub(crate) fn standard_rule(g: &mut Grad, h: Handle<Expr>, adj: Handle<Expr>) -> Result<Vec<(Handle<Expr>, Handle<Expr>)>, Diagnostic> {
+pub(crate) fn standard_rule(
+    g: &mut Grad,
+    h: Handle<Expr>,
+    adj: Handle<Expr>,
+) -> Result<Vec<(Handle<Expr>, Handle<Expr>)>, Diagnostic> {
     rules::vjp(g, h, adj)
 }
 
 /// A vector-Jacobian rule: the contributions of node `h`'s adjoint to its active operands.
-pub(crate) type Rule = dyn Fn(&mut Grad, Handle<Expr>, Handle<Expr>) -> Result<Vec<(Handle<Expr>, Handle<Expr>)>, Diagnostic>;
+pub(crate) type Rule =
+    dyn Fn(&mut Grad, Handle<Expr>, Handle<Expr>) -> Result<Vec<(Handle<Expr>, Handle<Expr>)>, Diagnostic>;
 
 /// [`differentiate`] with a replaceable rule set, so tests can prove that a wrong rule is caught.
 pub(crate) fn differentiate_with(
@@ -48,7 +58,8 @@ pub(crate) fn differentiate_with(
         .output(of)
         .ok_or_else(|| Diagnostic::new(format!("the program has no output `{of}` to differentiate")))?;
     if forward.ty(loss) != &crate::ir::Type::scalar(Elem::Real) {
-        return Err(Diagnostic::new(format!("`{of}` must be a real scalar to be differentiated")).at(forward.span(loss), "not a scalar"));
+        return Err(Diagnostic::new(format!("`{of}` must be a real scalar to be differentiated"))
+            .at(forward.span(loss), "not a scalar"));
     }
     let active = active_nodes(forward, wrt);
     let needed = needed_nodes(forward, loss, &active)?;
@@ -222,14 +233,25 @@ impl Grad<'_> {
     pub(crate) fn is_active(&self, h: Handle<Expr>) -> bool {
         self.active[h.index()]
     }
-    pub(crate) fn binary(&mut self, op: BinaryOp, lhs: Handle<Expr>, rhs: Handle<Expr>, span: Span) -> Result<Handle<Expr>, Diagnostic> {
+    pub(crate) fn binary(
+        &mut self,
+        op: BinaryOp,
+        lhs: Handle<Expr>,
+        rhs: Handle<Expr>,
+        span: Span,
+    ) -> Result<Handle<Expr>, Diagnostic> {
         self.push(Expr::Binary { op, lhs, rhs }, span)
     }
     pub(crate) fn add(&mut self, a: Handle<Expr>, b: Handle<Expr>, span: Span) -> Result<Handle<Expr>, Diagnostic> {
         self.binary(BinaryOp::Add, a, b, span)
     }
     /// A real constant with `like`'s shape.
-    pub(crate) fn constant_like(&mut self, value: f64, like: Handle<Expr>, span: Span) -> Result<Handle<Expr>, Diagnostic> {
+    pub(crate) fn constant_like(
+        &mut self,
+        value: f64,
+        like: Handle<Expr>,
+        span: Span,
+    ) -> Result<Handle<Expr>, Diagnostic> {
         let c = self.push(Expr::Literal(Literal::Real(value)), span)?;
         let shape = self.ty(like).shape.clone();
         if shape.is_empty() {

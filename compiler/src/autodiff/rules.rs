@@ -254,7 +254,12 @@ fn sign(b: &mut Grad, x: Handle<Expr>, s: crate::span::Span) -> Result<Handle<Ex
 
 /// Sums `g` (shaped like a broadcast result) back to the shape of `arg`: over the leading axes
 /// broadcasting added, and over the axes where `arg` had size 1.
-fn unbroadcast(b: &mut Grad, g: Handle<Expr>, arg: Handle<Expr>, s: crate::span::Span) -> Result<Handle<Expr>, Diagnostic> {
+fn unbroadcast(
+    b: &mut Grad,
+    g: Handle<Expr>,
+    arg: Handle<Expr>,
+    s: crate::span::Span,
+) -> Result<Handle<Expr>, Diagnostic> {
     let target = b.ty(arg).shape.clone();
     let mut d = g;
     while b.ty(d).rank() > target.len() {

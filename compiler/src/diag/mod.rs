@@ -4,7 +4,10 @@
 use crate::span::{FileId, Span};
 use codespan_reporting::diagnostic::{Diagnostic as CsDiagnostic, Label};
 use codespan_reporting::files::SimpleFiles;
-use codespan_reporting::term::{self, termcolor::{ColorChoice, StandardStream, WriteColor}};
+use codespan_reporting::term::{
+    self,
+    termcolor::{ColorChoice, StandardStream, WriteColor},
+};
 use std::path::{Path, PathBuf};
 
 /// Every source file the compiler has read, so diagnostics can quote them.
@@ -117,10 +120,10 @@ impl Diagnostic {
 
 /// Prints diagnostics to stderr, in colour when stderr is a terminal.
 pub fn print_all(diagnostics: &[Diagnostic], sources: &Sources) {
-    let choice = if std::io::IsTerminal::is_terminal(&std::io::stderr()) { ColorChoice::Auto } else { ColorChoice::Never };
+    let choice =
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) { ColorChoice::Auto } else { ColorChoice::Never };
     let mut stderr = StandardStream::stderr(choice);
     for d in diagnostics {
         d.emit(sources, &mut stderr);
     }
 }
-

@@ -135,7 +135,10 @@ impl Bindings {
         let mut origin: HashMap<DimSym, String> = HashMap::new();
         for (_, decl) in module.inputs.iter() {
             let Some((_, t)) = req.inputs.iter().find(|(n, _)| *n == decl.name) else {
-                return Err(BindError::MissingInput { name: decl.name.clone(), expected: declared(module, &decl.ty.shape) });
+                return Err(BindError::MissingInput {
+                    name: decl.name.clone(),
+                    expected: declared(module, &decl.ty.shape),
+                });
             };
             check_finite(&decl.name, t)?;
             bind_shape(module, &decl.name, &decl.ty.shape, t.dims(), &mut dims, &mut origin)?;
@@ -154,25 +157,33 @@ impl Bindings {
         }
 
         // A given value is checked against its declaration; a missing one is built from it.
-        let mut given_or_built = |name: &str, shape: &[Dim], given: &[(String, Tensor)], build: &dyn Fn(&[usize]) -> Result<Tensor, BindError>| {
-            match given.iter().find(|(n, _)| n == name) {
-                Some((_, t)) => {
-                    check_finite(name, t)?;
-                    bind_shape(module, name, shape, t.dims(), &mut dims, &mut origin)?;
-                    Ok::<Tensor, BindError>(t.to_dtype(req.dtype)?)
+        let mut given_or_built =
+            |name: &str,
+             shape: &[Dim],
+             given: &[(String, Tensor)],
+             build: &dyn Fn(&[usize]) -> Result<Tensor, BindError>| {
+                match given.iter().find(|(n, _)| n == name) {
+                    Some((_, t)) => {
+                        check_finite(name, t)?;
+                        bind_shape(module, name, shape, t.dims(), &mut dims, &mut origin)?;
+                        Ok::<Tensor, BindError>(t.to_dtype(req.dtype)?)
+                    }
+                    None => Ok(build(&concrete(module, shape, &dims)?)?.to_dtype(req.dtype)?),
                 }
-                None => Ok(build(&concrete(module, shape, &dims)?)?.to_dtype(req.dtype)?),
-            }
-        };
+            };
         let consts = module
             .consts
             .iter()
-            .map(|(_, d)| given_or_built(&d.name, &d.ty.shape, &req.consts, &|shape| super::build_const(&d.init, shape)))
+            .map(|(_, d)| {
+                given_or_built(&d.name, &d.ty.shape, &req.consts, &|shape| super::build_const(&d.init, shape))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let states = module
             .states
             .iter()
-            .map(|(_, d)| given_or_built(&d.name, &d.ty.shape, &req.states, &|shape| super::initial_state(d.init, shape)))
+            .map(|(_, d)| {
+                given_or_built(&d.name, &d.ty.shape, &req.states, &|shape| super::initial_state(d.init, shape))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let index = match (req.index, batch) {
             (Some(i), _) => Some(i.to_dtype(DType::I64)?),
@@ -237,9 +248,15 @@ fn resolve_params(module: &Module, overrides: &Overrides) -> Result<Vec<ParamVal
     let mut params: Vec<ParamValue> = module.params.iter().map(|(_, p)| p.default).collect();
     for (name, value) in &overrides.values {
         if let Some(h) = module.param_named(name) {
-            let bad = |expected: &str| BindError::BadOverride { name: name.clone(), value: value.clone(), expected: expected.into() };
+            let bad = |expected: &str| BindError::BadOverride {
+                name: name.clone(),
+                value: value.clone(),
+                expected: expected.into(),
+            };
             params[h.index()] = match (module.params[h].default, value.strip_suffix('%')) {
-                (_, Some(pct)) => ParamValue::RunFraction(pct.parse::<f64>().map_err(|_| bad("a percentage such as 40%"))? / 100.0),
+                (_, Some(pct)) => {
+                    ParamValue::RunFraction(pct.parse::<f64>().map_err(|_| bad("a percentage such as 40%"))? / 100.0)
+                }
                 (ParamValue::Int(_), None) => ParamValue::Int(value.parse().map_err(|_| bad("an integer"))?),
                 (ParamValue::RunFraction(_), None) => {
                     // An absolute number of epochs.
@@ -249,8 +266,11 @@ fn resolve_params(module: &Module, overrides: &Overrides) -> Result<Vec<ParamVal
             };
         } else if module.dim_named(name).is_none() {
             let mut known: Vec<String> = module.params.iter().map(|(_, p)| p.name.clone()).collect();
-            known.extend(module.dims.iter().filter(|(_, d)| matches!(d.kind, DimKind::Fixed(_))).map(|(_, d)| d.name.clone()));
-            let known = if known.is_empty() { "no parameters".to_string() } else { format!("parameters {}", known.join(", ")) };
+            known.extend(
+                module.dims.iter().filter(|(_, d)| matches!(d.kind, DimKind::Fixed(_))).map(|(_, d)| d.name.clone()),
+            );
+            let known =
+                if known.is_empty() { "no parameters".to_string() } else { format!("parameters {}", known.join(", ")) };
             return Err(BindError::UnknownOverride { name: name.clone(), known });
         }
     }
@@ -270,7 +290,11 @@ fn apply_dim_overrides(module: &Module, overrides: &Overrides, dims: &mut [Optio
         match value.parse::<i64>() {
             Ok(v) if v > 0 => dims[sym.index()] = Some(v),
             _ => {
-                return Err(BindError::BadOverride { name: name.clone(), value: value.clone(), expected: "a positive integer".into() })
+                return Err(BindError::BadOverride {
+                    name: name.clone(),
+                    value: value.clone(),
+                    expected: "a positive integer".into(),
+                })
             }
         }
     }
@@ -292,11 +316,21 @@ fn bind_shape(
 ) -> Result<(), BindError> {
     let expected = declared(module, declared_shape);
     if actual.len() != declared_shape.len() {
-        return Err(BindError::Rank { name: name.into(), expected, actual: actual.to_vec(), actual_rank: actual.len() });
+        return Err(BindError::Rank {
+            name: name.into(),
+            expected,
+            actual: actual.to_vec(),
+            actual_rank: actual.len(),
+        });
     }
     for (axis, (d, &size)) in declared_shape.iter().zip(actual).enumerate() {
         if size == 0 {
-            return Err(BindError::Shape { name: name.into(), expected, actual: actual.to_vec(), why: format!("axis {axis} is empty") });
+            return Err(BindError::Shape {
+                name: name.into(),
+                expected,
+                actual: actual.to_vec(),
+                why: format!("axis {axis} is empty"),
+            });
         }
         if let Some(sym) = d.as_symbol() {
             if dims[sym.index()].is_none() {
@@ -325,7 +359,10 @@ fn bind_shape(
                 });
             }
             None => {
-                return Err(BindError::UnboundDim { name: d.display(&module.dims).to_string(), why: format!("needed for `{name}`") })
+                return Err(BindError::UnboundDim {
+                    name: d.display(&module.dims).to_string(),
+                    why: format!("needed for `{name}`"),
+                })
             }
         }
     }

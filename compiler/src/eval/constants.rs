@@ -80,7 +80,8 @@ fn polar_rows(a: &[f64], k: usize, d: usize) -> Vec<f64> {
                 g[i * k + j] = (0..d).map(|t| x[i * d + t] * x[j * d + t]).sum();
             }
         }
-        let err: f64 = (0..k).map(|i| (0..k).map(|j| (g[i * k + j] - f64::from(u8::from(i == j))).abs()).sum::<f64>()).sum();
+        let err: f64 =
+            (0..k).map(|i| (0..k).map(|j| (g[i * k + j] - f64::from(u8::from(i == j))).abs()).sum::<f64>()).sum();
         if err < 1e-13 * k as f64 {
             break;
         }

@@ -10,7 +10,8 @@ pub use bind::{BindError, BindRequest, Bindings, Overrides};
 pub use constants::{build_const, etf, initial_state};
 
 use crate::ir::{
-    BinaryOp, BuiltinValue, Elem, Expr, Handle, KernelNode, Literal, Module, PairwiseOperands, Program, ReduceOp, UnaryOp,
+    BinaryOp, BuiltinValue, Elem, Expr, Handle, KernelNode, Literal, Module, PairwiseOperands, Program, ReduceOp,
+    UnaryOp,
 };
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
@@ -179,7 +180,9 @@ impl Evaluator<'_> {
             }
             Expr::Unary { op, arg } => unary(*op, self.get(*arg))?,
             Expr::Binary { op, lhs, rhs } => self.binary(*op, self.get(*lhs), self.get(*rhs))?,
-            Expr::Select { cond, on_true, on_false } => self.get(*cond).where_cond(self.get(*on_true), self.get(*on_false))?,
+            Expr::Select { cond, on_true, on_false } => {
+                self.get(*cond).where_cond(self.get(*on_true), self.get(*on_false))?
+            }
             Expr::Cast { arg, to } => self.cast(self.get(*arg), *to)?,
             Expr::Broadcast { arg, shape } => self.get(*arg).broadcast_as(b.shape(self.module, shape))?.contiguous()?,
             Expr::ExpandDims { arg, axis } => self.get(*arg).unsqueeze(*axis)?,
@@ -227,11 +230,21 @@ impl Evaluator<'_> {
                 KernelNode::Row(k) => self.get(pw.rows[*k]).unsqueeze(1)?.broadcast_as((m, p))?.contiguous()?,
                 KernelNode::Col(k) => self.get(pw.cols[*k]).unsqueeze(0)?.broadcast_as((m, p))?.contiguous()?,
                 KernelNode::Scalar(k) => self.get(pw.scalars[*k]).broadcast_as((m, p))?.contiguous()?,
-                KernelNode::RowIndex => Tensor::arange(0i64, m as i64, &Device::Cpu)?.unsqueeze(1)?.broadcast_as((m, p))?.contiguous()?,
-                KernelNode::ColIndex => Tensor::arange(0i64, p as i64, &Device::Cpu)?.unsqueeze(0)?.broadcast_as((m, p))?.contiguous()?,
-                KernelNode::Literal(Literal::Real(v)) => self.scalar(*v, Elem::Real)?.broadcast_as((m, p))?.contiguous()?,
-                KernelNode::Literal(Literal::Int(v)) => Tensor::new(*v, &Device::Cpu)?.broadcast_as((m, p))?.contiguous()?,
-                KernelNode::Literal(Literal::Bool(v)) => Tensor::new(u8::from(*v), &Device::Cpu)?.broadcast_as((m, p))?.contiguous()?,
+                KernelNode::RowIndex => {
+                    Tensor::arange(0i64, m as i64, &Device::Cpu)?.unsqueeze(1)?.broadcast_as((m, p))?.contiguous()?
+                }
+                KernelNode::ColIndex => {
+                    Tensor::arange(0i64, p as i64, &Device::Cpu)?.unsqueeze(0)?.broadcast_as((m, p))?.contiguous()?
+                }
+                KernelNode::Literal(Literal::Real(v)) => {
+                    self.scalar(*v, Elem::Real)?.broadcast_as((m, p))?.contiguous()?
+                }
+                KernelNode::Literal(Literal::Int(v)) => {
+                    Tensor::new(*v, &Device::Cpu)?.broadcast_as((m, p))?.contiguous()?
+                }
+                KernelNode::Literal(Literal::Bool(v)) => {
+                    Tensor::new(u8::from(*v), &Device::Cpu)?.broadcast_as((m, p))?.contiguous()?
+                }
                 KernelNode::Unary(op, a) => unary(*op, &values[*a])?,
                 KernelNode::Binary(op, a, b) => self.binary(*op, &values[*a], &values[*b])?,
                 KernelNode::Select(c, a, b) => values[*c].where_cond(&values[*a], &values[*b])?,

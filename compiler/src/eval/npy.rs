@@ -77,13 +77,30 @@ pub fn parse(bytes: &[u8], path: &str) -> Result<Tensor, NpyError> {
         return Err(NpyError::Truncated { path: path.to_string(), expected, actual: data.len() });
     }
     let data = &data[..expected];
-    let tensor = |r: candle_core::Result<Tensor>| r.map_err(|source| NpyError::Tensor { path: path.to_string(), source });
+    let tensor =
+        |r: candle_core::Result<Tensor>| r.map_err(|source| NpyError::Tensor { path: path.to_string(), source });
     let chunks = |w: usize| data.chunks_exact(w);
     match descr.as_str() {
-        "<f4" => tensor(Tensor::from_vec(chunks(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect::<Vec<_>>(), shape, &Device::Cpu)),
-        "<f8" => tensor(Tensor::from_vec(chunks(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect::<Vec<_>>(), shape, &Device::Cpu)),
-        "<i4" => tensor(Tensor::from_vec(chunks(4).map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64).collect::<Vec<_>>(), shape, &Device::Cpu)),
-        "<i8" => tensor(Tensor::from_vec(chunks(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect::<Vec<_>>(), shape, &Device::Cpu)),
+        "<f4" => tensor(Tensor::from_vec(
+            chunks(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect::<Vec<_>>(),
+            shape,
+            &Device::Cpu,
+        )),
+        "<f8" => tensor(Tensor::from_vec(
+            chunks(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect::<Vec<_>>(),
+            shape,
+            &Device::Cpu,
+        )),
+        "<i4" => tensor(Tensor::from_vec(
+            chunks(4).map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64).collect::<Vec<_>>(),
+            shape,
+            &Device::Cpu,
+        )),
+        "<i8" => tensor(Tensor::from_vec(
+            chunks(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect::<Vec<_>>(),
+            shape,
+            &Device::Cpu,
+        )),
         _ => tensor(Tensor::from_vec(data.to_vec(), shape, &Device::Cpu)),
     }
 }
@@ -110,11 +127,20 @@ pub fn write(path: &Path, t: &Tensor) -> Result<(), NpyError> {
     let tensor_err = |source| NpyError::Tensor { path: p.clone(), source };
     let flat = t.flatten_all().map_err(tensor_err)?;
     let (descr, data): (&str, Vec<u8>) = match t.dtype() {
-        DType::F64 => ("<f8", flat.to_vec1::<f64>().map_err(tensor_err)?.iter().flat_map(|v| v.to_le_bytes()).collect()),
-        DType::I64 => ("<i8", flat.to_vec1::<i64>().map_err(tensor_err)?.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        DType::F64 => {
+            ("<f8", flat.to_vec1::<f64>().map_err(tensor_err)?.iter().flat_map(|v| v.to_le_bytes()).collect())
+        }
+        DType::I64 => {
+            ("<i8", flat.to_vec1::<i64>().map_err(tensor_err)?.iter().flat_map(|v| v.to_le_bytes()).collect())
+        }
         _ => (
             "<f4",
-            flat.to_dtype(DType::F32).and_then(|f| f.to_vec1::<f32>()).map_err(tensor_err)?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            flat.to_dtype(DType::F32)
+                .and_then(|f| f.to_vec1::<f32>())
+                .map_err(tensor_err)?
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
         ),
     };
     let shape = match t.dims() {
@@ -135,5 +161,7 @@ pub fn write(path: &Path, t: &Tensor) -> Result<(), NpyError> {
     bytes.extend_from_slice(header.as_bytes());
     bytes.extend_from_slice(&data);
     let tmp = path.with_extension("npy.tmp");
-    std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, path)).map_err(|source| NpyError::Io { path: p, source })
+    std::fs::write(&tmp, &bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|source| NpyError::Io { path: p, source })
 }

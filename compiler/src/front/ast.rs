@@ -49,7 +49,10 @@ pub enum ScalarKind {
 pub enum TypeKind {
     Scalar(ScalarKind),
     /// `[N, D]` (f32), `int[N]`, `bool[N, N]`; dimensions are expressions over dim names.
-    Tensor { elem: ScalarKind, dims: Vec<Expr> },
+    Tensor {
+        elem: ScalarKind,
+        dims: Vec<Expr>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -80,19 +83,76 @@ pub struct Objective {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Member {
-    Param { doc: String, name: Ident, value: Expr, span: Span },
-    Dim { doc: String, name: Ident, value: Expr, span: Span },
-    Views { names: [Ident; 2], pipeline: Expr, span: Span },
-    Input { doc: String, name: Ident, ty: TypeExpr, source: Expr, span: Span },
-    Const { doc: String, name: Ident, ty: TypeExpr, init: Expr, span: Span },
-    State { doc: String, name: Ident, ty: TypeExpr, init: Expr, span: Span },
-    Schedule { name: Ident, value: Expr, span: Span },
-    Metric { name: Ident, value: Expr, span: Span },
-    Let { name: Ident, ty: Option<TypeExpr>, value: Expr, span: Span },
+    Param {
+        doc: String,
+        name: Ident,
+        value: Expr,
+        span: Span,
+    },
+    Dim {
+        doc: String,
+        name: Ident,
+        value: Expr,
+        span: Span,
+    },
+    Views {
+        names: [Ident; 2],
+        pipeline: Expr,
+        span: Span,
+    },
+    Input {
+        doc: String,
+        name: Ident,
+        ty: TypeExpr,
+        source: Expr,
+        span: Span,
+    },
+    Const {
+        doc: String,
+        name: Ident,
+        ty: TypeExpr,
+        init: Expr,
+        span: Span,
+    },
+    State {
+        doc: String,
+        name: Ident,
+        ty: TypeExpr,
+        init: Expr,
+        span: Span,
+    },
+    Schedule {
+        name: Ident,
+        value: Expr,
+        span: Span,
+    },
+    Metric {
+        name: Ident,
+        value: Expr,
+        span: Span,
+    },
+    Let {
+        name: Ident,
+        ty: Option<TypeExpr>,
+        value: Expr,
+        span: Span,
+    },
     /// `loss = ...`, `per_sample = ...`, or `loss += ...` (`add`).
-    Output { name: Ident, value: Expr, add: bool, span: Span },
-    OnStep { body: Vec<Stmt>, span: Span },
-    OnEpoch { when: Option<Expr>, body: Vec<Stmt>, span: Span },
+    Output {
+        name: Ident,
+        value: Expr,
+        add: bool,
+        span: Span,
+    },
+    OnStep {
+        body: Vec<Stmt>,
+        span: Span,
+    },
+    OnEpoch {
+        when: Option<Expr>,
+        body: Vec<Stmt>,
+        span: Span,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -166,12 +226,29 @@ pub enum ExprKind {
     Percent(f64),
     Bool(bool),
     Name(String),
-    Unary { op: UnaryOp, arg: Box<Expr> },
-    Binary { op: BinaryOp, lhs: Box<Expr>, rhs: Box<Expr> },
-    Call { callee: Box<Expr>, args: Vec<Arg> },
-    Index { base: Box<Expr>, items: Vec<IndexItem> },
+    Unary {
+        op: UnaryOp,
+        arg: Box<Expr>,
+    },
+    Binary {
+        op: BinaryOp,
+        lhs: Box<Expr>,
+        rhs: Box<Expr>,
+    },
+    Call {
+        callee: Box<Expr>,
+        args: Vec<Arg>,
+    },
+    Index {
+        base: Box<Expr>,
+        items: Vec<IndexItem>,
+    },
     Transpose(Box<Expr>),
-    If { cond: Box<Expr>, then: Box<Expr>, otherwise: Box<Expr> },
+    If {
+        cond: Box<Expr>,
+        then: Box<Expr>,
+        otherwise: Box<Expr>,
+    },
     List(Vec<Expr>),
 }
 

@@ -30,9 +30,39 @@ pub(super) fn builtin_value(name: &str) -> Option<BuiltinName> {
 
 /// Functions usable in expressions.
 const FUNCTIONS: &[&str] = &[
-    "exp", "log", "sqrt", "abs", "cos", "sigmoid", "relu", "maximum", "minimum", "pow", "clamp", "where", "sum", "mean",
-    "max", "min", "logsumexp", "argmax", "std", "softmax", "log_softmax", "normalize", "concat", "eye", "full", "zeros",
-    "ones", "stopgrad", "one_hot", "histogram", "rows", "float", "int",
+    "exp",
+    "log",
+    "sqrt",
+    "abs",
+    "cos",
+    "sigmoid",
+    "relu",
+    "maximum",
+    "minimum",
+    "pow",
+    "clamp",
+    "where",
+    "sum",
+    "mean",
+    "max",
+    "min",
+    "logsumexp",
+    "argmax",
+    "std",
+    "softmax",
+    "log_softmax",
+    "normalize",
+    "concat",
+    "eye",
+    "full",
+    "zeros",
+    "ones",
+    "stopgrad",
+    "one_hot",
+    "histogram",
+    "rows",
+    "float",
+    "int",
 ];
 
 /// Functions that only make sense in one declaration.
@@ -46,9 +76,44 @@ const DECLARATION_ONLY: &[(&str, &str)] = &[
 
 /// Every built-in name, for "did you mean" hints.
 pub(super) const BUILTIN_NAMES: &[&str] = &[
-    "exp", "log", "sqrt", "abs", "cos", "sigmoid", "relu", "maximum", "minimum", "pow", "clamp", "where", "sum", "mean",
-    "max", "min", "logsumexp", "argmax", "std", "softmax", "log_softmax", "normalize", "concat", "eye", "full", "zeros",
-    "ones", "stopgrad", "one_hot", "histogram", "rows", "float", "int", "epoch", "epochs", "base_lr", "index", "inf",
+    "exp",
+    "log",
+    "sqrt",
+    "abs",
+    "cos",
+    "sigmoid",
+    "relu",
+    "maximum",
+    "minimum",
+    "pow",
+    "clamp",
+    "where",
+    "sum",
+    "mean",
+    "max",
+    "min",
+    "logsumexp",
+    "argmax",
+    "std",
+    "softmax",
+    "log_softmax",
+    "normalize",
+    "concat",
+    "eye",
+    "full",
+    "zeros",
+    "ones",
+    "stopgrad",
+    "one_hot",
+    "histogram",
+    "rows",
+    "float",
+    "int",
+    "epoch",
+    "epochs",
+    "base_lr",
+    "index",
+    "inf",
     "samples",
 ];
 
@@ -83,7 +148,13 @@ type Slot = Option<(Value, Span)>;
 
 impl Lower<'_> {
     /// Lowers a call to a built-in; `None` when `name` is not one.
-    pub(super) fn builtin_call(&mut self, name: &str, args: Vec<CallArg>, span: Span, name_span: Span) -> Option<R<Value>> {
+    pub(super) fn builtin_call(
+        &mut self,
+        name: &str,
+        args: Vec<CallArg>,
+        span: Span,
+        name_span: Span,
+    ) -> Option<R<Value>> {
         if let Some((_, usage)) = DECLARATION_ONLY.iter().find(|(n, _)| *n == name) {
             return Some(Err(self.error(
                 Diagnostic::new(format!("`{name}` is only allowed in its declaration"))
@@ -139,13 +210,15 @@ impl Lower<'_> {
             }
             "clamp" => {
                 let [x, lo, hi] = self.args(name, args, &["x", "lo", "hi"], 3, span)?;
-                let ((xv, xs), (lv, ls), (hv, hs)) = (x.expect("required"), lo.expect("required"), hi.expect("required"));
+                let ((xv, xs), (lv, ls), (hv, hs)) =
+                    (x.expect("required"), lo.expect("required"), hi.expect("required"));
                 let upper = self.elementwise(BinaryOp::Min, xv, xs, hv, hs, "clamp", span)?;
                 node(self.elementwise(BinaryOp::Max, Value::Node(upper), span, lv, ls, "clamp", span))
             }
             "where" => {
                 let [c, a, b] = self.args(name, args, &["cond", "a", "b"], 3, span)?;
-                let ((cv, cs), (av, asp), (bv, bsp)) = (c.expect("required"), a.expect("required"), b.expect("required"));
+                let ((cv, cs), (av, asp), (bv, bsp)) =
+                    (c.expect("required"), a.expect("required"), b.expect("required"));
                 let c = self.node_as(cv, cs, Elem::Bool)?;
                 let (a, b) = self.unify(av, asp, bv, bsp, "where", span)?;
                 let Some(shape) = crate::valid::broadcast_shapes(&self.ty(c).shape, &self.ty(a).shape) else {
@@ -226,7 +299,15 @@ impl Lower<'_> {
                 let sq = self.push(Expr::Binary { op: BinaryOp::Mul, lhs: x, rhs: x }, span)?;
                 let ss = self.push(Expr::Reduce { op: ReduceOp::Sum, arg: sq, axis }, span)?;
                 let norm = self.push(Expr::Unary { op: UnaryOp::Sqrt, arg: ss }, span)?;
-                let denom = self.elementwise(BinaryOp::Max, Value::Node(norm), span, Value::Node(eps), span, "normalize", span)?;
+                let denom = self.elementwise(
+                    BinaryOp::Max,
+                    Value::Node(norm),
+                    span,
+                    Value::Node(eps),
+                    span,
+                    "normalize",
+                    span,
+                )?;
                 let denom = self.push(Expr::ExpandDims { arg: denom, axis }, span)?;
                 let shape = self.ty(x).shape.clone();
                 let denom = self.broadcast(denom, &shape, span)?;
@@ -243,7 +324,11 @@ impl Lower<'_> {
                     }
                 }
                 if parts.is_empty() {
-                    return Err(self.error(Diagnostic::new("`concat` needs tensors to join").at(span, "nothing to join").hint("write `concat(a, b)`")));
+                    return Err(self.error(
+                        Diagnostic::new("`concat` needs tensors to join")
+                            .at(span, "nothing to join")
+                            .hint("write `concat(a, b)`"),
+                    ));
                 }
                 let mut nodes = Vec::new();
                 for (v, s) in parts {
@@ -318,7 +403,9 @@ impl Lower<'_> {
                 let x = self.node(xv, xs)?;
                 match self.ty(x).shape.first() {
                     Some(d) => Ok(Value::Dim(d.clone())),
-                    None => Err(self.error(Diagnostic::new("`rows` of a scalar").at(xs, "a scalar has no rows").hint("pass a tensor"))),
+                    None => Err(self.error(
+                        Diagnostic::new("`rows` of a scalar").at(xs, "a scalar has no rows").hint("pass a tensor"),
+                    )),
                 }
             }
             "float" | "int" => {
@@ -336,7 +423,14 @@ impl Lower<'_> {
     }
 
     /// Matches arguments to named slots (positional first); `required` leading slots must be given.
-    fn args<const K: usize>(&mut self, fname: &str, args: Vec<CallArg>, names: &[&str; K], required: usize, span: Span) -> R<[Slot; K]> {
+    fn args<const K: usize>(
+        &mut self,
+        fname: &str,
+        args: Vec<CallArg>,
+        names: &[&str; K],
+        required: usize,
+        span: Span,
+    ) -> R<[Slot; K]> {
         let mut slots: [Slot; K] = std::array::from_fn(|_| None);
         let mut next = 0;
         for a in args {
@@ -346,9 +440,12 @@ impl Lower<'_> {
                     next += 1;
                     if i >= K {
                         return Err(self.error(
-                            Diagnostic::new(format!("`{fname}` takes at most {K} argument{}", if K == 1 { "" } else { "s" }))
-                                .at(a.span, "extra argument")
-                                .hint(format!("`{fname}({})`", names.join(", "))),
+                            Diagnostic::new(format!(
+                                "`{fname}` takes at most {K} argument{}",
+                                if K == 1 { "" } else { "s" }
+                            ))
+                            .at(a.span, "extra argument")
+                            .hint(format!("`{fname}({})`", names.join(", "))),
                         ));
                     }
                     i
@@ -383,7 +480,11 @@ impl Lower<'_> {
         } else {
             format!("`{fname}` takes {}", names.join(", "))
         };
-        self.error(Diagnostic::new(format!("`{fname}` has no argument `{}`", n.name)).at(n.span, "unknown argument").hint(hint))
+        self.error(
+            Diagnostic::new(format!("`{fname}` has no argument `{}`", n.name))
+                .at(n.span, "unknown argument")
+                .hint(hint),
+        )
     }
 
     fn real(&mut self, slot: Slot) -> R<Handle<Expr>> {
@@ -400,7 +501,11 @@ impl Lower<'_> {
         let h = self.node(v, s)?;
         match self.prog.exprs[h] {
             Expr::Literal(Literal::Bool(b)) => Ok(b),
-            _ => Err(self.error(Diagnostic::new("expected `true` or `false`").at(s, "not a boolean literal").hint("write `keepdim=true`"))),
+            _ => Err(self.error(
+                Diagnostic::new("expected `true` or `false`")
+                    .at(s, "not a boolean literal")
+                    .hint("write `keepdim=true`"),
+            )),
         }
     }
 
@@ -429,7 +534,11 @@ impl Lower<'_> {
                 }
                 Ok(out)
             }
-            _ => Err(self.error(Diagnostic::new("expected a shape").at(s, "not a list of sizes").hint("write a shape as a list, e.g. `[N, K]`"))),
+            _ => Err(self.error(
+                Diagnostic::new("expected a shape")
+                    .at(s, "not a list of sizes")
+                    .hint("write a shape as a list, e.g. `[N, K]`"),
+            )),
         }
     }
 

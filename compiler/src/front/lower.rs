@@ -9,9 +9,9 @@ use super::ast::{self, ExprKind, IndexItem, Member, ScalarKind, Stmt, TypeExpr, 
 use super::ParsedFile;
 use crate::diag::Diagnostic;
 use crate::ir::{
-    BinaryOp, Block, BuiltinValue, Carried, ConstDecl, ConstInit, Dim, DimDecl, DimKind, Elem, EncoderSource, Event, Expr,
-    Handle, Handler, InputDecl, Literal, Module, Output, ParamDecl, ParamValue, Program, ScheduleDecl, StateDecl, StateInit,
-    StateUpdate, Type, UnaryOp, ViewsDecl,
+    BinaryOp, Block, BuiltinValue, Carried, ConstDecl, ConstInit, Dim, DimDecl, DimKind, Elem, EncoderSource, Event,
+    Expr, Handle, Handler, InputDecl, Literal, Module, Output, ParamDecl, ParamValue, Program, ScheduleDecl, StateDecl,
+    StateInit, StateUpdate, Type, UnaryOp, ViewsDecl,
 };
 use crate::span::Span;
 use crate::valid;
@@ -43,9 +43,14 @@ pub fn lower(files: &[ParsedFile]) -> Result<LoweredFile, Vec<Diagnostic>> {
     for file in files {
         if file.ast.functions.is_empty() && file.ast.objectives.is_empty() {
             diags.push(
-                Diagnostic::new(format!("`{}` declares nothing", file.path.file_name().map_or_else(|| file.path.display().to_string(), |n| n.to_string_lossy().into_owned())))
-                    .at(Span::new(file.id, 0, 0), "no `fn`, `objective` or `mixin` in this file")
-                    .hint("an objective file declares an `objective`; a library declares `fn`s (see docs/language.md)"),
+                Diagnostic::new(format!(
+                    "`{}` declares nothing",
+                    file.path
+                        .file_name()
+                        .map_or_else(|| file.path.display().to_string(), |n| n.to_string_lossy().into_owned())
+                ))
+                .at(Span::new(file.id, 0, 0), "no `fn`, `objective` or `mixin` in this file")
+                .hint("an objective file declares an `objective`; a library declares `fn`s (see docs/language.md)"),
             );
         }
     }
@@ -150,7 +155,9 @@ fn declare_type(module: &mut Module, te: &TypeExpr, new_kind: DimKind, diags: &m
                 let mut lookup = |name: &str, _span: Span| -> Option<Dim> {
                     let sym = match module.dim_named(name) {
                         Some(s) => s,
-                        None => module.dims.append(DimDecl { name: name.to_string(), kind: new_kind.clone(), span: d.span }),
+                        None => {
+                            module.dims.append(DimDecl { name: name.to_string(), kind: new_kind.clone(), span: d.span })
+                        }
                     };
                     Some(Dim::symbol(sym))
                 };
@@ -305,7 +312,8 @@ fn apply_overrides(members: Vec<(&str, Member)>) -> Vec<Member> {
             Member::Views { .. } => Some(" views".to_string()),
             Member::Output { add: false, .. } => {
                 for slot in out.iter_mut() {
-                    let inherited_loss = matches!(slot, Some((o, Member::Output { name, .. })) if name.name == "loss" && *o != origin);
+                    let inherited_loss =
+                        matches!(slot, Some((o, Member::Output { name, .. })) if name.name == "loss" && *o != origin);
                     if inherited_loss {
                         *slot = None;
                     }
@@ -347,7 +355,12 @@ fn declare<'a>(scope: &mut ObjectiveScope<'a>, diags: &mut Vec<Diagnostic>, name
     scope.names.insert(name.name.clone(), (what, name.span));
 }
 
-fn lower_objective<'a>(obj: &ast::Objective, members: &'a [Member], functions: &'a Functions<'a>, diags: &mut Vec<Diagnostic>) -> Option<Module> {
+fn lower_objective<'a>(
+    obj: &ast::Objective,
+    members: &'a [Member],
+    functions: &'a Functions<'a>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Module> {
     let mut module = Module { name: obj.name.name.clone(), doc: obj.doc.clone(), ..Module::default() };
     let mut scope = ObjectiveScope { names: HashMap::new() };
     let before = diags.len();
@@ -357,14 +370,20 @@ fn lower_objective<'a>(obj: &ast::Objective, members: &'a [Member], functions: &
         match m {
             Member::Param { doc, name, value, span } => match param_value(value) {
                 Ok(default) => {
-                    let h = module.params.append(ParamDecl { name: name.name.clone(), default, doc: doc.clone(), span: *span });
+                    let h = module.params.append(ParamDecl {
+                        name: name.name.clone(),
+                        default,
+                        doc: doc.clone(),
+                        span: *span,
+                    });
                     declare(&mut scope, diags, name, ObjName::Param(h));
                 }
                 Err(d) => diags.push(d),
             },
             Member::Dim { doc: _, name, value, span } => match &value.kind {
                 ExprKind::Int(v) if *v > 0 => {
-                    let h = module.dims.append(DimDecl { name: name.name.clone(), kind: DimKind::Fixed(*v), span: *span });
+                    let h =
+                        module.dims.append(DimDecl { name: name.name.clone(), kind: DimKind::Fixed(*v), span: *span });
                     declare(&mut scope, diags, name, ObjName::Dim(h));
                 }
                 _ => diags.push(
@@ -419,7 +438,13 @@ fn lower_objective<'a>(obj: &ast::Objective, members: &'a [Member], functions: &
                 }
             }
             let Some(src) = encoder_source(source, &scope, &module, diags) else { continue };
-            let h = module.inputs.append(InputDecl { name: name.name.clone(), ty: t, source: src, doc: doc.clone(), span: *span });
+            let h = module.inputs.append(InputDecl {
+                name: name.name.clone(),
+                ty: t,
+                source: src,
+                doc: doc.clone(),
+                span: *span,
+            });
             declare(&mut scope, diags, name, ObjName::Input(h));
         }
     }
@@ -437,13 +462,25 @@ fn lower_objective<'a>(obj: &ast::Objective, members: &'a [Member], functions: &
             Member::Const { doc, name, ty, init, span } => {
                 let Some(t) = declare_type_known(&mut module, ty, diags) else { continue };
                 let Some(init) = const_init(init, &t, &module, diags) else { continue };
-                let h = module.consts.append(ConstDecl { name: name.name.clone(), ty: t, init, doc: doc.clone(), span: *span });
+                let h = module.consts.append(ConstDecl {
+                    name: name.name.clone(),
+                    ty: t,
+                    init,
+                    doc: doc.clone(),
+                    span: *span,
+                });
                 declare(&mut scope, diags, name, ObjName::Const(h));
             }
             Member::State { doc, name, ty, init, span } => {
                 let Some(t) = declare_type_known(&mut module, ty, diags) else { continue };
                 let Some(init) = state_init(init, &t, diags) else { continue };
-                let h = module.states.append(StateDecl { name: name.name.clone(), ty: t, init, doc: doc.clone(), span: *span });
+                let h = module.states.append(StateDecl {
+                    name: name.name.clone(),
+                    ty: t,
+                    init,
+                    doc: doc.clone(),
+                    span: *span,
+                });
                 declare(&mut scope, diags, name, ObjName::State(h));
             }
             _ => {}
@@ -502,10 +539,12 @@ fn lower_objective<'a>(obj: &ast::Objective, members: &'a [Member], functions: &
         let Ok(h) = lw.check_output("loss", v, term.span) else { continue };
         total = Some(match total {
             None => (h, term.span),
-            Some((acc, s)) => match lw.elementwise(BinaryOp::Add, Value::Node(acc), s, Value::Node(h), term.span, "+=", term.span) {
-                Ok(sum) => (sum, s.to(term.span)),
-                Err(_) => continue,
-            },
+            Some((acc, s)) => {
+                match lw.elementwise(BinaryOp::Add, Value::Node(acc), s, Value::Node(h), term.span, "+=", term.span) {
+                    Ok(sum) => (sum, s.to(term.span)),
+                    Err(_) => continue,
+                }
+            }
         });
     }
     if let Some((h, _)) = total {
@@ -546,10 +585,19 @@ fn lower_objective<'a>(obj: &ast::Objective, members: &'a [Member], functions: &
                 diags.extend(d);
                 schedules.push(ScheduleDecl { name: name.name.clone(), program, span: *span });
             }
-            Member::OnStep { body, span } => handlers.push(lower_handler(Event::Step, None, body, *span, &module, functions, &scope, diags)),
-            Member::OnEpoch { when, body, span } => {
-                handlers.push(lower_handler(Event::Epoch, when.as_ref(), body, *span, &module, functions, &scope, diags))
+            Member::OnStep { body, span } => {
+                handlers.push(lower_handler(Event::Step, None, body, *span, &module, functions, &scope, diags))
             }
+            Member::OnEpoch { when, body, span } => handlers.push(lower_handler(
+                Event::Epoch,
+                when.as_ref(),
+                body,
+                *span,
+                &module,
+                functions,
+                &scope,
+                diags,
+            )),
             _ => {}
         }
     }
@@ -609,7 +657,12 @@ fn param_value(e: &ast::Expr) -> Result<ParamValue, Diagnostic> {
     }
 }
 
-fn encoder_source(e: &ast::Expr, scope: &ObjectiveScope, module: &Module, diags: &mut Vec<Diagnostic>) -> Option<EncoderSource> {
+fn encoder_source(
+    e: &ast::Expr,
+    scope: &ObjectiveScope,
+    module: &Module,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<EncoderSource> {
     let hint = "write `encoder(x1)`, or `encoder(x2, pruned=prune_percent)` for SDCLR's pruned branch";
     let ExprKind::Call { callee, args } = &e.kind else {
         diags.push(Diagnostic::new("an input comes from the encoder").at(e.span, "expected `encoder(...)`").hint(hint));
@@ -646,7 +699,8 @@ fn encoder_source(e: &ast::Expr, scope: &ObjectiveScope, module: &Module, diags:
                 }
             },
             _ => {
-                diags.push(Diagnostic::new("unexpected encoder argument").at(a.value.span, "not understood").hint(hint));
+                diags
+                    .push(Diagnostic::new("unexpected encoder argument").at(a.value.span, "not understood").hint(hint));
                 return None;
             }
         }
@@ -663,7 +717,8 @@ fn encoder_source(e: &ast::Expr, scope: &ObjectiveScope, module: &Module, diags:
 fn const_init(e: &ast::Expr, ty: &Type, module: &Module, diags: &mut Vec<Diagnostic>) -> Option<ConstInit> {
     let hint = "constants are built by the compiler: `etf(K, D)` (a simplex ETF) or `randn(seed)`";
     let ExprKind::Call { callee, args } = &e.kind else {
-        diags.push(Diagnostic::new("unsupported constant").at(e.span, "expected `etf(...)` or `randn(...)`").hint(hint));
+        diags
+            .push(Diagnostic::new("unsupported constant").at(e.span, "expected `etf(...)` or `randn(...)`").hint(hint));
         return None;
     };
     let name = match &callee.kind {
@@ -674,7 +729,11 @@ fn const_init(e: &ast::Expr, ty: &Type, module: &Module, diags: &mut Vec<Diagnos
     match name {
         "etf" => {
             if args.len() != 2 || ty.rank() != 2 || ty.elem != Elem::Real {
-                diags.push(Diagnostic::new("`etf(K, D)` takes two dimensions and builds a `[K, D]` constant").at(e.span, "here").hint(hint));
+                diags.push(
+                    Diagnostic::new("`etf(K, D)` takes two dimensions and builds a `[K, D]` constant")
+                        .at(e.span, "here")
+                        .hint(hint),
+                );
                 return None;
             }
             let k = dim_expr(&args[0].value, &mut lookup).map_err(|d| diags.push(d)).ok()?;
@@ -693,16 +752,21 @@ fn const_init(e: &ast::Expr, ty: &Type, module: &Module, diags: &mut Vec<Diagnos
                 );
                 return None;
             }
-            let size = |dim: &Dim| dim.eval(&|s| match module.dims[s].kind {
-                DimKind::Fixed(v) => Some(v),
-                _ => None,
-            });
+            let size = |dim: &Dim| {
+                dim.eval(&|s| match module.dims[s].kind {
+                    DimKind::Fixed(v) => Some(v),
+                    _ => None,
+                })
+            };
             if let (Some(kv), Some(dv)) = (size(&k), size(&d)) {
                 if kv > dv + 1 {
                     diags.push(
-                        Diagnostic::new(format!("a simplex ETF of {kv} vectors needs at least {} dimensions, got {dv}", kv - 1))
-                            .at(e.span, "K > D + 1")
-                            .hint("use fewer anchors (K <= D + 1)"),
+                        Diagnostic::new(format!(
+                            "a simplex ETF of {kv} vectors needs at least {} dimensions, got {dv}",
+                            kv - 1
+                        ))
+                        .at(e.span, "K > D + 1")
+                        .hint("use fewer anchors (K <= D + 1)"),
                     );
                     return None;
                 }
@@ -721,7 +785,9 @@ fn const_init(e: &ast::Expr, ty: &Type, module: &Module, diags: &mut Vec<Diagnos
             Some(ConstInit::Randn { seed })
         }
         _ => {
-            diags.push(Diagnostic::new(format!("`{name}` cannot build a constant")).at(e.span, "unsupported").hint(hint));
+            diags.push(
+                Diagnostic::new(format!("`{name}` cannot build a constant")).at(e.span, "unsupported").hint(hint),
+            );
             None
         }
     }
@@ -774,23 +840,31 @@ fn lower_views(
         };
         let Some(spec) = super::builtins::augmentation(&name) else {
             diags.push(
-                Diagnostic::new(format!("unknown augmentation `{name}`"))
-                    .at(callee.span, "not an augmentation")
-                    .hint(format!("known augmentations: {}", super::builtins::AUGMENTATIONS.iter().map(|a| a.name).collect::<Vec<_>>().join(", "))),
+                Diagnostic::new(format!("unknown augmentation `{name}`")).at(callee.span, "not an augmentation").hint(
+                    format!(
+                        "known augmentations: {}",
+                        super::builtins::AUGMENTATIONS.iter().map(|a| a.name).collect::<Vec<_>>().join(", ")
+                    ),
+                ),
             );
             return None;
         };
         if spec.base != (i == 0) {
             diags.push(
-                Diagnostic::new(if spec.base { "a base pipeline must come first" } else { "the pipeline must start with a base augmentation of `x`" })
-                    .at(call.span, "misplaced")
-                    .hint("write `simclr_augment(x)` first, then `+ extra(...)` augmentations"),
+                Diagnostic::new(if spec.base {
+                    "a base pipeline must come first"
+                } else {
+                    "the pipeline must start with a base augmentation of `x`"
+                })
+                .at(call.span, "misplaced")
+                .hint("write `simclr_augment(x)` first, then `+ extra(...)` augmentations"),
             );
             return None;
         }
         let mut lowered_args = Vec::new();
         if spec.base {
-            if !matches!(args.as_slice(), [a] if a.name.is_none() && matches!(&a.value.kind, ExprKind::Name(n) if n == "x")) {
+            if !matches!(args.as_slice(), [a] if a.name.is_none() && matches!(&a.value.kind, ExprKind::Name(n) if n == "x"))
+            {
                 diags.push(
                     Diagnostic::new(format!("`{name}` takes the dataset image `x`"))
                         .at(call.span, "expected one argument `x`")
@@ -911,7 +985,12 @@ pub(super) struct Lower<'a> {
 }
 
 impl<'a> Lower<'a> {
-    fn new(module: &'a Module, functions: &'a Functions<'a>, objective: Option<&'a ObjectiveScope<'a>>, context: Context) -> Self {
+    fn new(
+        module: &'a Module,
+        functions: &'a Functions<'a>,
+        objective: Option<&'a ObjectiveScope<'a>>,
+        context: Context,
+    ) -> Self {
         Lower {
             module,
             functions,
@@ -1093,7 +1172,15 @@ impl<'a> Lower<'a> {
     }
 
     /// Makes two values the same element type and shape, for an element-wise operator.
-    pub(super) fn unify(&mut self, a: Value, a_span: Span, b: Value, b_span: Span, op: &str, op_span: Span) -> R<(Handle<Expr>, Handle<Expr>)> {
+    pub(super) fn unify(
+        &mut self,
+        a: Value,
+        a_span: Span,
+        b: Value,
+        b_span: Span,
+        op: &str,
+        op_span: Span,
+    ) -> R<(Handle<Expr>, Handle<Expr>)> {
         // Decide the element type before materialising, so `x + 1` gets a real literal.
         let elem_of = |this: &Self, v: &Value| match v {
             Value::Node(h) => this.ty(*h).elem,
@@ -1235,7 +1322,16 @@ impl<'a> Lower<'a> {
     }
 
     /// An element-wise binary operator with promotion and broadcasting.
-    pub(super) fn elementwise(&mut self, op: BinaryOp, l: Value, ls: Span, r: Value, rs: Span, symbol: &str, span: Span) -> R<Handle<Expr>> {
+    pub(super) fn elementwise(
+        &mut self,
+        op: BinaryOp,
+        l: Value,
+        ls: Span,
+        r: Value,
+        rs: Span,
+        symbol: &str,
+        span: Span,
+    ) -> R<Handle<Expr>> {
         let (mut a, mut b) = self.unify(l, ls, r, rs, symbol, span)?;
         let elem = self.ty(a).elem;
         if op.is_logical() && elem != Elem::Bool {
@@ -1283,7 +1379,8 @@ impl<'a> Lower<'a> {
         if !inner_ok {
             let (x, y) = (self.shape_text(&ta), self.shape_text(&tb));
             let hint = if ra == 2 && rb == 2 && ta.shape[1] == tb.shape[1] {
-                let t = crate::ir::display_shape(&[tb.shape[1].clone(), tb.shape[0].clone()], &self.module.dims).to_string();
+                let t = crate::ir::display_shape(&[tb.shape[1].clone(), tb.shape[0].clone()], &self.module.dims)
+                    .to_string();
                 format!("the inner sizes must agree; did you mean `a @ b.T` ({x} @ {t})?")
             } else {
                 "the last size of the left operand must equal the first size of the right one".to_string()
@@ -1350,7 +1447,8 @@ impl<'a> Lower<'a> {
                         if axis >= rank {
                             return Err(self.too_many_indices(rank, e.span));
                         }
-                        let one = self.push(Expr::Slice { arg: h, axis, start: d.clone(), len: Dim::constant(1) }, e.span)?;
+                        let one =
+                            self.push(Expr::Slice { arg: h, axis, start: d.clone(), len: Dim::constant(1) }, e.span)?;
                         h = self.push(Expr::Squeeze { arg: one, axis }, e.span)?;
                         continue;
                     }
@@ -1432,7 +1530,11 @@ impl<'a> Lower<'a> {
 
     fn unavailable(&mut self, n: &str, span: Span, why: &str) -> Reported {
         let ctx = self.context.describe();
-        self.error(Diagnostic::new(format!("`{n}` is not available in {ctx}")).at(span, "not available here").hint(why.to_string()))
+        self.error(
+            Diagnostic::new(format!("`{n}` is not available in {ctx}"))
+                .at(span, "not available here")
+                .hint(why.to_string()),
+        )
     }
 
     fn objective_name(&mut self, n: &str, what: ObjName<'a>, span: Span, decl_span: Span) -> R<Value> {
@@ -1442,7 +1544,11 @@ impl<'a> Lower<'a> {
             ObjName::Dim(d) => Ok(Value::Dim(Dim::symbol(d))),
             ObjName::Input(i) => {
                 if !matches!(ctx, Context::Loss | Context::Step) {
-                    return Err(self.unavailable(n, span, "embeddings exist only during a training step: the loss and `on step`"));
+                    return Err(self.unavailable(
+                        n,
+                        span,
+                        "embeddings exist only during a training step: the loss and `on step`",
+                    ));
                 }
                 Ok(Value::Node(self.push(Expr::Input(i), span)?))
             }
@@ -1465,7 +1571,11 @@ impl<'a> Lower<'a> {
             }
             ObjName::Output(_, expr) | ObjName::Let(expr) => {
                 if ctx != Context::Loss && matches!(what, ObjName::Output(..)) {
-                    return Err(self.unavailable(n, span, "the loss's values exist only during a step: use them in the loss or `on step`"));
+                    return Err(self.unavailable(
+                        n,
+                        span,
+                        "the loss's values exist only during a step: use them in the loss or `on step`",
+                    ));
                 }
                 self.objective_value(n, expr, decl_span)
             }
@@ -1505,7 +1615,11 @@ impl<'a> Lower<'a> {
         let expr = match b {
             BuiltinName::Value(BuiltinValue::SampleIndex) => {
                 if !matches!(self.context, Context::Loss | Context::Step | Context::ViewArg) {
-                    return Err(self.unavailable(n, span, "`index` is the batch's sample indices; it exists during a step"));
+                    return Err(self.unavailable(
+                        n,
+                        span,
+                        "`index` is the batch's sample indices; it exists during a step",
+                    ));
                 }
                 if self.module.batch_dim().is_none() {
                     return Err(self.unavailable(n, span, "`index` needs a batch: declare an input"));
@@ -1518,7 +1632,13 @@ impl<'a> Lower<'a> {
                 let sym = self.module.dims.iter().find(|(_, d)| d.kind == DimKind::Samples).map(|(h, _)| h);
                 match sym {
                     Some(s) => return Ok(Value::Dim(Dim::symbol(s))),
-                    None => return Err(self.unavailable(n, span, "`samples` is the dataset size; it exists once a state uses it")),
+                    None => {
+                        return Err(self.unavailable(
+                            n,
+                            span,
+                            "`samples` is the dataset size; it exists once a state uses it",
+                        ))
+                    }
                 }
             }
         };
@@ -1530,7 +1650,9 @@ impl<'a> Lower<'a> {
     fn call(&mut self, callee: &ast::Expr, args: &[ast::Arg], span: Span) -> R<Value> {
         let ExprKind::Name(name) = &callee.kind else {
             return Err(self.error(
-                Diagnostic::new("only named functions can be called").at(callee.span, "not a function name").hint("call a function by its name: `f(x)`"),
+                Diagnostic::new("only named functions can be called")
+                    .at(callee.span, "not a function name")
+                    .hint("call a function by its name: `f(x)`"),
             ));
         };
         let mut lowered = Vec::new();
@@ -1555,7 +1677,8 @@ impl<'a> Lower<'a> {
 
     fn user_call(&mut self, f: &'a ast::Function, args: Vec<super::builtins::CallArg>, span: Span) -> R<Value> {
         if let Some(pos) = self.calls.iter().position(|(n, _)| *n == f.name.name) {
-            let chain: Vec<&str> = self.calls[pos..].iter().map(|(n, _)| n.as_str()).chain([f.name.name.as_str()]).collect();
+            let chain: Vec<&str> =
+                self.calls[pos..].iter().map(|(n, _)| n.as_str()).chain([f.name.name.as_str()]).collect();
             return Err(self.error(
                 Diagnostic::new(format!("recursive call: {}", chain.join(" → ")))
                     .at(span, "recursion")
@@ -1579,7 +1702,10 @@ impl<'a> Lower<'a> {
                             Diagnostic::new(format!("`{}` has no parameter `{}`", f.name.name, n.name))
                                 .at(n.span, "unknown parameter")
                                 .also(f.name.span, "defined here")
-                                .hint(format!("parameters: {}", f.params.iter().map(|p| p.name.name.as_str()).collect::<Vec<_>>().join(", "))),
+                                .hint(format!(
+                                    "parameters: {}",
+                                    f.params.iter().map(|p| p.name.name.as_str()).collect::<Vec<_>>().join(", ")
+                                )),
                         ))
                     }
                 },
@@ -1616,15 +1742,28 @@ impl<'a> Lower<'a> {
     fn arity(&mut self, f: &ast::Function, span: Span) -> Reported {
         let sig: Vec<&str> = f.params.iter().map(|p| p.name.name.as_str()).collect();
         self.error(
-            Diagnostic::new(format!("`{}` takes {} argument{}", f.name.name, f.params.len(), if f.params.len() == 1 { "" } else { "s" }))
-                .at(span, "wrong number of arguments")
-                .also(f.name.span, "defined here")
-                .hint(format!("call it as `{}({})`", f.name.name, sig.join(", "))),
+            Diagnostic::new(format!(
+                "`{}` takes {} argument{}",
+                f.name.name,
+                f.params.len(),
+                if f.params.len() == 1 { "" } else { "s" }
+            ))
+            .at(span, "wrong number of arguments")
+            .also(f.name.span, "defined here")
+            .hint(format!("call it as `{}({})`", f.name.name, sig.join(", "))),
         )
     }
 
     /// Checks one argument against its declared type and binds the dimension names it fixes.
-    fn bind_param(&mut self, f: &ast::Function, p: &ast::FnParam, v: Value, vspan: Span, dims: &mut HashMap<String, Dim>, call: Span) -> R<(Value, Span)> {
+    fn bind_param(
+        &mut self,
+        f: &ast::Function,
+        p: &ast::FnParam,
+        v: Value,
+        vspan: Span,
+        dims: &mut HashMap<String, Dim>,
+        call: Span,
+    ) -> R<(Value, Span)> {
         match &p.ty.kind {
             TypeKind::Scalar(k) => {
                 let elem = elem_of(*k);
@@ -1640,11 +1779,14 @@ impl<'a> Lower<'a> {
                 let mismatch = |this: &mut Self, detail: String| {
                     let have = this.shape_text(&this.ty(h).clone());
                     this.error(
-                        Diagnostic::new(format!("argument `{}` of `{}` has shape {have}, {detail}", p.name.name, f.name.name))
-                            .at(vspan, format!("this is {have}"))
-                            .also(p.ty.span, "declared here")
-                            .also(call, "in this call")
-                            .hint("pass a tensor of the declared shape, or reshape it (`x[:, None]`, `.T`, slices)"),
+                        Diagnostic::new(format!(
+                            "argument `{}` of `{}` has shape {have}, {detail}",
+                            p.name.name, f.name.name
+                        ))
+                        .at(vspan, format!("this is {have}"))
+                        .also(p.ty.span, "declared here")
+                        .also(call, "in this call")
+                        .hint("pass a tensor of the declared shape, or reshape it (`x[:, None]`, `.T`, slices)"),
                     )
                 };
                 if declared.len() != actual.len() {
@@ -1683,7 +1825,13 @@ impl<'a> Lower<'a> {
     }
 
     /// Lowers a function body with its parameters bound, checking the declared return type.
-    fn inline_body(&mut self, f: &ast::Function, args: Vec<(Value, Span)>, dims: HashMap<String, Dim>, call: Span) -> R<Value> {
+    fn inline_body(
+        &mut self,
+        f: &ast::Function,
+        args: Vec<(Value, Span)>,
+        dims: HashMap<String, Dim>,
+        call: Span,
+    ) -> R<Value> {
         let mut scope: HashMap<String, Local> = HashMap::new();
         for (name, d) in &dims {
             scope.insert(name.clone(), Local { value: Value::Dim(d.clone()), mutable: false, span: call });
@@ -1780,7 +1928,9 @@ impl<'a> Lower<'a> {
                 }
                 Ok(())
             }
-            Stmt::Assign { target, index, value, span } => self.assign(target, index.as_ref(), value, *span, in_function),
+            Stmt::Assign { target, index, value, span } => {
+                self.assign(target, index.as_ref(), value, *span, in_function)
+            }
             Stmt::Repeat { count, body, span } => self.repeat(count, body, *span, in_function),
             Stmt::Return { span, .. } => Err(self.error(
                 Diagnostic::new("`return` is only allowed at the end of a function")
@@ -1827,7 +1977,14 @@ impl<'a> Lower<'a> {
         Ok(Value::Node(h))
     }
 
-    fn assign(&mut self, target: &ast::Ident, index: Option<&ast::Expr>, value: &ast::Expr, span: Span, in_function: bool) -> R<()> {
+    fn assign(
+        &mut self,
+        target: &ast::Ident,
+        index: Option<&ast::Expr>,
+        value: &ast::Expr,
+        span: Span,
+        in_function: bool,
+    ) -> R<()> {
         // A mutable local (`var`) in any enclosing scope.
         let local = self.scopes.iter().rposition(|s| s.contains_key(&target.name));
         if let Some(level) = local {
@@ -1856,7 +2013,8 @@ impl<'a> Lower<'a> {
             Some((ObjName::State(s), _)) => Some(*s),
             _ => None,
         });
-        let Some(state) = state.filter(|_| !in_function && matches!(self.context, Context::Step | Context::Epoch)) else {
+        let Some(state) = state.filter(|_| !in_function && matches!(self.context, Context::Step | Context::Epoch))
+        else {
             return Err(self.error(
                 Diagnostic::new(format!("cannot assign `{}`", target.name))
                     .at(target.span, "not assignable here")
@@ -1905,7 +2063,8 @@ impl<'a> Lower<'a> {
         let h = self.node_as(v, value.span, Elem::Real)?;
         let h = if valid::broadcastable(&self.ty(h).shape, &want) { self.broadcast(h, &want, value.span)? } else { h };
         if self.ty(h).shape != want {
-            let (have, want) = (self.shape_text(&self.ty(h).clone()), crate::ir::display_shape(&want, &self.module.dims).to_string());
+            let (have, want) =
+                (self.shape_text(&self.ty(h).clone()), crate::ir::display_shape(&want, &self.module.dims).to_string());
             return Err(self.error(
                 Diagnostic::new(format!("`{}` needs a value of shape {want}, got {have}", target.name))
                     .at(value.span, format!("this is {have}"))
@@ -1922,7 +2081,11 @@ impl<'a> Lower<'a> {
         let old_h = self.node(old, target.span)?;
         let want = self.ty(old_h).clone();
         let h = self.node_as(new, span, want.elem)?;
-        let h = if valid::broadcastable(&self.ty(h).shape, &want.shape) { self.broadcast(h, &want.shape, span)? } else { h };
+        let h = if valid::broadcastable(&self.ty(h).shape, &want.shape) {
+            self.broadcast(h, &want.shape, span)?
+        } else {
+            h
+        };
         if *self.ty(h) != want {
             let (have, want) = (self.shape_text(&self.ty(h).clone()), self.shape_text(&want));
             return Err(self.error(

@@ -2,7 +2,9 @@
 //! applies operator precedence, and syntax errors become diagnostics that say what was found,
 //! what would have been accepted there, and a hint.
 
-use super::ast::{self, Arg, BinaryOp, Expr, ExprKind, IndexItem, Member, ScalarKind, Stmt, TypeExpr, TypeKind, UnaryOp};
+use super::ast::{
+    self, Arg, BinaryOp, Expr, ExprKind, IndexItem, Member, ScalarKind, Stmt, TypeExpr, TypeKind, UnaryOp,
+};
 use crate::diag::Diagnostic;
 use crate::span::{FileId, Span};
 use pest::iterators::Pair;
@@ -100,7 +102,8 @@ fn syntax_error(e: pest::error::Error<Rule>, source: &str, file: FileId) -> Diag
     let found = token_at(source, pos);
     let span = Span::new(file, pos, (pos + found.len().max(1)).min(source.len()).max(pos));
     let what = expected.describe();
-    let previous_word = source[..pos].trim_end().rsplit(|c: char| !(c.is_alphanumeric() || c == '_')).next().unwrap_or("");
+    let previous_word =
+        source[..pos].trim_end().rsplit(|c: char| !(c.is_alphanumeric() || c == '_')).next().unwrap_or("");
     let shown = if found.is_empty() { "end of file".to_string() } else { format!("`{found}`") };
     Diagnostic::new(format!("syntax error: expected {what}, found {shown}"))
         .at(span, format!("expected {what}"))
@@ -139,7 +142,12 @@ impl Expected {
         const IGNORED: &[&str] = &[" ", "\t", "\r", "\n", "\t", "\n", "\r", "//", "///", "\"", "\t"];
         if OPERATORS.contains(&token) {
             self.operator = true;
-        } else if token.trim().is_empty() || ["_", "[", "e", "E"].contains(&token) || IGNORED.contains(&token) || token.contains("..") || token.len() > 12 {
+        } else if token.trim().is_empty()
+            || ["_", "[", "e", "E"].contains(&token)
+            || IGNORED.contains(&token)
+            || token.contains("..")
+            || token.len() > 12
+        {
             // whitespace, comments and character ranges say nothing useful
         } else {
             self.push(&format!("`{token}`"));
@@ -148,11 +156,39 @@ impl Expected {
 
     fn rule(&mut self, rule: Rule) {
         let name = match rule {
-            Rule::expr | Rule::primary | Rule::prefix | Rule::neg | Rule::not | Rule::number | Rule::percent
-            | Rule::ident | Rule::if_expr | Rule::list | Rule::boolean | Rule::slice_start | Rule::slice_end => "an expression",
-            Rule::infix | Rule::add | Rule::sub | Rule::mul | Rule::div | Rule::pow | Rule::rem | Rule::matmul
-            | Rule::eq | Rule::ne | Rule::lt | Rule::le | Rule::gt | Rule::ge | Rule::and | Rule::or
-            | Rule::postfix | Rule::call | Rule::index | Rule::transpose => {
+            Rule::expr
+            | Rule::primary
+            | Rule::prefix
+            | Rule::neg
+            | Rule::not
+            | Rule::number
+            | Rule::percent
+            | Rule::ident
+            | Rule::if_expr
+            | Rule::list
+            | Rule::boolean
+            | Rule::slice_start
+            | Rule::slice_end => "an expression",
+            Rule::infix
+            | Rule::add
+            | Rule::sub
+            | Rule::mul
+            | Rule::div
+            | Rule::pow
+            | Rule::rem
+            | Rule::matmul
+            | Rule::eq
+            | Rule::ne
+            | Rule::lt
+            | Rule::le
+            | Rule::gt
+            | Rule::ge
+            | Rule::and
+            | Rule::or
+            | Rule::postfix
+            | Rule::call
+            | Rule::index
+            | Rule::transpose => {
                 self.operator = true;
                 return;
             }
@@ -160,13 +196,28 @@ impl Expected {
             Rule::block => "`{`",
             Rule::string => "a quoted path",
             Rule::fn_param | Rule::fn_params => "a parameter `name: type`",
-            Rule::import | Rule::function | Rule::objective | Rule::mixin | Rule::doc => "`import`, `fn`, `objective` or `mixin`",
-            Rule::param_decl | Rule::dim_decl | Rule::views_decl | Rule::input_decl | Rule::const_decl
-            | Rule::state_decl | Rule::schedule_decl | Rule::metric_decl | Rule::on_step | Rule::on_epoch
-            | Rule::output_stmt | Rule::output_name | Rule::add_assign => "an objective member",
-            Rule::let_stmt | Rule::var_stmt | Rule::assign_stmt | Rule::repeat_stmt | Rule::return_stmt | Rule::place => {
-                "a statement"
+            Rule::import | Rule::function | Rule::objective | Rule::mixin | Rule::doc => {
+                "`import`, `fn`, `objective` or `mixin`"
             }
+            Rule::param_decl
+            | Rule::dim_decl
+            | Rule::views_decl
+            | Rule::input_decl
+            | Rule::const_decl
+            | Rule::state_decl
+            | Rule::schedule_decl
+            | Rule::metric_decl
+            | Rule::on_step
+            | Rule::on_epoch
+            | Rule::output_stmt
+            | Rule::output_name
+            | Rule::add_assign => "an objective member",
+            Rule::let_stmt
+            | Rule::var_stmt
+            | Rule::assign_stmt
+            | Rule::repeat_stmt
+            | Rule::return_stmt
+            | Rule::place => "a statement",
             Rule::extends | Rule::kw_extends => "`extends`",
             Rule::kw_step | Rule::kw_epoch => "`step` or `epoch`",
             Rule::EOI => "end of file",
@@ -200,7 +251,8 @@ impl Expected {
 
     fn hint(&self, found: &str, previous_word: &str) -> String {
         let has = |s: &str| self.items.iter().any(|i| i == s);
-        let keywords = ["let", "var", "fn", "objective", "mixin", "repeat", "return", "if", "else", "import", "and", "or", "not"];
+        let keywords =
+            ["let", "var", "fn", "objective", "mixin", "repeat", "return", "if", "else", "import", "and", "or", "not"];
         if keywords.contains(&previous_word) && (found == ":" || found == "=" || found == ",") {
             format!("`{previous_word}` is a keyword and cannot be used as a name")
         } else if found == ";" {
@@ -433,11 +485,17 @@ impl Cx {
                 inner.next(); // keyword
                 let name = self.ident(inner.next().expect("member name"));
                 match rule {
-                    Rule::param_decl => Member::Param { doc, name, value: self.expr(inner.next().expect("value")), span },
+                    Rule::param_decl => {
+                        Member::Param { doc, name, value: self.expr(inner.next().expect("value")), span }
+                    }
                     Rule::dim_decl => Member::Dim { doc, name, value: self.expr(inner.next().expect("value")), span },
                     Rule::views_decl => {
                         let second = self.ident(inner.next().expect("second view"));
-                        Member::Views { names: [name, second], pipeline: self.expr(inner.next().expect("pipeline")), span }
+                        Member::Views {
+                            names: [name, second],
+                            pipeline: self.expr(inner.next().expect("pipeline")),
+                            span,
+                        }
                     }
                     Rule::input_decl | Rule::const_decl | Rule::state_decl => {
                         let ty = self.ty(inner.next().expect("type"));
@@ -448,7 +506,9 @@ impl Cx {
                             _ => Member::State { doc, name, ty, init: value, span },
                         }
                     }
-                    Rule::schedule_decl => Member::Schedule { name, value: self.expr(inner.next().expect("value")), span },
+                    Rule::schedule_decl => {
+                        Member::Schedule { name, value: self.expr(inner.next().expect("value")), span }
+                    }
                     Rule::metric_decl => Member::Metric { name, value: self.expr(inner.next().expect("value")), span },
                     r => unreachable!("no member {r:?}"),
                 }
@@ -468,8 +528,13 @@ impl Cx {
             .map_postfix(|base, op| {
                 let span = base.span.to(self.span(&op));
                 let kind = match op.as_rule() {
-                    Rule::call => ExprKind::Call { callee: Box::new(base), args: op.into_inner().map(|a| self.arg(a)).collect() },
-                    Rule::index => ExprKind::Index { base: Box::new(base), items: op.into_inner().map(|i| self.index_item(i)).collect() },
+                    Rule::call => {
+                        ExprKind::Call { callee: Box::new(base), args: op.into_inner().map(|a| self.arg(a)).collect() }
+                    }
+                    Rule::index => ExprKind::Index {
+                        base: Box::new(base),
+                        items: op.into_inner().map(|i| self.index_item(i)).collect(),
+                    },
                     _ => ExprKind::Transpose(Box::new(base)),
                 };
                 Expr { kind, span }
@@ -540,7 +605,9 @@ impl Cx {
                     ExprKind::Number(text.parse().unwrap_or(f64::INFINITY))
                 }
             }
-            Rule::percent => ExprKind::Percent(pair.as_str().trim_end_matches('%').parse::<f64>().unwrap_or(f64::INFINITY) / 100.0),
+            Rule::percent => {
+                ExprKind::Percent(pair.as_str().trim_end_matches('%').parse::<f64>().unwrap_or(f64::INFINITY) / 100.0)
+            }
             Rule::boolean => ExprKind::Bool(pair.as_str() == "true"),
             Rule::ident => ExprKind::Name(pair.as_str().to_string()),
             Rule::list => ExprKind::List(pair.into_inner().map(|p| self.expr(p)).collect()),

@@ -55,10 +55,7 @@ impl Dim {
         if factor == 0 {
             return Dim::constant(0);
         }
-        Dim {
-            terms: self.terms.iter().map(|(&s, &c)| (s, c * factor)).collect(),
-            constant: self.constant * factor,
-        }
+        Dim { terms: self.terms.iter().map(|(&s, &c)| (s, c * factor)).collect(), constant: self.constant * factor }
     }
     /// `self / divisor` when every coefficient divides exactly (`2*N / 2 = N`).
     pub fn div_exact(&self, divisor: i64) -> Option<Dim> {

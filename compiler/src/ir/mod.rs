@@ -367,43 +367,106 @@ pub enum Expr {
     /// The size of a dimension, as `int`.
     DimSize(Dim),
     /// `int` tensor of `shape` whose entries are their coordinate along `axis`.
-    Iota { shape: Shape, axis: usize },
-    Unary { op: UnaryOp, arg: Handle<Expr> },
+    Iota {
+        shape: Shape,
+        axis: usize,
+    },
+    Unary {
+        op: UnaryOp,
+        arg: Handle<Expr>,
+    },
     /// Operands have equal shapes (lowering inserts explicit broadcasts).
-    Binary { op: BinaryOp, lhs: Handle<Expr>, rhs: Handle<Expr> },
-    Select { cond: Handle<Expr>, on_true: Handle<Expr>, on_false: Handle<Expr> },
-    Cast { arg: Handle<Expr>, to: Elem },
+    Binary {
+        op: BinaryOp,
+        lhs: Handle<Expr>,
+        rhs: Handle<Expr>,
+    },
+    Select {
+        cond: Handle<Expr>,
+        on_true: Handle<Expr>,
+        on_false: Handle<Expr>,
+    },
+    Cast {
+        arg: Handle<Expr>,
+        to: Elem,
+    },
     /// Numpy broadcasting to `shape`: axes are aligned on the right; the argument's axes are
     /// either equal to the target's or 1.
-    Broadcast { arg: Handle<Expr>, shape: Shape },
+    Broadcast {
+        arg: Handle<Expr>,
+        shape: Shape,
+    },
     /// Inserts an axis of size 1 before `axis`.
-    ExpandDims { arg: Handle<Expr>, axis: usize },
+    ExpandDims {
+        arg: Handle<Expr>,
+        axis: usize,
+    },
     /// Removes `axis`, whose size is 1.
-    Squeeze { arg: Handle<Expr>, axis: usize },
+    Squeeze {
+        arg: Handle<Expr>,
+        axis: usize,
+    },
     /// Swaps the two axes of a matrix.
-    Transpose { arg: Handle<Expr> },
+    Transpose {
+        arg: Handle<Expr>,
+    },
     /// Matrix product of `[a, b] @ [b, c]`.
-    MatMul { lhs: Handle<Expr>, rhs: Handle<Expr> },
+    MatMul {
+        lhs: Handle<Expr>,
+        rhs: Handle<Expr>,
+    },
     /// Reduces `axis` away.
-    Reduce { op: ReduceOp, arg: Handle<Expr>, axis: usize },
-    Concat { parts: Vec<Handle<Expr>>, axis: usize },
-    Slice { arg: Handle<Expr>, axis: usize, start: Dim, len: Dim },
+    Reduce {
+        op: ReduceOp,
+        arg: Handle<Expr>,
+        axis: usize,
+    },
+    Concat {
+        parts: Vec<Handle<Expr>>,
+        axis: usize,
+    },
+    Slice {
+        arg: Handle<Expr>,
+        axis: usize,
+        start: Dim,
+        len: Dim,
+    },
     /// Rows of `table` picked by the `int[M]` vector `indices`.
-    Gather { table: Handle<Expr>, indices: Handle<Expr> },
+    Gather {
+        table: Handle<Expr>,
+        indices: Handle<Expr>,
+    },
     /// The value unchanged; no gradient flows through it.
-    StopGrad { arg: Handle<Expr> },
+    StopGrad {
+        arg: Handle<Expr>,
+    },
     /// The current value of a carried loop variable; bound by exactly one [`Expr::Loop`].
     LoopParam,
     /// Runs `body` `count` times (an `int` scalar node).
-    Loop { count: Handle<Expr>, carried: Vec<Carried>, body: Block },
+    Loop {
+        count: Handle<Expr>,
+        carried: Vec<Carried>,
+        body: Block,
+    },
     /// The final value of carried variable `index` of `looped`.
-    LoopOutput { looped: Handle<Expr>, index: usize },
+    LoopOutput {
+        looped: Handle<Expr>,
+        index: usize,
+    },
     /// Fused by `passes::fuse_pairwise`: `reduce_j w(i, j)` for `axis = 1` (shape `[M]`), or
     /// `reduce_i w(i, j)` for `axis = 0` (shape `[P]`), without storing the `[M, P]` matrix.
-    PairwiseReduce { pairwise: Box<PairwiseOperands>, op: ReduceOp, axis: usize },
+    PairwiseReduce {
+        pairwise: Box<PairwiseOperands>,
+        op: ReduceOp,
+        axis: usize,
+    },
     /// Fused by `passes::fuse_pairwise`: `Σ_j w(i, j) v[j]` for `axis = 1` (`v: [P, E]`, shape
     /// `[M, E]`), or `Σ_i w(i, j) v[i]` for `axis = 0` (`v: [M, E]`, shape `[P, E]`).
-    PairwiseMatMul { pairwise: Box<PairwiseOperands>, v: Handle<Expr>, axis: usize },
+    PairwiseMatMul {
+        pairwise: Box<PairwiseOperands>,
+        v: Handle<Expr>,
+        axis: usize,
+    },
 }
 
 impl Expr {

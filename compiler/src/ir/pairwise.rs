@@ -57,7 +57,9 @@ impl Terms {
                 KernelNode::Literal(Literal::Int(v)) => Term::Int(v),
                 KernelNode::Literal(Literal::Bool(v)) => Term::Bool(v),
                 KernelNode::Unary(op, a) => Term::Unary(op, ids[a]),
-                KernelNode::Binary(op, a, b) if commutes(op) => Term::Binary(op, ids[a].min(ids[b]), ids[a].max(ids[b])),
+                KernelNode::Binary(op, a, b) if commutes(op) => {
+                    Term::Binary(op, ids[a].min(ids[b]), ids[a].max(ids[b]))
+                }
                 KernelNode::Binary(op, a, b) => Term::Binary(op, ids[a], ids[b]),
                 KernelNode::Select(c, a, b) => Term::Select(ids[c], ids[a], ids[b]),
                 KernelNode::Cast(a, to) => Term::Cast(ids[a], to),
@@ -85,7 +87,10 @@ impl PairwiseOperands {
     /// The same node with the kernel `w(i, j) + w(j, i)`; `x` and `y` must be one matrix.
     pub fn symmetrized(&self) -> PairwiseOperands {
         debug_assert_eq!(self.x, self.y, "only a kernel over one matrix can be symmetrized");
-        let mut out = PairwiseOperands { kernel: PairwiseKernel { nodes: Vec::new(), elems: Vec::new(), result: 0 }, ..self.clone() };
+        let mut out = PairwiseOperands {
+            kernel: PairwiseKernel { nodes: Vec::new(), elems: Vec::new(), result: 0 },
+            ..self.clone()
+        };
         // Canonical id to node of the new kernel: nodes both copies compute (scalars,
         // literals, the dot product, ...) are emitted once.
         let mut interned: HashMap<usize, usize> = HashMap::new();
@@ -136,7 +141,10 @@ mod tests {
 
     /// `x = y = %0`, one row vector `%1`, one scalar `%2`, and the given kernel.
     fn operands(nodes: Vec<KernelNode>, y: usize) -> PairwiseOperands {
-        let elems = nodes.iter().map(|n| if matches!(n, KernelNode::RowIndex | KernelNode::ColIndex) { Elem::Int } else { Elem::Real }).collect();
+        let elems = nodes
+            .iter()
+            .map(|n| if matches!(n, KernelNode::RowIndex | KernelNode::ColIndex) { Elem::Int } else { Elem::Real })
+            .collect();
         let result = nodes.len() - 1;
         PairwiseOperands {
             x: Handle::new(0),
@@ -152,7 +160,16 @@ mod tests {
     fn symmetry_is_judged_on_structure() {
         use KernelNode::*;
         // dot / scalar, masked on the diagonal: symmetric.
-        let masked = vec![RowIndex, ColIndex, Binary(BinaryOp::Eq, 0, 1), Literal(super::Literal::Real(0.0)), Dot, Scalar(0), Binary(BinaryOp::Div, 4, 5), Select(2, 3, 6)];
+        let masked = vec![
+            RowIndex,
+            ColIndex,
+            Binary(BinaryOp::Eq, 0, 1),
+            Literal(super::Literal::Real(0.0)),
+            Dot,
+            Scalar(0),
+            Binary(BinaryOp::Div, 4, 5),
+            Select(2, 3, 6),
+        ];
         assert!(operands(masked.clone(), 0).is_symmetric());
         // Over two matrices the dot product itself is not.
         assert!(!operands(masked, 3).is_symmetric());

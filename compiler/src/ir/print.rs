@@ -1,8 +1,8 @@
 //! The textual form of the IR (`sslc emit --stage ir`), also used by snapshot tests.
 
 use super::{
-    display_shape, BuiltinValue, ConstInit, DimKind, Event, Expr, Handle, KernelNode, Literal, Module, PairwiseOperands,
-    ParamValue, Program, StateInit,
+    display_shape, BuiltinValue, ConstInit, DimKind, Event, Expr, Handle, KernelNode, Literal, Module,
+    PairwiseOperands, ParamValue, Program, StateInit,
 };
 use std::fmt::Write;
 
@@ -43,13 +43,16 @@ pub fn print_module(m: &Module) -> String {
         let _ = writeln!(w, "views {}, {} = {}", v.names[0], v.names[1], stages.join(" + "));
     }
     for (_, i) in m.inputs.iter() {
-        let view = m.views.as_ref().map_or_else(|| format!("view{}", i.source.view), |v| v.names[i.source.view].clone());
+        let view =
+            m.views.as_ref().map_or_else(|| format!("view{}", i.source.view), |v| v.names[i.source.view].clone());
         let pruned = i.source.pruned.map_or(String::new(), |p| format!(", pruned={}", m.params[p].name));
         let _ = writeln!(w, "input {}: {} = encoder({view}{pruned})", i.name, i.ty.display(&m.dims));
     }
     for (_, c) in m.consts.iter() {
         let init = match &c.init {
-            ConstInit::Etf { k, d, seed } => format!("etf({}, {}, seed={seed})", k.display(&m.dims), d.display(&m.dims)),
+            ConstInit::Etf { k, d, seed } => {
+                format!("etf({}, {}, seed={seed})", k.display(&m.dims), d.display(&m.dims))
+            }
             ConstInit::Randn { seed } => format!("randn(seed={seed})"),
         };
         let _ = writeln!(w, "const {}: {} = {init}", c.name, c.ty.display(&m.dims));
@@ -165,7 +168,9 @@ fn describe(m: &Module, e: &Expr) -> String {
         Expr::PairwiseReduce { pairwise, op, axis } => {
             format!("pairwise.reduce.{} axis={axis} {}", format!("{op:?}").to_lowercase(), pairwise_text(pairwise))
         }
-        Expr::PairwiseMatMul { pairwise, v, axis } => format!("pairwise.matmul axis={axis} v={v} {}", pairwise_text(pairwise)),
+        Expr::PairwiseMatMul { pairwise, v, axis } => {
+            format!("pairwise.matmul axis={axis} v={v} {}", pairwise_text(pairwise))
+        }
     }
 }
 

@@ -17,7 +17,8 @@ pub(super) fn run(module: &Module, program: &Program) -> Program {
         }
         let key = format!("{expr:?}");
         let path = rb.block_path().to_vec();
-        let visible = seen.get(&key).and_then(|entries| entries.iter().find(|(at, _)| path.starts_with(at)).map(|(_, h)| *h));
+        let visible =
+            seen.get(&key).and_then(|entries| entries.iter().find(|(at, _)| path.starts_with(at)).map(|(_, h)| *h));
         if let Some(existing) = visible {
             return Action::Replace(existing);
         }

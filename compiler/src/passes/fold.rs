@@ -85,9 +85,10 @@ fn simplify(rb: &mut Rebuilder, expr: &Expr, span: crate::span::Span) -> Option<
                 return Some(rb.push(Expr::Literal(Literal::Real(v)), span));
             }
             match (op, l, r) {
-                (BinaryOp::Mul, _, Some(1.0)) | (BinaryOp::Div, _, Some(1.0)) | (BinaryOp::Add, _, Some(0.0)) | (BinaryOp::Sub, _, Some(0.0)) => {
-                    Some(lhs)
-                }
+                (BinaryOp::Mul, _, Some(1.0))
+                | (BinaryOp::Div, _, Some(1.0))
+                | (BinaryOp::Add, _, Some(0.0))
+                | (BinaryOp::Sub, _, Some(0.0)) => Some(lhs),
                 (BinaryOp::Mul, Some(1.0), _) | (BinaryOp::Add, Some(0.0), _) => Some(rhs),
                 _ => None,
             }

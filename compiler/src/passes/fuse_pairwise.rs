@@ -12,9 +12,7 @@
 //! this shape (another mask, weighting or temperature) is fused the same way.
 
 use super::{Action, Rebuilder};
-use crate::ir::{
-    Elem, Expr, Handle, KernelNode, Literal, Module, PairwiseKernel, PairwiseOperands, Program, ReduceOp,
-};
+use crate::ir::{Elem, Expr, Handle, KernelNode, Literal, Module, PairwiseKernel, PairwiseOperands, Program, ReduceOp};
 use std::collections::HashMap;
 
 pub(super) fn run(module: &Module, program: &Program) -> Program {
@@ -51,9 +49,17 @@ enum Source {
 
 #[derive(Clone, Debug)]
 enum SinkKind {
-    Reduce { op: ReduceOp, axis: usize },
+    Reduce {
+        op: ReduceOp,
+        axis: usize,
+    },
     /// `W @ V` (`axis = 1`) or `Wᵀ @ V` (`axis = 0`).
-    MatMul { v: Source, axis: usize, transpose_v: bool, transpose_result: bool },
+    MatMul {
+        v: Source,
+        axis: usize,
+        transpose_v: bool,
+        transpose_result: bool,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -197,14 +203,38 @@ fn sinks_for_use(
 ) -> Option<Vec<(Handle<Expr>, SinkKind)>> {
     // The other factor of a product must be an ordinary tensor, not another fused region.
     let plain = |v: Handle<Expr>| !matches!(region.get(&v), Some(Region::Of(_)));
-    let matmul_sink = |at: Handle<Expr>, lhs: Handle<Expr>, rhs: Handle<Expr>, w_is_transposed: bool| -> Option<(Handle<Expr>, SinkKind)> {
+    let matmul_sink = |at: Handle<Expr>,
+                       lhs: Handle<Expr>,
+                       rhs: Handle<Expr>,
+                       w_is_transposed: bool|
+     -> Option<(Handle<Expr>, SinkKind)> {
         // W @ V → axis 1; Wᵀ @ V → axis 0; L @ W = (Wᵀ Lᵀ)ᵀ → axis 0; L @ Wᵀ = (W Lᵀ)ᵀ → axis 1.
-        let w_node = if w_is_transposed { p.exprs[at].operands().into_iter().find(|&o| matches!(p.exprs[o], Expr::Transpose { arg } if arg == h)) } else { Some(h) };
+        let w_node = if w_is_transposed {
+            p.exprs[at].operands().into_iter().find(|&o| matches!(p.exprs[o], Expr::Transpose { arg } if arg == h))
+        } else {
+            Some(h)
+        };
         let w_node = w_node?;
         if lhs == w_node && rhs != w_node && plain(rhs) {
-            Some((at, SinkKind::MatMul { v: Source::Node(rhs), axis: if w_is_transposed { 0 } else { 1 }, transpose_v: false, transpose_result: false }))
+            Some((
+                at,
+                SinkKind::MatMul {
+                    v: Source::Node(rhs),
+                    axis: if w_is_transposed { 0 } else { 1 },
+                    transpose_v: false,
+                    transpose_result: false,
+                },
+            ))
         } else if rhs == w_node && lhs != w_node && plain(lhs) {
-            Some((at, SinkKind::MatMul { v: Source::Node(lhs), axis: if w_is_transposed { 1 } else { 0 }, transpose_v: true, transpose_result: true }))
+            Some((
+                at,
+                SinkKind::MatMul {
+                    v: Source::Node(lhs),
+                    axis: if w_is_transposed { 1 } else { 0 },
+                    transpose_v: true,
+                    transpose_result: true,
+                },
+            ))
         } else {
             None
         }
@@ -245,7 +275,14 @@ fn build(rb: &mut Rebuilder, sink: &Sink) -> Handle<Expr> {
             rb.push(Expr::Transpose { arg: b }, span)
         }
     };
-    let mut k = KernelBuilder { rb, seed: sink.seed, operands: Operands::default(), memo: HashMap::new(), nodes: Vec::new(), elems: Vec::new() };
+    let mut k = KernelBuilder {
+        rb,
+        seed: sink.seed,
+        operands: Operands::default(),
+        memo: HashMap::new(),
+        nodes: Vec::new(),
+        elems: Vec::new(),
+    };
     let result = k.node(sink.input);
     let KernelBuilder { rb, operands, nodes, elems, .. } = k;
     let pairwise = Box::new(PairwiseOperands {
@@ -333,7 +370,9 @@ impl KernelBuilder<'_, '_> {
             self.emit(KernelNode::Dot, Elem::Real)
         } else {
             match p.exprs[h].clone() {
-                Expr::Iota { axis, .. } => self.emit(if axis == 0 { KernelNode::RowIndex } else { KernelNode::ColIndex }, Elem::Int),
+                Expr::Iota { axis, .. } => {
+                    self.emit(if axis == 0 { KernelNode::RowIndex } else { KernelNode::ColIndex }, Elem::Int)
+                }
                 Expr::Broadcast { arg, .. } => {
                     let leaf = leaf_source(p, arg, &shape).expect("classified as a leaf");
                     let leaf_elem = p.ty(arg).elem;

@@ -109,7 +109,12 @@ impl<'a> Rebuilder<'a> {
         let body = self.old.body.clone();
         self.block(&body, rewrite);
         self.new.body = self.blocks.pop().expect("root block");
-        self.new.outputs = self.old.outputs.iter().map(|o| crate::ir::Output { name: o.name.clone(), value: self.mapped(o.value) }).collect();
+        self.new.outputs = self
+            .old
+            .outputs
+            .iter()
+            .map(|o| crate::ir::Output { name: o.name.clone(), value: self.mapped(o.value) })
+            .collect();
         self.new
     }
 

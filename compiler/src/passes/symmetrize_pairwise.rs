@@ -24,5 +24,9 @@ fn merged(rb: &Rebuilder, by_rows: Handle<Expr>, by_cols: Handle<Expr>) -> Optio
     else {
         return None;
     };
-    (a == b && va == vb && a.x == a.y).then(|| Expr::PairwiseMatMul { pairwise: Box::new(a.symmetrized()), v: *va, axis: 1 })
+    (a == b && va == vb && a.x == a.y).then(|| Expr::PairwiseMatMul {
+        pairwise: Box::new(a.symmetrized()),
+        v: *va,
+        axis: 1,
+    })
 }

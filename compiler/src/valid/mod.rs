@@ -5,8 +5,8 @@
 //! pass that builds ill-typed or ill-ordered IR is caught at its source instead of in a back end.
 
 use crate::ir::{
-    display_shape, BinaryOp, Block, Dim, Elem, Expr, Handle, KernelNode, Literal, Module, PairwiseOperands, Program, ReduceOp,
-    Type, UnaryOp,
+    display_shape, BinaryOp, Block, Dim, Elem, Expr, Handle, KernelNode, Literal, Module, PairwiseOperands, Program,
+    ReduceOp, Type, UnaryOp,
 };
 use std::collections::HashSet;
 
@@ -45,7 +45,9 @@ pub fn infer(module: &Module, expr: &Expr, ty: &dyn Fn(Handle<Expr>) -> Type) ->
         Expr::State(s) => module.states[*s].ty.clone(),
         Expr::Builtin(b) => match b {
             crate::ir::BuiltinValue::SampleIndex => {
-                let batch = module.batch_dim().ok_or_else(|| TypeError::Other("`index` needs a batch dimension: declare an `input`".into()))?;
+                let batch = module
+                    .batch_dim()
+                    .ok_or_else(|| TypeError::Other("`index` needs a batch dimension: declare an `input`".into()))?;
                 Type::tensor(Elem::Int, vec![Dim::symbol(batch)])
             }
             _ => Type::scalar(Elem::Real),
@@ -66,7 +68,11 @@ pub fn infer(module: &Module, expr: &Expr, ty: &dyn Fn(Handle<Expr>) -> Type) ->
                 UnaryOp::Not => expect_elem("not", &t, Elem::Bool)?,
                 UnaryOp::Neg => {
                     if t.elem == Elem::Bool {
-                        return Err(TypeError::ElemMismatch { op: "-".into(), expected: "numeric".into(), found: "bool".into() });
+                        return Err(TypeError::ElemMismatch {
+                            op: "-".into(),
+                            expected: "numeric".into(),
+                            found: "bool".into(),
+                        });
                     }
                 }
                 _ => expect_elem(&format!("{op:?}").to_lowercase(), &t, Elem::Real)?,
@@ -80,7 +86,11 @@ pub fn infer(module: &Module, expr: &Expr, ty: &dyn Fn(Handle<Expr>) -> Type) ->
                 return Err(TypeError::ShapeMismatch { op: name, lhs: text(&l), rhs: text(&r) });
             }
             if l.elem != r.elem {
-                return Err(TypeError::ElemMismatch { op: name, expected: l.elem.name().into(), found: r.elem.name().into() });
+                return Err(TypeError::ElemMismatch {
+                    op: name,
+                    expected: l.elem.name().into(),
+                    found: r.elem.name().into(),
+                });
             }
             if op.is_logical() {
                 expect_elem(&name, &l, Elem::Bool)?;
@@ -134,7 +144,10 @@ pub fn infer(module: &Module, expr: &Expr, ty: &dyn Fn(Handle<Expr>) -> Type) ->
                 return Err(TypeError::Axis { axis: *axis, rank: t.rank() });
             }
             if !t.shape[*axis].is_one() {
-                return Err(TypeError::Other(format!("squeeze of axis {axis} of {}: the axis is not of size 1", text(&t))));
+                return Err(TypeError::Other(format!(
+                    "squeeze of axis {axis} of {}: the axis is not of size 1",
+                    text(&t)
+                )));
             }
             t.shape.remove(*axis);
             t
@@ -168,7 +181,11 @@ pub fn infer(module: &Module, expr: &Expr, ty: &dyn Fn(Handle<Expr>) -> Type) ->
             match op {
                 ReduceOp::LogSumExp => expect_elem("logsumexp", &t, Elem::Real)?,
                 _ if t.elem == Elem::Bool => {
-                    return Err(TypeError::ElemMismatch { op: format!("{op:?}").to_lowercase(), expected: "numeric".into(), found: "bool".into() })
+                    return Err(TypeError::ElemMismatch {
+                        op: format!("{op:?}").to_lowercase(),
+                        expected: "numeric".into(),
+                        found: "bool".into(),
+                    })
                 }
                 _ => {}
             }
@@ -220,7 +237,11 @@ pub fn infer(module: &Module, expr: &Expr, ty: &dyn Fn(Handle<Expr>) -> Type) ->
         Expr::Gather { table, indices } => {
             let (t, i) = (ty(*table), ty(*indices));
             if i.rank() != 1 || i.elem != Elem::Int {
-                return Err(TypeError::ElemMismatch { op: "gather".into(), expected: "int[M] indices".into(), found: text(&i) });
+                return Err(TypeError::ElemMismatch {
+                    op: "gather".into(),
+                    expected: "int[M] indices".into(),
+                    found: text(&i),
+                });
             }
             if t.rank() == 0 {
                 return Err(TypeError::Rank { op: "gather".into(), expected: "at least 1".into(), found: 0 });
@@ -234,12 +255,18 @@ pub fn infer(module: &Module, expr: &Expr, ty: &dyn Fn(Handle<Expr>) -> Type) ->
         Expr::Loop { count, .. } => {
             let c = ty(*count);
             if c != Type::scalar(Elem::Int) {
-                return Err(TypeError::ElemMismatch { op: "repeat".into(), expected: "an int count".into(), found: text(&c) });
+                return Err(TypeError::ElemMismatch {
+                    op: "repeat".into(),
+                    expected: "an int count".into(),
+                    found: text(&c),
+                });
             }
             // A loop node itself has no value; its results are `LoopOutput`s.
             Type::scalar(Elem::Int)
         }
-        Expr::LoopOutput { .. } => return Err(TypeError::Other("a loop output's type is that of its carried value".into())),
+        Expr::LoopOutput { .. } => {
+            return Err(TypeError::Other("a loop output's type is that of its carried value".into()))
+        }
         Expr::PairwiseReduce { pairwise, op, axis } => {
             let (m, p) = pairwise_dims(module, pairwise, ty)?;
             if *op == ReduceOp::ArgMax {
@@ -252,7 +279,11 @@ pub fn infer(module: &Module, expr: &Expr, ty: &dyn Fn(Handle<Expr>) -> Type) ->
             let t = ty(*v);
             let (summed, kept) = if *axis == 1 { (p, m) } else { (m, p) };
             if t.rank() != 2 || t.elem != Elem::Real || t.shape[0] != summed {
-                return Err(TypeError::Other(format!("pairwise matmul: v is {}, expected [{}, E]", text(&t), summed.display(&module.dims))));
+                return Err(TypeError::Other(format!(
+                    "pairwise matmul: v is {}, expected [{}, E]",
+                    text(&t),
+                    summed.display(&module.dims)
+                )));
             }
             Type::tensor(Elem::Real, vec![kept, t.shape[1].clone()])
         }
@@ -260,11 +291,19 @@ pub fn infer(module: &Module, expr: &Expr, ty: &dyn Fn(Handle<Expr>) -> Type) ->
 }
 
 /// Checks a pairwise node's operands and kernel; returns its `(M, P)`.
-fn pairwise_dims(module: &Module, pw: &PairwiseOperands, ty: &dyn Fn(Handle<Expr>) -> Type) -> Result<(Dim, Dim), TypeError> {
+fn pairwise_dims(
+    module: &Module,
+    pw: &PairwiseOperands,
+    ty: &dyn Fn(Handle<Expr>) -> Type,
+) -> Result<(Dim, Dim), TypeError> {
     let text = |t: &Type| shape_text(module, t);
     let (x, y) = (ty(pw.x), ty(pw.y));
     if x.rank() != 2 || y.rank() != 2 || x.elem != Elem::Real || y.elem != Elem::Real || x.shape[1] != y.shape[1] {
-        return Err(TypeError::Other(format!("pairwise: x is {} and y is {}, expected [M, D] and [P, D]", text(&x), text(&y))));
+        return Err(TypeError::Other(format!(
+            "pairwise: x is {} and y is {}, expected [M, D] and [P, D]",
+            text(&x),
+            text(&y)
+        )));
     }
     let (m, p) = (x.shape[0].clone(), y.shape[0].clone());
     let vector = |h: &Handle<Expr>, len: &Dim| {
@@ -272,7 +311,11 @@ fn pairwise_dims(module: &Module, pw: &PairwiseOperands, ty: &dyn Fn(Handle<Expr
         if t.rank() == 1 && t.shape[0] == *len {
             Ok(t.elem)
         } else {
-            Err(TypeError::Other(format!("pairwise: operand {h} is {}, expected a vector of {}", text(&t), len.display(&module.dims))))
+            Err(TypeError::Other(format!(
+                "pairwise: operand {h} is {}, expected a vector of {}",
+                text(&t),
+                len.display(&module.dims)
+            )))
         }
     };
     let rows = pw.rows.iter().map(|h| vector(h, &m)).collect::<Result<Vec<_>, _>>()?;
@@ -290,12 +333,24 @@ fn pairwise_dims(module: &Module, pw: &PairwiseOperands, ty: &dyn Fn(Handle<Expr
         return Err(TypeError::Other("pairwise kernel: malformed result".into()));
     }
     for (i, n) in k.nodes.iter().enumerate() {
-        let earlier = |a: usize| if a < i { Ok(k.elems[a]) } else { Err(TypeError::Other(format!("pairwise kernel: node {i} reads a later node"))) };
+        let earlier = |a: usize| {
+            if a < i {
+                Ok(k.elems[a])
+            } else {
+                Err(TypeError::Other(format!("pairwise kernel: node {i} reads a later node")))
+            }
+        };
         let elem = match n {
             KernelNode::Dot => Elem::Real,
-            KernelNode::Row(r) => *rows.get(*r).ok_or_else(|| TypeError::Other(format!("pairwise kernel: no row operand {r}")))?,
-            KernelNode::Col(c) => *cols.get(*c).ok_or_else(|| TypeError::Other(format!("pairwise kernel: no column operand {c}")))?,
-            KernelNode::Scalar(c) => *scalars.get(*c).ok_or_else(|| TypeError::Other(format!("pairwise kernel: no scalar operand {c}")))?,
+            KernelNode::Row(r) => {
+                *rows.get(*r).ok_or_else(|| TypeError::Other(format!("pairwise kernel: no row operand {r}")))?
+            }
+            KernelNode::Col(c) => {
+                *cols.get(*c).ok_or_else(|| TypeError::Other(format!("pairwise kernel: no column operand {c}")))?
+            }
+            KernelNode::Scalar(c) => {
+                *scalars.get(*c).ok_or_else(|| TypeError::Other(format!("pairwise kernel: no scalar operand {c}")))?
+            }
             KernelNode::RowIndex | KernelNode::ColIndex => Elem::Int,
             KernelNode::Literal(Literal::Real(_)) => Elem::Real,
             KernelNode::Literal(Literal::Int(_)) => Elem::Int,
@@ -305,7 +360,11 @@ fn pairwise_dims(module: &Module, pw: &PairwiseOperands, ty: &dyn Fn(Handle<Expr
             KernelNode::Binary(op, a, b) => {
                 let (ea, eb) = (earlier(*a)?, earlier(*b)?);
                 if ea != eb {
-                    return Err(TypeError::Other(format!("pairwise kernel: node {i} mixes {} and {}", ea.name(), eb.name())));
+                    return Err(TypeError::Other(format!(
+                        "pairwise kernel: node {i} mixes {} and {}",
+                        ea.name(),
+                        eb.name()
+                    )));
                 }
                 if op.is_comparison() {
                     Elem::Bool
@@ -317,7 +376,11 @@ fn pairwise_dims(module: &Module, pw: &PairwiseOperands, ty: &dyn Fn(Handle<Expr
                 expect_kernel(earlier(*c)?, Elem::Bool)?;
                 let (ea, eb) = (earlier(*a)?, earlier(*b)?);
                 if ea != eb {
-                    return Err(TypeError::Other(format!("pairwise kernel: node {i} selects between {} and {}", ea.name(), eb.name())));
+                    return Err(TypeError::Other(format!(
+                        "pairwise kernel: node {i} selects between {} and {}",
+                        ea.name(),
+                        eb.name()
+                    )));
                 }
                 ea
             }
@@ -327,7 +390,11 @@ fn pairwise_dims(module: &Module, pw: &PairwiseOperands, ty: &dyn Fn(Handle<Expr
             }
         };
         if elem != k.elems[i] {
-            return Err(TypeError::Other(format!("pairwise kernel: node {i} is {} but recorded {}", elem.name(), k.elems[i].name())));
+            return Err(TypeError::Other(format!(
+                "pairwise kernel: node {i} is {} but recorded {}",
+                elem.name(),
+                k.elems[i].name()
+            )));
         }
     }
     Ok((m, p))
@@ -343,7 +410,11 @@ fn expect_kernel(found: Elem, want: Elem) -> Result<Elem, TypeError> {
 
 fn expect_elem(op: &str, t: &Type, elem: Elem) -> Result<(), TypeError> {
     if t.elem != elem {
-        return Err(TypeError::ElemMismatch { op: op.into(), expected: elem.name().into(), found: t.elem.name().into() });
+        return Err(TypeError::ElemMismatch {
+            op: op.into(),
+            expected: elem.name().into(),
+            found: t.elem.name().into(),
+        });
     }
     Ok(())
 }
@@ -402,7 +473,12 @@ pub fn validate(module: &Module, program: &Program) -> Result<(), ValidationErro
     Ok(())
 }
 
-fn validate_block(module: &Module, program: &Program, block: &Block, defined: &mut HashSet<Handle<Expr>>) -> Result<(), ValidationError> {
+fn validate_block(
+    module: &Module,
+    program: &Program,
+    block: &Block,
+    defined: &mut HashSet<Handle<Expr>>,
+) -> Result<(), ValidationError> {
     for &h in block {
         let expr = &program.exprs[h];
         let node = h.to_string();
@@ -423,17 +499,26 @@ fn validate_block(module: &Module, program: &Program, block: &Block, defined: &m
             }
             for c in carried {
                 if program.exprs[c.param] != Expr::LoopParam {
-                    return Err(ValidationError::Loop { node, message: format!("{} is not a loop parameter", c.param) });
+                    return Err(ValidationError::Loop {
+                        node,
+                        message: format!("{} is not a loop parameter", c.param),
+                    });
                 }
                 if program.ty(c.param) != program.ty(c.init) {
-                    return Err(ValidationError::Loop { node, message: format!("parameter {} and its initial value differ in type", c.param) });
+                    return Err(ValidationError::Loop {
+                        node,
+                        message: format!("parameter {} and its initial value differ in type", c.param),
+                    });
                 }
                 defined.insert(c.param);
             }
             validate_block(module, program, body, defined)?;
             for c in carried {
                 if !defined.contains(&c.next) {
-                    return Err(ValidationError::Loop { node, message: format!("next value {} is not computed in the body", c.next) });
+                    return Err(ValidationError::Loop {
+                        node,
+                        message: format!("next value {} is not computed in the body", c.next),
+                    });
                 }
                 if program.ty(c.next) != program.ty(c.init) {
                     return Err(ValidationError::Loop {
@@ -464,13 +549,22 @@ fn validate_block(module: &Module, program: &Program, block: &Block, defined: &m
         let recorded = program.ty(h).clone();
         let inferred = match expr {
             Expr::LoopParam => {
-                return Err(ValidationError::Loop { node, message: "loop parameter outside its loop's carried list".into() })
+                return Err(ValidationError::Loop {
+                    node,
+                    message: "loop parameter outside its loop's carried list".into(),
+                })
             }
             Expr::LoopOutput { looped, index } => match &program.exprs[*looped] {
                 Expr::Loop { carried, .. } if *index < carried.len() => program.ty(carried[*index].init).clone(),
-                _ => return Err(ValidationError::Loop { node, message: format!("{looped} has no carried value #{index}") }),
+                _ => {
+                    return Err(ValidationError::Loop {
+                        node,
+                        message: format!("{looped} has no carried value #{index}"),
+                    })
+                }
             },
-            _ => infer(module, expr, &|o| program.ty(o).clone()).map_err(|error| ValidationError::Type { node: node.clone(), error })?,
+            _ => infer(module, expr, &|o| program.ty(o).clone())
+                .map_err(|error| ValidationError::Type { node: node.clone(), error })?,
         };
         if inferred != recorded {
             return Err(ValidationError::WrongType {

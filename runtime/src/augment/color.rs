@@ -126,7 +126,10 @@ impl ColorJitter {
     pub fn apply(&self, image: Image, rng: &mut AugmentRng) -> Image {
         let mut order = [0usize, 1, 2, 3];
         order.shuffle(rng);
-        let mut factor = |strength: f32| (strength > 0.0).then(|| uniform(rng, f64::from((1.0 - strength).max(0.0)), f64::from(1.0 + strength)) as f32);
+        let mut factor = |strength: f32| {
+            (strength > 0.0)
+                .then(|| uniform(rng, f64::from((1.0 - strength).max(0.0)), f64::from(1.0 + strength)) as f32)
+        };
         let factors = [factor(self.brightness), factor(self.contrast), factor(self.saturation)];
         let hue = (self.hue > 0.0).then(|| uniform(rng, -f64::from(self.hue), f64::from(self.hue)) as f32);
         order.iter().fold(image, |image, &op| {
@@ -157,13 +160,17 @@ pub fn gaussian_blur(image: &Image, sigma: f32) -> Image {
         let plane = image.plane(c);
         for y in 0..h {
             for x in 0..w {
-                temp[(y * w + x) as usize] = (-radius..=radius).map(|k| kernel[(k + radius) as usize] * plane[(y * w + (x + k).clamp(0, w - 1)) as usize]).sum();
+                temp[(y * w + x) as usize] = (-radius..=radius)
+                    .map(|k| kernel[(k + radius) as usize] * plane[(y * w + (x + k).clamp(0, w - 1)) as usize])
+                    .sum();
             }
         }
         let out_plane = out.plane_mut(c);
         for y in 0..h {
             for x in 0..w {
-                out_plane[(y * w + x) as usize] = (-radius..=radius).map(|k| kernel[(k + radius) as usize] * temp[((y + k).clamp(0, h - 1) * w + x) as usize]).sum();
+                out_plane[(y * w + x) as usize] = (-radius..=radius)
+                    .map(|k| kernel[(k + radius) as usize] * temp[((y + k).clamp(0, h - 1) * w + x) as usize])
+                    .sum();
             }
         }
     }

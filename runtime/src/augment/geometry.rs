@@ -69,7 +69,13 @@ impl RandomResizedCrop {
 }
 
 /// Crops `crop` and resizes it to `out_height x out_width` (torchvision's `resized_crop`).
-pub fn resized_crop(image: &Image, crop: CropBox, out_height: usize, out_width: usize, interpolation: Interpolation) -> Image {
+pub fn resized_crop(
+    image: &Image,
+    crop: CropBox,
+    out_height: usize,
+    out_width: usize,
+    interpolation: Interpolation,
+) -> Image {
     let region = [crop.left as f64, crop.top as f64, (crop.left + crop.width) as f64, (crop.top + crop.height) as f64];
     resample_region(image, region, out_height, out_width, interpolation)
 }

@@ -57,7 +57,12 @@ pub(crate) fn chance(rng: &mut AugmentRng, p: f64) -> bool {
 }
 
 /// torchvision's `RandomApply([transform], p)`.
-pub fn random_apply(image: Image, p: f64, rng: &mut AugmentRng, transform: impl FnOnce(Image, &mut AugmentRng) -> Image) -> Image {
+pub fn random_apply(
+    image: Image,
+    p: f64,
+    rng: &mut AugmentRng,
+    transform: impl FnOnce(Image, &mut AugmentRng) -> Image,
+) -> Image {
     if chance(rng, p) {
         transform(image, rng)
     } else {

@@ -79,7 +79,9 @@ impl EvalTransform {
                 let view = crop.apply(image, rng);
                 (random_apply(view, 0.5, rng, |v, _| horizontal_flip(&v)), normalize)
             }
-            EvalTransform::ResizeCenterCrop { resize, crop, normalize } => (center_crop(&resize_shorter(image, *resize, Interpolation::Bilinear), *crop), normalize),
+            EvalTransform::ResizeCenterCrop { resize, crop, normalize } => {
+                (center_crop(&resize_shorter(image, *resize, Interpolation::Bilinear), *crop), normalize)
+            }
         };
         match normalize {
             Some(normalize) => normalize.apply(view),
@@ -110,12 +112,32 @@ impl Preset {
 
     pub fn simclr(self) -> SimclrAugment {
         let color = ColorJitter { brightness: 0.4, contrast: 0.4, saturation: 0.4, hue: 0.1 };
-        let base = |crop, flip_p, jitter, grayscale_p, blur| SimclrAugment { crop, flip_p, jitter, jitter_p: 0.8, grayscale_p, blur, normalize: self.normalize() };
+        let base = |crop, flip_p, jitter, grayscale_p, blur| SimclrAugment {
+            crop,
+            flip_p,
+            jitter,
+            jitter_p: 0.8,
+            grayscale_p,
+            blur,
+            normalize: self.normalize(),
+        };
         match self {
-            Preset::Cifar => base(RandomResizedCrop::new(32, (0.1, 1.0), Interpolation::Bilinear), 0.5, color, 0.2, None),
-            Preset::ImageNet => base(RandomResizedCrop::new(224, (0.08, 1.0), Interpolation::Bicubic), 0.5, color, 0.2, Some(((0.1, 2.0), 0.5))),
-            Preset::FashionMnist => base(RandomResizedCrop::new(28, (0.2, 1.0), Interpolation::Bilinear), 0.5, GRAY_JITTER, 0.0, None),
-            Preset::Digits => base(RandomResizedCrop::new(8, (0.5, 1.0), Interpolation::Bilinear), 0.0, GRAY_JITTER, 0.0, None),
+            Preset::Cifar => {
+                base(RandomResizedCrop::new(32, (0.1, 1.0), Interpolation::Bilinear), 0.5, color, 0.2, None)
+            }
+            Preset::ImageNet => base(
+                RandomResizedCrop::new(224, (0.08, 1.0), Interpolation::Bicubic),
+                0.5,
+                color,
+                0.2,
+                Some(((0.1, 2.0), 0.5)),
+            ),
+            Preset::FashionMnist => {
+                base(RandomResizedCrop::new(28, (0.2, 1.0), Interpolation::Bilinear), 0.5, GRAY_JITTER, 0.0, None)
+            }
+            Preset::Digits => {
+                base(RandomResizedCrop::new(8, (0.5, 1.0), Interpolation::Bilinear), 0.0, GRAY_JITTER, 0.0, None)
+            }
         }
     }
 
@@ -124,7 +146,10 @@ impl Preset {
         let normalize = self.normalize();
         match self {
             Preset::Cifar => EvalTransform::PaddedCrop { size: 32, padding: 4, flip: true, normalize },
-            Preset::ImageNet => EvalTransform::ResizedCropFlip { crop: RandomResizedCrop::new(224, (0.08, 1.0), Interpolation::Bilinear), normalize },
+            Preset::ImageNet => EvalTransform::ResizedCropFlip {
+                crop: RandomResizedCrop::new(224, (0.08, 1.0), Interpolation::Bilinear),
+                normalize,
+            },
             Preset::FashionMnist => EvalTransform::PaddedCrop { size: 28, padding: 2, flip: true, normalize },
             Preset::Digits => EvalTransform::PaddedCrop { size: 8, padding: 1, flip: false, normalize },
         }

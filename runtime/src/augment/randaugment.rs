@@ -61,7 +61,9 @@ impl RandAugmentOp {
             RandAugmentOp::AutoContrast | RandAugmentOp::Invert | RandAugmentOp::Equalize => (0.0, 1.0),
             RandAugmentOp::Solarize => (0.0, 110.0),
             RandAugmentOp::Posterize => (4.0, 8.0),
-            RandAugmentOp::Contrast | RandAugmentOp::Color | RandAugmentOp::Brightness | RandAugmentOp::Sharpness => (0.1, 1.9),
+            RandAugmentOp::Contrast | RandAugmentOp::Color | RandAugmentOp::Brightness | RandAugmentOp::Sharpness => {
+                (0.1, 1.9)
+            }
             RandAugmentOp::Cutout => (0.0, 0.4),
         }
     }
@@ -86,7 +88,9 @@ impl RandAugmentOp {
             RandAugmentOp::AutoContrast => map_levels(image, autocontrast_table),
             RandAugmentOp::Invert => map_levels(image, |_| std::array::from_fn(|i| 255 - i as u8)),
             RandAugmentOp::Equalize => map_levels(image, equalize_table),
-            RandAugmentOp::Solarize => map_levels(image, |_| std::array::from_fn(|i| if (i as f64) < magnitude { i as u8 } else { 255 - i as u8 })),
+            RandAugmentOp::Solarize => map_levels(image, |_| {
+                std::array::from_fn(|i| if (i as f64) < magnitude { i as u8 } else { 255 - i as u8 })
+            }),
             RandAugmentOp::Posterize => {
                 let bits = (magnitude as u32).clamp(1, 8);
                 let mask = !((1u16 << (8 - bits)) - 1) as u8;
@@ -187,7 +191,9 @@ struct Levels {
 
 impl Levels {
     fn of(image: &Image) -> Levels {
-        let planes = (0..image.channels()).map(|c| image.plane(c).iter().map(|&v| (v.clamp(0.0, 1.0) * 255.0).round() as u8).collect()).collect();
+        let planes = (0..image.channels())
+            .map(|c| image.plane(c).iter().map(|&v| (v.clamp(0.0, 1.0) * 255.0).round() as u8).collect())
+            .collect();
         Levels { height: image.height(), width: image.width(), planes }
     }
 
@@ -202,7 +208,11 @@ impl Levels {
             return self.planes[0].clone();
         }
         let [r, g, b] = [&self.planes[0], &self.planes[1], &self.planes[2]];
-        (0..r.len()).map(|i| ((19595 * u32::from(r[i]) + 38470 * u32::from(g[i]) + 7471 * u32::from(b[i]) + 0x8000) >> 16) as u8).collect()
+        (0..r.len())
+            .map(|i| {
+                ((19595 * u32::from(r[i]) + 38470 * u32::from(g[i]) + 7471 * u32::from(b[i]) + 0x8000) >> 16) as u8
+            })
+            .collect()
     }
 
     /// PIL's `Image.blend(degenerate, image, factor)`: `d + f (v - d)`, clipped and truncated.

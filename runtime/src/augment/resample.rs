@@ -40,7 +40,13 @@ impl Interpolation {
 }
 
 /// For each output position along one axis: the first input index and the normalised weights.
-fn axis_weights(start: f64, end: f64, input: usize, output: usize, interpolation: Interpolation) -> Vec<(usize, Vec<f32>)> {
+fn axis_weights(
+    start: f64,
+    end: f64,
+    input: usize,
+    output: usize,
+    interpolation: Interpolation,
+) -> Vec<(usize, Vec<f32>)> {
     let scale = (end - start) / output as f64;
     let filter_scale = scale.max(1.0);
     let support = interpolation.support() * filter_scale;
@@ -49,7 +55,8 @@ fn axis_weights(start: f64, end: f64, input: usize, output: usize, interpolation
             let center = start + (o as f64 + 0.5) * scale;
             let first = ((center - support + 0.5).floor().max(0.0) as usize).min(input - 1);
             let last = ((center + support + 0.5).floor() as usize).clamp(first + 1, input);
-            let raw: Vec<f64> = (first..last).map(|i| interpolation.weight((i as f64 - center + 0.5) / filter_scale)).collect();
+            let raw: Vec<f64> =
+                (first..last).map(|i| interpolation.weight((i as f64 - center + 0.5) / filter_scale)).collect();
             let total: f64 = raw.iter().sum();
             let weights = raw.iter().map(|w| if total == 0.0 { 0.0 } else { (w / total) as f32 }).collect();
             (first, weights)
@@ -59,7 +66,13 @@ fn axis_weights(start: f64, end: f64, input: usize, output: usize, interpolation
 
 /// Resamples the region `[left, right) x [top, bottom)` (pixel-edge coordinates, may be
 /// fractional) of `image` to `out_height x out_width`.
-pub fn resample_region(image: &Image, region: [f64; 4], out_height: usize, out_width: usize, interpolation: Interpolation) -> Image {
+pub fn resample_region(
+    image: &Image,
+    region: [f64; 4],
+    out_height: usize,
+    out_width: usize,
+    interpolation: Interpolation,
+) -> Image {
     let [left, top, right, bottom] = region;
     let columns = axis_weights(left, right, image.width(), out_width, interpolation);
     let rows = axis_weights(top, bottom, image.height(), out_height, interpolation);
@@ -72,13 +85,18 @@ pub fn resample_region(image: &Image, region: [f64; 4], out_height: usize, out_w
         for y in first_row..last_row {
             let row = &plane[y * image.width()..(y + 1) * image.width()];
             for (x, (first, weights)) in columns.iter().enumerate() {
-                horizontal[(y - first_row) * out_width + x] = weights.iter().zip(&row[*first..]).map(|(w, v)| w * v).sum();
+                horizontal[(y - first_row) * out_width + x] =
+                    weights.iter().zip(&row[*first..]).map(|(w, v)| w * v).sum();
             }
         }
         let out_plane = out.plane_mut(c);
         for (y, (first, weights)) in rows.iter().enumerate() {
             for x in 0..out_width {
-                let value: f32 = weights.iter().enumerate().map(|(k, w)| w * horizontal[(first + k - first_row) * out_width + x]).sum();
+                let value: f32 = weights
+                    .iter()
+                    .enumerate()
+                    .map(|(k, w)| w * horizontal[(first + k - first_row) * out_width + x])
+                    .sum();
                 out_plane[y * out_width + x] = value.clamp(0.0, 1.0);
             }
         }

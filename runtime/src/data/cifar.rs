@@ -69,7 +69,13 @@ impl CifarVariant {
             CifarVariant::Cifar10 => [
                 Layout {
                     folder: "cifar-10-batches-bin",
-                    train: &["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"],
+                    train: &[
+                        "data_batch_1.bin",
+                        "data_batch_2.bin",
+                        "data_batch_3.bin",
+                        "data_batch_4.bin",
+                        "data_batch_5.bin",
+                    ],
                     test: "test_batch.bin",
                     names: "batches.meta.txt",
                     binary: true,
@@ -83,7 +89,13 @@ impl CifarVariant {
                 },
             ],
             CifarVariant::Cifar100 => [
-                Layout { folder: "cifar-100-binary", train: &["train.bin"], test: "test.bin", names: "fine_label_names.txt", binary: true },
+                Layout {
+                    folder: "cifar-100-binary",
+                    train: &["train.bin"],
+                    test: "test.bin",
+                    names: "fine_label_names.txt",
+                    binary: true,
+                },
                 Layout { folder: "cifar-100-python", train: &["train"], test: "test", names: "meta", binary: false },
             ],
         }
@@ -158,14 +170,24 @@ fn read_binary(path: &Path, variant: CifarVariant) -> Result<Records, DataError>
         CifarVariant::Cifar100 => "records of 3074 bytes (1 coarse + 1 fine label byte + 3072 pixel bytes)",
     };
     if bytes.is_empty() || bytes.len() % record != 0 {
-        return Err(malformed(path, variant, format!("{} bytes is not a whole number of records", bytes.len()), expected));
+        return Err(malformed(
+            path,
+            variant,
+            format!("{} bytes is not a whole number of records", bytes.len()),
+            expected,
+        ));
     }
     let count = bytes.len() / record;
     let mut records = Records { labels: Vec::with_capacity(count), pixels: Vec::with_capacity(count * PIXELS) };
     for (index, chunk) in bytes.chunks_exact(record).enumerate() {
         let label = chunk[variant.label_bytes() - 1];
         if usize::from(label) >= variant.class_count() {
-            return Err(malformed(path, variant, format!("record {index} has label {label}"), &format!("labels below {}", variant.class_count())));
+            return Err(malformed(
+                path,
+                variant,
+                format!("record {index} has label {label}"),
+                &format!("labels below {}", variant.class_count()),
+            ));
         }
         records.labels.push(u32::from(label));
         records.pixels.extend_from_slice(&chunk[variant.label_bytes()..]);
@@ -178,9 +200,18 @@ fn read_pickle(path: &Path, variant: CifarVariant) -> Result<Records, DataError>
     let expected = format!("a pickled dict with `data` (uint8 array N x 3072) and `{}` (N ints)", variant.label_key());
     let value = pickle::parse(&bytes).map_err(|e| malformed(path, variant, e.to_string(), &expected))?;
     let data = match value.get("data") {
-        Some(PickleValue::Array(array)) if array.dtype == "|u1" && array.shape.len() == 2 && array.shape[1] == PIXELS => array,
+        Some(PickleValue::Array(array))
+            if array.dtype == "|u1" && array.shape.len() == 2 && array.shape[1] == PIXELS =>
+        {
+            array
+        }
         Some(PickleValue::Array(array)) => {
-            return Err(malformed(path, variant, format!("`data` is a {} array of shape {:?}", array.dtype, array.shape), &expected));
+            return Err(malformed(
+                path,
+                variant,
+                format!("`data` is a {} array of shape {:?}", array.dtype, array.shape),
+                &expected,
+            ));
         }
         _ => return Err(malformed(path, variant, "no numpy array under `data`".into(), &expected)),
     };
@@ -188,13 +219,23 @@ fn read_pickle(path: &Path, variant: CifarVariant) -> Result<Records, DataError>
         return Err(malformed(path, variant, format!("no integer list under `{}`", variant.label_key()), &expected));
     };
     if raw_labels.len() != data.shape[0] {
-        return Err(malformed(path, variant, format!("{} labels for {} images", raw_labels.len(), data.shape[0]), &expected));
+        return Err(malformed(
+            path,
+            variant,
+            format!("{} labels for {} images", raw_labels.len(), data.shape[0]),
+            &expected,
+        ));
     }
     let classes = variant.class_count() as i64;
     let mut labels = Vec::with_capacity(raw_labels.len());
     for (index, label) in raw_labels.into_iter().enumerate() {
         if !(0..classes).contains(&label) {
-            return Err(malformed(path, variant, format!("image {index} has label {label}"), &format!("labels in 0..{classes}")));
+            return Err(malformed(
+                path,
+                variant,
+                format!("image {index} has label {label}"),
+                &format!("labels in 0..{classes}"),
+            ));
         }
         labels.push(label as u32);
     }
@@ -218,7 +259,12 @@ fn read_class_names(path: &Path, variant: CifarVariant, binary: bool) -> Result<
         }
     };
     if names.len() != variant.class_count() {
-        return Err(malformed(path, variant, format!("{} class names", names.len()), &format!("{} names", variant.class_count())));
+        return Err(malformed(
+            path,
+            variant,
+            format!("{} class names", names.len()),
+            &format!("{} names", variant.class_count()),
+        ));
     }
     Ok(Some(names))
 }

@@ -56,7 +56,9 @@ fn embedded_error(problem: String) -> DataError {
 /// All 1,797 images in file order.
 pub fn read_all() -> Result<Dataset, DataError> {
     let mut text = String::new();
-    flate2::read::GzDecoder::new(DIGITS_CSV_GZ).read_to_string(&mut text).map_err(|e| embedded_error(format!("gzip: {e}")))?;
+    flate2::read::GzDecoder::new(DIGITS_CSV_GZ)
+        .read_to_string(&mut text)
+        .map_err(|e| embedded_error(format!("gzip: {e}")))?;
     let mut levels = Vec::new();
     let mut labels = Vec::new();
     for (row, line) in text.lines().enumerate() {
@@ -131,7 +133,11 @@ pub fn load_long_tailed(long_tail: &LongTail) -> Result<DataSplits, DataError> {
     let all = read_all()?;
     let split = split_embedded(&all, long_tail)?;
     let probe_train = all.subset("digits", &split.probe);
-    Ok(DataSplits { train: probe_train.subset("digits-lt", &split.kept), probe_train, test: all.subset("digits-test", &split.test) })
+    Ok(DataSplits {
+        train: probe_train.subset("digits-lt", &split.kept),
+        probe_train,
+        test: all.subset("digits-test", &split.test),
+    })
 }
 
 /// The text of the committed `split/digits_lt.txt` (default imbalance, exp profile): one

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 /// Where Debian's `dataset-fashion-mnist` package installs the files.
 pub const DEFAULT_ROOT: &str = "/usr/share/datasets/fashion-mnist";
 
-pub const CLASS_NAMES: [&str; 10] = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
+pub const CLASS_NAMES: [&str; 10] =
+    ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
 
 const HINT: &str = "install it with `apt-get install dataset-fashion-mnist` (files under /usr/share/datasets/fashion-mnist/) \
 or put train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz from the Fashion-MNIST release in the data root";
@@ -44,9 +45,21 @@ fn read_part(root: &Path, prefix: &str, name: &str) -> Result<Dataset, DataError
             hint: HINT.to_owned(),
         });
     }
-    let store = LevelStore { channels: 1, height: images.dims[1], width: images.dims[2], max_level: 255.0, levels: images.data };
+    let store = LevelStore {
+        channels: 1,
+        height: images.dims[1],
+        width: images.dims[2],
+        max_level: 255.0,
+        levels: images.data,
+    };
     let names = CLASS_NAMES.iter().map(|s| (*s).to_owned()).collect();
-    Ok(Dataset::in_memory(name, store, labels.data.into_iter().map(u32::from).collect(), CLASS_NAMES.len(), Some(names)))
+    Ok(Dataset::in_memory(
+        name,
+        store,
+        labels.data.into_iter().map(u32::from).collect(),
+        CLASS_NAMES.len(),
+        Some(names),
+    ))
 }
 
 /// The balanced training set.

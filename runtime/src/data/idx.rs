@@ -21,7 +21,9 @@ pub fn read_u8(path: &Path, rank: usize, hint: &str) -> Result<IdxArray, DataErr
     let malformed = |problem: String| DataError::Malformed {
         path: path.to_owned(),
         problem,
-        expected: format!("an IDX file of unsigned bytes with {rank} dimension(s) (magic 00 00 08 {rank:02x}), gzipped or not"),
+        expected: format!(
+            "an IDX file of unsigned bytes with {rank} dimension(s) (magic 00 00 08 {rank:02x}), gzipped or not"
+        ),
         hint: hint.to_owned(),
     };
     let bytes = if raw.starts_with(&GZIP_MAGIC) {
@@ -40,7 +42,8 @@ pub fn read_u8(path: &Path, rank: usize, hint: &str) -> Result<IdxArray, DataErr
     if bytes[0..2] != [0, 0] || bytes[2] != UNSIGNED_BYTE || usize::from(bytes[3]) != rank {
         return Err(malformed(format!("magic {:02x} {:02x} {:02x} {:02x}", bytes[0], bytes[1], bytes[2], bytes[3])));
     }
-    let dims: Vec<usize> = bytes[4..header].chunks_exact(4).map(|d| u32::from_be_bytes(d.try_into().expect("4 bytes")) as usize).collect();
+    let dims: Vec<usize> =
+        bytes[4..header].chunks_exact(4).map(|d| u32::from_be_bytes(d.try_into().expect("4 bytes")) as usize).collect();
     let size = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
     if size != Some(bytes.len() - header) {
         return Err(malformed(format!("dimensions {dims:?} do not match the {} data bytes", bytes.len() - header)));

@@ -106,24 +106,47 @@ impl ExtraArgs {
     /// belongs to dataset sample `indices[k]`. Samples not in `indices` get `p = 0` (no extra
     /// augmentation), as the reference's weights before the first epoch ends. Known
     /// augmentations: `randaugment` with arguments `p` and `strength`.
-    pub fn new(specs: &[ExtraAugmentation], indices: &[u32], values: &[Vec<Vec<f32>>], samples: usize) -> Result<ExtraArgs, DataError> {
+    pub fn new(
+        specs: &[ExtraAugmentation],
+        indices: &[u32],
+        values: &[Vec<Vec<f32>>],
+        samples: usize,
+    ) -> Result<ExtraArgs, DataError> {
         if values.len() != specs.len() {
-            return Err(DataError::invalid("augmentation arguments", format!("{} value sets for {} extra augmentations", values.len(), specs.len())));
+            return Err(DataError::invalid(
+                "augmentation arguments",
+                format!("{} value sets for {} extra augmentations", values.len(), specs.len()),
+            ));
         }
         let mut extras = Vec::with_capacity(specs.len());
         for (spec, values) in specs.iter().zip(values) {
             if spec.name != "randaugment" {
-                return Err(DataError::invalid("extra augmentation", format!("`{}` is not known; the loader knows `randaugment(p, strength)`", spec.name)));
+                return Err(DataError::invalid(
+                    "extra augmentation",
+                    format!("`{}` is not known; the loader knows `randaugment(p, strength)`", spec.name),
+                ));
             }
             let argument = |name: &str| -> Result<Vec<f32>, DataError> {
-                let position = spec.args.iter().position(|a| a == name).ok_or_else(|| DataError::invalid("randaugment arguments", format!("no `{name}` among {:?}", spec.args)))?;
-                let given = values.get(position).ok_or_else(|| DataError::invalid("randaugment arguments", format!("no values for `{name}`")))?;
+                let position = spec.args.iter().position(|a| a == name).ok_or_else(|| {
+                    DataError::invalid("randaugment arguments", format!("no `{name}` among {:?}", spec.args))
+                })?;
+                let given = values
+                    .get(position)
+                    .ok_or_else(|| DataError::invalid("randaugment arguments", format!("no values for `{name}`")))?;
                 if given.len() != indices.len() {
-                    return Err(DataError::invalid("randaugment arguments", format!("{} values of `{name}` for {} samples", given.len(), indices.len())));
+                    return Err(DataError::invalid(
+                        "randaugment arguments",
+                        format!("{} values of `{name}` for {} samples", given.len(), indices.len()),
+                    ));
                 }
                 let mut by_sample = vec![0.0; samples];
                 for (&index, &value) in indices.iter().zip(given) {
-                    *by_sample.get_mut(index as usize).ok_or_else(|| DataError::invalid("randaugment arguments", format!("sample index {index} is beyond the {samples} samples")))? = value;
+                    *by_sample.get_mut(index as usize).ok_or_else(|| {
+                        DataError::invalid(
+                            "randaugment arguments",
+                            format!("sample index {index} is beyond the {samples} samples"),
+                        )
+                    })? = value;
                 }
                 Ok(by_sample)
             };
@@ -135,7 +158,9 @@ impl ExtraArgs {
     fn apply(&self, mut image: Image, index: usize, rng: &mut AugmentRng) -> Image {
         for extra in &self.extras {
             match extra {
-                Extra::RandAugment { p, strength } => image = rand_augment(image, f64::from(p[index]), f64::from(strength[index]), rng),
+                Extra::RandAugment { p, strength } => {
+                    image = rand_augment(image, f64::from(p[index]), f64::from(strength[index]), rng)
+                }
             }
         }
         image
@@ -200,7 +225,8 @@ impl Workers {
         let producer = std::thread::spawn(move || {
             for indices in batches {
                 let started = Instant::now();
-                let samples = pool.install(|| indices.par_iter().map(|&i| sample(i)).collect::<Result<Vec<S>, DataError>>());
+                let samples =
+                    pool.install(|| indices.par_iter().map(|&i| sample(i)).collect::<Result<Vec<S>, DataError>>());
                 let count = indices.len() as u64;
                 let batch = samples.and_then(|samples| assemble(samples, indices));
                 stats.producing_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
@@ -234,7 +260,11 @@ pub struct TwoViewLoader {
 }
 
 impl TwoViewLoader {
-    pub fn new(dataset: Arc<Dataset>, augment: SimclrAugment, config: LoaderConfig) -> Result<TwoViewLoader, DataError> {
+    pub fn new(
+        dataset: Arc<Dataset>,
+        augment: SimclrAugment,
+        config: LoaderConfig,
+    ) -> Result<TwoViewLoader, DataError> {
         if config.batch_size == 0 {
             return Err(DataError::invalid("batch size", "0"));
         }
@@ -264,7 +294,11 @@ impl TwoViewLoader {
 
     /// The dataset indices of each batch of `epoch`, in order.
     pub fn epoch_batches(&self, epoch: usize) -> Vec<Vec<u32>> {
-        self.epoch_order(epoch).chunks(self.config.batch_size).take(self.batches_per_epoch()).map(<[u32]>::to_vec).collect()
+        self.epoch_order(epoch)
+            .chunks(self.config.batch_size)
+            .take(self.batches_per_epoch())
+            .map(<[u32]>::to_vec)
+            .collect()
     }
 
     pub fn epoch(&self, epoch: usize, extras: ExtraArgs) -> BatchStream<Batch> {
@@ -306,12 +340,22 @@ pub struct FeatureLoader {
 }
 
 impl FeatureLoader {
-    pub fn new(dataset: Arc<Dataset>, transform: EvalTransform, config: &LoaderConfig) -> Result<FeatureLoader, DataError> {
+    pub fn new(
+        dataset: Arc<Dataset>,
+        transform: EvalTransform,
+        config: &LoaderConfig,
+    ) -> Result<FeatureLoader, DataError> {
         if config.batch_size == 0 {
             return Err(DataError::invalid("batch size", "0"));
         }
         let workers = Workers::new(config.workers, config.prefetch)?;
-        Ok(FeatureLoader { dataset, transform: Arc::new(transform), batch_size: config.batch_size, seed: config.seed, workers })
+        Ok(FeatureLoader {
+            dataset,
+            transform: Arc::new(transform),
+            batch_size: config.batch_size,
+            seed: config.seed,
+            workers,
+        })
     }
 
     pub fn stats(&self) -> Arc<LoaderStats> {

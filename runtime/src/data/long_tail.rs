@@ -50,7 +50,10 @@ pub struct LongTail {
 impl LongTail {
     pub fn new(imbalance: f64, profile: ImbalanceProfile) -> Result<LongTail, DataError> {
         if !(imbalance > 0.0 && imbalance <= 1.0) {
-            return Err(DataError::invalid("imbalance factor", format!("{imbalance} is not in (0, 1]; it is n_min / n_max, e.g. 0.01")));
+            return Err(DataError::invalid(
+                "imbalance factor",
+                format!("{imbalance} is not in (0, 1]; it is n_min / n_max, e.g. 0.01"),
+            ));
         }
         Ok(LongTail { imbalance, profile })
     }
@@ -71,19 +74,33 @@ impl LongTail {
     /// Indices into `labels` of the kept images, grouped by class in head-to-tail order, each
     /// class's images in the order numpy's shuffle (seed `seed`) left them: the reference's order.
     /// Needs a balanced label set: every class present with the same count.
-    pub fn select(&self, labels: &[u32], classes: usize, order: ClassOrder, seed: u32) -> Result<Vec<usize>, DataError> {
+    pub fn select(
+        &self,
+        labels: &[u32],
+        classes: usize,
+        order: ClassOrder,
+        seed: u32,
+    ) -> Result<Vec<usize>, DataError> {
         let mut members = vec![Vec::new(); classes];
         for (index, &label) in labels.iter().enumerate() {
             match members.get_mut(label as usize) {
                 Some(list) => list.push(index),
-                None => return Err(DataError::invalid("labels", format!("label {label} at index {index} is not below the class count {classes}"))),
+                None => {
+                    return Err(DataError::invalid(
+                        "labels",
+                        format!("label {label} at index {index} is not below the class count {classes}"),
+                    ))
+                }
             }
         }
         let per_class = members.first().map_or(0, Vec::len);
         if let Some(class) = members.iter().position(|m| m.len() != per_class || m.is_empty()) {
             return Err(DataError::invalid(
                 "labels",
-                format!("a long-tailed subset needs a balanced set; class {class} has {} images, class 0 has {per_class}", members[class].len()),
+                format!(
+                    "a long-tailed subset needs a balanced set; class {class} has {} images, class 0 has {per_class}",
+                    members[class].len()
+                ),
             ));
         }
         let mut rng = Mt19937::new(seed);

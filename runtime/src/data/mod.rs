@@ -75,7 +75,13 @@ impl LevelStore {
 
     fn image(&self, row: usize) -> Image {
         let size = self.image_size();
-        Image::from_chw_levels(self.channels, self.height, self.width, &self.levels[row * size..(row + 1) * size], self.max_level)
+        Image::from_chw_levels(
+            self.channels,
+            self.height,
+            self.width,
+            &self.levels[row * size..(row + 1) * size],
+            self.max_level,
+        )
     }
 }
 
@@ -97,7 +103,13 @@ pub struct Dataset {
 
 impl Dataset {
     /// A dataset held in memory; `store` has one image per label.
-    pub fn in_memory(name: &str, store: LevelStore, labels: Vec<u32>, class_count: usize, class_names: Option<Vec<String>>) -> Dataset {
+    pub fn in_memory(
+        name: &str,
+        store: LevelStore,
+        labels: Vec<u32>,
+        class_count: usize,
+        class_names: Option<Vec<String>>,
+    ) -> Dataset {
         assert_eq!(store.levels.len(), labels.len() * store.image_size(), "Dataset::in_memory: one image per label");
         let rows = (0..labels.len() as u32).collect();
         Dataset {
@@ -165,8 +177,12 @@ impl Dataset {
     /// The images at `indices`, in that order, sharing this dataset's storage.
     pub fn subset(&self, name: &str, indices: &[usize]) -> Dataset {
         let source = match &self.source {
-            ImageSource::Memory { store, rows } => ImageSource::Memory { store: store.clone(), rows: indices.iter().map(|&i| rows[i]).collect() },
-            ImageSource::Files { root, paths } => ImageSource::Files { root: root.clone(), paths: indices.iter().map(|&i| paths[i].clone()).collect() },
+            ImageSource::Memory { store, rows } => {
+                ImageSource::Memory { store: store.clone(), rows: indices.iter().map(|&i| rows[i]).collect() }
+            }
+            ImageSource::Files { root, paths } => {
+                ImageSource::Files { root: root.clone(), paths: indices.iter().map(|&i| paths[i].clone()).collect() }
+            }
         };
         Dataset {
             name: name.to_owned(),
@@ -205,7 +221,12 @@ impl DataSplits {
 }
 
 /// Long-tails a balanced training set, keeping the balanced set as the probe's training set.
-pub(crate) fn long_tailed_splits(balanced_train: Dataset, test: Dataset, long_tail: &LongTail, order: ClassOrder) -> Result<DataSplits, DataError> {
+pub(crate) fn long_tailed_splits(
+    balanced_train: Dataset,
+    test: Dataset,
+    long_tail: &LongTail,
+    order: ClassOrder,
+) -> Result<DataSplits, DataError> {
     let kept = long_tail.select(balanced_train.labels(), balanced_train.class_count(), order, 0)?;
     let name = format!("{}-lt", balanced_train.name());
     Ok(DataSplits { train: balanced_train.subset(&name, &kept), probe_train: balanced_train, test })
@@ -224,8 +245,14 @@ pub enum DatasetName {
 }
 
 impl DatasetName {
-    pub const ALL: [DatasetName; 6] =
-        [DatasetName::Digits, DatasetName::Cifar10, DatasetName::Cifar100, DatasetName::FashionMnist, DatasetName::ImageNetLt, DatasetName::PlacesLt];
+    pub const ALL: [DatasetName; 6] = [
+        DatasetName::Digits,
+        DatasetName::Cifar10,
+        DatasetName::Cifar100,
+        DatasetName::FashionMnist,
+        DatasetName::ImageNetLt,
+        DatasetName::PlacesLt,
+    ];
 
     /// Accepts `cifar100` and `cifar100-lt` alike.
     pub fn from_name(name: &str) -> Result<DatasetName, DataError> {
@@ -293,7 +320,10 @@ pub struct DataOptions {
 impl DataOptions {
     fn long_tail(&self, name: DatasetName) -> Result<LongTail, DataError> {
         let Some(imbalance) = name.default_imbalance() else {
-            return Err(DataError::invalid("imbalance", format!("{}'s long tail is fixed by its list files", name.name())));
+            return Err(DataError::invalid(
+                "imbalance",
+                format!("{}'s long tail is fixed by its list files", name.name()),
+            ));
         };
         self.long_tail.map_or_else(|| LongTail::new(imbalance, ImbalanceProfile::Exp), Ok)
     }
@@ -323,7 +353,11 @@ pub fn load(name: DatasetName, options: &DataOptions) -> Result<DataSplits, Data
         }
         DatasetName::FashionMnist => fashion_mnist::load_long_tailed(options.fashion_root(), &options.long_tail(name)?),
         DatasetName::ImageNetLt | DatasetName::PlacesLt => {
-            let benchmark = if name == DatasetName::ImageNetLt { image_list::Benchmark::ImageNetLt } else { image_list::Benchmark::PlacesLt };
+            let benchmark = if name == DatasetName::ImageNetLt {
+                image_list::Benchmark::ImageNetLt
+            } else {
+                image_list::Benchmark::PlacesLt
+            };
             let split_dir = options.split_dir.as_deref().unwrap_or(Path::new("split"));
             image_list::load(benchmark, options.root(name)?, &benchmark.list_files(split_dir))
         }
@@ -336,7 +370,9 @@ pub fn split_listing(name: DatasetName, options: &DataOptions) -> Result<String,
     let long_tail = options.long_tail(name)?;
     let (balanced, order) = match name.cifar_variant() {
         Some(variant) => (cifar::read(options.root(name)?, variant, cifar::Part::Train)?, variant.class_order()),
-        None if name == DatasetName::FashionMnist => (fashion_mnist::read_train(options.fashion_root())?, ClassOrder::ByLabel),
+        None if name == DatasetName::FashionMnist => {
+            (fashion_mnist::read_train(options.fashion_root())?, ClassOrder::ByLabel)
+        }
         None => (load(name, options)?.probe_train, ClassOrder::ByLabel),
     };
     let kept = long_tail.select(balanced.labels(), balanced.class_count(), order, 0)?;

@@ -63,7 +63,10 @@ pub enum PickleValue {
     Tuple(Vec<PickleValue>),
     Dict(Vec<(PickleValue, PickleValue)>),
     Array(NdArray),
-    Global { module: String, name: String },
+    Global {
+        module: String,
+        name: String,
+    },
     /// `numpy.dtype(...)` before its `BUILD` sets the byte order.
     Dtype(String),
     /// `_reconstruct(ndarray, (0,), b'b')` before its `BUILD` fills it.
@@ -91,7 +94,9 @@ impl PickleValue {
     /// A list of ints or an integer numpy array as integers.
     pub fn to_integers(&self) -> Option<Vec<i64>> {
         match self {
-            PickleValue::List(items) => items.iter().map(|v| if let PickleValue::Int(i) = v { Some(*i) } else { None }).collect(),
+            PickleValue::List(items) => {
+                items.iter().map(|v| if let PickleValue::Int(i) = v { Some(*i) } else { None }).collect()
+            }
             PickleValue::Array(array) => array.to_integers(),
             _ => None,
         }
@@ -144,7 +149,10 @@ impl<'a> Parser<'a> {
 
     fn take(&mut self, count: usize) -> Result<&'a [u8], PickleError> {
         if self.bytes.len() - self.position < count {
-            return self.error(format!("truncated: needs {count} more bytes, the file has {}", self.bytes.len() - self.position));
+            return self.error(format!(
+                "truncated: needs {count} more bytes, the file has {}",
+                self.bytes.len() - self.position
+            ));
         }
         let slice = &self.bytes[self.position..self.position + count];
         self.position += count;
@@ -250,7 +258,9 @@ impl<'a> Parser<'a> {
                 self.stack.push(value);
                 Ok(())
             }
-            Some(MemoEntry::MutableContainer) => self.error(format!("memo {key} refers back to a list or dict; shared references are not supported")),
+            Some(MemoEntry::MutableContainer) => {
+                self.error(format!("memo {key} refers back to a list or dict; shared references are not supported"))
+            }
             None => self.error(format!("memo {key} was never stored")),
         }
     }
@@ -265,15 +275,19 @@ impl<'a> Parser<'a> {
             return self.error(format!("REDUCE of a {}, expected a global", callable.kind()));
         };
         let value = match (module.as_str(), name.as_str(), args.as_slice()) {
-            ("numpy.core.multiarray" | "numpy._core.multiarray", "_reconstruct", [PickleValue::Global { name: class, .. }, ..]) if class == "ndarray" => {
-                PickleValue::EmptyArray
-            }
+            (
+                "numpy.core.multiarray" | "numpy._core.multiarray",
+                "_reconstruct",
+                [PickleValue::Global { name: class, .. }, ..],
+            ) if class == "ndarray" => PickleValue::EmptyArray,
             ("numpy", "dtype", [type_name, ..]) => match type_name.as_text() {
                 Some(text) => PickleValue::Dtype(text.to_owned()),
                 None => return self.error("numpy.dtype with a non-text type name"),
             },
             // Python 3 writes `bytes` at protocol 2 as `_codecs.encode(text, "latin1")`.
-            ("_codecs", "encode", [PickleValue::Str(text), encoding]) if matches!(encoding.as_text(), Some("latin1" | "latin-1")) => {
+            ("_codecs", "encode", [PickleValue::Str(text), encoding])
+                if matches!(encoding.as_text(), Some("latin1" | "latin-1")) =>
+            {
                 let mut bytes = Vec::with_capacity(text.len());
                 for c in text.chars() {
                     match u8::try_from(u32::from(c)) {
@@ -283,7 +297,11 @@ impl<'a> Parser<'a> {
                 }
                 PickleValue::Bytes(bytes.into())
             }
-            _ => return self.error(format!("unsupported call {module}.{name}; only numpy arrays, dtypes and byte strings are understood")),
+            _ => {
+                return self.error(format!(
+                    "unsupported call {module}.{name}; only numpy arrays, dtypes and byte strings are understood"
+                ))
+            }
         };
         self.stack.push(value);
         Ok(())
@@ -300,7 +318,13 @@ impl<'a> Parser<'a> {
                 PickleValue::Dtype(format!("{order}{bare}"))
             }
             (PickleValue::EmptyArray, PickleValue::Tuple(state)) => self.array_from_state(state)?,
-            (object, state) => return self.error(format!("BUILD of a {} with a {} state is not supported", object.kind(), state.kind())),
+            (object, state) => {
+                return self.error(format!(
+                    "BUILD of a {} with a {} state is not supported",
+                    object.kind(),
+                    state.kind()
+                ))
+            }
         };
         self.stack.push(built);
         Ok(())
@@ -308,7 +332,9 @@ impl<'a> Parser<'a> {
 
     /// numpy's `ndarray.__setstate__((version, shape, dtype, is_fortran, raw_bytes))`.
     fn array_from_state(&self, state: Vec<PickleValue>) -> Result<PickleValue, PickleError> {
-        let [_, PickleValue::Tuple(shape), PickleValue::Dtype(dtype), fortran, PickleValue::Bytes(data)] = state.as_slice() else {
+        let [_, PickleValue::Tuple(shape), PickleValue::Dtype(dtype), fortran, PickleValue::Bytes(data)] =
+            state.as_slice()
+        else {
             return self.error("numpy array state is not (version, shape, dtype, fortran, raw bytes)");
         };
         if matches!(fortran, PickleValue::Bool(true) | PickleValue::Int(1)) {
@@ -326,7 +352,10 @@ impl<'a> Parser<'a> {
         };
         let expected = dims.iter().product::<usize>() * item_size;
         if data.len() != expected {
-            return self.error(format!("numpy array of shape {dims:?} and dtype {dtype} needs {expected} bytes, the pickle holds {}", data.len()));
+            return self.error(format!(
+                "numpy array of shape {dims:?} and dtype {dtype} needs {expected} bytes, the pickle holds {}",
+                data.len()
+            ));
         }
         Ok(PickleValue::Array(NdArray { shape: dims, dtype: dtype.clone(), data: data.clone() }))
     }

@@ -47,9 +47,26 @@ struct Builder<'a> {
 
 impl Builder<'_> {
     /// A `kernel`x`kernel` conv with "same" padding (`kernel / 2`), then BatchNorm.
-    fn unit(&mut self, name: &str, in_channels: usize, out_channels: usize, kernel: usize, stride: usize) -> Result<ConvBn, ModelError> {
+    fn unit(
+        &mut self,
+        name: &str,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+    ) -> Result<ConvBn, ModelError> {
         let conv_name = format!("{name}.conv");
-        let conv = Conv2d::new(self.registry, &conv_name, in_channels, out_channels, kernel, stride, kernel / 2, self.init, self.branches == 2)?;
+        let conv = Conv2d::new(
+            self.registry,
+            &conv_name,
+            in_channels,
+            out_channels,
+            kernel,
+            stride,
+            kernel / 2,
+            self.init,
+            self.branches == 2,
+        )?;
         let bn = BatchNorm::new(self.registry, &format!("{name}.bn"), out_channels, self.branches)?;
         Ok(ConvBn { conv, bn })
     }
@@ -157,7 +174,11 @@ impl Backbone {
 
 /// The four ResNet stages (64, 128, 256, 512 planes; stride 1, 2, 2, 2). `expansion` 1 builds
 /// basic blocks, 4 bottlenecks.
-fn resnet_stages(b: &mut Builder, blocks_per_stage: [usize; 4], expansion: usize) -> Result<Vec<ResidualBlock>, ModelError> {
+fn resnet_stages(
+    b: &mut Builder,
+    blocks_per_stage: [usize; 4],
+    expansion: usize,
+) -> Result<Vec<ResidualBlock>, ModelError> {
     let mut blocks = Vec::new();
     let mut in_planes = 64;
     for (stage, (&count, planes)) in blocks_per_stage.iter().zip([64, 128, 256, 512]).enumerate() {

@@ -135,7 +135,11 @@ impl Conv2d {
 fn conv2d_as_matmul(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> candle_core::Result<Tensor> {
     let (channels, batch, height, width) = x.dims4()?;
     let (out_channels, weight_channels, kernel, _) = weight.dims4()?;
-    if weight_channels != channels || height + 2 * padding < kernel || width + 2 * padding < kernel || x.dtype() != DType::F32 {
+    if weight_channels != channels
+        || height + 2 * padding < kernel
+        || width + 2 * padding < kernel
+        || x.dtype() != DType::F32
+    {
         return Err(candle_core::Error::Msg(format!(
             "conv with a {out_channels}x{weight_channels}x{kernel}x{kernel} kernel cannot take channel-major {:?} input of shape {:?}",
             x.dtype(),
@@ -253,7 +257,9 @@ impl BatchNorm {
                 update_running(&set.running_var, &unbiased)?;
                 (centered, var)
             }
-            Mode::Eval => (rows.broadcast_sub(&column(set.running_mean.as_tensor())?)?, column(set.running_var.as_tensor())?),
+            Mode::Eval => {
+                (rows.broadcast_sub(&column(set.running_mean.as_tensor())?)?, column(set.running_var.as_tensor())?)
+            }
         };
         let scale = column(set.weight.as_tensor())?.broadcast_div(&(var + BN_EPS)?.sqrt()?)?;
         let normalized = centered.broadcast_mul(&scale)?.broadcast_add(&column(set.bias.as_tensor())?)?;

@@ -122,7 +122,8 @@ struct Projector {
 impl Projector {
     fn forward(&self, features: &Tensor, branch: Branch, mode: Mode) -> Result<Tensor, ModelError> {
         // BatchNorm takes channel-major input: transpose [N, F] to [F, N] around it.
-        let batch_norm = |bn: &BatchNorm, x: &Tensor| -> Result<Tensor, ModelError> { Ok(bn.forward(&x.t()?, branch, mode)?.t()?) };
+        let batch_norm =
+            |bn: &BatchNorm, x: &Tensor| -> Result<Tensor, ModelError> { Ok(bn.forward(&x.t()?, branch, mode)?.t()?) };
         let hidden = batch_norm(&self.bn1, &self.fc1.forward(features)?)?.relu()?;
         batch_norm(&self.bn2, &self.fc2.forward(&hidden)?)
     }
@@ -179,14 +180,7 @@ impl Encoder {
             fc2: Linear::new(&mut registry, "projector.fc2", features, config.embedding_dim, false)?,
             bn2: BatchNorm::new(&mut registry, "projector.bn2", config.embedding_dim, branches)?,
         };
-        Ok(Encoder {
-            config,
-            standardization,
-            backbone,
-            projector,
-            params: registry.params,
-            buffers: registry.buffers,
-        })
+        Ok(Encoder { config, standardization, backbone, projector, params: registry.params, buffers: registry.buffers })
     }
 
     pub fn config(&self) -> &EncoderConfig {
@@ -234,11 +228,7 @@ impl Encoder {
 
     /// Parameters and buffers, for checkpoints.
     pub fn state(&self) -> Vec<(String, Tensor)> {
-        self.params
-            .iter()
-            .chain(&self.buffers)
-            .map(|(name, var)| (name.clone(), var.as_tensor().clone()))
-            .collect()
+        self.params.iter().chain(&self.buffers).map(|(name, var)| (name.clone(), var.as_tensor().clone())).collect()
     }
 
     /// Restores what [`Encoder::state`] returned; every name must be present with its shape.
@@ -253,7 +243,8 @@ impl Encoder {
             )));
         }
         for (name, var) in own.clone() {
-            let tensor = saved.get(name.as_str()).ok_or_else(|| ModelError::StateMismatch(format!("`{name}` is missing")))?;
+            let tensor =
+                saved.get(name.as_str()).ok_or_else(|| ModelError::StateMismatch(format!("`{name}` is missing")))?;
             if tensor.dims() != var.dims() || tensor.dtype() != var.dtype() {
                 return Err(ModelError::StateMismatch(format!(
                     "`{name}` is {:?} {:?}, expected {:?} {:?}",
@@ -311,7 +302,9 @@ impl Encoder {
         self.backbone
             .convs()
             .into_iter()
-            .map(|conv| (conv.weight.as_tensor().clone(), conv.prune_mask.as_ref().map(|mask| mask.as_tensor().clone())))
+            .map(|conv| {
+                (conv.weight.as_tensor().clone(), conv.prune_mask.as_ref().map(|mask| mask.as_tensor().clone()))
+            })
             .collect()
     }
 }

@@ -73,13 +73,30 @@ impl MetricsLog {
 
     /// One optimisation step; `epoch` is 0-based, `metrics` are the objective's.
     #[allow(clippy::too_many_arguments)]
-    pub fn step(&mut self, epoch: usize, step: usize, loss: f64, lr: f64, seconds: f64, images_per_second: f64, metrics: &[(String, f64)]) -> Result<(), ReportError> {
+    pub fn step(
+        &mut self,
+        epoch: usize,
+        step: usize,
+        loss: f64,
+        lr: f64,
+        seconds: f64,
+        images_per_second: f64,
+        metrics: &[(String, f64)],
+    ) -> Result<(), ReportError> {
         let line = json!({"kind": "step", "epoch": epoch, "step": step, "loss": loss, "lr": lr, "seconds": seconds, "images_per_s": images_per_second});
         self.write(as_map(line), metrics)
     }
 
     /// One epoch: image-weighted mean loss and metrics.
-    pub fn epoch(&mut self, epoch: usize, loss: f64, lr: f64, seconds: f64, images_per_second: f64, metrics: &[(String, f64)]) -> Result<(), ReportError> {
+    pub fn epoch(
+        &mut self,
+        epoch: usize,
+        loss: f64,
+        lr: f64,
+        seconds: f64,
+        images_per_second: f64,
+        metrics: &[(String, f64)],
+    ) -> Result<(), ReportError> {
         let line = json!({"kind": "epoch", "epoch": epoch, "loss": loss, "lr": lr, "seconds": seconds, "images_per_s": images_per_second});
         self.write(as_map(line), metrics)
     }

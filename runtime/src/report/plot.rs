@@ -32,7 +32,12 @@ fn group_colour(group: Group) -> RGBColor {
 
 /// Draws the linear probe's per-class accuracy (y, %) against `train_counts` (x, log scale);
 /// `groups[c]` colours class `c`, and the legend gives each group's mean.
-pub fn plot_per_class(path: &Path, report: &AccuracyReport, train_counts: &[usize], groups: &[Group]) -> Result<(), ReportError> {
+pub fn plot_per_class(
+    path: &Path,
+    report: &AccuracyReport,
+    train_counts: &[usize],
+    groups: &[Group],
+) -> Result<(), ReportError> {
     let classes = report.per_class.len();
     if classes == 0 || train_counts.len() != classes || groups.len() != classes {
         return Err(ReportError::Input(format!(
@@ -72,7 +77,8 @@ pub fn plot_per_class(path: &Path, report: &AccuracyReport, train_counts: &[usiz
         .map_err(|e| draw(&e))?;
     for group in Group::ALL {
         let colour = group_colour(group);
-        let points: Vec<(f64, f64)> = (0..classes).filter(|&c| groups[c] == group).map(|c| (counts[c], 100.0 * report.per_class[c])).collect();
+        let points: Vec<(f64, f64)> =
+            (0..classes).filter(|&c| groups[c] == group).map(|c| (counts[c], 100.0 * report.per_class[c])).collect();
         let label = match report.group(group) {
             Some(mean) => format!("{group:?}: mean {:.1}%", 100.0 * mean),
             None => format!("{group:?}: no class"),

@@ -30,14 +30,18 @@ pub fn measure_train_throughput(
     steps: usize,
 ) -> Result<Throughput, TrainError> {
     if batch_size < 2 || steps == 0 || image_size == 0 {
-        return Err(TrainError::Setup("the benchmark needs a batch of at least 2, at least one step and a positive image size".into()));
+        return Err(TrainError::Setup(
+            "the benchmark needs a batch of at least 2, at least one step and a positive image size".into(),
+        ));
     }
     let encoder = Encoder::new(EncoderConfig::reference(backbone, in_channels, false, 0))?;
-    let specs: Vec<EmbeddingSpec> = (0..2).map(|view| EmbeddingSpec { name: format!("z{}", view + 1), view, pruned: None }).collect();
+    let specs: Vec<EmbeddingSpec> =
+        (0..2).map(|view| EmbeddingSpec { name: format!("z{}", view + 1), view, pruned: None }).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let shape = (batch_size, in_channels, image_size, image_size);
     let mut random_view = || -> candle_core::Result<Tensor> {
-        let values: Vec<f32> = (0..batch_size * in_channels * image_size * image_size).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let values: Vec<f32> =
+            (0..batch_size * in_channels * image_size * image_size).map(|_| rng.random_range(-1.0..1.0)).collect();
         Tensor::from_vec(values, shape, &Device::Cpu)
     };
     let views = [random_view()?, random_view()?];

@@ -38,7 +38,11 @@ impl BatchSource for LoaderSource {
 
     fn start_epoch(&mut self, epoch: usize, _seed: u64, extra_args: Vec<Vec<Vec<f32>>>) -> Result<(), BoxError> {
         let all: Vec<u32> = (0..self.samples as u32).collect();
-        let extras = if self.extras.is_empty() { ExtraArgs::default() } else { ExtraArgs::new(&self.extras, &all, &extra_args, self.samples)? };
+        let extras = if self.extras.is_empty() {
+            ExtraArgs::default()
+        } else {
+            ExtraArgs::new(&self.extras, &all, &extra_args, self.samples)?
+        };
         self.stream = Some(self.loader.epoch(epoch, extras));
         Ok(())
     }
@@ -87,14 +91,22 @@ impl LabelledImages for FeatureImages {
             let (batch, first) = match self.pending.take() {
                 Some(p) => p,
                 None => {
-                    let b = self.stream.as_mut().expect("started above").next().ok_or("the feature loader ran out of images")??;
+                    let b = self
+                        .stream
+                        .as_mut()
+                        .expect("started above")
+                        .next()
+                        .ok_or("the feature loader ran out of images")??;
                     let first = b.indices.first().map_or(next, |&i| i as usize);
                     (b, first)
                 }
             };
             let have = batch.labels.len();
             if next < first || next >= first + have {
-                return Err(format!("feature images must be read in order; asked for {next}, the loader is at {first}").into());
+                return Err(format!(
+                    "feature images must be read in order; asked for {next}, the loader is at {first}"
+                )
+                .into());
             }
             let offset = next - first;
             let take = (start + count - next).min(have - offset);

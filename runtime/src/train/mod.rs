@@ -151,7 +151,8 @@ pub fn train(
     let identity = run_identity(config, encoder.config(), objective.name());
     let specs = objective.embeddings();
     let prune_fraction = shared_prune_fraction(&specs)?;
-    std::fs::create_dir_all(dir).map_err(|e| TrainError::Setup(format!("cannot create run directory {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| TrainError::Setup(format!("cannot create run directory {}: {e}", dir.display())))?;
     let objective_error = |during: &'static str, name: &str| {
         let objective = name.to_string();
         move |source| TrainError::Objective { objective, during, source }
@@ -220,7 +221,8 @@ pub fn train(
             let views = source.views(indices).map_err(TrainError::Source)?;
             let embeddings = forward_embeddings(encoder, &specs, &views)?;
             let detached: Vec<Tensor> = embeddings.iter().map(Tensor::detach).collect();
-            let diverged = |what, value| TrainError::Diverged { what, value, epoch, step, checkpoint: checkpoint_path.clone() };
+            let diverged =
+                |what, value| TrainError::Diverged { what, value, epoch, step, checkpoint: checkpoint_path.clone() };
             if let Some(bad) = first_non_finite(&detached)? {
                 return Err(diverged("embeddings", bad));
             }
@@ -243,7 +245,8 @@ pub fn train(
         objective.end_epoch(epoch + 1, config.epochs).map_err(objective_error("end_epoch", &name))?;
         let seconds = epoch_start.elapsed().as_secs_f64();
         let epoch_loss = loss_sum / images.max(1) as f64;
-        let means: Vec<(String, f64)> = metric_sums.into_iter().map(|(key, sum)| (key, sum / images.max(1) as f64)).collect();
+        let means: Vec<(String, f64)> =
+            metric_sums.into_iter().map(|(key, sum)| (key, sum / images.max(1) as f64)).collect();
         metrics.epoch(epoch, epoch_loss, lr, seconds, images as f64 / seconds.max(1e-9), &means)?;
         progress.finish_epoch();
         last_epoch_loss = Some(epoch_loss);
@@ -268,7 +271,12 @@ pub fn train(
     }
     if let (Some(setup), Some(result)) = (evaluation.as_ref(), last_evaluation.as_ref()) {
         report::write_summary(dir, &identity, result)?;
-        report::plot_per_class(&dir.join(report::PER_CLASS_PLOT_FILE), &result.linear, &setup.train_counts, &setup.groups)?;
+        report::plot_per_class(
+            &dir.join(report::PER_CLASS_PLOT_FILE),
+            &result.linear,
+            &setup.train_counts,
+            &setup.groups,
+        )?;
         println!("{}", report::group_table(&result.linear));
     }
     Ok(TrainOutcome { epochs: config.epochs.max(first_epoch), last_epoch_loss, evaluation: last_evaluation })
@@ -279,7 +287,10 @@ fn shared_prune_fraction(specs: &[EmbeddingSpec]) -> Result<Option<f64>, TrainEr
     let mut fraction = None;
     for spec in specs {
         if spec.view > 1 {
-            return Err(TrainError::Setup(format!("embedding `{}` asks for view {}; there are only views 0 and 1", spec.name, spec.view)));
+            return Err(TrainError::Setup(format!(
+                "embedding `{}` asks for view {}; there are only views 0 and 1",
+                spec.name, spec.view
+            )));
         }
         if let Some(wanted) = spec.pruned {
             if fraction.is_some_and(|shared| shared != wanted) {
@@ -297,12 +308,18 @@ fn shared_prune_fraction(specs: &[EmbeddingSpec]) -> Result<Option<f64>, TrainEr
 
 /// Each spec's embedding, with the encoder's graph attached, from its own forward pass: the
 /// reference encodes the two views separately, so BatchNorm sees each view's batch statistics.
-pub fn forward_embeddings(encoder: &Encoder, specs: &[EmbeddingSpec], views: &[Tensor; 2]) -> Result<Vec<Tensor>, TrainError> {
+pub fn forward_embeddings(
+    encoder: &Encoder,
+    specs: &[EmbeddingSpec],
+    views: &[Tensor; 2],
+) -> Result<Vec<Tensor>, TrainError> {
     specs
         .iter()
         .map(|spec| {
             let branch = if spec.pruned.is_some() { Branch::Pruned } else { Branch::Dense };
-            let view = views.get(spec.view).ok_or_else(|| TrainError::Setup(format!("no view {} for `{}`", spec.view, spec.name)))?;
+            let view = views
+                .get(spec.view)
+                .ok_or_else(|| TrainError::Setup(format!("no view {} for `{}`", spec.view, spec.name)))?;
             Ok(encoder.forward(view, branch, Mode::Train)?.1)
         })
         .collect()
@@ -368,14 +385,21 @@ fn accumulate_metrics(sums: &mut Vec<(String, f64)>, metrics: &[(String, f64)], 
 }
 
 /// Frozen dense-backbone features of a labelled set, in eval mode.
-pub fn extract_features(encoder: &Encoder, images: &mut dyn LabelledImages, batch_size: usize) -> Result<Features, TrainError> {
+pub fn extract_features(
+    encoder: &Encoder,
+    images: &mut dyn LabelledImages,
+    batch_size: usize,
+) -> Result<Features, TrainError> {
     if images.is_empty() || batch_size == 0 {
-        return Err(TrainError::Setup("feature extraction needs a non-empty image set and a positive batch size".into()));
+        return Err(TrainError::Setup(
+            "feature extraction needs a non-empty image set and a positive batch size".into(),
+        ));
     }
     let mut chunks = Vec::new();
     let mut labels = Vec::with_capacity(images.len());
     for start in (0..images.len()).step_by(batch_size) {
-        let (batch, batch_labels) = images.batch(start, batch_size.min(images.len() - start)).map_err(TrainError::Source)?;
+        let (batch, batch_labels) =
+            images.batch(start, batch_size.min(images.len() - start)).map_err(TrainError::Source)?;
         chunks.push(encoder.features(&batch, Branch::Dense, Mode::Eval)?.detach());
         labels.extend(batch_labels);
     }

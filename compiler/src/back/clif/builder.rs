@@ -11,12 +11,12 @@ use super::frame;
 use super::plan::LANES;
 use super::sizes::SizeTable;
 use crate::ir::{Dim, Elem};
+use cranelift_codegen::cursor::{Cursor, FuncCursor};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::types::{F32, F32X4, I32, I32X4, I64};
-use cranelift_codegen::cursor::{Cursor, FuncCursor};
 use cranelift_codegen::ir::{
-    AbiParam, Block, ConstantData, Endianness, ExtFuncData, ExternalName, FuncRef, InstBuilder, MemFlagsData, Signature, StackSlot, StackSlotData, StackSlotKind, Type,
-    UserExternalName, Value,
+    AbiParam, Block, ConstantData, Endianness, ExtFuncData, ExternalName, FuncRef, InstBuilder, MemFlagsData,
+    Signature, StackSlot, StackSlotData, StackSlotKind, Type, UserExternalName, Value,
 };
 use cranelift_frontend::FunctionBuilder;
 use std::collections::HashMap;
@@ -99,7 +99,17 @@ impl<'f, 's> Emitter<'f, 's> {
         let entry = fb.current_block().expect("the entry block is current");
         // Frame values are inserted into it directly, so it must be in the layout already.
         fb.ensure_inserted_block();
-        Emitter { fb, frame, shared, imported: HashMap::new(), entry, frame_values: HashMap::new(), buffers_invariant: false, hoisted: Hoisted::default(), anchor_slot: None }
+        Emitter {
+            fb,
+            frame,
+            shared,
+            imported: HashMap::new(),
+            entry,
+            frame_values: HashMap::new(),
+            buffers_invariant: false,
+            hoisted: Hoisted::default(),
+            anchor_slot: None,
+        }
     }
 
     pub fn finish(self) -> FunctionBuilder<'f> {
@@ -170,7 +180,9 @@ impl<'f, 's> Emitter<'f, 's> {
     }
 
     fn anchor_slot(&mut self) -> StackSlot {
-        *self.anchor_slot.get_or_insert_with(|| self.fb.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, 16, 4)))
+        *self.anchor_slot.get_or_insert_with(|| {
+            self.fb.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, 16, 4))
+        })
     }
 
     /// `base + index * 4`: the address of element `index` (all elements are 4 bytes).
@@ -222,10 +234,16 @@ impl<'f, 's> Emitter<'f, 's> {
         if let Some(&f) = self.imported.get(name) {
             return f;
         }
-        let callee = self.shared.callees.get(name).unwrap_or_else(|| panic!("internal error: callee `{name}` is not declared"));
+        let callee =
+            self.shared.callees.get(name).unwrap_or_else(|| panic!("internal error: callee `{name}` is not declared"));
         let signature = self.fb.import_signature(callee.signature.clone());
         let user = self.fb.func.declare_imported_user_function(UserExternalName { namespace: 0, index: callee.id });
-        let f = self.fb.import_function(ExtFuncData { name: ExternalName::user(user), signature, colocated: callee.local, patchable: false });
+        let f = self.fb.import_function(ExtFuncData {
+            name: ExternalName::user(user),
+            signature,
+            colocated: callee.local,
+            patchable: false,
+        });
         self.imported.insert(name.to_string(), f);
         f
     }
@@ -300,7 +318,14 @@ impl<'f, 's> Emitter<'f, 's> {
         self.fb.ins().load(reg_type(elem, Width::Lanes), flags, addr, bytes)
     }
 
-    fn load_flagged(&mut self, elem: Elem, width: Width, addr: Value, stride: LoadStride, flags: MemFlagsData) -> Value {
+    fn load_flagged(
+        &mut self,
+        elem: Elem,
+        width: Width,
+        addr: Value,
+        stride: LoadStride,
+        flags: MemFlagsData,
+    ) -> Value {
         let scalar_ty = reg_type(elem, Width::One);
         match (width, stride) {
             (Width::One, _) => self.fb.ins().load(scalar_ty, flags, addr, 0),
@@ -368,7 +393,12 @@ impl<'f, 's> Emitter<'f, 's> {
     }
 
     /// Combines the lanes of a vector with `op` (a no-op on one element).
-    pub fn across_lanes(&mut self, v: Value, width: Width, mut op: impl FnMut(&mut Self, Value, Value) -> Value) -> Value {
+    pub fn across_lanes(
+        &mut self,
+        v: Value,
+        width: Width,
+        mut op: impl FnMut(&mut Self, Value, Value) -> Value,
+    ) -> Value {
         if width == Width::One {
             return v;
         }

@@ -11,12 +11,12 @@ use super::plan::{Axis, Buffer, Plan, Step};
 use super::runtime;
 use super::sizes::SizeTable;
 use crate::ir::Elem;
-use cranelift_codegen::ir::types::I64;
 use cranelift_codegen::control::ControlPlane;
+use cranelift_codegen::ir::types::I64;
 use cranelift_codegen::ir::{AbiParam, Function, InstBuilder, Signature, StackSlotData, StackSlotKind, UserFuncName};
-use cranelift_codegen::Context;
 use cranelift_codegen::isa::OwnedTargetIsa;
 use cranelift_codegen::settings::{self, Configurable};
+use cranelift_codegen::Context;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, Linkage, Module, ModuleReloc};
@@ -35,7 +35,9 @@ pub(crate) struct Generated {
 /// The host's instruction set, with Cranelift tuned for speed.
 pub(crate) fn host_isa() -> Result<OwnedTargetIsa, String> {
     let mut flags = settings::builder();
-    let set = |f: &mut settings::Builder, name: &str, value: &str| f.set(name, value).map_err(|e| format!("cranelift setting {name}: {e}"));
+    let set = |f: &mut settings::Builder, name: &str, value: &str| {
+        f.set(name, value).map_err(|e| format!("cranelift setting {name}: {e}"))
+    };
     set(&mut flags, "opt_level", "speed")?;
     set(&mut flags, "use_colocated_libcalls", "false")?;
     set(&mut flags, "is_pic", "false")?;
@@ -110,7 +112,8 @@ pub(crate) fn generate(plan: &Plan, isa: OwnedTargetIsa) -> Result<Generated, St
     let mut builder_ctx = FunctionBuilderContext::new();
     let mut built = Vec::with_capacity(functions.len());
     for (name, body) in &functions {
-        let mut func = Function::with_name_signature(UserFuncName::testcase(name.as_str()), callees[name].signature.clone());
+        let mut func =
+            Function::with_name_signature(UserFuncName::testcase(name.as_str()), callees[name].signature.clone());
         let mut fb = FunctionBuilder::new(&mut func, &mut builder_ctx);
         let entry = fb.create_block();
         fb.append_block_params_for_function_params(entry);
@@ -141,7 +144,8 @@ pub(crate) fn generate(plan: &Plan, isa: OwnedTargetIsa) -> Result<Generated, St
                 .buffer
                 .alignment;
             let code = ctx.compiled_code().ok_or("cranelift kept no code")?;
-            let relocs: Vec<ModuleReloc> = code.buffer.relocs().iter().map(|r| ModuleReloc::from_mach_reloc(r, &ctx.func, id)).collect();
+            let relocs: Vec<ModuleReloc> =
+                code.buffer.relocs().iter().map(|r| ModuleReloc::from_mach_reloc(r, &ctx.func, id)).collect();
             Ok((u64::from(alignment), code.code_buffer().to_vec(), relocs))
         })
         .collect::<Result<Vec<_>, String>>()?;

@@ -120,14 +120,27 @@ impl Emitter<'_, '_> {
     /// `count` consecutive vectors along `p.inner` from `p` (which is `Width::Lanes`): from one
     /// address with immediate offsets when they lie contiguously, which spares a register
     /// and an address computation per vector in unrolled loops.
-    pub fn load_vectors(&mut self, buffers: &[Buffer], access: &Access, elem: Elem, p: &Point, count: usize) -> Vec<Value> {
+    pub fn load_vectors(
+        &mut self,
+        buffers: &[Buffer],
+        access: &Access,
+        elem: Elem,
+        p: &Point,
+        count: usize,
+    ) -> Vec<Value> {
         let (addr, stride) = self.address(buffers, access, p);
         if matches!(stride, LoadStride::Contiguous) {
             return (0..count).map(|u| self.load_buffer_vector_at(elem, addr, (u as i64 * LANES * 4) as i32)).collect();
         }
         (0..count)
             .map(|u| {
-                let shift = |em: &mut Self, v: Value, axis: Axis| if axis == p.inner { em.fb.ins().iadd_imm_s(v, u as i64 * LANES) } else { v };
+                let shift = |em: &mut Self, v: Value, axis: Axis| {
+                    if axis == p.inner {
+                        em.fb.ins().iadd_imm_s(v, u as i64 * LANES)
+                    } else {
+                        v
+                    }
+                };
                 let (row, col) = (shift(self, p.row, Axis::Row), shift(self, p.col, Axis::Col));
                 self.load_access(buffers, access, elem, &Point { row, col, ..*p })
             })

@@ -127,14 +127,13 @@ impl Emitter<'_, '_> {
                 }
             }
             Step::MatMul { m, k, n, .. } => match product_kind(m, n) {
-                Product::VectorMatrix => {
-                    Units { total: self.padded(n), grain: VECMAT_BLOCK, work: self.dim(k) }
-                }
+                Product::VectorMatrix => Units { total: self.padded(n), grain: VECMAT_BLOCK, work: self.dim(k) },
                 Product::MatrixVector => Units { total: self.dim(m), grain: 1, work: self.dim(k) },
                 Product::General => return None,
             },
             Step::Gather { rows, cols, .. } => {
-                let (total, work) = if rows.is_one() { (self.dim(cols), self.int(1)) } else { (self.dim(rows), self.dim(cols)) };
+                let (total, work) =
+                    if rows.is_one() { (self.dim(cols), self.int(1)) } else { (self.dim(rows), self.dim(cols)) };
                 Units { total, grain: 1, work }
             }
             Step::Loop { .. } | Step::Pairwise { .. } | Step::Concurrent { .. } => return None,
@@ -165,7 +164,16 @@ impl Emitter<'_, '_> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn map(&mut self, buffers: &[Buffer], out: &Access, rows: &Dim, cols: &Dim, body: &ElementProgram, begin: Value, end: Value) {
+    fn map(
+        &mut self,
+        buffers: &[Buffer],
+        out: &Access,
+        rows: &Dim,
+        cols: &Dim,
+        body: &ElementProgram,
+        begin: Value,
+        end: Value,
+    ) {
         let width = map_width(buffers, out, rows, cols, body);
         let inner = inner_axis(rows, cols);
         let inner_extent = self.dim(along(inner, rows, cols));
@@ -198,7 +206,16 @@ impl Emitter<'_, '_> {
     /// `out[0, j] = sum_p lhs[0, p] rhs[p, j]` for columns `[begin, end)`: four vectors of
     /// columns at a time, then one.
     #[allow(clippy::too_many_arguments)]
-    fn vector_matrix(&mut self, buffers: &[Buffer], out: &Access, lhs: &Access, rhs: &Access, k: &Dim, begin: Value, end: Value) {
+    fn vector_matrix(
+        &mut self,
+        buffers: &[Buffer],
+        out: &Access,
+        lhs: &Access,
+        rhs: &Access,
+        k: &Dim,
+        begin: Value,
+        end: Value,
+    ) {
         let k = self.dim(k);
         let blocks_end = self.fb.ins().iadd_imm_s(end, 1 - VECMAT_BLOCK);
         let span = self.fb.ins().isub(end, begin);
@@ -207,11 +224,17 @@ impl Emitter<'_, '_> {
         for (first, last, vectors) in [(begin, blocks_end, VECMAT_BLOCK / LANES), (rest_begin, end, 1)] {
             self.for_range(first, last, vectors * LANES, |em, j| {
                 let zero_acc = em.constant(Elem::Real, Width::Lanes, 0.0);
-                let accs: Vec<Variable> = (0..vectors).map(|_| em.local(cranelift_codegen::ir::types::F32X4, zero_acc)).collect();
+                let accs: Vec<Variable> =
+                    (0..vectors).map(|_| em.local(cranelift_codegen::ir::types::F32X4, zero_acc)).collect();
                 let zero = em.int(0);
                 em.for_range(zero, k, 1, |em, p| {
                     // `lhs[0, p]` multiplies every column: one element, in every lane.
-                    let a = em.load_access(buffers, lhs, Elem::Real, &Point { row: zero, col: p, inner: Axis::Col, width: Width::One, tile: None });
+                    let a = em.load_access(
+                        buffers,
+                        lhs,
+                        Elem::Real,
+                        &Point { row: zero, col: p, inner: Axis::Col, width: Width::One, tile: None },
+                    );
                     let a = em.widen(a, Elem::Real, Width::Lanes);
                     let row = Point { row: p, col: j, inner: Axis::Col, width: Width::Lanes, tile: None };
                     let bs = em.load_vectors(buffers, rhs, Elem::Real, &row, accs.len());
@@ -224,7 +247,12 @@ impl Emitter<'_, '_> {
                 for (u, acc) in accs.iter().enumerate() {
                     let col = em.fb.ins().iadd_imm_s(j, u as i64 * LANES);
                     let v = em.fb.use_var(*acc);
-                    em.store_access(buffers, out, &Point { row: zero, col, inner: Axis::Col, width: Width::Lanes, tile: None }, v);
+                    em.store_access(
+                        buffers,
+                        out,
+                        &Point { row: zero, col, inner: Axis::Col, width: Width::Lanes, tile: None },
+                        v,
+                    );
                 }
             });
         }
@@ -234,7 +262,16 @@ impl Emitter<'_, '_> {
     /// sharing the loads of `rhs`, with four vector accumulators each (eight independent
     /// multiply-add chains), then one, then a masked last vector; an odd last row alone.
     #[allow(clippy::too_many_arguments)]
-    fn matrix_vector(&mut self, buffers: &[Buffer], out: &Access, lhs: &Access, rhs: &Access, k: &Dim, begin: Value, end: Value) {
+    fn matrix_vector(
+        &mut self,
+        buffers: &[Buffer],
+        out: &Access,
+        lhs: &Access,
+        rhs: &Access,
+        k: &Dim,
+        begin: Value,
+        end: Value,
+    ) {
         let k = self.dim(k);
         let span = self.fb.ins().isub(end, begin);
         let pairs = self.fb.ins().band_imm_s(span, !1);
@@ -252,14 +289,26 @@ impl Emitter<'_, '_> {
     fn dot_rows(&mut self, buffers: &[Buffer], out: &Access, lhs: &Access, rhs: &Access, k: Value, rows: &[Value]) {
         const CHAINS: usize = 4;
         let zero_acc = self.constant(Elem::Real, Width::Lanes, 0.0);
-        let accs: Vec<[Variable; CHAINS]> =
-            rows.iter().map(|_| std::array::from_fn(|_| self.local(cranelift_codegen::ir::types::F32X4, zero_acc))).collect();
+        let accs: Vec<[Variable; CHAINS]> = rows
+            .iter()
+            .map(|_| std::array::from_fn(|_| self.local(cranelift_codegen::ir::types::F32X4, zero_acc)))
+            .collect();
         let zero = self.int(0);
         // Multiplies the vectors at `p` into chain `chain` of every row; `valid` masks lanes.
         let step = |em: &mut Self, p: Value, chain: usize, valid: Option<Value>| {
-            let b = em.load_access(buffers, rhs, Elem::Real, &Point { row: p, col: zero, inner: Axis::Row, width: Width::Lanes, tile: None });
+            let b = em.load_access(
+                buffers,
+                rhs,
+                Elem::Real,
+                &Point { row: p, col: zero, inner: Axis::Row, width: Width::Lanes, tile: None },
+            );
             for (&i, acc) in rows.iter().zip(&accs) {
-                let a = em.load_access(buffers, lhs, Elem::Real, &Point { row: i, col: p, inner: Axis::Col, width: Width::Lanes, tile: None });
+                let a = em.load_access(
+                    buffers,
+                    lhs,
+                    Elem::Real,
+                    &Point { row: i, col: p, inner: Axis::Col, width: Width::Lanes, tile: None },
+                );
                 let sum = em.fb.use_var(acc[chain]);
                 let sum = match valid {
                     None => em.accumulate_product(sum, a, b),
@@ -276,7 +325,13 @@ impl Emitter<'_, '_> {
         let block = CHAINS as i64 * LANES;
         let blocks_end = self.fb.ins().iadd_imm_s(k, 1 - block);
         self.for_range(zero, blocks_end, block, |em, p| {
-            let bs = em.load_vectors(buffers, rhs, Elem::Real, &Point { row: p, col: zero, inner: Axis::Row, width: Width::Lanes, tile: None }, CHAINS);
+            let bs = em.load_vectors(
+                buffers,
+                rhs,
+                Elem::Real,
+                &Point { row: p, col: zero, inner: Axis::Row, width: Width::Lanes, tile: None },
+                CHAINS,
+            );
             for (&i, acc) in rows.iter().zip(&accs) {
                 let row = Point { row: i, col: p, inner: Axis::Col, width: Width::Lanes, tile: None };
                 let a_s = em.load_vectors(buffers, lhs, Elem::Real, &row, CHAINS);
@@ -302,7 +357,12 @@ impl Emitter<'_, '_> {
                 total = self.fb.ins().fadd(total, v);
             }
             let dot = self.across_lanes(total, Width::Lanes, |em, a, b| em.fb.ins().fadd(a, b));
-            self.store_access(buffers, out, &Point { row: i, col: zero, inner: Axis::Col, width: Width::One, tile: None }, dot);
+            self.store_access(
+                buffers,
+                out,
+                &Point { row: i, col: zero, inner: Axis::Col, width: Width::One, tile: None },
+                dot,
+            );
         }
     }
 
@@ -353,12 +413,22 @@ impl Emitter<'_, '_> {
             });
             let index = em.fb.ins().select(in_range, index, zero);
             if vector_table {
-                let v = em.load_access(buffers, table, Elem::Real, &Point { row: zero, col: index, inner: Axis::Col, width: Width::One, tile: None });
+                let v = em.load_access(
+                    buffers,
+                    table,
+                    Elem::Real,
+                    &Point { row: zero, col: index, inner: Axis::Col, width: Width::One, tile: None },
+                );
                 em.store_access(buffers, out, &at, v);
             } else {
                 let width = Width::Lanes;
                 em.for_range(zero, cols_value, LANES, |em, c| {
-                    let v = em.load_access(buffers, table, buffers[table.buffer].elem, &Point { row: index, col: c, inner: Axis::Col, width, tile: None });
+                    let v = em.load_access(
+                        buffers,
+                        table,
+                        buffers[table.buffer].elem,
+                        &Point { row: index, col: c, inner: Axis::Col, width, tile: None },
+                    );
                     em.store_access(buffers, out, &Point { row: r, col: c, inner: Axis::Col, width, tile: None }, v);
                 });
             }
@@ -437,7 +507,11 @@ impl Accumulator {
             }
             ReduceOp::ArgMax => {
                 let best_index = em.fb.use_var(self.vars[1]);
-                let bigger = if real { em.fcmp(FloatCC::GreaterThan, x, acc, w) } else { em.icmp(IntCC::SignedGreaterThan, x, acc, w) };
+                let bigger = if real {
+                    em.fcmp(FloatCC::GreaterThan, x, acc, w)
+                } else {
+                    em.icmp(IntCC::SignedGreaterThan, x, acc, w)
+                };
                 let at = em.index_value(index, w, true);
                 let next_index = em.select(bigger, at, best_index, w);
                 em.fb.def_var(self.vars[1], next_index);
@@ -547,7 +621,15 @@ impl Emitter<'_, '_> {
 
     /// Reduces `body` at outer index `o` over inner indices `[from, to)`: whole vectors, then a
     /// masked last one. The result is one element.
-    pub fn reduce_run(&mut self, buffers: &[Buffer], body: &ElementProgram, run: &Run, o: Value, from: Value, to: Value) -> Value {
+    pub fn reduce_run(
+        &mut self,
+        buffers: &[Buffer],
+        body: &ElementProgram,
+        run: &Run,
+        o: Value,
+        from: Value,
+        to: Value,
+    ) -> Value {
         let Run { op, elem, width, inner, tile } = *run;
         let acc = Accumulator::new(self, op, elem, width);
         let span = self.fb.ins().isub(to, from);

@@ -67,7 +67,8 @@ fn compile(program: &crate::ir::Program) -> Result<Arc<Compiled>, BackendError> 
     let key = cache::key(program, &codegen::isa_description(&isa));
     cache::get_or_compile(key, || {
         let plan = plan::plan(program).map_err(|u| unsupported(u.0))?;
-        let generated = codegen::generate(&plan, isa).map_err(|e| unsupported(format!("internal compiler error: {e}")))?;
+        let generated =
+            codegen::generate(&plan, isa).map_err(|e| unsupported(format!("internal compiler error: {e}")))?;
         // SAFETY: `main` was generated with the signature `fn(*const Frame)`.
         let main = unsafe { std::mem::transmute::<*const u8, extern "C" fn(*const Frame)>(generated.main) };
         Ok(Compiled { _module: generated.module, main, plan, sizes: generated.sizes, functions: generated.functions })
@@ -106,7 +107,9 @@ impl Cpu {
         (c.main)(&frame);
         let bad = bad_index.load(std::sync::atomic::Ordering::Relaxed);
         if bad != i64::MIN {
-            return Err(runtime::RunError::Other(format!("an index ({bad}) is out of range for the rows it selects from")));
+            return Err(runtime::RunError::Other(format!(
+                "an index ({bad}) is out of range for the rows it selects from"
+            )));
         }
         c.plan
             .outputs

@@ -35,7 +35,15 @@ impl Emitter<'_, '_> {
     }
 
     /// One row `r` of a tile: columns `[c0, c1)`.
-    fn tile_row(&mut self, buffers: &[Buffer], kernel: &ElementProgram, sink: &Sink, width: Width, tile: Option<TileCursor>, [r, r0, c0, c1, acc]: [Value; 5]) {
+    fn tile_row(
+        &mut self,
+        buffers: &[Buffer],
+        kernel: &ElementProgram,
+        sink: &Sink,
+        width: Width,
+        tile: Option<TileCursor>,
+        [r, r0, c0, c1, acc]: [Value; 5],
+    ) {
         let em = self;
         match sink {
             Sink::Reduce { op, .. } => {
@@ -73,22 +81,48 @@ impl Emitter<'_, '_> {
             let (rs, cs) = em.strides(buffers, access);
             fields.extend(offsets.into_iter().zip([addr, rs, cs]));
         };
-        matrix(self, a, [offset_of!(PairwiseArgs, a), offset_of!(PairwiseArgs, a_rs), offset_of!(PairwiseArgs, a_cs)], &mut fields);
-        matrix(self, b, [offset_of!(PairwiseArgs, b), offset_of!(PairwiseArgs, b_rs), offset_of!(PairwiseArgs, b_cs)], &mut fields);
-        let sizes = [(offset_of!(PairwiseArgs, rows), rows), (offset_of!(PairwiseArgs, cols), cols), (offset_of!(PairwiseArgs, depth), depth)];
+        matrix(
+            self,
+            a,
+            [offset_of!(PairwiseArgs, a), offset_of!(PairwiseArgs, a_rs), offset_of!(PairwiseArgs, a_cs)],
+            &mut fields,
+        );
+        matrix(
+            self,
+            b,
+            [offset_of!(PairwiseArgs, b), offset_of!(PairwiseArgs, b_rs), offset_of!(PairwiseArgs, b_cs)],
+            &mut fields,
+        );
+        let sizes = [
+            (offset_of!(PairwiseArgs, rows), rows),
+            (offset_of!(PairwiseArgs, cols), cols),
+            (offset_of!(PairwiseArgs, depth), depth),
+        ];
         for (offset, d) in sizes {
             let v = self.dim(d);
             fields.push((offset, v));
         }
         let (code, out, v_and_width) = match sink {
             Sink::Reduce { op, out } => (reduce_code(*op), out, None),
-            Sink::MatMul { v, width, out, symmetric } => (if *symmetric { SYMMETRIC_PRODUCT } else { PRODUCT }, out, Some((v, width))),
+            Sink::MatMul { v, width, out, symmetric } => {
+                (if *symmetric { SYMMETRIC_PRODUCT } else { PRODUCT }, out, Some((v, width)))
+            }
         };
         let code = self.int(code);
         fields.push((offset_of!(PairwiseArgs, sink), code));
-        matrix(self, out, [offset_of!(PairwiseArgs, out), offset_of!(PairwiseArgs, out_rs), offset_of!(PairwiseArgs, out_cs)], &mut fields);
+        matrix(
+            self,
+            out,
+            [offset_of!(PairwiseArgs, out), offset_of!(PairwiseArgs, out_rs), offset_of!(PairwiseArgs, out_cs)],
+            &mut fields,
+        );
         if let Some((v, width)) = v_and_width {
-            matrix(self, v, [offset_of!(PairwiseArgs, v), offset_of!(PairwiseArgs, v_rs), offset_of!(PairwiseArgs, v_cs)], &mut fields);
+            matrix(
+                self,
+                v,
+                [offset_of!(PairwiseArgs, v), offset_of!(PairwiseArgs, v_rs), offset_of!(PairwiseArgs, v_cs)],
+                &mut fields,
+            );
             let w = self.dim(width);
             fields.push((offset_of!(PairwiseArgs, width), w));
         }

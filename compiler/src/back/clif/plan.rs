@@ -12,8 +12,8 @@
 
 use super::Unsupported;
 use crate::ir::{
-    BinaryOp, BuiltinValue, Dim, Elem, Expr, Handle, KernelNode, Literal, PairwiseOperands, Program, ReduceOp, Shape, Type,
-    UnaryOp,
+    BinaryOp, BuiltinValue, Dim, Elem, Expr, Handle, KernelNode, Literal, PairwiseOperands, Program, ReduceOp, Shape,
+    Type, UnaryOp,
 };
 use std::collections::HashMap;
 
@@ -91,7 +91,11 @@ impl Placement {
         }
     }
     fn access(&self, at: &[Coord<Axis>]) -> Access {
-        Access { buffer: self.buffer, row: self.row.compose(|&a| at[a].clone()), col: self.col.compose(|&a| at[a].clone()) }
+        Access {
+            buffer: self.buffer,
+            row: self.row.compose(|&a| at[a].clone()),
+            col: self.col.compose(|&a| at[a].clone()),
+        }
     }
 }
 
@@ -237,7 +241,9 @@ fn view_coords<A: Clone>(p: &Program, expr: &Expr, at: &[Coord<A>]) -> Option<Ve
     Some(match expr {
         Expr::StopGrad { .. } => at.to_vec(),
         Expr::Transpose { .. } => vec![at[1].clone(), at[0].clone()],
-        Expr::ExpandDims { axis, .. } => at.iter().enumerate().filter(|(k, _)| k != axis).map(|(_, c)| c.clone()).collect(),
+        Expr::ExpandDims { axis, .. } => {
+            at.iter().enumerate().filter(|(k, _)| k != axis).map(|(_, c)| c.clone()).collect()
+        }
         Expr::Squeeze { axis, .. } => {
             let mut coords = at.to_vec();
             coords.insert(*axis, Coord::zero());
@@ -253,7 +259,9 @@ fn view_coords<A: Clone>(p: &Program, expr: &Expr, at: &[Coord<A>]) -> Option<Ve
             let lead = shape.len() - from.len();
             from.iter()
                 .enumerate()
-                .map(|(k, d)| if d.is_one() && !shape[k + lead].is_one() { Coord::zero() } else { at[k + lead].clone() })
+                .map(
+                    |(k, d)| if d.is_one() && !shape[k + lead].is_one() { Coord::zero() } else { at[k + lead].clone() },
+                )
                 .collect()
         }
         _ => return None,
@@ -275,7 +283,12 @@ fn view_arg(expr: &Expr) -> Option<Handle<Expr>> {
 fn is_elementwise(expr: &Expr) -> bool {
     matches!(
         expr,
-        Expr::Literal(_) | Expr::Iota { .. } | Expr::Unary { .. } | Expr::Binary { .. } | Expr::Select { .. } | Expr::Cast { .. }
+        Expr::Literal(_)
+            | Expr::Iota { .. }
+            | Expr::Unary { .. }
+            | Expr::Binary { .. }
+            | Expr::Select { .. }
+            | Expr::Cast { .. }
     )
 }
 
@@ -285,7 +298,8 @@ fn expands(p: &Program, expr: &Expr) -> bool {
         Expr::Broadcast { arg, shape } => {
             let from = &p.ty(*arg).shape;
             let lead = shape.len() - from.len();
-            shape[..lead].iter().any(|d| !d.is_one()) || from.iter().enumerate().any(|(k, d)| d.is_one() && !shape[k + lead].is_one())
+            shape[..lead].iter().any(|d| !d.is_one())
+                || from.iter().enumerate().any(|(k, d)| d.is_one() && !shape[k + lead].is_one())
         }
         _ => false,
     }
@@ -379,7 +393,8 @@ struct Planner<'a> {
 pub(crate) fn plan(program: &Program) -> Result<Plan, Unsupported> {
     let u = uses(program);
     let inline = inlined(program, &u);
-    let mut planner = Planner { p: program, loop_depth: 0, inline, vals: vec![None; program.exprs.len()], buffers: Vec::new() };
+    let mut planner =
+        Planner { p: program, loop_depth: 0, inline, vals: vec![None; program.exprs.len()], buffers: Vec::new() };
     let mut steps = Vec::new();
     planner.block(&program.body, &mut steps)?;
     let mut outputs = Vec::new();
@@ -511,7 +526,15 @@ impl Planner<'_> {
             Expr::PairwiseReduce { pairwise, op, axis } => {
                 let (a, b, kernel) = self.pairwise(pairwise, *axis, steps)?;
                 let out = Access { buffer: out, row: Coord::zero(), col: Coord::index(Axis::Row) };
-                steps.push(Step::Pairwise { a: a.0, b: b.0, rows: a.1, cols: b.1, depth: a.2, kernel, sink: Sink::Reduce { op: *op, out } });
+                steps.push(Step::Pairwise {
+                    a: a.0,
+                    b: b.0,
+                    rows: a.1,
+                    cols: b.1,
+                    depth: a.2,
+                    kernel,
+                    sink: Sink::Reduce { op: *op, out },
+                });
             }
             Expr::PairwiseMatMul { pairwise, v, axis } => {
                 let (a, b, kernel) = self.pairwise(pairwise, *axis, steps)?;
@@ -519,7 +542,15 @@ impl Planner<'_> {
                 let v = self.stored(*v, steps)?.access(&identity_coords(2));
                 let out = placement.access(&identity_coords(2));
                 let symmetric = pairwise.is_symmetric();
-                steps.push(Step::Pairwise { a: a.0, b: b.0, rows: a.1, cols: b.1, depth: a.2, kernel, sink: Sink::MatMul { v, width, out, symmetric } });
+                steps.push(Step::Pairwise {
+                    a: a.0,
+                    b: b.0,
+                    rows: a.1,
+                    cols: b.1,
+                    depth: a.2,
+                    kernel,
+                    sink: Sink::MatMul { v, width, out, symmetric },
+                });
             }
             other => return Err(Unsupported(format!("the IR node {other:?}"))),
         }
@@ -596,10 +627,11 @@ impl Planner<'_> {
         };
         let x = matrix(pw.x, steps)?;
         let y = matrix(pw.y, steps)?;
-        let mut vector = |hs: &[Handle<Expr>], along: Option<Axis>, steps: &mut Vec<Step>| -> Result<Vec<Access>, Unsupported> {
-            let at: Vec<Coord<Axis>> = along.map(Coord::index).into_iter().collect();
-            hs.iter().map(|&h| Ok(self.stored(h, steps)?.access(&at))).collect()
-        };
+        let mut vector =
+            |hs: &[Handle<Expr>], along: Option<Axis>, steps: &mut Vec<Step>| -> Result<Vec<Access>, Unsupported> {
+                let at: Vec<Coord<Axis>> = along.map(Coord::index).into_iter().collect();
+                hs.iter().map(|&h| Ok(self.stored(h, steps)?.access(&at))).collect()
+            };
         let rows = vector(&pw.rows, Some(i), steps)?;
         let cols = vector(&pw.cols, Some(j), steps)?;
         let scalars = vector(&pw.scalars, None, steps)?;
@@ -699,4 +731,3 @@ impl Planner<'_> {
         Ok(k)
     }
 }
-

@@ -189,7 +189,12 @@ pub(crate) fn symbols() -> Vec<Symbol> {
     vec![
         Symbol { name: "sslc_parallel_for", address: parallel_for as *const u8, params: ints(5), returns: vec![] },
         Symbol { name: "sslc_gemm", address: gemm_f32 as *const u8, params: ints(12), returns: vec![] },
-        Symbol { name: "sslc_pairwise", address: super::tiles::pairwise as *const u8, params: ints(2), returns: vec![] },
+        Symbol {
+            name: "sslc_pairwise",
+            address: super::tiles::pairwise as *const u8,
+            params: ints(2),
+            returns: vec![],
+        },
         Symbol { name: "sslc_concurrent", address: concurrent as *const u8, params: ints(3), returns: vec![] },
         Symbol { name: "sslc_index_error", address: index_error as *const u8, params: ints(3), returns: vec![] },
         Symbol { name: "sslc_cosf", address: cosf as *const u8, params: vec![F32], returns: vec![F32] },
@@ -234,7 +239,9 @@ const ALIGN_ELEMENTS: usize = 16;
 impl Memory {
     pub fn new(buffers: &[Buffer], table: &SizeTable, dims: &[i64]) -> Result<Memory, RunError> {
         let size_of = |s: crate::ir::DimSym| dims.get(s.index()).copied();
-        let sizes = table.values(&size_of).ok_or_else(|| RunError::Other("a dimension has no size, or a negative one".into()))?;
+        let sizes = table
+            .values(&size_of)
+            .ok_or_else(|| RunError::Other("a dimension has no size, or a negative one".into()))?;
         let eval = |d: &Dim| -> Result<usize, RunError> {
             let v = d.eval(&size_of).ok_or_else(|| RunError::Other("a dimension has no size".into()))?;
             usize::try_from(v).map_err(|_| RunError::Other(format!("a size evaluates to {v}")))
@@ -254,7 +261,8 @@ impl Memory {
             total = total.div_ceil(ALIGN_ELEMENTS) * ALIGN_ELEMENTS;
             offsets.push(total);
             strides.push(stride);
-            total = total.checked_add(len).ok_or_else(|| RunError::Other("the buffers would not fit in memory".into()))?;
+            total =
+                total.checked_add(len).ok_or_else(|| RunError::Other("the buffers would not fit in memory".into()))?;
         }
         // Extra room to start the first buffer on a boundary whatever the allocator returns,
         // and for the last vector of a padded row read through a transposed view: up to
@@ -319,13 +327,22 @@ fn leaf_value<'b>(leaf: &Leaf, module: &Module, b: &'b Bindings) -> Result<LeafV
 
 /// Writes every leaf buffer from the bindings. Reals are copied as `f32` straight from their
 /// tensors; ints and bools (indices, flags: small) go through `f64`.
-pub(crate) fn write_leaves(memory: &mut Memory, buffers: &[Buffer], module: &Module, b: &Bindings) -> Result<(), RunError> {
+pub(crate) fn write_leaves(
+    memory: &mut Memory,
+    buffers: &[Buffer],
+    module: &Module,
+    b: &Bindings,
+) -> Result<(), RunError> {
     for (id, buffer) in buffers.iter().enumerate() {
         let Some(leaf) = &buffer.leaf else { continue };
         let expected = b.size(module, &buffer.rows) * b.size(module, &buffer.cols);
         let bits = match (leaf_value(leaf, module, b)?, buffer.elem) {
-            (LeafValue::Tensor(t), Elem::Real) => sized(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?, expected)?,
-            (LeafValue::Tensor(t), elem) => encode(sized(t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?, expected)?, elem)?,
+            (LeafValue::Tensor(t), Elem::Real) => {
+                sized(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?, expected)?
+            }
+            (LeafValue::Tensor(t), elem) => {
+                encode(sized(t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?, expected)?, elem)?
+            }
             (LeafValue::Number(v), elem) => encode(vec![v], elem)?,
         };
         memory.write(id, b.size(module, &buffer.cols), &bits);
@@ -356,7 +373,13 @@ fn encode(values: Vec<f64>, elem: Elem) -> Result<Vec<f32>, RunError> {
 }
 
 /// Reads an output into a tensor of its type.
-pub(crate) fn read_output(memory: &Memory, access: &Access, ty: &Type, module: &Module, b: &Bindings) -> Result<Tensor, RunError> {
+pub(crate) fn read_output(
+    memory: &Memory,
+    access: &Access,
+    ty: &Type,
+    module: &Module,
+    b: &Bindings,
+) -> Result<Tensor, RunError> {
     let shape = b.shape(module, &ty.shape);
     let (rows, cols) = match shape.len() {
         0 => (1, 1),
@@ -367,8 +390,16 @@ pub(crate) fn read_output(memory: &Memory, access: &Access, ty: &Type, module: &
     let device = Device::Cpu;
     let tensor = match ty.elem {
         Elem::Real => Tensor::from_vec(bits, shape.as_slice(), &device)?,
-        Elem::Int => Tensor::from_vec(bits.iter().map(|v| i64::from(v.to_bits() as i32)).collect::<Vec<i64>>(), shape.as_slice(), &device)?,
-        Elem::Bool => Tensor::from_vec(bits.iter().map(|v| u8::from(v.to_bits() != 0)).collect::<Vec<u8>>(), shape.as_slice(), &device)?,
+        Elem::Int => Tensor::from_vec(
+            bits.iter().map(|v| i64::from(v.to_bits() as i32)).collect::<Vec<i64>>(),
+            shape.as_slice(),
+            &device,
+        )?,
+        Elem::Bool => Tensor::from_vec(
+            bits.iter().map(|v| u8::from(v.to_bits() != 0)).collect::<Vec<u8>>(),
+            shape.as_slice(),
+            &device,
+        )?,
     };
     Ok(tensor)
 }

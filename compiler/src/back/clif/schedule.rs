@@ -45,7 +45,11 @@ pub(crate) fn concurrent_loops(steps: Vec<Step>) -> Vec<Step> {
         });
         let Some(group) = group else { break };
         // What the group needs runs first, in its original order.
-        let needed: Vec<usize> = remaining.iter().copied().filter(|&i| !group.contains(&i) && group.iter().any(|&g| i < g && must_follow(i, g))).collect();
+        let needed: Vec<usize> = remaining
+            .iter()
+            .copied()
+            .filter(|&i| !group.contains(&i) && group.iter().any(|&g| i < g && must_follow(i, g)))
+            .collect();
         order.extend(needed.iter().map(|&i| vec![i]));
         order.push(group.clone());
         remaining.retain(|i| !needed.contains(i) && !group.contains(i));

@@ -110,7 +110,17 @@ fn at(base: i64, k: i64) -> *mut f32 {
 
 /// A product of tiles, on this thread (the tiled loop's threads are the parallelism).
 #[allow(clippy::too_many_arguments)]
-fn tile_gemm(m: i64, n: i64, k: i64, dst: *mut f32, dst_rs: isize, dst_cs: isize, lhs: View, rhs: View, accumulate: bool) {
+fn tile_gemm(
+    m: i64,
+    n: i64,
+    k: i64,
+    dst: *mut f32,
+    dst_rs: isize,
+    dst_cs: isize,
+    lhs: View,
+    rhs: View,
+    accumulate: bool,
+) {
     gemm_into([m, n, k], dst, dst_rs, dst_cs, lhs, rhs, accumulate, gemm::Parallelism::None);
 }
 
@@ -190,12 +200,32 @@ impl Job<'_> {
         let mut c0 = 0;
         while c0 < args.cols {
             let c1 = (c0 + COL_BLOCK).min(args.cols);
-            tile_gemm(r1 - r0, c1 - c0, args.depth, tile.as_mut_ptr(), COL_BLOCK as isize, 1, self.a.rows_from(r0), self.b.rows_from(c0).transposed(), false);
+            tile_gemm(
+                r1 - r0,
+                c1 - c0,
+                args.depth,
+                tile.as_mut_ptr(),
+                COL_BLOCK as isize,
+                1,
+                self.a.rows_from(r0),
+                self.b.rows_from(c0).transposed(),
+                false,
+            );
             self.call_tile(tile, COL_BLOCK, (r0, r1), (c0, c1), acc.as_mut_ptr());
             if product {
                 let out = at(args.out, r0 * args.out_rs);
                 let w = View { base: tile.as_ptr(), rs: COL_BLOCK as isize, cs: 1 };
-                tile_gemm(r1 - r0, args.width, c1 - c0, out, args.out_rs as isize, args.out_cs as isize, w, self.v.rows_from(c0), true);
+                tile_gemm(
+                    r1 - r0,
+                    args.width,
+                    c1 - c0,
+                    out,
+                    args.out_rs as isize,
+                    args.out_cs as isize,
+                    w,
+                    self.v.rows_from(c0),
+                    true,
+                );
             }
             c0 = c1;
         }
@@ -237,21 +267,41 @@ impl Job<'_> {
         let args = self.args;
         let width = args.width.max(1);
         let product = self.is_product();
-        let mut out = if product { vec![0f32; (args.rows * width) as usize] } else { vec![identity(args.sink); args.rows as usize] };
+        let mut out = if product {
+            vec![0f32; (args.rows * width) as usize]
+        } else {
+            vec![identity(args.sink); args.rows as usize]
+        };
         let side = (SQUARE * SQUARE + LANES) as usize;
         let (mut direct, mut mirror) = (vec![0f32; side], vec![0f32; side]);
         for &(bi, bj) in run {
             let rows = (bi * SQUARE, ((bi + 1) * SQUARE).min(args.rows));
             let cols = (bj * SQUARE, ((bj + 1) * SQUARE).min(args.rows));
             let (m, n) = (rows.1 - rows.0, cols.1 - cols.0);
-            tile_gemm(m, n, args.depth, direct.as_mut_ptr(), SQUARE as isize, 1, self.a.rows_from(rows.0), self.a.rows_from(cols.0).transposed(), false);
+            tile_gemm(
+                m,
+                n,
+                args.depth,
+                direct.as_mut_ptr(),
+                SQUARE as isize,
+                1,
+                self.a.rows_from(rows.0),
+                self.a.rows_from(cols.0).transposed(),
+                false,
+            );
             let off_diagonal = bi != bj;
             // The mirrored tile `w(j, i)` needs evaluating unless the kernel is symmetric.
             let mirror_needed = off_diagonal && args.sink != SYMMETRIC_PRODUCT;
             if mirror_needed {
                 transpose(&direct, &mut mirror, m, n);
             }
-            let acc_of = |out: &mut Vec<f32>, r0: i64| if product { std::ptr::null_mut() } else { out[r0 as usize..].as_mut_ptr() };
+            let acc_of = |out: &mut Vec<f32>, r0: i64| {
+                if product {
+                    std::ptr::null_mut()
+                } else {
+                    out[r0 as usize..].as_mut_ptr()
+                }
+            };
             let acc = acc_of(&mut out, rows.0);
             self.call_tile(&mut direct, SQUARE, rows, cols, acc);
             if mirror_needed {

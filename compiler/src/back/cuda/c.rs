@@ -92,13 +92,24 @@ pub struct Lambda {
 #[derive(Clone, Debug, PartialEq)]
 pub enum CStmt {
     /// `const T name = init;`
-    Let { ty: CType, name: String, init: CExpr },
+    Let {
+        ty: CType,
+        name: String,
+        init: CExpr,
+    },
     /// `target = value;` (a store through [`CExpr::Index`]).
-    Store { target: CExpr, value: CExpr },
+    Store {
+        target: CExpr,
+        value: CExpr,
+    },
     Expr(CExpr),
     Return(CExpr),
     /// `for (long long var = 0; var < count; ++var) { body }`
-    Repeat { var: String, count: CExpr, body: Vec<CStmt> },
+    Repeat {
+        var: String,
+        count: CExpr,
+        body: Vec<CStmt>,
+    },
     SyncThreads,
     /// `const T ctx{};`: the thread mapping (`sslc::Grid` or `sslc::Block`) of the steps.
     Context(&'static str),
@@ -107,10 +118,18 @@ pub enum CStmt {
 /// A kernel parameter.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Param {
-    Scalar { ty: CType, name: String },
+    Scalar {
+        ty: CType,
+        name: String,
+    },
     /// A device buffer; `written` buffers lose `const`, and `__restrict__` is kept only when a
     /// buffer is either read or written by the kernel, never both.
-    Buffer { ty: CType, name: String, read: bool, written: bool },
+    Buffer {
+        ty: CType,
+        name: String,
+        read: bool,
+        written: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -354,6 +373,9 @@ mod tests {
     fn expressions_print_parenthesised() {
         let e = binary(COp::Add, var("a"), binary(COp::Mul, var("b"), CExpr::Int(2)));
         assert_eq!(e.to_string(), "(a + (b * 2LL))");
-        assert_eq!(ternary(var("c"), CExpr::Bool(true), CExpr::Not(Box::new(var("d")))).to_string(), "(c ? true : (!d))");
+        assert_eq!(
+            ternary(var("c"), CExpr::Bool(true), CExpr::Not(Box::new(var("d")))).to_string(),
+            "(c ? true : (!d))"
+        );
     }
 }

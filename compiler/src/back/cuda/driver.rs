@@ -29,7 +29,9 @@ pub fn device() -> Result<(Arc<CudaContext>, u32), CudaError> {
     let (major, minor) = ctx.compute_capability().map_err(driver_error("compute capability"))?;
     let arch = (major * 10 + minor) as u32;
     if arch < 80 {
-        return Err(CudaError::Unsupported(format!("sm_{arch} devices: the tiles use tensor-core instructions of sm_80 or newer")));
+        return Err(CudaError::Unsupported(format!(
+            "sm_{arch} devices: the tiles use tensor-core instructions of sm_80 or newer"
+        )));
     }
     Ok((ctx, arch))
 }
@@ -52,7 +54,8 @@ impl Kernels {
     pub fn load(plan: &Plan, source: &str) -> Result<Kernels, CudaError> {
         let (ctx, arch) = device()?;
         let cubin = nvrtc::compile(source, arch)?;
-        let loaded = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin.image)).map_err(driver_error("loading the CUBIN"))?;
+        let loaded =
+            ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin.image)).map_err(driver_error("loading the CUBIN"))?;
         let functions = plan
             .kernels
             .iter()
@@ -88,15 +91,16 @@ impl<'p> Session<'p> {
             buffers.push(match (data, buf.elem) {
                 (Some(Data::Float(v)), _) => DeviceBuffer::Float(stream.clone_htod(&v).map_err(upload)?),
                 (Some(Data::Int(v)), _) => DeviceBuffer::Int(stream.clone_htod(&v).map_err(upload)?),
-                (Some(Data::Bool(v)), _) => {
-                    DeviceBuffer::Bool(stream.clone_htod(&v.iter().map(|&x| u8::from(x)).collect::<Vec<u8>>()).map_err(upload)?)
-                }
+                (Some(Data::Bool(v)), _) => DeviceBuffer::Bool(
+                    stream.clone_htod(&v.iter().map(|&x| u8::from(x)).collect::<Vec<u8>>()).map_err(upload)?,
+                ),
                 (None, Elem::Real) => DeviceBuffer::Float(stream.alloc_zeros(n).map_err(upload)?),
                 (None, Elem::Int) => DeviceBuffer::Int(stream.alloc_zeros(n).map_err(upload)?),
                 (None, Elem::Bool) => DeviceBuffer::Bool(stream.alloc_zeros(n).map_err(upload)?),
             });
         }
-        let launches = plan.kernels.iter().map(|k| launch_config(plan, &scalars, &k.body)).collect::<Result<Vec<_>, _>>()?;
+        let launches =
+            plan.kernels.iter().map(|k| launch_config(plan, &scalars, &k.body)).collect::<Result<Vec<_>, _>>()?;
         let shapes = plan.buffers.iter().map(|buf| buf.shape.iter().map(|d| b.size(module, d)).collect()).collect();
         Ok(Session { plan, stream, functions: &kernels.functions, buffers, scalars, shapes, launches })
     }
@@ -138,10 +142,7 @@ impl<'p> Session<'p> {
             self.launch()?;
             events.push((start, self.stream.record_event(timing).map_err(driver_error("timing"))?));
         }
-        events
-            .iter()
-            .map(|(start, end)| start.elapsed_ms(end).map(f64::from).map_err(driver_error("timing")))
-            .collect()
+        events.iter().map(|(start, end)| start.elapsed_ms(end).map(f64::from).map_err(driver_error("timing"))).collect()
     }
 
     /// Waits for the device and reads the plan's outputs back.
@@ -155,7 +156,9 @@ impl<'p> Session<'p> {
                 let data = match &self.buffers[id] {
                     DeviceBuffer::Float(s) => Data::Float(self.stream.clone_dtoh(s).map_err(&read)?),
                     DeviceBuffer::Int(s) => Data::Int(self.stream.clone_dtoh(s).map_err(&read)?),
-                    DeviceBuffer::Bool(s) => Data::Bool(self.stream.clone_dtoh(s).map_err(&read)?.into_iter().map(|x| x != 0).collect()),
+                    DeviceBuffer::Bool(s) => {
+                        Data::Bool(self.stream.clone_dtoh(s).map_err(&read)?.into_iter().map(|x| x != 0).collect())
+                    }
                 };
                 let shape = &self.shapes[id];
                 let n: usize = shape.iter().product();

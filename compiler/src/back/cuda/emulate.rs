@@ -74,7 +74,12 @@ pub fn host_size(plan: &Plan, scalars: &[Value], e: &CExpr) -> Result<i64, CudaE
 
 /// The element count of every buffer.
 pub fn buffer_sizes(plan: &Plan, b: &Bindings) -> Vec<usize> {
-    plan.buffers.iter().map(|buf| buf.shape.iter().map(|d| d.eval(&|s| Some(b.dims[s.index()])).unwrap_or(0).max(0) as usize).product()).collect()
+    plan.buffers
+        .iter()
+        .map(|buf| {
+            buf.shape.iter().map(|d| d.eval(&|s| Some(b.dims[s.index()])).unwrap_or(0).max(0) as usize).product()
+        })
+        .collect()
 }
 
 /// Host tensors of the external buffers, as f32 (reals) or i64 (sample indices).
@@ -91,8 +96,14 @@ pub fn external_data(plan: &Plan, b: &Bindings) -> Result<Vec<Option<Data>>, Cud
                 BufferSource::Const(i) => Some(f32s(&b.consts[i])?),
                 BufferSource::State(i) => Some(f32s(&b.states[i])?),
                 BufferSource::SampleIndex => {
-                    let index = b.index.as_ref().ok_or_else(|| CudaError::Bind("`index` is needed but no sample indices were given".into()))?;
-                    let v = index.to_dtype(DType::I64).and_then(|t| t.to_vec1::<i64>()).map_err(|e| CudaError::Bind(e.to_string()))?;
+                    let index = b
+                        .index
+                        .as_ref()
+                        .ok_or_else(|| CudaError::Bind("`index` is needed but no sample indices were given".into()))?;
+                    let v = index
+                        .to_dtype(DType::I64)
+                        .and_then(|t| t.to_vec1::<i64>())
+                        .map_err(|e| CudaError::Bind(e.to_string()))?;
                     Some(Data::Int(v))
                 }
                 BufferSource::Temp => None,
@@ -233,7 +244,12 @@ impl Machine<'_> {
             CExpr::Var(name) => match locals.iter().rev().find(|(n, _)| n == name) {
                 Some((_, v)) => *v,
                 None => {
-                    let k = self.plan.scalars.iter().position(|s| &s.name == name).expect("generated code names declared values");
+                    let k = self
+                        .plan
+                        .scalars
+                        .iter()
+                        .position(|s| &s.name == name)
+                        .expect("generated code names declared values");
                     self.scalars[k]
                 }
             },
@@ -327,11 +343,15 @@ impl Machine<'_> {
     /// The tile product, with its operands rounded to the plan's precision and f32 sums.
     fn tiles(&mut self, t: &Tiles) -> Result<(), CudaError> {
         let precision = self.plan.precision;
-        let (outer_count, inner_count, dim) = (self.size(&t.outer_count)?, self.size(&t.inner_count)?, self.size(&t.dim)? as usize);
+        let (outer_count, inner_count, dim) =
+            (self.size(&t.outer_count)?, self.size(&t.inner_count)?, self.size(&t.dim)? as usize);
         let rows = |data: &Data, count: i64| -> Vec<Vec<f32>> {
-            (0..count as usize).map(|r| (0..dim).map(|k| round_operand(precision, data.get(r * dim + k).float())).collect()).collect()
+            (0..count as usize)
+                .map(|r| (0..dim).map(|k| round_operand(precision, data.get(r * dim + k).float())).collect())
+                .collect()
         };
-        let (outer_rows, inner_rows) = (rows(&self.memory[t.outer], outer_count), rows(&self.memory[t.inner], inner_count));
+        let (outer_rows, inner_rows) =
+            (rows(&self.memory[t.outer], outer_count), rows(&self.memory[t.inner], inner_count));
         let width = match &t.product {
             PairwiseProduct::MatMul { width, .. } => self.size(width)? as usize,
             PairwiseProduct::Reduce(_) => 0,
@@ -417,7 +437,9 @@ impl Fold {
 
     fn result(&self) -> Value {
         match (self.reducer.op, self.reducer.elem) {
-            (ReduceOp::LogSumExp, _) => Value::Float(if self.float > 0.0 { self.top + self.float.ln() } else { f32::NEG_INFINITY }),
+            (ReduceOp::LogSumExp, _) => {
+                Value::Float(if self.float > 0.0 { self.top + self.float.ln() } else { f32::NEG_INFINITY })
+            }
             (ReduceOp::ArgMax, _) => Value::Int(self.at.max(0)),
             (_, Elem::Int) => Value::Int(self.int),
             _ => Value::Float(self.float),

@@ -10,13 +10,13 @@
 
 use super::c::{self, CExpr, COp, CStmt, CType, Lambda};
 use super::plan::{
-    c_type, Body, Buffer, BufferId, BufferSource, HostScalar, KernelPlan, PairwiseProduct, Plan, Reducer, Scalar, ScalarId,
-    Step, Tiles, Use,
+    c_type, Body, Buffer, BufferId, BufferSource, HostScalar, KernelPlan, PairwiseProduct, Plan, Reducer, Scalar,
+    ScalarId, Step, Tiles, Use,
 };
 use super::{CudaError, Precision};
 use crate::ir::{
-    BinaryOp, BuiltinValue, Dim, Elem, Expr, Handle, KernelNode, Literal, Module, PairwiseOperands, Program, ReduceOp, Shape,
-    UnaryOp,
+    BinaryOp, BuiltinValue, Dim, Elem, Expr, Handle, KernelNode, Literal, Module, PairwiseOperands, Program, ReduceOp,
+    Shape, UnaryOp,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -99,15 +99,19 @@ impl Lowering<'_> {
                 && match e {
                     Expr::Literal(_) | Expr::Param(_) | Expr::RunFraction(_) | Expr::DimSize(_) => true,
                     Expr::Builtin(b) => *b != BuiltinValue::SampleIndex,
-                    Expr::Unary { .. } | Expr::Binary { .. } | Expr::Select { .. } | Expr::Cast { .. } | Expr::StopGrad { .. } => {
-                        e.operands().iter().all(|o| self.uniform[o.index()])
-                    }
+                    Expr::Unary { .. }
+                    | Expr::Binary { .. }
+                    | Expr::Select { .. }
+                    | Expr::Cast { .. }
+                    | Expr::StopGrad { .. } => e.operands().iter().all(|o| self.uniform[o.index()]),
                     _ => false,
                 };
             self.invariant[h.index()] = self.uniform[h.index()]
                 || match e {
                     Expr::Iota { .. } | Expr::Literal(_) => true,
-                    _ if remaps_indices(e) || scalar_arithmetic(e) => e.operands().iter().all(|o| self.invariant[o.index()]),
+                    _ if remaps_indices(e) || scalar_arithmetic(e) => {
+                        e.operands().iter().all(|o| self.invariant[o.index()])
+                    }
                     _ => false,
                 };
             if let Expr::Loop { carried, body, .. } = e {
@@ -148,10 +152,18 @@ impl Lowering<'_> {
     fn place_of(&mut self, h: H) -> Result<Place, CudaError> {
         let external = |l: &mut Self, source: BufferSource, name: String| Place::Buffer(l.external(h, source, name));
         Ok(match &self.p.exprs[h] {
-            Expr::Input(i) => external(self, BufferSource::Input(i.index()), format!("in_{}", self.module.inputs[*i].name)),
-            Expr::Const(k) => external(self, BufferSource::Const(k.index()), format!("const_{}", self.module.consts[*k].name)),
-            Expr::State(s) => external(self, BufferSource::State(s.index()), format!("state_{}", self.module.states[*s].name)),
-            Expr::Builtin(BuiltinValue::SampleIndex) => external(self, BufferSource::SampleIndex, "sample_index".into()),
+            Expr::Input(i) => {
+                external(self, BufferSource::Input(i.index()), format!("in_{}", self.module.inputs[*i].name))
+            }
+            Expr::Const(k) => {
+                external(self, BufferSource::Const(k.index()), format!("const_{}", self.module.consts[*k].name))
+            }
+            Expr::State(s) => {
+                external(self, BufferSource::State(s.index()), format!("state_{}", self.module.states[*s].name))
+            }
+            Expr::Builtin(BuiltinValue::SampleIndex) => {
+                external(self, BufferSource::SampleIndex, "sample_index".into())
+            }
             Expr::Forward(_) => {
                 return Err(CudaError::Unsupported("outputs of the loss program (read by `on step` handlers)".into()))
             }
@@ -197,7 +209,9 @@ impl Lowering<'_> {
     /// Whether a pairwise node reads it: tiles read their operands as row-major matrices and
     /// vectors.
     fn tile_operand(&self, h: H) -> bool {
-        self.users[h.index()].iter().any(|&u| matches!(self.p.exprs[u], Expr::PairwiseReduce { .. } | Expr::PairwiseMatMul { .. }))
+        self.users[h.index()]
+            .iter()
+            .any(|&u| matches!(self.p.exprs[u], Expr::PairwiseReduce { .. } | Expr::PairwiseMatMul { .. }))
     }
 
     /// Whether a reader may recompute the node instead of loading a stored copy: a few
@@ -213,7 +227,8 @@ impl Lowering<'_> {
         if self.invariant[h.index()] {
             return 0;
         }
-        let operands = self.p.exprs[h].operands().iter().fold(0usize, |total, o| total.saturating_add(self.cost[o.index()]));
+        let operands =
+            self.p.exprs[h].operands().iter().fold(0usize, |total, o| total.saturating_add(self.cost[o.index()]));
         match &self.p.exprs[h] {
             e if scalar_arithmetic(e) => operands.saturating_add(1),
             e if remaps_indices(e) || matches!(e, Expr::Gather { .. }) => operands,
@@ -233,7 +248,9 @@ impl Lowering<'_> {
 
     fn view_buffer(&self, h: H) -> Option<BufferId> {
         match &self.p.exprs[h] {
-            Expr::StopGrad { arg } | Expr::ExpandDims { arg, .. } | Expr::Squeeze { arg, .. } => self.dense_buffer(*arg),
+            Expr::StopGrad { arg } | Expr::ExpandDims { arg, .. } | Expr::Squeeze { arg, .. } => {
+                self.dense_buffer(*arg)
+            }
             _ => None,
         }
     }
@@ -292,7 +309,8 @@ impl Lowering<'_> {
             by_level[l].push(unit);
         }
         for members in by_level {
-            let (grid, alone): (Vec<Unit>, Vec<Unit>) = members.into_iter().partition(|u| matches!(u.body, Body::Grid(_)));
+            let (grid, alone): (Vec<Unit>, Vec<Unit>) =
+                members.into_iter().partition(|u| matches!(u.body, Body::Grid(_)));
             if !grid.is_empty() {
                 self.push_kernel(grid);
             }
@@ -380,7 +398,10 @@ impl Lowering<'_> {
                 let idx = e.unflatten(c::var("o"), &ty.shape);
                 let a = e.value(lhs, &[idx[0].clone(), c::var("k")]);
                 let b = e.value(rhs, &[c::var("k"), idx[1].clone()]);
-                let value = e.finish(&[(CType::LongLong, "o"), (CType::LongLong, "k")], CStmt::Return(c::binary(COp::Mul, a, b)));
+                let value = e.finish(
+                    &[(CType::LongLong, "o"), (CType::LongLong, "k")],
+                    CStmt::Return(c::binary(COp::Mul, a, b)),
+                );
                 Step::Reduce { reducer: Reducer { op: ReduceOp::Sum, elem: Elem::Real }, out, outputs, length, value }
             }
             _ => self.fill(out, &ty.shape, uses, &mut |e, idx| e.compute(h, idx)),
@@ -391,7 +412,8 @@ impl Lowering<'_> {
     fn loop_kernel(&mut self, h: H) -> Result<(), CudaError> {
         let Expr::Loop { count, carried, body } = self.p.exprs[h].clone() else { unreachable!() };
         let mut uses = KernelUses::default();
-        let params: Vec<BufferId> = carried.iter().map(|c| self.dense_buffer(c.param).expect("carried variables are stored")).collect();
+        let params: Vec<BufferId> =
+            carried.iter().map(|c| self.dense_buffer(c.param).expect("carried variables are stored")).collect();
         let mut init = Vec::new();
         for (c, &param) in carried.iter().zip(&params) {
             let shape = self.p.ty(c.param).shape.clone();
@@ -661,7 +683,8 @@ impl<'l, 'a> Emitter<'l, 'a> {
                 break;
             }
             let size = self.dim(&shape[axis]);
-            idx[axis] = self.bind(format!("{base}{axis}"), CType::LongLong, c::binary(COp::Rem, rest.clone(), size.clone()));
+            idx[axis] =
+                self.bind(format!("{base}{axis}"), CType::LongLong, c::binary(COp::Rem, rest.clone(), size.clone()));
             rest = self.bind(format!("{base}{axis}_rest"), CType::LongLong, c::binary(COp::Div, rest, size));
         }
         idx
@@ -748,8 +771,11 @@ impl<'l, 'a> Emitter<'l, 'a> {
             Expr::Broadcast { arg, .. } => {
                 let arg_shape = p.ty(arg).shape.clone();
                 let lead = idx.len() - arg_shape.len();
-                let inner: Vec<CExpr> =
-                    arg_shape.iter().enumerate().map(|(k, d)| if d.is_one() { CExpr::Int(0) } else { idx[lead + k].clone() }).collect();
+                let inner: Vec<CExpr> = arg_shape
+                    .iter()
+                    .enumerate()
+                    .map(|(k, d)| if d.is_one() { CExpr::Int(0) } else { idx[lead + k].clone() })
+                    .collect();
                 return self.value(arg, &inner);
             }
             Expr::ExpandDims { arg, axis } => {

@@ -118,7 +118,8 @@ impl super::Backend for Cuda {
         super::BackendKind::Cuda.name()
     }
     fn evaluate(&self, bindings: &Bindings) -> Result<Evaluation, super::BackendError> {
-        Cuda::evaluate(self, bindings).map_err(|e| super::BackendError::Run { backend: self.name(), why: e.to_string() })
+        Cuda::evaluate(self, bindings)
+            .map_err(|e| super::BackendError::Run { backend: self.name(), why: e.to_string() })
     }
 }
 
@@ -153,7 +154,10 @@ fn check_sample_index(module: &Module, b: &Bindings) -> Result<(), CudaError> {
         return Ok(());
     };
     let rows = b.dims[samples.0.index()];
-    let values = index.to_dtype(candle_core::DType::I64).and_then(|t| t.to_vec1::<i64>()).map_err(|e| CudaError::Bind(e.to_string()))?;
+    let values = index
+        .to_dtype(candle_core::DType::I64)
+        .and_then(|t| t.to_vec1::<i64>())
+        .map_err(|e| CudaError::Bind(e.to_string()))?;
     match values.iter().find(|&&v| v < 0 || v >= rows) {
         Some(bad) => Err(CudaError::Bind(format!("sample index {bad} is outside the dataset of {rows} samples"))),
         None => Ok(()),

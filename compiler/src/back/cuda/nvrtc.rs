@@ -71,7 +71,8 @@ fn options(arch: u32) -> Vec<String> {
 
 fn compile_uncached(source: &str, arch: u32) -> Result<(Vec<u8>, String), CudaError> {
     let text = CString::new(source).map_err(|_| CudaError::Unsupported("a NUL byte in generated source".into()))?;
-    let prog = result::create_program(&text, Some(c"sslc.cu")).map_err(|e| CudaError::Driver(format!("nvrtcCreateProgram: {e:?}")))?;
+    let prog = result::create_program(&text, Some(c"sslc.cu"))
+        .map_err(|e| CudaError::Driver(format!("nvrtcCreateProgram: {e:?}")))?;
     // SAFETY: `prog` is a live program created above and destroyed once below.
     let outcome = unsafe { result::compile_program(prog, &options(arch)) };
     let log = unsafe { result::get_program_log(prog) }
@@ -80,16 +81,21 @@ fn compile_uncached(source: &str, arch: u32) -> Result<(Vec<u8>, String), CudaEr
             String::from_utf8_lossy(&bytes).into_owned()
         })
         .unwrap_or_default();
-    let image = outcome.map_err(|_| CudaError::Compile { arch, log: log.clone(), text: source.to_string() }).and_then(|()| {
-        let mut size = 0usize;
-        // SAFETY: the program compiled; NVRTC writes `size` bytes into a buffer of that size.
-        unsafe {
-            sys::nvrtcGetCUBINSize(prog, &mut size).result().map_err(|e| CudaError::Driver(format!("nvrtcGetCUBINSize: {e:?}")))?;
-            let mut image = vec![0u8; size];
-            sys::nvrtcGetCUBIN(prog, image.as_mut_ptr().cast()).result().map_err(|e| CudaError::Driver(format!("nvrtcGetCUBIN: {e:?}")))?;
-            Ok(image)
-        }
-    });
+    let image =
+        outcome.map_err(|_| CudaError::Compile { arch, log: log.clone(), text: source.to_string() }).and_then(|()| {
+            let mut size = 0usize;
+            // SAFETY: the program compiled; NVRTC writes `size` bytes into a buffer of that size.
+            unsafe {
+                sys::nvrtcGetCUBINSize(prog, &mut size)
+                    .result()
+                    .map_err(|e| CudaError::Driver(format!("nvrtcGetCUBINSize: {e:?}")))?;
+                let mut image = vec![0u8; size];
+                sys::nvrtcGetCUBIN(prog, image.as_mut_ptr().cast())
+                    .result()
+                    .map_err(|e| CudaError::Driver(format!("nvrtcGetCUBIN: {e:?}")))?;
+                Ok(image)
+            }
+        });
     // SAFETY: destroyed exactly once.
     let _ = unsafe { result::destroy_program(prog) };
     Ok((image?, log))
@@ -165,7 +171,13 @@ ptxas info    : Used 27 registers, used 0 barriers\n";
             stats,
             vec![
                 KernelStats { name: "k00_reduce".into(), registers: 27, ..KernelStats::default() },
-                KernelStats { name: "k01_map".into(), registers: 30, spill_stores: 8, spill_loads: 12, shared_bytes: 35840 },
+                KernelStats {
+                    name: "k01_map".into(),
+                    registers: 30,
+                    spill_stores: 8,
+                    spill_loads: 12,
+                    shared_bytes: 35840
+                },
             ]
         );
     }

@@ -84,7 +84,10 @@ pub fn c_type(elem: Elem) -> CType {
 pub enum PairwiseProduct {
     Reduce(Reducer),
     /// `Σ_n w(o, n) v[n, :]`, with `v` of `width` columns.
-    MatMul { v: BufferId, width: CExpr },
+    MatMul {
+        v: BufferId,
+        width: CExpr,
+    },
 }
 
 /// One unit of grid-stride work. Counts are expressions of the host scalars.
@@ -179,7 +182,9 @@ impl Plan {
                 Param::Buffer { ty: c_type(buf.elem), name: buf.name.clone(), read: u.read, written: u.written }
             })
             .collect();
-        params.extend(k.scalars.iter().map(|&s| Param::Scalar { ty: self.scalars[s].ty, name: self.scalars[s].name.clone() }));
+        params.extend(
+            k.scalars.iter().map(|&s| Param::Scalar { ty: self.scalars[s].ty, name: self.scalars[s].name.clone() }),
+        );
         let mut body = Vec::new();
         match &k.body {
             Body::Grid(steps) => {
