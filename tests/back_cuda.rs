@@ -123,7 +123,7 @@ fn halve_less(s: &mut cuda::c::CStmt) {
     fn walk(e: &mut CExpr) {
         match e {
             CExpr::Float(v) if *v == 2.0 => *v = 2.5,
-            CExpr::Neg(a) | CExpr::Not(a) | CExpr::Cast(_, a) => walk(a),
+            CExpr::Cast(_, a) => walk(a),
             CExpr::Binary(_, a, b) | CExpr::Index(a, b) => {
                 walk(a);
                 walk(b);
@@ -133,7 +133,7 @@ fn halve_less(s: &mut cuda::c::CStmt) {
                 walk(a);
                 walk(b);
             }
-            CExpr::Call(_, args) => args.iter_mut().for_each(walk),
+            CExpr::Call(_, args) | CExpr::Prim(_, _, args) => args.iter_mut().for_each(walk),
             _ => {}
         }
     }

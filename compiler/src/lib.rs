@@ -19,6 +19,7 @@ pub mod front;
 pub mod gradcheck;
 pub mod ir;
 pub mod objective;
+pub mod ops;
 pub mod passes;
 pub mod span;
 pub mod valid;

@@ -23,6 +23,9 @@ pub struct Executable {
     pub module: Module,
     /// The loss program with `grad_<input>` outputs appended.
     pub gradient: Program,
+    /// [`Self::gradient`] through the optimiser ([`crate::passes::optimize`]): what every
+    /// fast back end compiles. Optimised once, here, so the back ends cannot disagree on it.
+    pub optimized: Program,
 }
 
 impl Executable {
@@ -30,7 +33,8 @@ impl Executable {
     pub fn new(module: Module) -> Result<Executable, Diagnostic> {
         let wrt: Vec<_> = module.inputs.handles().collect();
         let gradient = differentiate(&module, &module.loss, "loss", &wrt)?;
-        Ok(Executable { module, gradient })
+        let optimized = crate::passes::optimize(&module, &gradient)?;
+        Ok(Executable { module, gradient, optimized })
     }
 
     /// Values and gradients on the reference evaluator.

@@ -115,7 +115,7 @@ fn stage_text(m: sslc_compiler::ir::Module, stage: Stage) -> Result<String, sslc
         return Ok(cpu.clif().to_string());
     }
     let program = match stage {
-        Stage::Opt => sslc_compiler::passes::optimize(&exe.module, &exe.gradient)?,
+        Stage::Opt => exe.optimized.clone(),
         _ => exe.gradient.clone(),
     };
     let mut text = format!("gradient of {} {{\n", exe.module.name);

@@ -48,6 +48,31 @@ pub(super) fn vjp(b: &mut Grad, h: Handle<Expr>, g: Handle<Expr>) -> Contributio
                     b.push(Expr::Unary { op: UnaryOp::Neg, arg: prod }, s)?
                 }
                 UnaryOp::Not => return Ok(Vec::new()),
+                // d log1p(x) = dx / (1 + x)
+                UnaryOp::Log1p => {
+                    let one = b.constant_like(1.0, arg, s)?;
+                    let denom = b.binary(Add, one, arg, s)?;
+                    b.binary(Div, g, denom, s)?
+                }
+                // d expm1(x) = exp(x) dx; not y + 1, which rounds to 0 where exp(x) is tiny.
+                UnaryOp::Expm1 => {
+                    let e = b.push(Expr::Unary { op: UnaryOp::Exp, arg }, s)?;
+                    b.binary(Mul, g, e, s)?
+                }
+                // d softplus(x) = sigmoid(x) dx, and sigmoid(x) = 1 - exp(-y) = -expm1(-y):
+                // from the forward value, accurate where sigmoid is near 0 or 1.
+                UnaryOp::Softplus => {
+                    let neg = b.push(Expr::Unary { op: UnaryOp::Neg, arg: h }, s)?;
+                    let em1 = b.push(Expr::Unary { op: UnaryOp::Expm1, arg: neg }, s)?;
+                    let sigmoid = b.push(Expr::Unary { op: UnaryOp::Neg, arg: em1 }, s)?;
+                    b.binary(Mul, g, sigmoid, s)?
+                }
+                // d x² = 2 x dx
+                UnaryOp::Square => {
+                    let two = b.constant_like(2.0, arg, s)?;
+                    let twice = b.binary(Mul, two, arg, s)?;
+                    b.binary(Mul, g, twice, s)?
+                }
             };
             give(b, arg, d);
         }

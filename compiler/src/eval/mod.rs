@@ -13,6 +13,7 @@ use crate::ir::{
     BinaryOp, BuiltinValue, Elem, Expr, Handle, KernelNode, Literal, Module, PairwiseOperands, Program, ReduceOp,
     UnaryOp,
 };
+use crate::ops::{Prim, Real, Scalar};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 
@@ -266,29 +267,65 @@ impl Evaluator<'_> {
     }
 
     fn binary(&self, op: BinaryOp, l: &Tensor, r: &Tensor) -> candle_core::Result<Tensor> {
-        // Integer arithmetic goes through f64: exact for every size an objective uses.
-        if l.dtype() == DType::I64 && !op.is_comparison() {
-            let (lf, rf) = (l.to_dtype(DType::F64)?, r.to_dtype(DType::F64)?);
-            return self.binary(op, &lf, &rf)?.to_dtype(DType::I64);
-        }
-        match op {
-            BinaryOp::Add => l.add(r),
-            BinaryOp::Sub => l.sub(r),
-            BinaryOp::Mul => l.mul(r),
-            BinaryOp::Div => l.div(r),
-            BinaryOp::Pow => pow(l, r),
-            // Python's sign convention: the result has the sign of the divisor.
-            BinaryOp::Rem => l.sub(&r.mul(&l.div(r)?.floor()?)?),
-            BinaryOp::Max => l.maximum(r),
-            BinaryOp::Min => l.minimum(r),
-            BinaryOp::Lt => l.lt(r),
-            BinaryOp::Le => l.le(r),
-            BinaryOp::Gt => l.gt(r),
-            BinaryOp::Ge => l.ge(r),
-            BinaryOp::Eq => l.eq(r),
-            BinaryOp::Ne => l.ne(r),
-            BinaryOp::And => l.mul(r),
-            BinaryOp::Or => l.maximum(r),
+        elementwise(Prim::Binary(op), &[l, r])
+    }
+}
+
+/// A primitive applied element by element with the op table's semantics, in the real type of
+/// the operands (f32 or f64; f64 when none is real). Operands have one shape (lowering
+/// broadcasts explicitly).
+fn elementwise(prim: Prim, args: &[&Tensor]) -> candle_core::Result<Tensor> {
+    if args.iter().any(|t| t.dtype() == DType::F32) {
+        elementwise_in::<f32>(prim, args)
+    } else {
+        elementwise_in::<f64>(prim, args)
+    }
+}
+
+fn elementwise_in<F: Real + candle_core::WithDType>(prim: Prim, args: &[&Tensor]) -> candle_core::Result<Tensor> {
+    let shape = args[0].shape().clone();
+    let operand = match args[0].dtype() {
+        DType::I64 => Elem::Int,
+        DType::U8 => Elem::Bool,
+        _ => Elem::Real,
+    };
+    let columns = args.iter().map(|t| Column::<F>::of(t)).collect::<candle_core::Result<Vec<_>>>()?;
+    let n = shape.elem_count();
+    let mut row = Vec::with_capacity(args.len());
+    let values = (0..n).map(|i| {
+        row.clear();
+        row.extend(columns.iter().map(|c| c.get(i)));
+        prim.eval(&row)
+    });
+    let device = Device::Cpu;
+    match prim.result_elem(operand) {
+        Elem::Real => Tensor::from_vec(values.map(Scalar::real).collect::<Vec<F>>(), shape, &device),
+        Elem::Int => Tensor::from_vec(values.map(Scalar::int).collect::<Vec<i64>>(), shape, &device),
+        Elem::Bool => Tensor::from_vec(values.map(|v| u8::from(v.truth())).collect::<Vec<u8>>(), shape, &device),
+    }
+}
+
+/// A tensor's elements, read once.
+enum Column<F> {
+    Real(Vec<F>),
+    Int(Vec<i64>),
+    Bool(Vec<u8>),
+}
+
+impl<F: Real + candle_core::WithDType> Column<F> {
+    fn of(t: &Tensor) -> candle_core::Result<Column<F>> {
+        let flat = t.flatten_all()?;
+        Ok(match t.dtype() {
+            DType::I64 => Column::Int(flat.to_vec1()?),
+            DType::U8 => Column::Bool(flat.to_vec1()?),
+            _ => Column::Real(flat.to_dtype(F::DTYPE)?.to_vec1()?),
+        })
+    }
+    fn get(&self, i: usize) -> Scalar<F> {
+        match self {
+            Column::Real(v) => Scalar::Real(v[i]),
+            Column::Int(v) => Scalar::Int(v[i]),
+            Column::Bool(v) => Scalar::Bool(v[i] != 0),
         }
     }
 }
@@ -314,28 +351,8 @@ impl ToDtypeOf for f64 {
     }
 }
 
-/// `x ** y` with PyTorch's conventions where `exp(y log x)` would give NaN: `0 ** y = 0` for
-/// `y > 0`, `x ** 0 = 1`, and negative bases with integer exponents keep their sign.
-fn pow(x: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
-    let magnitude = x.abs()?.log()?.mul(y)?.exp()?;
-    let odd = y.sub(&y.affine(0.5, 0.0)?.floor()?.affine(2.0, 0.0)?)?.abs()?.eq(&1f64.to_dtype_of(y)?)?;
-    let negative = x.lt(&0f64.to_dtype_of(x)?)?;
-    let flip = negative.mul(&odd)?;
-    let signed = flip.where_cond(&magnitude.neg()?, &magnitude)?;
-    let y_zero = y.eq(&0f64.to_dtype_of(y)?)?;
-    y_zero.where_cond(&1f64.to_dtype_of(x)?, &signed)
-}
-
 fn unary(op: UnaryOp, x: &Tensor) -> candle_core::Result<Tensor> {
-    match op {
-        UnaryOp::Neg => x.neg(),
-        UnaryOp::Exp => x.exp(),
-        UnaryOp::Log => x.log(),
-        UnaryOp::Sqrt => x.sqrt(),
-        UnaryOp::Abs => x.abs(),
-        UnaryOp::Cos => x.cos(),
-        UnaryOp::Not => x.eq(0u8),
-    }
+    elementwise(Prim::Unary(op), &[x])
 }
 
 fn reduce(op: ReduceOp, x: &Tensor, axis: usize) -> candle_core::Result<Tensor> {

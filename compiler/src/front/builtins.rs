@@ -28,13 +28,9 @@ pub(super) fn builtin_value(name: &str) -> Option<BuiltinName> {
     })
 }
 
-/// Functions usable in expressions.
+/// Functions usable in expressions, besides the element-wise primitives the op table marks as
+/// built-ins (`exp`, `log1p`, ...: [`UnaryOp::builtin`]).
 const FUNCTIONS: &[&str] = &[
-    "exp",
-    "log",
-    "sqrt",
-    "abs",
-    "cos",
     "sigmoid",
     "relu",
     "maximum",
@@ -74,13 +70,11 @@ const DECLARATION_ONLY: &[(&str, &str)] = &[
     ("randaugment", "`views x1, x2 = simclr_augment(x) + randaugment(p=..., strength=...)`"),
 ];
 
-/// Every built-in name, for "did you mean" hints.
-pub(super) const BUILTIN_NAMES: &[&str] = &[
-    "exp",
-    "log",
-    "sqrt",
-    "abs",
-    "cos",
+/// Every built-in name, for "did you mean" hints: the op table's and these.
+pub(super) static BUILTIN_NAMES: std::sync::LazyLock<Vec<&'static str>> =
+    std::sync::LazyLock::new(|| UnaryOp::builtin_names().chain(OTHER_NAMES.iter().copied()).collect());
+
+const OTHER_NAMES: &[&str] = &[
     "sigmoid",
     "relu",
     "maximum",
@@ -117,8 +111,12 @@ pub(super) const BUILTIN_NAMES: &[&str] = &[
     "samples",
 ];
 
+fn is_function(name: &str) -> bool {
+    FUNCTIONS.contains(&name) || UnaryOp::builtin(name).is_some()
+}
+
 pub(super) fn is_builtin(name: &str) -> bool {
-    FUNCTIONS.contains(&name) || DECLARATION_ONLY.iter().any(|(n, _)| *n == name)
+    is_function(name) || DECLARATION_ONLY.iter().any(|(n, _)| *n == name)
 }
 
 /// An augmentation the runtime implements.
@@ -162,7 +160,7 @@ impl Lower<'_> {
                     .hint(format!("use it as {usage}")),
             )));
         }
-        if !FUNCTIONS.contains(&name) {
+        if !is_function(name) {
             return None;
         }
         Some(self.builtin(name, args, span))
@@ -170,19 +168,12 @@ impl Lower<'_> {
 
     fn builtin(&mut self, name: &str, args: Vec<CallArg>, span: Span) -> R<Value> {
         let node = |v: R<Handle<Expr>>| v.map(Value::Node);
+        if let Some(op) = UnaryOp::builtin(name) {
+            let [x] = self.args(name, args, &["x"], 1, span)?;
+            let x = self.real(x)?;
+            return node(self.push(Expr::Unary { op, arg: x }, span));
+        }
         match name {
-            "exp" | "log" | "sqrt" | "abs" | "cos" => {
-                let [x] = self.args(name, args, &["x"], 1, span)?;
-                let op = match name {
-                    "exp" => UnaryOp::Exp,
-                    "log" => UnaryOp::Log,
-                    "sqrt" => UnaryOp::Sqrt,
-                    "abs" => UnaryOp::Abs,
-                    _ => UnaryOp::Cos,
-                };
-                let x = self.real(x)?;
-                node(self.push(Expr::Unary { op, arg: x }, span))
-            }
             "sigmoid" => {
                 let [x] = self.args(name, args, &["x"], 1, span)?;
                 let x = self.real(x)?;

@@ -13,6 +13,7 @@ mod dim;
 mod pairwise;
 mod print;
 
+pub use crate::ops::{BinaryOp, UnaryOp};
 pub use arena::{Arena, Handle};
 pub use dim::{display_shape, Dim, DimSym, Shape};
 pub use print::{print_module, print_program};
@@ -272,46 +273,6 @@ impl Module {
 // ---- programs ----------------------------------------------------------------------------
 
 pub type Block = Vec<Handle<Expr>>;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum UnaryOp {
-    Neg,
-    Exp,
-    Log,
-    Sqrt,
-    Abs,
-    Cos,
-    Not,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum BinaryOp {
-    Add,
-    Sub,
-    Mul,
-    Div,
-    Pow,
-    Rem,
-    Max,
-    Min,
-    Lt,
-    Le,
-    Gt,
-    Ge,
-    Eq,
-    Ne,
-    And,
-    Or,
-}
-
-impl BinaryOp {
-    pub fn is_comparison(self) -> bool {
-        matches!(self, Self::Lt | Self::Le | Self::Gt | Self::Ge | Self::Eq | Self::Ne)
-    }
-    pub fn is_logical(self) -> bool {
-        matches!(self, Self::And | Self::Or)
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ReduceOp {

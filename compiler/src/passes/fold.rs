@@ -1,11 +1,12 @@
 //! Constant folding and algebraic simplification: scalar operations on literals are computed
-//! now, and identities that autodiff and lowering leave behind (`transpose(transpose(x))`,
+//! now with the op table's semantics, small integer powers become products, and identities that autodiff and lowering leave behind (`transpose(transpose(x))`,
 //! `squeeze(expand_dims(x))`, broadcasts of broadcasts, `x * 1`, `x + 0`, `--x`, casts to the
 //! same type) disappear, so later passes see the simplest form. Passes run on gradient
 //! programs, where `stopgrad` has done its work, so it is dropped too.
 
 use super::{Action, Rebuilder};
-use crate::ir::{BinaryOp, Elem, Expr, Handle, Literal, Module, Program, UnaryOp};
+use crate::ir::{BinaryOp, Expr, Handle, Literal, Module, Program, UnaryOp};
+use crate::ops::Scalar;
 
 pub(super) fn run(module: &Module, program: &Program) -> Program {
     Rebuilder::new(module, program).run(&mut |rb, old, expr| match simplify(rb, &expr, rb.old.span(old)) {
@@ -20,6 +21,29 @@ fn literal(rb: &Rebuilder, h: Handle<Expr>) -> Option<Literal> {
         Expr::Literal(l) => Some(*l),
         Expr::Broadcast { arg, .. } => literal(rb, *arg),
         _ => None,
+    }
+}
+
+fn scalar(l: Literal) -> Scalar<f64> {
+    match l {
+        Literal::Real(v) => Scalar::Real(v),
+        Literal::Int(v) => Scalar::Int(v),
+        Literal::Bool(v) => Scalar::Bool(v),
+    }
+}
+
+/// A folded value as a node of `shape`: the literal, broadcast when `shape` is not a scalar.
+fn spread(rb: &mut Rebuilder, v: Scalar<f64>, shape: crate::ir::Shape, span: crate::span::Span) -> Handle<Expr> {
+    let l = match v {
+        Scalar::Real(v) => Literal::Real(v),
+        Scalar::Int(v) => Literal::Int(v),
+        Scalar::Bool(v) => Literal::Bool(v),
+    };
+    let h = rb.push(Expr::Literal(l), span);
+    if shape.is_empty() {
+        h
+    } else {
+        rb.push(Expr::Broadcast { arg: h, shape }, span)
     }
 }
 
@@ -54,42 +78,47 @@ fn simplify(rb: &mut Rebuilder, expr: &Expr, span: crate::span::Span) -> Option<
         }
         Expr::Cast { arg, to } if rb.new_ty(arg).elem == to => Some(arg),
         Expr::StopGrad { arg } => Some(arg),
-        Expr::Unary { op: UnaryOp::Neg, arg } => match rb.new_expr(arg) {
-            Expr::Unary { op: UnaryOp::Neg, arg: inner } => Some(*inner),
-            Expr::Literal(Literal::Real(v)) => {
-                let v = -*v;
-                Some(rb.push(Expr::Literal(Literal::Real(v)), span))
+        Expr::Unary { op: UnaryOp::Neg, arg } if matches!(rb.new_expr(arg), Expr::Unary { op: UnaryOp::Neg, .. }) => {
+            match rb.new_expr(arg) {
+                Expr::Unary { arg: inner, .. } => Some(*inner),
+                _ => None,
             }
-            _ => None,
-        },
-        Expr::Cast { arg, to: Elem::Real } => match rb.new_expr(arg) {
-            Expr::Literal(Literal::Int(v)) => {
-                let v = *v as f64;
-                Some(rb.push(Expr::Literal(Literal::Real(v)), span))
-            }
-            _ => None,
-        },
+        }
+        Expr::Cast { arg, to } => {
+            let v = literal(rb, arg)?;
+            let shape = rb.new_ty(arg).shape.clone();
+            Some(spread(rb, scalar(v).cast(to), shape, span))
+        }
+        Expr::Unary { op, arg } => {
+            let v = literal(rb, arg)?;
+            let shape = rb.new_ty(arg).shape.clone();
+            Some(spread(rb, op.eval(scalar(v)), shape, span))
+        }
         Expr::Binary { op, lhs, rhs } => {
-            let (l, r) = (real(rb, lhs), real(rb, rhs));
-            let scalar = rb.new_ty(lhs).rank() == 0;
-            if let (Some(a), Some(b), true) = (l, r, scalar) {
-                let v = match op {
-                    BinaryOp::Add => a + b,
-                    BinaryOp::Sub => a - b,
-                    BinaryOp::Mul => a * b,
-                    BinaryOp::Div => a / b,
-                    BinaryOp::Max => a.max(b),
-                    BinaryOp::Min => a.min(b),
-                    _ => return None,
-                };
-                return Some(rb.push(Expr::Literal(Literal::Real(v)), span));
+            if let (Some(a), Some(b)) = (literal(rb, lhs), literal(rb, rhs)) {
+                let shape = rb.new_ty(lhs).shape.clone();
+                return Some(spread(rb, op.eval(scalar(a), scalar(b)), shape, span));
             }
+            let (l, r) = (real(rb, lhs), real(rb, rhs));
+            let square = |rb: &mut Rebuilder, arg| rb.push(Expr::Unary { op: UnaryOp::Square, arg }, span);
             match (op, l, r) {
                 (BinaryOp::Mul, _, Some(1.0))
                 | (BinaryOp::Div, _, Some(1.0))
                 | (BinaryOp::Add, _, Some(0.0))
-                | (BinaryOp::Sub, _, Some(0.0)) => Some(lhs),
+                | (BinaryOp::Sub, _, Some(0.0))
+                | (BinaryOp::Pow, _, Some(1.0)) => Some(lhs),
                 (BinaryOp::Mul, Some(1.0), _) | (BinaryOp::Add, Some(0.0), _) => Some(rhs),
+                // Small integer powers become products: exact, several times faster than
+                // `exp(y log x)`, and `**`'s rules for signs and zeros agree with them.
+                (BinaryOp::Pow, _, Some(2.0)) => Some(square(rb, lhs)),
+                (BinaryOp::Pow, _, Some(3.0)) => {
+                    let sq = square(rb, lhs);
+                    Some(rb.push(Expr::Binary { op: BinaryOp::Mul, lhs: sq, rhs: lhs }, span))
+                }
+                (BinaryOp::Pow, _, Some(4.0)) => {
+                    let sq = square(rb, lhs);
+                    Some(square(rb, sq))
+                }
                 _ => None,
             }
         }

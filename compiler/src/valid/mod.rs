@@ -5,8 +5,8 @@
 //! pass that builds ill-typed or ill-ordered IR is caught at its source instead of in a back end.
 
 use crate::ir::{
-    display_shape, BinaryOp, Block, Dim, Elem, Expr, Handle, KernelNode, Literal, Module, PairwiseOperands, Program,
-    ReduceOp, Type, UnaryOp,
+    display_shape, Block, Dim, Elem, Expr, Handle, KernelNode, Literal, Module, PairwiseOperands, Program, ReduceOp,
+    Type,
 };
 use std::collections::HashSet;
 
@@ -64,51 +64,24 @@ pub fn infer(module: &Module, expr: &Expr, ty: &dyn Fn(Handle<Expr>) -> Type) ->
         }
         Expr::Unary { op, arg } => {
             let t = ty(*arg);
-            match op {
-                UnaryOp::Not => expect_elem("not", &t, Elem::Bool)?,
-                UnaryOp::Neg => {
-                    if t.elem == Elem::Bool {
-                        return Err(TypeError::ElemMismatch {
-                            op: "-".into(),
-                            expected: "numeric".into(),
-                            found: "bool".into(),
-                        });
-                    }
-                }
-                _ => expect_elem(&format!("{op:?}").to_lowercase(), &t, Elem::Real)?,
-            }
+            expect_domain(op.name(), t.elem, op.domain())?;
             t
         }
         Expr::Binary { op, lhs, rhs } => {
             let (l, r) = (ty(*lhs), ty(*rhs));
-            let name = format!("{op:?}").to_lowercase();
+            let name = op.name();
             if l.shape != r.shape {
-                return Err(TypeError::ShapeMismatch { op: name, lhs: text(&l), rhs: text(&r) });
+                return Err(TypeError::ShapeMismatch { op: name.into(), lhs: text(&l), rhs: text(&r) });
             }
             if l.elem != r.elem {
                 return Err(TypeError::ElemMismatch {
-                    op: name,
+                    op: name.into(),
                     expected: l.elem.name().into(),
                     found: r.elem.name().into(),
                 });
             }
-            if op.is_logical() {
-                expect_elem(&name, &l, Elem::Bool)?;
-                l
-            } else if op.is_comparison() {
-                if l.elem == Elem::Bool && !matches!(op, BinaryOp::Eq | BinaryOp::Ne) {
-                    return Err(TypeError::ElemMismatch { op: name, expected: "numeric".into(), found: "bool".into() });
-                }
-                Type::tensor(Elem::Bool, l.shape)
-            } else {
-                if l.elem == Elem::Bool {
-                    return Err(TypeError::ElemMismatch { op: name, expected: "numeric".into(), found: "bool".into() });
-                }
-                if matches!(op, BinaryOp::Div | BinaryOp::Pow) {
-                    expect_elem(&name, &l, Elem::Real)?;
-                }
-                l
-            }
+            expect_domain(name, l.elem, op.domain())?;
+            Type::tensor(op.result_elem(l.elem), l.shape)
         }
         Expr::Select { cond, on_true, on_false } => {
             let (c, a, b) = (ty(*cond), ty(*on_true), ty(*on_false));
@@ -355,8 +328,11 @@ fn pairwise_dims(
             KernelNode::Literal(Literal::Real(_)) => Elem::Real,
             KernelNode::Literal(Literal::Int(_)) => Elem::Int,
             KernelNode::Literal(Literal::Bool(_)) => Elem::Bool,
-            KernelNode::Unary(UnaryOp::Not, a) => expect_kernel(earlier(*a)?, Elem::Bool)?,
-            KernelNode::Unary(_, a) => earlier(*a)?,
+            KernelNode::Unary(op, a) => {
+                let ea = earlier(*a)?;
+                expect_domain(op.name(), ea, op.domain())?;
+                ea
+            }
             KernelNode::Binary(op, a, b) => {
                 let (ea, eb) = (earlier(*a)?, earlier(*b)?);
                 if ea != eb {
@@ -366,11 +342,8 @@ fn pairwise_dims(
                         eb.name()
                     )));
                 }
-                if op.is_comparison() {
-                    Elem::Bool
-                } else {
-                    ea
-                }
+                expect_domain(op.name(), ea, op.domain())?;
+                op.result_elem(ea)
             }
             KernelNode::Select(c, a, b) => {
                 expect_kernel(earlier(*c)?, Elem::Bool)?;
@@ -406,6 +379,18 @@ fn expect_kernel(found: Elem, want: Elem) -> Result<Elem, TypeError> {
     } else {
         Err(TypeError::Other(format!("pairwise kernel: expected {}, found {}", want.name(), found.name())))
     }
+}
+
+/// An operand's element type against an op's domain (from the op table).
+fn expect_domain(op: &str, elem: Elem, domain: crate::ops::Domain) -> Result<(), TypeError> {
+    if !domain.accepts(elem) {
+        return Err(TypeError::ElemMismatch {
+            op: op.into(),
+            expected: domain.describe().into(),
+            found: elem.name().into(),
+        });
+    }
+    Ok(())
 }
 
 fn expect_elem(op: &str, t: &Type, elem: Elem) -> Result<(), TypeError> {

@@ -227,6 +227,11 @@ impl Emitter<'_, '_> {
             // Kernels with `cos` are generated one element at a time (see `needs_scalar`).
             (UnaryOp::Cos, _) => self.call("sslc_cosf", &[a])[0],
             (UnaryOp::Not, _) => self.fb.ins().bnot(a),
+            (UnaryOp::Log1p, _) => math::log1p(self, a, w),
+            (UnaryOp::Expm1, _) => math::expm1(self, a, w),
+            (UnaryOp::Softplus, _) => math::softplus(self, a, w),
+            (UnaryOp::Square, Elem::Real) => self.fb.ins().fmul(a, a),
+            (UnaryOp::Square, _) => self.fb.ins().imul(a, a),
         }
     }
 

@@ -82,12 +82,10 @@ pub struct Cpu {
 }
 
 impl Cpu {
-    /// Optimises and compiles the gradient program of `executable` (or reuses code compiled
+    /// Compiles the optimised gradient program of `executable` (or reuses code compiled
     /// before for the same optimised program).
     pub fn new(executable: Arc<Executable>) -> Result<Cpu, BackendError> {
-        let optimised = crate::passes::optimize(&executable.module, &executable.gradient)
-            .map_err(|d| BackendError::Unsupported { backend: NAME, why: d.message })?;
-        let compiled = compile(&optimised)?;
+        let compiled = compile(&executable.optimized)?;
         Ok(Cpu { executable, compiled })
     }
 

@@ -3,6 +3,8 @@
 //! emitted, and the CPU emulator ([`super::emulate`]) can interpret the very same expressions.
 //! Expressions print fully parenthesised: generated code is read in review, never by hand-edit.
 
+use crate::ir::Elem;
+use crate::ops::{Prim, Spelling};
 use std::fmt::{self, Display, Formatter, Write};
 
 /// A C type of a value or a kernel parameter.
@@ -68,12 +70,14 @@ pub enum CExpr {
     Float(f32),
     Int(i64),
     Bool(bool),
-    Neg(Box<CExpr>),
-    Not(Box<CExpr>),
+    /// An element-wise primitive of the op table on operands of type `Elem`, spelled as the
+    /// table says; the emulator evaluates it with the table's semantics.
+    Prim(Prim, Elem, Vec<CExpr>),
+    /// Index arithmetic and the comparisons of conversions to `bool`.
     Binary(COp, Box<CExpr>, Box<CExpr>),
     /// `c ? a : b`; only the chosen branch is evaluated (concatenation relies on it).
     Ternary(Box<CExpr>, Box<CExpr>, Box<CExpr>),
-    /// A CUDA math function or a prelude helper (`expf`, `sslc::pow_ref`).
+    /// A prelude template taking a lambda (`sslc::map`); never part of an element computation.
     Call(String, Vec<CExpr>),
     /// `base[offset]`.
     Index(Box<CExpr>, Box<CExpr>),
@@ -166,6 +170,12 @@ pub fn ternary(c: CExpr, a: CExpr, b: CExpr) -> CExpr {
     CExpr::Ternary(Box::new(c), Box::new(a), Box::new(b))
 }
 
+/// `prim` applied to `args`, whose element type is `elem`.
+pub fn prim(prim: Prim, elem: Elem, args: Vec<CExpr>) -> CExpr {
+    debug_assert_eq!(args.len(), if matches!(prim, Prim::Unary(_)) { 1 } else { 2 }, "{prim:?} takes its arity");
+    CExpr::Prim(prim, elem, args)
+}
+
 pub fn call(name: impl Into<String>, args: Vec<CExpr>) -> CExpr {
     CExpr::Call(name.into(), args)
 }
@@ -183,25 +193,32 @@ impl Display for CExpr {
             CExpr::Float(v) => write_float(f, *v),
             CExpr::Int(v) => write!(f, "{v}LL"),
             CExpr::Bool(v) => write!(f, "{v}"),
-            CExpr::Neg(a) => write!(f, "(-{a})"),
-            CExpr::Not(a) => write!(f, "(!{a})"),
+            CExpr::Prim(prim, elem, args) => match (prim.cuda(*elem), args.as_slice()) {
+                (Spelling::Prefix(s), [a]) => write!(f, "({s}{a})"),
+                (Spelling::Infix(s), [a, b]) => write!(f, "({a} {s} {b})"),
+                (Spelling::Call(name), _) => write_call(f, name, args),
+                // Built only by `prim`, which checks the arity.
+                (_, _) => write_call(f, "sslc::bad_arity", args),
+            },
             CExpr::Binary(op, a, b) => write!(f, "({a} {} {b})", op.symbol()),
             CExpr::Ternary(c, a, b) => write!(f, "({c} ? {a} : {b})"),
-            CExpr::Call(name, args) => {
-                write!(f, "{name}(")?;
-                for (k, a) in args.iter().enumerate() {
-                    if k > 0 {
-                        f.write_str(", ")?;
-                    }
-                    write!(f, "{a}")?;
-                }
-                f.write_str(")")
-            }
+            CExpr::Call(name, args) => write_call(f, name, args),
             CExpr::Index(base, offset) => write!(f, "{base}[{offset}]"),
             CExpr::Cast(ty, a) => write!(f, "(({ty}){a})"),
             CExpr::Lambda(l) => write!(f, "{}", Indented { item: l, depth: 0 }),
         }
     }
+}
+
+fn write_call(f: &mut Formatter<'_>, name: &str, args: &[CExpr]) -> fmt::Result {
+    write!(f, "{name}(")?;
+    for (k, a) in args.iter().enumerate() {
+        if k > 0 {
+            f.write_str(", ")?;
+        }
+        write!(f, "{a}")?;
+    }
+    f.write_str(")")
 }
 
 /// Exact f32 literals: shortest round-trip digits, and the prelude's constants for infinities.
@@ -374,7 +391,12 @@ mod tests {
         let e = binary(COp::Add, var("a"), binary(COp::Mul, var("b"), CExpr::Int(2)));
         assert_eq!(e.to_string(), "(a + (b * 2LL))");
         assert_eq!(
-            ternary(var("c"), CExpr::Bool(true), CExpr::Not(Box::new(var("d")))).to_string(),
+            ternary(
+                var("c"),
+                CExpr::Bool(true),
+                prim(Prim::Unary(crate::ops::UnaryOp::Not), Elem::Bool, vec![var("d")])
+            )
+            .to_string(),
             "(c ? true : (!d))"
         );
     }

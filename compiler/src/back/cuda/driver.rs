@@ -118,7 +118,7 @@ impl<'p> Session<'p> {
             }
             for &s in &k.scalars {
                 match &self.scalars[s] {
-                    Value::Float(v) => args.arg(v),
+                    Value::Real(v) => args.arg(v),
                     Value::Int(v) => args.arg(v),
                     Value::Bool(v) => args.arg(v),
                 };

@@ -11,39 +11,11 @@ use super::plan::{Body, BufferSource, HostScalar, PairwiseProduct, Plan, Reducer
 use super::{CudaError, Precision};
 use crate::eval::Bindings;
 use crate::ir::{Elem, Module, ReduceOp};
+use crate::ops::{BinaryOp, Scalar};
 use candle_core::{DType, Device, Tensor};
 
-/// A C value.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Value {
-    Float(f32),
-    Int(i64),
-    Bool(bool),
-}
-
-impl Value {
-    fn float(self) -> f32 {
-        match self {
-            Value::Float(v) => v,
-            Value::Int(v) => v as f32,
-            Value::Bool(v) => f32::from(u8::from(v)),
-        }
-    }
-    pub fn int(self) -> i64 {
-        match self {
-            Value::Float(v) => v as i64,
-            Value::Int(v) => v,
-            Value::Bool(v) => i64::from(v),
-        }
-    }
-    fn truth(self) -> bool {
-        match self {
-            Value::Float(v) => v != 0.0,
-            Value::Int(v) => v != 0,
-            Value::Bool(v) => v,
-        }
-    }
-}
+/// A C value: `float`, `long long` or `bool`, as the op table's scalars in f32.
+pub type Value = Scalar<f32>;
 
 /// The value of every host scalar of the plan, in order.
 pub fn scalar_values(plan: &Plan, module: &Module, b: &Bindings) -> Vec<Value> {
@@ -60,7 +32,7 @@ pub fn scalar_values(plan: &Plan, module: &Module, b: &Bindings) -> Vec<Value> {
             };
             match s.ty {
                 super::c::CType::LongLong => Value::Int(real as i64),
-                _ => Value::Float(real as f32),
+                _ => Value::Real(real as f32),
             }
         })
         .collect()
@@ -130,14 +102,14 @@ impl Data {
     }
     fn get(&self, i: usize) -> Value {
         match self {
-            Data::Float(v) => Value::Float(v[i]),
+            Data::Float(v) => Value::Real(v[i]),
             Data::Int(v) => Value::Int(v[i]),
             Data::Bool(v) => Value::Bool(v[i]),
         }
     }
     fn set(&mut self, i: usize, x: Value) {
         match self {
-            Data::Float(v) => v[i] = x.float(),
+            Data::Float(v) => v[i] = x.real(),
             Data::Int(v) => v[i] = x.int(),
             Data::Bool(v) => v[i] = x.truth(),
         }
@@ -253,14 +225,13 @@ impl Machine<'_> {
                     self.scalars[k]
                 }
             },
-            CExpr::Float(v) => Value::Float(*v),
+            CExpr::Float(v) => Value::Real(*v),
             CExpr::Int(v) => Value::Int(*v),
             CExpr::Bool(v) => Value::Bool(*v),
-            CExpr::Neg(a) => match self.eval(a, locals)? {
-                Value::Int(v) => Value::Int(-v),
-                other => Value::Float(-other.float()),
-            },
-            CExpr::Not(a) => Value::Bool(!self.eval(a, locals)?.truth()),
+            CExpr::Prim(prim, _, args) => {
+                let args = args.iter().map(|a| self.eval(a, locals)).collect::<Result<Vec<_>, _>>()?;
+                prim.eval(&args)
+            }
             CExpr::Binary(op, a, b) => binary(*op, self.eval(a, locals)?, self.eval(b, locals)?),
             CExpr::Ternary(c, a, b) => {
                 if self.eval(c, locals)?.truth() {
@@ -269,9 +240,8 @@ impl Machine<'_> {
                     self.eval(b, locals)?
                 }
             }
-            CExpr::Call(name, args) => {
-                let args = args.iter().map(|a| self.eval(a, locals)).collect::<Result<Vec<_>, _>>()?;
-                call(name, &args)
+            CExpr::Call(name, _) => {
+                return Err(CudaError::Compiler(format!("internal error: `{name}` inside an element computation")))
             }
             CExpr::Index(base, offset) => {
                 let CExpr::Var(name) = base.as_ref() else { unreachable!("loads index a buffer by name") };
@@ -282,7 +252,7 @@ impl Machine<'_> {
             CExpr::Cast(ty, a) => {
                 let v = self.eval(a, locals)?;
                 match ty {
-                    super::c::CType::Float => Value::Float(v.float()),
+                    super::c::CType::Float => Value::Real(v.real()),
                     super::c::CType::LongLong => Value::Int(v.int()),
                     super::c::CType::Bool => Value::Bool(v.truth()),
                 }
@@ -347,7 +317,7 @@ impl Machine<'_> {
             (self.size(&t.outer_count)?, self.size(&t.inner_count)?, self.size(&t.dim)? as usize);
         let rows = |data: &Data, count: i64| -> Vec<Vec<f32>> {
             (0..count as usize)
-                .map(|r| (0..dim).map(|k| round_operand(precision, data.get(r * dim + k).float())).collect())
+                .map(|r| (0..dim).map(|k| round_operand(precision, data.get(r * dim + k).real())).collect())
                 .collect()
         };
         let (outer_rows, inner_rows) =
@@ -364,14 +334,14 @@ impl Machine<'_> {
             };
             for (n, y) in inner_rows.iter().enumerate() {
                 let dot = x.iter().zip(y).fold(0f32, |s, (a, b)| a.mul_add(*b, s));
-                let args = [Value::Int(o as i64), Value::Int(n as i64), Value::Float(dot)];
-                let w = self.call(&t.weight, &args)?.expect("weights are returned").float();
+                let args = [Value::Int(o as i64), Value::Int(n as i64), Value::Real(dot)];
+                let w = self.call(&t.weight, &args)?.expect("weights are returned").real();
                 match (&mut fold, &t.product) {
-                    (Some(f), _) => f.add(Value::Float(w), n as i64),
+                    (Some(f), _) => f.add(Value::Real(w), n as i64),
                     (None, PairwiseProduct::MatMul { v, .. }) => {
                         let w = round_operand(precision, w);
                         for (e, a) in acc.iter_mut().enumerate() {
-                            *a = w.mul_add(round_operand(precision, self.memory[*v].get(n * width + e).float()), *a);
+                            *a = w.mul_add(round_operand(precision, self.memory[*v].get(n * width + e).real()), *a);
                         }
                     }
                     (None, PairwiseProduct::Reduce(_)) => unreachable!("reductions fold"),
@@ -381,7 +351,7 @@ impl Machine<'_> {
                 Some(f) => self.memory[t.out].set(o, f.result()),
                 None => {
                     for (e, a) in acc.into_iter().enumerate() {
-                        self.memory[t.out].set(o * width + e, Value::Float(a));
+                        self.memory[t.out].set(o * width + e, Value::Real(a));
                     }
                 }
             }
@@ -416,19 +386,19 @@ impl Fold {
             ReduceOp::Sum if int => self.int += v.int(),
             ReduceOp::Max if int => self.int = self.int.max(v.int()),
             ReduceOp::Min if int => self.int = self.int.min(v.int()),
-            ReduceOp::Sum => self.float += v.float(),
-            ReduceOp::Max => self.float = self.float.max(v.float()),
-            ReduceOp::Min => self.float = self.float.min(v.float()),
+            ReduceOp::Sum => self.float += v.real(),
+            ReduceOp::Max => self.float = self.float.max(v.real()),
+            ReduceOp::Min => self.float = self.float.min(v.real()),
             ReduceOp::LogSumExp => {
-                let (x, m) = (v.float(), self.top.max(v.float()));
+                let (x, m) = (v.real(), self.top.max(v.real()));
                 if m != f32::NEG_INFINITY {
                     self.float = self.float * (self.top - m).exp() + (x - m).exp();
                     self.top = m;
                 }
             }
             ReduceOp::ArgMax => {
-                if self.at < 0 || v.float() > self.top {
-                    self.top = v.float();
+                if self.at < 0 || v.real() > self.top {
+                    self.top = v.real();
                     self.at = k;
                 }
             }
@@ -438,95 +408,33 @@ impl Fold {
     fn result(&self) -> Value {
         match (self.reducer.op, self.reducer.elem) {
             (ReduceOp::LogSumExp, _) => {
-                Value::Float(if self.float > 0.0 { self.top + self.float.ln() } else { f32::NEG_INFINITY })
+                Value::Real(if self.float > 0.0 { self.top + self.float.ln() } else { f32::NEG_INFINITY })
             }
             (ReduceOp::ArgMax, _) => Value::Int(self.at.max(0)),
             (_, Elem::Int) => Value::Int(self.int),
-            _ => Value::Float(self.float),
+            _ => Value::Real(self.float),
         }
     }
 }
 
+/// C's operators by the op table's semantics: the same as C's on the values generated code
+/// applies them to (`%` and `/` only ever see non-negative indices, where C's and Python's
+/// conventions agree).
 fn binary(op: COp, a: Value, b: Value) -> Value {
-    use Value::*;
-    match (a, b) {
-        (Int(x), Int(y)) => match op {
-            COp::Add => Int(x.wrapping_add(y)),
-            COp::Sub => Int(x.wrapping_sub(y)),
-            COp::Mul => Int(x.wrapping_mul(y)),
-            COp::Div => Int(x.checked_div(y).unwrap_or(0)),
-            COp::Rem => Int(x.checked_rem(y).unwrap_or(0)),
-            _ => compare(op, x.cmp(&y), x != 0, y != 0),
-        },
-        (Bool(x), Bool(y)) => compare(op, x.cmp(&y), x, y),
-        _ => {
-            let (x, y) = (a.float(), b.float());
-            match op {
-                COp::Add => Float(x + y),
-                COp::Sub => Float(x - y),
-                COp::Mul => Float(x * y),
-                COp::Div => Float(x / y),
-                COp::Rem => Float(x % y),
-                _ => match x.partial_cmp(&y) {
-                    Some(ord) => compare(op, ord, x != 0.0, y != 0.0),
-                    // NaN: every comparison but != is false.
-                    None => Bool(op == COp::Ne),
-                },
-            }
-        }
-    }
-}
-
-fn compare(op: COp, ord: std::cmp::Ordering, x: bool, y: bool) -> Value {
-    use std::cmp::Ordering::*;
-    Value::Bool(match op {
-        COp::Lt => ord == Less,
-        COp::Le => ord != Greater,
-        COp::Gt => ord == Greater,
-        COp::Ge => ord != Less,
-        COp::Eq => ord == Equal,
-        COp::Ne => ord != Equal,
-        COp::And => x && y,
-        COp::Or => x || y,
-        _ => unreachable!("arithmetic is handled by the caller"),
-    })
-}
-
-/// The prelude's helpers and CUDA's math functions.
-fn call(name: &str, args: &[Value]) -> Value {
-    use Value::*;
-    let f = |k: usize| args[k].float();
-    match (name, args) {
-        ("expf", _) => Float(f(0).exp()),
-        ("logf", _) => Float(f(0).ln()),
-        ("sqrtf", _) => Float(f(0).sqrt()),
-        ("fabsf", _) => Float(f(0).abs()),
-        ("cosf", _) => Float(f(0).cos()),
-        ("llabs", _) => Int(args[0].int().abs()),
-        ("sslc::maximum", [Int(a), Int(b)]) => Int(*a.max(b)),
-        ("sslc::minimum", [Int(a), Int(b)]) => Int(*a.min(b)),
-        ("sslc::maximum", _) => Float(f(0).max(f(1))),
-        ("sslc::minimum", _) => Float(f(0).min(f(1))),
-        ("sslc::div_ref", _) => Int((args[0].int() as f64 / args[1].int() as f64) as i64),
-        ("sslc::rem_ref", [Int(a), Int(b)]) => {
-            let (a, b) = (*a as f64, *b as f64);
-            Int((a - b * (a / b).floor()) as i64)
-        }
-        ("sslc::rem_ref", _) => Float(f(0) - f(1) * (f(0) / f(1)).floor()),
-        ("sslc::pow_ref", [Int(a), Int(b)]) => Int(pow_ref(*a as f64, *b as f64) as i64),
-        ("sslc::pow_ref", _) => Float(pow_ref(f(0) as f64, f(1) as f64) as f32),
-        _ => unreachable!("generated code calls no `{name}`"),
-    }
-}
-
-/// The prelude's `pow_ref`, which matches the reference evaluator's conventions.
-fn pow_ref(x: f64, y: f64) -> f64 {
-    let magnitude = (x.abs().ln() * y).exp();
-    let odd = (y - (y * 0.5).floor() * 2.0).abs() == 1.0;
-    let signed = if x < 0.0 && odd { -magnitude } else { magnitude };
-    if y == 0.0 {
-        1.0
-    } else {
-        signed
-    }
+    let op = match op {
+        COp::Add => BinaryOp::Add,
+        COp::Sub => BinaryOp::Sub,
+        COp::Mul => BinaryOp::Mul,
+        COp::Div => BinaryOp::Div,
+        COp::Rem => BinaryOp::Rem,
+        COp::Lt => BinaryOp::Lt,
+        COp::Le => BinaryOp::Le,
+        COp::Gt => BinaryOp::Gt,
+        COp::Ge => BinaryOp::Ge,
+        COp::Eq => BinaryOp::Eq,
+        COp::Ne => BinaryOp::Ne,
+        COp::And => BinaryOp::And,
+        COp::Or => BinaryOp::Or,
+    };
+    op.eval(a, b)
 }

@@ -18,6 +18,7 @@ use crate::ir::{
     BinaryOp, BuiltinValue, Dim, Elem, Expr, Handle, KernelNode, Literal, Module, PairwiseOperands, Program, ReduceOp,
     Shape, UnaryOp,
 };
+use crate::ops::Prim;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 type H = Handle<Expr>;
@@ -878,42 +879,12 @@ pub(super) fn literal(l: Literal) -> CExpr {
 }
 
 pub(super) fn unary(op: UnaryOp, elem: Elem, a: CExpr) -> CExpr {
-    let math = |name: &str| c::call(name, vec![a.clone()]);
-    match (op, elem) {
-        (UnaryOp::Neg, _) => CExpr::Neg(Box::new(a)),
-        (UnaryOp::Not, _) => CExpr::Not(Box::new(a)),
-        (UnaryOp::Abs, Elem::Int) => math("llabs"),
-        (UnaryOp::Exp, _) => math("expf"),
-        (UnaryOp::Log, _) => math("logf"),
-        (UnaryOp::Sqrt, _) => math("sqrtf"),
-        (UnaryOp::Abs, _) => math("fabsf"),
-        (UnaryOp::Cos, _) => math("cosf"),
-    }
+    c::prim(Prim::Unary(op), elem, vec![a])
 }
 
 /// `a op b` for operands of element type `elem`.
 pub(super) fn binary(op: BinaryOp, elem: Elem, a: CExpr, b: CExpr) -> CExpr {
-    let helper = |name: &str| c::call(name, vec![a.clone(), b.clone()]);
-    let c_op = |o: COp| c::binary(o, a.clone(), b.clone());
-    match (op, elem) {
-        (BinaryOp::Add, _) => c_op(COp::Add),
-        (BinaryOp::Sub, _) => c_op(COp::Sub),
-        (BinaryOp::Mul, _) => c_op(COp::Mul),
-        (BinaryOp::Div, Elem::Int) => helper("sslc::div_ref"),
-        (BinaryOp::Div, _) => c_op(COp::Div),
-        (BinaryOp::Pow, _) => helper("sslc::pow_ref"),
-        (BinaryOp::Rem, _) => helper("sslc::rem_ref"),
-        (BinaryOp::Max, Elem::Bool) | (BinaryOp::Or, _) => c_op(COp::Or),
-        (BinaryOp::Min, Elem::Bool) | (BinaryOp::And, _) => c_op(COp::And),
-        (BinaryOp::Max, _) => helper("sslc::maximum"),
-        (BinaryOp::Min, _) => helper("sslc::minimum"),
-        (BinaryOp::Lt, _) => c_op(COp::Lt),
-        (BinaryOp::Le, _) => c_op(COp::Le),
-        (BinaryOp::Gt, _) => c_op(COp::Gt),
-        (BinaryOp::Ge, _) => c_op(COp::Ge),
-        (BinaryOp::Eq, _) => c_op(COp::Eq),
-        (BinaryOp::Ne, _) => c_op(COp::Ne),
-    }
+    c::prim(Prim::Binary(op), elem, vec![a, b])
 }
 
 /// Conversions with the reference's rules: non-zero is true, reals truncate toward zero.

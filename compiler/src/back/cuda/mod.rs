@@ -82,8 +82,7 @@ pub enum CudaError {
 /// The kernel plan of an objective's loss and gradients, from the optimised (pairwise-fused)
 /// gradient program.
 pub fn plan(exe: &Executable, precision: Precision) -> Result<plan::Plan, CudaError> {
-    let program = crate::passes::optimize(&exe.module, &exe.gradient).map_err(|d| CudaError::Compiler(d.message))?;
-    lower::lower(&exe.module, &program, precision)
+    lower::lower(&exe.module, &exe.optimized, precision)
 }
 
 /// The complete translation unit, exactly as NVRTC compiles it (`sslc emit --stage cuda`).

@@ -26,6 +26,10 @@ __device__ __forceinline__ float pow_ref(float x, float y) {
     return y == 0.0f ? 1.0f : signed_magnitude;
 }
 
+// log(1 + exp(x)) without overflow; d softplus = sigmoid.
+__device__ __forceinline__ float softplus(float x) { return fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x))); }
+__device__ __forceinline__ float square(float x) { return x * x; }
+
 // Python's remainder: the result has the sign of the divisor.
 __device__ __forceinline__ float rem_ref(float a, float b) { return a - b * floorf(a / b); }
 
