@@ -16,6 +16,7 @@ pub mod back;
 pub mod diag;
 pub mod eval;
 pub mod front;
+pub mod fuse;
 pub mod gradcheck;
 pub mod ir;
 pub mod objective;

@@ -431,6 +431,36 @@ pub enum Expr {
 }
 
 impl Expr {
+    /// One operation per element: the value at an index is computed from the operands'
+    /// values at that same index.
+    pub fn is_arithmetic(&self) -> bool {
+        matches!(self, Expr::Unary { .. } | Expr::Binary { .. } | Expr::Select { .. } | Expr::Cast { .. })
+    }
+
+    /// Element-wise: arithmetic, literals, and index grids (whose value is the index itself).
+    pub fn is_elementwise(&self) -> bool {
+        self.is_arithmetic() || matches!(self, Expr::Literal(_) | Expr::Iota { .. })
+    }
+
+    /// The one operand of a view: a node whose elements are that operand's elements at other
+    /// indices (or the same ones, for `stopgrad`), so it never needs storage of its own.
+    pub fn view_arg(&self) -> Option<Handle<Expr>> {
+        match self {
+            Expr::StopGrad { arg }
+            | Expr::Transpose { arg }
+            | Expr::ExpandDims { arg, .. }
+            | Expr::Squeeze { arg, .. }
+            | Expr::Slice { arg, .. }
+            | Expr::Broadcast { arg, .. } => Some(*arg),
+            _ => None,
+        }
+    }
+
+    /// Views and concatenations: every element is one operand's element at a remapped index.
+    pub fn remaps_indices(&self) -> bool {
+        self.view_arg().is_some() || matches!(self, Expr::Concat { .. })
+    }
+
     /// Every node this one reads, loop bodies included (a loop's body nodes are its operands).
     pub fn operands(&self) -> Vec<Handle<Expr>> {
         match self {

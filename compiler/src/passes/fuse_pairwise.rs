@@ -76,8 +76,8 @@ fn plan(p: &Program) -> HashMap<Handle<Expr>, Sink> {
         let r = classify(p, h, &region);
         region.insert(h, r);
     }
-    let mut users: HashMap<Handle<Expr>, Vec<Handle<Expr>>> = HashMap::new();
-    collect_users(p, &p.body, &mut users);
+    let uses = crate::fuse::uses(p);
+    let users = &uses.consumers;
     let outputs: Vec<Handle<Expr>> = p.outputs.iter().map(|o| o.value).collect();
 
     // Group the region nodes by seed and collect their sinks; one unfusable use spoils a seed.
@@ -90,11 +90,11 @@ fn plan(p: &Program) -> HashMap<Handle<Expr>, Sink> {
             *entry = None;
             continue;
         }
-        for &u in users.get(&h).map(Vec::as_slice).unwrap_or(&[]) {
+        for &u in &users[h.index()] {
             if region.get(&u) == Some(&Region::Of(seed)) {
                 continue;
             }
-            match sinks_for_use(p, h, u, &users, &outputs, &region) {
+            match sinks_for_use(p, h, u, users, &outputs, &region) {
                 Some(found) => list.extend(found.into_iter().map(|(at, kind)| (at, Sink { seed, input: h, kind }))),
                 None => {
                     *entry = None;
@@ -104,22 +104,6 @@ fn plan(p: &Program) -> HashMap<Handle<Expr>, Sink> {
         }
     }
     sinks_of.into_values().flatten().flatten().collect()
-}
-
-/// Every use of every node, loop bodies included (a use inside a loop is never a sink).
-fn collect_users(p: &Program, block: &[Handle<Expr>], users: &mut HashMap<Handle<Expr>, Vec<Handle<Expr>>>) {
-    for &h in block {
-        let e = &p.exprs[h];
-        for o in e.operands() {
-            users.entry(o).or_default().push(h);
-        }
-        if let Expr::Loop { body, carried, .. } = e {
-            collect_users(p, body, users);
-            for c in carried {
-                users.entry(c.next).or_default().push(h);
-            }
-        }
-    }
 }
 
 fn is_pairwise_shape(p: &Program, h: Handle<Expr>) -> bool {
@@ -137,7 +121,7 @@ fn classify(p: &Program, h: Handle<Expr>, region: &HashMap<Handle<Expr>, Region>
         Expr::MatMul { .. } => Region::Of(h),
         Expr::Iota { .. } => Region::Leaves,
         Expr::Broadcast { arg, .. } if leaf_source(p, *arg, shape).is_some() => Region::Leaves,
-        e @ (Expr::Unary { .. } | Expr::Binary { .. } | Expr::Select { .. } | Expr::Cast { .. }) => {
+        e if e.is_arithmetic() => {
             let mut seed = None;
             for o in e.operands() {
                 if p.ty(o).shape != *shape {
@@ -197,7 +181,7 @@ fn sinks_for_use(
     p: &Program,
     h: Handle<Expr>,
     u: Handle<Expr>,
-    users: &HashMap<Handle<Expr>, Vec<Handle<Expr>>>,
+    users: &[Vec<Handle<Expr>>],
     outputs: &[Handle<Expr>],
     region: &HashMap<Handle<Expr>, Region>,
 ) -> Option<Vec<(Handle<Expr>, SinkKind)>> {
@@ -247,7 +231,7 @@ fn sinks_for_use(
                 return None;
             }
             let mut out = Vec::new();
-            for &v in users.get(&u).map(Vec::as_slice).unwrap_or(&[]) {
+            for &v in &users[u.index()] {
                 match p.exprs[v] {
                     Expr::MatMul { lhs, rhs } => out.push(matmul_sink(v, lhs, rhs, true)?),
                     _ => return None,

@@ -11,6 +11,7 @@
 //! between it and its buffer.
 
 use super::Unsupported;
+use crate::fuse;
 use crate::ir::{
     BinaryOp, BuiltinValue, Dim, Elem, Expr, Handle, KernelNode, Literal, PairwiseOperands, Program, ReduceOp, Shape,
     Type, UnaryOp,
@@ -268,109 +269,19 @@ fn view_coords<A: Clone>(p: &Program, expr: &Expr, at: &[Coord<A>]) -> Option<Ve
     })
 }
 
-fn view_arg(expr: &Expr) -> Option<Handle<Expr>> {
-    match expr {
-        Expr::StopGrad { arg }
-        | Expr::Transpose { arg }
-        | Expr::ExpandDims { arg, .. }
-        | Expr::Squeeze { arg, .. }
-        | Expr::Slice { arg, .. }
-        | Expr::Broadcast { arg, .. } => Some(*arg),
-        _ => None,
-    }
-}
-
-fn is_elementwise(expr: &Expr) -> bool {
-    matches!(
-        expr,
-        Expr::Literal(_)
-            | Expr::Iota { .. }
-            | Expr::Unary { .. }
-            | Expr::Binary { .. }
-            | Expr::Select { .. }
-            | Expr::Cast { .. }
-    )
-}
-
-/// Whether a broadcast repeats elements (rather than only adding axes of size 1).
-fn expands(p: &Program, expr: &Expr) -> bool {
-    match expr {
-        Expr::Broadcast { arg, shape } => {
-            let from = &p.ty(*arg).shape;
-            let lead = shape.len() - from.len();
-            shape[..lead].iter().any(|d| !d.is_one())
-                || from.iter().enumerate().any(|(k, d)| d.is_one() && !shape[k + lead].is_one())
-        }
-        _ => false,
-    }
-}
-
-/// Who reads each node, and in which loop body each node lives.
-struct Uses {
-    consumers: Vec<Vec<Handle<Expr>>>,
-    /// The loop whose body holds the node (`None` at the top level).
-    scope: Vec<Option<Handle<Expr>>>,
-    /// Read by something that needs it in a buffer: an output, a loop's count or carried value.
-    pinned: Vec<bool>,
-}
-
-fn uses(p: &Program) -> Uses {
-    let n = p.exprs.len();
-    let mut u = Uses { consumers: vec![Vec::new(); n], scope: vec![None; n], pinned: vec![false; n] };
-    fn walk(p: &Program, block: &[Handle<Expr>], scope: Option<Handle<Expr>>, u: &mut Uses) {
-        for &h in block {
-            u.scope[h.index()] = scope;
-            let e = &p.exprs[h];
-            for o in e.operands() {
-                u.consumers[o.index()].push(h);
-            }
-            if let Expr::Loop { count, carried, body } = e {
-                u.pinned[count.index()] = true;
-                for c in carried {
-                    u.scope[c.param.index()] = Some(h);
-                    u.pinned[c.init.index()] = true;
-                    u.pinned[c.next.index()] = true;
-                    u.consumers[c.next.index()].push(h);
-                }
-                walk(p, body, Some(h), u);
-            }
-        }
-    }
-    walk(p, &p.body, None, &mut u);
-    for o in &p.outputs {
-        u.pinned[o.value.index()] = true;
-    }
-    for list in &mut u.consumers {
-        list.sort();
-        list.dedup();
-    }
-    u
-}
-
-/// Decides, for every node, whether it is evaluated inside its consumer's loop.
-fn inlined(p: &Program, u: &Uses) -> Vec<bool> {
-    // Whether `h`'s value can be computed where its single consumer needs it.
-    fn fuses_into_consumer(p: &Program, u: &Uses, h: Handle<Expr>) -> bool {
-        let [c] = u.consumers[h.index()][..] else { return false };
-        if u.pinned[h.index()] || u.scope[c.index()] != u.scope[h.index()] {
-            return false;
-        }
-        let e = &p.exprs[c];
-        match e {
-            _ if is_elementwise(e) => true,
-            Expr::Reduce { .. } | Expr::Concat { .. } => true,
-            _ if view_arg(e).is_some() => !expands(p, e) && fuses_into_consumer(p, u, c),
-            _ => false,
-        }
-    }
-    p.exprs
-        .iter()
-        .map(|(h, e)| match e {
-            Expr::Literal(_) | Expr::Iota { .. } => true,
-            _ => is_elementwise(e) && fuses_into_consumer(p, u, h),
-        })
-        .collect()
-}
+/// The CPU back end's fusion hook: element-wise chains are computed inside the loop of their
+/// one reader, when it is element-wise, a reduction or a concatenation (each has a loop over
+/// its own elements); everything read by anything else (products, gathers, tiles, loops) is
+/// in a buffer. Recomputing is free only for values that read no memory.
+const POLICY: fuse::Policy = fuse::Policy {
+    recompute_limit: 0,
+    inlinable: |e, _| e.is_elementwise(),
+    reads_memory: |e, _| {
+        !(e.is_elementwise() || e.view_arg().is_some() || matches!(e, Expr::Reduce { .. } | Expr::Concat { .. }))
+    },
+    view_aliases: |_| true,
+    host_scalars: false,
+};
 
 /// How a node's value is available while planning.
 #[derive(Clone, Debug)]
@@ -391,8 +302,7 @@ struct Planner<'a> {
 
 /// Plans `program` (of `module`).
 pub(crate) fn plan(program: &Program) -> Result<Plan, Unsupported> {
-    let u = uses(program);
-    let inline = inlined(program, &u);
+    let inline = fuse::plan(program, &fuse::uses(program), &POLICY).inline;
     let mut planner =
         Planner { p: program, loop_depth: 0, inline, vals: vec![None; program.exprs.len()], buffers: Vec::new() };
     let mut steps = Vec::new();
@@ -432,7 +342,7 @@ impl Planner<'_> {
         let e = &p.exprs[h];
         let ty = p.ty(h).clone();
         extent(&ty.shape)?;
-        if let Some(arg) = view_arg(e) {
+        if let Some(arg) = e.view_arg() {
             // A view of a stored value is stored; a view of an inline one is inline.
             let val = match self.vals[arg.index()].clone() {
                 Some(Val::Stored(pl)) => {
@@ -478,7 +388,7 @@ impl Planner<'_> {
         let placement = Placement::identity(out, ty.rank());
         let (rows, cols) = extent(&ty.shape)?;
         match e {
-            _ if is_elementwise(e) => {
+            _ if e.is_elementwise() => {
                 // The node's own expression is the body of the loop that stores it.
                 self.vals[h.index()] = Some(Val::Inline);
                 let body = self.element_program(h, &identity_coords(ty.rank()))?;
@@ -702,7 +612,7 @@ impl Planner<'_> {
             Some(Val::Stored(pl)) => Op::Load(pl.access(at)),
             None => return Err(Unsupported(format!("node {h} is read before it is computed"))),
             Some(Val::Inline) => {
-                if let (Some(arg), Some(coords)) = (view_arg(e), view_coords(p, e, at)) {
+                if let (Some(arg), Some(coords)) = (e.view_arg(), view_coords(p, e, at)) {
                     let k = self.emit(arg, &coords, prog, memo)?;
                     memo.insert((h, at.to_vec()), k);
                     return Ok(k);

@@ -14,6 +14,7 @@ use super::plan::{
     ScalarId, Step, Tiles, Use,
 };
 use super::{CudaError, Precision};
+use crate::fuse;
 use crate::ir::{
     BinaryOp, BuiltinValue, Dim, Elem, Expr, Handle, KernelNode, Literal, Module, PairwiseOperands, Program, ReduceOp,
     Shape, UnaryOp,
@@ -36,21 +37,18 @@ enum Place {
 }
 
 pub fn lower(module: &Module, program: &Program, precision: Precision) -> Result<Plan, CudaError> {
+    check_loops(program, &program.body, false)?;
+    let fusion = fuse::plan(program, &fuse::uses(program), &POLICY);
     let mut l = Lowering {
         module,
         p: program,
-        users: vec![BTreeSet::new(); program.exprs.len()],
-        loop_of: vec![None; program.exprs.len()],
-        uniform: vec![false; program.exprs.len()],
-        invariant: vec![false; program.exprs.len()],
-        units: Vec::new(),
+        fusion,
         place: vec![Place::Inline; program.exprs.len()],
-        cost: vec![0; program.exprs.len()],
+        units: Vec::new(),
         outputs: program.outputs.iter().map(|o| o.value).collect(),
         plan: Plan { buffers: Vec::new(), scalars: Vec::new(), kernels: Vec::new(), outputs: Vec::new(), precision },
         externals: HashMap::new(),
     };
-    l.analyse(&program.body, None)?;
     l.place_block(&program.body)?;
     for &h in &program.body {
         l.generate(h)?;
@@ -67,78 +65,22 @@ pub fn lower(module: &Module, program: &Program, precision: Precision) -> Result
 struct Lowering<'a> {
     module: &'a Module,
     p: &'a Program,
-    /// Distinct nodes reading each node (a loop reads its carried `next` values).
-    users: Vec<BTreeSet<H>>,
-    /// The loop whose body holds each node.
-    loop_of: Vec<Option<H>>,
-    /// Scalars the host knows at launch: computed inline wherever they are used.
-    uniform: Vec<bool>,
-    /// Values that read no buffer, only indices and uniform scalars (constant vectors, masks):
-    /// recomputing them is as cheap as loading them.
-    invariant: Vec<bool>,
+    /// The shared stage's inline-or-store decisions, uniform scalars and costs.
+    fusion: fuse::Fusion,
     /// The work of each computed node, in program order, before it is grouped into kernels.
     units: Vec<Unit>,
     place: Vec<Place>,
-    /// [`Lowering::inline_cost`] of each placed node (0 when stored).
-    cost: Vec<usize>,
     outputs: Vec<H>,
     plan: Plan,
     externals: HashMap<BufferSource, BufferId>,
 }
 
 impl Lowering<'_> {
-    // ---- analysis ------------------------------------------------------------------------
-
-    fn analyse(&mut self, block: &[H], enclosing: Option<H>) -> Result<(), CudaError> {
-        for &h in block {
-            self.loop_of[h.index()] = enclosing;
-            let e = &self.p.exprs[h];
-            for o in e.operands() {
-                self.users[o.index()].insert(h);
-            }
-            self.uniform[h.index()] = self.p.ty(h).rank() == 0
-                && match e {
-                    Expr::Literal(_) | Expr::Param(_) | Expr::RunFraction(_) | Expr::DimSize(_) => true,
-                    Expr::Builtin(b) => *b != BuiltinValue::SampleIndex,
-                    Expr::Unary { .. }
-                    | Expr::Binary { .. }
-                    | Expr::Select { .. }
-                    | Expr::Cast { .. }
-                    | Expr::StopGrad { .. } => e.operands().iter().all(|o| self.uniform[o.index()]),
-                    _ => false,
-                };
-            self.invariant[h.index()] = self.uniform[h.index()]
-                || match e {
-                    Expr::Iota { .. } | Expr::Literal(_) => true,
-                    _ if remaps_indices(e) || scalar_arithmetic(e) => {
-                        e.operands().iter().all(|o| self.invariant[o.index()])
-                    }
-                    _ => false,
-                };
-            if let Expr::Loop { carried, body, .. } = e {
-                if enclosing.is_some() {
-                    return Err(CudaError::Unsupported("a `repeat` loop inside another loop".into()));
-                }
-                for c in carried {
-                    self.loop_of[c.param.index()] = Some(h);
-                    self.users[c.next.index()].insert(h);
-                }
-                self.analyse(body, Some(h))?;
-            }
-        }
-        Ok(())
-    }
-
     // ---- placement -----------------------------------------------------------------------
 
     fn place_block(&mut self, block: &[H]) -> Result<(), CudaError> {
         for &h in block {
-            let place = self.place_of(h)?;
-            self.place[h.index()] = place;
-            self.cost[h.index()] = match place {
-                Place::Inline => self.inline_cost(h),
-                Place::Buffer(_) | Place::Alias(_) => 0,
-            };
+            self.place[h.index()] = self.place_of(h)?;
             if let Expr::Loop { carried, body, .. } = &self.p.exprs[h] {
                 for c in carried {
                     let b = self.temp(c.param, "carried");
@@ -176,65 +118,11 @@ impl Lowering<'_> {
             Expr::Reduce { .. } | Expr::MatMul { .. } | Expr::PairwiseReduce { .. } | Expr::PairwiseMatMul { .. } => {
                 Place::Buffer(self.temp(h, "t"))
             }
-            _ if self.uniform[h.index()] && !self.outputs.contains(&h) => Place::Inline,
-            _ if self.invariant[h.index()] && !self.outputs.contains(&h) && !self.tile_operand(h) => Place::Inline,
-            _ if self.must_store(h) => Place::Buffer(self.temp(h, "t")),
-            _ => Place::Inline,
+            _ if self.fusion.inline[h.index()] => Place::Inline,
+            // An output that only renames or reshapes a stored value shares its buffer.
+            _ if self.outputs.contains(&h) && self.view_buffer(h).is_some() => Place::Inline,
+            _ => Place::Buffer(self.temp(h, "t")),
         })
-    }
-
-    fn must_store(&self, h: H) -> bool {
-        if self.outputs.contains(&h) {
-            return self.view_buffer(h).is_none();
-        }
-        if self.tile_operand(h) && self.view_buffer(h).is_none() {
-            return true;
-        }
-        let users = &self.users[h.index()];
-        let cheap = self.cheap(h);
-        if users.len() >= 2 && !cheap {
-            return true;
-        }
-        users.iter().any(|&u| {
-            let read_in_loop = self.loop_of[u.index()].is_some() && self.loop_of[u.index()] != self.loop_of[h.index()];
-            let repeated_read = match &self.p.exprs[u] {
-                Expr::Broadcast { shape, .. } => numel_differs(&self.p.ty(h).shape, shape),
-                Expr::Gather { table, .. } => *table == h,
-                Expr::MatMul { .. } => true,
-                _ => false,
-            };
-            (read_in_loop || repeated_read) && !cheap
-        })
-    }
-
-    /// Whether a pairwise node reads it: tiles read their operands as row-major matrices and
-    /// vectors.
-    fn tile_operand(&self, h: H) -> bool {
-        self.users[h.index()]
-            .iter()
-            .any(|&u| matches!(self.p.exprs[u], Expr::PairwiseReduce { .. } | Expr::PairwiseMatMul { .. }))
-    }
-
-    /// Whether a reader may recompute the node instead of loading a stored copy: a few
-    /// arithmetic operations on loads cost less than a kernel boundary and a round trip
-    /// through memory.
-    fn cheap(&self, h: H) -> bool {
-        self.inline_cost(h) <= CHEAP_OPERATIONS
-    }
-
-    /// Arithmetic operations a reader repeats when it inlines the node: none for loads, index
-    /// remapping and invariant values.
-    fn inline_cost(&self, h: H) -> usize {
-        if self.invariant[h.index()] {
-            return 0;
-        }
-        let operands =
-            self.p.exprs[h].operands().iter().fold(0usize, |total, o| total.saturating_add(self.cost[o.index()]));
-        match &self.p.exprs[h] {
-            e if scalar_arithmetic(e) => operands.saturating_add(1),
-            e if remaps_indices(e) || matches!(e, Expr::Gather { .. }) => operands,
-            _ => usize::MAX,
-        }
     }
 
     /// The buffer holding the node's elements in row-major order, if there is one: its own,
@@ -533,28 +421,34 @@ impl Lowering<'_> {
     }
 }
 
-fn numel_differs(a: &[Dim], b: &[Dim]) -> bool {
-    let strip = |s: &[Dim]| s.iter().filter(|d| !d.is_one()).cloned().collect::<Vec<_>>();
-    strip(a) != strip(b)
-}
+/// The CUDA back end's fusion hook: anything element-wise, any remapping of indices (nested
+/// conditionals for concatenations) and gathers are computed where they are read; only the
+/// pairwise tiles read their operands from memory (row-major matrices and vectors; their
+/// scalars are kernel arguments). A few
+/// arithmetic operations on loads cost less than a kernel boundary and a round trip through
+/// memory, so up to three are recomputed rather than stored.
+const POLICY: fuse::Policy = fuse::Policy {
+    recompute_limit: CHEAP_OPERATIONS,
+    inlinable: |e, uniform| uniform || e.is_elementwise() || e.remaps_indices() || matches!(e, Expr::Gather { .. }),
+    reads_memory: |e, h| match e {
+        Expr::PairwiseReduce { pairwise, .. } | Expr::PairwiseMatMul { pairwise, .. } => !pairwise.scalars.contains(&h),
+        _ => false,
+    },
+    view_aliases: |e| matches!(e, Expr::StopGrad { .. } | Expr::ExpandDims { .. } | Expr::Squeeze { .. }),
+    host_scalars: true,
+};
 
-/// Nodes whose elements are their operands' elements at other indices: free to inline.
-fn remaps_indices(e: &Expr) -> bool {
-    matches!(
-        e,
-        Expr::Broadcast { .. }
-            | Expr::ExpandDims { .. }
-            | Expr::Squeeze { .. }
-            | Expr::Transpose { .. }
-            | Expr::Slice { .. }
-            | Expr::StopGrad { .. }
-            | Expr::Concat { .. }
-    )
-}
-
-/// Nodes computing each element from the same element of their operands: one operation.
-fn scalar_arithmetic(e: &Expr) -> bool {
-    matches!(e, Expr::Unary { .. } | Expr::Binary { .. } | Expr::Select { .. } | Expr::Cast { .. })
+/// Loops hold no loops: a loop is one launch whose body is grid steps.
+fn check_loops(p: &Program, block: &[H], inside: bool) -> Result<(), CudaError> {
+    for &h in block {
+        if let Expr::Loop { body, .. } = &p.exprs[h] {
+            if inside {
+                return Err(CudaError::Unsupported("a `repeat` loop inside another loop".into()));
+            }
+            check_loops(p, body, true)?;
+        }
+    }
+    Ok(())
 }
 
 fn unit_kind(body: &Body) -> String {
@@ -708,7 +602,7 @@ impl<'l, 'a> Emitter<'l, 'a> {
 
     /// Node `h` at index `idx`, from wherever it lives.
     fn value(&mut self, h: H, idx: &[CExpr]) -> CExpr {
-        if self.low.uniform[h.index()] {
+        if self.low.fusion.uniform[h.index()] {
             return self.compute(h, &[]);
         }
         match self.low.place[h.index()] {

@@ -1,0 +1,224 @@
+//! The back-end-neutral fusion stage: who reads each node and from which loop, what
+//! recomputing a node costs, and the one inline-or-store rule every back end applies.
+//!
+//! A node that is *inlined* is never stored: each reader recomputes it at the index it needs,
+//! inside its own loop (through views, which only remap indices). A node is stored when
+//!
+//! - it is an output, or a reader needs it in memory (a matrix product's operand on the CPU,
+//!   a pairwise tile's operand everywhere) — the back end's [`Policy::reads_memory`];
+//! - or it is read more than once, from another loop, or at repeated indices (through an
+//!   expanding broadcast, as a gather's table or a product's operand), and recomputing it
+//!   costs more than [`Policy::recompute_limit`] operations.
+//!
+//! The back ends differ only in that hook (what they can inline, what must be in memory, how
+//! much recomputation is cheaper than a round trip through memory), as naga's writers share
+//! one `bake_ref_count` rule; the pairwise fusion pass reads the same [`Uses`].
+
+use crate::ir::{BuiltinValue, Expr, Handle, Program};
+
+type H = Handle<Expr>;
+
+/// Who reads each node, and where each node lives.
+pub struct Uses {
+    /// The distinct nodes reading each node (by handle index); a loop reads its count, the
+    /// initial values of its carried variables, and their next values.
+    pub consumers: Vec<Vec<H>>,
+    /// The loop whose body holds each node (`None` at the top level); a carried variable
+    /// lives in its loop's body.
+    pub scope: Vec<Option<H>>,
+    /// Whether each node is an output of the program.
+    pub output: Vec<bool>,
+}
+
+/// The use and loop-scope analysis of `p`.
+pub fn uses(p: &Program) -> Uses {
+    let n = p.exprs.len();
+    let mut u = Uses { consumers: vec![Vec::new(); n], scope: vec![None; n], output: vec![false; n] };
+    fn walk(p: &Program, block: &[H], scope: Option<H>, u: &mut Uses) {
+        for &h in block {
+            u.scope[h.index()] = scope;
+            let e = &p.exprs[h];
+            for o in e.operands() {
+                u.consumers[o.index()].push(h);
+            }
+            if let Expr::Loop { carried, body, .. } = e {
+                for c in carried {
+                    u.scope[c.param.index()] = Some(h);
+                    u.consumers[c.next.index()].push(h);
+                }
+                walk(p, body, Some(h), u);
+            }
+        }
+    }
+    walk(p, &p.body, None, &mut u);
+    for o in &p.outputs {
+        u.output[o.value.index()] = true;
+    }
+    for list in &mut u.consumers {
+        list.sort();
+        list.dedup();
+    }
+    u
+}
+
+impl Uses {
+    /// The loop in which `consumer` reads `h`: a loop reads its carried next values at the end
+    /// of its body, everything else where it stands.
+    fn read_scope(&self, p: &Program, consumer: H, h: H) -> Option<H> {
+        match &p.exprs[consumer] {
+            Expr::Loop { carried, .. } if carried.iter().any(|c| c.next == h) => Some(consumer),
+            _ => self.scope[consumer.index()],
+        }
+    }
+}
+
+/// Whether a broadcast repeats elements (rather than only adding axes of size 1).
+pub fn expands(p: &Program, e: &Expr) -> bool {
+    match e {
+        Expr::Broadcast { arg, shape } => {
+            let from = &p.ty(*arg).shape;
+            let strip = |s: &[crate::ir::Dim]| s.iter().filter(|d| !d.is_one()).cloned().collect::<Vec<_>>();
+            strip(from) != strip(shape)
+        }
+        _ => false,
+    }
+}
+
+/// Whether `consumer` reads each element of its operand `h` more than once.
+fn repeats(p: &Program, consumer: &Expr, h: H) -> bool {
+    match consumer {
+        Expr::Gather { table, .. } => *table == h,
+        Expr::MatMul { .. } | Expr::PairwiseReduce { .. } | Expr::PairwiseMatMul { .. } => true,
+        e => expands(p, e),
+    }
+}
+
+/// What a back end can do; the rule itself is [`plan`]'s.
+pub struct Policy {
+    /// The most operations a value may cost and still be recomputed by several readers, by a
+    /// reader in another loop, or at repeated indices.
+    pub recompute_limit: usize,
+    /// Whether the back end can compute this node inside its readers (`uniform`: a scalar the
+    /// host knows at launch).
+    pub inlinable: fn(e: &Expr, uniform: bool) -> bool,
+    /// Whether this consumer reads its operand `h` from memory.
+    pub reads_memory: fn(consumer: &Expr, h: H) -> bool,
+    /// Whether a view of a stored value can use that value's memory as it is (the CPU's
+    /// buffers take any index map; CUDA's only dense ones).
+    pub view_aliases: fn(&Expr) -> bool,
+    /// Whether scalars the host computes (parameters, epochs, schedules, dimensions) are
+    /// passed to kernels as values rather than stored.
+    pub host_scalars: bool,
+}
+
+/// The fusion decisions for one program.
+pub struct Fusion {
+    /// Computed by its readers, never stored.
+    pub inline: Vec<bool>,
+    /// A scalar the host knows at launch (only with [`Policy::host_scalars`]).
+    pub uniform: Vec<bool>,
+    /// Reads no memory at all: literals, index grids, uniform scalars and what is computed
+    /// from them (masks such as `eye`).
+    pub invariant: Vec<bool>,
+    /// Operations a reader repeats by recomputing the node (0 for stored nodes).
+    pub cost: Vec<usize>,
+}
+
+/// How a node is read, looking through the views that alias it.
+#[derive(Default)]
+struct Reads {
+    count: usize,
+    other_scope: bool,
+    repeated: bool,
+    memory: bool,
+}
+
+/// Applies the inline-or-store rule to every node of `p`, in program order.
+pub fn plan(p: &Program, u: &Uses, policy: &Policy) -> Fusion {
+    let n = p.exprs.len();
+    let mut f = Fusion { inline: vec![false; n], uniform: vec![false; n], invariant: vec![false; n], cost: vec![0; n] };
+    let mut order = Vec::with_capacity(n);
+    fn flatten(p: &Program, block: &[H], order: &mut Vec<H>) {
+        for &h in block {
+            order.push(h);
+            if let Expr::Loop { body, .. } = &p.exprs[h] {
+                flatten(p, body, order);
+            }
+        }
+    }
+    flatten(p, &p.body, &mut order);
+    for h in order {
+        let e = &p.exprs[h];
+        let operands = e.operands();
+        let scalar = p.ty(h).rank() == 0;
+        let uniform = scalar
+            && match e {
+                Expr::Literal(_) => true,
+                Expr::Param(_) | Expr::RunFraction(_) | Expr::DimSize(_) => policy.host_scalars,
+                Expr::Builtin(b) => policy.host_scalars && *b != BuiltinValue::SampleIndex,
+                e if e.is_arithmetic() || matches!(e, Expr::StopGrad { .. }) => {
+                    operands.iter().all(|o| f.uniform[o.index()])
+                }
+                _ => false,
+            };
+        f.uniform[h.index()] = uniform;
+        f.invariant[h.index()] = uniform
+            || match e {
+                Expr::Iota { .. } | Expr::Literal(_) => true,
+                e if e.remaps_indices() || e.is_arithmetic() => operands.iter().all(|o| f.invariant[o.index()]),
+                _ => false,
+            };
+        let cost = if f.invariant[h.index()] {
+            0
+        } else {
+            let inputs = operands.iter().fold(0usize, |total, o| total.saturating_add(f.cost[o.index()]));
+            match e {
+                e if e.is_arithmetic() => inputs.saturating_add(1),
+                e if e.remaps_indices() || matches!(e, Expr::Gather { .. }) => inputs,
+                _ => usize::MAX,
+            }
+        };
+        let inline = if e.view_arg().is_some() {
+            !stored_view(p, u, policy, h)
+        } else if !(policy.inlinable)(e, uniform) || u.output[h.index()] {
+            false
+        } else {
+            let r = reads(p, u, policy, h);
+            !r.memory && (cost <= policy.recompute_limit || (r.count <= 1 && !r.other_scope && !r.repeated))
+        };
+        f.inline[h.index()] = inline;
+        f.cost[h.index()] = if inline { cost } else { 0 };
+    }
+    f
+}
+
+/// Whether a view needs memory of its own: it is an output, or something reads it from
+/// memory, in a layout the back end cannot get by aliasing its operand.
+fn stored_view(p: &Program, u: &Uses, policy: &Policy, h: H) -> bool {
+    let e = &p.exprs[h];
+    !(policy.view_aliases)(e) && (u.output[h.index()] || reads(p, u, policy, h).memory)
+}
+
+/// How `h` is read: by how many nodes, from where, and how, seen through the views that alias
+/// it (a view read twice reads its operand twice).
+fn reads(p: &Program, u: &Uses, policy: &Policy, h: H) -> Reads {
+    let mut r = Reads::default();
+    for &c in &u.consumers[h.index()] {
+        let e = &p.exprs[c];
+        let other_scope = u.read_scope(p, c, h) != u.scope[h.index()];
+        if e.view_arg() == Some(h) && !stored_view(p, u, policy, c) {
+            let through = reads(p, u, policy, c);
+            r.count += through.count;
+            r.other_scope |= other_scope || through.other_scope;
+            r.repeated |= expands(p, e) || through.repeated;
+            // An output that is a view of `h` is `h` in memory.
+            r.memory |= through.memory || u.output[c.index()];
+        } else {
+            r.count += 1;
+            r.other_scope |= other_scope;
+            r.repeated |= repeats(p, e, h);
+            r.memory |= (policy.reads_memory)(e, h);
+        }
+    }
+    r
+}
