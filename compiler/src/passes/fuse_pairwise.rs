@@ -12,7 +12,9 @@
 //! this shape (another mask, weighting or temperature) is fused the same way.
 
 use super::{Action, Rebuilder};
-use crate::ir::{Elem, Expr, Handle, KernelNode, Literal, Module, PairwiseKernel, PairwiseOperands, Program, ReduceOp};
+use crate::ir::{
+    BinaryOp, Dim, Elem, Expr, Handle, KernelNode, Literal, Module, PairwiseKernel, PairwiseOperands, Program, ReduceOp,
+};
 use std::collections::HashMap;
 
 pub(super) fn run(module: &Module, program: &Program) -> Program {
@@ -38,9 +40,11 @@ enum Region {
 }
 
 /// Where a fused node's vector operand comes from in the old program.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
 enum Source {
     Node(Handle<Expr>),
+    /// A dimension's size (the offsets of concatenated blocks), as an `int` scalar.
+    Dim(Dim),
     /// The node with size-1 axis `axis` removed.
     Squeeze(Handle<Expr>, usize),
     /// A `[1, 1]` node as a scalar.
@@ -120,6 +124,9 @@ fn classify(p: &Program, h: Handle<Expr>, region: &HashMap<Handle<Expr>, Region>
     match &p.exprs[h] {
         Expr::MatMul { .. } => Region::Of(h),
         Expr::Iota { .. } => Region::Leaves,
+        // Blocks of index masks (`concat(eye(N), eye(N))`): each entry picks its block by
+        // comparing its index with the block boundaries.
+        Expr::Concat { parts, .. } if parts.iter().all(|&q| index_only(p, q)) => Region::Leaves,
         Expr::Broadcast { arg, .. } if leaf_source(p, *arg, shape).is_some() => Region::Leaves,
         e if e.is_arithmetic() => {
             let mut seed = None;
@@ -140,9 +147,23 @@ fn classify(p: &Program, h: Handle<Expr>, region: &HashMap<Handle<Expr>, Region>
     }
 }
 
+/// Whether a matrix is computed from its indices and scalars alone (an `eye` mask, blocks of
+/// them), so that it can be evaluated at any shifted index inside a kernel.
+fn index_only(p: &Program, h: Handle<Expr>) -> bool {
+    let e = &p.exprs[h];
+    p.ty(h).rank() == 2
+        && match e {
+            Expr::Iota { .. } => true,
+            Expr::Broadcast { arg, .. } => p.ty(*arg).rank() == 0,
+            Expr::Concat { parts, .. } => parts.iter().all(|&q| index_only(p, q)),
+            e if e.is_arithmetic() => e.operands().iter().all(|&o| index_only(p, o)),
+            _ => false,
+        }
+}
+
 /// What a broadcast into an `[M, P]` shape reads per entry: a row vector, a column vector or
 /// a scalar.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 enum Leaf {
     Row(Source),
     Col(Source),
@@ -272,15 +293,15 @@ fn build(rb: &mut Rebuilder, sink: &Sink) -> Handle<Expr> {
     let pairwise = Box::new(PairwiseOperands {
         x,
         y,
-        rows: operands.rows.iter().map(|s| materialise(rb, *s, span)).collect(),
-        cols: operands.cols.iter().map(|s| materialise(rb, *s, span)).collect(),
-        scalars: operands.scalars.iter().map(|s| materialise(rb, *s, span)).collect(),
+        rows: operands.rows.iter().map(|s| materialise(rb, s.clone(), span)).collect(),
+        cols: operands.cols.iter().map(|s| materialise(rb, s.clone(), span)).collect(),
+        scalars: operands.scalars.iter().map(|s| materialise(rb, s.clone(), span)).collect(),
         kernel: PairwiseKernel { nodes, elems, result },
     });
     match &sink.kind {
         SinkKind::Reduce { op, axis } => rb.push(Expr::PairwiseReduce { pairwise, op: *op, axis: *axis }, span),
         SinkKind::MatMul { v, axis, transpose_v, transpose_result } => {
-            let mut v = materialise(rb, *v, span);
+            let mut v = materialise(rb, v.clone(), span);
             if *transpose_v {
                 v = match *rb.new_expr(v) {
                     Expr::Transpose { arg } => arg,
@@ -300,6 +321,7 @@ fn build(rb: &mut Rebuilder, sink: &Sink) -> Handle<Expr> {
 fn materialise(rb: &mut Rebuilder, s: Source, span: crate::span::Span) -> Handle<Expr> {
     match s {
         Source::Node(h) => rb.mapped(h),
+        Source::Dim(d) => rb.push(Expr::DimSize(d), span),
         Source::Squeeze(h, axis) => {
             let arg = rb.mapped(h);
             rb.push(Expr::Squeeze { arg, axis }, span)
@@ -326,25 +348,37 @@ fn index_of(list: &mut Vec<Source>, s: Source) -> usize {
     })
 }
 
-/// Translates a region node of the old program into kernel nodes.
+/// Translates a region node of the old program into kernel nodes. Nodes are evaluated at an
+/// index pair (the kernel nodes holding the row and column index): `(i, j)` itself, or shifted
+/// into a block of a concatenation.
 struct KernelBuilder<'r, 'a> {
     rb: &'r mut Rebuilder<'a>,
     seed: Handle<Expr>,
     operands: Operands,
-    memo: HashMap<Handle<Expr>, usize>,
+    memo: HashMap<(Handle<Expr>, Option<(usize, usize)>), usize>,
     nodes: Vec<KernelNode>,
     elems: Vec<Elem>,
 }
 
 impl KernelBuilder<'_, '_> {
     fn emit(&mut self, n: KernelNode, elem: Elem) -> usize {
+        if let Some(k) = self.nodes.iter().zip(&self.elems).position(|(m, e)| *m == n && *e == elem) {
+            return k;
+        }
         self.nodes.push(n);
         self.elems.push(elem);
         self.nodes.len() - 1
     }
 
+    /// `h` at `(i, j)`.
     fn node(&mut self, h: Handle<Expr>) -> usize {
-        if let Some(&i) = self.memo.get(&h) {
+        self.at(h, None)
+    }
+
+    /// `h` at the index pair `at` (kernel nodes of the row and column index; `None` is
+    /// `(i, j)`). Only index-only nodes are ever evaluated at shifted indices.
+    fn at(&mut self, h: Handle<Expr>, at: Option<(usize, usize)>) -> usize {
+        if let Some(&i) = self.memo.get(&(h, at)) {
             return i;
         }
         let p = self.rb.old;
@@ -355,8 +389,14 @@ impl KernelBuilder<'_, '_> {
         } else {
             match p.exprs[h].clone() {
                 Expr::Iota { axis, .. } => {
-                    self.emit(if axis == 0 { KernelNode::RowIndex } else { KernelNode::ColIndex }, Elem::Int)
+                    let (row, col) = self.index_pair(at);
+                    if axis == 0 {
+                        row
+                    } else {
+                        col
+                    }
                 }
+                Expr::Concat { parts, axis } => self.concat(&parts, axis, at, elem),
                 Expr::Broadcast { arg, .. } => {
                     let leaf = leaf_source(p, arg, &shape).expect("classified as a leaf");
                     let leaf_elem = p.ty(arg).elem;
@@ -377,25 +417,71 @@ impl KernelBuilder<'_, '_> {
                     }
                 }
                 Expr::Unary { op, arg } => {
-                    let a = self.node(arg);
+                    let a = self.at(arg, at);
                     self.emit(KernelNode::Unary(op, a), elem)
                 }
                 Expr::Binary { op, lhs, rhs } => {
-                    let (a, b) = (self.node(lhs), self.node(rhs));
+                    let (a, b) = (self.at(lhs, at), self.at(rhs, at));
                     self.emit(KernelNode::Binary(op, a, b), elem)
                 }
                 Expr::Select { cond, on_true, on_false } => {
-                    let (c, a, b) = (self.node(cond), self.node(on_true), self.node(on_false));
+                    let (c, a, b) = (self.at(cond, at), self.at(on_true, at), self.at(on_false, at));
                     self.emit(KernelNode::Select(c, a, b), elem)
                 }
                 Expr::Cast { arg, to } => {
-                    let a = self.node(arg);
+                    let a = self.at(arg, at);
                     self.emit(KernelNode::Cast(a, to), to)
                 }
                 e => unreachable!("classified as element-wise: {e:?}"),
             }
         };
-        self.memo.insert(h, i);
+        self.memo.insert((h, at), i);
         i
+    }
+
+    fn index_pair(&mut self, at: Option<(usize, usize)>) -> (usize, usize) {
+        match at {
+            Some(pair) => pair,
+            None => (self.emit(KernelNode::RowIndex, Elem::Int), self.emit(KernelNode::ColIndex, Elem::Int)),
+        }
+    }
+
+    /// A dimension's size as a kernel node (a literal when it is constant).
+    fn size(&mut self, d: &Dim) -> usize {
+        match d.as_constant() {
+            Some(v) => self.emit(KernelNode::Literal(Literal::Int(v)), Elem::Int),
+            None => {
+                let k = index_of(&mut self.operands.scalars, Source::Dim(d.clone()));
+                self.emit(KernelNode::Scalar(k), Elem::Int)
+            }
+        }
+    }
+
+    /// The block of a concatenation holding the index along `axis`, chosen by comparing that
+    /// index with the blocks' ends, each block read at the index shifted to its start.
+    fn concat(&mut self, parts: &[Handle<Expr>], axis: usize, at: Option<(usize, usize)>, elem: Elem) -> usize {
+        let (row, col) = self.index_pair(at);
+        let index = if axis == 0 { row } else { col };
+        let mut start = Dim::constant(0);
+        let mut blocks = Vec::new();
+        for &part in parts {
+            let value = if start.as_constant() == Some(0) {
+                self.at(part, Some((row, col)))
+            } else {
+                let offset = self.size(&start);
+                let shifted = self.emit(KernelNode::Binary(BinaryOp::Sub, index, offset), Elem::Int);
+                let pair = if axis == 0 { (shifted, col) } else { (row, shifted) };
+                self.at(part, Some(pair))
+            };
+            start = start.add(&self.rb.old.ty(part).shape[axis]);
+            blocks.push((start.clone(), value));
+        }
+        let (_, mut value) = blocks.pop().expect("a concatenation has parts");
+        for (end, block) in blocks.into_iter().rev() {
+            let end = self.size(&end);
+            let inside = self.emit(KernelNode::Binary(BinaryOp::Lt, index, end), Elem::Bool);
+            value = self.emit(KernelNode::Select(inside, block, value), elem);
+        }
+        value
     }
 }
