@@ -4,10 +4,14 @@ use clap::{Args, ValueEnum};
 use sslc_compiler::diag::{print_all, Sources};
 use std::path::PathBuf;
 
-/// Check objectives and libraries for errors (syntax, names, shapes) without running them.
+/// Check objectives and libraries for errors (syntax, names, shapes, gradients) without running
+/// them, and warn where the optimised program still stores a batch-squared matrix.
 #[derive(Args)]
-#[command(after_help = "Exit status: 0 when every file checks clean, 1 when any has errors (printed to stderr \
-with file:line:col, a caret and a hint), 2 on usage errors.\n\nExample:\n  sslc check objectives/*.ssl")]
+#[command(after_help = "Exit status: 0 when every file checks clean (warnings included), 1 when any has errors \
+(printed to stderr with file:line:col, a caret and a hint), 2 on usage errors.\n\nA warning names every \
+[N, N]-sized (or larger) value the optimised program still keeps in memory, with its size at N = 4096 and why \
+pairwise fusion did not remove it; `sslc emit FILE --stage fusion` lists what was fused.\n\nExample:\n  \
+sslc check objectives/*.ssl")]
 pub struct CheckArgs {
     /// `.ssl` files to check (their imports are checked too).
     #[arg(required = true)]
@@ -24,6 +28,9 @@ pub enum Stage {
     Grad,
     /// The gradient program after CSE, folding, dead-code elimination and pairwise fusion.
     Opt,
+    /// What fusion did: the pairwise kernels, every product over the batch left unfused and
+    /// why, and the batch-squared values still stored.
+    Fusion,
     /// The Cranelift IR the CPU back end generates for the optimised gradient program.
     Clif,
     /// The CUDA C++ translation unit of every kernel (forward and gradient), as NVRTC compiles it.
@@ -50,7 +57,20 @@ pub fn check(args: &CheckArgs) -> i32 {
         let mut sources = Sources::new();
         match sslc_compiler::compile(file, &mut sources) {
             Ok(c) => {
-                let names: Vec<&str> = c.modules.iter().map(|m| m.name.as_str()).collect();
+                let names: Vec<String> = c.modules.iter().map(|m| m.name.clone()).collect();
+                let mut warnings = Vec::new();
+                for m in c.modules {
+                    match sslc_compiler::objective::Executable::new(m) {
+                        Ok(exe) => warnings.extend(sslc_compiler::fuse::report(&exe).warnings(&exe)),
+                        Err(d) => warnings.push(d),
+                    }
+                }
+                if warnings.iter().any(|d| !d.warning) {
+                    print_all(&warnings, &sources);
+                    failed = true;
+                    continue;
+                }
+                print_all(&warnings, &sources);
                 if names.is_empty() {
                     eprintln!("{}: ok (library)", file.display());
                 } else {
@@ -82,28 +102,34 @@ pub fn emit(args: &EmitArgs) -> i32 {
                 1
             }
         },
-        Stage::Ir | Stage::Grad | Stage::Opt | Stage::Clif => match sslc_compiler::compile(&args.file, &mut sources) {
-            Ok(c) => {
-                for m in c.modules {
-                    match stage_text(m, args.stage) {
-                        Ok(text) => super::print_stdout(&text),
-                        Err(d) => {
-                            print_all(&[d], &sources);
-                            return 1;
+        Stage::Ir | Stage::Grad | Stage::Opt | Stage::Fusion | Stage::Clif => {
+            match sslc_compiler::compile(&args.file, &mut sources) {
+                Ok(c) => {
+                    for m in c.modules {
+                        match stage_text(m, args.stage, &sources) {
+                            Ok(text) => super::print_stdout(&text),
+                            Err(d) => {
+                                print_all(&[d], &sources);
+                                return 1;
+                            }
                         }
                     }
+                    0
                 }
-                0
+                Err(diags) => {
+                    print_all(&diags, &sources);
+                    1
+                }
             }
-            Err(diags) => {
-                print_all(&diags, &sources);
-                1
-            }
-        },
+        }
     }
 }
 
-fn stage_text(m: sslc_compiler::ir::Module, stage: Stage) -> Result<String, sslc_compiler::diag::Diagnostic> {
+fn stage_text(
+    m: sslc_compiler::ir::Module,
+    stage: Stage,
+    sources: &Sources,
+) -> Result<String, sslc_compiler::diag::Diagnostic> {
     use sslc_compiler::ir::print_program;
     if let Stage::Ir = stage {
         return Ok(format!("{}\n", sslc_compiler::ir::print_module(&m)));
@@ -113,6 +139,9 @@ fn stage_text(m: sslc_compiler::ir::Module, stage: Stage) -> Result<String, sslc
         let cpu = sslc_compiler::back::clif::Cpu::new(std::sync::Arc::new(exe))
             .map_err(|e| sslc_compiler::diag::Diagnostic::new(e.to_string()))?;
         return Ok(cpu.clif().to_string());
+    }
+    if let Stage::Fusion = stage {
+        return Ok(sslc_compiler::fuse::report(&exe).text(&exe, sources));
     }
     let program = match stage {
         Stage::Opt => exe.optimized.clone(),

@@ -63,11 +63,23 @@ pub struct Diagnostic {
     pub hint: Option<String>,
     /// A diagnostic about a whole file (unreadable, not UTF-8) names it here.
     pub file: Option<PathBuf>,
+    /// A warning reports something that works but costs (memory, time); an error stops.
+    pub warning: bool,
 }
 
 impl Diagnostic {
     pub fn new(message: impl Into<String>) -> Self {
-        Diagnostic { message: message.into(), primary: None, secondary: Vec::new(), hint: None, file: None }
+        Diagnostic {
+            message: message.into(),
+            primary: None,
+            secondary: Vec::new(),
+            hint: None,
+            file: None,
+            warning: false,
+        }
+    }
+    pub fn warning(message: impl Into<String>) -> Self {
+        Diagnostic { warning: true, ..Diagnostic::new(message) }
     }
     pub fn at(mut self, span: Span, label: impl Into<String>) -> Self {
         self.primary = Some((span, label.into()));
@@ -99,14 +111,15 @@ impl Diagnostic {
         if let (None, Some(file)) = (&self.primary, &self.file) {
             message = format!("{}: {message}", file.display());
         }
-        let mut d = CsDiagnostic::error().with_message(message).with_labels(labels);
+        let d = if self.warning { CsDiagnostic::warning() } else { CsDiagnostic::error() };
+        let mut d = d.with_message(message).with_labels(labels);
         if let Some(hint) = &self.hint {
             d = d.with_notes(vec![format!("hint: {hint}")]);
         }
         let config = term::Config::default();
         if term::emit_to_write_style(out, &config, &sources.files, &d).is_err() {
             // The source store cannot place the span (it should always can); fall back to text.
-            let _ = writeln!(out, "error: {}", self.message);
+            let _ = writeln!(out, "{}: {}", if self.warning { "warning" } else { "error" }, self.message);
         }
     }
 

@@ -14,6 +14,10 @@
 //! much recomputation is cheaper than a round trip through memory), as naga's writers share
 //! one `bake_ref_count` rule; the pairwise fusion pass reads the same [`Uses`].
 
+mod report;
+
+pub use report::{report, Materialised, Report};
+
 use crate::ir::{BuiltinValue, Expr, Handle, Program};
 
 type H = Handle<Expr>;

@@ -16,7 +16,7 @@ mod print;
 pub use crate::ops::{BinaryOp, UnaryOp};
 pub use arena::{Arena, Handle};
 pub use dim::{display_shape, Dim, DimSym, Shape};
-pub use print::{print_module, print_program};
+pub use print::{expr_kind, node_line, print_module, print_program};
 
 use crate::span::Span;
 use std::collections::HashMap;

@@ -110,8 +110,6 @@ fn print_block(m: &Module, p: &Program, block: &[Handle<Expr>], depth: usize, w:
     let pad = "  ".repeat(depth);
     for &h in block {
         let e = &p.exprs[h];
-        let ty = p.ty(h).display(&m.dims).to_string();
-        let name = p.names.get(&h).map_or(String::new(), |n| format!("  // {n}"));
         if let Expr::Loop { count, carried, body } = e {
             let vars: Vec<String> = carried
                 .iter()
@@ -122,7 +120,33 @@ fn print_block(m: &Module, p: &Program, block: &[Handle<Expr>], depth: usize, w:
             let _ = writeln!(w, "{pad}}}");
             continue;
         }
-        let _ = writeln!(w, "{pad}{h}: {ty} = {}{name}", describe(m, e));
+        let _ = write!(w, "{pad}");
+        node_line(m, p, h, w);
+        w.push('\n');
+    }
+}
+
+/// One node as the printer shows it: `%h: type = op operands  // name`.
+pub fn node_line(m: &Module, p: &Program, h: Handle<Expr>, w: &mut String) {
+    let ty = p.ty(h).display(&m.dims).to_string();
+    let name = p.names.get(&h).map_or(String::new(), |n| format!("  // {n}"));
+    let _ = write!(w, "{h}: {ty} = {}{name}", describe(m, &p.exprs[h]));
+}
+
+/// What kind of node `e` is, in words, for diagnostics.
+pub fn expr_kind(e: &Expr) -> &'static str {
+    match e {
+        Expr::Reduce { .. } => "a reduction",
+        Expr::MatMul { .. } => "a matrix product",
+        Expr::Gather { .. } => "a gather",
+        Expr::Concat { .. } => "a concatenation",
+        Expr::Slice { .. } => "a slice",
+        Expr::Broadcast { .. } => "a broadcast",
+        Expr::Transpose { .. } => "a transpose",
+        Expr::ExpandDims { .. } | Expr::Squeeze { .. } => "a reshape",
+        Expr::Loop { .. } => "a `repeat` loop",
+        Expr::Unary { .. } | Expr::Binary { .. } | Expr::Select { .. } | Expr::Cast { .. } => "element-wise work",
+        _ => "a node",
     }
 }
 

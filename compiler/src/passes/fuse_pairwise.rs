@@ -75,6 +75,26 @@ struct Sink {
 }
 
 fn plan(p: &Program) -> HashMap<Handle<Expr>, Sink> {
+    analyse(p).into_values().filter_map(Result::ok).flatten().collect()
+}
+
+/// Why a matrix product was not fused: the node that needs the `[M, P]` matrix stored.
+#[derive(Clone, Debug)]
+pub(crate) struct Spoiler {
+    pub at: Handle<Expr>,
+    pub why: String,
+}
+
+/// The products of `p` that pairwise fusion leaves stored, each with the reason.
+pub(crate) fn unfused(p: &Program) -> Vec<(Handle<Expr>, Spoiler)> {
+    let mut out: Vec<_> = analyse(p).into_iter().filter_map(|(seed, r)| r.err().map(|e| (seed, e))).collect();
+    out.sort_by_key(|(seed, _)| *seed);
+    out
+}
+
+/// For every seed, its sinks (placed at the nodes they replace), or what spoils it.
+#[allow(clippy::type_complexity)]
+fn analyse(p: &Program) -> HashMap<Handle<Expr>, Result<Vec<(Handle<Expr>, Sink)>, Spoiler>> {
     let mut region: HashMap<Handle<Expr>, Region> = HashMap::new();
     for &h in &p.body {
         let r = classify(p, h, &region);
@@ -85,13 +105,13 @@ fn plan(p: &Program) -> HashMap<Handle<Expr>, Sink> {
     let outputs: Vec<Handle<Expr>> = p.outputs.iter().map(|o| o.value).collect();
 
     // Group the region nodes by seed and collect their sinks; one unfusable use spoils a seed.
-    let mut sinks_of: HashMap<Handle<Expr>, Option<Vec<(Handle<Expr>, Sink)>>> = HashMap::new();
+    let mut sinks_of: HashMap<Handle<Expr>, Result<Vec<(Handle<Expr>, Sink)>, Spoiler>> = HashMap::new();
     for &h in &p.body {
         let Region::Of(seed) = region[&h] else { continue };
-        let entry = sinks_of.entry(seed).or_insert_with(|| Some(Vec::new()));
-        let Some(list) = entry else { continue };
+        let entry = sinks_of.entry(seed).or_insert_with(|| Ok(Vec::new()));
+        let Ok(list) = entry else { continue };
         if outputs.contains(&h) {
-            *entry = None;
+            *entry = Err(Spoiler { at: h, why: "the matrix is an output of the program".into() });
             continue;
         }
         for &u in &users[h.index()] {
@@ -101,13 +121,49 @@ fn plan(p: &Program) -> HashMap<Handle<Expr>, Sink> {
             match sinks_for_use(p, h, u, users, &outputs, &region) {
                 Some(found) => list.extend(found.into_iter().map(|(at, kind)| (at, Sink { seed, input: h, kind }))),
                 None => {
-                    *entry = None;
+                    *entry = Err(Spoiler { at: u, why: spoiled_by(p, u, &uses, &region) });
                     break;
                 }
             }
         }
     }
-    sinks_of.into_values().flatten().flatten().collect()
+    sinks_of
+}
+
+/// Why the use `u` of a region node needs the whole matrix.
+fn spoiled_by(
+    p: &Program,
+    u: Handle<Expr>,
+    uses: &crate::fuse::Uses,
+    region: &HashMap<Handle<Expr>, Region>,
+) -> String {
+    let e = &p.exprs[u];
+    if uses.scope[u.index()].is_some() {
+        return "it is read inside a `repeat` loop".into();
+    }
+    match e {
+        Expr::Reduce { op: ReduceOp::ArgMax, .. } => {
+            "`argmax` reads it (only sum, max, min and logsumexp reductions are fused)".into()
+        }
+        Expr::MatMul { .. } => "it is multiplied with another similarity matrix or itself".into(),
+        e if e.is_arithmetic() && region.get(&u) == Some(&Region::Opaque) => {
+            let other =
+                e.operands().into_iter().find(|&o| !matches!(region.get(&o), Some(Region::Of(_) | Region::Leaves)));
+            match other {
+                Some(o) => format!(
+                    "it is combined with %{}, which is neither a broadcast row or column vector, a scalar, \
+                     nor a mask built from index grids",
+                    o.index()
+                ),
+                None => "it is combined element-wise with another similarity matrix".into(),
+            }
+        }
+        Expr::Transpose { .. } => "its transpose is read by something other than a matrix product".into(),
+        e => format!(
+            "{} reads it whole (a fused matrix may only end in row or column reductions and products with a matrix)",
+            crate::ir::expr_kind(e)
+        ),
+    }
 }
 
 fn is_pairwise_shape(p: &Program, h: Handle<Expr>) -> bool {

@@ -7,7 +7,7 @@
 mod cse;
 mod dce;
 mod fold;
-mod fuse_pairwise;
+pub(crate) mod fuse_pairwise;
 mod symmetrize_pairwise;
 
 use crate::diag::Diagnostic;

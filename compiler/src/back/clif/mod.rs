@@ -25,6 +25,7 @@ mod kernels;
 mod math;
 mod pairwise;
 mod plan;
+pub(crate) use plan::POLICY as FUSION_POLICY;
 mod runtime;
 mod schedule;
 mod sizes;

@@ -273,7 +273,7 @@ fn view_coords<A: Clone>(p: &Program, expr: &Expr, at: &[Coord<A>]) -> Option<Ve
 /// one reader, when it is element-wise, a reduction or a concatenation (each has a loop over
 /// its own elements); everything read by anything else (products, gathers, tiles, loops) is
 /// in a buffer. Recomputing is free only for values that read no memory.
-const POLICY: fuse::Policy = fuse::Policy {
+pub(crate) const POLICY: fuse::Policy = fuse::Policy {
     recompute_limit: 0,
     inlinable: |e, _| e.is_elementwise(),
     reads_memory: |e, _| {
