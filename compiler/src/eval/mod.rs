@@ -10,8 +10,8 @@ pub use bind::{BindError, BindRequest, Bindings, Overrides};
 pub use constants::{build_const, etf, initial_state};
 
 use crate::ir::{
-    BinaryOp, BuiltinValue, Elem, Expr, Handle, KernelNode, Literal, Module, PairwiseOperands, Program, ReduceOp,
-    UnaryOp,
+    Axis, BinaryOp, BuiltinValue, Elem, Expr, Handle, KernelNode, Literal, Module, PairwiseLoad, PairwiseOperands,
+    Program, ReduceOp, UnaryOp,
 };
 use crate::ops::{Prim, Real, Scalar};
 use candle_core::{DType, Device, Tensor};
@@ -224,17 +224,23 @@ impl Evaluator<'_> {
     fn pairwise_matrix(&self, pw: &PairwiseOperands) -> candle_core::Result<Tensor> {
         let s = self.get(pw.x).contiguous()?.matmul(&self.get(pw.y).t()?.contiguous()?)?;
         let (m, p) = (s.dims()[0], s.dims()[1]);
-        let mut values: Vec<Tensor> = Vec::with_capacity(pw.kernel.nodes.len());
-        for node in &pw.kernel.nodes {
+        let mut values: Vec<Tensor> = Vec::with_capacity(pw.kernel.ops.len());
+        for (node, elem) in &pw.kernel.ops {
             let v = match node {
                 KernelNode::Dot => s.clone(),
-                KernelNode::Row(k) => self.get(pw.rows[*k]).unsqueeze(1)?.broadcast_as((m, p))?.contiguous()?,
-                KernelNode::Col(k) => self.get(pw.cols[*k]).unsqueeze(0)?.broadcast_as((m, p))?.contiguous()?,
-                KernelNode::Scalar(k) => self.get(pw.scalars[*k]).broadcast_as((m, p))?.contiguous()?,
-                KernelNode::RowIndex => {
+                KernelNode::Load(PairwiseLoad::Row(k)) => {
+                    self.get(pw.rows[*k]).unsqueeze(1)?.broadcast_as((m, p))?.contiguous()?
+                }
+                KernelNode::Load(PairwiseLoad::Col(k)) => {
+                    self.get(pw.cols[*k]).unsqueeze(0)?.broadcast_as((m, p))?.contiguous()?
+                }
+                KernelNode::Load(PairwiseLoad::Scalar(k)) => {
+                    self.get(pw.scalars[*k]).broadcast_as((m, p))?.contiguous()?
+                }
+                KernelNode::Index(Axis::Row) => {
                     Tensor::arange(0i64, m as i64, &Device::Cpu)?.unsqueeze(1)?.broadcast_as((m, p))?.contiguous()?
                 }
-                KernelNode::ColIndex => {
+                KernelNode::Index(Axis::Col) => {
                     Tensor::arange(0i64, p as i64, &Device::Cpu)?.unsqueeze(0)?.broadcast_as((m, p))?.contiguous()?
                 }
                 KernelNode::Literal(Literal::Real(v)) => {
@@ -249,7 +255,7 @@ impl Evaluator<'_> {
                 KernelNode::Unary(op, a) => unary(*op, &values[*a])?,
                 KernelNode::Binary(op, a, b) => self.binary(*op, &values[*a], &values[*b])?,
                 KernelNode::Select(c, a, b) => values[*c].where_cond(&values[*a], &values[*b])?,
-                KernelNode::Cast(a, to) => self.cast(&values[*a], *to)?,
+                KernelNode::Cast(a) => self.cast(&values[*a], *elem)?,
             };
             values.push(v);
         }

@@ -12,11 +12,13 @@ mod arena;
 mod dim;
 mod pairwise;
 mod print;
+mod scalar;
 
 pub use crate::ops::{BinaryOp, UnaryOp};
 pub use arena::{Arena, Handle};
 pub use dim::{display_shape, Dim, DimSym, Shape};
 pub use print::{expr_kind, node_line, print_module, print_program};
+pub use scalar::{Axis, ScalarOp, ScalarProgram};
 
 use crate::span::Span;
 use std::collections::HashMap;
@@ -305,6 +307,27 @@ pub enum Literal {
     Bool(bool),
 }
 
+/// Literals are the op table's scalars in f64: folding computes on them directly.
+impl From<Literal> for crate::ops::Scalar<f64> {
+    fn from(l: Literal) -> Self {
+        match l {
+            Literal::Real(v) => crate::ops::Scalar::Real(v),
+            Literal::Int(v) => crate::ops::Scalar::Int(v),
+            Literal::Bool(v) => crate::ops::Scalar::Bool(v),
+        }
+    }
+}
+
+impl From<crate::ops::Scalar<f64>> for Literal {
+    fn from(s: crate::ops::Scalar<f64>) -> Self {
+        match s {
+            crate::ops::Scalar::Real(v) => Literal::Real(v),
+            crate::ops::Scalar::Int(v) => Literal::Int(v),
+            crate::ops::Scalar::Bool(v) => Literal::Bool(v),
+        }
+    }
+}
+
 /// A value carried around a loop: starts as `init`, is `param` inside the body, becomes `next`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Carried {
@@ -561,37 +584,21 @@ impl Expr {
     }
 }
 
-/// One scalar operation of a [`PairwiseKernel`]; operands index earlier nodes of the kernel.
-#[derive(Clone, Debug, PartialEq)]
-pub enum KernelNode {
-    /// `s_ij = x_i · y_j`, the entry of the similarity matrix the kernel replaces.
-    Dot,
-    /// `rows[k][i]`.
+/// What a pairwise kernel reads: `rows[k][i]`, `cols[k][j]` or `scalars[k]` of its
+/// [`PairwiseOperands`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PairwiseLoad {
     Row(usize),
-    /// `cols[k][j]`.
     Col(usize),
-    /// `scalars[k]`.
     Scalar(usize),
-    /// `i`, as `int`.
-    RowIndex,
-    /// `j`, as `int`.
-    ColIndex,
-    Literal(Literal),
-    Unary(UnaryOp, usize),
-    Binary(BinaryOp, usize, usize),
-    Select(usize, usize, usize),
-    Cast(usize, Elem),
 }
 
-/// The element-wise function `w(i, j)` of a pairwise node, computed per entry and never stored.
-#[derive(Clone, Debug, PartialEq)]
-pub struct PairwiseKernel {
-    pub nodes: Vec<KernelNode>,
-    /// Element type of each node.
-    pub elems: Vec<Elem>,
-    /// The node whose value is `w(i, j)` (always real).
-    pub result: usize,
-}
+/// One operation of a pairwise kernel.
+pub type KernelNode = ScalarOp<PairwiseLoad, Axis>;
+
+/// The element-wise function `w(i, j)` of a pairwise node, computed per entry and never
+/// stored: a [`ScalarProgram`] whose result is always real.
+pub type PairwiseKernel = ScalarProgram<PairwiseLoad, Axis>;
 
 /// The operands a pairwise node reads: `x: [M, D]` and `y: [P, D]` (the entry `s_ij` of
 /// `x @ y.T`), per-row vectors `[M]`, per-column vectors `[P]`, and scalars.

@@ -3,7 +3,9 @@
 //! tile as `w(i, j)`: the optimiser merges `W V + Wᵀ V` into one product with the kernel
 //! `w(i, j) + w(j, i)`, and back ends that know a kernel is symmetric compute half the tiles.
 
-use super::{BinaryOp, Elem, Expr, Handle, KernelNode, Literal, PairwiseKernel, PairwiseOperands, UnaryOp};
+use super::{
+    Axis, BinaryOp, Elem, Expr, Handle, KernelNode, Literal, PairwiseKernel, PairwiseLoad, PairwiseOperands, UnaryOp,
+};
 use std::collections::HashMap;
 
 /// A kernel node with its operands replaced by canonical ids, and vectors named by the value
@@ -25,6 +27,14 @@ enum Term {
     Cast(usize, Elem),
 }
 
+/// Row `i` becomes column `j` and the other way round.
+fn swap(axis: Axis) -> Axis {
+    match axis {
+        Axis::Row => Axis::Col,
+        Axis::Col => Axis::Row,
+    }
+}
+
 /// Whether `op(a, b) = op(b, a)`.
 fn commutes(op: BinaryOp) -> bool {
     use BinaryOp::*;
@@ -44,15 +54,14 @@ impl Terms {
     /// The canonical id of every node of `pw`'s kernel, with `i` and `j` exchanged when
     /// `swapped` (which needs `x = y`, so that the dot product stays the same).
     fn of(&mut self, pw: &PairwiseOperands, swapped: bool) -> Vec<usize> {
-        let mut ids: Vec<usize> = Vec::with_capacity(pw.kernel.nodes.len());
-        for node in &pw.kernel.nodes {
+        let mut ids: Vec<usize> = Vec::with_capacity(pw.kernel.ops.len());
+        for (node, elem) in &pw.kernel.ops {
             let term = match *node {
                 KernelNode::Dot => Term::Dot,
-                KernelNode::Row(k) => Term::Vector(pw.rows[k], !swapped),
-                KernelNode::Col(k) => Term::Vector(pw.cols[k], swapped),
-                KernelNode::Scalar(k) => Term::Scalar(pw.scalars[k]),
-                KernelNode::RowIndex => Term::Index(!swapped),
-                KernelNode::ColIndex => Term::Index(swapped),
+                KernelNode::Load(PairwiseLoad::Row(k)) => Term::Vector(pw.rows[k], !swapped),
+                KernelNode::Load(PairwiseLoad::Col(k)) => Term::Vector(pw.cols[k], swapped),
+                KernelNode::Load(PairwiseLoad::Scalar(k)) => Term::Scalar(pw.scalars[k]),
+                KernelNode::Index(axis) => Term::Index((axis == Axis::Row) != swapped),
                 KernelNode::Literal(Literal::Real(v)) => Term::Real(v.to_bits()),
                 KernelNode::Literal(Literal::Int(v)) => Term::Int(v),
                 KernelNode::Literal(Literal::Bool(v)) => Term::Bool(v),
@@ -62,7 +71,7 @@ impl Terms {
                 }
                 KernelNode::Binary(op, a, b) => Term::Binary(op, ids[a], ids[b]),
                 KernelNode::Select(c, a, b) => Term::Select(ids[c], ids[a], ids[b]),
-                KernelNode::Cast(a, to) => Term::Cast(ids[a], to),
+                KernelNode::Cast(a) => Term::Cast(ids[a], *elem),
             };
             ids.push(self.id(term));
         }
@@ -87,10 +96,7 @@ impl PairwiseOperands {
     /// The same node with the kernel `w(i, j) + w(j, i)`; `x` and `y` must be one matrix.
     pub fn symmetrized(&self) -> PairwiseOperands {
         debug_assert_eq!(self.x, self.y, "only a kernel over one matrix can be symmetrized");
-        let mut out = PairwiseOperands {
-            kernel: PairwiseKernel { nodes: Vec::new(), elems: Vec::new(), result: 0 },
-            ..self.clone()
-        };
+        let mut out = PairwiseOperands { kernel: PairwiseKernel::default(), ..self.clone() };
         // Canonical id to node of the new kernel: nodes both copies compute (scalars,
         // literals, the dot product, ...) are emitted once.
         let mut interned: HashMap<usize, usize> = HashMap::new();
@@ -98,31 +104,31 @@ impl PairwiseOperands {
         let mut results = [0; 2];
         for (copy, swapped) in [false, true].into_iter().enumerate() {
             let ids = terms.of(self, swapped);
-            let mut at: Vec<usize> = Vec::with_capacity(self.kernel.nodes.len());
-            for (k, node) in self.kernel.nodes.iter().enumerate() {
+            let mut at: Vec<usize> = Vec::with_capacity(self.kernel.ops.len());
+            for (k, (node, elem)) in self.kernel.ops.iter().enumerate() {
                 let node = match (node.clone(), swapped) {
-                    (KernelNode::Row(r), true) => KernelNode::Col(position(&mut out.cols, self.rows[r])),
-                    (KernelNode::Col(c), true) => KernelNode::Row(position(&mut out.rows, self.cols[c])),
-                    (KernelNode::RowIndex, true) => KernelNode::ColIndex,
-                    (KernelNode::ColIndex, true) => KernelNode::RowIndex,
+                    (KernelNode::Load(PairwiseLoad::Row(r)), true) => {
+                        KernelNode::Load(PairwiseLoad::Col(position(&mut out.cols, self.rows[r])))
+                    }
+                    (KernelNode::Load(PairwiseLoad::Col(c)), true) => {
+                        KernelNode::Load(PairwiseLoad::Row(position(&mut out.rows, self.cols[c])))
+                    }
+                    (KernelNode::Index(axis), true) => KernelNode::Index(swap(axis)),
                     (KernelNode::Unary(op, a), _) => KernelNode::Unary(op, at[a]),
                     (KernelNode::Binary(op, a, b), _) => KernelNode::Binary(op, at[a], at[b]),
                     (KernelNode::Select(c, a, b), _) => KernelNode::Select(at[c], at[a], at[b]),
-                    (KernelNode::Cast(a, to), _) => KernelNode::Cast(at[a], to),
+                    (KernelNode::Cast(a), _) => KernelNode::Cast(at[a]),
                     (leaf, _) => leaf,
                 };
                 let index = *interned.entry(ids[k]).or_insert_with(|| {
-                    out.kernel.nodes.push(node);
-                    out.kernel.elems.push(self.kernel.elems[k]);
-                    out.kernel.nodes.len() - 1
+                    out.kernel.ops.push((node, *elem));
+                    out.kernel.ops.len() - 1
                 });
                 at.push(index);
             }
             results[copy] = at[self.kernel.result];
         }
-        out.kernel.nodes.push(KernelNode::Binary(BinaryOp::Add, results[0], results[1]));
-        out.kernel.elems.push(Elem::Real);
-        out.kernel.result = out.kernel.nodes.len() - 1;
+        out.kernel.push(KernelNode::Binary(BinaryOp::Add, results[0], results[1]), Elem::Real);
         out
     }
 }
@@ -141,32 +147,37 @@ mod tests {
 
     /// `x = y = %0`, one row vector `%1`, one scalar `%2`, and the given kernel.
     fn operands(nodes: Vec<KernelNode>, y: usize) -> PairwiseOperands {
-        let elems = nodes
-            .iter()
-            .map(|n| if matches!(n, KernelNode::RowIndex | KernelNode::ColIndex) { Elem::Int } else { Elem::Real })
-            .collect();
         let result = nodes.len() - 1;
+        let ops = nodes
+            .into_iter()
+            .map(|n| {
+                let elem = if matches!(n, KernelNode::Index(_)) { Elem::Int } else { Elem::Real };
+                (n, elem)
+            })
+            .collect();
         PairwiseOperands {
             x: Handle::new(0),
             y: Handle::new(y),
             rows: vec![Handle::new(1)],
             cols: vec![],
             scalars: vec![Handle::new(2)],
-            kernel: PairwiseKernel { nodes, elems, result },
+            kernel: PairwiseKernel { ops, result },
         }
     }
 
     #[test]
     fn symmetry_is_judged_on_structure() {
-        use KernelNode::*;
+        use crate::ir::ScalarOp::*;
+        let (row, i, j) = (Load(PairwiseLoad::Row(0)), Index(Axis::Row), Index(Axis::Col));
+        let scalar0 = Load(PairwiseLoad::Scalar(0));
         // dot / scalar, masked on the diagonal: symmetric.
         let masked = vec![
-            RowIndex,
-            ColIndex,
+            i.clone(),
+            j.clone(),
             Binary(BinaryOp::Eq, 0, 1),
             Literal(super::Literal::Real(0.0)),
             Dot,
-            Scalar(0),
+            scalar0,
             Binary(BinaryOp::Div, 4, 5),
             Select(2, 3, 6),
         ];
@@ -174,15 +185,15 @@ mod tests {
         // Over two matrices the dot product itself is not.
         assert!(!operands(masked, 3).is_symmetric());
         // A row vector times the dot product depends on i alone: not symmetric...
-        let weighted = vec![Row(0), Dot, Binary(BinaryOp::Mul, 0, 1)];
+        let weighted = vec![row, Dot, Binary(BinaryOp::Mul, 0, 1)];
         assert!(!operands(weighted.clone(), 0).is_symmetric());
         // ...nor is i - j.
-        assert!(!operands(vec![RowIndex, ColIndex, Binary(BinaryOp::Sub, 0, 1)], 0).is_symmetric());
+        assert!(!operands(vec![i, j, Binary(BinaryOp::Sub, 0, 1)], 0).is_symmetric());
         // ...until symmetrized, which reads the vector at j too, and shares the dot product.
         let sym = operands(weighted, 0).symmetrized();
         assert!(sym.is_symmetric());
         assert_eq!(sym.cols, vec![Handle::new(1)]);
-        assert_eq!(sym.kernel.nodes.iter().filter(|n| matches!(n, Dot)).count(), 1);
-        assert!(matches!(sym.kernel.nodes[sym.kernel.result], Binary(BinaryOp::Add, _, _)));
+        assert_eq!(sym.kernel.ops.iter().filter(|(n, _)| matches!(n, Dot)).count(), 1);
+        assert!(matches!(sym.kernel.ops[sym.kernel.result].0, Binary(BinaryOp::Add, _, _)));
     }
 }

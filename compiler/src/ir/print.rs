@@ -1,8 +1,8 @@
 //! The textual form of the IR (`sslc emit --stage ir`), also used by snapshot tests.
 
 use super::{
-    display_shape, BuiltinValue, ConstInit, DimKind, Event, Expr, Handle, KernelNode, Literal, Module,
-    PairwiseOperands, ParamValue, Program, StateInit,
+    display_shape, Axis, BuiltinValue, ConstInit, DimKind, Event, Expr, Handle, KernelNode, Literal, Module,
+    PairwiseLoad, PairwiseOperands, ParamValue, Program, StateInit,
 };
 use std::fmt::Write;
 
@@ -202,24 +202,24 @@ fn pairwise_text(pw: &PairwiseOperands) -> String {
     let list = |hs: &[Handle<Expr>]| hs.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(", ");
     let nodes: Vec<String> = pw
         .kernel
-        .nodes
+        .ops
         .iter()
         .enumerate()
-        .map(|(i, n)| {
+        .map(|(i, (n, elem))| {
             let body = match n {
                 KernelNode::Dot => "dot".to_string(),
-                KernelNode::Row(k) => format!("row{k}[i]"),
-                KernelNode::Col(k) => format!("col{k}[j]"),
-                KernelNode::Scalar(k) => format!("scalar{k}"),
-                KernelNode::RowIndex => "i".to_string(),
-                KernelNode::ColIndex => "j".to_string(),
+                KernelNode::Load(PairwiseLoad::Row(k)) => format!("row{k}[i]"),
+                KernelNode::Load(PairwiseLoad::Col(k)) => format!("col{k}[j]"),
+                KernelNode::Load(PairwiseLoad::Scalar(k)) => format!("scalar{k}"),
+                KernelNode::Index(Axis::Row) => "i".to_string(),
+                KernelNode::Index(Axis::Col) => "j".to_string(),
                 KernelNode::Literal(Literal::Real(v)) => format!("{v:?}"),
                 KernelNode::Literal(Literal::Int(v)) => v.to_string(),
                 KernelNode::Literal(Literal::Bool(v)) => v.to_string(),
                 KernelNode::Unary(op, a) => format!("{} k{a}", op.name()),
                 KernelNode::Binary(op, a, b) => format!("{} k{a}, k{b}", op.name()),
                 KernelNode::Select(c, a, b) => format!("select k{c}, k{a}, k{b}"),
-                KernelNode::Cast(a, e) => format!("cast k{a} to {}", e.name()),
+                KernelNode::Cast(a) => format!("cast k{a} to {}", elem.name()),
             };
             format!("k{i} = {body}")
         })

@@ -24,22 +24,9 @@ fn literal(rb: &Rebuilder, h: Handle<Expr>) -> Option<Literal> {
     }
 }
 
-fn scalar(l: Literal) -> Scalar<f64> {
-    match l {
-        Literal::Real(v) => Scalar::Real(v),
-        Literal::Int(v) => Scalar::Int(v),
-        Literal::Bool(v) => Scalar::Bool(v),
-    }
-}
-
 /// A folded value as a node of `shape`: the literal, broadcast when `shape` is not a scalar.
 fn spread(rb: &mut Rebuilder, v: Scalar<f64>, shape: crate::ir::Shape, span: crate::span::Span) -> Handle<Expr> {
-    let l = match v {
-        Scalar::Real(v) => Literal::Real(v),
-        Scalar::Int(v) => Literal::Int(v),
-        Scalar::Bool(v) => Literal::Bool(v),
-    };
-    let h = rb.push(Expr::Literal(l), span);
+    let h = rb.push(Expr::Literal(v.into()), span);
     if shape.is_empty() {
         h
     } else {
@@ -87,17 +74,17 @@ fn simplify(rb: &mut Rebuilder, expr: &Expr, span: crate::span::Span) -> Option<
         Expr::Cast { arg, to } => {
             let v = literal(rb, arg)?;
             let shape = rb.new_ty(arg).shape.clone();
-            Some(spread(rb, scalar(v).cast(to), shape, span))
+            Some(spread(rb, Scalar::from(v).cast(to), shape, span))
         }
         Expr::Unary { op, arg } => {
             let v = literal(rb, arg)?;
             let shape = rb.new_ty(arg).shape.clone();
-            Some(spread(rb, op.eval(scalar(v)), shape, span))
+            Some(spread(rb, op.eval(Scalar::from(v)), shape, span))
         }
         Expr::Binary { op, lhs, rhs } => {
             if let (Some(a), Some(b)) = (literal(rb, lhs), literal(rb, rhs)) {
                 let shape = rb.new_ty(lhs).shape.clone();
-                return Some(spread(rb, op.eval(scalar(a), scalar(b)), shape, span));
+                return Some(spread(rb, op.eval(Scalar::from(a), Scalar::from(b)), shape, span));
             }
             let (l, r) = (real(rb, lhs), real(rb, rhs));
             let square = |rb: &mut Rebuilder, arg| rb.push(Expr::Unary { op: UnaryOp::Square, arg }, span);

@@ -13,7 +13,8 @@
 
 use super::{Action, Rebuilder};
 use crate::ir::{
-    BinaryOp, Dim, Elem, Expr, Handle, KernelNode, Literal, Module, PairwiseKernel, PairwiseOperands, Program, ReduceOp,
+    Axis, BinaryOp, Dim, Elem, Expr, Handle, KernelNode, Literal, Module, PairwiseKernel, PairwiseLoad,
+    PairwiseOperands, Program, ReduceOp,
 };
 use std::collections::HashMap;
 
@@ -341,18 +342,18 @@ fn build(rb: &mut Rebuilder, sink: &Sink) -> Handle<Expr> {
         seed: sink.seed,
         operands: Operands::default(),
         memo: HashMap::new(),
-        nodes: Vec::new(),
-        elems: Vec::new(),
+        kernel: PairwiseKernel::default(),
     };
     let result = k.node(sink.input);
-    let KernelBuilder { rb, operands, nodes, elems, .. } = k;
+    let KernelBuilder { rb, operands, mut kernel, .. } = k;
+    kernel.result = result;
     let pairwise = Box::new(PairwiseOperands {
         x,
         y,
         rows: operands.rows.iter().map(|s| materialise(rb, s.clone(), span)).collect(),
         cols: operands.cols.iter().map(|s| materialise(rb, s.clone(), span)).collect(),
         scalars: operands.scalars.iter().map(|s| materialise(rb, s.clone(), span)).collect(),
-        kernel: PairwiseKernel { nodes, elems, result },
+        kernel,
     });
     match &sink.kind {
         SinkKind::Reduce { op, axis } => rb.push(Expr::PairwiseReduce { pairwise, op: *op, axis: *axis }, span),
@@ -412,18 +413,14 @@ struct KernelBuilder<'r, 'a> {
     seed: Handle<Expr>,
     operands: Operands,
     memo: HashMap<(Handle<Expr>, Option<(usize, usize)>), usize>,
-    nodes: Vec<KernelNode>,
-    elems: Vec<Elem>,
+    kernel: PairwiseKernel,
 }
 
 impl KernelBuilder<'_, '_> {
+    /// Appends a kernel node, folding operations on literals (with the op table's semantics)
+    /// and reusing an identical earlier node.
     fn emit(&mut self, n: KernelNode, elem: Elem) -> usize {
-        if let Some(k) = self.nodes.iter().zip(&self.elems).position(|(m, e)| *m == n && *e == elem) {
-            return k;
-        }
-        self.nodes.push(n);
-        self.elems.push(elem);
-        self.nodes.len() - 1
+        self.kernel.push_folded(n, elem)
     }
 
     /// `h` at `(i, j)`.
@@ -460,15 +457,15 @@ impl KernelBuilder<'_, '_> {
                         Leaf::Literal(l) => self.emit(KernelNode::Literal(l), elem),
                         Leaf::Row(s) => {
                             let k = index_of(&mut self.operands.rows, s);
-                            self.emit(KernelNode::Row(k), leaf_elem)
+                            self.emit(KernelNode::Load(PairwiseLoad::Row(k)), leaf_elem)
                         }
                         Leaf::Col(s) => {
                             let k = index_of(&mut self.operands.cols, s);
-                            self.emit(KernelNode::Col(k), leaf_elem)
+                            self.emit(KernelNode::Load(PairwiseLoad::Col(k)), leaf_elem)
                         }
                         Leaf::Scalar(s) => {
                             let k = index_of(&mut self.operands.scalars, s);
-                            self.emit(KernelNode::Scalar(k), leaf_elem)
+                            self.emit(KernelNode::Load(PairwiseLoad::Scalar(k)), leaf_elem)
                         }
                     }
                 }
@@ -486,7 +483,7 @@ impl KernelBuilder<'_, '_> {
                 }
                 Expr::Cast { arg, to } => {
                     let a = self.at(arg, at);
-                    self.emit(KernelNode::Cast(a, to), to)
+                    self.emit(KernelNode::Cast(a), to)
                 }
                 e => unreachable!("classified as element-wise: {e:?}"),
             }
@@ -498,7 +495,9 @@ impl KernelBuilder<'_, '_> {
     fn index_pair(&mut self, at: Option<(usize, usize)>) -> (usize, usize) {
         match at {
             Some(pair) => pair,
-            None => (self.emit(KernelNode::RowIndex, Elem::Int), self.emit(KernelNode::ColIndex, Elem::Int)),
+            None => {
+                (self.emit(KernelNode::Index(Axis::Row), Elem::Int), self.emit(KernelNode::Index(Axis::Col), Elem::Int))
+            }
         }
     }
 
@@ -508,7 +507,7 @@ impl KernelBuilder<'_, '_> {
             Some(v) => self.emit(KernelNode::Literal(Literal::Int(v)), Elem::Int),
             None => {
                 let k = index_of(&mut self.operands.scalars, Source::Dim(d.clone()));
-                self.emit(KernelNode::Scalar(k), Elem::Int)
+                self.emit(KernelNode::Load(PairwiseLoad::Scalar(k)), Elem::Int)
             }
         }
     }

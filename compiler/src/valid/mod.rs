@@ -5,8 +5,8 @@
 //! pass that builds ill-typed or ill-ordered IR is caught at its source instead of in a back end.
 
 use crate::ir::{
-    display_shape, Block, Dim, Elem, Expr, Handle, KernelNode, Literal, Module, PairwiseOperands, Program, ReduceOp,
-    Type,
+    display_shape, Block, Dim, Elem, Expr, Handle, KernelNode, Literal, Module, PairwiseLoad, PairwiseOperands,
+    Program, ReduceOp, Type,
 };
 use std::collections::HashSet;
 
@@ -302,29 +302,29 @@ fn pairwise_dims(
         scalars.push(t.elem);
     }
     let k = &pw.kernel;
-    if k.elems.len() != k.nodes.len() || k.result >= k.nodes.len() || k.elems[k.result] != Elem::Real {
+    if k.result >= k.ops.len() || k.elem(k.result) != Elem::Real {
         return Err(TypeError::Other("pairwise kernel: malformed result".into()));
     }
-    for (i, n) in k.nodes.iter().enumerate() {
+    for (i, (n, recorded)) in k.ops.iter().enumerate() {
         let earlier = |a: usize| {
             if a < i {
-                Ok(k.elems[a])
+                Ok(k.elem(a))
             } else {
                 Err(TypeError::Other(format!("pairwise kernel: node {i} reads a later node")))
             }
         };
         let elem = match n {
             KernelNode::Dot => Elem::Real,
-            KernelNode::Row(r) => {
+            KernelNode::Load(PairwiseLoad::Row(r)) => {
                 *rows.get(*r).ok_or_else(|| TypeError::Other(format!("pairwise kernel: no row operand {r}")))?
             }
-            KernelNode::Col(c) => {
+            KernelNode::Load(PairwiseLoad::Col(c)) => {
                 *cols.get(*c).ok_or_else(|| TypeError::Other(format!("pairwise kernel: no column operand {c}")))?
             }
-            KernelNode::Scalar(c) => {
+            KernelNode::Load(PairwiseLoad::Scalar(c)) => {
                 *scalars.get(*c).ok_or_else(|| TypeError::Other(format!("pairwise kernel: no scalar operand {c}")))?
             }
-            KernelNode::RowIndex | KernelNode::ColIndex => Elem::Int,
+            KernelNode::Index(_) => Elem::Int,
             KernelNode::Literal(Literal::Real(_)) => Elem::Real,
             KernelNode::Literal(Literal::Int(_)) => Elem::Int,
             KernelNode::Literal(Literal::Bool(_)) => Elem::Bool,
@@ -357,16 +357,16 @@ fn pairwise_dims(
                 }
                 ea
             }
-            KernelNode::Cast(a, to) => {
+            KernelNode::Cast(a) => {
                 earlier(*a)?;
-                *to
+                *recorded
             }
         };
-        if elem != k.elems[i] {
+        if elem != *recorded {
             return Err(TypeError::Other(format!(
                 "pairwise kernel: node {i} is {} but recorded {}",
                 elem.name(),
-                k.elems[i].name()
+                recorded.name()
             )));
         }
     }

@@ -17,7 +17,7 @@ pub(crate) struct Point {
     /// The axis whose consecutive elements share a vector.
     pub inner: Axis,
     pub width: Width,
-    /// The pairwise tile being read by [`Op::Tile`], if any.
+    /// The pairwise tile being read by [`Op::Dot`], if any.
     pub tile: Option<TileCursor>,
 }
 
@@ -156,7 +156,7 @@ impl Emitter<'_, '_> {
     /// Evaluates `prog` at `p`.
     pub fn evaluate(&mut self, buffers: &[Buffer], prog: &ElementProgram, p: &Point) -> Value {
         let vals = self.evaluate_all(buffers, prog, p);
-        vals.last().copied().unwrap_or_else(|| self.constant(Elem::Real, p.width, 0.0))
+        vals.get(prog.result).copied().unwrap_or_else(|| self.constant(Elem::Real, p.width, 0.0))
     }
 
     /// Every op of `prog` at `p`.
@@ -178,7 +178,7 @@ impl Emitter<'_, '_> {
                     let base = self.coord_value(c, p);
                     self.index_value(base, w, c.follows == Some(p.inner))
                 }
-                Op::Tile => self.tile_entry(p),
+                Op::Dot => self.tile_entry(p),
                 Op::Unary(op, a) => self.unary(*op, vals[*a], elem, w),
                 Op::Binary(BinaryOp::Div, a, b) if self.hoisted.reciprocals.get(*b).is_some_and(Option::is_some) => {
                     // A multiply by the hoisted reciprocal (within an ulp of the quotient).
@@ -190,7 +190,7 @@ impl Emitter<'_, '_> {
                     self.binary(*op, vals[*a], vals[*b], operand, w)
                 }
                 Op::Select(c, a, b) => self.select(vals[*c], vals[*a], vals[*b], w),
-                Op::Cast(a, from) => self.cast(vals[*a], *from, elem, w),
+                Op::Cast(a) => self.cast(vals[*a], prog.elem(*a), elem, w),
             };
             vals.push(v);
         }
@@ -314,11 +314,11 @@ impl Emitter<'_, '_> {
         for (k, (op, _)) in prog.ops.iter().enumerate() {
             let along = |c: &Coord<Axis>| c.follows == Some(axis);
             varies[k] = match op {
-                Op::Tile => true,
+                Op::Dot => true,
                 Op::Index(c) => along(c),
                 Op::Load(a) => along(&a.row) || along(&a.col),
                 Op::Literal(_) => false,
-                Op::Unary(_, a) | Op::Cast(a, _) => varies[*a],
+                Op::Unary(_, a) | Op::Cast(a) => varies[*a],
                 Op::Binary(_, a, b) => varies[*a] || varies[*b],
                 Op::Select(c, a, b) => varies[*c] || varies[*a] || varies[*b],
             };

@@ -67,7 +67,8 @@ fn compile(program: &crate::ir::Program) -> Result<Arc<Compiled>, BackendError> 
     let isa = codegen::host_isa().map_err(unsupported)?;
     let key = cache::key(program, &codegen::isa_description(&isa));
     cache::get_or_compile(key, || {
-        let plan = plan::plan(program).map_err(|u| unsupported(u.0))?;
+        let mut plan = plan::plan(program).map_err(|u| unsupported(u.0))?;
+        plan.steps = schedule::concurrent_loops(std::mem::take(&mut plan.steps));
         let generated =
             codegen::generate(&plan, isa).map_err(|e| unsupported(format!("internal compiler error: {e}")))?;
         // SAFETY: `main` was generated with the signature `fn(*const Frame)`.

@@ -13,8 +13,8 @@
 use super::Unsupported;
 use crate::fuse;
 use crate::ir::{
-    BinaryOp, BuiltinValue, Dim, Elem, Expr, Handle, KernelNode, Literal, PairwiseOperands, Program, ReduceOp, Shape,
-    Type, UnaryOp,
+    BuiltinValue, Dim, Elem, Expr, Handle, PairwiseLoad, PairwiseOperands, Program, ReduceOp, ScalarOp, ScalarProgram,
+    Shape, Type,
 };
 use std::collections::HashMap;
 
@@ -23,12 +23,7 @@ pub(crate) const LANES: i64 = 4;
 
 pub(crate) type BufferId = usize;
 
-/// A loop index of a kernel's 2-D iteration space.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Axis {
-    Row,
-    Col,
-}
+pub(crate) use crate::ir::Axis;
 
 /// One coordinate of an accessed value, as a function of some indices `A`: index `follows`
 /// (none along a broadcast axis) plus `offset` (from slices and concatenation).
@@ -139,38 +134,13 @@ pub(crate) enum RowStride {
     Padded(Dim),
 }
 
-/// One operation of an [`ElementProgram`]; operands are earlier positions.
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) enum Op {
-    Load(Access),
-    Literal(Literal),
-    /// The coordinate itself, as an `int` (`iota`).
-    Index(Coord<Axis>),
-    /// The current entry of a pairwise tile: the dot product `x_i · y_j`.
-    Tile,
-    Unary(UnaryOp, usize),
-    Binary(BinaryOp, usize, usize),
-    Select(usize, usize, usize),
-    /// Converts operand `.0` (of element type `.1`) to the op's type.
-    Cast(usize, Elem),
-}
+/// One operation of an [`ElementProgram`].
+pub(crate) type Op = ScalarOp<Access, Coord<Axis>>;
 
-/// A scalar computation evaluated at every point of a kernel's iteration space, in SSA form;
-/// the last op is the result.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub(crate) struct ElementProgram {
-    pub ops: Vec<(Op, Elem)>,
-}
-
-impl ElementProgram {
-    pub fn push(&mut self, op: Op, elem: Elem) -> usize {
-        self.ops.push((op, elem));
-        self.ops.len() - 1
-    }
-    pub fn result_elem(&self) -> Elem {
-        self.ops.last().map_or(Elem::Real, |(_, e)| *e)
-    }
-}
+/// The shared scalar program form ([`crate::ir::ScalarProgram`]) with buffer accesses as
+/// operands and coordinates as indices: what every loop of the generated code evaluates at
+/// each point of its iteration space.
+pub(crate) type ElementProgram = ScalarProgram<Access, Coord<Axis>>;
 
 /// A kernel: one loop nest of the generated code.
 #[derive(Clone, Debug)]
@@ -189,12 +159,12 @@ pub(crate) enum Step {
     /// `count` times.
     Loop { count: Access, body: Vec<Step>, update: Vec<Step> },
     /// A pairwise node, tile by tile: for each row `i` of `a` and row `j` of `b` (both
-    /// `[·, depth]`), `kernel` (reading [`Op::Tile`] for `a_i · b_j`, row `i` and column `j`
+    /// `[·, depth]`), `kernel` (reading [`ScalarOp::Dot`] for `a_i · b_j`, row `i` and column `j`
     /// of the iteration space) gives `w(i, j)`, which `sink` consumes; the `rows × cols`
     /// matrix is never stored.
     Pairwise { a: Access, b: Access, rows: Dim, cols: Dim, depth: Dim, kernel: ElementProgram, sink: Sink },
     /// Top-level [`Step::Loop`]s that share no written buffer, run on separate threads (see
-    /// [`super::schedule`]).
+    /// the `schedule` module, which runs after planning).
     Concurrent { loops: Vec<Step> },
 }
 
@@ -313,7 +283,7 @@ pub(crate) fn plan(program: &Program) -> Result<Plan, Unsupported> {
         let placement = planner.stored(o.value, &mut steps)?;
         outputs.push((o.name.clone(), ty.clone(), placement.access(&identity_coords(ty.rank()))));
     }
-    Ok(Plan { buffers: planner.buffers, steps: super::schedule::concurrent_loops(steps), outputs })
+    Ok(Plan { buffers: planner.buffers, steps, outputs })
 }
 
 impl Planner<'_> {
@@ -545,29 +515,14 @@ impl Planner<'_> {
         let rows = vector(&pw.rows, Some(i), steps)?;
         let cols = vector(&pw.cols, Some(j), steps)?;
         let scalars = vector(&pw.scalars, None, steps)?;
-        let k = &pw.kernel;
-        let mut prog = ElementProgram::default();
-        for (node, &elem) in k.nodes.iter().zip(&k.elems) {
-            let op = match node {
-                KernelNode::Dot => Op::Tile,
-                KernelNode::Row(n) => Op::Load(rows[*n].clone()),
-                KernelNode::Col(n) => Op::Load(cols[*n].clone()),
-                KernelNode::Scalar(n) => Op::Load(scalars[*n].clone()),
-                KernelNode::RowIndex => Op::Index(Coord::index(i)),
-                KernelNode::ColIndex => Op::Index(Coord::index(j)),
-                KernelNode::Literal(l) => Op::Literal(*l),
-                KernelNode::Unary(op, a) => Op::Unary(*op, *a),
-                KernelNode::Binary(op, a, b) => Op::Binary(*op, *a, *b),
-                KernelNode::Select(c, a, b) => Op::Select(*c, *a, *b),
-                KernelNode::Cast(a, _) => Op::Cast(*a, k.elems[*a]),
-            };
-            prog.push(op, elem);
-        }
-        // The kernel's result is its last op.
-        if k.result + 1 != prog.ops.len() {
-            let elem = k.elems[k.result];
-            prog.push(Op::Cast(k.result, elem), elem);
-        }
+        let prog = pw.kernel.map(
+            |load| match load {
+                PairwiseLoad::Row(n) => rows[*n].clone(),
+                PairwiseLoad::Col(n) => cols[*n].clone(),
+                PairwiseLoad::Scalar(n) => scalars[*n].clone(),
+            },
+            |index| Coord::index(if *index == Axis::Row { i } else { j }),
+        );
         Ok(if axis == 1 { (x, y, prog) } else { (y, x, prog) })
     }
 
@@ -631,7 +586,7 @@ impl Planner<'_> {
                         let t = operand(*on_true, prog)?;
                         Op::Select(c, t, operand(*on_false, prog)?)
                     }
-                    Expr::Cast { arg, .. } => Op::Cast(operand(*arg, prog)?, p.ty(*arg).elem),
+                    Expr::Cast { arg, .. } => Op::Cast(operand(*arg, prog)?),
                     other => return Err(Unsupported(format!("inline evaluation of {other:?}"))),
                 }
             }

@@ -16,8 +16,8 @@ use super::plan::{
 use super::{CudaError, Precision};
 use crate::fuse;
 use crate::ir::{
-    BinaryOp, BuiltinValue, Dim, Elem, Expr, Handle, KernelNode, Literal, Module, PairwiseOperands, Program, ReduceOp,
-    Shape, UnaryOp,
+    Axis, BinaryOp, BuiltinValue, Dim, Elem, Expr, Handle, KernelNode, Literal, Module, PairwiseLoad, PairwiseOperands,
+    Program, ReduceOp, Shape, UnaryOp,
 };
 use crate::ops::Prim;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -361,22 +361,22 @@ impl Lowering<'_> {
         let mut e = Emitter::new(self, uses);
         let (i, j) = if axis == 1 { (c::var("o"), c::var("n")) } else { (c::var("n"), c::var("o")) };
         let kernel = &pw.kernel;
-        let mut w: Vec<CExpr> = Vec::with_capacity(kernel.nodes.len());
-        for (k, node) in kernel.nodes.iter().enumerate() {
+        let mut w: Vec<CExpr> = Vec::with_capacity(kernel.ops.len());
+        for (k, (node, elem)) in kernel.ops.iter().enumerate() {
             let expr = match *node {
                 KernelNode::Dot => c::var("dot"),
-                KernelNode::Row(r) => e.value(pw.rows[r], std::slice::from_ref(&i)),
-                KernelNode::Col(r) => e.value(pw.cols[r], std::slice::from_ref(&j)),
-                KernelNode::Scalar(r) => e.value(pw.scalars[r], &[]),
-                KernelNode::RowIndex => i.clone(),
-                KernelNode::ColIndex => j.clone(),
+                KernelNode::Load(PairwiseLoad::Row(r)) => e.value(pw.rows[r], std::slice::from_ref(&i)),
+                KernelNode::Load(PairwiseLoad::Col(r)) => e.value(pw.cols[r], std::slice::from_ref(&j)),
+                KernelNode::Load(PairwiseLoad::Scalar(r)) => e.value(pw.scalars[r], &[]),
+                KernelNode::Index(Axis::Row) => i.clone(),
+                KernelNode::Index(Axis::Col) => j.clone(),
                 KernelNode::Literal(l) => literal(l),
-                KernelNode::Unary(op, a) => unary(op, kernel.elems[a], w[a].clone()),
-                KernelNode::Binary(op, a, b) => binary(op, kernel.elems[a], w[a].clone(), w[b].clone()),
+                KernelNode::Unary(op, a) => unary(op, kernel.elem(a), w[a].clone()),
+                KernelNode::Binary(op, a, b) => binary(op, kernel.elem(a), w[a].clone(), w[b].clone()),
                 KernelNode::Select(cond, a, b) => c::ternary(w[cond].clone(), w[a].clone(), w[b].clone()),
-                KernelNode::Cast(a, to) => cast(kernel.elems[a], to, w[a].clone()),
+                KernelNode::Cast(a) => cast(kernel.elem(a), *elem, w[a].clone()),
             };
-            let bound = e.bind(format!("w{k}"), c_type(kernel.elems[k]), expr);
+            let bound = e.bind(format!("w{k}"), c_type(*elem), expr);
             w.push(bound);
         }
         let (outer_count, inner_count, dim) = (e.dim(&outer_rows), e.dim(&inner_rows), e.dim(&dim));
