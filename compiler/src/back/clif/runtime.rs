@@ -3,10 +3,10 @@
 //! evaluation, writes the leaves (inputs, parameters, ...) into them, runs `main` and reads
 //! the outputs back.
 
-use super::builder::round_up;
-use super::frame::Frame;
+use super::frame::{Frame, SharedFrame};
+use super::matmul::{gemm_into, View};
 use super::plan::{Access, Axis, Buffer, Coord, Leaf, RowStride, LANES};
-use super::sizes::SizeTable;
+use super::sizes::{round_up, SizeTable};
 use crate::eval::{Bindings, EvalError};
 use crate::ir::{BuiltinValue, Dim, Elem, Handle, Module, Type};
 use candle_core::{DType, Device, Tensor};
@@ -61,80 +61,6 @@ extern "C" fn concurrent(frame: *const Frame, functions: *const i64, count: i64)
         loops.iter().for_each(|f| f(frame.get()));
     } else {
         loops.par_iter().for_each(|f| f(frame.get()));
-    }
-}
-
-/// The frame shared by the threads of one kernel: each writes only its own range.
-#[derive(Clone, Copy)]
-pub(crate) struct SharedFrame(pub *const Frame);
-// SAFETY: generated kernels only read the frame and write disjoint ranges of their output.
-unsafe impl Send for SharedFrame {}
-// SAFETY: as above; the frame outlives the parallel loop, which joins before returning.
-unsafe impl Sync for SharedFrame {}
-impl SharedFrame {
-    pub fn get(self) -> *const Frame {
-        self.0
-    }
-}
-
-/// A strided `f32` matrix view: address and strides in elements.
-#[derive(Clone, Copy)]
-pub(crate) struct View {
-    pub base: *const f32,
-    pub rs: isize,
-    pub cs: isize,
-}
-
-impl View {
-    pub fn new(base: i64, rs: i64, cs: i64) -> View {
-        View { base: base as *const f32, rs: rs as isize, cs: cs as isize }
-    }
-    /// The view from row `r` on.
-    pub fn rows_from(self, r: i64) -> View {
-        View { base: self.base.wrapping_offset(r as isize * self.rs), ..self }
-    }
-    pub fn transposed(self) -> View {
-        View { rs: self.cs, cs: self.rs, ..self }
-    }
-}
-
-/// `dst (+)= lhs[m × k] · rhs[k × n]` by the `gemm` crate; `accumulate` keeps what `dst`
-/// held. Every matrix product of the CPU back end goes through here.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_into(
-    [m, n, k]: [i64; 3],
-    dst: *mut f32,
-    dst_rs: isize,
-    dst_cs: isize,
-    lhs: View,
-    rhs: View,
-    accumulate: bool,
-    parallelism: gemm::Parallelism,
-) {
-    // SAFETY: callers pass views of this evaluation's buffers or of their own tiles, sized
-    // as described, with `dst` not overlapping the operands.
-    unsafe {
-        gemm::gemm(
-            m as usize,
-            n as usize,
-            k as usize,
-            dst,
-            dst_cs,
-            dst_rs,
-            accumulate,
-            lhs.base,
-            lhs.cs,
-            lhs.rs,
-            rhs.base,
-            rhs.cs,
-            rhs.rs,
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
     }
 }
 

@@ -12,9 +12,9 @@
 //! ([`SYMMETRIC_PRODUCT`], such as the merged `W V + Wᵀ V` of a similarity matrix's gradient)
 //! is evaluated on those tiles only, its lower tiles being the transposes of the upper ones.
 
-use super::frame::Frame;
+use super::frame::{Frame, SharedFrame};
+use super::matmul::{gemm_into, View};
 use super::plan::LANES;
-use super::runtime::{gemm_into, SharedFrame, View};
 use crate::ir::ReduceOp;
 use rayon::prelude::*;
 
