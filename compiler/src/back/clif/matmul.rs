@@ -24,8 +24,13 @@ impl View {
 
 /// `dst (+)= lhs[m × k] · rhs[k × n]` by the `gemm` crate; `accumulate` keeps what `dst`
 /// held. Every matrix product of the CPU back end goes through here.
+///
+/// # Safety
+///
+/// `lhs` and `rhs` must be readable as `m × k` and `k × n` matrices with their strides, and
+/// `dst` writable as an `m × n` one with `dst_rs`, `dst_cs`, not overlapping the operands.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_into(
+pub(crate) unsafe fn gemm_into(
     [m, n, k]: [i64; 3],
     dst: *mut f32,
     dst_rs: isize,
@@ -35,8 +40,7 @@ pub(crate) fn gemm_into(
     accumulate: bool,
     parallelism: gemm::Parallelism,
 ) {
-    // SAFETY: callers pass views of this evaluation's buffers or of their own tiles, sized
-    // as described, with `dst` not overlapping the operands.
+    // SAFETY: the caller guarantees the matrices as `gemm` reads and writes them (see above).
     unsafe {
         gemm::gemm(
             m as usize,

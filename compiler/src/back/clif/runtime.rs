@@ -50,10 +50,14 @@ type LoopFn = extern "C" fn(*const Frame);
 
 /// Runs the `count` loop functions at `functions` side by side on the thread pool (they share
 /// no buffer they write; see `schedule`).
-extern "C" fn concurrent(frame: *const Frame, functions: *const i64, count: i64) {
-    // SAFETY: generated code passes an array of `count` addresses of functions of type
-    // `LoopFn` on its stack.
+///
+/// # Safety
+///
+/// `functions` must point to `count` addresses of generated functions of type [`LoopFn`] (an
+/// array generated code keeps on its stack), and `frame` to the frame they run with.
+unsafe extern "C" fn concurrent(frame: *const Frame, functions: *const i64, count: i64) {
     let loops: Vec<LoopFn> = (0..count as usize)
+        // SAFETY: entry `m < count` of the array, the address of a `LoopFn` (see above).
         .map(|m| unsafe { std::mem::transmute::<*const u8, LoopFn>(*functions.add(m) as *const u8) })
         .collect();
     let frame = SharedFrame(frame);
@@ -66,8 +70,14 @@ extern "C" fn concurrent(frame: *const Frame, functions: *const i64, count: i64)
 
 /// `out = lhs @ rhs` for strided `f32` matrices (addresses and strides in elements), on the
 /// current thread pool when the product is large.
+///
+/// # Safety
+///
+/// As [`gemm_into`]: `lhs` and `rhs` must be `m × k` and `k × n` matrices and `out` an
+/// `m × n` one laid out as their strides say (generated code passes buffers of the current
+/// evaluation), `out` not overlapping the operands.
 #[allow(clippy::too_many_arguments)]
-extern "C" fn gemm_f32(
+unsafe extern "C" fn gemm_f32(
     m: i64,
     n: i64,
     k: i64,
@@ -86,14 +96,19 @@ extern "C" fn gemm_f32(
     } else {
         gemm::Parallelism::None
     };
-    // The generated code passes buffers of this evaluation laid out as the strides say.
     let (lhs, rhs) = (View::new(lhs as i64, lhs_rs, lhs_cs), View::new(rhs as i64, rhs_rs, rhs_cs));
-    gemm_into([m, n, k], out, out_rs as isize, out_cs as isize, lhs, rhs, false, parallelism);
+    // SAFETY: the caller passes matrices as `gemm_into` needs them (see above).
+    unsafe { gemm_into([m, n, k], out, out_rs as isize, out_cs as isize, lhs, rhs, false, parallelism) };
 }
 
 /// Records the first index out of range; the driver turns it into an error.
-extern "C" fn index_error(frame: *const Frame, index: i64, _limit: i64) {
-    // SAFETY: generated code passes the frame it was called with, which is live.
+///
+/// # Safety
+///
+/// `frame` must point to a live frame, with a live `bad_index` slot (generated code passes
+/// the frame it was called with).
+unsafe extern "C" fn index_error(frame: *const Frame, index: i64, _limit: i64) {
+    // SAFETY: both pointers are live (see above).
     let slot = unsafe { &*(*frame).bad_index };
     let _ = slot.compare_exchange(i64::MIN, index, Ordering::Relaxed, Ordering::Relaxed);
 }

@@ -156,8 +156,12 @@ fn at(base: i64, k: i64) -> *mut f32 {
 }
 
 /// A product of tiles, on this thread (the tiled loop's threads are the parallelism).
+///
+/// # Safety
+///
+/// As [`gemm_into`].
 #[allow(clippy::too_many_arguments)]
-fn tile_gemm(
+unsafe fn tile_gemm(
     m: i64,
     n: i64,
     k: i64,
@@ -168,7 +172,8 @@ fn tile_gemm(
     rhs: View,
     accumulate: bool,
 ) {
-    gemm_into([m, n, k], dst, dst_rs, dst_cs, lhs, rhs, accumulate, gemm::Parallelism::None);
+    // SAFETY: the caller's guarantee.
+    unsafe { gemm_into([m, n, k], dst, dst_rs, dst_cs, lhs, rhs, accumulate, gemm::Parallelism::None) };
 }
 
 /// One pairwise node's evaluation, as the threads share it.
@@ -186,8 +191,18 @@ struct Job<'a> {
 // results reach `out` after the threads have joined (or per disjoint row block).
 unsafe impl Sync for Job<'_> {}
 
-pub(crate) extern "C" fn pairwise(frame: *const Frame, args: *const PairwiseArgs) {
-    // SAFETY: generated code passes the address of a filled argument block on its stack.
+/// The tiled loop of one pairwise node: generated code's `sslc_pairwise`.
+///
+/// # Safety
+///
+/// `args` must point to a filled [`PairwiseArgs`] (generated code keeps it on its stack):
+/// `tile` the address of a generated [`TileFn`], `sink` a [`SinkCode`], `a` and `b` readable
+/// as `rows × depth` and `cols × depth` matrices, `v` as a `cols × width` one (products), and
+/// `out` writable as `[rows]` or `[rows, width]`, not overlapping them, all laid out as their
+/// strides say; `frame` must be the frame the tile function runs with. An unknown sink code
+/// (a compiler bug) aborts.
+pub(crate) unsafe extern "C" fn pairwise(frame: *const Frame, args: *const PairwiseArgs) {
+    // SAFETY: `args` points to a filled argument block (see above).
     let args = unsafe { &*args };
     let sink = SinkCode::try_from(args.sink)
         .unwrap_or_else(|code| panic!("internal error: the pairwise sink code {code} is unknown"));
@@ -237,9 +252,10 @@ impl Job<'_> {
         let product = self.sink.is_product();
         let mut acc = vec![self.sink.identity(); (r1 - r0) as usize];
         if product {
-            // SAFETY: this block writes only rows [r0, r1) of `out`, which is `[rows, width]`.
             for r in r0..r1 {
                 for e in 0..args.width {
+                    // SAFETY: this block writes only rows [r0, r1) of `out`, which is
+                    // `[rows, width]`.
                     unsafe { *at(args.out, r * args.out_rs + e * args.out_cs) = 0.0 };
                 }
             }
@@ -247,32 +263,40 @@ impl Job<'_> {
         let mut c0 = 0;
         while c0 < args.cols {
             let c1 = (c0 + COL_BLOCK).min(args.cols);
-            tile_gemm(
-                r1 - r0,
-                c1 - c0,
-                args.depth,
-                tile.as_mut_ptr(),
-                COL_BLOCK as isize,
-                1,
-                self.a.rows_from(r0),
-                self.b.rows_from(c0).transposed(),
-                false,
-            );
+            // SAFETY: `tile` holds ROW_BLOCK × COL_BLOCK elements; rows [r0, r1) of `a` and
+            // [c0, c1) of `b` are theirs (see `pairwise`).
+            unsafe {
+                tile_gemm(
+                    r1 - r0,
+                    c1 - c0,
+                    args.depth,
+                    tile.as_mut_ptr(),
+                    COL_BLOCK as isize,
+                    1,
+                    self.a.rows_from(r0),
+                    self.b.rows_from(c0).transposed(),
+                    false,
+                )
+            };
             self.call_tile(tile, COL_BLOCK, (r0, r1), (c0, c1), acc.as_mut_ptr());
             if product {
                 let out = at(args.out, r0 * args.out_rs);
                 let w = View { base: tile.as_ptr(), rs: COL_BLOCK as isize, cs: 1 };
-                tile_gemm(
-                    r1 - r0,
-                    args.width,
-                    c1 - c0,
-                    out,
-                    args.out_rs as isize,
-                    args.out_cs as isize,
-                    w,
-                    self.v.rows_from(c0),
-                    true,
-                );
+                // SAFETY: this block's rows [r0, r1) of the `[rows, width]` output, the
+                // `(r1 - r0) × (c1 - c0)` tile just written, and rows [c0, c1) of `v`.
+                unsafe {
+                    tile_gemm(
+                        r1 - r0,
+                        args.width,
+                        c1 - c0,
+                        out,
+                        args.out_rs as isize,
+                        args.out_cs as isize,
+                        w,
+                        self.v.rows_from(c0),
+                        true,
+                    )
+                };
             }
             c0 = c1;
         }
@@ -325,17 +349,21 @@ impl Job<'_> {
             let rows = (bi * SQUARE, ((bi + 1) * SQUARE).min(args.rows));
             let cols = (bj * SQUARE, ((bj + 1) * SQUARE).min(args.rows));
             let (m, n) = (rows.1 - rows.0, cols.1 - cols.0);
-            tile_gemm(
-                m,
-                n,
-                args.depth,
-                direct.as_mut_ptr(),
-                SQUARE as isize,
-                1,
-                self.a.rows_from(rows.0),
-                self.a.rows_from(cols.0).transposed(),
-                false,
-            );
+            // SAFETY: `direct` holds SQUARE × SQUARE elements; both row ranges lie in `a`'s
+            // `rows` (see `pairwise`).
+            unsafe {
+                tile_gemm(
+                    m,
+                    n,
+                    args.depth,
+                    direct.as_mut_ptr(),
+                    SQUARE as isize,
+                    1,
+                    self.a.rows_from(rows.0),
+                    self.a.rows_from(cols.0).transposed(),
+                    false,
+                )
+            };
             let off_diagonal = bi != bj;
             // The mirrored tile `w(j, i)` needs evaluating unless the kernel is symmetric.
             let mirror_needed = off_diagonal && self.sink != SinkCode::SymmetricProduct;
@@ -361,12 +389,20 @@ impl Job<'_> {
             let w = |t: &[f32]| View { base: t.as_ptr(), rs: SQUARE as isize, cs: 1 };
             let out_rows = |out: &mut Vec<f32>, r0: i64| out[(r0 * width) as usize..].as_mut_ptr();
             let (v_rows, v_cols) = (self.v.rows_from(rows.0), self.v.rows_from(cols.0));
-            tile_gemm(m, args.width, n, out_rows(&mut out, rows.0), width as isize, 1, w(&direct), v_cols, true);
+            // SAFETY: rows `rows` of this run's dense `[rows, width]` output, the `m × n` tile,
+            // and rows `cols` of `v`.
+            unsafe {
+                tile_gemm(m, args.width, n, out_rows(&mut out, rows.0), width as isize, 1, w(&direct), v_cols, true)
+            };
             if off_diagonal {
                 // A symmetric kernel's mirrored tile is the transpose of this one.
                 let mirrored =
                     if self.sink == SinkCode::SymmetricProduct { w(&direct).transposed() } else { w(&mirror) };
-                tile_gemm(n, args.width, m, out_rows(&mut out, cols.0), width as isize, 1, mirrored, v_rows, true);
+                // SAFETY: as above, with the `n × m` mirrored tile, output rows `cols` and
+                // rows `rows` of `v`.
+                unsafe {
+                    tile_gemm(n, args.width, m, out_rows(&mut out, cols.0), width as isize, 1, mirrored, v_rows, true)
+                };
             }
         }
         out
