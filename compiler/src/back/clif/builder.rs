@@ -9,7 +9,7 @@
 
 use super::frame;
 use super::plan::LANES;
-use super::sizes::SizeTable;
+use super::sizes::{round_up, SizeTable};
 use crate::ir::{Dim, Elem};
 use cranelift_codegen::cursor::{Cursor, FuncCursor};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
@@ -431,11 +431,6 @@ pub(crate) enum LoadStride {
 /// An `i32` constant as Cranelift stores it: the value's 32 bits, zero-extended.
 fn i32_immediate(v: i64) -> i64 {
     i64::from(v as i32 as u32)
-}
-
-/// `n` rounded up to a multiple of [`LANES`].
-pub(crate) fn round_up(n: i64) -> i64 {
-    (n + LANES - 1) / LANES * LANES
 }
 
 /// A function signature of pointer-sized integer parameters and no results (every generated

@@ -15,3 +15,16 @@ pub(crate) struct Frame {
 
 pub(crate) const BUFFERS: i32 = std::mem::offset_of!(Frame, buffers) as i32;
 pub(crate) const SIZES: i32 = std::mem::offset_of!(Frame, sizes) as i32;
+
+/// The frame shared by the threads of one kernel: each writes only its own range.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedFrame(pub *const Frame);
+// SAFETY: generated kernels only read the frame and write disjoint ranges of their output.
+unsafe impl Send for SharedFrame {}
+// SAFETY: as above; the frame outlives the parallel loop, which joins before returning.
+unsafe impl Sync for SharedFrame {}
+impl SharedFrame {
+    pub fn get(self) -> *const Frame {
+        self.0
+    }
+}

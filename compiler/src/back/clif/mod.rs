@@ -11,7 +11,8 @@
 //!    JIT-compile them.
 //! 3. [`runtime`] — the functions generated code calls (threads, GEMM) and the driver that
 //!    fills the buffers, runs the code and reads the outputs; [`tiles`] is the tiled loop of
-//!    pairwise nodes; [`frame`] is what generated code and runtime share.
+//!    pairwise nodes; [`matmul`] is the one call into the GEMM library, which both use;
+//!    [`frame`] is what generated code and runtime share.
 //!
 //! Code is shape-generic (sizes are read at run time), so one compilation serves every batch
 //! size, and [`cache`] keeps it for the life of the process.
@@ -23,6 +24,7 @@ mod element;
 mod frame;
 mod kernels;
 mod math;
+mod matmul;
 mod pairwise;
 mod plan;
 pub(crate) use plan::POLICY as FUSION_POLICY;

@@ -6,7 +6,7 @@ use super::builder::{Emitter, Hoisted, LoadStride, Width};
 use super::element::{needs_scalar, Point, TileCursor};
 use super::kernels::{combine, lanes, Run};
 use super::plan::{Axis, Buffer, ElementProgram, Sink, Step};
-use super::tiles::{reduce_code, PairwiseArgs, PRODUCT, SYMMETRIC_PRODUCT};
+use super::tiles::{PairwiseArgs, SinkCode};
 use crate::ir::Elem;
 use cranelift_codegen::ir::{InstBuilder, StackSlotData, StackSlotKind, Value};
 use std::mem::offset_of;
@@ -103,12 +103,12 @@ impl Emitter<'_, '_> {
             fields.push((offset, v));
         }
         let (code, out, v_and_width) = match sink {
-            Sink::Reduce { op, out } => (reduce_code(*op), out, None),
+            Sink::Reduce { op, out } => (SinkCode::reduce(*op), out, None),
             Sink::MatMul { v, width, out, symmetric } => {
-                (if *symmetric { SYMMETRIC_PRODUCT } else { PRODUCT }, out, Some((v, width)))
+                (if *symmetric { SinkCode::SymmetricProduct } else { SinkCode::Product }, out, Some((v, width)))
             }
         };
-        let code = self.int(code);
+        let code = self.int(code.code());
         fields.push((offset_of!(PairwiseArgs, sink), code));
         matrix(
             self,

@@ -3,10 +3,10 @@
 //! evaluation, writes the leaves (inputs, parameters, ...) into them, runs `main` and reads
 //! the outputs back.
 
-use super::builder::round_up;
-use super::frame::Frame;
+use super::frame::{Frame, SharedFrame};
+use super::matmul::{gemm_into, View};
 use super::plan::{Access, Axis, Buffer, Coord, Leaf, RowStride, LANES};
-use super::sizes::SizeTable;
+use super::sizes::{round_up, SizeTable};
 use crate::eval::{Bindings, EvalError};
 use crate::ir::{BuiltinValue, Dim, Elem, Handle, Module, Type};
 use candle_core::{DType, Device, Tensor};
@@ -50,10 +50,14 @@ type LoopFn = extern "C" fn(*const Frame);
 
 /// Runs the `count` loop functions at `functions` side by side on the thread pool (they share
 /// no buffer they write; see `schedule`).
-extern "C" fn concurrent(frame: *const Frame, functions: *const i64, count: i64) {
-    // SAFETY: generated code passes an array of `count` addresses of functions of type
-    // `LoopFn` on its stack.
+///
+/// # Safety
+///
+/// `functions` must point to `count` addresses of generated functions of type [`LoopFn`] (an
+/// array generated code keeps on its stack), and `frame` to the frame they run with.
+unsafe extern "C" fn concurrent(frame: *const Frame, functions: *const i64, count: i64) {
     let loops: Vec<LoopFn> = (0..count as usize)
+        // SAFETY: entry `m < count` of the array, the address of a `LoopFn` (see above).
         .map(|m| unsafe { std::mem::transmute::<*const u8, LoopFn>(*functions.add(m) as *const u8) })
         .collect();
     let frame = SharedFrame(frame);
@@ -64,84 +68,16 @@ extern "C" fn concurrent(frame: *const Frame, functions: *const i64, count: i64)
     }
 }
 
-/// The frame shared by the threads of one kernel: each writes only its own range.
-#[derive(Clone, Copy)]
-pub(crate) struct SharedFrame(pub *const Frame);
-// SAFETY: generated kernels only read the frame and write disjoint ranges of their output.
-unsafe impl Send for SharedFrame {}
-// SAFETY: as above; the frame outlives the parallel loop, which joins before returning.
-unsafe impl Sync for SharedFrame {}
-impl SharedFrame {
-    pub fn get(self) -> *const Frame {
-        self.0
-    }
-}
-
-/// A strided `f32` matrix view: address and strides in elements.
-#[derive(Clone, Copy)]
-pub(crate) struct View {
-    pub base: *const f32,
-    pub rs: isize,
-    pub cs: isize,
-}
-
-impl View {
-    pub fn new(base: i64, rs: i64, cs: i64) -> View {
-        View { base: base as *const f32, rs: rs as isize, cs: cs as isize }
-    }
-    /// The view from row `r` on.
-    pub fn rows_from(self, r: i64) -> View {
-        View { base: self.base.wrapping_offset(r as isize * self.rs), ..self }
-    }
-    pub fn transposed(self) -> View {
-        View { rs: self.cs, cs: self.rs, ..self }
-    }
-}
-
-/// `dst (+)= lhs[m × k] · rhs[k × n]` by the `gemm` crate; `accumulate` keeps what `dst`
-/// held. Every matrix product of the CPU back end goes through here.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_into(
-    [m, n, k]: [i64; 3],
-    dst: *mut f32,
-    dst_rs: isize,
-    dst_cs: isize,
-    lhs: View,
-    rhs: View,
-    accumulate: bool,
-    parallelism: gemm::Parallelism,
-) {
-    // SAFETY: callers pass views of this evaluation's buffers or of their own tiles, sized
-    // as described, with `dst` not overlapping the operands.
-    unsafe {
-        gemm::gemm(
-            m as usize,
-            n as usize,
-            k as usize,
-            dst,
-            dst_cs,
-            dst_rs,
-            accumulate,
-            lhs.base,
-            lhs.cs,
-            lhs.rs,
-            rhs.base,
-            rhs.cs,
-            rhs.rs,
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
-}
-
 /// `out = lhs @ rhs` for strided `f32` matrices (addresses and strides in elements), on the
 /// current thread pool when the product is large.
+///
+/// # Safety
+///
+/// As [`gemm_into`]: `lhs` and `rhs` must be `m × k` and `k × n` matrices and `out` an
+/// `m × n` one laid out as their strides say (generated code passes buffers of the current
+/// evaluation), `out` not overlapping the operands.
 #[allow(clippy::too_many_arguments)]
-extern "C" fn gemm_f32(
+unsafe extern "C" fn gemm_f32(
     m: i64,
     n: i64,
     k: i64,
@@ -160,14 +96,19 @@ extern "C" fn gemm_f32(
     } else {
         gemm::Parallelism::None
     };
-    // The generated code passes buffers of this evaluation laid out as the strides say.
     let (lhs, rhs) = (View::new(lhs as i64, lhs_rs, lhs_cs), View::new(rhs as i64, rhs_rs, rhs_cs));
-    gemm_into([m, n, k], out, out_rs as isize, out_cs as isize, lhs, rhs, false, parallelism);
+    // SAFETY: the caller passes matrices as `gemm_into` needs them (see above).
+    unsafe { gemm_into([m, n, k], out, out_rs as isize, out_cs as isize, lhs, rhs, false, parallelism) };
 }
 
 /// Records the first index out of range; the driver turns it into an error.
-extern "C" fn index_error(frame: *const Frame, index: i64, _limit: i64) {
-    // SAFETY: generated code passes the frame it was called with, which is live.
+///
+/// # Safety
+///
+/// `frame` must point to a live frame, with a live `bad_index` slot (generated code passes
+/// the frame it was called with).
+unsafe extern "C" fn index_error(frame: *const Frame, index: i64, _limit: i64) {
+    // SAFETY: both pointers are live (see above).
     let slot = unsafe { &*(*frame).bad_index };
     let _ = slot.compare_exchange(i64::MIN, index, Ordering::Relaxed, Ordering::Relaxed);
 }

@@ -2,9 +2,14 @@
 //! batch size and dimension, so each size it needs (a dimension, or a row stride padded to
 //! whole vectors) has a slot in a table the driver fills from the bound dimensions.
 
-use super::builder::round_up;
+use super::plan::LANES;
 use crate::ir::{Dim, DimSym};
 use std::collections::HashMap;
+
+/// `n` rounded up to a multiple of [`LANES`]: the row stride of a padded buffer.
+pub(crate) fn round_up(n: i64) -> i64 {
+    (n + LANES - 1) / LANES * LANES
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum SizeExpr {

@@ -9,12 +9,13 @@
 //! are symmetric: only the tiles on and above the diagonal are computed, and each also serves
 //! the mirrored tile, transposed in memory, so the tile function sees `w(j, i)` with the
 //! dot product it needs. That halves the dot-product work. A kernel that is symmetric itself
-//! ([`SYMMETRIC_PRODUCT`], such as the merged `W V + Wᵀ V` of a similarity matrix's gradient)
-//! is evaluated on those tiles only, its lower tiles being the transposes of the upper ones.
+//! ([`SinkCode::SymmetricProduct`], such as the merged `W V + Wᵀ V` of a similarity
+//! matrix's gradient) is evaluated on those tiles only, its lower tiles being the transposes
+//! of the upper ones.
 
-use super::frame::Frame;
+use super::frame::{Frame, SharedFrame};
+use super::matmul::{gemm_into, View};
 use super::plan::LANES;
-use super::runtime::{gemm_into, SharedFrame, View};
 use crate::ir::ReduceOp;
 use rayon::prelude::*;
 
@@ -32,7 +33,8 @@ pub(crate) struct PairwiseArgs {
     pub rows: i64,
     pub cols: i64,
     pub depth: i64,
-    /// The reduction (see [`reduce_code`]), [`PRODUCT`] or [`SYMMETRIC_PRODUCT`].
+    /// A [`SinkCode`], as its `i64` value: generated code may store any `i64` here, so the
+    /// runtime reads it back with [`SinkCode::try_from`] rather than as the enum.
     pub sink: i64,
     /// `[rows]` for reductions (`out_rs` apart), `[rows, width]` for products.
     pub out: i64,
@@ -44,48 +46,93 @@ pub(crate) struct PairwiseArgs {
     pub width: i64,
 }
 
-/// `out = W v`.
-pub(crate) const PRODUCT: i64 = -1;
-/// `out = W v` where `w(i, j) = w(j, i)` (`a = b`): the tiles below the diagonal are the
-/// transposes of those above.
-pub(crate) const SYMMETRIC_PRODUCT: i64 = -2;
-
-pub(crate) fn reduce_code(op: ReduceOp) -> i64 {
-    match op {
-        ReduceOp::Sum => 0,
-        ReduceOp::Max => 1,
-        ReduceOp::Min => 2,
-        ReduceOp::LogSumExp => 3,
-        ReduceOp::ArgMax => 4,
-    }
+/// What a pairwise node does with its `w(i, j)`: fold them into row reductions, or multiply
+/// them into `v`. Generated code passes the code in [`PairwiseArgs::sink`] as an `i64`, so the
+/// discriminants are part of the ABI between generated code and this loop (the Cranelift IR
+/// snapshots show them) and must not change.
+#[repr(i64)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SinkCode {
+    Sum = 0,
+    Max = 1,
+    Min = 2,
+    LogSumExp = 3,
+    /// `out = W v`.
+    Product = -1,
+    /// `out = W v` where `w(i, j) = w(j, i)` (`a = b`): the tiles below the diagonal are the
+    /// transposes of those above.
+    SymmetricProduct = -2,
 }
 
-/// The value a row's reduction starts from.
-fn identity(code: i64) -> f32 {
-    match code {
-        1 | 3 => f32::NEG_INFINITY,
-        2 => f32::INFINITY,
-        _ => 0.0,
-    }
-}
+impl SinkCode {
+    /// Every code, for [`SinkCode::try_from`].
+    const ALL: [SinkCode; 6] = [
+        SinkCode::Sum,
+        SinkCode::Max,
+        SinkCode::Min,
+        SinkCode::LogSumExp,
+        SinkCode::Product,
+        SinkCode::SymmetricProduct,
+    ];
 
-/// Two partial reductions of the same row as one; NaN wins, as in the generated code.
-fn merge(code: i64, a: f32, b: f32) -> f32 {
-    if a.is_nan() || b.is_nan() {
-        return f32::NAN;
+    /// The code of a pairwise reduction by `op`.
+    pub(crate) fn reduce(op: ReduceOp) -> SinkCode {
+        match op {
+            ReduceOp::Sum => SinkCode::Sum,
+            ReduceOp::Max => SinkCode::Max,
+            ReduceOp::Min => SinkCode::Min,
+            ReduceOp::LogSumExp => SinkCode::LogSumExp,
+            ReduceOp::ArgMax => unreachable!("the IR has no pairwise argmax"),
+        }
     }
-    match code {
-        1 => a.max(b),
-        2 => a.min(b),
-        3 => {
-            let m = a.max(b);
-            if m == f32::NEG_INFINITY {
-                m
-            } else {
-                m + ((a - m).exp() + (b - m).exp()).ln()
+
+    /// The value generated code stores in [`PairwiseArgs::sink`].
+    pub(crate) fn code(self) -> i64 {
+        self as i64
+    }
+
+    fn is_product(self) -> bool {
+        match self {
+            SinkCode::Sum | SinkCode::Max | SinkCode::Min | SinkCode::LogSumExp => false,
+            SinkCode::Product | SinkCode::SymmetricProduct => true,
+        }
+    }
+
+    /// The value a row's result starts from.
+    fn identity(self) -> f32 {
+        match self {
+            SinkCode::Max | SinkCode::LogSumExp => f32::NEG_INFINITY,
+            SinkCode::Min => f32::INFINITY,
+            SinkCode::Sum | SinkCode::Product | SinkCode::SymmetricProduct => 0.0,
+        }
+    }
+
+    /// Two partial results of the same row as one: partial products add; in reductions NaN
+    /// wins, as in the generated code.
+    fn merge(self, a: f32, b: f32) -> f32 {
+        match self {
+            SinkCode::Product | SinkCode::SymmetricProduct => a + b,
+            SinkCode::Sum | SinkCode::Max | SinkCode::Min | SinkCode::LogSumExp if a.is_nan() || b.is_nan() => f32::NAN,
+            SinkCode::Sum => a + b,
+            SinkCode::Max => a.max(b),
+            SinkCode::Min => a.min(b),
+            SinkCode::LogSumExp => {
+                let m = a.max(b);
+                if m == f32::NEG_INFINITY {
+                    m
+                } else {
+                    m + ((a - m).exp() + (b - m).exp()).ln()
+                }
             }
         }
-        _ => a + b,
+    }
+}
+
+impl TryFrom<i64> for SinkCode {
+    /// The unknown code.
+    type Error = i64;
+    fn try_from(code: i64) -> Result<SinkCode, i64> {
+        SinkCode::ALL.into_iter().find(|s| s.code() == code).ok_or(code)
     }
 }
 
@@ -109,8 +156,12 @@ fn at(base: i64, k: i64) -> *mut f32 {
 }
 
 /// A product of tiles, on this thread (the tiled loop's threads are the parallelism).
+///
+/// # Safety
+///
+/// As [`gemm_into`].
 #[allow(clippy::too_many_arguments)]
-fn tile_gemm(
+unsafe fn tile_gemm(
     m: i64,
     n: i64,
     k: i64,
@@ -121,13 +172,15 @@ fn tile_gemm(
     rhs: View,
     accumulate: bool,
 ) {
-    gemm_into([m, n, k], dst, dst_rs, dst_cs, lhs, rhs, accumulate, gemm::Parallelism::None);
+    // SAFETY: the caller's guarantee.
+    unsafe { gemm_into([m, n, k], dst, dst_rs, dst_cs, lhs, rhs, accumulate, gemm::Parallelism::None) };
 }
 
 /// One pairwise node's evaluation, as the threads share it.
 struct Job<'a> {
     frame: SharedFrame,
     args: &'a PairwiseArgs,
+    sink: SinkCode,
     tile_fn: TileFn,
     a: View,
     b: View,
@@ -138,14 +191,27 @@ struct Job<'a> {
 // results reach `out` after the threads have joined (or per disjoint row block).
 unsafe impl Sync for Job<'_> {}
 
-pub(crate) extern "C" fn pairwise(frame: *const Frame, args: *const PairwiseArgs) {
-    // SAFETY: generated code passes the address of a filled argument block on its stack.
+/// The tiled loop of one pairwise node: generated code's `sslc_pairwise`.
+///
+/// # Safety
+///
+/// `args` must point to a filled [`PairwiseArgs`] (generated code keeps it on its stack):
+/// `tile` the address of a generated [`TileFn`], `sink` a [`SinkCode`], `a` and `b` readable
+/// as `rows × depth` and `cols × depth` matrices, `v` as a `cols × width` one (products), and
+/// `out` writable as `[rows]` or `[rows, width]`, not overlapping them, all laid out as their
+/// strides say; `frame` must be the frame the tile function runs with. An unknown sink code
+/// (a compiler bug) aborts.
+pub(crate) unsafe extern "C" fn pairwise(frame: *const Frame, args: *const PairwiseArgs) {
+    // SAFETY: `args` points to a filled argument block (see above).
     let args = unsafe { &*args };
+    let sink = SinkCode::try_from(args.sink)
+        .unwrap_or_else(|code| panic!("internal error: the pairwise sink code {code} is unknown"));
     // SAFETY: `tile` is the address of a generated function of type `TileFn`.
     let tile_fn = unsafe { std::mem::transmute::<*const u8, TileFn>(args.tile as *const u8) };
     let job = Job {
         frame: SharedFrame(frame),
         args,
+        sink,
         tile_fn,
         a: View::new(args.a, args.a_rs, args.a_cs),
         b: View::new(args.b, args.b_rs, args.b_cs),
@@ -155,16 +221,12 @@ pub(crate) extern "C" fn pairwise(frame: *const Frame, args: *const PairwiseArgs
     if same {
         job.symmetric();
     } else {
-        debug_assert_ne!(args.sink, SYMMETRIC_PRODUCT, "a symmetric product needs one matrix");
+        debug_assert_ne!(sink, SinkCode::SymmetricProduct, "a symmetric product needs one matrix");
         job.rectangular();
     }
 }
 
 impl Job<'_> {
-    fn is_product(&self) -> bool {
-        self.args.sink < 0
-    }
-
     fn call_tile(&self, tile: &mut [f32], stride: i64, rows: (i64, i64), cols: (i64, i64), acc: *mut f32) {
         (self.tile_fn)(self.frame.get(), tile.as_mut_ptr(), stride, rows.0, rows.1, cols.0, cols.1, acc);
     }
@@ -187,12 +249,13 @@ impl Job<'_> {
         let args = self.args;
         let r0 = block * ROW_BLOCK;
         let r1 = (r0 + ROW_BLOCK).min(args.rows);
-        let product = self.is_product();
-        let mut acc = vec![identity(args.sink); (r1 - r0) as usize];
+        let product = self.sink.is_product();
+        let mut acc = vec![self.sink.identity(); (r1 - r0) as usize];
         if product {
-            // SAFETY: this block writes only rows [r0, r1) of `out`, which is `[rows, width]`.
             for r in r0..r1 {
                 for e in 0..args.width {
+                    // SAFETY: this block writes only rows [r0, r1) of `out`, which is
+                    // `[rows, width]`.
                     unsafe { *at(args.out, r * args.out_rs + e * args.out_cs) = 0.0 };
                 }
             }
@@ -200,32 +263,40 @@ impl Job<'_> {
         let mut c0 = 0;
         while c0 < args.cols {
             let c1 = (c0 + COL_BLOCK).min(args.cols);
-            tile_gemm(
-                r1 - r0,
-                c1 - c0,
-                args.depth,
-                tile.as_mut_ptr(),
-                COL_BLOCK as isize,
-                1,
-                self.a.rows_from(r0),
-                self.b.rows_from(c0).transposed(),
-                false,
-            );
+            // SAFETY: `tile` holds ROW_BLOCK × COL_BLOCK elements; rows [r0, r1) of `a` and
+            // [c0, c1) of `b` are theirs (see `pairwise`).
+            unsafe {
+                tile_gemm(
+                    r1 - r0,
+                    c1 - c0,
+                    args.depth,
+                    tile.as_mut_ptr(),
+                    COL_BLOCK as isize,
+                    1,
+                    self.a.rows_from(r0),
+                    self.b.rows_from(c0).transposed(),
+                    false,
+                )
+            };
             self.call_tile(tile, COL_BLOCK, (r0, r1), (c0, c1), acc.as_mut_ptr());
             if product {
                 let out = at(args.out, r0 * args.out_rs);
                 let w = View { base: tile.as_ptr(), rs: COL_BLOCK as isize, cs: 1 };
-                tile_gemm(
-                    r1 - r0,
-                    args.width,
-                    c1 - c0,
-                    out,
-                    args.out_rs as isize,
-                    args.out_cs as isize,
-                    w,
-                    self.v.rows_from(c0),
-                    true,
-                );
+                // SAFETY: this block's rows [r0, r1) of the `[rows, width]` output, the
+                // `(r1 - r0) × (c1 - c0)` tile just written, and rows [c0, c1) of `v`.
+                unsafe {
+                    tile_gemm(
+                        r1 - r0,
+                        args.width,
+                        c1 - c0,
+                        out,
+                        args.out_rs as isize,
+                        args.out_cs as isize,
+                        w,
+                        self.v.rows_from(c0),
+                        true,
+                    )
+                };
             }
             c0 = c1;
         }
@@ -266,11 +337,11 @@ impl Job<'_> {
     fn symmetric_run(&self, run: &[(i64, i64)]) -> Vec<f32> {
         let args = self.args;
         let width = args.width.max(1);
-        let product = self.is_product();
+        let product = self.sink.is_product();
         let mut out = if product {
             vec![0f32; (args.rows * width) as usize]
         } else {
-            vec![identity(args.sink); args.rows as usize]
+            vec![self.sink.identity(); args.rows as usize]
         };
         let side = (SQUARE * SQUARE + LANES) as usize;
         let (mut direct, mut mirror) = (vec![0f32; side], vec![0f32; side]);
@@ -278,20 +349,24 @@ impl Job<'_> {
             let rows = (bi * SQUARE, ((bi + 1) * SQUARE).min(args.rows));
             let cols = (bj * SQUARE, ((bj + 1) * SQUARE).min(args.rows));
             let (m, n) = (rows.1 - rows.0, cols.1 - cols.0);
-            tile_gemm(
-                m,
-                n,
-                args.depth,
-                direct.as_mut_ptr(),
-                SQUARE as isize,
-                1,
-                self.a.rows_from(rows.0),
-                self.a.rows_from(cols.0).transposed(),
-                false,
-            );
+            // SAFETY: `direct` holds SQUARE × SQUARE elements; both row ranges lie in `a`'s
+            // `rows` (see `pairwise`).
+            unsafe {
+                tile_gemm(
+                    m,
+                    n,
+                    args.depth,
+                    direct.as_mut_ptr(),
+                    SQUARE as isize,
+                    1,
+                    self.a.rows_from(rows.0),
+                    self.a.rows_from(cols.0).transposed(),
+                    false,
+                )
+            };
             let off_diagonal = bi != bj;
             // The mirrored tile `w(j, i)` needs evaluating unless the kernel is symmetric.
-            let mirror_needed = off_diagonal && args.sink != SYMMETRIC_PRODUCT;
+            let mirror_needed = off_diagonal && self.sink != SinkCode::SymmetricProduct;
             if mirror_needed {
                 transpose(&direct, &mut mirror, m, n);
             }
@@ -314,11 +389,20 @@ impl Job<'_> {
             let w = |t: &[f32]| View { base: t.as_ptr(), rs: SQUARE as isize, cs: 1 };
             let out_rows = |out: &mut Vec<f32>, r0: i64| out[(r0 * width) as usize..].as_mut_ptr();
             let (v_rows, v_cols) = (self.v.rows_from(rows.0), self.v.rows_from(cols.0));
-            tile_gemm(m, args.width, n, out_rows(&mut out, rows.0), width as isize, 1, w(&direct), v_cols, true);
+            // SAFETY: rows `rows` of this run's dense `[rows, width]` output, the `m × n` tile,
+            // and rows `cols` of `v`.
+            unsafe {
+                tile_gemm(m, args.width, n, out_rows(&mut out, rows.0), width as isize, 1, w(&direct), v_cols, true)
+            };
             if off_diagonal {
                 // A symmetric kernel's mirrored tile is the transpose of this one.
-                let mirrored = if args.sink == SYMMETRIC_PRODUCT { w(&direct).transposed() } else { w(&mirror) };
-                tile_gemm(n, args.width, m, out_rows(&mut out, cols.0), width as isize, 1, mirrored, v_rows, true);
+                let mirrored =
+                    if self.sink == SinkCode::SymmetricProduct { w(&direct).transposed() } else { w(&mirror) };
+                // SAFETY: as above, with the `n × m` mirrored tile, output rows `cols` and
+                // rows `rows` of `v`.
+                unsafe {
+                    tile_gemm(n, args.width, m, out_rows(&mut out, cols.0), width as isize, 1, mirrored, v_rows, true)
+                };
             }
         }
         out
@@ -328,12 +412,12 @@ impl Job<'_> {
     /// `out`.
     fn write_out(&self, partials: Vec<Vec<f32>>) {
         let args = self.args;
-        let product = self.is_product();
+        let product = self.sink.is_product();
         let mut partials = partials.into_iter();
         let Some(mut total) = partials.next() else { return };
         for p in partials {
             for (t, x) in total.iter_mut().zip(p) {
-                *t = if product { *t + x } else { merge(args.sink, *t, x) };
+                *t = self.sink.merge(*t, x);
             }
         }
         let (columns, stride) = if product { (args.width, args.width.max(1)) } else { (1, 1) };
@@ -357,6 +441,21 @@ fn transpose(from: &[f32], to: &mut [f32], m: i64, n: i64) {
                     to[c * s + r] = from[r * s + c];
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SinkCode;
+
+    #[test]
+    fn sink_codes_round_trip_and_unknown_ones_are_refused() {
+        for sink in SinkCode::ALL {
+            assert_eq!(SinkCode::try_from(sink.code()), Ok(sink));
+        }
+        for code in [4, 5, -3, i64::MIN, i64::MAX] {
+            assert_eq!(SinkCode::try_from(code), Err(code));
         }
     }
 }
