@@ -48,7 +48,7 @@ fn the_shipped_objectives_store_nothing_batch_squared() {
     for name in ["bcl", "bcl_gh", "focal", "focal_gh", "sdclr", "sdclr_gh", "simclr", "simclr_gh"] {
         let mut sources = Sources::new();
         let path = format!("objectives/{name}.ssl");
-        let mut c = sslc_compiler::compile(Path::new(&path), &mut sources).ok().expect("compiles");
+        let mut c = sslc_compiler::compile(Path::new(&path), &mut sources).unwrap_or_else(|_| panic!("compiles"));
         let exe = Executable::new(c.modules.remove(0)).expect("differentiable");
         let report = sslc_compiler::fuse::report(&exe);
         assert!(
@@ -81,7 +81,8 @@ fn argmax_is_named_as_the_reason() {
 #[test]
 fn the_fusion_stage_lists_the_kernels_of_simclr() {
     let mut sources = Sources::new();
-    let mut c = sslc_compiler::compile(Path::new("objectives/simclr.ssl"), &mut sources).ok().expect("compiles");
+    let mut c =
+        sslc_compiler::compile(Path::new("objectives/simclr.ssl"), &mut sources).unwrap_or_else(|_| panic!("compiles"));
     let exe = Executable::new(c.modules.remove(0)).expect("differentiable");
     insta::assert_snapshot!("fusion_stage_simclr", sslc_compiler::fuse::report(&exe).text(&exe, &sources));
 }

@@ -14,7 +14,8 @@ const OBJECTIVES: [&str; 8] = ["simclr", "simclr_gh", "focal", "focal_gh", "sdcl
 fn executable(name: &str) -> Executable {
     let mut sources = Sources::new();
     let path = format!("objectives/{name}.ssl");
-    let module = sslc_compiler::compile(Path::new(&path), &mut sources).ok().expect("compiles").modules.remove(0);
+    let module =
+        sslc_compiler::compile(Path::new(&path), &mut sources).unwrap_or_else(|_| panic!("compiles")).modules.remove(0);
     Executable::new(module).expect("differentiates")
 }
 

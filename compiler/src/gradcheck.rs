@@ -126,7 +126,7 @@ mod tests {
     fn simclr() -> Module {
         let mut sources = crate::diag::Sources::new();
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../objectives/simclr.ssl");
-        crate::compile(&path, &mut sources).ok().expect("simclr compiles").modules.remove(0)
+        crate::compile(&path, &mut sources).unwrap_or_else(|_| panic!("simclr compiles")).modules.remove(0)
     }
 
     fn bindings(m: &Module) -> Bindings {

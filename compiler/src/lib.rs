@@ -11,6 +11,10 @@
 //!
 //! Every error of every stage is a [`diag::Diagnostic`] with a span and a hint.
 
+// Diagnostics are returned by value: a failed compile returns one, once, off any hot path, and
+// boxing every `Result<_, Diagnostic>` would only add noise.
+#![allow(clippy::result_large_err)]
+
 pub mod autodiff;
 pub mod back;
 pub mod diag;

@@ -33,12 +33,11 @@ pub fn differentiate(
     differentiate_with(module, forward, of, wrt, &rules::vjp)
 }
 
+/// The adjoint contributions of one node: (operand, contribution) pairs.
+pub(crate) type Contributions = Result<Vec<(Handle<Expr>, Handle<Expr>)>, Diagnostic>;
+
 /// The shipped rules, for callers that swap one of them out (tests of the gradient checker).
-pub(crate) fn standard_rule(
-    g: &mut Grad,
-    h: Handle<Expr>,
-    adj: Handle<Expr>,
-) -> Result<Vec<(Handle<Expr>, Handle<Expr>)>, Diagnostic> {
+pub(crate) fn standard_rule(g: &mut Grad, h: Handle<Expr>, adj: Handle<Expr>) -> Contributions {
     rules::vjp(g, h, adj)
 }
 

@@ -5,7 +5,7 @@ use super::Grad;
 use crate::diag::Diagnostic;
 use crate::ir::{BinaryOp, Dim, Elem, Expr, Handle, ReduceOp, UnaryOp};
 
-type Contributions = Result<Vec<(Handle<Expr>, Handle<Expr>)>, Diagnostic>;
+use super::Contributions;
 
 pub(super) fn vjp(b: &mut Grad, h: Handle<Expr>, g: Handle<Expr>) -> Contributions {
     let expr = b.expr(h).clone();
@@ -253,12 +253,10 @@ pub(super) fn vjp(b: &mut Grad, h: Handle<Expr>, g: Handle<Expr>) -> Contributio
             let d = if pieces.len() == 1 { g } else { b.push(Expr::Concat { parts: pieces, axis }, s)? };
             give(b, arg, d);
         }
-        Expr::Gather { table, .. } => {
-            if b.is_active(table) {
-                return Err(Diagnostic::new("gradients do not flow through row indexing (`x[index]`) yet")
-                    .at(s, "an input is indexed here")
-                    .hint("index state or constants, not the differentiated inputs; or wrap the indexed value in `stopgrad(...)`"));
-            }
+        Expr::Gather { table, .. } if b.is_active(table) => {
+            return Err(Diagnostic::new("gradients do not flow through row indexing (`x[index]`) yet")
+                .at(s, "an input is indexed here")
+                .hint("index state or constants, not the differentiated inputs; or wrap the indexed value in `stopgrad(...)`"));
         }
         // Leaves, masks, casts and stopped values pass no gradient on.
         _ => {}

@@ -213,9 +213,8 @@ impl Evaluator<'_> {
                 w.matmul(&self.get(*v).contiguous()?)?
             }
         })
-        .map(|t: Tensor| {
+        .inspect(|t: &Tensor| {
             debug_assert_eq!(t.dims(), b.shape(self.module, &ty.shape).as_slice());
-            t
         })
     }
 

@@ -7,10 +7,13 @@ use super::{Action, Rebuilder};
 use crate::ir::{Expr, Handle, Module, Program};
 use std::collections::HashMap;
 
+/// A computed node and the block path it was computed in.
+type Visible = (Vec<usize>, Handle<Expr>);
+
 pub(super) fn run(module: &Module, program: &Program) -> Program {
     // Each entry remembers the blocks it was computed in; it is visible from those blocks and
     // the loop bodies nested in them.
-    let mut seen: HashMap<String, Vec<(Vec<usize>, Handle<Expr>)>> = HashMap::new();
+    let mut seen: HashMap<String, Vec<Visible>> = HashMap::new();
     Rebuilder::new(module, program).run(&mut |rb, old, expr| {
         if matches!(expr, Expr::LoopOutput { .. } | Expr::Loop { .. } | Expr::LoopParam) {
             return Action::Keep;

@@ -405,6 +405,9 @@ fn index_of(list: &mut Vec<Source>, s: Source) -> usize {
     })
 }
 
+/// The kernel nodes holding a row and a column index.
+type IndexPair = (usize, usize);
+
 /// Translates a region node of the old program into kernel nodes. Nodes are evaluated at an
 /// index pair (the kernel nodes holding the row and column index): `(i, j)` itself, or shifted
 /// into a block of a concatenation.
@@ -412,7 +415,7 @@ struct KernelBuilder<'r, 'a> {
     rb: &'r mut Rebuilder<'a>,
     seed: Handle<Expr>,
     operands: Operands,
-    memo: HashMap<(Handle<Expr>, Option<(usize, usize)>), usize>,
+    memo: HashMap<(Handle<Expr>, Option<IndexPair>), usize>,
     kernel: PairwiseKernel,
 }
 
