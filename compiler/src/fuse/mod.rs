@@ -76,6 +76,46 @@ impl Uses {
     }
 }
 
+/// The indices at which a view reads its operand, given the indices `at` at which the view is
+/// read (one per axis of the view); `None` for nodes that are not views. Generic over the
+/// index type: the CPU back end composes coordinates, CUDA builds C expressions. `zero` is
+/// index 0; `shift(i, d)` is `i + d`.
+pub fn view_index<I: Clone>(
+    p: &Program,
+    expr: &Expr,
+    at: &[I],
+    zero: impl Fn() -> I,
+    mut shift: impl FnMut(&I, &crate::ir::Dim) -> I,
+) -> Option<Vec<I>> {
+    Some(match expr {
+        Expr::StopGrad { .. } => at.to_vec(),
+        Expr::Transpose { .. } => vec![at[1].clone(), at[0].clone()],
+        Expr::ExpandDims { axis, .. } => {
+            at.iter().enumerate().filter(|(k, _)| k != axis).map(|(_, c)| c.clone()).collect()
+        }
+        Expr::Squeeze { axis, .. } => {
+            let mut inner = at.to_vec();
+            inner.insert(*axis, zero());
+            inner
+        }
+        Expr::Slice { axis, start, .. } => {
+            let mut inner = at.to_vec();
+            inner[*axis] = shift(&inner[*axis], start);
+            inner
+        }
+        // Aligned on the right; an axis of size 1 spread over a longer one reads index 0.
+        Expr::Broadcast { arg, shape } => {
+            let from = &p.ty(*arg).shape;
+            let lead = shape.len() - from.len();
+            from.iter()
+                .enumerate()
+                .map(|(k, d)| if d.is_one() && !shape[k + lead].is_one() { zero() } else { at[k + lead].clone() })
+                .collect()
+        }
+        _ => return None,
+    })
+}
+
 /// Whether a broadcast repeats elements (rather than only adding axes of size 1).
 pub fn expands(p: &Program, e: &Expr) -> bool {
     match e {

@@ -209,34 +209,7 @@ fn identity_coords(rank: usize) -> Vec<Coord<Axis>> {
 /// The coordinates at which a view reads its argument, given the coordinates `at` at which
 /// the view itself is read (one per axis of the view); `None` for nodes that are not views.
 fn view_coords<A: Clone>(p: &Program, expr: &Expr, at: &[Coord<A>]) -> Option<Vec<Coord<A>>> {
-    Some(match expr {
-        Expr::StopGrad { .. } => at.to_vec(),
-        Expr::Transpose { .. } => vec![at[1].clone(), at[0].clone()],
-        Expr::ExpandDims { axis, .. } => {
-            at.iter().enumerate().filter(|(k, _)| k != axis).map(|(_, c)| c.clone()).collect()
-        }
-        Expr::Squeeze { axis, .. } => {
-            let mut coords = at.to_vec();
-            coords.insert(*axis, Coord::zero());
-            coords
-        }
-        Expr::Slice { axis, start, .. } => {
-            let mut coords = at.to_vec();
-            coords[*axis] = coords[*axis].shifted(start);
-            coords
-        }
-        Expr::Broadcast { arg, shape } => {
-            let from = &p.ty(*arg).shape;
-            let lead = shape.len() - from.len();
-            from.iter()
-                .enumerate()
-                .map(
-                    |(k, d)| if d.is_one() && !shape[k + lead].is_one() { Coord::zero() } else { at[k + lead].clone() },
-                )
-                .collect()
-        }
-        _ => return None,
-    })
+    fuse::view_index(p, expr, at, Coord::zero, |c, d| c.shifted(d))
 }
 
 /// The CPU back end's fusion hook: element-wise chains are computed inside the loop of their

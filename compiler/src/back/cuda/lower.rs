@@ -627,7 +627,6 @@ impl<'l, 'a> Emitter<'l, 'a> {
         let e = match p.exprs[h].clone() {
             Expr::Literal(l) => return literal(l),
             Expr::Iota { axis, .. } => return idx[axis].clone(),
-            Expr::StopGrad { arg } => return self.value(arg, idx),
             Expr::Param(param) => {
                 let decl = &self.low.module.params[param];
                 let name = format!("param_{}", identifier(&decl.name));
@@ -663,31 +662,19 @@ impl<'l, 'a> Emitter<'l, 'a> {
                 let a = self.value(arg, idx);
                 cast(elem_of(arg), to, a)
             }
-            Expr::Broadcast { arg, .. } => {
-                let arg_shape = p.ty(arg).shape.clone();
-                let lead = idx.len() - arg_shape.len();
-                let inner: Vec<CExpr> = arg_shape
-                    .iter()
-                    .enumerate()
-                    .map(|(k, d)| if d.is_one() { CExpr::Int(0) } else { idx[lead + k].clone() })
-                    .collect();
-                return self.value(arg, &inner);
-            }
-            Expr::ExpandDims { arg, axis } => {
-                let mut inner = idx.to_vec();
-                inner.remove(axis);
-                return self.value(arg, &inner);
-            }
-            Expr::Squeeze { arg, axis } => {
-                let mut inner = idx.to_vec();
-                inner.insert(axis, CExpr::Int(0));
-                return self.value(arg, &inner);
-            }
-            Expr::Transpose { arg } => return self.value(arg, &[idx[1].clone(), idx[0].clone()]),
-            Expr::Slice { arg, axis, start, .. } => {
-                let mut inner = idx.to_vec();
-                let offset = self.dim(&start);
-                inner[axis] = add(idx[axis].clone(), offset);
+            e if e.view_arg().is_some() => {
+                let arg = e.view_arg().expect("a view");
+                let inner = fuse::view_index(
+                    p,
+                    &e,
+                    idx,
+                    || CExpr::Int(0),
+                    |i, d| {
+                        let offset = self.dim(d);
+                        add(i.clone(), offset)
+                    },
+                )
+                .expect("views remap indices");
                 return self.value(arg, &inner);
             }
             Expr::Concat { parts, axis } => return self.concat(&parts, axis, idx),
