@@ -40,9 +40,41 @@ objective dcl {
 }
 "#;
 
+/// The same mask from slices of a larger identity: self is `eye(2N)`, the positive of row `i`
+/// is row `i ± N` of it.
+const DCL_SLICED: &str = r#"
+fn dcl_views(z1: [N, D], z2: [N, D], tau: f32) -> [2*N] {
+    let a = normalize(z1, axis=1)
+    let b = normalize(z2, axis=1)
+    let z = concat(a, b)
+    let sim = z @ z.T / tau
+    let self_mask = eye(2*N)
+    let positive = concat(self_mask[N:], self_mask[:N])
+    let pos = sum(a * b, axis=1) / tau
+    return logsumexp(where(self_mask or positive, -inf, sim), axis=1) - concat(pos, pos)
+}
+
+fn halves(l: [2*N]) -> [N] {
+    return (l[:N] + l[N:]) / 2
+}
+
+objective dcl_sliced {
+    param tau = 0.1
+    views x1, x2 = simclr_augment(x)
+    input z1: [N, D] = encoder(x1)
+    input z2: [N, D] = encoder(x2)
+    per_sample = halves(dcl_views(z1, z2, tau))
+    loss = mean(per_sample)
+}
+"#;
+
 fn executable() -> Executable {
+    compile(DCL)
+}
+
+fn compile(text: &str) -> Executable {
     let mut sources = Sources::new();
-    let mut compiled = sslc_compiler::compile_text(Path::new("objectives/dcl.ssl"), DCL.into(), &mut sources)
+    let mut compiled = sslc_compiler::compile_text(Path::new("objectives/dcl.ssl"), text.into(), &mut sources)
         .unwrap_or_else(|d| panic!("{}", d.iter().map(|d| d.render(&sources)).collect::<Vec<_>>().join("\n")));
     Executable::new(compiled.modules.remove(0)).expect("differentiable")
 }
@@ -88,7 +120,28 @@ fn max_relative(got: &[f64], want: &[f64]) -> f64 {
 
 #[test]
 fn the_paper_form_stores_no_n_by_n_matrix() {
-    let exe = executable();
+    for exe in [executable(), compile(DCL_SLICED)] {
+        stores_no_n_by_n_matrix(&exe);
+    }
+}
+
+#[test]
+fn the_sliced_mask_computes_the_same_loss() {
+    let (a, b) = (executable(), compile(DCL_SLICED));
+    let (n, d) = (7, 5);
+    let z = embeddings(n, d, 2);
+    let (x, y) = (
+        a.evaluate(&bindings(&a, &z, n, d, DType::F64)).expect("runs"),
+        b.evaluate(&bindings(&b, &z, n, d, DType::F64)).expect("runs"),
+    );
+    assert!((x.loss - y.loss).abs() < 1e-12, "{} against {}", x.loss, y.loss);
+    let cpu = back::build(BackendKind::Cpu, Arc::new(compile(DCL_SLICED))).expect("compiles");
+    let got = cpu.evaluate(&bindings(&b, &z, n, d, DType::F32)).expect("runs");
+    assert!((got.loss - x.loss).abs() < 1e-4 * x.loss.abs().max(1.0), "cpu {} against {}", got.loss, x.loss);
+    assert!(max_relative(&grad(&got, "z1"), &grad(&x, "z1")) < 1e-4);
+}
+
+fn stores_no_n_by_n_matrix(exe: &Executable) {
     let batch = exe.module.batch_dim().expect("a batch");
     let batch_sized = |d: &Dim| d.symbols().any(|s| s == batch);
     let mut fused = 0;

@@ -184,6 +184,7 @@ fn classify(p: &Program, h: Handle<Expr>, region: &HashMap<Handle<Expr>, Region>
         // Blocks of index masks (`concat(eye(N), eye(N))`): each entry picks its block by
         // comparing its index with the block boundaries.
         Expr::Concat { parts, .. } if parts.iter().all(|&q| index_only(p, q)) => Region::Leaves,
+        Expr::Slice { arg, .. } if index_only(p, *arg) => Region::Leaves,
         Expr::Broadcast { arg, .. } if leaf_source(p, *arg, shape).is_some() => Region::Leaves,
         e if e.is_arithmetic() => {
             let mut seed = None;
@@ -205,7 +206,7 @@ fn classify(p: &Program, h: Handle<Expr>, region: &HashMap<Handle<Expr>, Region>
 }
 
 /// Whether a matrix is computed from its indices and scalars alone (an `eye` mask, blocks of
-/// them), so that it can be evaluated at any shifted index inside a kernel.
+/// them joined or cut out), so that it can be evaluated at any shifted index inside a kernel.
 fn index_only(p: &Program, h: Handle<Expr>) -> bool {
     let e = &p.exprs[h];
     p.ty(h).rank() == 2
@@ -213,6 +214,7 @@ fn index_only(p: &Program, h: Handle<Expr>) -> bool {
             Expr::Iota { .. } => true,
             Expr::Broadcast { arg, .. } => p.ty(*arg).rank() == 0,
             Expr::Concat { parts, .. } => parts.iter().all(|&q| index_only(p, q)),
+            Expr::Slice { arg, .. } => index_only(p, *arg),
             e if e.is_arithmetic() => e.operands().iter().all(|&o| index_only(p, o)),
             _ => false,
         }
@@ -453,6 +455,18 @@ impl KernelBuilder<'_, '_> {
                     }
                 }
                 Expr::Concat { parts, axis } => self.concat(&parts, axis, at, elem),
+                // A block of a larger mask: the mask read at the index shifted by the start.
+                Expr::Slice { arg, axis, start, .. } => {
+                    let (row, col) = self.index_pair(at);
+                    let index = if axis == 0 { row } else { col };
+                    let shifted = if start.as_constant() == Some(0) {
+                        index
+                    } else {
+                        let offset = self.size(&start);
+                        self.emit(KernelNode::Binary(BinaryOp::Add, index, offset), Elem::Int)
+                    };
+                    self.at(arg, Some(if axis == 0 { (shifted, col) } else { (row, shifted) }))
+                }
                 Expr::Broadcast { arg, .. } => {
                     let leaf = leaf_source(p, arg, &shape).expect("classified as a leaf");
                     let leaf_elem = p.ty(arg).elem;
