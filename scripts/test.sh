@@ -25,4 +25,22 @@ if [ -e "$NVRTC_LIB/libnvrtc.so.12" ]; then
     export LD_LIBRARY_PATH="$PWD/$NVRTC_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
 
+# The law before the tests: formatting (rustfmt.toml) and every clippy warning. Both tools
+# come with the rustup toolchain; without them (no network to add them) this says so, and
+# fails under CI=true.
+for tool in fmt clippy; do
+    if ! cargo "$tool" --version >/dev/null 2>&1; then
+        echo "NOTICE: cargo $tool is not installed (rustup component add ${tool/fmt/rustfmt})" >&2
+        [ "${CI:-}" = true ] && exit 1
+    fi
+done
+if cargo fmt --version >/dev/null 2>&1 && ! cargo fmt --all --check >/dev/null; then
+    echo "cargo fmt --all --check failed: run 'cargo fmt --all'" >&2
+    cargo fmt --all --check | head -40 >&2 || true
+    exit 1
+fi
+if cargo clippy --version >/dev/null 2>&1; then
+    cargo clippy --workspace --all-targets --quiet -- -D warnings
+fi
+
 cargo test --workspace --all-targets "$@"
