@@ -2,7 +2,7 @@
 //! linear-probe accuracy for the Many / Medium / Few classes; `sslc probe`: evaluate a saved
 //! checkpoint again; `sslc split`: print a long-tailed subset.
 
-use super::eval::{load_objective, Backend};
+use super::common::{fail, load_objective, print_stdout, Backend};
 use clap::{Args, ValueEnum};
 use sslc::objective::CompiledObjective;
 use sslc_compiler::eval::Overrides;
@@ -205,11 +205,6 @@ fn preset(name: DatasetName) -> Preset {
     }
 }
 
-fn fail(message: impl std::fmt::Display) -> i32 {
-    eprintln!("error: {message}");
-    1
-}
-
 /// The benchmark's sets, thinned to `limit` images each when the run asked for it.
 fn load_splits(name: DatasetName, options: &DataOptions, limit: Option<usize>) -> Result<DataSplits, i32> {
     let splits = data::load(name, options).map_err(fail)?;
@@ -385,7 +380,7 @@ pub fn bench_train(args: &BenchTrainArgs) -> i32 {
                 "images_per_second": t.images_per_second,
                 "seconds_per_step": t.seconds_per_step,
             });
-            super::print_stdout(&format!("{line}\n"));
+            print_stdout(&format!("{line}\n"));
             0
         }
         Err(e) => fail(e),
@@ -460,7 +455,7 @@ pub fn split(args: &SplitArgs) -> i32 {
     };
     match run() {
         Ok(text) => {
-            super::print_stdout(&text);
+            print_stdout(&text);
             0
         }
         Err(e) => fail(e),
