@@ -9,6 +9,7 @@ pub mod image;
 pub mod model;
 pub mod objective;
 pub mod optim;
+pub mod presets;
 pub mod probe;
 pub mod report;
 pub mod train;

@@ -1,7 +1,7 @@
 //! `sslc bench`: how long an objective's forward and backward pass takes on a back end, and
 //! how much memory it needs beyond its inputs and outputs, on random inputs.
 
-use super::eval::{load_objective, random_normal, Backend};
+use super::common::{fail, load_objective, print_stdout, random_normal, Backend};
 use candle_core::{DType, Tensor};
 use clap::Args;
 use sslc_compiler::back;
@@ -86,11 +86,6 @@ unsafe impl GlobalAlloc for CountingAllocator {
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;
 
-fn fail(message: impl std::fmt::Display) -> i32 {
-    eprintln!("error: {message}");
-    1
-}
-
 pub fn bench(args: &BenchArgs) -> i32 {
     if args.batch == 0 || args.dim == 0 || args.iters == 0 {
         return fail("--batch, --dim and --iters must be at least 1");
@@ -102,7 +97,7 @@ pub fn bench(args: &BenchArgs) -> i32 {
     };
     match pool.install(|| run(args, threads)) {
         Ok(line) => {
-            super::print_stdout(&format!("{line}\n"));
+            print_stdout(&format!("{line}\n"));
             0
         }
         Err(code) => code,

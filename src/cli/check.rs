@@ -1,5 +1,6 @@
 //! `sslc check` and `sslc emit`: the front end on its own.
 
+use super::common::print_stdout;
 use clap::{Args, ValueEnum};
 use sslc_compiler::diag::{print_all, Sources};
 use std::path::PathBuf;
@@ -93,7 +94,7 @@ pub fn emit(args: &EmitArgs) -> i32 {
         Stage::Ast => match sslc_compiler::front::load(&args.file, &mut sources) {
             Ok(files) => {
                 if let Some(root) = files.last() {
-                    super::print_stdout(&format!("{:#?}\n", root.ast));
+                    print_stdout(&format!("{:#?}\n", root.ast));
                 }
                 0
             }
@@ -107,7 +108,7 @@ pub fn emit(args: &EmitArgs) -> i32 {
                 Ok(c) => {
                     for m in c.modules {
                         match stage_text(m, args.stage, &sources) {
-                            Ok(text) => super::print_stdout(&text),
+                            Ok(text) => print_stdout(&text),
                             Err(d) => {
                                 print_all(&[d], &sources);
                                 return 1;

@@ -2,6 +2,7 @@
 //! seeds of each configuration. Runs that differ only in their seed (and run directory) are
 //! one row, so `sslc compare runs/*` turns a seed sweep into the table a paper reports.
 
+use super::common::{fail, print_stdout};
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 use serde_json::Value;
@@ -59,18 +60,14 @@ pub fn compare(args: &CompareArgs) -> i32 {
     for path in &args.runs {
         let (summary, file) = match read_summary(path) {
             Ok(found) => found,
-            Err(message) => {
-                eprintln!("error: {message}");
-                return 1;
-            }
+            Err(message) => return fail(message),
         };
         let report = match args.classifier {
             Classifier::Linear => Some(summary.linear),
             Classifier::Knn20 => summary.knn.into_iter().find(|entry| entry.k == 20).map(|entry| entry.accuracy),
         };
         let Some(report) = report else {
-            eprintln!("error: {} has no kNN (k = 20) result", file.display());
-            return 1;
+            return fail(format!("{} has no kNN (k = 20) result", file.display()));
         };
         let key = without_seeds(summary.run);
         match rows.iter_mut().find(|row| row.key == key) {
@@ -78,7 +75,7 @@ pub fn compare(args: &CompareArgs) -> i32 {
             None => rows.push(Row { label: label(&key), key, reports: vec![report] }),
         }
     }
-    super::print_stdout(&table(&rows));
+    print_stdout(&table(&rows));
     0
 }
 

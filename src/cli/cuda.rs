@@ -2,6 +2,7 @@
 //! arms of `sslc eval`, which always checks the device's results against the reference
 //! evaluator in the same process.
 
+use super::common::{fail, print_stdout};
 use clap::ValueEnum;
 use sslc_compiler::back::cuda::{self, Precision};
 use sslc_compiler::diag::{print_all, Sources};
@@ -50,11 +51,8 @@ pub fn emit(file: &Path, precision: Precision) -> i32 {
             }
         };
         match cuda::plan(&exe, precision) {
-            Ok(plan) => super::print_stdout(&cuda::source(&exe, &plan)),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return 1;
-            }
+            Ok(plan) => print_stdout(&cuda::source(&exe, &plan)),
+            Err(e) => return fail(e),
         }
     }
     0

@@ -1,35 +1,14 @@
 //! `sslc eval` and `sslc gradcheck`: values and exact gradients of an objective, from files
 //! or random inputs, on any back end (`eval`) or the reference evaluator (`gradcheck`).
 
+use super::common::{fail, load_objective, print_stdout, random_normal, Backend};
 use candle_core::{DType, Tensor};
-use clap::{Args, ValueEnum};
-use sslc_compiler::back::{self, BackendKind};
-use sslc_compiler::diag::{print_all, Sources};
+use clap::Args;
+use sslc_compiler::back;
 use sslc_compiler::eval::{npy, BindRequest, Bindings, Overrides};
-use sslc_compiler::ir::Module;
 use sslc_compiler::objective::Executable;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
-pub enum Backend {
-    /// The reference evaluator: exact, simple, slow.
-    Reference,
-    /// Fused kernels JIT-compiled with Cranelift.
-    Cpu,
-    /// Fused CUDA kernels compiled with NVRTC.
-    Cuda,
-}
-
-impl Backend {
-    pub fn kind(self) -> BackendKind {
-        match self {
-            Backend::Reference => BackendKind::Reference,
-            Backend::Cpu => BackendKind::Cpu,
-            Backend::Cuda => BackendKind::Cuda,
-        }
-    }
-}
 
 /// Evaluate an objective's loss, per-sample losses and gradients on given inputs.
 #[derive(Args)]
@@ -101,27 +80,6 @@ pub struct GradcheckArgs {
     /// Entries checked per input, spread evenly; 0 checks all of them.
     #[arg(long, default_value_t = 256)]
     max_entries: usize,
-}
-
-/// Compiles the one objective of `file`, printing diagnostics on failure.
-pub fn load_objective(file: &Path) -> Result<Module, i32> {
-    let mut sources = Sources::new();
-    match sslc_compiler::compile(file, &mut sources) {
-        Ok(mut c) if c.modules.len() == 1 => Ok(c.modules.remove(0)),
-        Ok(c) => {
-            eprintln!("error: {} declares {} objectives; expected exactly one", file.display(), c.modules.len());
-            Err(1)
-        }
-        Err(diags) => {
-            print_all(&diags, &sources);
-            Err(1)
-        }
-    }
-}
-
-fn fail(message: impl std::fmt::Display) -> i32 {
-    eprintln!("error: {message}");
-    1
 }
 
 pub fn eval(args: &EvalArgs) -> i32 {
@@ -233,7 +191,7 @@ fn eval_inner(args: &EvalArgs) -> Result<(), i32> {
             errors.iter().map(|(n, e)| (n.clone(), serde_json::Value::from(*e))).collect();
         summary["relative_error_vs_reference"] = errors.into();
     }
-    super::print_stdout(&format!("{summary}\n"));
+    print_stdout(&format!("{summary}\n"));
     if !result.loss.is_finite() {
         eprintln!("warning: the loss is {}; check the inputs' scale", result.loss);
     }
@@ -279,7 +237,7 @@ pub fn gradcheck(args: &GradcheckArgs) -> i32 {
     for r in &reports {
         let pass = r.passes(args.tolerance, args.abs_tolerance);
         ok &= pass;
-        super::print_stdout(&format!(
+        print_stdout(&format!(
             "{} {:<6} max abs error {:.3e}  max rel error {:.3e}  ({} entries)\n",
             if pass { "ok  " } else { "FAIL" },
             r.input,
@@ -289,17 +247,4 @@ pub fn gradcheck(args: &GradcheckArgs) -> i32 {
         ));
     }
     i32::from(!ok)
-}
-
-/// A seeded standard normal `[rows, cols]` f64 matrix.
-pub fn random_normal(rows: usize, cols: usize, seed: u64) -> Tensor {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let values: Vec<f64> = (0..rows * cols)
-        .map(|_| {
-            let (u1, u2): (f64, f64) = (rng.random::<f64>().max(f64::MIN_POSITIVE), rng.random());
-            (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-        })
-        .collect();
-    Tensor::from_vec(values, (rows, cols), &candle_core::Device::Cpu).expect("shape matches the data")
 }

@@ -3,6 +3,7 @@
 
 mod bench;
 mod check;
+mod common;
 mod compare;
 mod cuda;
 mod eval;
@@ -53,11 +54,4 @@ pub fn main() -> i32 {
         Command::Gradcheck(args) => eval::gradcheck(&args),
         Command::Bench(args) => bench::bench(&args),
     }
-}
-
-/// Writes to stdout; a reader that went away (`sslc emit ... | head`) is not an error.
-pub fn print_stdout(text: &str) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }

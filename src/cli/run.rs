@@ -2,40 +2,17 @@
 //! linear-probe accuracy for the Many / Medium / Few classes; `sslc probe`: evaluate a saved
 //! checkpoint again; `sslc split`: print a long-tailed subset.
 
-use super::eval::{load_objective, Backend};
+use super::common::{fail, load_objective, print_stdout, Backend};
 use clap::{Args, ValueEnum};
 use sslc::objective::CompiledObjective;
 use sslc_compiler::eval::Overrides;
 use sslc_runtime::checkpoint::Checkpoint;
-use sslc_runtime::data::groups::{groups_by_thirds, groups_by_thresholds};
-use sslc_runtime::data::loader::{FeatureLoader, LoaderConfig, TwoViewLoader};
-use sslc_runtime::data::{self, DataOptions, DataSplits, DatasetName, ImbalanceProfile, LongTail};
-use sslc_runtime::model::{BackboneKind, Encoder, EncoderConfig};
+use sslc_runtime::data::{self, DataSplits, DatasetName, ImbalanceProfile};
+use sslc_runtime::model::{Encoder, EncoderConfig};
 use sslc_runtime::objective::Objective;
-use sslc_runtime::probe::ProbeConfig;
-use sslc_runtime::train::{self, EvalSetup, FeatureImages, LoaderSource, Start, TrainConfig};
+use sslc_runtime::presets::{self, Backbone, EvalData};
+use sslc_runtime::train::{self, Start, TrainConfig};
 use std::path::PathBuf;
-use std::sync::Arc;
-
-#[derive(Clone, Copy, ValueEnum, Debug, PartialEq, Eq, serde::Serialize)]
-pub enum Backbone {
-    /// Three conv layers, 128-d: for the 8x8 digits and 28x28 Fashion-MNIST on a CPU.
-    Small,
-    /// ResNet-18 with the CIFAR stem, 512-d (CIFAR-LT).
-    Resnet18,
-    /// ResNet-50, 2048-d (ImageNet-LT, Places-LT).
-    Resnet50,
-}
-
-impl Backbone {
-    fn kind(self) -> BackboneKind {
-        match self {
-            Backbone::Small => BackboneKind::SmallConv,
-            Backbone::Resnet18 => BackboneKind::ResNet18Cifar,
-            Backbone::Resnet50 => BackboneKind::ResNet50,
-        }
-    }
-}
 
 #[derive(Clone, Copy, ValueEnum, Debug, PartialEq, Eq)]
 pub enum ImbType {
@@ -43,6 +20,15 @@ pub enum ImbType {
     Exp,
     /// Half the classes keep n_max, half n_max · r.
     Step,
+}
+
+impl ImbType {
+    fn profile(self) -> ImbalanceProfile {
+        match self {
+            ImbType::Exp => ImbalanceProfile::Exp,
+            ImbType::Step => ImbalanceProfile::Step,
+        }
+    }
 }
 
 /// Train a backbone with an objective and report Many/Medium/Few linear-probe accuracy.
@@ -175,68 +161,6 @@ pub struct SplitArgs {
     imb_type: ImbType,
 }
 
-/// Per-dataset defaults: small enough to finish on a CPU, faithful where it matters.
-struct Preset {
-    backbone: Backbone,
-    epochs: usize,
-    batch_size: usize,
-    probe_epochs: usize,
-    weight_decay: f64,
-}
-
-fn preset(name: DatasetName) -> Preset {
-    match name {
-        DatasetName::Digits => {
-            Preset { backbone: Backbone::Small, epochs: 30, batch_size: 128, probe_epochs: 200, weight_decay: 5e-4 }
-        }
-        DatasetName::FashionMnist => {
-            Preset { backbone: Backbone::Small, epochs: 5, batch_size: 256, probe_epochs: 100, weight_decay: 5e-4 }
-        }
-        DatasetName::Cifar10 | DatasetName::Cifar100 => Preset {
-            backbone: Backbone::Resnet18,
-            epochs: 1000,
-            batch_size: 512,
-            probe_epochs: 500,
-            weight_decay: 5e-4,
-        },
-        DatasetName::ImageNetLt | DatasetName::PlacesLt => {
-            Preset { backbone: Backbone::Resnet50, epochs: 500, batch_size: 256, probe_epochs: 500, weight_decay: 1e-4 }
-        }
-    }
-}
-
-fn fail(message: impl std::fmt::Display) -> i32 {
-    eprintln!("error: {message}");
-    1
-}
-
-/// The benchmark's sets, thinned to `limit` images each when the run asked for it.
-fn load_splits(name: DatasetName, options: &DataOptions, limit: Option<usize>) -> Result<DataSplits, i32> {
-    let splits = data::load(name, options).map_err(fail)?;
-    Ok(match limit {
-        Some(limit) => splits.limited(limit),
-        None => splits,
-    })
-}
-
-fn data_options(
-    data: &Option<PathBuf>,
-    split_dir: &Option<PathBuf>,
-    imbalance: Option<f64>,
-    imb_type: ImbType,
-) -> Result<DataOptions, String> {
-    let long_tail = imbalance
-        .map(|r| {
-            let profile = match imb_type {
-                ImbType::Exp => ImbalanceProfile::Exp,
-                ImbType::Step => ImbalanceProfile::Step,
-            };
-            LongTail::new(r, profile).map_err(|e| e.to_string())
-        })
-        .transpose()?;
-    Ok(DataOptions { root: data.clone(), split_dir: split_dir.clone(), long_tail })
-}
-
 fn set_threads(threads: Option<usize>) {
     if let Some(t) = threads.filter(|&t| t > 0) {
         // Both the encoder's kernels and the loader's pool size themselves from this.
@@ -255,13 +179,15 @@ pub fn run(args: &RunArgs) -> i32 {
 
 fn run_inner(args: &RunArgs) -> Result<(), i32> {
     let name = DatasetName::from_name(&args.dataset).map_err(fail)?;
-    let defaults = preset(name);
+    let defaults = presets::preset(name);
     let module = load_objective(&args.file)?;
     let overrides = Overrides::parse(&args.set).map_err(fail)?;
     let mut objective = CompiledObjective::new(module, overrides, args.lr, args.backend.kind()).map_err(fail)?;
-    let options = data_options(&args.data, &args.split_dir, args.imbalance, args.imb_type).map_err(fail)?;
+    let options =
+        presets::data_options(args.data.clone(), args.split_dir.clone(), args.imbalance, args.imb_type.profile())
+            .map_err(fail)?;
     eprintln!("loading {} ...", name.name());
-    let splits = load_splits(name, &options, args.limit)?;
+    let splits = presets::load_splits(name, &options, args.limit).map_err(fail)?;
 
     let backbone = args.backbone.unwrap_or(defaults.backbone);
     let batch_size = args.batch_size.unwrap_or(defaults.batch_size).min(splits.train.len());
@@ -298,34 +224,12 @@ fn run_inner(args: &RunArgs) -> Result<(), i32> {
     let channels = splits.train.image(0).map_err(fail)?.channels();
     let encoder = Encoder::new(EncoderConfig::reference(backbone.kind(), channels, pruned, args.seed)).map_err(fail)?;
 
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let loader_config = LoaderConfig { batch_size, seed: args.seed, workers, prefetch: 2, drop_last: true };
-    let augment = name.preset();
     let samples = splits.train.len();
     let DataSplits { train, probe_train, test } = splits;
     let train_counts = train.class_counts();
-    let groups = match name {
-        DatasetName::ImageNetLt | DatasetName::PlacesLt => groups_by_thresholds(&train_counts),
-        _ => groups_by_thirds(&train_counts),
-    };
-    let loader = TwoViewLoader::new(Arc::new(train), augment.simclr(), loader_config.clone()).map_err(fail)?;
-    let mut source = LoaderSource::new(loader, samples, objective.views().extra);
-    let eval_config = LoaderConfig { batch_size: 500, ..loader_config };
-    let (probe_len, test_len) = (probe_train.len(), test.len());
-    let mut probe_images = FeatureImages::new(
-        FeatureLoader::new(Arc::new(probe_train), augment.probe_train(), &eval_config).map_err(fail)?,
-        probe_len,
-    );
-    let mut test_images =
-        FeatureImages::new(FeatureLoader::new(Arc::new(test), augment.test(), &eval_config).map_err(fail)?, test_len);
-    let setup = EvalSetup {
-        probe_train: &mut probe_images,
-        probe_test: &mut test_images,
-        groups,
-        train_counts,
-        probe: ProbeConfig { epochs: probe_epochs, seed: args.seed, ..ProbeConfig::default() },
-        batch_size: 500,
-    };
+    let mut source =
+        presets::train_source(name, train, batch_size, args.seed, objective.views().extra).map_err(fail)?;
+    let mut evaluation = EvalData::new(name, probe_train, test, train_counts, probe_epochs, args.seed).map_err(fail)?;
     eprintln!(
         "training {} on {} ({} images, batch {batch_size}, {epochs} epochs, {:?} backbone) in {}",
         objective.name(),
@@ -335,8 +239,8 @@ fn run_inner(args: &RunArgs) -> Result<(), i32> {
         dir.display()
     );
     let started = std::time::Instant::now();
-    let outcome =
-        train::train(&dir, &config, &encoder, &mut objective, &mut source, Some(setup), start).map_err(fail)?;
+    let outcome = train::train(&dir, &config, &encoder, &mut objective, &mut source, Some(evaluation.setup()), start)
+        .map_err(fail)?;
     let stats = source.stats();
     eprintln!(
         "done in {:.0} s ({:.0} images/s augmented); results in {}",
@@ -385,7 +289,7 @@ pub fn bench_train(args: &BenchTrainArgs) -> i32 {
                 "images_per_second": t.images_per_second,
                 "seconds_per_step": t.seconds_per_step,
             });
-            super::print_stdout(&format!("{line}\n"));
+            print_stdout(&format!("{line}\n"));
             0
         }
         Err(e) => fail(e),
@@ -408,8 +312,9 @@ fn probe_inner(args: &ProbeArgs) -> Result<(), i32> {
     let name = DatasetName::from_name(dataset).map_err(fail)?;
     let data = args.data.clone().or_else(|| context["data"].as_str().map(PathBuf::from));
     let imbalance = context["imbalance"].as_f64();
-    let options = data_options(&data, &None, imbalance, ImbType::Exp).map_err(fail)?;
-    let splits = load_splits(name, &options, context["limit"].as_u64().map(|limit| limit as usize))?;
+    let options = presets::data_options(data, None, imbalance, ImbalanceProfile::Exp).map_err(fail)?;
+    let splits =
+        presets::load_splits(name, &options, context["limit"].as_u64().map(|limit| limit as usize)).map_err(fail)?;
     let encoder_config: EncoderConfig = serde_json::from_value(saved.config["encoder"].clone()).map_err(|e| {
         fail(format!(
             "{}: unreadable encoder configuration ({e}); was it written by this sslc?",
@@ -421,30 +326,9 @@ fn probe_inner(args: &ProbeArgs) -> Result<(), i32> {
     let probe_epochs = args.probe_epochs.or(context["probe_epochs"].as_u64().map(|e| e as usize)).unwrap_or(500);
     let seed = saved.seed;
     let train_counts = splits.train.class_counts();
-    let groups = match name {
-        DatasetName::ImageNetLt | DatasetName::PlacesLt => groups_by_thresholds(&train_counts),
-        _ => groups_by_thirds(&train_counts),
-    };
-    let augment = name.preset();
-    let eval_config = LoaderConfig { batch_size: 500, seed, ..LoaderConfig::default() };
-    let (probe_len, test_len) = (splits.probe_train.len(), splits.test.len());
-    let mut probe_images = FeatureImages::new(
-        FeatureLoader::new(Arc::new(splits.probe_train), augment.probe_train(), &eval_config).map_err(fail)?,
-        probe_len,
-    );
-    let mut test_images = FeatureImages::new(
-        FeatureLoader::new(Arc::new(splits.test), augment.test(), &eval_config).map_err(fail)?,
-        test_len,
-    );
-    let mut setup = EvalSetup {
-        probe_train: &mut probe_images,
-        probe_test: &mut test_images,
-        groups,
-        train_counts,
-        probe: ProbeConfig { epochs: probe_epochs, seed, ..ProbeConfig::default() },
-        batch_size: 500,
-    };
-    let result = train::evaluate_encoder(&encoder, &mut setup).map_err(fail)?;
+    let mut evaluation =
+        EvalData::new(name, splits.probe_train, splits.test, train_counts, probe_epochs, seed).map_err(fail)?;
+    let result = train::evaluate_encoder(&encoder, &mut evaluation.setup()).map_err(fail)?;
     println!("{}", sslc_runtime::report::group_table(&result.linear));
     for (k, report) in &result.knn {
         println!("kNN k={k}: top-1 {:.2} %", 100.0 * report.overall);
@@ -455,12 +339,13 @@ fn probe_inner(args: &ProbeArgs) -> Result<(), i32> {
 pub fn split(args: &SplitArgs) -> i32 {
     let run = || -> Result<String, String> {
         let name = DatasetName::from_name(&args.dataset).map_err(|e| e.to_string())?;
-        let options = data_options(&args.data, &None, args.imbalance, args.imb_type)?;
+        let options = presets::data_options(args.data.clone(), None, args.imbalance, args.imb_type.profile())
+            .map_err(|e| e.to_string())?;
         data::split_listing(name, &options).map_err(|e| e.to_string())
     };
     match run() {
         Ok(text) => {
-            super::print_stdout(&text);
+            print_stdout(&text);
             0
         }
         Err(e) => fail(e),

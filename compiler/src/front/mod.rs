@@ -6,7 +6,6 @@
 //! [`crate::ir::Module`] of every objective, checking shapes as it goes.
 
 pub mod ast;
-mod builtins;
 mod lower;
 mod parse;
 

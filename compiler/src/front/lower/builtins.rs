@@ -1,10 +1,14 @@
 //! Built-in functions and names. Every built-in lowers to the IR's few primitives (element-wise
 //! ops, reductions, matmul, broadcasting, ...), so autodiff, fusion and the back ends never see
 //! `softmax` or `normalize` — only what they are made of.
+//!
+//! A new function is one name in [`FUNCTIONS`] and one arm in `Lower::builtin`'s match. This is
+//! a child of the lowerer: it imports only the shared types of its parent, whose sections call
+//! it, so the imports go one way.
 
-use super::ast::Ident;
-use super::lower::{Lower, Reported, Value, R};
+use super::{Lower, Reported, Value, R};
 use crate::diag::Diagnostic;
+use crate::front::ast::Ident;
 use crate::ir::{BinaryOp, BuiltinValue, Dim, Elem, Expr, Handle, Literal, ReduceOp, UnaryOp};
 use crate::span::Span;
 
@@ -16,16 +20,18 @@ pub(super) enum BuiltinName {
     Samples,
 }
 
+/// The names of [`BuiltinName`]s.
+const VALUES: &[(&str, BuiltinName)] = &[
+    ("epoch", BuiltinName::Value(BuiltinValue::Epoch)),
+    ("epochs", BuiltinName::Value(BuiltinValue::Epochs)),
+    ("base_lr", BuiltinName::Value(BuiltinValue::BaseLr)),
+    ("index", BuiltinName::Value(BuiltinValue::SampleIndex)),
+    ("inf", BuiltinName::Infinity),
+    ("samples", BuiltinName::Samples),
+];
+
 pub(super) fn builtin_value(name: &str) -> Option<BuiltinName> {
-    Some(match name {
-        "epoch" => BuiltinName::Value(BuiltinValue::Epoch),
-        "epochs" => BuiltinName::Value(BuiltinValue::Epochs),
-        "base_lr" => BuiltinName::Value(BuiltinValue::BaseLr),
-        "index" => BuiltinName::Value(BuiltinValue::SampleIndex),
-        "inf" => BuiltinName::Infinity,
-        "samples" => BuiltinName::Samples,
-        _ => return None,
-    })
+    VALUES.iter().find(|(n, _)| *n == name).map(|(_, b)| *b)
 }
 
 /// Functions usable in expressions, besides the element-wise primitives the op table marks as
@@ -70,46 +76,11 @@ const DECLARATION_ONLY: &[(&str, &str)] = &[
     ("randaugment", "`views x1, x2 = simclr_augment(x) + randaugment(p=..., strength=...)`"),
 ];
 
-/// Every built-in name, for "did you mean" hints: the op table's and these.
-pub(super) static BUILTIN_NAMES: std::sync::LazyLock<Vec<&'static str>> =
-    std::sync::LazyLock::new(|| UnaryOp::builtin_names().chain(OTHER_NAMES.iter().copied()).collect());
-
-const OTHER_NAMES: &[&str] = &[
-    "sigmoid",
-    "relu",
-    "maximum",
-    "minimum",
-    "pow",
-    "clamp",
-    "where",
-    "sum",
-    "mean",
-    "max",
-    "min",
-    "logsumexp",
-    "argmax",
-    "std",
-    "softmax",
-    "log_softmax",
-    "normalize",
-    "concat",
-    "eye",
-    "full",
-    "zeros",
-    "ones",
-    "stopgrad",
-    "one_hot",
-    "histogram",
-    "rows",
-    "float",
-    "int",
-    "epoch",
-    "epochs",
-    "base_lr",
-    "index",
-    "inf",
-    "samples",
-];
+/// Every built-in name usable in an expression, for "did you mean" hints: the op table's
+/// element-wise built-ins and these.
+pub(super) fn builtin_names() -> impl Iterator<Item = &'static str> {
+    UnaryOp::builtin_names().chain(FUNCTIONS.iter().copied()).chain(VALUES.iter().map(|(n, _)| *n))
+}
 
 fn is_function(name: &str) -> bool {
     FUNCTIONS.contains(&name) || UnaryOp::builtin(name).is_some()

@@ -1,0 +1,155 @@
+//! How a benchmark run is set up: per-dataset defaults, the data sets, the linear-probe/kNN
+//! evaluation, and the record of a run's choices that a later evaluation reads back. Here
+//! rather than in the command line so that training and re-evaluating a checkpoint set a
+//! benchmark up one way, and the command line only parses flags.
+
+use crate::data::groups::{groups_by_thirds, groups_by_thresholds, Group};
+use crate::data::loader::{FeatureLoader, LoaderConfig, TwoViewLoader};
+use crate::data::{self, DataError, DataOptions, DataSplits, Dataset, DatasetName, ImbalanceProfile, LongTail};
+use crate::model::BackboneKind;
+use crate::objective::ExtraAugmentation;
+use crate::probe::ProbeConfig;
+use crate::train::{EvalSetup, FeatureImages, LoaderSource};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// The backbones a run picks by name. The names are also those recorded in [`RunContext`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum Backbone {
+    /// Three conv layers, 128-d: for the 8x8 digits and 28x28 Fashion-MNIST on a CPU.
+    Small,
+    /// ResNet-18 with the CIFAR stem, 512-d (CIFAR-LT).
+    Resnet18,
+    /// ResNet-50, 2048-d (ImageNet-LT, Places-LT).
+    Resnet50,
+}
+
+impl Backbone {
+    pub fn kind(self) -> BackboneKind {
+        match self {
+            Backbone::Small => BackboneKind::SmallConv,
+            Backbone::Resnet18 => BackboneKind::ResNet18Cifar,
+            Backbone::Resnet50 => BackboneKind::ResNet50,
+        }
+    }
+}
+
+/// Per-dataset defaults: small enough to finish on a CPU, faithful where it matters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Preset {
+    pub backbone: Backbone,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub probe_epochs: usize,
+    pub weight_decay: f64,
+}
+
+pub fn preset(name: DatasetName) -> Preset {
+    match name {
+        DatasetName::Digits => {
+            Preset { backbone: Backbone::Small, epochs: 30, batch_size: 128, probe_epochs: 200, weight_decay: 5e-4 }
+        }
+        DatasetName::FashionMnist => {
+            Preset { backbone: Backbone::Small, epochs: 5, batch_size: 256, probe_epochs: 100, weight_decay: 5e-4 }
+        }
+        DatasetName::Cifar10 | DatasetName::Cifar100 => Preset {
+            backbone: Backbone::Resnet18,
+            epochs: 1000,
+            batch_size: 512,
+            probe_epochs: 500,
+            weight_decay: 5e-4,
+        },
+        DatasetName::ImageNetLt | DatasetName::PlacesLt => {
+            Preset { backbone: Backbone::Resnet50, epochs: 500, batch_size: 256, probe_epochs: 500, weight_decay: 1e-4 }
+        }
+    }
+}
+
+/// Where a benchmark's files are and how to long-tail it; `imbalance` `None` keeps the
+/// dataset's default.
+pub fn data_options(
+    root: Option<PathBuf>,
+    split_dir: Option<PathBuf>,
+    imbalance: Option<f64>,
+    profile: ImbalanceProfile,
+) -> Result<DataOptions, DataError> {
+    let long_tail = imbalance.map(|r| LongTail::new(r, profile)).transpose()?;
+    Ok(DataOptions { root, split_dir, long_tail })
+}
+
+/// The benchmark's sets, thinned to `limit` images each when the run asked for it.
+pub fn load_splits(name: DatasetName, options: &DataOptions, limit: Option<usize>) -> Result<DataSplits, DataError> {
+    let splits = data::load(name, options)?;
+    Ok(match limit {
+        Some(limit) => splits.limited(limit),
+        None => splits,
+    })
+}
+
+/// The training batches: two views of each image of `train`, augmented on worker threads as
+/// the dataset's augmentation preset says, plus the objective's `extras`.
+pub fn train_source(
+    name: DatasetName,
+    train: Dataset,
+    batch_size: usize,
+    seed: u64,
+    extras: Vec<ExtraAugmentation>,
+) -> Result<LoaderSource, DataError> {
+    let samples = train.len();
+    let config = LoaderConfig { batch_size, seed, ..LoaderConfig::default() };
+    let loader = TwoViewLoader::new(Arc::new(train), name.preset().simclr(), config)?;
+    Ok(LoaderSource::new(loader, samples, extras))
+}
+
+/// Images per forward pass when extracting features for the evaluation.
+const EVAL_BATCH: usize = 500;
+
+/// The linear-probe and kNN evaluation of a benchmark: the probe's training and test images
+/// (transformed as the dataset's augmentation preset says), the Many/Medium/Few groups and the
+/// probe's schedule.
+pub struct EvalData {
+    probe_train: FeatureImages,
+    probe_test: FeatureImages,
+    groups: Vec<Group>,
+    train_counts: Vec<usize>,
+    probe: ProbeConfig,
+}
+
+impl EvalData {
+    /// `train_counts` are the class counts of the long-tailed training set, which decide the
+    /// groups: fixed thresholds on ImageNet-LT and Places-LT, thirds elsewhere.
+    pub fn new(
+        name: DatasetName,
+        probe_train: Dataset,
+        test: Dataset,
+        train_counts: Vec<usize>,
+        probe_epochs: usize,
+        seed: u64,
+    ) -> Result<EvalData, DataError> {
+        let groups = match name {
+            DatasetName::ImageNetLt | DatasetName::PlacesLt => groups_by_thresholds(&train_counts),
+            _ => groups_by_thirds(&train_counts),
+        };
+        let augment = name.preset();
+        let config = LoaderConfig { batch_size: EVAL_BATCH, seed, ..LoaderConfig::default() };
+        let (probe_len, test_len) = (probe_train.len(), test.len());
+        let probe_train =
+            FeatureImages::new(FeatureLoader::new(Arc::new(probe_train), augment.probe_train(), &config)?, probe_len);
+        let probe_test = FeatureImages::new(FeatureLoader::new(Arc::new(test), augment.test(), &config)?, test_len);
+        let probe = ProbeConfig { epochs: probe_epochs, seed, ..ProbeConfig::default() };
+        Ok(EvalData { probe_train, probe_test, groups, train_counts, probe })
+    }
+
+    /// What [`crate::train::train`] and [`crate::train::evaluate_encoder`] take.
+    pub fn setup(&mut self) -> EvalSetup<'_> {
+        EvalSetup {
+            probe_train: &mut self.probe_train,
+            probe_test: &mut self.probe_test,
+            groups: self.groups.clone(),
+            train_counts: self.train_counts.clone(),
+            probe: self.probe.clone(),
+            batch_size: EVAL_BATCH,
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! What several commands share: the back-end choice, loading one objective, random inputs,
+//! error reporting and printing. Commands import from here and never from each other, so each
+//! command file can change on its own.
+
+use candle_core::Tensor;
+use clap::ValueEnum;
+use sslc_compiler::back::BackendKind;
+use sslc_compiler::diag::{print_all, Sources};
+use sslc_compiler::ir::Module;
+use std::path::Path;
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+pub enum Backend {
+    /// The reference evaluator: exact, simple, slow.
+    Reference,
+    /// Fused kernels JIT-compiled with Cranelift.
+    Cpu,
+    /// Fused CUDA kernels compiled with NVRTC.
+    Cuda,
+}
+
+impl Backend {
+    pub fn kind(self) -> BackendKind {
+        match self {
+            Backend::Reference => BackendKind::Reference,
+            Backend::Cpu => BackendKind::Cpu,
+            Backend::Cuda => BackendKind::Cuda,
+        }
+    }
+}
+
+/// Compiles the one objective of `file`, printing diagnostics on failure.
+pub fn load_objective(file: &Path) -> Result<Module, i32> {
+    let mut sources = Sources::new();
+    match sslc_compiler::compile(file, &mut sources) {
+        Ok(mut c) if c.modules.len() == 1 => Ok(c.modules.remove(0)),
+        Ok(c) => {
+            eprintln!("error: {} declares {} objectives; expected exactly one", file.display(), c.modules.len());
+            Err(1)
+        }
+        Err(diags) => {
+            print_all(&diags, &sources);
+            Err(1)
+        }
+    }
+}
+
+/// Reports an error on stderr; the command's exit status is 1.
+pub fn fail(message: impl std::fmt::Display) -> i32 {
+    eprintln!("error: {message}");
+    1
+}
+
+/// Writes to stdout; a reader that went away (`sslc emit ... | head`) is not an error.
+pub fn print_stdout(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
+/// A seeded standard normal `[rows, cols]` f64 matrix.
+pub fn random_normal(rows: usize, cols: usize, seed: u64) -> Tensor {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let values: Vec<f64> = (0..rows * cols)
+        .map(|_| {
+            let (u1, u2): (f64, f64) = (rng.random::<f64>().max(f64::MIN_POSITIVE), rng.random());
+            (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+        })
+        .collect();
+    Tensor::from_vec(values, (rows, cols), &candle_core::Device::Cpu).expect("shape matches the data")
+}
