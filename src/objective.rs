@@ -38,7 +38,8 @@ impl CompiledObjective {
         let exe = Arc::new(Executable::new(module).map_err(|d| d.message)?);
         let backend = back::build(backend, exe.clone())?;
         // Check the overrides name real parameters now, not at the first step.
-        let objective = CompiledObjective {
+        overrides.check(&exe.module)?;
+        Ok(CompiledObjective {
             exe,
             backend,
             overrides,
@@ -47,15 +48,7 @@ impl CompiledObjective {
             base_lr,
             consts: Vec::new(),
             width: None,
-        };
-        if let Err(e) = objective.bindings(objective.probe_inputs(2), None, RunPosition { epoch: 0, epochs: 1 }) {
-            if let Some(e @ (eval::BindError::UnknownOverride { .. } | eval::BindError::BadOverride { .. })) =
-                e.downcast_ref::<eval::BindError>()
-            {
-                return Err(e.clone().into());
-            }
-        }
-        Ok(objective)
+        })
     }
 
     /// Zero embeddings of `rows` rows, for programs that do not read them (schedules,

@@ -35,6 +35,30 @@ impl Backbone {
     }
 }
 
+/// A benchmark run's choices beyond the SGD recipe: recorded in its checkpoints (which refuse to
+/// resume under other choices) and `summary.json`, and read back to evaluate a checkpoint
+/// again. The field names are the JSON keys of every run recorded so far, so keep them.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunContext {
+    /// The objective's file, as given.
+    pub objective_file: String,
+    /// [`DatasetName::name`].
+    pub dataset: String,
+    /// `--data`, if given.
+    pub data: Option<String>,
+    /// `--imbalance`, if given (else the dataset's default).
+    pub imbalance: Option<f64>,
+    pub batch_size: usize,
+    pub backbone: Backbone,
+    /// The `--set` overrides, as given.
+    pub set: Vec<String>,
+    /// The back end's name; absent from runs recorded before there was a choice.
+    pub backend: Option<String>,
+    pub probe_epochs: usize,
+    /// `--limit`, if given; absent from runs recorded before it existed.
+    pub limit: Option<usize>,
+}
+
 /// Per-dataset defaults: small enough to finish on a CPU, faithful where it matters.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Preset {
@@ -151,5 +175,53 @@ impl EvalData {
             probe: self.probe.clone(),
             batch_size: EVAL_BATCH,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recorded() -> serde_json::Value {
+        serde_json::json!({
+            "objective_file": "objectives/simclr_gh.ssl",
+            "dataset": "cifar100-lt",
+            "data": "/data/cifar-100-binary",
+            "imbalance": 0.01,
+            "batch_size": 512,
+            "backbone": "Resnet18",
+            "set": ["K=50"],
+            "backend": "cpu",
+            "probe_epochs": 500,
+            "limit": null,
+        })
+    }
+
+    #[test]
+    fn a_run_context_is_recorded_under_its_keys() {
+        let context = RunContext {
+            objective_file: "objectives/simclr_gh.ssl".into(),
+            dataset: "cifar100-lt".into(),
+            data: Some("/data/cifar-100-binary".into()),
+            imbalance: Some(0.01),
+            batch_size: 512,
+            backbone: Backbone::Resnet18,
+            set: vec!["K=50".into()],
+            backend: Some("cpu".into()),
+            probe_epochs: 500,
+            limit: None,
+        };
+        assert_eq!(serde_json::to_value(&context).unwrap(), recorded());
+        assert_eq!(serde_json::from_value::<RunContext>(recorded()).unwrap(), context);
+    }
+
+    #[test]
+    fn run_contexts_recorded_before_backend_and_limit_still_read() {
+        let mut old = recorded();
+        let map = old.as_object_mut().unwrap();
+        map.remove("backend");
+        map.remove("limit");
+        let context: RunContext = serde_json::from_value(old).unwrap();
+        assert_eq!((context.backend, context.limit, context.backbone), (None, None, Backbone::Resnet18));
     }
 }

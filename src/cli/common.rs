@@ -60,13 +60,8 @@ pub fn print_stdout(text: &str) {
 
 /// A seeded standard normal `[rows, cols]` f64 matrix.
 pub fn random_normal(rows: usize, cols: usize, seed: u64) -> Tensor {
-    use rand::{Rng, SeedableRng};
+    use rand::SeedableRng;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let values: Vec<f64> = (0..rows * cols)
-        .map(|_| {
-            let (u1, u2): (f64, f64) = (rng.random::<f64>().max(f64::MIN_POSITIVE), rng.random());
-            (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-        })
-        .collect();
+    let values: Vec<f64> = (0..rows * cols).map(|_| sslc_rng::standard_normal(&mut rng)).collect();
     Tensor::from_vec(values, (rows, cols), &candle_core::Device::Cpu).expect("shape matches the data")
 }

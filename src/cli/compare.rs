@@ -5,8 +5,8 @@
 use super::common::{fail, print_stdout};
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
-use serde_json::Value;
 use sslc_runtime::probe::AccuracyReport;
+use sslc_runtime::train::RunIdentity;
 use std::path::{Path, PathBuf};
 
 /// Tabulate finished runs: Many/Medium/Few accuracy as mean ± std over seeds (Markdown)
@@ -36,7 +36,7 @@ enum Classifier {
 /// The parts of `summary.json` the table needs.
 #[derive(Deserialize)]
 struct Summary {
-    run: Value,
+    run: RunIdentity,
     linear: AccuracyReport,
     knn: Vec<KnnEntry>,
 }
@@ -50,7 +50,7 @@ struct KnnEntry {
 /// One table row: every run of one configuration.
 struct Row {
     /// The run identity with the seeds removed: runs with equal keys are seeds of one experiment.
-    key: Value,
+    key: RunIdentity,
     label: String,
     reports: Vec<AccuracyReport>,
 }
@@ -90,22 +90,17 @@ fn read_summary(path: &Path) -> Result<(Summary, PathBuf), String> {
     Ok((summary, file))
 }
 
-/// The run identity minus the seeds.
-fn without_seeds(mut run: Value) -> Value {
-    for pointer in ["/train/seed", "/encoder/seed"] {
-        if let Some((parent, field)) = pointer.rsplit_once('/') {
-            if let Some(Value::Object(map)) = run.pointer_mut(parent) {
-                map.remove(field);
-            }
-        }
-    }
+/// The run identity minus the seeds (zeroed).
+fn without_seeds(mut run: RunIdentity) -> RunIdentity {
+    run.train.seed = 0;
+    run.encoder.seed = 0;
     run
 }
 
 /// `objective (dataset)`, the row's name.
-fn label(key: &Value) -> String {
-    let text = |pointer: &str| key.pointer(pointer).and_then(Value::as_str).unwrap_or("?").to_string();
-    format!("{} ({})", text("/objective"), text("/train/context/dataset"))
+fn label(key: &RunIdentity) -> String {
+    let dataset = key.train.context.as_ref().map_or("?", |c| c.dataset.as_str());
+    format!("{} ({dataset})", key.objective)
 }
 
 /// A Markdown table, accuracies in percent as mean ± sample std over the row's runs.

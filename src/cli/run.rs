@@ -10,8 +10,8 @@ use sslc_runtime::checkpoint::Checkpoint;
 use sslc_runtime::data::{self, DataSplits, DatasetName, ImbalanceProfile};
 use sslc_runtime::model::{Encoder, EncoderConfig};
 use sslc_runtime::objective::Objective;
-use sslc_runtime::presets::{self, Backbone, EvalData};
-use sslc_runtime::train::{self, Start, TrainConfig};
+use sslc_runtime::presets::{self, Backbone, EvalData, RunContext};
+use sslc_runtime::train::{self, RunIdentity, Start, TrainConfig};
 use std::path::PathBuf;
 
 #[derive(Clone, Copy, ValueEnum, Debug, PartialEq, Eq)]
@@ -207,17 +207,17 @@ fn run_inner(args: &RunArgs) -> Result<(), i32> {
         seed: args.seed,
         eval_every: args.eval_every,
         stop_after: args.stop_after,
-        context: serde_json::json!({
-            "objective_file": args.file.display().to_string(),
-            "dataset": name.name(),
-            "data": args.data.as_ref().map(|d| d.display().to_string()),
-            "imbalance": args.imbalance,
-            "batch_size": batch_size,
-            "backbone": backbone,
-            "set": args.set,
-            "backend": args.backend.kind().name(),
-            "probe_epochs": probe_epochs,
-            "limit": args.limit,
+        context: Some(RunContext {
+            objective_file: args.file.display().to_string(),
+            dataset: name.name().to_string(),
+            data: args.data.as_ref().map(|d| d.display().to_string()),
+            imbalance: args.imbalance,
+            batch_size,
+            backbone,
+            set: args.set.clone(),
+            backend: Some(args.backend.kind().name().to_string()),
+            probe_epochs,
+            limit: args.limit,
         }),
     };
     let pruned = objective.embeddings().iter().any(|e| e.pruned.is_some());
@@ -305,25 +305,20 @@ pub fn probe(args: &ProbeArgs) -> i32 {
 
 fn probe_inner(args: &ProbeArgs) -> Result<(), i32> {
     let saved = Checkpoint::load(&args.checkpoint).map_err(fail)?;
-    let context = &saved.config["train"]["context"];
-    let dataset = context["dataset"]
-        .as_str()
-        .ok_or_else(|| fail(format!("{} does not say which dataset it was trained on", args.checkpoint.display())))?;
-    let name = DatasetName::from_name(dataset).map_err(fail)?;
-    let data = args.data.clone().or_else(|| context["data"].as_str().map(PathBuf::from));
-    let imbalance = context["imbalance"].as_f64();
-    let options = presets::data_options(data, None, imbalance, ImbalanceProfile::Exp).map_err(fail)?;
-    let splits =
-        presets::load_splits(name, &options, context["limit"].as_u64().map(|limit| limit as usize)).map_err(fail)?;
-    let encoder_config: EncoderConfig = serde_json::from_value(saved.config["encoder"].clone()).map_err(|e| {
-        fail(format!(
-            "{}: unreadable encoder configuration ({e}); was it written by this sslc?",
-            args.checkpoint.display()
-        ))
+    let identity: RunIdentity = serde_json::from_value(saved.config.clone()).map_err(|e| {
+        fail(format!("{}: unreadable run configuration ({e}); was it written by this sslc?", args.checkpoint.display()))
     })?;
-    let encoder = Encoder::new(encoder_config).map_err(fail)?;
+    let context = identity
+        .train
+        .context
+        .ok_or_else(|| fail(format!("{} does not say which dataset it was trained on", args.checkpoint.display())))?;
+    let name = DatasetName::from_name(&context.dataset).map_err(fail)?;
+    let data = args.data.clone().or_else(|| context.data.map(PathBuf::from));
+    let options = presets::data_options(data, None, context.imbalance, ImbalanceProfile::Exp).map_err(fail)?;
+    let splits = presets::load_splits(name, &options, context.limit).map_err(fail)?;
+    let encoder = Encoder::new(identity.encoder).map_err(fail)?;
     encoder.load_state(&saved.model).map_err(fail)?;
-    let probe_epochs = args.probe_epochs.or(context["probe_epochs"].as_u64().map(|e| e as usize)).unwrap_or(500);
+    let probe_epochs = args.probe_epochs.unwrap_or(context.probe_epochs);
     let seed = saved.seed;
     let train_counts = splits.train.class_counts();
     let mut evaluation =

@@ -115,9 +115,7 @@ impl Rng {
     }
 
     pub fn normal(&mut self) -> f64 {
-        let u1 = self.uniform().max(f64::MIN_POSITIVE);
-        let u2 = self.uniform();
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+        sslc_rng::standard_normal(&mut self.0)
     }
 
     pub fn normal_mat(&mut self, rows: usize, cols: usize) -> Mat {

@@ -59,6 +59,14 @@ impl Overrides {
         }
         Ok(Overrides { values })
     }
+
+    /// Checks what binding checks of the overrides alone: each names a parameter or a `dim`
+    /// declared with a size, and its value parses. For callers that want these errors before
+    /// they have inputs to bind (a training run, before it loads its data).
+    pub fn check(&self, module: &Module) -> Result<(), BindError> {
+        resolve_params(module, self)?;
+        apply_dim_overrides(module, self, &mut declared_sizes(module))
+    }
 }
 
 /// Every value a program may read.
@@ -120,14 +128,7 @@ impl<'a> BindRequest<'a> {
 impl Bindings {
     pub fn new(module: &Module, req: BindRequest) -> Result<Bindings, BindError> {
         let params = resolve_params(module, req.overrides)?;
-        let mut dims: Vec<Option<i64>> = module
-            .dims
-            .iter()
-            .map(|(_, d)| match d.kind {
-                DimKind::Fixed(v) => Some(v),
-                _ => None,
-            })
-            .collect();
+        let mut dims = declared_sizes(module);
         apply_dim_overrides(module, req.overrides, &mut dims)?;
 
         // Inputs fix the batch and free dimensions.
@@ -275,6 +276,18 @@ fn resolve_params(module: &Module, overrides: &Overrides) -> Result<Vec<ParamVal
         }
     }
     Ok(params)
+}
+
+/// Each dimension's size as declared: `dim K = 100` has one, the others come from values.
+fn declared_sizes(module: &Module) -> Vec<Option<i64>> {
+    module
+        .dims
+        .iter()
+        .map(|(_, d)| match d.kind {
+            DimKind::Fixed(v) => Some(v),
+            _ => None,
+        })
+        .collect()
 }
 
 fn apply_dim_overrides(module: &Module, overrides: &Overrides, dims: &mut [Option<i64>]) -> Result<(), BindError> {

@@ -3,8 +3,9 @@
 use super::BindError;
 use crate::ir::{ConstInit, StateInit};
 use candle_core::{Device, Tensor};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use sslc_rng::BoxMuller;
 
 /// Standard normal samples from a seeded ChaCha8 stream (Box–Muller), so a constant is the
 /// same on every machine and in every back end.
@@ -12,12 +13,9 @@ fn gaussian(n: usize, seed: u64) -> Vec<f64> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut out = Vec::with_capacity(n + 1);
     while out.len() < n {
-        let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
-        let u2: f64 = rng.random::<f64>();
-        let r = (-2.0 * u1.ln()).sqrt();
-        let t = 2.0 * std::f64::consts::PI * u2;
-        out.push(r * t.cos());
-        out.push(r * t.sin());
+        let pair = BoxMuller::draw(&mut rng);
+        out.push(pair.cos());
+        out.push(pair.sin());
     }
     out.truncate(n);
     out

@@ -4,6 +4,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
+use sslc_rng::BoxMuller;
 
 use super::im2col::{Im2Col, Patches};
 use super::{Branch, Mode, ModelError};
@@ -49,7 +50,10 @@ impl Registry {
 
     fn normal(&mut self, shape: &[usize], std: f64) -> Result<Tensor, ModelError> {
         let count = shape.iter().product();
-        let values = (0..count).map(|_| (standard_normal(&mut self.rng) * std) as f32).collect();
+        // `1 - u` is in (0, 1] without clamping; initial weights have always been drawn so.
+        let values = (0..count)
+            .map(|_| (BoxMuller::new(1.0 - self.rng.random::<f64>(), self.rng.random()).cos() * std) as f32)
+            .collect();
         self.tensor(values, shape)
     }
 
@@ -68,13 +72,6 @@ impl Registry {
         self.buffers.push((name, var.clone()));
         Ok(var)
     }
-}
-
-/// Box–Muller: `rand` alone has no normal distribution and one is all we need.
-fn standard_normal(rng: &mut ChaCha8Rng) -> f64 {
-    let u1: f64 = 1.0 - rng.random::<f64>(); // (0, 1], so ln is finite
-    let u2: f64 = rng.random();
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
 }
 
 /// A bias-free 2-d convolution on channel-major activations `[C, N, H, W]`, whose weight

@@ -16,6 +16,7 @@ use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::model::{Branch, Encoder, EncoderConfig, Mode, ModelError};
 use crate::objective::{BoxError, EmbeddingSpec, Objective, RunPosition, StepOutput};
 use crate::optim::{OptimError, Optimizer, Sgd};
+use crate::presets::RunContext;
 use crate::probe::{self, Evaluation, Features, Group, ProbeConfig, ProbeError};
 use crate::report::{self, MetricsLog, Progress, ReportError};
 
@@ -64,7 +65,7 @@ pub struct TrainConfig {
     pub eval_every: usize,
     /// What else identifies the run (dataset, backbone, overrides): recorded in checkpoints,
     /// which refuse to resume under another, and in `summary.json`.
-    pub context: serde_json::Value,
+    pub context: Option<RunContext>,
     /// Stop after this many epochs in total, leaving the run to be resumed (train in chunks).
     /// Not part of the run's identity.
     #[serde(skip)]
@@ -82,7 +83,7 @@ impl Default for TrainConfig {
             weight_decay: 5e-4,
             seed: 0,
             eval_every: 0,
-            context: serde_json::Value::Null,
+            context: None,
             stop_after: None,
         }
     }
@@ -131,9 +132,21 @@ pub enum Start {
     Resume,
 }
 
-/// What the checkpoint records to refuse resuming with different settings.
-fn run_identity(config: &TrainConfig, encoder: &EncoderConfig, objective: &str) -> serde_json::Value {
-    serde_json::json!({ "train": config, "encoder": encoder, "objective": objective })
+/// What a run's checkpoints and `summary.json` record about it; a resume must match it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunIdentity {
+    pub train: TrainConfig,
+    pub encoder: EncoderConfig,
+    /// The objective's name.
+    pub objective: String,
+}
+
+impl RunIdentity {
+    /// As recorded. A resume compares this JSON with the checkpoint's, so it matches exactly
+    /// what was saved, whatever version of sslc saved it.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("a run identity is plain data")
+    }
 }
 
 /// Trains `encoder` with `objective` in run directory `dir` (checkpoint, metrics.jsonl, and
@@ -148,7 +161,12 @@ pub fn train(
     start: Start,
 ) -> Result<TrainOutcome, TrainError> {
     let checkpoint_path = dir.join(CHECKPOINT_FILE);
-    let identity = run_identity(config, encoder.config(), objective.name());
+    let identity = RunIdentity {
+        train: config.clone(),
+        encoder: encoder.config().clone(),
+        objective: objective.name().to_string(),
+    }
+    .to_json();
     let specs = objective.embeddings();
     let prune_fraction = shared_prune_fraction(&specs)?;
     std::fs::create_dir_all(dir)
