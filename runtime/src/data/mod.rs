@@ -214,7 +214,7 @@ impl DataSplits {
                 return set;
             }
             let kept: Vec<usize> = (0..limit).map(|i| i * len / limit).collect();
-            set.subset(&set.name().to_string(), &kept)
+            set.subset(set.name(), &kept)
         };
         DataSplits { train: thin(self.train), probe_train: thin(self.probe_train), test: thin(self.test) }
     }

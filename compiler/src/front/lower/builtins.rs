@@ -528,7 +528,7 @@ impl Lower<'_> {
         for d in dims {
             let n = self.node_as(Value::Dim(d), span, Elem::Real)?;
             total = match self.prog.exprs[total] {
-                Expr::Literal(Literal::Real(one)) if one == 1.0 => n,
+                Expr::Literal(Literal::Real(1.0)) => n,
                 _ => self.push(Expr::Binary { op: BinaryOp::Mul, lhs: total, rhs: n }, span)?,
             };
         }

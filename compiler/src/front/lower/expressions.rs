@@ -99,7 +99,9 @@ impl<'a> Lower<'a> {
         self.elementwise(ir_op, l, ls, r, rs, op.symbol(), span).map(Value::Node)
     }
 
-    /// An element-wise binary operator with promotion and broadcasting.
+    /// An element-wise binary operator with promotion and broadcasting. Each operand comes
+    /// with its span and the operator with its symbol, for the diagnostics.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn elementwise(
         &mut self,
         op: BinaryOp,

@@ -284,15 +284,13 @@ fn lower_objective<'a>(
                 ),
             },
             Member::Views { names, span, .. } => {
-                if let Some(prev) = views_member.replace(m) {
-                    if let Member::Views { span: prev_span, .. } = prev {
-                        diags.push(
-                            Diagnostic::new("`views` is declared twice")
-                                .at(*span, "second declaration")
-                                .also(*prev_span, "first declaration")
-                                .hint("an objective has one pair of views"),
-                        );
-                    }
+                if let Some(Member::Views { span: prev_span, .. }) = views_member.replace(m) {
+                    diags.push(
+                        Diagnostic::new("`views` is declared twice")
+                            .at(*span, "second declaration")
+                            .also(*prev_span, "first declaration")
+                            .hint("an objective has one pair of views"),
+                    );
                 }
                 for (i, n) in names.iter().enumerate() {
                     declare(&mut scope, diags, n, ObjName::View(i));

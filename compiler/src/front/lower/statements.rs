@@ -240,8 +240,7 @@ impl<'a> Lower<'a> {
                 Value::Node(h) => *h,
                 other => {
                     let other = other.clone();
-                    let h = self.node(other, span)?;
-                    h
+                    self.node(other, span)?
                 }
             };
             loop_carried.push(Carried { init: *init, param: *param, next });
