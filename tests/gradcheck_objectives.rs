@@ -147,3 +147,23 @@ fn sslc_gradcheck_binary_rejects_too_many_anchors() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("K = 100") && stderr.contains("D = 8"), "{stderr}");
 }
+
+/// Non-finite values never pass (issue: `--set tau=0` printed "ok, max abs error 0" with every
+/// gradient NaN, and `--step 0` or `--step nan` passed too): a zero temperature makes the loss
+/// non-finite, which is an error naming the cause; a step that is not a positive finite number
+/// is refused before any work.
+#[test]
+fn sslc_gradcheck_fails_on_non_finite_values_and_bad_steps() {
+    let cases: [&[&str]; 4] = [&["--set", "tau=0"], &["--step", "0"], &["--step", "nan"], &["--step=-1e-6"]];
+    for extra in cases {
+        let mut args = vec!["gradcheck", "objectives/simclr.ssl", "--batch", "4", "--dim", "4"];
+        args.extend_from_slice(extra);
+        let out = run_sslc(&args);
+        let (stdout, stderr) = (stdout_of(&out), stderr_of(&out));
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: stdout:\n{stdout}\nstderr:\n{stderr}");
+        assert!(!stdout.lines().any(|l| l.starts_with("ok")), "{extra:?} passed:\n{stdout}");
+        assert!(!stderr.contains("panicked"), "{extra:?}: {stderr}");
+    }
+    let out = run_sslc(&["gradcheck", "objectives/simclr.ssl", "--batch", "4", "--dim", "4", "--set", "tau=0"]);
+    assert!(stderr_of(&out).contains("the loss is"), "{}", stderr_of(&out));
+}

@@ -19,13 +19,18 @@ pub struct InputReport {
     pub max_rel_error: f64,
     /// Entries checked.
     pub entries: usize,
+    /// Checked entries where the gradient or its finite difference is NaN or infinite.
+    pub non_finite: usize,
 }
 
 impl InputReport {
     /// Within `rtol` relative error, or `atol` absolute error: finite differences of an
     /// exactly zero gradient are rounding noise, which no relative measure can pass.
+    /// Any non-finite value fails, whatever the errors say.
     pub fn passes(&self, rtol: f64, atol: f64) -> bool {
-        self.max_rel_error <= rtol || self.max_abs_error <= atol
+        self.non_finite == 0
+            && self.max_abs_error.is_finite()
+            && (self.max_rel_error <= rtol || self.max_abs_error <= atol)
     }
 }
 
@@ -37,6 +42,10 @@ pub enum GradcheckError {
     Autodiff(Diagnostic),
     #[error("{0}")]
     Tensor(#[from] candle_core::Error),
+    #[error("the finite-difference step must be a positive finite number, not {0}; the default is 1e-6")]
+    Step(f64),
+    #[error("the loss is {0} at these inputs, so no gradient can be checked; look for a zero temperature, log(0) or a division by zero (`sslc eval` shows every value)")]
+    Loss(f64),
 }
 
 /// What to check.
@@ -60,6 +69,9 @@ pub(crate) fn gradcheck_with(
     rule: &Rule,
 ) -> Result<Vec<InputReport>, GradcheckError> {
     let step = options.step;
+    if !(step.is_finite() && step > 0.0) {
+        return Err(GradcheckError::Step(step));
+    }
     let wrt: Vec<_> = module.inputs.handles().collect();
     let gradient = differentiate_with(module, &module.loss, "loss", &wrt, rule).map_err(GradcheckError::Autodiff)?;
     let (outputs, values) = run_traced(module, &gradient, b, &HashMap::new())?;
@@ -76,6 +88,10 @@ pub(crate) fn gradcheck_with(
         let at = module.loss.outputs.iter().position(|o| o.name == "loss").expect("every objective has a loss");
         Ok(out[at].to_dtype(DType::F64)?.to_vec0::<f64>()?)
     };
+    let base_loss = loss_at(b)?;
+    if !base_loss.is_finite() {
+        return Err(GradcheckError::Loss(base_loss));
+    }
     let mut reports = Vec::new();
     for (i, decl) in module.inputs.iter() {
         let at = gradient
@@ -93,6 +109,7 @@ pub(crate) fn gradcheck_with(
             m => analytic.len().div_ceil(m).max(1),
         };
         let mut checked = 0;
+        let mut non_finite = 0;
         for (j, &g) in analytic.iter().enumerate().step_by(stride) {
             checked += 1;
             let shifted = |delta: f64| -> Result<f64, GradcheckError> {
@@ -103,6 +120,10 @@ pub(crate) fn gradcheck_with(
                 loss_at(&bb)
             };
             let fd = (shifted(step)? - shifted(-step)?) / (2.0 * step);
+            if !(fd.is_finite() && g.is_finite()) {
+                non_finite += 1;
+                continue;
+            }
             max_abs = max_abs.max((fd - g).abs());
         }
         let scale = analytic.iter().fold(1e-12f64, |m, g| m.max(g.abs()));
@@ -111,6 +132,7 @@ pub(crate) fn gradcheck_with(
             max_abs_error: max_abs,
             max_rel_error: max_abs / scale,
             entries: checked,
+            non_finite,
         });
     }
     Ok(reports)

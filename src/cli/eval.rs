@@ -237,8 +237,12 @@ pub fn gradcheck(args: &GradcheckArgs) -> i32 {
     for r in &reports {
         let pass = r.passes(args.tolerance, args.abs_tolerance);
         ok &= pass;
+        let non_finite = match r.non_finite {
+            0 => String::new(),
+            n => format!("; {n} with a NaN or infinite gradient or difference"),
+        };
         print_stdout(&format!(
-            "{} {:<6} max abs error {:.3e}  max rel error {:.3e}  ({} entries)\n",
+            "{} {:<6} max abs error {:.3e}  max rel error {:.3e}  ({} entries{non_finite})\n",
             if pass { "ok  " } else { "FAIL" },
             r.input,
             r.max_abs_error,
