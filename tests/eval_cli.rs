@@ -470,3 +470,24 @@ proptest! {
         }
     }
 }
+
+/// Parameter values are validated by their declared kind before any work (issue: `--set
+/// warm_up=nan%` and `--set sinkhorn_iters=-1` were accepted): every value is finite, counts
+/// and epochs are not negative, a fraction of the run is between 0% and 100%.
+#[test]
+fn set_rejects_values_outside_their_kind() {
+    let cases = [
+        ("warm_up=nan%", "a percentage from 0% to 100%"),
+        ("warm_up=150%", "a percentage from 0% to 100%"),
+        ("warm_up=-3", "a number of epochs (0 or more)"),
+        ("sinkhorn_iters=-1", "a non-negative integer"),
+        ("gh_tau=inf", "a finite number"),
+        ("gh_tau=NaN", "a finite number"),
+    ];
+    for (set, expected) in cases {
+        let out = run_sslc(&["gradcheck", "objectives/simclr_gh.ssl", "--batch", "4", "--dim", "8", "--set", set]);
+        let stderr = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(1), "--set {set}: {stderr}");
+        assert!(stderr.contains(expected) && stderr.contains(set.split('=').next().unwrap()), "--set {set}: {stderr}");
+    }
+}

@@ -254,16 +254,31 @@ fn resolve_params(module: &Module, overrides: &Overrides) -> Result<Vec<ParamVal
                 value: value.clone(),
                 expected: expected.into(),
             };
+            // Every value must be finite; counts (ints), fractions of the run and epochs cannot be
+            // negative, and a fraction of the run is at most all of it.
+            let number = |expected: &str, lo: f64, hi: f64| {
+                value
+                    .strip_suffix('%')
+                    .unwrap_or(value)
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|v| v.is_finite() && (lo..=hi).contains(v))
+                    .ok_or_else(|| bad(expected))
+            };
             params[h.index()] = match (module.params[h].default, value.strip_suffix('%')) {
-                (_, Some(pct)) => {
-                    ParamValue::RunFraction(pct.parse::<f64>().map_err(|_| bad("a percentage such as 40%"))? / 100.0)
-                }
-                (ParamValue::Int(_), None) => ParamValue::Int(value.parse().map_err(|_| bad("an integer"))?),
+                (_, Some(_)) => ParamValue::RunFraction(number("a percentage from 0% to 100%", 0.0, 100.0)? / 100.0),
+                (ParamValue::Int(_), None) => ParamValue::Int(
+                    value.parse().ok().filter(|v: &i64| *v >= 0).ok_or_else(|| bad("a non-negative integer"))?,
+                ),
                 (ParamValue::RunFraction(_), None) => {
                     // An absolute number of epochs.
-                    ParamValue::Real(value.parse().map_err(|_| bad("a number of epochs or a percentage of the run"))?)
+                    ParamValue::Real(number(
+                        "a number of epochs (0 or more) or a percentage of the run",
+                        0.0,
+                        f64::MAX,
+                    )?)
                 }
-                (ParamValue::Real(_), None) => ParamValue::Real(value.parse().map_err(|_| bad("a number"))?),
+                (ParamValue::Real(_), None) => ParamValue::Real(number("a finite number", f64::MIN, f64::MAX)?),
             };
         } else if module.dim_named(name).is_none() {
             let mut known: Vec<String> = module.params.iter().map(|(_, p)| p.name.clone()).collect();
