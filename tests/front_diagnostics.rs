@@ -108,3 +108,43 @@ fn emit_survives_a_closed_pipe() {
     let status = child.wait().unwrap();
     assert_ne!(status.code(), Some(101));
 }
+
+/// Imports read regular files only, and never more than the size limit (issue: importing a
+/// FIFO hung forever and `import "/dev/zero"` grew memory without bound): a pipe, a device and
+/// a directory each give a clean error at the import, within seconds.
+#[test]
+fn imports_of_special_files_are_refused() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sslc-special-imports");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("folder")).expect("scratch folder");
+    let fifo = dir.join("pipe.ssl");
+    let made = Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success());
+    let mut targets = vec!["/dev/zero".to_string(), dir.join("folder").display().to_string()];
+    if made {
+        targets.push(fifo.display().to_string());
+    } else {
+        eprintln!("NOTICE: mkfifo is missing; the FIFO case of imports_of_special_files_are_refused is skipped");
+    }
+    for target in targets {
+        let file = dir.join("main.ssl");
+        std::fs::write(&file, format!("import \"{target}\"\n")).expect("write");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sslc"))
+            .args(["check", &file.display().to_string()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run sslc");
+        let started = std::time::Instant::now();
+        while child.try_wait().expect("wait").is_none() {
+            if started.elapsed() > std::time::Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!("sslc check hangs on an import of {target}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().expect("output");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{target}: {stderr}");
+        assert!(stderr.contains("regular file") && stderr.contains("imported here"), "{target}: {stderr}");
+    }
+}

@@ -60,6 +60,21 @@ struct Loader<'a> {
     diags: Vec<Diagnostic>,
 }
 
+/// The bytes of a source file: a regular file (a FIFO, a device such as `/dev/zero` or a
+/// directory would block or never end), read up to one byte past [`MAX_FILE_BYTES`] so that
+/// the size check below can report a file that is too large without reading all of it.
+fn read_source(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let kind = std::fs::metadata(path)?.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_dir() { "a directory" } else { "not a regular file (a pipe, socket or device)" };
+        return Err(std::io::Error::other(format!("{what}; sources must be regular files")));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?.take(MAX_FILE_BYTES as u64 + 1).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 impl Loader<'_> {
     fn visit(&mut self, path: &Path, imported_at: Option<Span>) {
         let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
@@ -76,7 +91,7 @@ impl Loader<'_> {
             self.diags.push(d);
             return;
         }
-        let bytes = match std::fs::read(path) {
+        let bytes = match read_source(path) {
             Ok(b) => b,
             Err(e) => {
                 let mut d = Diagnostic::new(format!("cannot read `{}`: {e}", path.display()))
@@ -92,7 +107,7 @@ impl Loader<'_> {
         };
         if bytes.len() > MAX_FILE_BYTES {
             self.diags.push(
-                Diagnostic::new(format!("file is {} bytes; the limit is {MAX_FILE_BYTES}", bytes.len()))
+                Diagnostic::new(format!("file is more than {MAX_FILE_BYTES} bytes, the limit"))
                     .in_file(path)
                     .hint("an objective is a few dozen lines; is this the right file?"),
             );
