@@ -236,3 +236,33 @@ fn every_objective_trains_one_epoch_on_fashion_mnist_lt() {
         std::fs::remove_dir_all(&dir).ok();
     }
 }
+
+/// `--limit` can neither leave nothing to train on nor drop a class from the evaluation
+/// (issue: `--limit 0` panicked with an index out of bounds, and a small limit trained to the
+/// end, then failed at evaluation): 0 is refused as a usage error, and a limit of 3 images
+/// keeps one image of every class in the probe's sets, leaves out kNN sizes larger than them,
+/// and finishes with its summary.
+#[test]
+fn tiny_limits_are_refused_or_evaluated() {
+    let out = sslc(&["run", "objectives/simclr.ssl", "--limit", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("at least 1") && !text(&out).contains("panicked"), "{}", text(&out));
+    let dir = scratch("limit-3");
+    let out = sslc(&[
+        "run",
+        "objectives/simclr.ssl",
+        "--limit",
+        "3",
+        "--epochs",
+        "1",
+        "--probe-epochs",
+        "2",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).expect("summary.json")).expect("json");
+    assert!(summary.to_string().contains("overall"), "{summary}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

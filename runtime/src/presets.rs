@@ -105,10 +105,12 @@ pub fn data_options(
 /// The benchmark's sets, thinned to `limit` images each when the run asked for it.
 pub fn load_splits(name: DatasetName, options: &DataOptions, limit: Option<usize>) -> Result<DataSplits, DataError> {
     let splits = data::load(name, options)?;
-    Ok(match limit {
+    let splits = match limit {
         Some(limit) => splits.limited(limit),
         None => splits,
-    })
+    };
+    splits.validate()?;
+    Ok(splits)
 }
 
 /// The training batches: two views of each image of `train`, augmented on worker threads as
@@ -161,7 +163,10 @@ impl EvalData {
         let probe_train =
             FeatureImages::new(FeatureLoader::new(Arc::new(probe_train), augment.probe_train(), &config)?, probe_len);
         let probe_test = FeatureImages::new(FeatureLoader::new(Arc::new(test), augment.test(), &config)?, test_len);
-        let probe = ProbeConfig { epochs: probe_epochs, seed, ..ProbeConfig::default() };
+        let mut probe = ProbeConfig { epochs: probe_epochs, seed, ..ProbeConfig::default() };
+        // A neighbourhood larger than the probe's training set (a `--limit` smoke run) has no
+        // meaning: those kNN sizes are left out of the evaluation, decided here, before training.
+        probe.knn_k.retain(|&k| k <= probe_len);
         Ok(EvalData { probe_train, probe_test, groups, train_counts, probe })
     }
 

@@ -104,9 +104,19 @@ pub struct RunArgs {
     #[arg(long)]
     stop_after: Option<usize>,
     /// Use at most this many images of each set (train, probe train, test), evenly strided so
-    /// every class keeps its share: for smoke runs and quick looks at a large benchmark.
-    #[arg(long)]
+    /// every class keeps its share (the probe's sets keep at least one image of every class):
+    /// for smoke runs and quick looks at a large benchmark.
+    #[arg(long, value_parser = at_least_one)]
     limit: Option<usize>,
+}
+
+/// A count of 1 or more (`--limit 0` would leave nothing to train on).
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Measure the training throughput of a backbone (forward, backward and SGD on random images).

@@ -207,16 +207,64 @@ pub struct DataSplits {
 impl DataSplits {
     /// At most `limit` images of each set, taken at an even stride so every class keeps about
     /// its share: a smoke run or a quick experiment on a large benchmark (`sslc run --limit`).
+    /// The probe's sets keep at least one image of every class (so they may hold up to one
+    /// image per class more than `limit`): the evaluation needs each class's accuracy.
     pub fn limited(self, limit: usize) -> DataSplits {
-        let thin = |set: Dataset| {
+        let thin = |set: Dataset, every_class: bool| {
             let len = set.len();
             if len <= limit {
                 return set;
             }
-            let kept: Vec<usize> = (0..limit).map(|i| i * len / limit).collect();
+            let mut kept: Vec<usize> = (0..limit).map(|i| i * len / limit).collect();
+            if every_class {
+                let mut present = vec![false; set.class_count()];
+                for &i in &kept {
+                    present[set.labels()[i] as usize] = true;
+                }
+                for (i, &label) in set.labels().iter().enumerate() {
+                    if !present[label as usize] {
+                        present[label as usize] = true;
+                        kept.push(i);
+                    }
+                }
+                kept.sort_unstable();
+            }
             set.subset(set.name(), &kept)
         };
-        DataSplits { train: thin(self.train), probe_train: thin(self.probe_train), test: thin(self.test) }
+        DataSplits {
+            train: thin(self.train, false),
+            probe_train: thin(self.probe_train, true),
+            test: thin(self.test, true),
+        }
+    }
+
+    /// What training and evaluation need of the sets, checked before any work: images to
+    /// train on, and a probe training set and a test set with every class in them.
+    pub fn validate(&self) -> Result<(), DataError> {
+        if self.train.is_empty() {
+            return Err(DataError::invalid(
+                "training set",
+                format!(
+                    "`{}` has no images; check the data path and the list files (and --limit, at least 1)",
+                    self.train.name()
+                ),
+            ));
+        }
+        for (role, set) in [("linear-probe training set", &self.probe_train), ("test set", &self.test)] {
+            let counts = set.class_counts();
+            if let Some(class) = counts.iter().position(|&c| c == 0) {
+                let name = set.class_names().and_then(|n| n.get(class)).map_or(String::new(), |n| format!(" ({n})"));
+                return Err(DataError::invalid(
+                    role,
+                    format!(
+                        "`{}` has no image of class {class}{name}, so its per-class accuracy is undefined; \
+                         use the benchmark's full {role}",
+                        set.name()
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
