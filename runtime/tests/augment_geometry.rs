@@ -155,3 +155,15 @@ fn resize_shorter_then_centre_crop_gives_the_torchvision_test_view() {
     let tall = Image::from_chw(1, 5, 5, (0..25).map(|i| (i % 5) as f32).collect());
     assert_eq!(center_crop(&tall, 2).data(), &[2.0, 3.0, 2.0, 3.0]);
 }
+
+/// An image of no pixels resamples to black instead of panicking in a loader thread (issue:
+/// "min > max" in the resampler on a 0x0 image).
+#[test]
+fn an_image_without_pixels_resamples_to_black() {
+    for (h, w) in [(0, 0), (0, 5), (5, 0)] {
+        let image = Image::filled(3, h, w, 0.5);
+        let out = resample_region(&image, [0.0, 0.0, w as f64, h as f64], 4, 4, Interpolation::Bilinear);
+        assert_eq!(out.data().len(), 3 * 16);
+        assert!(out.data().iter().all(|&v| v == 0.0));
+    }
+}

@@ -413,3 +413,40 @@ fn benchmarks_are_found_by_name_and_split_for_the_cli() {
     assert_eq!((digits.train.len(), digits.probe_train.len(), digits.test.len()), (503, 1240, 500));
     assert_eq!(split_listing(DatasetName::Digits, &DataOptions::default()).unwrap().lines().count(), 2 + 503);
 }
+
+/// A PNG chunk: length, type, data, CRC-32 of type and data.
+fn png_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut body = kind.to_vec();
+    body.extend_from_slice(data);
+    let mut crc = 0xffff_ffffu32;
+    for &byte in &body {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+        }
+    }
+    let mut out = (data.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&body);
+    out.extend_from_slice(&(!crc).to_be_bytes());
+    out
+}
+
+/// An image of 0x0 pixels is a clean error naming the file (issue: a loader thread panicked
+/// in the resampler on one), whether or not the decoder accepts it.
+#[test]
+fn a_zero_size_image_is_an_error_not_a_panic() {
+    let dir = scratch("zero-size-image");
+    let path = dir.join("empty.png");
+    let mut png = vec![0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'];
+    let mut header = Vec::new();
+    header.extend_from_slice(&0u32.to_be_bytes());
+    header.extend_from_slice(&0u32.to_be_bytes());
+    header.extend_from_slice(&[8, 2, 0, 0, 0]);
+    png.extend(png_chunk(b"IHDR", &header));
+    png.extend(png_chunk(b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]));
+    png.extend(png_chunk(b"IEND", &[]));
+    std::fs::write(&path, &png).expect("write");
+    let result = std::panic::catch_unwind(|| image_list::decode_rgb(&path));
+    let error = result.expect("no panic").expect_err("a 0x0 image is refused");
+    assert!(message(error).contains("empty.png"));
+}

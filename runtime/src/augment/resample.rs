@@ -74,6 +74,11 @@ pub fn resample_region(
     interpolation: Interpolation,
 ) -> Image {
     let [left, top, right, bottom] = region;
+    if image.width() == 0 || image.height() == 0 {
+        // No pixel to read (decoders refuse such files, but an image of no pixels must not
+        // bring a loader thread down): the output is black.
+        return Image::filled(image.channels(), out_height, out_width, 0.0);
+    }
     let columns = axis_weights(left, right, image.width(), out_width, interpolation);
     let rows = axis_weights(top, bottom, image.height(), out_height, interpolation);
     let first_row = rows.iter().map(|(first, _)| *first).min().unwrap_or(0);

@@ -120,6 +120,15 @@ pub fn decode_rgb(path: &Path) -> Result<Image, DataError> {
         .decode()
         .map_err(|source| DataError::Decode { path: path.to_owned(), source })?;
     let rgb = decoded.to_rgb8();
+    if rgb.width() == 0 || rgb.height() == 0 {
+        // Nothing to crop or resize: every augmentation needs at least one pixel.
+        return Err(DataError::Malformed {
+            path: path.to_owned(),
+            problem: format!("the image is {}x{} pixels", rgb.width(), rgb.height()),
+            expected: "an image of at least 1x1 pixels".into(),
+            hint: "remove it from the list file or replace it".into(),
+        });
+    }
     Ok(Image::from_rgb8_interleaved(rgb.height() as usize, rgb.width() as usize, rgb.as_raw()))
 }
 
