@@ -53,19 +53,17 @@ impl CompiledObjective {
 
     /// Zero embeddings of `rows` rows, for programs that do not read them (schedules,
     /// handlers): they only give the dimensions a size.
-    fn probe_inputs(&self, rows: usize) -> Vec<(String, Tensor)> {
+    fn probe_inputs(&self, rows: usize) -> Result<Vec<(String, Tensor)>, BoxError> {
         let fixed = self.exe.module.dims.iter().filter_map(|(_, d)| match d.kind {
             sslc_compiler::ir::DimKind::Fixed(k) => Some(k as usize),
             _ => None,
         });
         // Wide enough for an ETF of any fixed dimension until the real width is known.
         let width = self.width.unwrap_or_else(|| fixed.max().unwrap_or(2).max(2));
-        self.exe
-            .module
-            .inputs
-            .iter()
-            .map(|(_, i)| (i.name.clone(), Tensor::zeros((rows, width), DType::F32, &Device::Cpu).expect("small")))
-            .collect()
+        sslc_compiler::eval::check_fits(&format!("placeholder inputs of {rows} x {width}"), &[rows, width], 4)
+            .map_err(|e| format!("{e}; a `dim` declared or set (--set) that large cannot be run"))?;
+        let zeros = || Tensor::zeros((rows, width), DType::F32, &Device::Cpu);
+        self.exe.module.inputs.iter().map(|(_, i)| Ok((i.name.clone(), zeros()?))).collect()
     }
 
     pub fn module(&self) -> &Module {
@@ -204,7 +202,7 @@ impl Objective for CompiledObjective {
 
     fn init_state(&mut self, samples: usize) -> Result<(), BoxError> {
         self.samples = samples;
-        let inputs = self.probe_inputs(2);
+        let inputs = self.probe_inputs(2)?;
         self.states = Vec::new();
         let b = self.bindings(inputs, None, RunPosition { epoch: 0, epochs: 1 })?;
         self.states = b.states.iter().map(|t| t.to_dtype(DType::F32)).collect::<Result<_, _>>()?;
@@ -238,7 +236,7 @@ impl Objective for CompiledObjective {
 
     fn learning_rate(&self, at: RunPosition, base_lr: f64) -> Result<Option<f64>, BoxError> {
         let Some(schedule) = self.exe.module.schedule_named("lr") else { return Ok(None) };
-        let mut b = self.bindings(self.probe_inputs(2), None, at)?;
+        let mut b = self.bindings(self.probe_inputs(2)?, None, at)?;
         b.base_lr = base_lr;
         let lr = self.value(&schedule.program, &b)?.to_dtype(DType::F64)?.to_vec0::<f64>()?;
         Ok(Some(lr))
@@ -247,7 +245,7 @@ impl Objective for CompiledObjective {
     fn augmentation_args(&self, indices: &[u32], at: RunPosition) -> Result<Vec<Vec<Vec<f32>>>, BoxError> {
         let views = self.exe.module.views.as_ref().expect("validated objectives declare views");
         let n = indices.len();
-        let inputs = self.probe_inputs(n);
+        let inputs = self.probe_inputs(n)?;
         let b = self.bindings(inputs, Some(indices), at)?;
         let mut out = Vec::new();
         for a in &views.pipeline[1..] {
@@ -316,7 +314,7 @@ impl Objective for CompiledObjective {
         if !self.exe.module.handlers.iter().any(|h| h.event == Event::Epoch) {
             return Ok(());
         }
-        let b = self.bindings(self.probe_inputs(2), None, RunPosition { epoch: completed, epochs })?;
+        let b = self.bindings(self.probe_inputs(2)?, None, RunPosition { epoch: completed, epochs })?;
         self.run_handlers(Event::Epoch, &b)
     }
 }

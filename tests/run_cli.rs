@@ -266,3 +266,35 @@ fn tiny_limits_are_refused_or_evaluated() {
     assert!(summary.to_string().contains("overall"), "{summary}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A dimension too large for the machine is an error naming it, before anything allocates
+/// it (issue: `dim K = 4000000000000` or `--set K=...` aborted with "memory allocation
+/// failed"), in `gradcheck`, `bench` and `run`; so are random inputs too large for it.
+#[test]
+fn huge_dimensions_are_errors_not_aborts() {
+    let dir = scratch("huge");
+    std::fs::create_dir_all(&dir).expect("scratch");
+    let file = dir.join("huge.ssl");
+    std::fs::write(
+        &file,
+        "objective huge {\n    dim K = 4000000000000\n    state memory: [K] = 0\n    views x1, x2 = simclr_augment(x)\n    \
+         input z1: [N, D] = encoder(x1)\n    input z2: [N, D] = encoder(x2)\n    per_sample = sum(z1 * z2, axis=1)\n    \
+         loss = mean(per_sample) + sum(memory)\n}\n",
+    )
+    .expect("write");
+    let file = file.to_str().unwrap();
+    let out_dir = dir.join("run");
+    let runs: [Vec<&str>; 4] = [
+        vec!["gradcheck", file],
+        vec!["run", file, "--epochs", "1", "--out", out_dir.to_str().unwrap()],
+        vec!["gradcheck", "objectives/simclr.ssl", "--batch", "4000000000", "--dim", "100000"],
+        vec!["bench", "objectives/simclr.ssl", "--batch", "4000000000", "--dim", "100000"],
+    ];
+    for args in runs {
+        let out = sslc(&args);
+        let said = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {said}");
+        assert!(said.contains("available memory") && !said.contains("panicked"), "{args:?}: {said}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -112,10 +112,10 @@ fn run(args: &BenchArgs, threads: usize) -> Result<serde_json::Value, i32> {
         .iter()
         .enumerate()
         .map(|(k, (_, d))| {
-            random_normal(args.batch, args.dim, k as u64).to_dtype(DType::F32).map(|t| (d.name.clone(), t))
+            let t = random_normal(args.batch, args.dim, k as u64).map_err(fail)?;
+            t.to_dtype(DType::F32).map(|t| (d.name.clone(), t)).map_err(fail)
         })
-        .collect::<Result<_, _>>()
-        .map_err(fail)?;
+        .collect::<Result<_, i32>>()?;
     let req = BindRequest::inputs_only(inputs, &overrides, DType::F32);
     let bindings = Bindings::new(&module, req).map_err(fail)?;
     let name = module.name.clone();

@@ -59,9 +59,11 @@ pub fn print_stdout(text: &str) {
 }
 
 /// A seeded standard normal `[rows, cols]` f64 matrix.
-pub fn random_normal(rows: usize, cols: usize, seed: u64) -> Tensor {
+pub fn random_normal(rows: usize, cols: usize, seed: u64) -> Result<Tensor, String> {
     use rand::SeedableRng;
+    sslc_compiler::eval::check_fits(&format!("random inputs of {rows} x {cols}"), &[rows, cols], 8)
+        .map_err(|e| format!("{e}; lower --batch or --dim"))?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let values: Vec<f64> = (0..rows * cols).map(|_| sslc_rng::standard_normal(&mut rng)).collect();
-    Tensor::from_vec(values, (rows, cols), &candle_core::Device::Cpu).expect("shape matches the data")
+    Ok(Tensor::from_vec(values, (rows, cols), &candle_core::Device::Cpu).expect("shape matches the data"))
 }

@@ -214,12 +214,16 @@ pub fn gradcheck(args: &GradcheckArgs) -> i32 {
         Err(e) => return fail(e),
     };
     let random = |seed: u64| random_normal(args.batch, args.dim, seed);
-    let inputs: Vec<(String, Tensor)> = module
+    let inputs: Vec<(String, Tensor)> = match module
         .inputs
         .iter()
         .enumerate()
-        .map(|(k, (_, d))| (d.name.clone(), random(args.seed * 1000 + k as u64)))
-        .collect();
+        .map(|(k, (_, d))| random(args.seed * 1000 + k as u64).map(|t| (d.name.clone(), t)))
+        .collect()
+    {
+        Ok(inputs) => inputs,
+        Err(e) => return fail(e),
+    };
     let req = BindRequest::inputs_only(inputs, &overrides, DType::F64);
     let bindings = match Bindings::new(&module, req) {
         Ok(b) => b,

@@ -25,6 +25,8 @@ pub enum BindError {
     UnboundDim { name: String, why: String },
     #[error("a simplex ETF of K = {k} vectors needs at least K - 1 = {} dimensions, but D = {d}", k - 1)]
     EtfTooLarge { k: usize, d: usize },
+    #[error("{why} (shape {shape}); lower `{dim}` (--set {dim}=... or its declaration)")]
+    TooLarge { why: String, shape: String, dim: String },
     #[error("{0}")]
     Tensor(String),
 }
@@ -169,7 +171,7 @@ impl Bindings {
                         bind_shape(module, name, shape, t.dims(), &mut dims, &mut origin)?;
                         Ok::<Tensor, BindError>(t.to_dtype(req.dtype)?)
                     }
-                    None => Ok(build(&concrete(module, shape, &dims)?)?.to_dtype(req.dtype)?),
+                    None => Ok(build(&concrete(module, &format!("`{name}`"), shape, &dims)?)?.to_dtype(req.dtype)?),
                 }
             };
         let consts = module
@@ -201,6 +203,14 @@ impl Bindings {
                 })
             })
             .collect::<Result<Vec<i64>, BindError>>()?;
+        let known: Vec<Option<i64>> = dims.iter().map(|&d| Some(d)).collect();
+        for (h, _) in module.loss.exprs.iter() {
+            let what = match module.loss.names.get(&h) {
+                Some(name) => format!("`{name}`"),
+                None => "a value of the objective".into(),
+            };
+            concrete(module, &what, &module.loss.ty(h).shape, &known)?;
+        }
         Ok(Bindings {
             dtype: req.dtype,
             dims,
@@ -397,8 +407,9 @@ fn bind_shape(
     Ok(())
 }
 
-fn concrete(module: &Module, shape: &[Dim], dims: &[Option<i64>]) -> Result<Vec<usize>, BindError> {
-    shape
+/// The sizes of `shape` (the shape of `what`), checked against the memory available.
+fn concrete(module: &Module, what: &str, shape: &[Dim], dims: &[Option<i64>]) -> Result<Vec<usize>, BindError> {
+    let sizes = shape
         .iter()
         .map(|d| {
             d.eval(&|s| dims[s.index()]).map(|v| v.max(0) as usize).ok_or_else(|| BindError::UnboundDim {
@@ -406,7 +417,56 @@ fn concrete(module: &Module, shape: &[Dim], dims: &[Option<i64>]) -> Result<Vec<
                 why: "give it a size with an input, or a constant or state of known shape".into(),
             })
         })
-        .collect()
+        .collect::<Result<Vec<usize>, _>>()?;
+    check_size(module, what, shape, &sizes)?;
+    Ok(sizes)
+}
+
+/// Refuses a tensor whose size overflows or exceeds the memory available now, before anything
+/// allocates it: a huge `--set K=...` is an error naming the dimension, not an abort.
+fn check_size(module: &Module, what: &str, shape: &[Dim], sizes: &[usize]) -> Result<(), BindError> {
+    // Eight bytes an element: the reference evaluator's f64.
+    check_fits(what, sizes, 8).map_err(|why| {
+        // The largest dimension of the shape is the one to lower.
+        let largest =
+            shape.iter().zip(sizes).max_by_key(|(_, n)| **n).map(|(d, _)| d.display(&module.dims).to_string());
+        BindError::TooLarge { why, shape: format!("{sizes:?}"), dim: largest.unwrap_or_default() }
+    })
+}
+
+/// Whether `elements` values of `bytes_each` bytes fit in the memory available now; the
+/// error says how much they need and how much there is.
+pub fn check_fits(what: &str, elements: &[usize], bytes_each: u64) -> Result<(), String> {
+    let bytes = elements.iter().try_fold(bytes_each, |total, &n| total.checked_mul(n as u64));
+    let available = available_memory();
+    match bytes {
+        Some(b) if b <= available => Ok(()),
+        _ => Err(format!(
+            "{what} would need {}, more than this machine's {} of available memory",
+            bytes.map_or("more than 2^64 bytes".into(), human_bytes),
+            human_bytes(available)
+        )),
+    }
+}
+
+/// Memory the system can still give (Linux's `MemAvailable`); unlimited where unknown.
+fn available_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(u64::MAX, |kib| kib.saturating_mul(1024))
+}
+
+fn human_bytes(b: u64) -> String {
+    if b >= 1 << 30 {
+        format!("{:.1} GiB", b as f64 / f64::from(1u32 << 30))
+    } else {
+        format!("{:.0} MiB", b as f64 / f64::from(1u32 << 20))
+    }
 }
 
 fn check_finite(name: &str, t: &Tensor) -> Result<(), BindError> {

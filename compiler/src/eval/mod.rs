@@ -6,7 +6,7 @@ mod bind;
 mod constants;
 pub mod npy;
 
-pub use bind::{BindError, BindRequest, Bindings, Overrides};
+pub use bind::{check_fits, BindError, BindRequest, Bindings, Overrides};
 pub use constants::{build_const, etf, initial_state};
 
 use crate::ir::{
