@@ -130,8 +130,32 @@ impl Checkpoint {
         if hex(&digest.finalize()) != expected_digest {
             return Err(corrupt("its contents do not match the checksum written with it".into()));
         }
+        // A run never saves a non-finite value (a NaN loss stops it first), so one here was
+        // planted or forged: training from it would spread NaN into every weight.
+        for (section, entries) in
+            [(MODEL, &checkpoint.model), (OPTIMIZER, &checkpoint.optimizer), (OBJECTIVE, &checkpoint.objective)]
+        {
+            for (name, tensor) in entries {
+                let bad = non_finite(tensor).map_err(|e| corrupt(format!("tensor `{section}/{name}`: {e}")))?;
+                if bad > 0 {
+                    return Err(corrupt(format!(
+                        "tensor `{section}/{name}` holds {bad} NaN or infinite values, which no healthy run saves; \
+                         resume from an earlier copy of the run or start it again"
+                    )));
+                }
+            }
+        }
         Ok(checkpoint)
     }
+}
+
+/// How many entries of a float tensor are NaN or infinite (0 for integer tensors).
+fn non_finite(t: &Tensor) -> candle_core::Result<usize> {
+    if !t.dtype().is_float() {
+        return Ok(0);
+    }
+    let values = t.flatten_all()?.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
+    Ok(values.iter().filter(|v| !v.is_finite()).count())
 }
 
 /// Why an unreadable file that is ours (cut short, or carrying our format marker) is damaged;

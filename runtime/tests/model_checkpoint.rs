@@ -16,8 +16,9 @@ fn scratch_dir(name: &str) -> PathBuf {
 
 fn sample() -> Checkpoint {
     let cpu = &Device::Cpu;
-    // Awkward bit patterns: negative zero, subnormals, infinities, NaN payloads.
-    let special = [-0.0f32, f32::MIN_POSITIVE / 3.0, f32::INFINITY, f32::from_bits(0x7fc0_1234), 1.0e-38, 3.5];
+    // Awkward bit patterns: negative zero, subnormals, the largest finite values (a checkpoint
+    // never holds NaN or infinities: loading refuses them, see below).
+    let special = [-0.0f32, f32::MIN_POSITIVE / 3.0, f32::MAX, -f32::MAX, 1.0e-38, 3.5];
     Checkpoint {
         epoch: 7,
         seed: u64::MAX - 3,
@@ -184,5 +185,27 @@ proptest! {
                 assert_same_entries(&loaded.objective, &original.objective);
             }
         }
+    }
+}
+
+/// A NaN or infinity planted in any tensor, with a valid checksum, is refused on load (issue: such
+/// a checkpoint trained to exit 0 and was saved again), naming the tensor.
+#[test]
+fn a_planted_non_finite_value_is_refused() {
+    for (section, bad) in [("model", f32::NAN), ("optimizer", f32::INFINITY), ("objective", f32::NEG_INFINITY)] {
+        let dir = scratch_dir(&format!("planted-{section}"));
+        let mut checkpoint = sample();
+        let planted = Tensor::new(&[1.0f32, bad], &Device::Cpu).unwrap();
+        match section {
+            "model" => checkpoint.model.push(("planted".into(), planted)),
+            "optimizer" => checkpoint.optimizer.push(("planted".into(), planted)),
+            _ => checkpoint.objective.push(("planted".into(), planted)),
+        }
+        let path = dir.join("checkpoint.safetensors");
+        checkpoint.save(&path).unwrap();
+        let error = Checkpoint::load(&path).map(|_| ()).expect_err("refused");
+        let text = error.to_string();
+        assert!(matches!(error, CheckpointError::Corrupt { .. }), "{text}");
+        assert!(text.contains(&format!("{section}/planted")) && text.contains("NaN or infinite"), "{text}");
     }
 }
