@@ -298,3 +298,44 @@ fn huge_dimensions_are_errors_not_aborts() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A run directory is never shared or silently overwritten (issue: two runs on one --out both
+/// exited 0 with mixed files; a finished run whose checkpoint was deleted was overwritten;
+/// temporary files of killed writes stayed): a directory locked by a live run is refused
+/// naming the holder's pid, a non-empty one needs --resume or --overwrite, and stale
+/// temporary files are removed when a run takes the directory.
+#[test]
+fn run_directories_are_locked_and_never_silently_overwritten() {
+    let dir = scratch("guarded");
+    let path = dir.to_str().unwrap();
+    let tiny = ["--epochs", "1", "--probe-epochs", "1", "--limit", "60", "--out", path];
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", "objectives/simclr.ssl"];
+        args.extend_from_slice(&tiny);
+        args.extend_from_slice(extra);
+        sslc(&args)
+    };
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    std::fs::remove_file(dir.join("checkpoint.safetensors")).expect("the run saved a checkpoint");
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("--overwrite") && text(&out).contains("summary.json"), "{}", text(&out));
+
+    // Another process holds the lock.
+    let lock = std::fs::OpenOptions::new().read(true).write(true).open(dir.join(".sslc.lock")).expect("lock file");
+    lock.try_lock().expect("free");
+    std::fs::write(dir.join(".sslc.lock"), "4242").expect("pid");
+    let out = run(&["--overwrite"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("pid 4242"), "{}", text(&out));
+    lock.unlock().expect("unlock");
+
+    let stale = dir.join(".metrics.jsonl.tmp-999999");
+    std::fs::write(&stale, "half").expect("stale file");
+    let out = run(&["--overwrite"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!stale.exists(), "the stale temporary file is removed");
+    assert!(dir.join("summary.json").exists() && dir.join("checkpoint.safetensors").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}

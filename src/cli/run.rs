@@ -100,6 +100,10 @@ pub struct RunArgs {
     /// Continue the run in this directory from its last checkpoint (same flags).
     #[arg(long, conflicts_with = "out")]
     resume: Option<PathBuf>,
+    /// Start afresh in an --out directory that holds an earlier run, replacing its checkpoint,
+    /// metrics, summary and plot (without it, a non-empty directory is refused).
+    #[arg(long, requires = "out")]
+    overwrite: bool,
     /// Stop once this many epochs are done, to continue later with --resume.
     #[arg(long)]
     stop_after: Option<usize>,
@@ -205,7 +209,7 @@ fn run_inner(args: &RunArgs) -> Result<(), i32> {
     let probe_epochs = args.probe_epochs.unwrap_or(defaults.probe_epochs);
     let (dir, start) = match (&args.resume, &args.out) {
         (Some(dir), _) => (dir.clone(), Start::Resume),
-        (None, Some(dir)) => (dir.clone(), Start::Fresh),
+        (None, Some(dir)) => (dir.clone(), if args.overwrite { Start::Overwrite } else { Start::Fresh }),
         (None, None) => (PathBuf::from("runs").join(format!("{}-{}", objective.name(), timestamp())), Start::Fresh),
     };
     let config = TrainConfig {

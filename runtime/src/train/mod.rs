@@ -128,8 +128,52 @@ pub struct TrainOutcome {
 /// Whether [`train`] begins a run or continues one from its directory's checkpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Start {
+    /// A new run; its directory must be empty (or not exist).
     Fresh,
+    /// A new run in a directory that may hold an earlier run, whose files it replaces.
+    Overwrite,
     Resume,
+}
+
+/// The lock file of a run directory: held (an OS lock, which the kernel releases when the
+/// process dies) for the whole run, and holding the holder's pid for the error message.
+pub const LOCK_FILE: &str = ".sslc.lock";
+
+/// Takes the run directory's lock, so that two runs never write one directory; then removes
+/// the temporary files that writes killed halfway left behind (none can be in progress now).
+fn lock_run_directory(dir: &Path) -> Result<std::fs::File, TrainError> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join(LOCK_FILE);
+    let setup = |what: &str, e: std::io::Error| TrainError::Setup(format!("{what} {}: {e}", path.display()));
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| setup("cannot open the run lock", e))?;
+    if let Err(e) = file.try_lock() {
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        let holder = holder.trim();
+        let who = if holder.is_empty() { "another sslc run".to_string() } else { format!("sslc (pid {holder})") };
+        return Err(TrainError::Setup(format!(
+            "{} is in use by {who} ({e}); wait for it to finish, or give this run another --out",
+            dir.display()
+        )));
+    }
+    file.set_len(0).map_err(|e| setup("cannot write the run lock", e))?;
+    file.rewind().map_err(|e| setup("cannot write the run lock", e))?;
+    write!(file, "{}", std::process::id()).map_err(|e| setup("cannot write the run lock", e))?;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && name.contains(".tmp-") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+    Ok(file)
 }
 
 /// What a run's checkpoints and `summary.json` record about it; a resume must match it.
@@ -171,6 +215,7 @@ pub fn train(
     let prune_fraction = shared_prune_fraction(&specs)?;
     std::fs::create_dir_all(dir)
         .map_err(|e| TrainError::Setup(format!("cannot create run directory {}: {e}", dir.display())))?;
+    let _lock = lock_run_directory(dir)?;
     let objective_error = |during: &'static str, name: &str| {
         let objective = name.to_string();
         move |source| TrainError::Objective { objective, during, source }
@@ -181,11 +226,31 @@ pub fn train(
 
     let first_epoch = match start {
         Start::Fresh => {
-            if checkpoint_path.exists() {
+            let mut earlier = std::fs::read_dir(dir)
+                .map_err(|e| TrainError::Setup(format!("cannot list {}: {e}", dir.display())))?
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| name != LOCK_FILE)
+                .collect::<Vec<_>>();
+            if !earlier.is_empty() {
+                earlier.sort();
                 return Err(TrainError::Setup(format!(
-                    "{} already holds a checkpoint; resume it or choose another run directory",
-                    checkpoint_path.display()
+                    "{} already holds {}; resume it with --resume, replace it with --overwrite, or choose another --out",
+                    dir.display(),
+                    earlier.join(", ")
                 )));
+            }
+            0
+        }
+        Start::Overwrite => {
+            for file in [CHECKPOINT_FILE, report::METRICS_FILE, report::SUMMARY_FILE, report::PER_CLASS_PLOT_FILE] {
+                match std::fs::remove_file(dir.join(file)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(TrainError::Setup(format!("cannot replace {}: {e}", dir.join(file).display())))
+                    }
+                }
             }
             0
         }
