@@ -339,3 +339,38 @@ fn run_directories_are_locked_and_never_silently_overwritten() {
     assert!(dir.join("summary.json").exists() && dir.join("checkpoint.safetensors").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A run killed after its last checkpoint but before its final evaluation was written (the
+/// state this test leaves by deleting the reports) is finished by `--resume`, which redoes the
+/// evaluation (issue: such a run was reported finished with no summary.json, for good).
+#[test]
+fn a_resume_redoes_a_final_evaluation_that_never_completed() {
+    let dir = scratch("unreported");
+    let path = dir.to_str().unwrap();
+    let out =
+        sslc(&["run", "objectives/simclr.ssl", "--epochs", "1", "--probe-epochs", "1", "--limit", "60", "--out", path]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let summary = std::fs::read(dir.join("summary.json")).expect("summary");
+    for file in ["summary.json", "per_class.png"] {
+        std::fs::remove_file(dir.join(file)).expect("written by the run");
+    }
+    let out = sslc(&[
+        "run",
+        "objectives/simclr.ssl",
+        "--epochs",
+        "1",
+        "--probe-epochs",
+        "1",
+        "--limit",
+        "60",
+        "--resume",
+        path,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(dir.join("per_class.png").exists());
+    let again: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).expect("rewritten")).unwrap();
+    let first: serde_json::Value = serde_json::from_slice(&summary).unwrap();
+    assert_eq!(again["linear"], first["linear"], "the redone evaluation gives the same accuracies");
+    let _ = std::fs::remove_dir_all(&dir);
+}

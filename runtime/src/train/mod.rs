@@ -352,6 +352,16 @@ pub fn train(
             last_evaluation = Some(result);
         }
     }
+    // A run resumed at its end whose final evaluation or reports never completed (killed
+    // during the evaluation, or a failed write) does them now.
+    let reported = dir.join(report::SUMMARY_FILE).exists() && dir.join(report::PER_CLASS_PLOT_FILE).exists();
+    if let (None, true, false, Some(setup)) =
+        (&last_evaluation, last_epoch == config.epochs, reported, evaluation.as_mut())
+    {
+        let result = evaluate_encoder(encoder, setup)?;
+        metrics.evaluation(config.epochs, &result)?;
+        last_evaluation = Some(result);
+    }
     if let (Some(setup), Some(result)) = (evaluation.as_ref(), last_evaluation.as_ref()) {
         report::write_summary(dir, &identity, result)?;
         report::plot_per_class(
