@@ -34,7 +34,7 @@ pub enum CheckpointError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("checkpoint {path} is damaged ({reason}); resume from an earlier checkpoint or start the run afresh")]
     Corrupt { path: PathBuf, reason: String },
-    #[error("{path} is not an sslc checkpoint ({reason}); point --resume at a run directory written by `sslc train`")]
+    #[error("{path} is not an sslc checkpoint ({reason}); point --resume at a run directory written by `sslc run`")]
     Foreign { path: PathBuf, reason: String },
     #[error("cannot serialise the checkpoint for {path}: {reason}")]
     Serialize { path: PathBuf, reason: String },

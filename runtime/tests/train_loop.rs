@@ -416,3 +416,17 @@ fn training_lowers_the_loss_on_a_fixed_batch() {
         metrics_lines(&dir).iter().filter(|l| l["kind"] == "epoch").map(|l| l["loss"].as_f64().unwrap()).collect();
     assert!(losses.last().unwrap() < &(losses[0] - 0.1), "{losses:?}");
 }
+
+/// A loss that is not finite in the first epoch leaves no checkpoint, and the message says so
+/// and says to start again (issue: it claimed a checkpoint "still holds the last good epoch").
+#[test]
+fn a_non_finite_loss_in_the_first_epoch_says_to_start_again() {
+    let dir = scratch_dir("nan-first-epoch");
+    let mut objective = TinySimclr::new(None);
+    objective.nan_from_epoch = Some(0);
+    let error = run(&dir, 3, &encoder(false), &mut objective, None, Start::Fresh).unwrap_err();
+    let text = error.to_string();
+    assert!(matches!(error, TrainError::Diverged { epoch: 0, .. }), "{text}");
+    assert!(text.contains("no checkpoint") && text.contains("start the run again"), "{text}");
+    assert!(!text.contains("still holds"), "{text}");
+}

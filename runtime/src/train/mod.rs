@@ -45,10 +45,22 @@ pub enum TrainError {
     Objective { objective: String, during: &'static str, source: BoxError },
     #[error("the data source failed: {0}")]
     Source(BoxError),
-    #[error("the {what} became {value} at epoch {epoch}, step {step}; the run stopped and {} still holds the last good epoch (lower the learning rate, then resume)", checkpoint.display())]
+    #[error("the {what} became {value} at epoch {epoch}, step {step}; the run stopped and {}", diverged_advice(*epoch, checkpoint))]
     Diverged { what: &'static str, value: f64, epoch: usize, step: usize, checkpoint: PathBuf },
     #[error("{0}")]
     Setup(String),
+}
+
+/// What to do after a diverged step: resume from the last checkpoint, or, before the first
+/// epoch completed, start again (there is no checkpoint then).
+fn diverged_advice(epoch: usize, checkpoint: &Path) -> String {
+    if epoch > 0 && checkpoint.exists() {
+        format!("{} still holds the last good epoch (lower the learning rate, then --resume)", checkpoint.display())
+    } else {
+        "no epoch had completed, so there is no checkpoint: lower the learning rate and start the run again \
+         (--overwrite to reuse its directory)"
+            .into()
+    }
 }
 
 /// The SGD recipe and run length (METHOD.md §2).
