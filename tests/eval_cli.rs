@@ -481,8 +481,8 @@ fn set_rejects_values_outside_their_kind() {
         ("warm_up=150%", "a percentage from 0% to 100%"),
         ("warm_up=-3", "a number of epochs (0 or more)"),
         ("sinkhorn_iters=-1", "a non-negative integer"),
-        ("gh_tau=inf", "a finite number"),
-        ("gh_tau=NaN", "a finite number"),
+        ("gh_tau=inf", "a number (finite)"),
+        ("gh_tau=NaN", "a number (finite)"),
     ];
     for (set, expected) in cases {
         let out = run_sslc(&["gradcheck", "objectives/simclr_gh.ssl", "--batch", "4", "--dim", "8", "--set", set]);

@@ -288,7 +288,7 @@ fn resolve_params(module: &Module, overrides: &Overrides) -> Result<Vec<ParamVal
                         f64::MAX,
                     )?)
                 }
-                (ParamValue::Real(_), None) => ParamValue::Real(number("a finite number", f64::MIN, f64::MAX)?),
+                (ParamValue::Real(_), None) => ParamValue::Real(number("a number (finite)", f64::MIN, f64::MAX)?),
             };
         } else if module.dim_named(name).is_none() {
             let mut known: Vec<String> = module.params.iter().map(|(_, p)| p.name.clone()).collect();
