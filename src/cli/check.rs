@@ -66,12 +66,11 @@ pub fn check(args: &CheckArgs) -> i32 {
                         Err(d) => warnings.push(d),
                     }
                 }
+                print_all(&warnings, &sources);
                 if warnings.iter().any(|d| !d.warning) {
-                    print_all(&warnings, &sources);
                     failed = true;
                     continue;
                 }
-                print_all(&warnings, &sources);
                 if names.is_empty() {
                     eprintln!("{}: ok (library)", file.display());
                 } else {

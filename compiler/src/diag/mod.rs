@@ -131,6 +131,15 @@ impl Diagnostic {
     }
 }
 
+/// A size in bytes for a message: GiB from one GiB up, MiB below.
+pub fn human_bytes(b: u64) -> String {
+    if b >= 1 << 30 {
+        format!("{:.1} GiB", b as f64 / f64::from(1u32 << 30))
+    } else {
+        format!("{:.0} MiB", b as f64 / f64::from(1u32 << 20))
+    }
+}
+
 /// Prints diagnostics to stderr, in colour when stderr is a terminal.
 pub fn print_all(diagnostics: &[Diagnostic], sources: &Sources) {
     let choice =

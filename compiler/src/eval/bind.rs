@@ -443,8 +443,8 @@ pub fn check_fits(what: &str, elements: &[usize], bytes_each: u64) -> Result<(),
         Some(b) if b <= available => Ok(()),
         _ => Err(format!(
             "{what} would need {}, more than this machine's {} of available memory",
-            bytes.map_or("more than 2^64 bytes".into(), human_bytes),
-            human_bytes(available)
+            bytes.map_or("more than 2^64 bytes".into(), crate::diag::human_bytes),
+            crate::diag::human_bytes(available)
         )),
     }
 }
@@ -459,14 +459,6 @@ fn available_memory() -> u64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         })
         .map_or(u64::MAX, |kib| kib.saturating_mul(1024))
-}
-
-fn human_bytes(b: u64) -> String {
-    if b >= 1 << 30 {
-        format!("{:.1} GiB", b as f64 / f64::from(1u32 << 30))
-    } else {
-        format!("{:.0} MiB", b as f64 / f64::from(1u32 << 20))
-    }
 }
 
 fn check_finite(name: &str, t: &Tensor) -> Result<(), BindError> {

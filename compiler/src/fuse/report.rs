@@ -3,7 +3,7 @@
 //! which products were left stored and why, and where the program still keeps a matrix as
 //! large as the batch squared.
 
-use crate::diag::{Diagnostic, Sources};
+use crate::diag::{human_bytes, Diagnostic, Sources};
 use crate::ir::{display_shape, Dim, Expr, Handle, Module, Program};
 use crate::objective::Executable;
 
@@ -81,13 +81,6 @@ fn bytes(m: &Module, p: &Program, h: Handle<Expr>) -> Option<u64> {
     Some(total)
 }
 
-fn human(bytes: u64) -> String {
-    match bytes {
-        b if b >= 1 << 30 => format!("{:.1} GB", b as f64 / f64::from(1u32 << 30)),
-        b => format!("{:.0} MB", b as f64 / f64::from(1u32 << 20)),
-    }
-}
-
 impl Report {
     /// A warning when the program stores batch-squared values: at the first expression that
     /// builds one, with the others and the reason each product was not fused as labels.
@@ -96,7 +89,7 @@ impl Report {
         let Some(first) = self.materialised.first() else { return Vec::new() };
         let shape = |h: Handle<Expr>| display_shape(&p.ty(h).shape, &m.dims).to_string();
         let total: Option<u64> = self.materialised.iter().map(|v| v.bytes).sum();
-        let size = total.map(|b| format!(" ({} at N = {QUOTED_BATCH})", human(b))).unwrap_or_default();
+        let size = total.map(|b| format!(" ({} at N = {QUOTED_BATCH})", human_bytes(b))).unwrap_or_default();
         let count = self.materialised.len();
         let what = if count == 1 {
             format!("a {} matrix", shape(first.node))
@@ -152,7 +145,7 @@ impl Report {
         }
         out.push_str(&format!("\nbatch-squared values stored on the CPU ({}):\n", self.materialised.len()));
         for v in &self.materialised {
-            let size = v.bytes.map(|b| format!(", {} at N = {QUOTED_BATCH}", human(b))).unwrap_or_default();
+            let size = v.bytes.map(|b| format!(", {} at N = {QUOTED_BATCH}", human_bytes(b))).unwrap_or_default();
             out.push_str(&format!(
                 "  %{} {}{size} at {}\n",
                 v.node.index(),
