@@ -88,7 +88,9 @@ pub(crate) fn gradcheck_with(
         let at = module.loss.outputs.iter().position(|o| o.name == "loss").expect("every objective has a loss");
         Ok(out[at].to_dtype(DType::F64)?.to_vec0::<f64>()?)
     };
-    let base_loss = loss_at(b)?;
+    // The gradient program computed the loss at the unperturbed inputs already.
+    let at = gradient.outputs.iter().position(|o| o.name == "loss").expect("every objective has a loss");
+    let base_loss = outputs[at].to_dtype(DType::F64)?.to_vec0::<f64>()?;
     if !base_loss.is_finite() {
         return Err(GradcheckError::Loss(base_loss));
     }
