@@ -98,3 +98,84 @@ proptest! {
         }
     }
 }
+
+/// One random operator of a flat chain: prefixes, infixes and postfixes in any mix, so long
+/// unbracketed programs (not only deeply bracketed ones) are fuzzed.
+fn chain_piece() -> impl Strategy<Value = &'static str> {
+    prop::sample::select(vec![
+        "-",
+        "not ",
+        " + z2",
+        " - z1",
+        " * 0.5",
+        " / 2.0",
+        " ** 1.01",
+        " @ z2.T",
+        " and true",
+        " < z1",
+        " == 1.0",
+        ".T",
+        "[0]",
+        "[:, 0]",
+        "[None]",
+        " else if true { z1 }",
+    ])
+}
+
+/// A program that is long but flat: either one expression of `n` pieces, or `n` chained `let`s.
+fn long_flat_program() -> impl Strategy<Value = String> {
+    let one_expression = prop::collection::vec(chain_piece(), 1..2000).prop_map(|pieces| {
+        let (mut prefix, mut rest) = (String::new(), String::new());
+        for p in pieces {
+            if p == "-" || p == "not " {
+                prefix.push_str(p);
+            } else {
+                rest.push_str(p);
+            }
+        }
+        format!("    loss = mean(if true {{ {prefix}z1{rest} }} else {{ z2 }})\n")
+    });
+    let chained_lets = prop::collection::vec(chain_piece(), 1..3000).prop_map(|pieces| {
+        let mut body = String::from("    let t0 = z1\n");
+        for (k, p) in pieces.iter().enumerate() {
+            let p = p.replace("else if true { z1 }", "+ z2");
+            body += &if p == "-" || p == "not " {
+                format!("    let t{} = {p}t{k}\n", k + 1)
+            } else {
+                format!("    let t{} = t{k}{p}\n", k + 1)
+            };
+        }
+        body + &format!("    loss = mean(t{})\n", pieces.len())
+    });
+    prop_oneof![one_expression, chained_lets].prop_map(|body| {
+        format!(
+            "objective long {{\n    views x1, x2 = simclr_augment(x)\n    input z1: [N, D] = encoder(x1)\n    \
+             input z2: [N, D] = encoder(x2)\n{body}}}\n"
+        )
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Long flat programs compile or get diagnostics; they never overflow the stack. Run on a
+    /// thread with the 8 MiB stack the binary's main thread has (test threads get 2 MiB).
+    #[test]
+    fn long_flat_programs_never_crash(text in long_flat_program()) {
+        let compiled = std::thread::Builder::new()
+            .stack_size(8 << 20)
+            .spawn(move || {
+                let mut sources = Sources::new();
+                match sslc_compiler::compile_text(std::path::Path::new("objectives/long.ssl"), text, &mut sources) {
+                    Ok(_) => true,
+                    Err(diags) => {
+                        diags.iter().for_each(|d| drop(d.render(&sources)));
+                        false
+                    }
+                }
+            })
+            .expect("spawn")
+            .join();
+        prop_assert!(compiled.is_ok(), "the compiler panicked");
+    }
+}

@@ -7,7 +7,7 @@
 
 pub mod ast;
 mod lower;
-mod parse;
+pub mod parse;
 
 pub use lower::{lower, LoweredFile};
 pub use parse::parse;
@@ -52,6 +52,10 @@ pub fn load_text(path: &Path, text: String, sources: &mut Sources) -> Result<Vec
     }
 }
 
+/// Files importing files deeper than this are refused: loading recurses once per level, and a
+/// library needs a handful.
+const MAX_IMPORT_DEPTH: usize = 64;
+
 struct Loader<'a> {
     sources: &'a mut Sources,
     files: Vec<ParsedFile>,
@@ -87,6 +91,15 @@ impl Loader<'_> {
                 .hint("move the shared functions into a file that both can import");
             if let Some(span) = imported_at {
                 d = d.at(span, "this import closes the cycle");
+            }
+            self.diags.push(d);
+            return;
+        }
+        if self.stack.len() >= MAX_IMPORT_DEPTH {
+            let mut d = Diagnostic::new(format!("imports nested more than {MAX_IMPORT_DEPTH} files deep"))
+                .hint("import the files you need directly from the objective instead of through a chain");
+            if let Some(span) = imported_at {
+                d = d.at(span, "one import too many");
             }
             self.diags.push(d);
             return;

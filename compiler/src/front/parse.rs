@@ -10,6 +10,7 @@ use crate::span::{FileId, Span};
 use pest::iterators::Pair;
 use pest::pratt_parser::{Assoc, Op, PrattParser};
 use pest::Parser as _;
+use std::cell::{Cell, RefCell};
 use std::sync::OnceLock;
 
 #[derive(pest_derive::Parser)]
@@ -20,12 +21,18 @@ struct SslParser;
 /// recurse once per level, and no objective needs more.
 const MAX_NESTING: usize = 128;
 
+/// Operators on the path from an expression's root to its deepest leaf (`-`, `not`, `.T`, calls,
+/// indexing, infix operators, `else if` branches), summed over nested brackets. Every pass that
+/// walks a syntax tree recurses once per level, so an unbracketed chain of 20,000 `+` would
+/// overflow the stack; refusing it here, with its span, bounds them all. No objective needs more.
+pub const MAX_EXPR_DEPTH: usize = 256;
+
 pub fn parse(source: &str, file: FileId) -> Result<ast::File, Diagnostic> {
     check_nesting(source, file)?;
     pest::set_error_detail(true);
     let mut pairs = SslParser::parse(Rule::file, source).map_err(|e| syntax_error(e, source, file))?;
     let root = pairs.next().expect("the file rule always yields one pair");
-    let cx = Cx { file };
+    let cx = Cx { file, depth: Cell::new(0), too_deep: RefCell::new(None) };
     let mut out = ast::File { imports: Vec::new(), functions: Vec::new(), objectives: Vec::new() };
     for item in root.into_inner() {
         match item.as_rule() {
@@ -40,7 +47,10 @@ pub fn parse(source: &str, file: FileId) -> Result<ast::File, Diagnostic> {
             r => unreachable!("grammar yields no {r:?} at top level"),
         }
     }
-    Ok(out)
+    match cx.too_deep.into_inner() {
+        Some(d) => Err(d),
+        None => Ok(out),
+    }
 }
 
 fn unquote(s: &str) -> String {
@@ -302,6 +312,10 @@ fn pratt() -> &'static PrattParser<Rule> {
 
 struct Cx {
     file: FileId,
+    /// Operators on the path to the expression being built (see [`MAX_EXPR_DEPTH`]).
+    depth: Cell<usize>,
+    /// The first expression that went past [`MAX_EXPR_DEPTH`]; parsing stops descending there.
+    too_deep: RefCell<Option<Diagnostic>>,
 }
 
 impl Cx {
@@ -516,8 +530,45 @@ impl Cx {
         }
     }
 
+    /// Adds `levels` to the depth of the expression being built, or records why it is too deep
+    /// (the caller then builds a placeholder and parsing fails at the end).
+    /// `level(k)` is the span of the k-th new level: the operator that went past the limit is
+    /// the one marked.
+    fn descend(&self, levels: usize, level: impl FnOnce(usize) -> Span) -> bool {
+        let depth = self.depth.get() + levels;
+        if depth > MAX_EXPR_DEPTH {
+            let mut slot = self.too_deep.borrow_mut();
+            if slot.is_none() {
+                let span = level(MAX_EXPR_DEPTH - self.depth.get());
+                *slot = Some(
+                    Diagnostic::new(format!("expression nested more than {MAX_EXPR_DEPTH} operators deep"))
+                        .at(span, "too deep")
+                        .hint("split the expression with `let` bindings"),
+                );
+            }
+            return false;
+        }
+        self.depth.set(depth);
+        true
+    }
+
     fn expr(&self, pair: Pair<Rule>) -> Expr {
         debug_assert_eq!(pair.as_rule(), Rule::expr);
+        let span = self.span(&pair);
+        let operators = pair.clone().into_inner().filter(|p| !is_primary(p.as_rule())).count();
+        let nth_operator = |k| {
+            let op = pair.clone().into_inner().filter(|p| !is_primary(p.as_rule())).nth(k);
+            op.map_or(span, |op| self.span(&op))
+        };
+        if !self.descend(operators, nth_operator) {
+            return Expr { kind: ExprKind::Number(0.0), span };
+        }
+        let e = self.pratt_expr(pair);
+        self.depth.set(self.depth.get() - operators);
+        e
+    }
+
+    fn pratt_expr(&self, pair: Pair<Rule>) -> Expr {
         pratt()
             .map_primary(|p| self.primary(p))
             .map_prefix(|op, arg| {
@@ -612,13 +663,34 @@ impl Cx {
             Rule::ident => ExprKind::Name(pair.as_str().to_string()),
             Rule::list => ExprKind::List(pair.into_inner().map(|p| self.expr(p)).collect()),
             Rule::if_expr => {
-                let mut inner = pair.into_inner();
-                inner.next();
-                let cond = self.expr(inner.next().expect("condition"));
-                let then = self.expr(inner.next().expect("then"));
-                inner.next();
-                let other = inner.next().expect("else");
-                let otherwise = if other.as_rule() == Rule::if_expr { self.primary(other) } else { self.expr(other) };
+                // `if c1 {a} else if c2 {b} else {c}` arrives flat; it nests as If(c1, a, If(c2, b, c)),
+                // each inner `if` spanning from its keyword to the end.
+                let inner: Vec<Pair<Rule>> = pair.into_inner().collect();
+                // Each `if` keyword is followed by its condition and value.
+                let ifs: Vec<usize> = (0..inner.len()).filter(|&k| inner[k].as_rule() == Rule::kw_if).collect();
+                if !self.descend(ifs.len(), |k| self.span(&inner[ifs[k]])) {
+                    return Expr { kind: ExprKind::Number(0.0), span };
+                }
+                let mut arms = Vec::with_capacity(ifs.len());
+                for &k in &ifs {
+                    let (cond, then) = (self.expr(inner[k + 1].clone()), self.expr(inner[k + 2].clone()));
+                    arms.push((self.span(&inner[k]).start, cond, then));
+                }
+                let mut otherwise = self.expr(inner[inner.len() - 1].clone());
+                self.depth.set(self.depth.get() - ifs.len());
+                let (first_start, cond, then) = arms.remove(0);
+                for (start, cond, then) in arms.into_iter().rev() {
+                    let span = Span::new(self.file, start as usize, span.end as usize);
+                    otherwise = Expr {
+                        kind: ExprKind::If {
+                            cond: Box::new(cond),
+                            then: Box::new(then),
+                            otherwise: Box::new(otherwise),
+                        },
+                        span,
+                    };
+                }
+                debug_assert_eq!(first_start, span.start);
                 ExprKind::If { cond: Box::new(cond), then: Box::new(then), otherwise: Box::new(otherwise) }
             }
             Rule::expr => return self.expr(pair),
@@ -634,4 +706,9 @@ fn scalar_kind(text: &str) -> ScalarKind {
         "bool" => ScalarKind::Bool,
         _ => ScalarKind::F32,
     }
+}
+
+/// The rules that stand for an operand in a flat `expr`; every other child is an operator.
+fn is_primary(rule: Rule) -> bool {
+    matches!(rule, Rule::if_expr | Rule::percent | Rule::number | Rule::boolean | Rule::list | Rule::expr | Rule::ident)
 }

@@ -175,7 +175,15 @@ struct Reads {
     other_scope: bool,
     repeated: bool,
     memory: bool,
+    /// A view that needs memory of its own (always false for other nodes).
+    stored_view: bool,
 }
+
+/// The most element-wise operations and views an inlined expression may nest. Back ends build
+/// an inlined value as one expression tree (Cranelift values, a C expression), recursively; a
+/// chain of 5,000 `let`s would otherwise become one tree 5,000 deep. Past this depth the value
+/// is stored, which costs one buffer per 64 operations.
+pub const MAX_INLINE_DEPTH: usize = 64;
 
 /// Applies the inline-or-store rule to every node of `p`, in program order.
 pub fn plan(p: &Program, u: &Uses, policy: &Policy) -> Fusion {
@@ -191,6 +199,9 @@ pub fn plan(p: &Program, u: &Uses, policy: &Policy) -> Fusion {
         }
     }
     flatten(p, &p.body, &mut order);
+    let reads = all_reads(p, u, policy, &order);
+    // Nesting of the inlined tree rooted at each node (0 for stored nodes).
+    let mut depth = vec![0usize; n];
     for h in order {
         let e = &p.exprs[h];
         let operands = e.operands();
@@ -222,47 +233,51 @@ pub fn plan(p: &Program, u: &Uses, policy: &Policy) -> Fusion {
                 _ => usize::MAX,
             }
         };
-        let inline = if e.view_arg().is_some() {
-            !stored_view(p, u, policy, h)
-        } else if !(policy.inlinable)(e, uniform) || u.output[h.index()] {
-            false
-        } else {
-            let r = reads(p, u, policy, h);
-            !r.memory && (cost <= policy.recompute_limit || (r.count <= 1 && !r.other_scope && !r.repeated))
-        };
+        let nested = 1 + operands.iter().map(|o| depth[o.index()]).max().unwrap_or(0);
+        let inline = nested <= MAX_INLINE_DEPTH
+            && if e.view_arg().is_some() {
+                !reads[h.index()].stored_view
+            } else if !(policy.inlinable)(e, uniform) || u.output[h.index()] {
+                false
+            } else {
+                let r = &reads[h.index()];
+                !r.memory && (cost <= policy.recompute_limit || (r.count <= 1 && !r.other_scope && !r.repeated))
+            };
         f.inline[h.index()] = inline;
         f.cost[h.index()] = if inline { cost } else { 0 };
+        depth[h.index()] = if inline { nested } else { 0 };
     }
     f
 }
 
-/// Whether a view needs memory of its own: it is an output, or something reads it from
-/// memory, in a layout the back end cannot get by aliasing its operand.
-fn stored_view(p: &Program, u: &Uses, policy: &Policy, h: H) -> bool {
-    let e = &p.exprs[h];
-    !(policy.view_aliases)(e) && (u.output[h.index()] || reads(p, u, policy, h).memory)
-}
-
-/// How `h` is read: by how many nodes, from where, and how, seen through the views that alias
-/// it (a view read twice reads its operand twice).
-fn reads(p: &Program, u: &Uses, policy: &Policy, h: H) -> Reads {
-    let mut r = Reads::default();
-    for &c in &u.consumers[h.index()] {
-        let e = &p.exprs[c];
-        let other_scope = u.read_scope(p, c, h) != u.scope[h.index()];
-        if e.view_arg() == Some(h) && !stored_view(p, u, policy, c) {
-            let through = reads(p, u, policy, c);
-            r.count += through.count;
-            r.other_scope |= other_scope || through.other_scope;
-            r.repeated |= expands(p, e) || through.repeated;
-            // An output that is a view of `h` is `h` in memory.
-            r.memory |= through.memory || u.output[c.index()];
-        } else {
-            r.count += 1;
-            r.other_scope |= other_scope;
-            r.repeated |= repeats(p, e, h);
-            r.memory |= (policy.reads_memory)(e, h);
+/// How every node is read (see [`Reads`]), computed consumers first in reverse program order:
+/// a view read through a chain of views then costs no recursion.
+fn all_reads(p: &Program, u: &Uses, policy: &Policy, order: &[H]) -> Vec<Reads> {
+    let mut all: Vec<Reads> = (0..p.exprs.len()).map(|_| Reads::default()).collect();
+    for &h in order.iter().rev() {
+        let mut r = Reads::default();
+        for &c in &u.consumers[h.index()] {
+            let e = &p.exprs[c];
+            let other_scope = u.read_scope(p, c, h) != u.scope[h.index()];
+            let through = &all[c.index()];
+            if e.view_arg() == Some(h) && !through.stored_view {
+                r.count += through.count;
+                r.other_scope |= other_scope || through.other_scope;
+                r.repeated |= expands(p, e) || through.repeated;
+                // An output that is a view of `h` is `h` in memory.
+                r.memory |= through.memory || u.output[c.index()];
+            } else {
+                r.count += 1;
+                r.other_scope |= other_scope;
+                r.repeated |= repeats(p, e, h);
+                r.memory |= (policy.reads_memory)(e, h);
+            }
         }
+        // A view needs memory of its own when it is an output, or something reads it from
+        // memory in a layout the back end cannot get by aliasing its operand.
+        let e = &p.exprs[h];
+        r.stored_view = e.view_arg().is_some() && !(policy.view_aliases)(e) && (u.output[h.index()] || r.memory);
+        all[h.index()] = r;
     }
-    r
+    all
 }

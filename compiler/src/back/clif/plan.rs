@@ -285,19 +285,16 @@ impl Planner<'_> {
         let e = &p.exprs[h];
         let ty = p.ty(h).clone();
         extent(&ty.shape)?;
-        if let Some(arg) = e.view_arg() {
-            // A view of a stored value is stored; a view of an inline one is inline.
-            let val = match self.vals[arg.index()].clone() {
-                Some(Val::Stored(pl)) => {
-                    let own: Vec<Coord<usize>> = (0..ty.rank()).map(Coord::index).collect();
-                    match view_coords(p, e, &own) {
-                        Some(coords) => Val::Stored(pl.through(&coords)),
-                        None => Val::Inline,
-                    }
-                }
-                _ => Val::Inline,
-            };
-            self.vals[h.index()] = Some(val);
+        // A view of a stored value is stored; a view of an inline one is inline, unless the
+        // inlined tree got too deep (fuse::MAX_INLINE_DEPTH): then it is computed into a buffer.
+        let view_of_stored = e.view_arg().and_then(|arg| match &self.vals[arg.index()] {
+            Some(Val::Stored(pl)) => Some(pl.clone()),
+            _ => None,
+        });
+        if let Some(pl) = view_of_stored {
+            let own: Vec<Coord<usize>> = (0..ty.rank()).map(Coord::index).collect();
+            let coords = view_coords(p, e, &own).expect("view_arg is set only for views");
+            self.vals[h.index()] = Some(Val::Stored(pl.through(&coords)));
             return Ok(());
         }
         if self.inline[h.index()] {
@@ -331,7 +328,7 @@ impl Planner<'_> {
         let placement = Placement::identity(out, ty.rank());
         let (rows, cols) = extent(&ty.shape)?;
         match e {
-            _ if e.is_elementwise() => {
+            _ if e.is_elementwise() || e.view_arg().is_some() => {
                 // The node's own expression is the body of the loop that stores it.
                 self.vals[h.index()] = Some(Val::Inline);
                 let body = self.element_program(h, &identity_coords(ty.rank()))?;

@@ -6,6 +6,7 @@ use crate::diag::Diagnostic;
 use crate::front::ast;
 use crate::ir::{BuiltinValue, Dim, DimKind, Expr, Literal};
 use crate::span::Span;
+use std::collections::HashSet;
 
 impl<'a> Lower<'a> {
     pub(super) fn name(&mut self, n: &str, span: Span) -> R<Value> {
@@ -112,7 +113,7 @@ impl<'a> Lower<'a> {
 
     /// Lowers an objective-level binding once per program (names may be used before the line
     /// that defines them; a definition in terms of itself is an error).
-    pub(super) fn objective_value(&mut self, n: &str, expr: &ast::Expr, decl_span: Span) -> R<Value> {
+    pub(super) fn objective_value(&mut self, n: &str, expr: &'a ast::Expr, decl_span: Span) -> R<Value> {
         if let Some(v) = self.cache.get(n) {
             return Ok(v.clone());
         }
@@ -126,7 +127,7 @@ impl<'a> Lower<'a> {
         // Objective-level expressions see no function locals.
         let saved_scopes = std::mem::take(&mut self.scopes);
         let saved_calls = std::mem::take(&mut self.calls);
-        let v = self.expr(expr);
+        let v = self.lower_uses_first(expr).and_then(|()| self.expr(expr));
         self.scopes = saved_scopes;
         self.calls = saved_calls;
         self.in_progress.remove(n);
@@ -136,6 +137,40 @@ impl<'a> Lower<'a> {
         }
         self.cache.insert(n.to_string(), v.clone());
         Ok(v)
+    }
+
+    /// Lowers the objective-level values `expr` uses (and theirs), deepest first, with an explicit
+    /// stack: lowering each one then finds its own uses already lowered, so a chain of 5,000
+    /// `let`s costs no recursion. Names being lowered are skipped; the lazy path reports the cycle.
+    fn lower_uses_first(&mut self, expr: &'a ast::Expr) -> R<()> {
+        let Some(obj) = self.objective else { return Ok(()) };
+        let mut seen = HashSet::new();
+        let mut stack: Vec<(&'a str, bool)> = Vec::new();
+        let push_uses = |stack: &mut Vec<(&'a str, bool)>, e: &'a ast::Expr, lower: &Self| {
+            for n in value_names(e) {
+                let pending = matches!(obj.names.get(n), Some((ObjName::Let(_), _)))
+                    || matches!(obj.names.get(n), Some((ObjName::Output(..), _)) if lower.context == Context::Loss);
+                if pending && !lower.cache.contains_key(n) && !lower.in_progress.contains(n) {
+                    stack.push((n, false));
+                }
+            }
+        };
+        push_uses(&mut stack, expr, self);
+        while let Some((n, expanded)) = stack.pop() {
+            if self.cache.contains_key(n) || self.in_progress.contains(n) {
+                continue;
+            }
+            let &(what, decl_span) = obj.names.get(n).expect("pushed names are declared");
+            if expanded {
+                self.objective_name(n, what, decl_span, decl_span)?;
+            } else if seen.insert(n) {
+                stack.push((n, true));
+                if let ObjName::Let(e) | ObjName::Output(_, e) = what {
+                    push_uses(&mut stack, e, self);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn builtin_value(&mut self, n: &str, b: super::builtins::BuiltinName, span: Span) -> R<Value> {
@@ -187,4 +222,37 @@ fn edit_distance(a: &str, b: &str) -> usize {
         prev = cur;
     }
     prev[b.len()]
+}
+
+/// The names `e` reads as values (not the functions it calls), found without recursion.
+fn value_names(e: &ast::Expr) -> Vec<&str> {
+    use ast::{ExprKind, IndexItem};
+    let (mut names, mut todo) = (Vec::new(), vec![e]);
+    while let Some(e) = todo.pop() {
+        match &e.kind {
+            ExprKind::Name(n) => names.push(n.as_str()),
+            ExprKind::Number(_) | ExprKind::Int(_) | ExprKind::Percent(_) | ExprKind::Bool(_) => {}
+            ExprKind::Unary { arg, .. } | ExprKind::Transpose(arg) => todo.push(arg),
+            ExprKind::Binary { lhs, rhs, .. } => todo.extend([&**lhs, &**rhs]),
+            ExprKind::Call { callee, args } => {
+                if !matches!(callee.kind, ExprKind::Name(_)) {
+                    todo.push(callee);
+                }
+                todo.extend(args.iter().map(|a| &a.value));
+            }
+            ExprKind::Index { base, items } => {
+                todo.push(base);
+                for item in items {
+                    match item {
+                        IndexItem::Slice { start, end, .. } => todo.extend(start.iter().chain(end.iter())),
+                        IndexItem::NewAxis(_) => {}
+                        IndexItem::Expr(e) => todo.push(e),
+                    }
+                }
+            }
+            ExprKind::If { cond, then, otherwise } => todo.extend([&**cond, &**then, &**otherwise]),
+            ExprKind::List(items) => todo.extend(items.iter()),
+        }
+    }
+    names
 }
