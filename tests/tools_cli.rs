@@ -410,6 +410,12 @@ fn export_and_embed_refuse_bad_input_clearly() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr_of(&out).contains("--backbone resnet18"), "{}", text(&out));
     sslc_ok(&["export", path(&run), "--format", "projector", "--out", path(&scratch.join("p.safetensors"))]);
+    // Its long-tailed training split embeds too (128-d features), with a label per row.
+    let train = scratch.join("train");
+    sslc_ok(&["embed", path(&run), "--split", "train", "--out", path(&train)]);
+    let (features, labels) = (npy(&train.join("features.npy")), npy(&train.join("labels.npy")));
+    assert_eq!(features.dims()[1], 128);
+    assert_eq!(labels.dims(), [features.dims()[0]]);
 
     // Images of the wrong rank or channel count.
     let flat = scratch.join("flat.npy");

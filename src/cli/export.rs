@@ -25,17 +25,18 @@ pub enum ExportFormat {
 /// Export a trained backbone for PyTorch (torchvision's ResNet names and layouts, f32).
 #[derive(Args)]
 #[command(after_help = "The file is safetensors; load it with safetensors.torch.load_file. A ResNet-18 \
-run (CIFAR stem) loads into torchvision once its stem is changed the way sslc built it:\n\n  \
+run (CIFAR stem) loads into torchvision once its stem is changed the way sslc built it (first argument \
+of Conv2d: 1 for grey images), and only fc.weight and fc.bias are then missing:\n\n  \
 import torch, torchvision\n  from safetensors.torch import load_file\n  \
 model = torchvision.models.resnet18()\n  \
-model.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)  # in_channels 1 for grey images\n  \
+model.conv1 = torch.nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)\n  \
 model.maxpool = torch.nn.Identity()\n  \
-print(model.load_state_dict(load_file(\"backbone.safetensors\"), strict=False))  # missing: fc.weight, fc.bias\n\n\
+print(model.load_state_dict(load_file(\"backbone.safetensors\"), strict=False))\n\n\
 A ResNet-50 run loads into torchvision.models.resnet50() as it is. The file's metadata records any input \
 standardisation sslc applied inside the model (ImageNet mean/std on RGB ResNet-50 and SDCLR runs): apply it \
 with transforms.Normalize. num_batches_tracked is written as 0.\n\n\
-Examples:\n  sslc export runs/simclr_gh-20261128-101500 --format torchvision --out backbone.safetensors\n  \
-sslc export runs/simclr_gh-20261128-101500/checkpoint.safetensors --format projector --out projector.safetensors")]
+Examples:\n  sslc export runs/simclr_gh-20261128-101500 --out backbone.safetensors\n  \
+sslc export runs/sdclr-run/checkpoint.safetensors --format projector --out projector.safetensors")]
 pub struct ExportArgs {
     /// The run's checkpoint.safetensors, or its run directory.
     checkpoint: PathBuf,
@@ -59,14 +60,17 @@ pub enum Split {
 
 /// Write frozen backbone features of a dataset split (or of given images) as .npy files.
 #[derive(Args)]
-#[command(after_help = "Writes, under --out:\n  features.npy  float32 [N, F], the pooled backbone features \
-(eval-mode BatchNorm, dense network)\n  labels.npy    int64 [N] (not with --images)\n  indices.npy   int64 [N], \
-row i is sample i of the split in sslc's order (for the training split, the `index` the objective saw)\n\n\
+#[command(
+    after_help = "Writes, under --out:\n  features.npy  float32 [N, F], pooled backbone features (eval mode)\n  \
+labels.npy    int64 [N] (not with --images)\n  indices.npy   int64 [N]: row i is sample i of the split\n\n\
+Rows follow sslc's order of the split; on the training split, a row's index is the `index` the \
+objective's per-sample state used.\n\n\
 The dataset, its --data folder, imbalance and --limit default to those the run was trained with, so \
 `--split test` gives the very features its linear probe was scored on.\n\n\
 Examples:\n  sslc embed runs/simclr_gh-20261128-101500 --split test --out features/\n  \
-sslc embed runs/cifar-run --dataset cifar10-lt --data ~/data/cifar-10-batches-bin --split train --out features/\n  \
-sslc embed runs/simclr_gh-20261128-101500 --images my_images.npy --out features/   # [N, C, H, W] float32, preprocessed")]
+sslc embed runs/cifar-run --dataset cifar10-lt --data ~/data/cifar-10-batches-bin --split train --out f/\n  \
+sslc embed runs/simclr_gh-20261128-101500 --images my_images.npy --out f/"
+)]
 pub struct EmbedArgs {
     /// The run's checkpoint.safetensors, or its run directory.
     checkpoint: PathBuf,
