@@ -25,6 +25,26 @@ if [ -e "$NVRTC_LIB/libnvrtc.so.12" ]; then
     export LD_LIBRARY_PATH="$PWD/$NVRTC_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
 
+# TensorBoard, to read the event files a run writes (tests/tools_cli.rs): the PyPI package into
+# the git-ignored .tools/ (about 12 s and 160 MB, measured 2026-11-29). Without it that check
+# prints a notice and skips, except under CI=true.
+TENSORBOARD_DIR=".tools/tensorboard"
+if [ ! -e "$TENSORBOARD_DIR/tensorboard/__init__.py" ]; then
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$TENSORBOARD_DIR" "tensorboard==2.21.0" \
+        || echo "NOTICE: could not install tensorboard; the TensorBoard check will skip" >&2
+fi
+
+# torch and torchvision (CPU), to load an exported backbone and compare its features with
+# sslc's (tests/tools_cli.rs): Debian's packages for the system python3, since PyPI's x86-64
+# torch pulls in the CUDA libraries (gigabytes). About 70 s and 154 MB of downloads (660 MB
+# installed), measured 2026-11-29, well inside CI's budget, so CI runs the check.
+if ! /usr/bin/python3 -c 'import torch, torchvision' >/dev/null 2>&1 && command -v apt-get >/dev/null; then
+  echo "installing python3-torch and python3-torchvision (Debian) ..." >&2
+  { apt-get install -y -q --no-install-recommends python3-torch python3-torchvision \
+      || { apt-get update -q && apt-get install -y -q --no-install-recommends python3-torch python3-torchvision; }; } >/dev/null 2>&1 \
+    || echo "NOTICE: could not install python3-torch; the torchvision check will skip" >&2
+fi
+
 # The law before the tests: formatting (rustfmt.toml) and every clippy warning. Both tools
 # come with the rustup toolchain; without them (no network to add them) this says so, and
 # fails under CI=true.

@@ -149,6 +149,27 @@ impl Checkpoint {
     }
 }
 
+/// Writes `tensors` as a plain safetensors file (no sslc sections or checksum) with `metadata`,
+/// atomically: what `sslc export` hands to other tools.
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: HashMap<String, String>,
+) -> Result<(), CheckpointError> {
+    let serialize_error = |reason: String| CheckpointError::Serialize { path: path.to_path_buf(), reason };
+    let raw = tensors
+        .iter()
+        .map(|(name, tensor)| {
+            RawTensor::new(tensor)
+                .map(|raw| (name.as_str(), raw))
+                .map_err(|e| serialize_error(format!("`{name}`: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let bytes = safetensors::serialize(raw.iter().map(|(name, raw)| (*name, raw)), Some(metadata))
+        .map_err(|e| serialize_error(e.to_string()))?;
+    write_atomically(path, &bytes).map_err(|source| CheckpointError::Write { path: path.to_path_buf(), source })
+}
+
 /// How many entries of a float tensor are NaN or infinite (0 for integer tensors).
 fn non_finite(t: &Tensor) -> candle_core::Result<usize> {
     if !t.dtype().is_float() {

@@ -6,10 +6,10 @@
 use crate::data::groups::{groups_by_thirds, groups_by_thresholds, Group};
 use crate::data::loader::{FeatureLoader, LoaderConfig, TwoViewLoader};
 use crate::data::{self, DataError, DataOptions, DataSplits, Dataset, DatasetName, ImbalanceProfile, LongTail};
-use crate::model::BackboneKind;
-use crate::objective::ExtraAugmentation;
-use crate::probe::ProbeConfig;
-use crate::train::{EvalSetup, FeatureImages, LoaderSource};
+use crate::model::{BackboneKind, Encoder};
+use crate::objective::{BoxError, ExtraAugmentation};
+use crate::probe::{Features, ProbeConfig};
+use crate::train::{extract_features, EvalSetup, FeatureImages, LoaderSource};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -129,7 +129,48 @@ pub fn train_source(
 }
 
 /// Images per forward pass when extracting features for the evaluation.
-const EVAL_BATCH: usize = 500;
+pub const EVAL_BATCH: usize = 500;
+
+/// How images are transformed before feature extraction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FeatureTransform {
+    /// The probe's training transform: the dataset's weak augmentation, drawn once per image
+    /// from the seed (what the linear probe trains on).
+    ProbeTrain,
+    /// The deterministic test transform.
+    Test,
+}
+
+/// The images of `set` in order, transformed for feature extraction as the evaluation does.
+fn feature_images(
+    name: DatasetName,
+    set: Dataset,
+    transform: FeatureTransform,
+    seed: u64,
+) -> Result<FeatureImages, DataError> {
+    let augment = name.preset();
+    let transform = match transform {
+        FeatureTransform::ProbeTrain => augment.probe_train(),
+        FeatureTransform::Test => augment.test(),
+    };
+    let config = LoaderConfig { batch_size: EVAL_BATCH, seed, ..LoaderConfig::default() };
+    let len = set.len();
+    Ok(FeatureImages::new(FeatureLoader::new(Arc::new(set), transform, &config)?, len))
+}
+
+/// Frozen backbone features of `set`, computed as the evaluation computes them (same
+/// transform, seed, batching and extraction), so `sslc embed` hands out exactly what the probe
+/// saw; rows in the set's order.
+pub fn frozen_features(
+    encoder: &Encoder,
+    name: DatasetName,
+    set: Dataset,
+    transform: FeatureTransform,
+    seed: u64,
+) -> Result<Features, BoxError> {
+    let mut images = feature_images(name, set, transform, seed)?;
+    Ok(extract_features(encoder, &mut images, EVAL_BATCH)?)
+}
 
 /// The linear-probe and kNN evaluation of a benchmark: the probe's training and test images
 /// (transformed as the dataset's augmentation preset says), the Many/Medium/Few groups and the
@@ -157,12 +198,9 @@ impl EvalData {
             DatasetName::ImageNetLt | DatasetName::PlacesLt => groups_by_thresholds(&train_counts),
             _ => groups_by_thirds(&train_counts),
         };
-        let augment = name.preset();
-        let config = LoaderConfig { batch_size: EVAL_BATCH, seed, ..LoaderConfig::default() };
-        let (probe_len, test_len) = (probe_train.len(), test.len());
-        let probe_train =
-            FeatureImages::new(FeatureLoader::new(Arc::new(probe_train), augment.probe_train(), &config)?, probe_len);
-        let probe_test = FeatureImages::new(FeatureLoader::new(Arc::new(test), augment.test(), &config)?, test_len);
+        let probe_len = probe_train.len();
+        let probe_train = feature_images(name, probe_train, FeatureTransform::ProbeTrain, seed)?;
+        let probe_test = feature_images(name, test, FeatureTransform::Test, seed)?;
         let mut probe = ProbeConfig { epochs: probe_epochs, seed, ..ProbeConfig::default() };
         // A neighbourhood larger than the probe's training set (a `--limit` smoke run) has no
         // meaning: those kNN sizes are left out of the evaluation, decided here, before training.

@@ -67,3 +67,39 @@ pub fn random_normal(rows: usize, cols: usize, seed: u64) -> Result<Tensor, Stri
     let values: Vec<f64> = (0..rows * cols).map(|_| sslc_rng::standard_normal(&mut rng)).collect();
     Ok(Tensor::from_vec(values, (rows, cols), &candle_core::Device::Cpu).expect("shape matches the data"))
 }
+
+/// A trained run read back from its checkpoint: what was saved, the run's recorded identity,
+/// and its encoder with the saved weights. `path` may also be the run directory. Errors name
+/// the file and what to give instead.
+pub struct Trained {
+    pub checkpoint: sslc_runtime::checkpoint::Checkpoint,
+    pub identity: sslc_runtime::train::RunIdentity,
+    pub encoder: sslc_runtime::model::Encoder,
+}
+
+pub fn load_trained(path: &Path) -> Result<Trained, i32> {
+    use sslc_runtime::checkpoint::{Checkpoint, CheckpointError};
+    let path = if path.is_dir() { path.join(sslc_runtime::train::CHECKPOINT_FILE) } else { path.to_path_buf() };
+    if !path.exists() {
+        return Err(fail(format!(
+            "{} does not exist; give the checkpoint.safetensors of a run directory written by `sslc run` \
+             (or the run directory itself)",
+            path.display()
+        )));
+    }
+    let checkpoint = Checkpoint::load(&path).map_err(|e| match e {
+        CheckpointError::Foreign { path, reason } => fail(format!(
+            "{} is not an sslc checkpoint ({reason}); give the checkpoint.safetensors of a run directory written \
+             by `sslc run`",
+            path.display()
+        )),
+        other => fail(other),
+    })?;
+    let identity: sslc_runtime::train::RunIdentity =
+        serde_json::from_value(checkpoint.config.clone()).map_err(|e| {
+            fail(format!("{}: unreadable run configuration ({e}); was it written by this sslc?", path.display()))
+        })?;
+    let encoder = sslc_runtime::model::Encoder::new(identity.encoder.clone()).map_err(fail)?;
+    encoder.load_state(&checkpoint.model).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+    Ok(Trained { checkpoint, identity, encoder })
+}

@@ -7,6 +7,7 @@ mod common;
 mod compare;
 mod cuda;
 mod eval;
+mod export;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -38,6 +39,8 @@ enum Command {
     Eval(eval::EvalArgs),
     Gradcheck(eval::GradcheckArgs),
     Bench(bench::BenchArgs),
+    Export(export::ExportArgs),
+    Embed(export::EmbedArgs),
 }
 
 pub fn main() -> i32 {
@@ -53,5 +56,7 @@ pub fn main() -> i32 {
         Command::Eval(args) => eval::eval(&args),
         Command::Gradcheck(args) => eval::gradcheck(&args),
         Command::Bench(args) => bench::bench(&args),
+        Command::Export(args) => export::export(&args),
+        Command::Embed(args) => export::embed(&args),
     }
 }

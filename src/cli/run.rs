@@ -2,16 +2,15 @@
 //! linear-probe accuracy for the Many / Medium / Few classes; `sslc probe`: evaluate a saved
 //! checkpoint again; `sslc split`: print a long-tailed subset.
 
-use super::common::{fail, load_objective, print_stdout, Backend};
+use super::common::{fail, load_objective, load_trained, print_stdout, Backend, Trained};
 use clap::{Args, ValueEnum};
 use sslc::objective::CompiledObjective;
 use sslc_compiler::eval::Overrides;
-use sslc_runtime::checkpoint::Checkpoint;
 use sslc_runtime::data::{self, DataSplits, DatasetName, ImbalanceProfile};
 use sslc_runtime::model::{Encoder, EncoderConfig};
 use sslc_runtime::objective::Objective;
 use sslc_runtime::presets::{self, Backbone, EvalData, RunContext};
-use sslc_runtime::train::{self, RunIdentity, Start, TrainConfig};
+use sslc_runtime::train::{self, Start, TrainConfig};
 use std::path::PathBuf;
 
 #[derive(Clone, Copy, ValueEnum, Debug, PartialEq, Eq)]
@@ -318,10 +317,7 @@ pub fn probe(args: &ProbeArgs) -> i32 {
 }
 
 fn probe_inner(args: &ProbeArgs) -> Result<(), i32> {
-    let saved = Checkpoint::load(&args.checkpoint).map_err(fail)?;
-    let identity: RunIdentity = serde_json::from_value(saved.config.clone()).map_err(|e| {
-        fail(format!("{}: unreadable run configuration ({e}); was it written by this sslc?", args.checkpoint.display()))
-    })?;
+    let Trained { checkpoint: saved, identity, encoder } = load_trained(&args.checkpoint)?;
     let context = identity
         .train
         .context
@@ -330,8 +326,6 @@ fn probe_inner(args: &ProbeArgs) -> Result<(), i32> {
     let data = args.data.clone().or_else(|| context.data.map(PathBuf::from));
     let options = presets::data_options(data, None, context.imbalance, ImbalanceProfile::Exp).map_err(fail)?;
     let splits = presets::load_splits(name, &options, context.limit).map_err(fail)?;
-    let encoder = Encoder::new(identity.encoder).map_err(fail)?;
-    encoder.load_state(&saved.model).map_err(fail)?;
     let probe_epochs = args.probe_epochs.unwrap_or(context.probe_epochs);
     let seed = saved.seed;
     let train_counts = splits.train.class_counts();

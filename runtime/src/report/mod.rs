@@ -1,8 +1,9 @@
-//! What a run leaves for people: `metrics.jsonl`, `summary.json`, `per_class.png`, a console
-//! table of the Many/Medium/Few accuracies and a progress bar.
+//! What a run leaves for people: `metrics.jsonl`, `summary.json`, `per_class.png`, TensorBoard
+//! event files, a console table of the Many/Medium/Few accuracies and a progress bar.
 
 mod plot;
 mod progress;
+pub mod tensorboard;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -15,6 +16,7 @@ use crate::probe::{AccuracyReport, Evaluation, Group};
 
 pub use plot::plot_per_class;
 pub use progress::Progress;
+pub use tensorboard::TensorBoard;
 
 pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const SUMMARY_FILE: &str = "summary.json";
@@ -31,10 +33,15 @@ pub enum ReportError {
 }
 
 /// Appends one JSON object per line to `metrics.jsonl`, flushed line by line so that a crash
-/// loses nothing already logged.
+/// loses nothing already logged; with [`MetricsLog::log_to_tensorboard`], every line also goes
+/// to the run's TensorBoard events file, so the training loop feeds both from one place.
 pub struct MetricsLog {
     path: PathBuf,
     file: File,
+    /// Optimisation steps logged so far, counting those kept from before a resume: the step
+    /// axis of TensorBoard.
+    steps: u64,
+    tensorboard: Option<TensorBoard>,
 }
 
 impl MetricsLog {
@@ -56,13 +63,47 @@ impl MetricsLog {
             Err(error) => return Err(io_error(error)),
         };
         write_atomically(path, kept.as_bytes()).map_err(io_error)?;
+        let steps = kept
+            .lines()
+            .filter(|line| serde_json::from_str::<Value>(line).is_ok_and(|value| value["kind"] == "step"))
+            .count() as u64;
         let file = OpenOptions::new().append(true).open(path).map_err(io_error)?;
-        Ok(MetricsLog { path: path.to_path_buf(), file })
+        Ok(MetricsLog { path: path.to_path_buf(), file, steps, tensorboard: None })
+    }
+
+    /// Also writes every later line to a new TensorBoard events file beside the log, starting
+    /// with the run's hyper-parameters (`identity`, see [`tensorboard::hparams_of`]) and the
+    /// metrics its HPARAMS table shows (`metric_tags`, e.g. [`headline_metric_tags`]). Step
+    /// lines are scalars under their own names, epoch lines under `epoch/<name>`, evaluations
+    /// under their names (`linear_top1`, `knn20_few`); the step axis counts optimisation steps.
+    pub fn log_to_tensorboard(&mut self, identity: &Value, metric_tags: &[String]) {
+        let dir = match self.path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        let mut tensorboard = TensorBoard::create(dir, self.steps);
+        tensorboard.hparams(identity, metric_tags);
+        self.tensorboard = Some(tensorboard);
+    }
+
+    /// Adds the per-class plot to TensorBoard and marks the run finished in its HPARAMS table.
+    pub fn finish_tensorboard(&mut self, per_class_plot: &Path) {
+        if let Some(tensorboard) = self.tensorboard.as_mut() {
+            tensorboard.png(self.steps, "per_class", per_class_plot);
+            tensorboard.session_succeeded();
+        }
     }
 
     fn write(&mut self, mut line: Map<String, Value>, metrics: &[(String, f64)]) -> Result<(), ReportError> {
         for (key, value) in metrics {
             line.insert(key.clone(), json!(value));
+        }
+        let kind = line.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
+        if kind == "step" {
+            self.steps += 1;
+        }
+        if let Some(tensorboard) = self.tensorboard.as_mut() {
+            tensorboard.scalars(self.steps, if kind == "epoch" { "epoch/" } else { "" }, &line);
         }
         let mut text = Value::Object(line).to_string();
         text.push('\n');
@@ -130,6 +171,15 @@ fn accuracy_fields(prefix: &str, report: &AccuracyReport) -> Map<String, Value> 
         format!("{prefix}_per_class_std"): report.per_class_std,
         format!("{prefix}_group_std"): report.group_std,
     }))
+}
+
+/// The accuracies TensorBoard's HPARAMS table compares runs by: the linear probe's overall,
+/// Many/Medium/Few and balancedness, and each kNN's top-1 (names as [`accuracy_fields`]).
+pub fn headline_metric_tags(knn_k: &[usize]) -> Vec<String> {
+    let mut tags: Vec<String> =
+        ["top1", "many", "medium", "few", "group_std"].iter().map(|field| format!("linear_{field}")).collect();
+    tags.extend(knn_k.iter().map(|k| format!("knn{k}_top1")));
+    tags
 }
 
 /// `summary.json`: what ran (`run`: objective, training and encoder configuration, seed,

@@ -282,6 +282,8 @@ pub fn train(
         }
     };
     let mut metrics = MetricsLog::open(&dir.join(report::METRICS_FILE), first_epoch)?;
+    let knn_k = evaluation.as_ref().map_or(&[][..], |setup| &setup.probe.knn_k[..]);
+    metrics.log_to_tensorboard(&identity, &report::headline_metric_tags(knn_k));
     let mut last_epoch_loss = None;
     let mut last_evaluation = None;
     let mut progress = Progress::new(std::io::stdout().is_terminal());
@@ -382,6 +384,7 @@ pub fn train(
             &setup.train_counts,
             &setup.groups,
         )?;
+        metrics.finish_tensorboard(&dir.join(report::PER_CLASS_PLOT_FILE));
         println!("{}", report::group_table(&result.linear));
     }
     Ok(TrainOutcome { epochs: config.epochs.max(first_epoch), last_epoch_loss, evaluation: last_evaluation })
