@@ -133,12 +133,19 @@ fn accuracy_fields(prefix: &str, report: &AccuracyReport) -> Map<String, Value> 
 }
 
 /// `summary.json`: what ran (`run`: objective, training and encoder configuration, seed,
-/// context), the sslc version, and the final evaluation in full (per-class accuracies
-/// included).
+/// context), the sslc version, the compute threads, and the final evaluation in full
+/// (per-class accuracies included). The threads are a record of the machine, not part of
+/// the run's identity: results are the same on any number of them.
 pub fn write_summary(dir: &Path, run: &Value, result: &Evaluation) -> Result<(), ReportError> {
     let path = dir.join(SUMMARY_FILE);
     let knn: Vec<Value> = result.knn.iter().map(|(k, report)| json!({"k": k, "accuracy": report})).collect();
-    let summary = json!({"run": run, "version": env!("CARGO_PKG_VERSION"), "linear": result.linear, "knn": knn});
+    let summary = json!({
+        "run": run,
+        "version": env!("CARGO_PKG_VERSION"),
+        "threads": rayon::current_num_threads(),
+        "linear": result.linear,
+        "knn": knn,
+    });
     let text = serde_json::to_string_pretty(&summary).map_err(|e| ReportError::Input(e.to_string()))?;
     write_atomically(&path, text.as_bytes()).map_err(|source| ReportError::Io { path, source })
 }
