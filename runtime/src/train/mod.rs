@@ -3,6 +3,7 @@
 
 mod bench;
 mod loader_source;
+mod settings;
 mod source;
 
 use std::io::IsTerminal;
@@ -61,6 +62,21 @@ fn diverged_advice(epoch: usize, checkpoint: &Path) -> String {
          (--overwrite to reuse its directory)"
             .into()
     }
+}
+
+/// Why `--resume` of `dir` has nothing to continue from: the directory holds no checkpoint,
+/// because the run stopped before its first epoch completed (or none was started there).
+fn nothing_to_resume(dir: &Path) -> TrainError {
+    let shown = dir.display();
+    TrainError::Setup(if dir.is_dir() {
+        format!(
+            "cannot resume {shown}: it holds no checkpoint, because the run there stopped before its first epoch \
+             completed (or none was started there); start the run again with --out {shown} --overwrite, or with a \
+             new --out"
+        )
+    } else {
+        format!("cannot resume {shown}: it does not exist; start the run with --out {shown}")
+    })
 }
 
 /// The SGD recipe and run length (METHOD.md §2).
@@ -225,6 +241,9 @@ pub fn train(
     .to_json();
     let specs = objective.embeddings();
     let prune_fraction = shared_prune_fraction(&specs)?;
+    if start == Start::Resume && !checkpoint_path.exists() {
+        return Err(nothing_to_resume(dir));
+    }
     std::fs::create_dir_all(dir)
         .map_err(|e| TrainError::Setup(format!("cannot create run directory {}: {e}", dir.display())))?;
     let _lock = lock_run_directory(dir)?;
@@ -269,10 +288,17 @@ pub fn train(
         Start::Resume => {
             let saved = Checkpoint::load(&checkpoint_path)?;
             if saved.config != identity || saved.seed != config.seed {
+                let mut differ = settings::differences(&saved.config, &identity);
+                if saved.seed != config.seed && !differ.iter().any(|line| line.starts_with("seed:")) {
+                    differ.push(format!("seed: saved {}, requested {}", saved.seed, config.seed));
+                }
                 return Err(TrainError::Setup(format!(
-                    "{} was written with other settings ({}); resume with the same configuration or start a new run directory",
+                    "{} was written with other settings than this resume asks for:\n  {}\nresume with the run's own \
+                     settings (drop or change the flags above), start the run afresh with --out {} --overwrite, or \
+                     give the new settings a new --out",
                     checkpoint_path.display(),
-                    saved.config
+                    differ.join("\n  "),
+                    dir.display()
                 )));
             }
             encoder.load_state(&saved.model)?;
