@@ -204,6 +204,18 @@ fn lock_run_directory(dir: &Path) -> Result<std::fs::File, TrainError> {
     Ok(file)
 }
 
+/// Set to an epoch count `N`, a run pauses (sleeps) right after saving the checkpoint of its
+/// `N`th epoch, saying so on stderr: the point where tests kill it (SIGKILL with `N` the last
+/// epoch lands in the final evaluation, which follows) every time instead of by chance.
+pub const TEST_PAUSE_ENV: &str = "SSLC_TEST_PAUSE_AFTER_EPOCH";
+
+fn pause_for_tests(completed: usize) {
+    if std::env::var(TEST_PAUSE_ENV).is_ok_and(|at| at.trim() == completed.to_string()) {
+        eprintln!("sslc: paused after epoch {completed} (pid {})", std::process::id());
+        std::thread::sleep(std::time::Duration::from_secs(120));
+    }
+}
+
 /// What a run's checkpoints and `summary.json` record about it; a resume must match it.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunIdentity {
@@ -383,6 +395,7 @@ pub fn train(
         }
         .save(&checkpoint_path)?;
 
+        pause_for_tests(completed);
         let due = completed == config.epochs || (config.eval_every > 0 && completed % config.eval_every == 0);
         if let (true, Some(setup)) = (due, evaluation.as_mut()) {
             let result = evaluate_encoder(encoder, setup)?;
