@@ -342,7 +342,8 @@ fn run_directories_are_locked_and_never_silently_overwritten() {
 
 /// A run killed after its last checkpoint but before its final evaluation was written (the
 /// state this test leaves by deleting the reports) is finished by `--resume`, which redoes the
-/// evaluation (issue: such a run was reported finished with no summary.json, for good).
+/// evaluation (issue: such a run was reported finished with no summary.json, for good), and
+/// logs it once in metrics.jsonl though the killed run had logged it already.
 #[test]
 fn a_resume_redoes_a_final_evaluation_that_never_completed() {
     let dir = scratch("unreported");
@@ -372,6 +373,9 @@ fn a_resume_redoes_a_final_evaluation_that_never_completed() {
         serde_json::from_slice(&std::fs::read(dir.join("summary.json")).expect("rewritten")).unwrap();
     let first: serde_json::Value = serde_json::from_slice(&summary).unwrap();
     assert_eq!(again["linear"], first["linear"], "the redone evaluation gives the same accuracies");
+    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).expect("metrics.jsonl");
+    let evaluations = metrics.lines().filter(|line| line.contains("\"kind\":\"eval\"")).count();
+    assert_eq!(evaluations, 1, "the evaluation the killed run had logged is not logged again:\n{metrics}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -397,8 +401,8 @@ fn a_refused_resume_names_only_the_differing_settings() {
 
 /// `--resume` of a run killed before its first checkpoint (a directory with a lock and a few
 /// metrics lines, nothing to resume from) says so and how to start it again, which works; of
-/// a directory that does not exist, says that and creates nothing (issue: both said only that
-/// checkpoint.safetensors could not be read).
+/// a directory that does not exist, says that and creates nothing; of the checkpoint file
+/// itself, asks for its directory (issue: each said only that a checkpoint could not be read).
 #[test]
 fn resuming_a_run_without_a_checkpoint_says_to_start_it_again() {
     let dir = scratch("no-checkpoint");
@@ -428,6 +432,10 @@ fn resuming_a_run_without_a_checkpoint_says_to_start_it_again() {
     let out = run(&["--out", path, "--overwrite"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(dir.join("summary.json").exists());
+    // The checkpoint given instead of its directory.
+    let out = run(&["--resume", dir.join("checkpoint.safetensors").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("is a file") && text(&out).contains("run directory"), "{}", text(&out));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

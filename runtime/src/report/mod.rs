@@ -101,6 +101,19 @@ impl MetricsLog {
         self.write(as_map(line), metrics)
     }
 
+    /// Whether the log holds the evaluation after `completed` epochs: a run killed between
+    /// logging its final evaluation and writing its reports has it there already, and its
+    /// resume, which redoes the evaluation (to the same figures), must not log it twice.
+    pub fn has_evaluation(&self, completed: usize) -> Result<bool, ReportError> {
+        let text =
+            fs::read_to_string(&self.path).map_err(|source| ReportError::Io { path: self.path.clone(), source })?;
+        let epoch = completed.saturating_sub(1) as u64;
+        Ok(text
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .any(|line| line["kind"] == "eval" && line["epoch"].as_u64() == Some(epoch)))
+    }
+
     /// An evaluation after `completed` epochs (logged with `epoch = completed - 1`, the epoch
     /// it follows, so that resuming drops it with that epoch).
     pub fn evaluation(&mut self, completed: usize, result: &Evaluation) -> Result<(), ReportError> {

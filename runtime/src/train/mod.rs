@@ -74,6 +74,8 @@ fn nothing_to_resume(dir: &Path) -> TrainError {
              completed (or none was started there); start the run again with --out {shown} --overwrite, or with a \
              new --out"
         )
+    } else if dir.exists() {
+        format!("cannot resume {shown}: it is a file; give the run directory, the folder that holds {CHECKPOINT_FILE}")
     } else {
         format!("cannot resume {shown}: it does not exist; start the run with --out {shown}")
     })
@@ -410,7 +412,9 @@ pub fn train(
         (&last_evaluation, last_epoch == config.epochs, reported, evaluation.as_mut())
     {
         let result = evaluate_encoder(encoder, setup)?;
-        metrics.evaluation(config.epochs, &result)?;
+        if !metrics.has_evaluation(config.epochs)? {
+            metrics.evaluation(config.epochs, &result)?;
+        }
         last_evaluation = Some(result);
     }
     if let (Some(setup), Some(result)) = (evaluation.as_ref(), last_evaluation.as_ref()) {
