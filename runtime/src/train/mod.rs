@@ -255,7 +255,7 @@ pub fn train(
     .to_json();
     let specs = objective.embeddings();
     let prune_fraction = shared_prune_fraction(&specs)?;
-    if start == Start::Resume && !checkpoint_path.exists() {
+    if start == Start::Resume && !dir.is_dir() {
         return Err(nothing_to_resume(dir));
     }
     std::fs::create_dir_all(dir)
@@ -300,6 +300,10 @@ pub fn train(
             0
         }
         Start::Resume => {
+            // Checked under the lock: a live run's directory is in use, not empty of checkpoints.
+            if !checkpoint_path.exists() {
+                return Err(nothing_to_resume(dir));
+            }
             let saved = Checkpoint::load(&checkpoint_path)?;
             if saved.config != identity || saved.seed != config.seed {
                 let mut differ = settings::differences(&saved.config, &identity);
