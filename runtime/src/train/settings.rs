@@ -42,7 +42,7 @@ mod tests {
                                "encoder": {"backbone": "resnet18"}, "objective": "simclr", "new": true});
         assert_eq!(
             differences(&saved, &requested),
-            ["epochs: saved 2, requested 3", "limit: saved null, requested 60", "new: saved null, requested true"]
+            ["limit: saved null, requested 60", "epochs: saved 2, requested 3", "new: saved null, requested true"]
         );
         assert!(differences(&saved, &saved).is_empty());
     }
