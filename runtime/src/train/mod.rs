@@ -70,7 +70,7 @@ fn nothing_to_resume(dir: &Path) -> TrainError {
     let shown = dir.display();
     TrainError::Setup(if dir.is_dir() {
         format!(
-            "cannot resume {shown}: it holds no checkpoint, because the run there stopped before its first epoch \
+            "cannot resume {shown}: it holds no {CHECKPOINT_FILE}, because the run there stopped before its first epoch \
              completed (or none was started there); start the run again with --out {shown} --overwrite, or with a \
              new --out"
         )
