@@ -145,6 +145,39 @@ fn a_batch_of_several_row_blocks_matches_the_reference() {
     }
 }
 
+/// Every number of the CPU back end (loss, per-sample losses, metrics, gradients), as bits.
+fn bits(e: &Evaluation) -> Vec<u64> {
+    let mut all = vec![e.loss.to_bits()];
+    all.extend(e.metrics.iter().map(|(_, v)| v.to_bits()));
+    for t in e.per_sample.iter().chain(e.grads.iter().map(|(_, g)| g)) {
+        all.extend(values(t).into_iter().map(f64::to_bits));
+    }
+    all
+}
+
+/// The same inputs give the same bits on any number of threads (issue 15, item 14: the
+/// symmetric loop split its tiles and summed them per thread, so `--threads 1` and
+/// `--threads 2` trained differently): every objective, on a batch of several square tiles
+/// (2N = 600 rows), in pools of 1, 2 and 3 threads.
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    for name in OBJECTIVES {
+        let m = objective(name);
+        let exe = Arc::new(Executable::new(m.clone()).expect("differentiable"));
+        let on = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("a thread pool");
+            pool.install(|| {
+                let cpu = back::build(BackendKind::Cpu, exe.clone()).expect("compiles");
+                bits(&cpu.evaluate(&bindings(&m, 300, 128, 9, DType::F32)).expect("evaluates"))
+            })
+        };
+        let one = on(1);
+        for threads in [2, 3] {
+            assert!(on(threads) == one, "{name}: {threads} threads give other results than one");
+        }
+    }
+}
+
 /// Pairwise nodes the shipped objectives do not have: a similarity between two matrices (the
 /// tiled loop over all tiles), and a product over a single matrix with a kernel that is not
 /// symmetric (half the tiles, the kernel evaluated on each tile and on its mirror image).

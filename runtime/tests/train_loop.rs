@@ -289,10 +289,13 @@ fn a_run_directory_is_neither_overwritten_nor_resumed_with_other_settings() {
     assert!(error.to_string().contains("already holds") && error.to_string().contains("checkpoint"), "{error}");
     let error = run(&dir, 5, &encoder(false), &mut TinySimclr::new(None), None, Start::Resume).unwrap_err();
     assert!(error.to_string().contains("other settings"), "{error}");
-    let error =
-        run(&scratch_dir("nothing-to-resume"), 1, &encoder(false), &mut TinySimclr::new(None), None, Start::Resume)
-            .unwrap_err();
-    assert!(error.to_string().contains(CHECKPOINT_FILE), "{error}");
+    let missing = scratch_dir("nothing-to-resume");
+    let error = run(&missing, 1, &encoder(false), &mut TinySimclr::new(None), None, Start::Resume).unwrap_err();
+    assert!(error.to_string().contains("does not exist"), "{error}");
+    assert!(!missing.exists(), "a failed resume creates no directory");
+    std::fs::create_dir_all(&missing).unwrap();
+    let error = run(&missing, 1, &encoder(false), &mut TinySimclr::new(None), None, Start::Resume).unwrap_err();
+    assert!(error.to_string().contains(CHECKPOINT_FILE) && error.to_string().contains("--overwrite"), "{error}");
 }
 
 #[test]

@@ -35,7 +35,7 @@ impl ImbType {
 #[command(after_help = "With no flags, trains on the embedded long-tailed UCI digits (no download) in seconds \
 on two cores, then prints the Many/Medium/Few table.\n\n\
 Outputs, under --out (default runs/<objective>-<time>):\n  metrics.jsonl      one JSON line per step, epoch and evaluation (loss terms, lr, GH weight, ...)\n  \
-summary.json       final accuracies (overall, Many/Medium/Few, per class, kNN), configuration, seed, version\n  \
+summary.json       final accuracies (overall, Many/Medium/Few, per class, kNN), configuration, seed, version, threads\n  \
 per_class.png      per-class accuracy against training count, groups marked\n  \
 checkpoint.safetensors  model, optimizer, objective state and epoch, written atomically every epoch\n\n\
 Examples:\n  sslc run objectives/simclr_gh.ssl\n  \

@@ -142,6 +142,19 @@ impl MetricsLog {
         self.write(as_map(line), metrics)
     }
 
+    /// Whether the log holds the evaluation after `completed` epochs: a run killed between
+    /// logging its final evaluation and writing its reports has it there already, and its
+    /// resume, which redoes the evaluation (to the same figures), must not log it twice.
+    pub fn has_evaluation(&self, completed: usize) -> Result<bool, ReportError> {
+        let text =
+            fs::read_to_string(&self.path).map_err(|source| ReportError::Io { path: self.path.clone(), source })?;
+        let epoch = completed.saturating_sub(1) as u64;
+        Ok(text
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .any(|line| line["kind"] == "eval" && line["epoch"].as_u64() == Some(epoch)))
+    }
+
     /// An evaluation after `completed` epochs (logged with `epoch = completed - 1`, the epoch
     /// it follows, so that resuming drops it with that epoch).
     pub fn evaluation(&mut self, completed: usize, result: &Evaluation) -> Result<(), ReportError> {
@@ -183,12 +196,19 @@ pub fn headline_metric_tags(knn_k: &[usize]) -> Vec<String> {
 }
 
 /// `summary.json`: what ran (`run`: objective, training and encoder configuration, seed,
-/// context), the sslc version, and the final evaluation in full (per-class accuracies
-/// included).
+/// context), the sslc version, the compute threads, and the final evaluation in full
+/// (per-class accuracies included). The threads are a record of the machine, not part of
+/// the run's identity: results are the same on any number of them.
 pub fn write_summary(dir: &Path, run: &Value, result: &Evaluation) -> Result<(), ReportError> {
     let path = dir.join(SUMMARY_FILE);
     let knn: Vec<Value> = result.knn.iter().map(|(k, report)| json!({"k": k, "accuracy": report})).collect();
-    let summary = json!({"run": run, "version": env!("CARGO_PKG_VERSION"), "linear": result.linear, "knn": knn});
+    let summary = json!({
+        "run": run,
+        "version": env!("CARGO_PKG_VERSION"),
+        "threads": rayon::current_num_threads(),
+        "linear": result.linear,
+        "knn": knn,
+    });
     let text = serde_json::to_string_pretty(&summary).map_err(|e| ReportError::Input(e.to_string()))?;
     write_atomically(&path, text.as_bytes()).map_err(|source| ReportError::Io { path, source })
 }

@@ -3,6 +3,7 @@
 
 mod bench;
 mod loader_source;
+mod settings;
 mod source;
 
 use std::io::IsTerminal;
@@ -61,6 +62,23 @@ fn diverged_advice(epoch: usize, checkpoint: &Path) -> String {
          (--overwrite to reuse its directory)"
             .into()
     }
+}
+
+/// Why `--resume` of `dir` has nothing to continue from: the directory holds no checkpoint,
+/// because the run stopped before its first epoch completed (or none was started there).
+fn nothing_to_resume(dir: &Path) -> TrainError {
+    let shown = dir.display();
+    TrainError::Setup(if dir.is_dir() {
+        format!(
+            "cannot resume {shown}: it holds no {CHECKPOINT_FILE}, because the run there stopped before its first epoch \
+             completed (or none was started there); start the run again with --out {shown} --overwrite, or with a \
+             new --out"
+        )
+    } else if dir.exists() {
+        format!("cannot resume {shown}: it is a file; give the run directory, the folder that holds {CHECKPOINT_FILE}")
+    } else {
+        format!("cannot resume {shown}: it does not exist; start the run with --out {shown}")
+    })
 }
 
 /// The SGD recipe and run length (METHOD.md §2).
@@ -188,6 +206,18 @@ fn lock_run_directory(dir: &Path) -> Result<std::fs::File, TrainError> {
     Ok(file)
 }
 
+/// Set to an epoch count `N`, a run pauses (sleeps) right after saving the checkpoint of its
+/// `N`th epoch, saying so on stderr: the point where tests kill it (SIGKILL with `N` the last
+/// epoch lands in the final evaluation, which follows) every time instead of by chance.
+pub const TEST_PAUSE_ENV: &str = "SSLC_TEST_PAUSE_AFTER_EPOCH";
+
+fn pause_for_tests(completed: usize) {
+    if std::env::var(TEST_PAUSE_ENV).is_ok_and(|at| at.trim() == completed.to_string()) {
+        eprintln!("sslc: paused after epoch {completed} (pid {})", std::process::id());
+        std::thread::sleep(std::time::Duration::from_secs(120));
+    }
+}
+
 /// What a run's checkpoints and `summary.json` record about it; a resume must match it.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunIdentity {
@@ -225,6 +255,9 @@ pub fn train(
     .to_json();
     let specs = objective.embeddings();
     let prune_fraction = shared_prune_fraction(&specs)?;
+    if start == Start::Resume && !dir.is_dir() {
+        return Err(nothing_to_resume(dir));
+    }
     std::fs::create_dir_all(dir)
         .map_err(|e| TrainError::Setup(format!("cannot create run directory {}: {e}", dir.display())))?;
     let _lock = lock_run_directory(dir)?;
@@ -267,12 +300,23 @@ pub fn train(
             0
         }
         Start::Resume => {
+            // Checked under the lock: a live run's directory is in use, not empty of checkpoints.
+            if !checkpoint_path.exists() {
+                return Err(nothing_to_resume(dir));
+            }
             let saved = Checkpoint::load(&checkpoint_path)?;
             if saved.config != identity || saved.seed != config.seed {
+                let mut differ = settings::differences(&saved.config, &identity);
+                if saved.seed != config.seed && !differ.iter().any(|line| line.starts_with("seed:")) {
+                    differ.push(format!("seed: saved {}, requested {}", saved.seed, config.seed));
+                }
                 return Err(TrainError::Setup(format!(
-                    "{} was written with other settings ({}); resume with the same configuration or start a new run directory",
+                    "{} was written with other settings than this resume asks for:\n  {}\nresume with the run's own \
+                     settings (drop or change the flags above), start the run afresh with --out {} --overwrite, or \
+                     give the new settings a new --out",
                     checkpoint_path.display(),
-                    saved.config
+                    differ.join("\n  "),
+                    dir.display()
                 )));
             }
             encoder.load_state(&saved.model)?;
@@ -359,6 +403,7 @@ pub fn train(
         }
         .save(&checkpoint_path)?;
 
+        pause_for_tests(completed);
         let due = completed == config.epochs || (config.eval_every > 0 && completed % config.eval_every == 0);
         if let (true, Some(setup)) = (due, evaluation.as_mut()) {
             let result = evaluate_encoder(encoder, setup)?;
@@ -373,7 +418,9 @@ pub fn train(
         (&last_evaluation, last_epoch == config.epochs, reported, evaluation.as_mut())
     {
         let result = evaluate_encoder(encoder, setup)?;
-        metrics.evaluation(config.epochs, &result)?;
+        if !metrics.has_evaluation(config.epochs)? {
+            metrics.evaluation(config.epochs, &result)?;
+        }
         last_evaluation = Some(result);
     }
     if let (Some(setup), Some(result)) = (evaluation.as_ref(), last_evaluation.as_ref()) {

@@ -149,6 +149,11 @@ const COL_BLOCK: i64 = 256;
 /// The side of the square tiles of the symmetric loop: two of them and their operands stay
 /// in L2.
 const SQUARE: i64 = 128;
+/// Runs the symmetric loop's tiles are split into, whatever the thread count: each run sums
+/// its rows in its own buffer and the buffers are merged in order, so a split that depends on
+/// nothing but the size keeps the floating-point order, and so the results, the same on any
+/// number of threads (split per thread, `--threads 1` and `--threads 2` trained differently).
+const SYMMETRIC_RUNS: i64 = 16;
 
 /// `f32` element `k` after `base` (`k` may be negative for reversed strides).
 fn at(base: i64, k: i64) -> *mut f32 {
@@ -308,29 +313,43 @@ impl Job<'_> {
         }
     }
 
-    /// Tiles on and above the diagonal, split into one contiguous run per thread; each thread
-    /// accumulates into its own copy of the output, and the copies are merged at the end.
+    /// Tiles on and above the diagonal, split into [`SYMMETRIC_RUNS`] contiguous runs of about
+    /// equal work, spread over the threads; each run accumulates into its own copy of the
+    /// output, and the copies are merged in run order.
     fn symmetric(&self) {
         let args = self.args;
         let blocks = (args.rows + SQUARE - 1) / SQUARE;
         let pairs: Vec<(i64, i64)> = (0..blocks).flat_map(|i| (i..blocks).map(move |j| (i, j))).collect();
-        let threads = (rayon::current_num_threads() as i64).clamp(1, pairs.len().max(1) as i64);
+        let count = SYMMETRIC_RUNS.clamp(1, pairs.len().max(1) as i64);
         // Off-diagonal tiles serve two blocks of rows; diagonal ones one.
         let cost = |&(i, j): &(i64, i64)| if i == j { 1 } else { 2 };
         let total: i64 = pairs.iter().map(cost).sum();
-        let mut runs = vec![Vec::new(); threads as usize];
+        let mut runs = vec![Vec::new(); count as usize];
         let mut done = 0;
         for p in &pairs {
-            let t = (done * threads / total.max(1)).min(threads - 1);
+            let t = (done * count / total.max(1)).min(count - 1);
             runs[t as usize].push(*p);
             done += cost(p);
         }
-        let partials: Vec<Vec<f32>> = if threads == 1 {
-            vec![self.symmetric_run(&runs[0])]
+        let merged = if rayon::current_num_threads() <= 1 {
+            // One copy at a time besides the total.
+            self.merge(runs.iter().map(|run| self.symmetric_run(run)))
         } else {
-            runs.par_iter().map(|run| self.symmetric_run(run)).collect()
+            self.merge(runs.par_iter().map(|run| self.symmetric_run(run)).collect::<Vec<_>>())
         };
-        self.write_out(partials);
+        if let Some(total) = merged {
+            self.write_out(total);
+        }
+    }
+
+    /// The runs' outputs merged in order.
+    fn merge(&self, partials: impl IntoIterator<Item = Vec<f32>>) -> Option<Vec<f32>> {
+        partials.into_iter().reduce(|mut total, partial| {
+            for (t, x) in total.iter_mut().zip(partial) {
+                *t = self.sink.merge(*t, x);
+            }
+            total
+        })
     }
 
     /// The output (`[rows]` or `[rows, width]`, dense) of the tiles in `run`.
@@ -408,18 +427,10 @@ impl Job<'_> {
         out
     }
 
-    /// Merges the threads' partial outputs (as [`Self::symmetric_run`] lays them out) into
-    /// `out`.
-    fn write_out(&self, partials: Vec<Vec<f32>>) {
+    /// Writes the merged output (laid out as [`Self::symmetric_run`] lays it out) into `out`.
+    fn write_out(&self, total: Vec<f32>) {
         let args = self.args;
         let product = self.sink.is_product();
-        let mut partials = partials.into_iter();
-        let Some(mut total) = partials.next() else { return };
-        for p in partials {
-            for (t, x) in total.iter_mut().zip(p) {
-                *t = self.sink.merge(*t, x);
-            }
-        }
         let (columns, stride) = if product { (args.width, args.width.max(1)) } else { (1, 1) };
         for r in 0..args.rows {
             for e in 0..columns {
