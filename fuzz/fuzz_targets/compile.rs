@@ -1,4 +1,5 @@
-//! Coverage-guided fuzzing of the front end: `cargo +nightly fuzz run compile fuzz/corpus`.
+//! Coverage-guided fuzzing of the front end; scripts/test.sh runs it for FUZZ_SECONDS (60 in
+//! CI) from the repository root: `cargo +nightly fuzz run --fuzz-dir fuzz compile CORPUS objectives`.
 //! Any input must compile or produce diagnostics; a panic or crash is a bug.
 #![no_main]
 
