@@ -491,3 +491,44 @@ fn set_rejects_values_outside_their_kind() {
         assert!(stderr.contains(expected) && stderr.contains(set.split('=').next().unwrap()), "--set {set}: {stderr}");
     }
 }
+
+/// The dimensions an input's shape introduces are values in the objective's body (issue 14):
+/// `eye(N)` and `/ D` here. Before, `N` was an unknown name whose hint suggested an unrelated
+/// local. Checked against the closed form: loss = mean_i(z1_i · z2_i) / D, grad z1 = z2 / (N D).
+#[test]
+fn input_dimensions_are_values_in_the_body() {
+    let dir = scratch_dir("input-dims");
+    let src = dir.join("dims.ssl");
+    std::fs::write(
+        &src,
+        "objective dims {\n    views x1, x2 = simclr_augment(x)\n    input z1: [N, D] = encoder(x1)\n    \
+         input z2: [N, D] = encoder(x2)\n    let sim = z1 @ z2.T\n    \
+         per_sample = sum(where(eye(N), sim, 0.0), axis=1) / D\n    loss = mean(per_sample)\n}\n",
+    )
+    .unwrap();
+    let (n, d) = (5, 3);
+    let (z1, z2) = views(7, n, d);
+    let p1 = write_npy(&dir, "z1.npy", &z1.tensor(DType::F64));
+    let p2 = write_npy(&dir, "z2.npy", &z2.tensor(DType::F64));
+    let out_dir = dir.join("out");
+    let out = run_sslc(&[
+        "eval".to_string(),
+        src.display().to_string(),
+        "--f64".into(),
+        "--input".into(),
+        format!("z1={}", p1.display()),
+        "--input".into(),
+        format!("z2={}", p2.display()),
+        "--out".into(),
+        out_dir.display().to_string(),
+    ]);
+    assert_success(&out);
+    let (loss, per_sample, g1, g2) = results(&out_dir, n, d, DType::F64);
+    let want: Vec<f64> = (0..n).map(|i| common::dot(z1.row(i), z2.row(i)) / d as f64).collect();
+    assert!(rel_error(&per_sample, &want, 1e-12) < 1e-12, "{per_sample:?} vs {want:?}");
+    assert!((loss - want.iter().sum::<f64>() / n as f64).abs() < 1e-12);
+    let scale = 1.0 / (n * d) as f64;
+    let want_g1: Vec<f64> = (0..n).flat_map(|i| z2.row(i).iter().map(move |v| v * scale).collect::<Vec<_>>()).collect();
+    let want_g2: Vec<f64> = (0..n).flat_map(|i| z1.row(i).iter().map(move |v| v * scale).collect::<Vec<_>>()).collect();
+    assert!(rel_error(&g1, &want_g1, 1e-12) < 1e-12 && rel_error(&g2, &want_g2, 1e-12) < 1e-12);
+}

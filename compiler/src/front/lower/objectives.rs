@@ -420,6 +420,14 @@ fn lower_objective<'a>(
         return None;
     }
 
+    // The batch and the widths the inputs' shapes introduce (`N`, `D`) are values in the body,
+    // as `dim` declarations are (`eye(N)`, `x / D`); a declaration of the same name wins.
+    for (h, d) in module.dims.iter() {
+        if matches!(d.kind, DimKind::Batch | DimKind::Free) {
+            scope.names.entry(d.name.clone()).or_insert((ObjName::Dim(h), d.span));
+        }
+    }
+
     // Phase 5: programs.
     let mut lw = Lower::new(&module, functions, Some(&scope), Context::Loss);
     let mut total: Option<(Handle<Expr>, Span)> = None;
