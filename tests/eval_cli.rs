@@ -532,3 +532,73 @@ fn input_dimensions_are_values_in_the_body() {
     let want_g2: Vec<f64> = (0..n).flat_map(|i| z1.row(i).iter().map(move |v| v * scale).collect::<Vec<_>>()).collect();
     assert!(rel_error(&g1, &want_g1, 1e-12) < 1e-12 && rel_error(&g2, &want_g2, 1e-12) < 1e-12);
 }
+
+/// `sqdist`, `diag` (of a product, and of any square matrix), `arange` and `variance`
+/// (issue 14's missing built-ins) against closed forms computed here, and their gradients
+/// against finite differences (`sslc gradcheck`).
+#[test]
+fn sqdist_diag_arange_and_variance_match_their_definitions() {
+    let dir = scratch_dir("new-builtins");
+    let src = dir.join("builtins.ssl");
+    std::fs::write(
+        &src,
+        "objective builtins {\n    views x1, x2 = simclr_augment(x)\n    input z1: [N, D] = encoder(x1)\n    \
+         input z2: [N, D] = encoder(x2)\n    \
+         per_sample = sum(sqdist(z1, z2), axis=1) + diag(z1 @ z2.T) + diag(2.0 * (z1 @ z1.T)) + float(arange(N))\n    \
+         loss = mean(per_sample) + sum(variance(z1, axis=0))\n}\n",
+    )
+    .unwrap();
+    let (n, d) = (6, 3);
+    let (z1, z2) = views(11, n, d);
+    let p1 = write_npy(&dir, "z1.npy", &z1.tensor(DType::F64));
+    let p2 = write_npy(&dir, "z2.npy", &z2.tensor(DType::F64));
+    let out_dir = dir.join("out");
+    let arg = |s: &str| s.to_string();
+    let out = run_sslc(&[
+        arg("eval"),
+        src.display().to_string(),
+        arg("--f64"),
+        arg("--input"),
+        format!("z1={}", p1.display()),
+        arg("--input"),
+        format!("z2={}", p2.display()),
+        arg("--out"),
+        out_dir.display().to_string(),
+    ]);
+    assert_success(&out);
+    let (loss, per_sample, _, _) = results(&out_dir, n, d, DType::F64);
+    let sq = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>();
+    let want: Vec<f64> = (0..n)
+        .map(|i| {
+            let dist: f64 = (0..n).map(|j| sq(z1.row(i), z2.row(j))).sum();
+            dist + common::dot(z1.row(i), z2.row(i)) + 2.0 * common::dot(z1.row(i), z1.row(i)) + i as f64
+        })
+        .collect();
+    assert!(rel_error(&per_sample, &want, 1e-9) < 1e-10, "{per_sample:?} vs {want:?}");
+    let variance: f64 = (0..d)
+        .map(|k| {
+            let col: Vec<f64> = (0..n).map(|i| z1.at(i, k)).collect();
+            let m = col.iter().sum::<f64>() / n as f64;
+            col.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / (n - 1) as f64
+        })
+        .sum();
+    let want_loss = want.iter().sum::<f64>() / n as f64 + variance;
+    assert!((loss - want_loss).abs() < 1e-9 * want_loss.abs().max(1.0), "{loss} vs {want_loss}");
+    let out = run_sslc(&[arg("gradcheck"), src.display().to_string()]);
+    assert_success(&out);
+    assert_eq!(stdout_of(&out).matches("ok ").count(), 2, "{}", stdout_of(&out));
+    // A matrix that is not square has no diagonal: a located error, not a crash.
+    std::fs::write(
+        &src,
+        "objective bad {\n    views x1, x2 = simclr_augment(x)\n    input z1: [N, D] = encoder(x1)\n    \
+         input z2: [N, D] = encoder(x2)\n    loss = mean(diag(z1))\n}\n",
+    )
+    .unwrap();
+    let out = run_sslc(&[arg("check"), src.display().to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains("`diag` of [N, D]") && stderr_of(&out).contains("builtins.ssl:5:"),
+        "{}",
+        stderr_of(&out)
+    );
+}

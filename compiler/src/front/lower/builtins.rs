@@ -51,6 +51,10 @@ const FUNCTIONS: &[&str] = &[
     "logsumexp",
     "argmax",
     "std",
+    "variance",
+    "diag",
+    "arange",
+    "sqdist",
     "softmax",
     "log_softmax",
     "normalize",
@@ -197,7 +201,7 @@ impl Lower<'_> {
                 let b = self.broadcast(b, &shape, bsp)?;
                 node(self.push(Expr::Select { cond: c, on_true: a, on_false: b }, span))
             }
-            "sum" | "mean" | "logsumexp" | "argmax" | "std" => {
+            "sum" | "mean" | "logsumexp" | "argmax" | "std" | "variance" => {
                 let [x, axis, keepdim] = self.args(name, args, &["x", "axis", "keepdim"], 1, span)?;
                 let keep = self.flag(keepdim)?;
                 let (xv, xs) = x.expect("required");
@@ -215,7 +219,11 @@ impl Lower<'_> {
                     "logsumexp" => self.reduce(ReduceOp::LogSumExp, x, axis, span)?,
                     "argmax" => self.reduce(ReduceOp::ArgMax, x, axis, span)?,
                     "mean" => self.mean(x, axis, span)?,
-                    _ => self.std(x, axis, span)?,
+                    "variance" => self.variance(x, axis, span)?,
+                    _ => {
+                        let v = self.variance(x, axis, span)?;
+                        self.push(Expr::Unary { op: UnaryOp::Sqrt, arg: v }, span)?
+                    }
                 };
                 node(self.keepdim(r, axis, keep, span))
             }
@@ -305,6 +313,22 @@ impl Lower<'_> {
                     }
                 }
                 node(self.push(Expr::Concat { parts: nodes, axis }, span))
+            }
+            "diag" => {
+                let [x] = self.args(name, args, &["x"], 1, span)?;
+                let (xv, xs) = x.expect("required");
+                let x = self.node_as(xv, xs, Elem::Real)?;
+                node(self.diag(x, xs, span))
+            }
+            "arange" => {
+                let [n] = self.args(name, args, &["n"], 1, span)?;
+                let (nv, ns) = n.expect("required");
+                let n = self.dim(&nv, ns)?;
+                node(self.push(Expr::Iota { shape: vec![n], axis: 0 }, span))
+            }
+            "sqdist" => {
+                let [a, b] = self.args(name, args, &["a", "b"], 2, span)?;
+                node(self.sqdist(a.expect("required"), b.expect("required"), span))
             }
             "eye" => {
                 let [n] = self.args(name, args, &["n"], 1, span)?;
@@ -544,7 +568,8 @@ impl Lower<'_> {
     }
 
     /// Sample standard deviation (divisor n − 1), as `torch.std`.
-    fn std(&mut self, x: Handle<Expr>, axis: Option<usize>, span: Span) -> R<Handle<Expr>> {
+    /// The unbiased variance (divides by n − 1, as `torch.var`); `std` is its square root.
+    fn variance(&mut self, x: Handle<Expr>, axis: Option<usize>, span: Span) -> R<Handle<Expr>> {
         let m = self.mean(x, axis, span)?;
         let m = self.keepdim(m, axis, true, span)?;
         let shape = self.ty(x).shape.clone();
@@ -557,8 +582,72 @@ impl Lower<'_> {
         let dof = self.push(Expr::Binary { op: BinaryOp::Sub, lhs: n, rhs: one }, span)?;
         let shape = self.ty(ss).shape.clone();
         let dof = self.broadcast(dof, &shape, span)?;
-        let var = self.push(Expr::Binary { op: BinaryOp::Div, lhs: ss, rhs: dof }, span)?;
-        self.push(Expr::Unary { op: UnaryOp::Sqrt, arg: var }, span)
+        self.push(Expr::Binary { op: BinaryOp::Div, lhs: ss, rhs: dof }, span)
+    }
+
+    /// `[N, N]` → `[N]`: the diagonal, as a row sum under the `eye` mask, which pairwise
+    /// fusion recognises when the matrix is a product.
+    fn diag(&mut self, x: Handle<Expr>, xs: Span, span: Span) -> R<Handle<Expr>> {
+        let ty = self.ty(x).clone();
+        if ty.rank() != 2 || ty.shape[0] != ty.shape[1] {
+            let t = self.shape_text(&ty);
+            return Err(self.error(
+                Diagnostic::new(format!("`diag` of {t}"))
+                    .at(xs, format!("this is {t}"))
+                    .hint("`diag` takes a square matrix `[N, N]`"),
+            ));
+        }
+        // diag(a @ bᵀ) is the row-wise dot product: O(N·D), and so is its gradient.
+        if let Expr::MatMul { lhs, rhs } = self.prog.exprs[x] {
+            if let Expr::Transpose { arg } = self.prog.exprs[rhs] {
+                if self.ty(lhs).shape == self.ty(arg).shape {
+                    let products = self.push(Expr::Binary { op: BinaryOp::Mul, lhs, rhs: arg }, span)?;
+                    return self.reduce(ReduceOp::Sum, products, Some(1), span);
+                }
+            }
+        }
+        let rows = self.push(Expr::Iota { shape: ty.shape.clone(), axis: 0 }, span)?;
+        let cols = self.push(Expr::Iota { shape: ty.shape.clone(), axis: 1 }, span)?;
+        let on_diagonal = self.push(Expr::Binary { op: BinaryOp::Eq, lhs: rows, rhs: cols }, span)?;
+        let zero = self.literal(0.0, span)?;
+        let zero = self.broadcast(zero, &ty.shape, span)?;
+        let kept = self.push(Expr::Select { cond: on_diagonal, on_true: x, on_false: zero }, span)?;
+        self.reduce(ReduceOp::Sum, kept, Some(1), span)
+    }
+
+    /// `[N, D]`, `[M, D]` → `[N, M]` squared Euclidean distances, `‖a‖² + ‖b‖² − 2 a bᵀ`
+    /// (one matrix product, no `[N, M, D]` difference tensor), floored at 0 against rounding.
+    fn sqdist(&mut self, (a, asp): (Value, Span), (b, bsp): (Value, Span), span: Span) -> R<Handle<Expr>> {
+        let a = self.node_as(a, asp, Elem::Real)?;
+        let b = self.node_as(b, bsp, Elem::Real)?;
+        for (h, s) in [(a, asp), (b, bsp)] {
+            if self.ty(h).rank() != 2 {
+                let t = self.shape_text(&self.ty(h).clone());
+                return Err(self.error(
+                    Diagnostic::new(format!("`sqdist` of {t}"))
+                        .at(s, format!("this is {t}"))
+                        .hint("`sqdist(a, b)` takes two matrices of row vectors, `[N, D]` and `[M, D]`"),
+                ));
+            }
+        }
+        let bt = self.push(Expr::Transpose { arg: b }, bsp)?;
+        let ab = self.matmul(Value::Node(a), asp, Value::Node(bt), bsp, span)?;
+        let shape = self.ty(ab).shape.clone();
+        let mut norms = Vec::new();
+        for (h, axis) in [(a, 1), (b, 0)] {
+            let sq = self.push(Expr::Binary { op: BinaryOp::Mul, lhs: h, rhs: h }, span)?;
+            let n = self.reduce(ReduceOp::Sum, sq, Some(1), span)?;
+            let n = self.push(Expr::ExpandDims { arg: n, axis }, span)?;
+            norms.push(self.broadcast(n, &shape, span)?);
+        }
+        let sum = self.push(Expr::Binary { op: BinaryOp::Add, lhs: norms[0], rhs: norms[1] }, span)?;
+        let two = self.literal(2.0, span)?;
+        let two = self.broadcast(two, &shape, span)?;
+        let cross = self.push(Expr::Binary { op: BinaryOp::Mul, lhs: two, rhs: ab }, span)?;
+        let d = self.push(Expr::Binary { op: BinaryOp::Sub, lhs: sum, rhs: cross }, span)?;
+        let zero = self.literal(0.0, span)?;
+        let zero = self.broadcast(zero, &shape, span)?;
+        self.push(Expr::Binary { op: BinaryOp::Max, lhs: d, rhs: zero }, span)
     }
 
     fn keepdim(&mut self, r: Handle<Expr>, axis: Option<usize>, keep: bool, span: Span) -> R<Handle<Expr>> {

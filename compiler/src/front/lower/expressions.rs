@@ -136,7 +136,7 @@ impl<'a> Lower<'a> {
     }
 
     /// `@`: matrices, or a matrix and a vector (the vector gains and then loses an axis).
-    fn matmul(&mut self, l: Value, ls: Span, r: Value, rs: Span, span: Span) -> R<Handle<Expr>> {
+    pub(super) fn matmul(&mut self, l: Value, ls: Span, r: Value, rs: Span, span: Span) -> R<Handle<Expr>> {
         let a = self.node_as(l, ls, Elem::Real)?;
         let b = self.node_as(r, rs, Elem::Real)?;
         let (ta, tb) = (self.ty(a).clone(), self.ty(b).clone());
