@@ -305,11 +305,16 @@ fn lower_objective<'a>(
         if let Member::Input { doc, name, ty, source, span } = m {
             let is_first = module.inputs.is_empty();
             let Some(t) = declare_type(&mut module, ty, DimKind::Free, diags) else { continue };
-            if t.elem != Elem::Real || t.rank() == 0 {
+            // The encoder yields one embedding row per image: anything but `[batch, width]`
+            // would pass the checks and fail at the first training step.
+            if t.elem != Elem::Real || t.rank() != 2 {
                 diags.push(
-                    Diagnostic::new("an input is a real tensor whose first axis is the batch")
+                    Diagnostic::new("an input is a batch of embeddings: a real matrix `[N, D]`")
                         .at(ty.span, "not a batch of embeddings")
-                        .hint("write e.g. `input z1: [N, D] = encoder(x1)`"),
+                        .hint(
+                            "write e.g. `input z1: [N, D] = encoder(x1)`; derive vectors in the body, \
+                             e.g. `let w = sum(z1, axis=1)`",
+                        ),
                 );
                 continue;
             }
