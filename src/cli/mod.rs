@@ -5,6 +5,7 @@ mod bench;
 mod check;
 mod common;
 mod compare;
+mod config;
 mod cuda;
 mod eval;
 mod export;
