@@ -107,8 +107,11 @@ pub fn compare(args: &CompareArgs) -> i32 {
     0
 }
 
+/// Reads one column's value from a run's report.
+type Pick = fn(&AccuracyReport) -> Option<f64>;
+
 /// The columns of both tables: name and how to read it from one run's report.
-const COLUMNS: [(&str, fn(&AccuracyReport) -> Option<f64>); 5] = [
+const COLUMNS: [(&str, Pick); 5] = [
     ("Many", |r| r.many),
     ("Medium", |r| r.medium),
     ("Few", |r| r.few),
@@ -116,7 +119,7 @@ const COLUMNS: [(&str, fn(&AccuracyReport) -> Option<f64>); 5] = [
     ("group std", |r| r.group_std),
 ];
 
-fn column(row: &Row, pick: fn(&AccuracyReport) -> Option<f64>) -> MeanStd {
+fn column(row: &Row, pick: Pick) -> MeanStd {
     MeanStd::of(row.reports.iter().map(pick))
 }
 

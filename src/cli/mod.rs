@@ -32,7 +32,8 @@ struct Cli {
 enum Command {
     Check(check::CheckArgs),
     Emit(check::EmitArgs),
-    Run(run::RunArgs),
+    // Boxed: its flags make it several times larger than every other command's.
+    Run(Box<run::RunArgs>),
     Probe(run::ProbeArgs),
     Split(run::SplitArgs),
     BenchTrain(run::BenchTrainArgs),
