@@ -191,7 +191,8 @@ pub fn plot_grouped_bars(
         .disable_x_mesh()
         .y_desc("top-1 accuracy (%)")
         .x_label_formatter(&|x| categories.get(x.floor().max(0.0) as usize).copied().unwrap_or_default().to_string())
-        .y_label_formatter(&|percent| format!("{percent:.0}"))
+        // The headroom above 100 % is for the legend, not for values.
+        .y_label_formatter(&|percent| if *percent <= 100.0 { format!("{percent:.0}") } else { String::new() })
         .label_style((FONT_FAMILY, 18))
         .axis_desc_style((FONT_FAMILY, 20))
         .draw()
