@@ -141,6 +141,11 @@ fn bad_config_files_are_clean_errors_naming_file_line_and_key() {
         assert!(printed.contains(says), "{name}: no {says:?} in {printed}");
         assert!(!dir.join("never").exists(), "{name}: a refused run left a directory");
     }
+    // A file whose objective changed since it was written says so (then fails on its limit).
+    let stale = dir.join("stale.toml");
+    std::fs::write(&stale, "objective = \"objectives/simclr.ssl\"\nobjective_sha256 = \"00\"\nlimit = 0\n").unwrap();
+    let out = sslc(&["run", "--config", stale.to_str().unwrap()]);
+    assert!(text(&out).contains("has changed since") && text(&out).contains("stale.toml"), "{}", text(&out));
     let out = sslc(&["run", "--config", dir.join("missing.toml").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("missing.toml"), "{}", text(&out));
