@@ -1,4 +1,4 @@
-//! How a benchmark run is set up: per-dataset defaults, the data sets, the linear-probe/kNN
+//! How a benchmark run is set up (its per-dataset defaults are `configs/*.toml`): the data sets, the linear-probe/kNN
 //! evaluation, and the record of a run's choices that a later evaluation reads back. Here
 //! rather than in the command line so that training and re-evaluating a checkpoint set a
 //! benchmark up one way, and the command line only parses flags.
@@ -57,37 +57,6 @@ pub struct RunContext {
     pub probe_epochs: usize,
     /// `--limit`, if given; absent from runs recorded before it existed.
     pub limit: Option<usize>,
-}
-
-/// Per-dataset defaults: small enough to finish on a CPU, faithful where it matters.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Preset {
-    pub backbone: Backbone,
-    pub epochs: usize,
-    pub batch_size: usize,
-    pub probe_epochs: usize,
-    pub weight_decay: f64,
-}
-
-pub fn preset(name: DatasetName) -> Preset {
-    match name {
-        DatasetName::Digits => {
-            Preset { backbone: Backbone::Small, epochs: 30, batch_size: 128, probe_epochs: 200, weight_decay: 5e-4 }
-        }
-        DatasetName::FashionMnist => {
-            Preset { backbone: Backbone::Small, epochs: 5, batch_size: 256, probe_epochs: 100, weight_decay: 5e-4 }
-        }
-        DatasetName::Cifar10 | DatasetName::Cifar100 => Preset {
-            backbone: Backbone::Resnet18,
-            epochs: 1000,
-            batch_size: 512,
-            probe_epochs: 500,
-            weight_decay: 5e-4,
-        },
-        DatasetName::ImageNetLt | DatasetName::PlacesLt => {
-            Preset { backbone: Backbone::Resnet50, epochs: 500, batch_size: 256, probe_epochs: 500, weight_decay: 1e-4 }
-        }
-    }
 }
 
 /// Where a benchmark's files are and how to long-tail it; `imbalance` `None` keeps the

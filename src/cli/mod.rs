@@ -5,6 +5,7 @@ mod bench;
 mod check;
 mod common;
 mod compare;
+mod config;
 mod cuda;
 mod eval;
 mod export;
@@ -31,7 +32,8 @@ struct Cli {
 enum Command {
     Check(check::CheckArgs),
     Emit(check::EmitArgs),
-    Run(run::RunArgs),
+    // Boxed: its flags make it several times larger than every other command's.
+    Run(Box<run::RunArgs>),
     Probe(run::ProbeArgs),
     Split(run::SplitArgs),
     BenchTrain(run::BenchTrainArgs),

@@ -2,97 +2,46 @@
 //! linear-probe accuracy for the Many / Medium / Few classes; `sslc probe`: evaluate a saved
 //! checkpoint again; `sslc split`: print a long-tailed subset.
 
-use super::common::{fail, load_objective, load_trained, print_stdout, Backend, Trained};
-use clap::{Args, ValueEnum};
+use super::common::{fail, load_objective, load_trained, print_stdout, Trained};
+use super::config::{self, ImbType, RunSettings};
+use clap::Args;
 use sslc::objective::CompiledObjective;
 use sslc_compiler::eval::Overrides;
 use sslc_runtime::data::{self, DataSplits, DatasetName, ImbalanceProfile};
 use sslc_runtime::model::{Encoder, EncoderConfig};
 use sslc_runtime::objective::Objective;
 use sslc_runtime::presets::{self, Backbone, EvalData, RunContext};
+use sslc_runtime::report::CONFIG_FILE;
 use sslc_runtime::train::{self, Start, TrainConfig};
 use std::path::PathBuf;
 
-#[derive(Clone, Copy, ValueEnum, Debug, PartialEq, Eq)]
-pub enum ImbType {
-    /// n_c = n_max · r^(c/(C−1)).
-    Exp,
-    /// Half the classes keep n_max, half n_max · r.
-    Step,
-}
-
-impl ImbType {
-    fn profile(self) -> ImbalanceProfile {
-        match self {
-            ImbType::Exp => ImbalanceProfile::Exp,
-            ImbType::Step => ImbalanceProfile::Step,
-        }
-    }
-}
-
 /// Train a backbone with an objective and report Many/Medium/Few linear-probe accuracy.
+///
+/// Settings come from, highest first: flags, the --config file, the dataset's preset
+/// (configs/<dataset>.toml, built in), the built-in defaults.
 #[derive(Args)]
 #[command(after_help = "With no flags, trains on the embedded long-tailed UCI digits (no download) in seconds \
 on two cores, then prints the Many/Medium/Few table.\n\n\
 Outputs, under --out (default runs/<objective>-<time>):\n  metrics.jsonl      one JSON line per step, epoch and evaluation (loss terms, lr, GH weight, ...)\n  \
-summary.json       final accuracies (overall, Many/Medium/Few, per class, kNN), configuration, seed, version, threads\n  \
+config.toml        everything that defines the run; repeat it with --config DIR/config.toml
+  \
+summary.json       final accuracies (overall, Many/Medium/Few, per class, kNN), configuration, seed, version, threads
+  \
 per_class.png      per-class accuracy against training count, groups marked\n  \
 checkpoint.safetensors  model, optimizer, objective state and epoch, written atomically every epoch\n\n\
 Examples:\n  sslc run objectives/simclr_gh.ssl\n  \
 sslc run objectives/simclr.ssl --dataset fashion-mnist-lt --seed 1\n  \
 sslc run objectives/sdclr_gh.ssl --dataset cifar100-lt --data ~/data/cifar-100-binary --backbone resnet18 --epochs 1000 --batch-size 512\n  \
 sslc run objectives/simclr_gh.ssl --set warm_up=40% --set tau=0.1\n  \
+sslc run --config runs/simclr_gh-20261128-101500/config.toml --seed 1 --out runs/seed1\n  \
 sslc run objectives/simclr_gh.ssl --resume runs/simclr_gh-20261128-101500")]
 pub struct RunArgs {
-    /// The objective (`.ssl`).
-    file: PathBuf,
-    /// Benchmark: digits (embedded), fashion-mnist-lt, cifar10-lt, cifar100-lt, imagenet-lt, places-lt.
-    #[arg(long, default_value = "digits")]
-    dataset: String,
-    /// Where the dataset's files are (CIFAR folder, Fashion-MNIST IDX folder, or the image root of
-    /// ImageNet-LT/Places-LT).
-    #[arg(long)]
-    data: Option<PathBuf>,
-    /// Folder holding ImageNet_LT/ and Places_LT/ list files (default: split/).
-    #[arg(long)]
-    split_dir: Option<PathBuf>,
-    /// Imbalance factor r = n_min / n_max of the long-tailed training set.
-    #[arg(long)]
-    imbalance: Option<f64>,
-    #[arg(long, value_enum, default_value = "exp")]
-    imb_type: ImbType,
-    /// Training epochs (default: the dataset's preset).
-    #[arg(long)]
-    epochs: Option<usize>,
-    /// Images per batch (default: the dataset's preset).
-    #[arg(long)]
-    batch_size: Option<usize>,
-    /// Base learning rate (the objective's `schedule lr` shapes it).
-    #[arg(long, default_value_t = 0.5)]
-    lr: f64,
-    /// SGD weight decay (default: 5e-4, or 1e-4 on ImageNet-LT/Places-LT).
-    #[arg(long)]
-    weight_decay: Option<f64>,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Backbone (default: the dataset's preset).
-    #[arg(long, value_enum)]
-    backbone: Option<Backbone>,
-    /// CPU threads for compute and data loading (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// NAME=VALUE overrides an objective parameter or `dim` (repeatable).
-    #[arg(long = "set", value_name = "NAME=VALUE")]
-    set: Vec<String>,
-    /// Where the objective's loss and gradients are computed.
-    #[arg(long, value_enum, default_value = "cpu")]
-    backend: Backend,
-    /// Evaluate every this many epochs as well as at the end (0: only at the end).
-    #[arg(long, default_value_t = 0)]
-    eval_every: usize,
-    /// Linear-probe epochs (METHOD.md uses 500).
-    #[arg(long)]
-    probe_epochs: Option<usize>,
+    #[command(flatten)]
+    settings: RunSettings,
+    /// A run configuration (TOML: a run directory's config.toml, one of configs/*.toml, or your
+    /// own); flags given as well override its values.
+    #[arg(long, value_name = "FILE.toml")]
+    config: Option<PathBuf>,
     /// Run directory.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -106,20 +55,6 @@ pub struct RunArgs {
     /// Stop once this many epochs are done, to continue later with --resume.
     #[arg(long)]
     stop_after: Option<usize>,
-    /// Use at most this many images of each set (train, probe train, test), evenly strided so
-    /// every class keeps its share (the probe's sets keep at least one image of every class):
-    /// for smoke runs and quick looks at a large benchmark.
-    #[arg(long, value_parser = at_least_one)]
-    limit: Option<usize>,
-}
-
-/// A count of 1 or more (`--limit 0` would leave nothing to train on).
-fn at_least_one(text: &str) -> Result<usize, String> {
-    match text.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(e.to_string()),
-    }
 }
 
 /// Measure the training throughput of a backbone (forward, backward and SGD on random images).
@@ -183,7 +118,6 @@ fn set_threads(threads: Option<usize>) {
 }
 
 pub fn run(args: &RunArgs) -> i32 {
-    set_threads(args.threads);
     match run_inner(args) {
         Ok(()) => 0,
         Err(code) => code,
@@ -191,21 +125,30 @@ pub fn run(args: &RunArgs) -> i32 {
 }
 
 fn run_inner(args: &RunArgs) -> Result<(), i32> {
-    let name = DatasetName::from_name(&args.dataset).map_err(fail)?;
-    let defaults = presets::preset(name);
-    let module = load_objective(&args.file)?;
-    let overrides = Overrides::parse(&args.set).map_err(fail)?;
-    let mut objective = CompiledObjective::new(module, overrides, args.lr, args.backend.kind()).map_err(fail)?;
-    let options =
-        presets::data_options(args.data.clone(), args.split_dir.clone(), args.imbalance, args.imb_type.profile())
-            .map_err(fail)?;
-    eprintln!("loading {} ...", name.name());
-    let splits = presets::load_splits(name, &options, args.limit).map_err(fail)?;
+    let file = match &args.config {
+        Some(path) => config::load(path).map_err(fail)?,
+        None => RunSettings::default(),
+    };
+    let mut settings = args.settings.clone().over(file).complete().map_err(fail)?;
+    let run = settings.resolve().map_err(fail)?;
+    set_threads(settings.threads);
+    settings.threads = Some(rayon::current_num_threads());
+    settings.objective_sha256 = Some(config::sha256_of(&run.objective).map_err(fail)?);
+    settings.sslc_version = Some(env!("CARGO_PKG_VERSION").to_string());
 
-    let backbone = args.backbone.unwrap_or(defaults.backbone);
-    let batch_size = args.batch_size.unwrap_or(defaults.batch_size).min(splits.train.len());
-    let epochs = args.epochs.unwrap_or(defaults.epochs);
-    let probe_epochs = args.probe_epochs.unwrap_or(defaults.probe_epochs);
+    let name = run.dataset;
+    let module = load_objective(&run.objective)?;
+    let overrides = Overrides::parse(&run.set).map_err(fail)?;
+    let mut objective = CompiledObjective::new(module, overrides, run.lr, run.backend.kind()).map_err(fail)?;
+    let options = presets::data_options(run.data.clone(), run.split_dir.clone(), run.imbalance, run.imb_type.profile())
+        .map_err(fail)?;
+    eprintln!("loading {} ...", name.name());
+    let splits = presets::load_splits(name, &options, run.limit).map_err(fail)?;
+
+    let backbone = run.backbone;
+    let batch_size = run.batch_size.min(splits.train.len());
+    let epochs = run.epochs;
+    let probe_epochs = run.probe_epochs;
     let (dir, start) = match (&args.resume, &args.out) {
         (Some(dir), _) => (dir.clone(), Start::Resume),
         (None, Some(dir)) => (dir.clone(), if args.overwrite { Start::Overwrite } else { Start::Fresh }),
@@ -213,36 +156,36 @@ fn run_inner(args: &RunArgs) -> Result<(), i32> {
     };
     let config = TrainConfig {
         epochs,
-        base_lr: args.lr,
+        base_lr: run.lr,
         lr_min: 1e-6,
         momentum: 0.9,
-        weight_decay: args.weight_decay.unwrap_or(defaults.weight_decay),
-        seed: args.seed,
-        eval_every: args.eval_every,
+        weight_decay: run.weight_decay,
+        seed: run.seed,
+        eval_every: run.eval_every,
         stop_after: args.stop_after,
         context: Some(RunContext {
-            objective_file: args.file.display().to_string(),
+            objective_file: run.objective.display().to_string(),
             dataset: name.name().to_string(),
-            data: args.data.as_ref().map(|d| d.display().to_string()),
-            imbalance: args.imbalance,
+            data: run.data.as_ref().map(|d| d.display().to_string()),
+            imbalance: run.imbalance,
             batch_size,
             backbone,
-            set: args.set.clone(),
-            backend: Some(args.backend.kind().name().to_string()),
+            set: run.set.clone(),
+            backend: Some(run.backend.kind().name().to_string()),
             probe_epochs,
-            limit: args.limit,
+            limit: run.limit,
         }),
     };
+    write_config(&dir, start, &settings).map_err(fail)?;
     let pruned = objective.embeddings().iter().any(|e| e.pruned.is_some());
     let channels = splits.train.image(0).map_err(fail)?.channels();
-    let encoder = Encoder::new(EncoderConfig::reference(backbone.kind(), channels, pruned, args.seed)).map_err(fail)?;
+    let encoder = Encoder::new(EncoderConfig::reference(backbone.kind(), channels, pruned, run.seed)).map_err(fail)?;
 
     let samples = splits.train.len();
     let DataSplits { train, probe_train, test } = splits;
     let train_counts = train.class_counts();
-    let mut source =
-        presets::train_source(name, train, batch_size, args.seed, objective.views().extra).map_err(fail)?;
-    let mut evaluation = EvalData::new(name, probe_train, test, train_counts, probe_epochs, args.seed).map_err(fail)?;
+    let mut source = presets::train_source(name, train, batch_size, run.seed, objective.views().extra).map_err(fail)?;
+    let mut evaluation = EvalData::new(name, probe_train, test, train_counts, probe_epochs, run.seed).map_err(fail)?;
     eprintln!(
         "training {} on {} ({} images, batch {batch_size}, {epochs} epochs, {:?} backbone) in {}",
         objective.name(),
@@ -265,6 +208,26 @@ fn run_inner(args: &RunArgs) -> Result<(), i32> {
         eprintln!("no evaluation was run (the run had already finished?)");
     }
     Ok(())
+}
+
+/// Writes the run's `config.toml` (atomically) before training, so an interrupted run has one
+/// too. Not where the run will refuse to start (a fresh run into a directory holding another
+/// run) nor over the file of a run being resumed: both would clobber the earlier run's record.
+fn write_config(dir: &std::path::Path, start: Start, settings: &RunSettings) -> Result<(), String> {
+    let path = dir.join(CONFIG_FILE);
+    let skip = match start {
+        Start::Fresh => std::fs::read_dir(dir)
+            .is_ok_and(|mut entries| entries.any(|e| e.is_ok_and(|e| e.file_name() != sslc_runtime::train::LOCK_FILE))),
+        Start::Resume => path.exists(),
+        Start::Overwrite => false,
+    };
+    if skip {
+        return Ok(());
+    }
+    let text = config::to_file_text(settings, dir)?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create run directory {}: {e}", dir.display()))?;
+    sslc_runtime::checkpoint::write_atomically(&path, text.as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 /// `YYYYmmdd-HHMMSS` in UTC, for default run directories.

@@ -14,12 +14,14 @@ use serde_json::{json, Map, Value};
 use crate::checkpoint::write_atomically;
 use crate::probe::{AccuracyReport, Evaluation, Group};
 
-pub use plot::plot_per_class;
+pub use plot::{plot_grouped_bars, plot_per_class, BarSeries};
 pub use progress::Progress;
 pub use tensorboard::TensorBoard;
 
 pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const SUMMARY_FILE: &str = "summary.json";
+/// The run's configuration, written by `sslc run` before training (not by [`crate::train`]).
+pub const CONFIG_FILE: &str = "config.toml";
 pub const PER_CLASS_PLOT_FILE: &str = "per_class.png";
 
 #[derive(Debug, thiserror::Error)]

@@ -1,4 +1,5 @@
-//! `per_class.png`: per-class accuracy against the class's training count, coloured by group.
+//! `per_class.png`: per-class accuracy against the class's training count, coloured by group;
+//! and the grouped bars of `sslc compare --plot`.
 //!
 //! The font is embedded (DejaVu Sans, Bitstream Vera licence, see `font/LICENSE-DejaVu.txt`)
 //! and rendered by ab_glyph, so the plot draws the same on a machine with no fonts installed.
@@ -7,6 +8,8 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use plotters::coord::combinators::IntoLogRange;
+use plotters::coord::ranged1d::{DefaultFormatting, KeyPointHint};
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
@@ -95,6 +98,142 @@ pub fn plot_per_class(
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(|e| draw(&e))?;
+    root.present().map_err(|e| draw(&e))?;
+    Ok(())
+}
+
+/// One bar colour of [`plot_grouped_bars`]: a name for the legend and, per category, the mean
+/// and the half-length of its error bar (`None`: no bar).
+pub struct BarSeries {
+    pub label: String,
+    pub values: Vec<Option<(f64, f64)>>,
+}
+
+/// An x axis of categories: category `i` spans `[i, i + 1)`, labelled at its centre only.
+struct CategoryAxis {
+    range: RangedCoordf64,
+    centres: Vec<f64>,
+}
+
+impl Ranged for CategoryAxis {
+    type FormatOption = DefaultFormatting;
+    type ValueType = f64;
+
+    fn map(&self, value: &f64, limit: (i32, i32)) -> i32 {
+        self.range.map(value, limit)
+    }
+
+    fn key_points<Hint: KeyPointHint>(&self, _hint: Hint) -> Vec<f64> {
+        self.centres.clone()
+    }
+
+    fn range(&self) -> std::ops::Range<f64> {
+        self.range.range()
+    }
+}
+
+/// Colours of successive series (matplotlib's tab10, which `group_colour` also draws from).
+const SERIES_COLOURS: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+/// Draws grouped bars: for each of `categories` (x), one bar per series, its height the mean
+/// (%, y) with a ± error bar; one colour per series, named in the legend.
+pub fn plot_grouped_bars(
+    path: &Path,
+    title: &str,
+    categories: &[&str],
+    series: &[BarSeries],
+) -> Result<(), ReportError> {
+    if categories.is_empty() || series.is_empty() || series.iter().any(|s| s.values.len() != categories.len()) {
+        return Err(ReportError::Input(format!(
+            "the bar plot needs at least one category and one series, each with a value per category: {} categories, {} series",
+            categories.len(),
+            series.len()
+        )));
+    }
+    let plot_error = |reason: String| ReportError::Plot { path: path.to_path_buf(), reason };
+    if !font_registered() {
+        return Err(plot_error("the embedded font could not be loaded".into()));
+    }
+    let highest = series
+        .iter()
+        .flat_map(|s| s.values.iter().flatten().map(|(mean, err)| mean + err.abs()))
+        .filter(|v| v.is_finite())
+        .fold(100.0, f64::max);
+    let slots = categories.len() as f64;
+    let centres: Vec<f64> = (0..categories.len()).map(|i| i as f64 + 0.5).collect();
+
+    let root = BitMapBackend::new(path, (1000, 640)).into_drawing_area();
+    let draw = |error: &dyn std::fmt::Display| plot_error(error.to_string());
+    root.fill(&WHITE).map_err(|e| draw(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, (FONT_FAMILY, 28))
+        .margin(20)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        // Headroom above the bars for the legend.
+        .build_cartesian_2d(CategoryAxis { range: (0.0..slots).into(), centres }, 0.0..highest * 1.3)
+        .map_err(|e| draw(&e))?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .y_desc("top-1 accuracy (%)")
+        .x_label_formatter(&|x| categories.get(x.floor().max(0.0) as usize).copied().unwrap_or_default().to_string())
+        // The headroom above 100 % is for the legend, not for values.
+        .y_label_formatter(&|percent| if *percent <= 100.0 { format!("{percent:.0}") } else { String::new() })
+        .label_style((FONT_FAMILY, 18))
+        .axis_desc_style((FONT_FAMILY, 20))
+        .draw()
+        .map_err(|e| draw(&e))?;
+    let width = 0.8 / series.len() as f64;
+    for (index, one) in series.iter().enumerate() {
+        let colour = SERIES_COLOURS[index % SERIES_COLOURS.len()];
+        let left = |category: usize| category as f64 + 0.1 + index as f64 * width;
+        let bars: Vec<(usize, f64, f64)> = one
+            .values
+            .iter()
+            .enumerate()
+            .filter_map(|(c, value)| value.filter(|(m, e)| m.is_finite() && e.is_finite()).map(|(m, e)| (c, m, e)))
+            .collect();
+        chart
+            .draw_series(
+                bars.iter()
+                    .map(|&(c, mean, _)| Rectangle::new([(left(c), 0.0), (left(c) + width, mean)], colour.filled())),
+            )
+            .map_err(|e| draw(&e))?
+            .label(one.label.clone())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], colour.filled()));
+        for &(c, mean, err) in bars.iter().filter(|(_, _, err)| *err > 0.0) {
+            let (x, cap) = (left(c) + width / 2.0, width / 4.0);
+            let (low, high) = ((mean - err).max(0.0), mean + err);
+            let lines = [
+                vec![(x, low), (x, high)],
+                vec![(x - cap, low), (x + cap, low)],
+                vec![(x - cap, high), (x + cap, high)],
+            ];
+            chart
+                .draw_series(lines.into_iter().map(|line| PathElement::new(line, BLACK.stroke_width(2))))
+                .map_err(|e| draw(&e))?;
+        }
+    }
+    chart
+        .configure_series_labels()
+        .label_font((FONT_FAMILY, 18))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
         .draw()
         .map_err(|e| draw(&e))?;
     root.present().map_err(|e| draw(&e))?;

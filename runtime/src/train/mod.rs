@@ -275,7 +275,8 @@ pub fn train(
                 .map_err(|e| TrainError::Setup(format!("cannot list {}: {e}", dir.display())))?
                 .flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|name| name != LOCK_FILE)
+                // The command line writes the run's configuration first.
+                .filter(|name| name != LOCK_FILE && name != report::CONFIG_FILE)
                 .collect::<Vec<_>>();
             if !earlier.is_empty() {
                 earlier.sort();
