@@ -218,7 +218,8 @@ fn write_config(dir: &std::path::Path, start: Start, settings: &RunSettings) -> 
     let skip = match start {
         Start::Fresh => std::fs::read_dir(dir)
             .is_ok_and(|mut entries| entries.any(|e| e.is_ok_and(|e| e.file_name() != sslc_runtime::train::LOCK_FILE))),
-        Start::Resume => path.exists(),
+        // Only a run that can be resumed gets a record, and never a second one.
+        Start::Resume => path.exists() || !dir.join(sslc_runtime::train::CHECKPOINT_FILE).is_file(),
         Start::Overwrite => false,
     };
     if skip {
