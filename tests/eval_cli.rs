@@ -51,13 +51,18 @@ fn views(seed: u64, n: usize, d: usize) -> (Mat, Mat) {
     (rng.normal_mat(n, d).rounded_to_f32(), rng.normal_mat(n, d).rounded_to_f32())
 }
 
-/// `sslc eval FILE --input z1=... --input z2=... --out DIR EXTRA...` on fresh `.npy` files.
+/// `sslc eval objectives/OBJECTIVE.ssl --input z1=... --input z2=... --out DIR EXTRA...` on
+/// fresh `.npy` files.
 fn eval(test: &str, objective: &str, z1: &Mat, z2: &Mat, file_dtype: DType, extra: &[&str]) -> (Output, PathBuf) {
-    let dir = scratch_dir(test);
-    let p1 = write_npy(&dir, "z1.npy", &z1.tensor(file_dtype));
-    let p2 = write_npy(&dir, "z2.npy", &z2.tensor(file_dtype));
+    eval_file(&scratch_dir(test), &format!("objectives/{objective}.ssl"), z1, z2, file_dtype, extra)
+}
+
+/// [`eval`] of any source file, with the `.npy` files and the results in `dir`.
+fn eval_file(dir: &Path, source: &str, z1: &Mat, z2: &Mat, file_dtype: DType, extra: &[&str]) -> (Output, PathBuf) {
+    let p1 = write_npy(dir, "z1.npy", &z1.tensor(file_dtype));
+    let p2 = write_npy(dir, "z2.npy", &z2.tensor(file_dtype));
     let out_dir = dir.join("out");
-    let mut args: Vec<String> = vec!["eval".into(), format!("objectives/{objective}.ssl")];
+    let mut args: Vec<String> = vec!["eval".into(), source.to_string()];
     args.extend(["--input".into(), format!("z1={}", p1.display()), "--input".into(), format!("z2={}", p2.display())]);
     args.extend(["--out".into(), out_dir.display().to_string()]);
     args.extend(extra.iter().map(|s| s.to_string()));
@@ -508,20 +513,7 @@ fn input_dimensions_are_values_in_the_body() {
     .unwrap();
     let (n, d) = (5, 3);
     let (z1, z2) = views(7, n, d);
-    let p1 = write_npy(&dir, "z1.npy", &z1.tensor(DType::F64));
-    let p2 = write_npy(&dir, "z2.npy", &z2.tensor(DType::F64));
-    let out_dir = dir.join("out");
-    let out = run_sslc(&[
-        "eval".to_string(),
-        src.display().to_string(),
-        "--f64".into(),
-        "--input".into(),
-        format!("z1={}", p1.display()),
-        "--input".into(),
-        format!("z2={}", p2.display()),
-        "--out".into(),
-        out_dir.display().to_string(),
-    ]);
+    let (out, out_dir) = eval_file(&dir, src.to_str().unwrap(), &z1, &z2, DType::F64, &["--f64"]);
     assert_success(&out);
     let (loss, per_sample, g1, g2) = results(&out_dir, n, d, DType::F64);
     let want: Vec<f64> = (0..n).map(|i| common::dot(z1.row(i), z2.row(i)) / d as f64).collect();
@@ -550,21 +542,7 @@ fn sqdist_diag_arange_and_variance_match_their_definitions() {
     .unwrap();
     let (n, d) = (6, 3);
     let (z1, z2) = views(11, n, d);
-    let p1 = write_npy(&dir, "z1.npy", &z1.tensor(DType::F64));
-    let p2 = write_npy(&dir, "z2.npy", &z2.tensor(DType::F64));
-    let out_dir = dir.join("out");
-    let arg = |s: &str| s.to_string();
-    let out = run_sslc(&[
-        arg("eval"),
-        src.display().to_string(),
-        arg("--f64"),
-        arg("--input"),
-        format!("z1={}", p1.display()),
-        arg("--input"),
-        format!("z2={}", p2.display()),
-        arg("--out"),
-        out_dir.display().to_string(),
-    ]);
+    let (out, out_dir) = eval_file(&dir, src.to_str().unwrap(), &z1, &z2, DType::F64, &["--f64"]);
     assert_success(&out);
     let (loss, per_sample, _, _) = results(&out_dir, n, d, DType::F64);
     let sq = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>();
@@ -584,7 +562,7 @@ fn sqdist_diag_arange_and_variance_match_their_definitions() {
         .sum();
     let want_loss = want.iter().sum::<f64>() / n as f64 + variance;
     assert!((loss - want_loss).abs() < 1e-9 * want_loss.abs().max(1.0), "{loss} vs {want_loss}");
-    let out = run_sslc(&[arg("gradcheck"), src.display().to_string()]);
+    let out = run_sslc(&["gradcheck", src.to_str().unwrap()]);
     assert_success(&out);
     assert_eq!(stdout_of(&out).matches("ok ").count(), 2, "{}", stdout_of(&out));
     // A matrix that is not square has no diagonal: a located error, not a crash.
@@ -594,7 +572,7 @@ fn sqdist_diag_arange_and_variance_match_their_definitions() {
          input z2: [N, D] = encoder(x2)\n    loss = mean(diag(z1))\n}\n",
     )
     .unwrap();
-    let out = run_sslc(&[arg("check"), src.display().to_string()]);
+    let out = run_sslc(&["check", src.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr_of(&out).contains("`diag` of [N, D]") && stderr_of(&out).contains("builtins.ssl:5:"),

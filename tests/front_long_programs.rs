@@ -46,6 +46,15 @@ fn chains(n: usize) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// `let t0 = first`, then 4,999 `let tK = step(tK-1)`, and `loss = loss(t4999)`.
+fn let_chain(first: &str, step: impl Fn(&str) -> String, loss: impl Fn(&str) -> String) -> String {
+    let mut body = format!("    let t0 = {first}\n");
+    for k in 1..5000 {
+        body += &format!("    let t{k} = {}\n", step(&format!("t{}", k - 1)));
+    }
+    body + &format!("    loss = {}\n", loss("t4999"))
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(format!("{}.ssl", name.replace(' ', "_")));
     std::fs::write(&p, text).unwrap();
@@ -93,11 +102,7 @@ fn chains_at_the_limit_compile_differentiate_and_run_on_both_back_ends() {
 #[test]
 fn five_thousand_chained_lets_compile_evaluate_and_print() {
     let dir = scratch("lets");
-    let mut body = String::from("    let t0 = z1\n");
-    for k in 1..5000 {
-        body += &format!("    let t{k} = t{} * 0.9999 + 0.0001\n", k - 1);
-    }
-    body += "    loss = mean(exp(t4999) * z2)\n";
+    let body = let_chain("z1", |prev| format!("{prev} * 0.9999 + 0.0001"), |last| format!("mean(exp({last}) * z2)"));
     let p = write(&dir, "lets", &objective(&body));
     let p = p.to_str().unwrap();
     let out = sslc(&["check", p]);
@@ -142,11 +147,7 @@ fn five_thousand_chained_lets_compile_evaluate_and_print() {
 #[test]
 fn a_long_chain_of_views_compiles_and_gradchecks() {
     let dir = scratch("views");
-    let mut body = String::from("    let t0 = z1 @ z2.T\n");
-    for k in 1..5000 {
-        body += &format!("    let t{k} = t{}.T\n", k - 1);
-    }
-    body += "    loss = mean(exp(t4999 * 0.1))\n";
+    let body = let_chain("z1 @ z2.T", |prev| format!("{prev}.T"), |last| format!("mean(exp({last} * 0.1))"));
     let p = write(&dir, "views", &objective(&body));
     let p = p.to_str().unwrap();
     for args in [vec!["check", p], vec!["gradcheck", p], vec!["emit", p, "--stage", "cuda"]] {

@@ -334,10 +334,7 @@ impl Lower<'_> {
                 let [n] = self.args(name, args, &["n"], 1, span)?;
                 let (nv, ns) = n.expect("required");
                 let n = self.dim(&nv, ns)?;
-                let shape = vec![n.clone(), n];
-                let rows = self.push(Expr::Iota { shape: shape.clone(), axis: 0 }, span)?;
-                let cols = self.push(Expr::Iota { shape, axis: 1 }, span)?;
-                node(self.push(Expr::Binary { op: BinaryOp::Eq, lhs: rows, rhs: cols }, span))
+                node(self.eye(n, span))
             }
             "full" | "zeros" | "ones" => {
                 let (shape_slot, value) = if name == "full" {
@@ -585,6 +582,15 @@ impl Lower<'_> {
         self.push(Expr::Binary { op: BinaryOp::Div, lhs: ss, rhs: dof }, span)
     }
 
+    /// `bool[n, n]`, true on the diagonal: two index grids compared, which pairwise fusion
+    /// recognises as a mask.
+    fn eye(&mut self, n: Dim, span: Span) -> R<Handle<Expr>> {
+        let shape = vec![n.clone(), n];
+        let rows = self.push(Expr::Iota { shape: shape.clone(), axis: 0 }, span)?;
+        let cols = self.push(Expr::Iota { shape, axis: 1 }, span)?;
+        self.push(Expr::Binary { op: BinaryOp::Eq, lhs: rows, rhs: cols }, span)
+    }
+
     /// `[N, N]` → `[N]`: the diagonal, as a row sum under the `eye` mask, which pairwise
     /// fusion recognises when the matrix is a product.
     fn diag(&mut self, x: Handle<Expr>, xs: Span, span: Span) -> R<Handle<Expr>> {
@@ -606,9 +612,7 @@ impl Lower<'_> {
                 }
             }
         }
-        let rows = self.push(Expr::Iota { shape: ty.shape.clone(), axis: 0 }, span)?;
-        let cols = self.push(Expr::Iota { shape: ty.shape.clone(), axis: 1 }, span)?;
-        let on_diagonal = self.push(Expr::Binary { op: BinaryOp::Eq, lhs: rows, rhs: cols }, span)?;
+        let on_diagonal = self.eye(ty.shape[0].clone(), span)?;
         let zero = self.literal(0.0, span)?;
         let zero = self.broadcast(zero, &ty.shape, span)?;
         let kept = self.push(Expr::Select { cond: on_diagonal, on_true: x, on_false: zero }, span)?;
