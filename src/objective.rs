@@ -2,7 +2,7 @@
 //! implements the runtime's [`Objective`] trait with the compiler's gradient program (run by
 //! the back end it was built for), its schedules, augmentation arguments and state handlers.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use sslc_compiler::back::{self, Backend, BackendKind};
 use sslc_compiler::eval::{self, BindRequest, Bindings, Overrides};
 use sslc_compiler::ir::{Event, Handler, Module, ParamValue, Program};
@@ -22,10 +22,13 @@ pub struct CompiledObjective {
     states: Vec<Tensor>,
     samples: usize,
     base_lr: f64,
-    /// Constants, built once the embedding width is known (the ETF is not free to build).
+    /// Constants, built once, when the embedding width is known (the ETF is not free to build).
     consts: Vec<(String, Tensor)>,
-    /// Columns of the embeddings, from the first step.
+    /// Columns of the embeddings, from [`Objective::init_state`].
     width: Option<usize>,
+    /// The `learn` tensors, as (index among the constants, variable): the runtime's optimizer
+    /// updates the variables in place, and every evaluation binds their current values.
+    learned: Vec<(usize, Var)>,
 }
 
 impl CompiledObjective {
@@ -48,17 +51,19 @@ impl CompiledObjective {
             base_lr,
             consts: Vec::new(),
             width: None,
+            learned: Vec::new(),
         })
     }
 
-    /// Zero embeddings of `rows` rows, for programs that do not read them (schedules,
-    /// handlers): they only give the dimensions a size.
+    /// Zero embeddings of `rows` rows, for programs that do not read them (schedules, handlers,
+    /// state initialisation): they only give the dimensions a size. Their width is the run's
+    /// (from [`Objective::init_state`]); before that, one wide enough for an ETF of any fixed
+    /// dimension, so a schedule can be evaluated on its own.
     fn probe_inputs(&self, rows: usize) -> Result<Vec<(String, Tensor)>, BoxError> {
         let fixed = self.exe.module.dims.iter().filter_map(|(_, d)| match d.kind {
             sslc_compiler::ir::DimKind::Fixed(k) => Some(k as usize),
             _ => None,
         });
-        // Wide enough for an ETF of any fixed dimension until the real width is known.
         let width = self.width.unwrap_or_else(|| fixed.max().unwrap_or(2).max(2));
         sslc_compiler::eval::check_fits(&format!("placeholder inputs of {rows} x {width}"), &[rows, width], 4)
             .map_err(|e| format!("{e}; a `dim` declared or set (--set) that large cannot be run"))?;
@@ -81,9 +86,13 @@ impl CompiledObjective {
         let index = index
             .map(|ix| Tensor::from_vec(ix.iter().map(|&i| i as i64).collect::<Vec<_>>(), ix.len(), &Device::Cpu))
             .transpose()?;
+        let mut consts = self.consts.clone();
+        for (k, var) in &self.learned {
+            consts[*k].1 = var.as_tensor().detach();
+        }
         let req = BindRequest {
             inputs,
-            consts: self.consts.clone(),
+            consts,
             states,
             overrides: &self.overrides,
             samples: (self.samples > 0).then_some(self.samples),
@@ -200,17 +209,29 @@ impl Objective for CompiledObjective {
         }
     }
 
-    fn init_state(&mut self, samples: usize) -> Result<(), BoxError> {
+    fn init_state(&mut self, samples: usize, width: usize) -> Result<(), BoxError> {
         self.samples = samples;
-        let inputs = self.probe_inputs(2)?;
+        self.width = Some(width);
         self.states = Vec::new();
-        let b = self.bindings(inputs, None, RunPosition { epoch: 0, epochs: 1 })?;
+        self.consts = Vec::new();
+        let b = self.bindings(self.probe_inputs(2)?, None, RunPosition { epoch: 0, epochs: 1 })?;
         self.states = b.states.iter().map(|t| t.to_dtype(DType::F32)).collect::<Result<_, _>>()?;
+        self.consts =
+            self.exe.module.consts.iter().zip(&b.consts).map(|((_, d), t)| (d.name.clone(), t.clone())).collect();
+        let learned = self.exe.module.consts.iter().enumerate().filter(|(_, (_, d))| d.learned).map(|(k, _)| k);
+        self.learned = learned
+            .map(|k| Ok((k, Var::from_tensor(&self.consts[k].1.to_dtype(DType::F32)?)?)))
+            .collect::<Result<_, BoxError>>()?;
         Ok(())
     }
 
+    fn parameters(&self) -> Vec<(String, Var)> {
+        self.learned.iter().map(|(k, var)| (self.consts[*k].0.clone(), var.clone())).collect()
+    }
+
     fn state(&self) -> Vec<(String, Tensor)> {
-        self.exe.module.states.iter().zip(&self.states).map(|((_, d), t)| (d.name.clone(), t.clone())).collect()
+        let states = self.exe.module.states.iter().zip(&self.states).map(|((_, d), t)| (d.name.clone(), t.clone()));
+        states.chain(self.parameters().into_iter().map(|(name, var)| (name, var.as_tensor().detach()))).collect()
     }
 
     fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<(), BoxError> {
@@ -230,6 +251,23 @@ impl Objective for CompiledObjective {
                 .into());
             }
             *slot = t.to_dtype(DType::F32)?;
+        }
+        for (name, var) in self.parameters() {
+            let Some((_, t)) = state.iter().find(|(n, _)| *n == name) else {
+                return Err(format!(
+                    "the checkpoint has no learned tensor `{name}`; was it written by another objective?"
+                )
+                .into());
+            };
+            if t.dims() != var.dims() {
+                return Err(format!(
+                    "learned tensor `{name}` in the checkpoint is {:?}, but this run needs {:?}",
+                    t.dims(),
+                    var.dims()
+                )
+                .into());
+            }
+            var.set(&t.to_dtype(DType::F32)?)?;
         }
         Ok(())
     }
@@ -264,18 +302,15 @@ impl Objective for CompiledObjective {
         let inputs =
             self.exe.module.inputs.iter().zip(embeddings).map(|((_, d), t)| (d.name.clone(), t.clone())).collect();
         let b = self.bindings(inputs, Some(indices), at)?;
-        if self.width.is_none() {
-            self.width = embeddings.first().and_then(|e| e.dims().get(1).copied());
-            self.consts =
-                self.exe.module.consts.iter().zip(&b.consts).map(|((_, d), t)| (d.name.clone(), t.clone())).collect();
-        }
         let Evaluation { loss, per_sample, metrics, grads } = self.backend.evaluate(&b)?;
         let per_sample = match per_sample {
             Some(p) => p.to_dtype(DType::F32)?,
             None => Tensor::zeros(indices.len(), DType::F32, &Device::Cpu)?,
         };
-        let grads = grads.into_iter().map(|(_, g)| g.to_dtype(DType::F32)).collect::<Result<_, _>>()?;
-        Ok(StepOutput { loss, per_sample, metrics, grads })
+        let mut grads = grads.into_iter().map(|(_, g)| g.to_dtype(DType::F32)).collect::<Result<Vec<_>, _>>()?;
+        // Inputs' gradients first, then the `learn` tensors' (Leaf::every's order).
+        let parameter_grads = grads.split_off(self.exe.module.inputs.len());
+        Ok(StepOutput { loss, per_sample, metrics, grads, parameter_grads })
     }
 
     fn after_step(

@@ -40,7 +40,10 @@ fn tiny_run(objective: &str, out: &Path, extra: &[&str]) -> Output {
 
 #[test]
 fn every_objective_trains_on_the_default_data_and_writes_its_outputs() {
-    for name in ["simclr", "simclr_gh", "focal", "focal_gh", "sdclr", "sdclr_gh", "bcl", "bcl_gh"] {
+    let zoo = ["dcl", "dcl_gh", "align_uniform", "barlow_twins", "vicreg", "swav"];
+    for name in
+        ["simclr", "simclr_gh", "focal", "focal_gh", "sdclr", "sdclr_gh", "bcl", "bcl_gh"].into_iter().chain(zoo)
+    {
         let dir = scratch(name);
         let small_k: &[&str] = if name.ends_with("_gh") { &["--set", "K=16"] } else { &[] };
         let out = tiny_run(&format!("objectives/{name}.ssl"), &dir, small_k);
@@ -480,4 +483,47 @@ fn results_do_not_depend_on_the_thread_count() {
     }
     assert!(runs[0].1 == runs[1].1, "the weights differ between 1 and 2 threads");
     assert_eq!(runs[0].0, runs[1].0);
+}
+
+/// SwAV's prototypes (`learn C`) are trained by the run's optimizer with the encoder: after
+/// two epochs they differ from their `randn(0)` start, the optimizer holds a momentum buffer
+/// for them, and a run stopped after one epoch and resumed ends with the same prototypes.
+#[test]
+fn learned_prototypes_are_trained_checkpointed_and_resumed() {
+    let (whole, split) = (scratch("swav-whole"), scratch("swav-split"));
+    let objective = "objectives/swav.ssl";
+    let flags = ["--set", "K=12"];
+    let out = tiny_run(objective, &whole, &flags);
+    assert!(out.status.success(), "{}", text(&out));
+    let first = tiny_run(objective, &split, &[&flags[..], &["--stop-after", "1"]].concat());
+    assert!(first.status.success(), "{}", text(&first));
+    let args = ["run", objective, "--epochs", "2", "--batch-size", "64", "--probe-epochs", "5", "--set", "K=12"];
+    let resumed = sslc(&[&args[..], &["--resume", split.to_str().unwrap()]].concat());
+    assert!(resumed.status.success(), "{}", text(&resumed));
+
+    let load = |d: &Path| sslc_runtime::checkpoint::Checkpoint::load(&d.join("checkpoint.safetensors")).unwrap();
+    let (a, b) = (load(&whole), load(&split));
+    let prototypes = |c: &sslc_runtime::checkpoint::Checkpoint| {
+        let (_, t) = c.objective.iter().find(|(n, _)| n == "C").expect("the prototypes are saved");
+        assert_eq!(t.dims(), &[12, 128]);
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    };
+    let start = sslc_compiler::eval::build_const(&sslc_compiler::ir::ConstInit::Randn { seed: 0 }, &[12, 128])
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_dtype(candle_core::DType::F32)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let moved = prototypes(&a).iter().zip(&start).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+    assert!(moved > 1e-4, "the prototypes never moved from their initial values (max change {moved:e})");
+    assert!(
+        a.optimizer.iter().any(|(n, _)| n == "momentum_buffer/objective.C"),
+        "no momentum buffer for the prototypes: {:?}",
+        a.optimizer.iter().map(|(n, _)| n).collect::<Vec<_>>()
+    );
+    assert!(prototypes(&a) == prototypes(&b), "resuming changed the prototypes' trajectory");
+    std::fs::remove_dir_all(&whole).ok();
+    std::fs::remove_dir_all(&split).ok();
 }

@@ -2,7 +2,7 @@
 //! f64, against the autodiff gradient. `stopgrad` values are held at their unperturbed values
 //! while differencing, so both sides differentiate the same function.
 
-use crate::autodiff::{differentiate_with, grad_output_name, Rule};
+use crate::autodiff::{differentiate_with, grad_output_name, Leaf, Rule};
 use crate::diag::Diagnostic;
 use crate::eval::{run_traced, Bindings, EvalError};
 use crate::ir::{Expr, Handle, Module};
@@ -57,7 +57,7 @@ pub struct Options {
     pub max_entries: usize,
 }
 
-/// Checks d loss / d input for every input of `module`, with bindings in f64.
+/// Checks d loss / d leaf for every input and `learn` tensor of `module`, with bindings in f64.
 pub fn gradcheck(module: &Module, b: &Bindings, options: Options) -> Result<Vec<InputReport>, GradcheckError> {
     gradcheck_with(module, b, options, &crate::autodiff::standard_rule)
 }
@@ -72,7 +72,7 @@ pub(crate) fn gradcheck_with(
     if !(step.is_finite() && step > 0.0) {
         return Err(GradcheckError::Step(step));
     }
-    let wrt: Vec<_> = module.inputs.handles().collect();
+    let wrt = Leaf::every(module);
     let gradient = differentiate_with(module, &module.loss, "loss", &wrt, rule).map_err(GradcheckError::Autodiff)?;
     let (outputs, values) = run_traced(module, &gradient, b, &HashMap::new())?;
     // The loss program's nodes keep their handles in the gradient program.
@@ -95,14 +95,11 @@ pub(crate) fn gradcheck_with(
         return Err(GradcheckError::Loss(base_loss));
     }
     let mut reports = Vec::new();
-    for (i, decl) in module.inputs.iter() {
-        let at = gradient
-            .outputs
-            .iter()
-            .position(|o| o.name == grad_output_name(&decl.name))
-            .expect("one gradient per input");
+    for leaf in wrt {
+        let name = leaf.name(module);
+        let at = gradient.outputs.iter().position(|o| o.name == grad_output_name(name)).expect("one gradient per leaf");
         let analytic = outputs[at].to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
-        let base = b.inputs[i.index()].to_dtype(DType::F64)?;
+        let base = leaf_value(&mut b.clone(), leaf).to_dtype(DType::F64)?;
         let dims = base.dims().to_vec();
         let flat = base.flatten_all()?.to_vec1::<f64>()?;
         let mut max_abs: f64 = 0.0;
@@ -118,7 +115,7 @@ pub(crate) fn gradcheck_with(
                 let mut v = flat.clone();
                 v[j] += delta;
                 let mut bb = b.clone();
-                bb.inputs[i.index()] = Tensor::from_vec(v, dims.as_slice(), &candle_core::Device::Cpu)?;
+                *leaf_value(&mut bb, leaf) = Tensor::from_vec(v, dims.as_slice(), &candle_core::Device::Cpu)?;
                 loss_at(&bb)
             };
             let fd = (shifted(step)? - shifted(-step)?) / (2.0 * step);
@@ -130,7 +127,7 @@ pub(crate) fn gradcheck_with(
         }
         let scale = analytic.iter().fold(1e-12f64, |m, g| m.max(g.abs()));
         reports.push(InputReport {
-            input: decl.name.clone(),
+            input: name.to_string(),
             max_abs_error: max_abs,
             max_rel_error: max_abs / scale,
             entries: checked,
@@ -197,5 +194,13 @@ mod tests {
             .map(|r| r.max_rel_error)
             .fold(0.0, f64::max);
         assert!(worst > 1e-2, "a wrong sqrt rule went unnoticed: {worst}");
+    }
+}
+
+/// Where a leaf's value is bound: inputs and `learn` tensors (bound like constants).
+fn leaf_value(b: &mut Bindings, leaf: Leaf) -> &mut Tensor {
+    match leaf {
+        Leaf::Input(i) => &mut b.inputs[i.index()],
+        Leaf::Learned(c) => &mut b.consts[c.index()],
     }
 }

@@ -1,7 +1,7 @@
 //! An objective ready to run: its module and its gradient program, evaluated by a back end.
 //! Values come back by name, so callers never depend on output positions.
 
-use crate::autodiff::{differentiate, grad_output_name};
+use crate::autodiff::{differentiate, grad_output_name, Leaf};
 use crate::diag::Diagnostic;
 use crate::eval::{run, Bindings, EvalError};
 use crate::ir::{Module, Program};
@@ -15,7 +15,7 @@ pub struct Evaluation {
     pub per_sample: Option<Tensor>,
     /// `metric` values, in declaration order.
     pub metrics: Vec<(String, f64)>,
-    /// d loss / d input, for every input, in declaration order.
+    /// d loss / d leaf: every input, then every `learn` tensor, in declaration order.
     pub grads: Vec<(String, Tensor)>,
 }
 
@@ -29,9 +29,9 @@ pub struct Executable {
 }
 
 impl Executable {
-    /// Differentiates the loss with respect to every input.
+    /// Differentiates the loss with respect to every input and every `learn` tensor.
     pub fn new(module: Module) -> Result<Executable, Diagnostic> {
-        let wrt: Vec<_> = module.inputs.handles().collect();
+        let wrt = Leaf::every(&module);
         let gradient = differentiate(&module, &module.loss, "loss", &wrt)?;
         let optimized = crate::passes::optimize(&module, &gradient)?;
         Ok(Executable { module, gradient, optimized })
@@ -55,11 +55,12 @@ impl Executable {
                 metrics.push((o.name.clone(), scalar(named(&o.name).expect("metric outputs are kept"))?));
             }
         }
-        let grads = self
-            .module
-            .inputs
-            .iter()
-            .map(|(_, i)| (i.name.clone(), named(&grad_output_name(&i.name)).expect("one gradient per input").clone()))
+        let grads = Leaf::every(&self.module)
+            .into_iter()
+            .map(|leaf| {
+                let name = leaf.name(&self.module);
+                (name.to_string(), named(&grad_output_name(name)).expect("one gradient per leaf").clone())
+            })
             .collect();
         Ok(Evaluation { loss, per_sample, metrics, grads })
     }

@@ -6,7 +6,7 @@
 //! backpropagates those gradients through the encoder itself. The `sslc` crate adapts the
 //! compiler's evaluators to this trait; tests may implement it by hand.
 
-use candle_core::Tensor;
+use candle_core::{Tensor, Var};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -56,6 +56,8 @@ pub struct StepOutput {
     pub metrics: Vec<(String, f64)>,
     /// d loss / d embedding, one per [`EmbeddingSpec`], same shapes as the embeddings.
     pub grads: Vec<Tensor>,
+    /// d loss / d parameter, one per [`Objective::parameters`] entry, in that order.
+    pub parameter_grads: Vec<Tensor>,
 }
 
 pub trait Objective: Send {
@@ -63,9 +65,17 @@ pub trait Objective: Send {
     fn name(&self) -> &str;
     fn embeddings(&self) -> Vec<EmbeddingSpec>;
     fn views(&self) -> ViewSpec;
-    /// Creates per-sample and global state for a dataset of `samples` images.
-    fn init_state(&mut self, samples: usize) -> Result<(), BoxError>;
-    /// Named state tensors, for checkpoints.
+    /// Creates per-sample and global state for a dataset of `samples` images and embeddings
+    /// `width` wide: state shapes may use the embedding width (a queue `[Q, D]`), so it must be
+    /// known before the first step.
+    fn init_state(&mut self, samples: usize, width: usize) -> Result<(), BoxError>;
+    /// Tensors the objective learns (`learn` in an objective: SwAV's prototypes), trained by the
+    /// run's optimizer with the encoder's parameters. They are the objective's own, so they are
+    /// saved with its [`Objective::state`]; the optimizer's buffers for them with its own.
+    fn parameters(&self) -> Vec<(String, Var)> {
+        Vec::new()
+    }
+    /// Named state tensors (and parameters), for checkpoints.
     fn state(&self) -> Vec<(String, Tensor)>;
     /// Restores state saved by [`Objective::state`]; names and shapes must match.
     fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<(), BoxError>;

@@ -141,7 +141,7 @@ impl Objective for TinySimclr {
     fn views(&self) -> ViewSpec {
         ViewSpec { base: "simclr_augment".into(), extra: vec![] }
     }
-    fn init_state(&mut self, samples: usize) -> Result<(), BoxError> {
+    fn init_state(&mut self, samples: usize, _width: usize) -> Result<(), BoxError> {
         self.seen = Tensor::zeros(samples, candle_core::DType::F32, &Device::Cpu)?;
         Ok(())
     }
@@ -174,6 +174,7 @@ impl Objective for TinySimclr {
                 grads.get(z2.as_tensor()).ok_or("no grad")?.clone(),
             ],
             per_sample: per_sample.detach(),
+            parameter_grads: Vec::new(),
         })
     }
     fn after_step(
@@ -307,7 +308,7 @@ fn sdclr_accumulated_gradient_is_the_sum_of_the_two_separate_backward_passes() {
     let views = source.views(&indices).unwrap();
     let specs = TinySimclr::new(Some(0.9)).embeddings();
     let mut objective = TinySimclr::new(Some(0.9));
-    objective.init_state(SAMPLES).unwrap();
+    objective.init_state(SAMPLES, 128).unwrap();
 
     let embeddings = forward_embeddings(&model, &specs, &views).unwrap();
     let detached: Vec<Tensor> = embeddings.iter().map(Tensor::detach).collect();

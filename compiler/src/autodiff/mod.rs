@@ -13,7 +13,9 @@
 mod rules;
 
 use crate::diag::Diagnostic;
-use crate::ir::{BinaryOp, Elem, Expr, Handle, InputDecl, Literal, Module, Output, Program, ReduceOp, UnaryOp};
+use crate::ir::{
+    BinaryOp, ConstDecl, Elem, Expr, Handle, InputDecl, Literal, Module, Output, Program, ReduceOp, Type, UnaryOp,
+};
 use crate::span::Span;
 use std::collections::HashMap;
 
@@ -22,14 +24,56 @@ pub fn grad_output_name(input: &str) -> String {
     format!("grad_{input}")
 }
 
-/// Appends to `forward` the gradient of its output `of` (a scalar) with respect to each input
-/// in `wrt`, as outputs `grad_<input>`.
-pub fn differentiate(
-    module: &Module,
-    forward: &Program,
-    of: &str,
-    wrt: &[Handle<InputDecl>],
-) -> Result<Program, Diagnostic> {
+/// A value the loss is differentiated with respect to: an embedding the encoder is trained
+/// through, or a tensor the objective learns (`learn`), which the run's optimizer updates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Leaf {
+    Input(Handle<InputDecl>),
+    Learned(Handle<ConstDecl>),
+}
+
+impl Leaf {
+    /// Every input, then every `learn` tensor, in declaration order: the order of the
+    /// gradient outputs.
+    pub fn every(module: &Module) -> Vec<Leaf> {
+        let learned = module.consts.iter().filter(|(_, c)| c.learned).map(|(h, _)| Leaf::Learned(h));
+        module.inputs.handles().map(Leaf::Input).chain(learned).collect()
+    }
+
+    /// The leaf an expression reads, if it is one (constants only when learned).
+    fn of(module: &Module, e: &Expr) -> Option<Leaf> {
+        match *e {
+            Expr::Input(i) => Some(Leaf::Input(i)),
+            Expr::Const(c) if module.consts[c].learned => Some(Leaf::Learned(c)),
+            _ => None,
+        }
+    }
+
+    pub fn name(self, module: &Module) -> &str {
+        match self {
+            Leaf::Input(i) => &module.inputs[i].name,
+            Leaf::Learned(c) => &module.consts[c].name,
+        }
+    }
+
+    fn ty(self, module: &Module) -> &Type {
+        match self {
+            Leaf::Input(i) => &module.inputs[i].ty,
+            Leaf::Learned(c) => &module.consts[c].ty,
+        }
+    }
+
+    fn span(self, module: &Module) -> Span {
+        match self {
+            Leaf::Input(i) => module.inputs[i].span,
+            Leaf::Learned(c) => module.consts[c].span,
+        }
+    }
+}
+
+/// Appends to `forward` the gradient of its output `of` (a scalar) with respect to each leaf
+/// in `wrt`, as outputs `grad_<name>`.
+pub fn differentiate(module: &Module, forward: &Program, of: &str, wrt: &[Leaf]) -> Result<Program, Diagnostic> {
     differentiate_with(module, forward, of, wrt, &rules::vjp)
 }
 
@@ -50,7 +94,7 @@ pub(crate) fn differentiate_with(
     module: &Module,
     forward: &Program,
     of: &str,
-    wrt: &[Handle<InputDecl>],
+    wrt: &[Leaf],
     rule: &Rule,
 ) -> Result<Program, Diagnostic> {
     let loss = forward
@@ -60,12 +104,12 @@ pub(crate) fn differentiate_with(
         return Err(Diagnostic::new(format!("`{of}` must be a real scalar to be differentiated"))
             .at(forward.span(loss), "not a scalar"));
     }
-    let active = active_nodes(forward, wrt);
+    let active = active_nodes(module, forward, wrt);
     let needed = needed_nodes(forward, loss, &active)?;
 
     let mut g = Grad { module, prog: forward.clone(), active, tail: Vec::new() };
     let mut adjoint: HashMap<Handle<Expr>, Handle<Expr>> = HashMap::new();
-    let mut grads: HashMap<Handle<InputDecl>, Handle<Expr>> = HashMap::new();
+    let mut grads: HashMap<Leaf, Handle<Expr>> = HashMap::new();
     let one = g.push(Expr::Literal(Literal::Real(1.0)), forward.span(loss))?;
     adjoint.insert(loss, one);
 
@@ -74,12 +118,12 @@ pub(crate) fn differentiate_with(
             continue;
         }
         let Some(&adj) = adjoint.get(&h) else { continue };
-        if let Expr::Input(i) = forward.exprs[h] {
-            let total = match grads.get(&i) {
+        if let Some(leaf) = Leaf::of(module, &forward.exprs[h]) {
+            let total = match grads.get(&leaf) {
                 Some(&prev) => g.add(prev, adj, forward.span(h))?,
                 None => adj,
             };
-            grads.insert(i, total);
+            grads.insert(leaf, total);
             continue;
         }
         for (operand, contribution) in rule(&mut g, h, adj)? {
@@ -91,14 +135,14 @@ pub(crate) fn differentiate_with(
         }
     }
 
-    for &i in wrt {
-        let name = &module.inputs[i].name;
-        let value = match grads.get(&i) {
+    for &leaf in wrt {
+        let name = leaf.name(module);
+        let value = match grads.get(&leaf) {
             Some(&v) => v,
             None => {
-                // The loss does not depend on this input: its gradient is zero.
-                let span = module.inputs[i].span;
-                let shape = module.inputs[i].ty.shape.clone();
+                // The loss does not depend on this leaf: its gradient is zero.
+                let span = leaf.span(module);
+                let shape = leaf.ty(module).shape.clone();
                 let zero = g.push(Expr::Literal(Literal::Real(0.0)), span)?;
                 g.push(Expr::Broadcast { arg: zero, shape }, span)?
             }
@@ -134,26 +178,26 @@ pub(crate) fn differentiable_operands(expr: &Expr) -> Vec<Handle<Expr>> {
     }
 }
 
-/// Nodes that depend on a requested input through differentiable edges.
-fn active_nodes(p: &Program, wrt: &[Handle<InputDecl>]) -> Vec<bool> {
+/// Nodes that depend on a requested leaf through differentiable edges.
+fn active_nodes(module: &Module, p: &Program, wrt: &[Leaf]) -> Vec<bool> {
     let mut active = vec![false; p.exprs.len()];
-    mark_active(p, &p.body, wrt, &mut active);
+    mark_active(module, p, &p.body, wrt, &mut active);
     active
 }
 
-fn mark_active(p: &Program, block: &[Handle<Expr>], wrt: &[Handle<InputDecl>], active: &mut Vec<bool>) {
+fn mark_active(module: &Module, p: &Program, block: &[Handle<Expr>], wrt: &[Leaf], active: &mut Vec<bool>) {
     for &h in block {
         let e = &p.exprs[h];
         let real = p.ty(h).elem == Elem::Real;
         active[h.index()] = match e {
-            Expr::Input(i) => wrt.contains(i),
+            Expr::Input(_) | Expr::Const(_) => Leaf::of(module, e).is_some_and(|leaf| wrt.contains(&leaf)),
             Expr::Loop { carried, body, .. } => {
                 for c in carried {
                     active[c.param.index()] = active[c.init.index()];
                 }
                 // Iterate to a fixed point: a carried value becomes active once its next is.
                 loop {
-                    mark_active(p, body, wrt, active);
+                    mark_active(module, p, body, wrt, active);
                     let mut changed = false;
                     for c in carried {
                         if active[c.next.index()] && !active[c.param.index()] {

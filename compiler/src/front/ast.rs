@@ -107,11 +107,13 @@ pub enum Member {
         source: Expr,
         span: Span,
     },
+    /// `const`, or with `learned` a `learn` tensor: built the same way, then trained.
     Const {
         doc: String,
         name: Ident,
         ty: TypeExpr,
         init: Expr,
+        learned: bool,
         span: Span,
     },
     State {

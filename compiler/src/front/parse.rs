@@ -511,12 +511,14 @@ impl Cx {
                             span,
                         }
                     }
-                    Rule::input_decl | Rule::const_decl | Rule::state_decl => {
+                    Rule::input_decl | Rule::const_decl | Rule::learn_decl | Rule::state_decl => {
                         let ty = self.ty(inner.next().expect("type"));
                         let value = self.expr(inner.next().expect("value"));
                         match rule {
                             Rule::input_decl => Member::Input { doc, name, ty, source: value, span },
-                            Rule::const_decl => Member::Const { doc, name, ty, init: value, span },
+                            Rule::const_decl | Rule::learn_decl => {
+                                Member::Const { doc, name, ty, init: value, learned: rule == Rule::learn_decl, span }
+                            }
                             _ => Member::State { doc, name, ty, init: value, span },
                         }
                     }

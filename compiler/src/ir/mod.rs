@@ -157,6 +157,9 @@ pub struct ConstDecl {
     pub name: String,
     pub ty: Type,
     pub init: ConstInit,
+    /// Declared with `learn`: built like a constant, then trained with the encoder by the run's
+    /// optimizer, so the autodiff differentiates the loss with respect to it too.
+    pub learned: bool,
     pub doc: String,
     pub span: Span,
 }

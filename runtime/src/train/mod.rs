@@ -266,8 +266,18 @@ pub fn train(
         move |source| TrainError::Objective { objective, during, source }
     };
     let name = objective.name().to_string();
-    objective.init_state(source.samples()).map_err(objective_error("init_state", &name))?;
+    objective
+        .init_state(source.samples(), encoder.config().embedding_dim)
+        .map_err(objective_error("init_state", &name))?;
     let mut optimizer = Sgd::new(config.momentum, config.weight_decay);
+    // The objective's own parameters train with the encoder's, under names of their own.
+    let objective_parameters = objective.parameters();
+    let parameters: Vec<(String, candle_core::Var)> = encoder
+        .parameters()
+        .iter()
+        .cloned()
+        .chain(objective_parameters.iter().map(|(n, v)| (format!("objective.{n}"), v.clone())))
+        .collect();
 
     let first_epoch = match start {
         Start::Fresh => {
@@ -372,8 +382,12 @@ pub fn train(
             if !output.loss.is_finite() {
                 return Err(diverged("loss", output.loss));
             }
-            check_gradients(&output, &detached, &name)?;
-            optimizer.step(encoder.parameters(), &backpropagate(&embeddings, &output.grads)?, lr)?;
+            check_gradients(&output, &detached, &objective_parameters, &name)?;
+            let mut grads = backpropagate(&embeddings, &output.grads)?;
+            for ((_, parameter), grad) in objective_parameters.iter().zip(&output.parameter_grads) {
+                grads.insert(parameter.as_tensor(), grad.clone());
+            }
+            optimizer.step(&parameters, &grads, lr)?;
             objective.after_step(&detached, indices, &output, at).map_err(objective_error("after_step", &name))?;
 
             let seconds = step_start.elapsed().as_secs_f64();
@@ -510,20 +524,28 @@ fn first_non_finite(embeddings: &[Tensor]) -> Result<Option<f64>, TrainError> {
     Ok(None)
 }
 
-fn check_gradients(output: &StepOutput, embeddings: &[Tensor], objective: &str) -> Result<(), TrainError> {
-    if output.grads.len() != embeddings.len() {
+fn check_gradients(
+    output: &StepOutput,
+    embeddings: &[Tensor],
+    parameters: &[(String, candle_core::Var)],
+    objective: &str,
+) -> Result<(), TrainError> {
+    if output.grads.len() != embeddings.len() || output.parameter_grads.len() != parameters.len() {
         return Err(TrainError::Setup(format!(
-            "objective `{objective}` returned {} gradients for {} embeddings",
+            "objective `{objective}` returned {} gradients for {} embeddings and {} for {} parameters",
             output.grads.len(),
-            embeddings.len()
+            embeddings.len(),
+            output.parameter_grads.len(),
+            parameters.len()
         )));
     }
-    for (grad, embedding) in output.grads.iter().zip(embeddings) {
-        if grad.dims() != embedding.dims() {
+    let parameters = parameters.iter().map(|(_, p)| p.as_tensor());
+    for (grad, value) in output.grads.iter().chain(&output.parameter_grads).zip(embeddings.iter().chain(parameters)) {
+        if grad.dims() != value.dims() {
             return Err(TrainError::Setup(format!(
-                "objective `{objective}` returned a gradient of shape {:?} for an embedding of shape {:?}",
+                "objective `{objective}` returned a gradient of shape {:?} for a value of shape {:?}",
                 grad.dims(),
-                embedding.dims()
+                value.dims()
             )));
         }
     }

@@ -353,13 +353,22 @@ fn lower_objective<'a>(
     // Phase 3: constants and state.
     for m in members {
         match m {
-            Member::Const { doc, name, ty, init, span } => {
+            Member::Const { doc, name, ty, init, learned, span } => {
                 let Some(t) = declare_type_known(&mut module, ty, diags) else { continue };
+                if *learned && t.elem != Elem::Real {
+                    diags.push(
+                        Diagnostic::new("a `learn` tensor is trained by gradient descent, so it must be real")
+                            .at(ty.span, "not a real tensor")
+                            .hint("declare it real, e.g. `learn C: [K, D] = randn(0)`"),
+                    );
+                    continue;
+                }
                 let Some(init) = const_init(init, &t, &module, diags) else { continue };
                 let h = module.consts.append(ConstDecl {
                     name: name.name.clone(),
                     ty: t,
                     init,
+                    learned: *learned,
                     doc: doc.clone(),
                     span: *span,
                 });

@@ -1,0 +1,178 @@
+//! The zoo's losses written from their papers, independently of objectives/*.ssl: plain loops
+//! over row-major `[N, D]` matrices of tape scalars (`common::tape`), so the tape gives each
+//! loss's exact gradient. Each function names the paper's equation it follows.
+
+use super::tape::{logsumexp, sum, V};
+
+/// A row-major matrix of tape scalars.
+pub struct M<'t> {
+    pub rows: usize,
+    pub cols: usize,
+    pub v: Vec<V<'t>>,
+}
+
+impl<'t> M<'t> {
+    fn at(&self, i: usize, j: usize) -> V<'t> {
+        self.v[i * self.cols + j]
+    }
+
+    fn row(&self, i: usize) -> &[V<'t>] {
+        &self.v[i * self.cols..(i + 1) * self.cols]
+    }
+
+    fn map_rows(&self, f: impl Fn(&[V<'t>]) -> Vec<V<'t>>) -> M<'t> {
+        M { rows: self.rows, cols: self.cols, v: (0..self.rows).flat_map(|i| f(self.row(i))).collect() }
+    }
+
+    /// Column `j` as a vector.
+    fn column(&self, j: usize) -> Vec<V<'t>> {
+        (0..self.rows).map(|i| self.at(i, j)).collect()
+    }
+}
+
+fn dot<'t>(a: &[V<'t>], b: &[V<'t>]) -> V<'t> {
+    sum(a.iter().zip(b).map(|(&x, &y)| x * y))
+}
+
+/// `x / max(‖x‖, 1e-12)` for each row (the norms here are never that small).
+fn normalize_rows<'t>(m: &M<'t>) -> M<'t> {
+    m.map_rows(|r| {
+        let norm = dot(r, r).sqrt();
+        r.iter().map(|&x| x / norm).collect()
+    })
+}
+
+/// DCL (Yeh et al. 2022, eq. 6): for each of the 2N views,
+/// `−⟨u, v⟩/τ + log Σ_{k ∉ {self, positive}} exp(⟨u, w_k⟩/τ)`, averaged over the two views of
+/// each sample (per-sample losses) and over the batch (loss).
+pub fn dcl<'t>(z1: &M<'t>, z2: &M<'t>, tau: f64) -> (V<'t>, Vec<V<'t>>) {
+    let n = z1.rows;
+    let (a, b) = (normalize_rows(z1), normalize_rows(z2));
+    let view = |k: usize| if k < n { a.row(k) } else { b.row(k - n) };
+    let term = |i: usize| {
+        let pos = dot(view(i), view((i + n) % (2 * n))) / tau;
+        let others: Vec<V<'t>> =
+            (0..2 * n).filter(|&k| k != i && k != (i + n) % (2 * n)).map(|k| dot(view(i), view(k)) / tau).collect();
+        logsumexp(&others) - pos
+    };
+    let per_sample: Vec<V<'t>> = (0..n).map(|i| (term(i) + term(i + n)) / 2.0).collect();
+    (sum(per_sample.iter().copied()) / n as f64, per_sample)
+}
+
+/// Alignment and uniformity (Wang & Isola 2020, eqs. 4 and 5, with the weighting of their
+/// reference code): `mean ‖a_i − b_i‖^α + λ (U(a) + U(b)) / 2`,
+/// `U(x) = log mean_{i≠j} exp(−t ‖x_i − x_j‖²)`, on normalised embeddings.
+pub fn align_uniform<'t>(z1: &M<'t>, z2: &M<'t>, alpha: f64, t: f64, lam: f64) -> V<'t> {
+    let n = z1.rows;
+    let (a, b) = (normalize_rows(z1), normalize_rows(z2));
+    let sqdist = |x: &[V<'t>], y: &[V<'t>]| sum(x.iter().zip(y).map(|(&p, &q)| (p - q).square()));
+    let align = sum((0..n).map(|i| sqdist(a.row(i), b.row(i)).powf(alpha / 2.0))) / n as f64;
+    let uniform = |x: &M<'t>| {
+        let pairs: Vec<V<'t>> = (0..n)
+            .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)))
+            .map(|(i, j)| -t * sqdist(x.row(i), x.row(j)))
+            .collect();
+        logsumexp(&pairs) - ((n * (n - 1)) as f64).ln()
+    };
+    align + lam * (uniform(&a) + uniform(&b)) / 2.0
+}
+
+/// Each column standardised with its batch mean and biased variance, `+ eps` (BatchNorm1d
+/// without affine, as Barlow Twins' reference code).
+fn standardize_columns<'t>(z: &M<'t>, eps: f64) -> Vec<Vec<V<'t>>> {
+    (0..z.cols)
+        .map(|j| {
+            let col = z.column(j);
+            let mean = sum(col.iter().copied()) / z.rows as f64;
+            let centred: Vec<V<'t>> = col.iter().map(|&x| x - mean).collect();
+            let var = sum(centred.iter().map(|&c| c.square())) / z.rows as f64;
+            let sd = (var + eps).sqrt();
+            centred.iter().map(|&c| c / sd).collect()
+        })
+        .collect()
+}
+
+/// Barlow Twins (Zbontar et al. 2021, eqs. 1 and 2): `C_ij = Σ_b ẑ1_bi ẑ2_bj / N` of the
+/// batch-standardised features, loss `Σ_i (1 − C_ii)² + λ Σ_{i≠j} C_ij²`.
+pub fn barlow_twins<'t>(z1: &M<'t>, z2: &M<'t>, lambda: f64) -> V<'t> {
+    let (s1, s2) = (standardize_columns(z1, 1e-5), standardize_columns(z2, 1e-5));
+    let d = z1.cols;
+    let c = |i: usize, j: usize| dot(&s1[i], &s2[j]) / z1.rows as f64;
+    let on = sum((0..d).map(|i| (1.0 - c(i, i)).square()));
+    let off =
+        sum((0..d).flat_map(|i| (0..d).filter(move |&j| j != i).map(move |j| (i, j))).map(|(i, j)| c(i, j).square()));
+    on + lambda * off
+}
+
+/// VICReg (Bardes et al. 2022, eqs. 1–6, coefficients λ, μ, ν): invariance `mean (z1 − z2)²`
+/// over all N·D entries; variance `mean_j max(0, 1 − sqrt(Var(z_j) + ε))` with the unbiased
+/// variance, averaged over the branches; covariance `Σ_{i≠j} Cov(z)_ij² / D` summed over them.
+pub fn vicreg<'t>(z1: &M<'t>, z2: &M<'t>, lambda: f64, mu: f64, nu: f64, eps: f64) -> V<'t> {
+    let (n, d) = (z1.rows, z1.cols);
+    let invariance = sum(z1.v.iter().zip(&z2.v).map(|(&a, &b)| (a - b).square())) / (n * d) as f64;
+    let centred = |z: &M<'t>| -> Vec<Vec<V<'t>>> {
+        (0..d)
+            .map(|j| {
+                let col = z.column(j);
+                let mean = sum(col.iter().copied()) / n as f64;
+                col.iter().map(|&x| x - mean).collect()
+            })
+            .collect()
+    };
+    let variance = |c: &[Vec<V<'t>>]| {
+        sum(c.iter().map(|col| (1.0 - (sum(col.iter().map(|&x| x.square())) / (n - 1) as f64 + eps).sqrt()).relu()))
+            / d as f64
+    };
+    let covariance = |c: &[Vec<V<'t>>]| {
+        sum((0..d)
+            .flat_map(|i| (0..d).filter(move |&j| j != i).map(move |j| (i, j)))
+            .map(|(i, j)| (dot(&c[i], &c[j]) / (n - 1) as f64).square()))
+            / d as f64
+    };
+    let (c1, c2) = (centred(z1), centred(z2));
+    lambda * invariance + mu * (variance(&c1) + variance(&c2)) / 2.0 + nu * (covariance(&c1) + covariance(&c2))
+}
+
+/// SwAV's codes (Caron et al. 2020, section 3.1, and `distributed_sinkhorn` of their code):
+/// `Q = exp(S/ε)ᵀ`, then alternately every prototype's row scaled to sum 1/K and every sample's
+/// column to 1/B, `iters` times, and the columns scaled back to sum 1. Plain f64: the codes
+/// carry no gradient.
+fn swav_codes(scores: &[Vec<f64>], eps: f64, iters: usize) -> Vec<Vec<f64>> {
+    let (b, k) = (scores.len(), scores[0].len());
+    let mut q: Vec<Vec<f64>> = (0..k).map(|p| (0..b).map(|n| (scores[n][p] / eps).exp()).collect()).collect();
+    let total: f64 = q.iter().flatten().sum();
+    q.iter_mut().flatten().for_each(|v| *v /= total);
+    for _ in 0..iters {
+        for row in q.iter_mut() {
+            let s: f64 = row.iter().sum();
+            row.iter_mut().for_each(|v| *v /= s * k as f64);
+        }
+        for n in 0..b {
+            let s: f64 = (0..k).map(|p| q[p][n]).sum();
+            (0..k).for_each(|p| q[p][n] /= s * b as f64);
+        }
+    }
+    (0..b).map(|n| (0..k).map(|p| q[p][n] * b as f64).collect()).collect()
+}
+
+/// SwAV with two crops (Caron et al. 2020, eqs. 1 and 2): cosine scores against the
+/// prototypes `c`, swapped prediction `−Σ_k q_k log softmax(s/τ)_k` of the other view's codes,
+/// averaged over the two directions (per-sample losses) and the batch (loss).
+pub fn swav<'t>(z1: &M<'t>, z2: &M<'t>, c: &M<'t>, temp: f64, eps: f64, iters: usize) -> (V<'t>, Vec<V<'t>>) {
+    let (a, b, p) = (normalize_rows(z1), normalize_rows(z2), normalize_rows(c));
+    let scores = |z: &M<'t>| -> Vec<Vec<V<'t>>> {
+        (0..z.rows).map(|n| (0..p.rows).map(|k| dot(z.row(n), p.row(k))).collect()).collect()
+    };
+    let (s1, s2) = (scores(&a), scores(&b));
+    let values =
+        |s: &[Vec<V<'t>>]| -> Vec<Vec<f64>> { s.iter().map(|r| r.iter().map(|v| v.value).collect()).collect() };
+    let (q1, q2) = (swav_codes(&values(&s1), eps, iters), swav_codes(&values(&s2), eps, iters));
+    let cross_entropy = |q: &[f64], s: &[V<'t>]| {
+        let logits: Vec<V<'t>> = s.iter().map(|&x| x / temp).collect();
+        let lse = logsumexp(&logits);
+        -sum(q.iter().zip(&logits).map(|(&qk, &l)| qk * (l - lse)))
+    };
+    let per_sample: Vec<V<'t>> =
+        (0..z1.rows).map(|n| (cross_entropy(&q2[n], &s1[n]) + cross_entropy(&q1[n], &s2[n])) / 2.0).collect();
+    (sum(per_sample.iter().copied()) / z1.rows as f64, per_sample)
+}
