@@ -209,11 +209,17 @@ impl Objective for CompiledObjective {
         }
     }
 
-    fn init_state(&mut self, samples: usize, width: usize) -> Result<(), BoxError> {
-        self.samples = samples;
+    fn init_state(&mut self, labels: &[u32], width: usize) -> Result<(), BoxError> {
+        self.samples = labels.len();
         self.width = Some(width);
         self.states = Vec::new();
-        self.consts = Vec::new();
+        // The training set's classes, for the constants declared `= labels`; the others are built.
+        let classes =
+            Tensor::from_vec(labels.iter().map(|&l| l as f32).collect::<Vec<_>>(), labels.len(), &Device::Cpu)?;
+        self.consts = (self.exe.module.consts.iter())
+            .filter(|(_, d)| d.init == sslc_compiler::ir::ConstInit::Labels)
+            .map(|(_, d)| (d.name.clone(), classes.clone()))
+            .collect();
         let b = self.bindings(self.probe_inputs(2)?, None, RunPosition { epoch: 0, epochs: 1 })?;
         self.states = b.states.iter().map(|t| t.to_dtype(DType::F32)).collect::<Result<_, _>>()?;
         self.consts =

@@ -41,7 +41,7 @@ fn state(o: &CompiledObjective, name: &str) -> Tensor {
 #[test]
 fn gh_stores_the_anchor_scores_in_the_first_epoch_then_averages_them() {
     let mut o = objective("simclr_gh", &["K=4"]);
-    o.init_state(6, 8).unwrap();
+    o.init_state(&[0; 6], 8).unwrap();
     let z = embeddings(3, 8, 0.0);
     let at = RunPosition { epoch: 0, epochs: 10 };
     let out = o.step(&z, &[4, 0, 2], at).unwrap();
@@ -60,7 +60,7 @@ fn gh_stores_the_anchor_scores_in_the_first_epoch_then_averages_them() {
     let e1 = rows(&state(&o, "e"));
     let o2 = {
         let mut fresh = objective("simclr_gh", &["K=4"]);
-        fresh.init_state(6, 8).unwrap();
+        fresh.init_state(&[0; 6], 8).unwrap();
         let at0 = RunPosition { epoch: 0, epochs: 10 };
         let out = fresh.step(&z2, &[4, 0, 2], at0).unwrap();
         fresh.after_step(&z2, &[4, 0, 2], &out, at0).unwrap();
@@ -77,7 +77,7 @@ fn gh_stores_the_anchor_scores_in_the_first_epoch_then_averages_them() {
 #[test]
 fn gh_reestimates_the_prior_at_the_end_of_warm_up_only() {
     let mut o = objective("simclr_gh", &["K=4"]);
-    o.init_state(3, 8).unwrap();
+    o.init_state(&[0; 3], 8).unwrap();
     let e = Tensor::from_vec(vec![1f32, 0., 0., 0., 0., 2., 0., 0., 0., 3., 0., 0.], (3, 4), &Device::Cpu).unwrap();
     let pi = state(&o, "pi");
     o.load_state(&[("pi".to_string(), pi.clone()), ("e".to_string(), e)]).unwrap();
@@ -93,7 +93,7 @@ fn gh_reestimates_the_prior_at_the_end_of_warm_up_only() {
 #[test]
 fn gh_weight_follows_the_reference_ramp() {
     let mut o = objective("simclr_gh", &["K=4", "warm_up=4", "gh_ramp=2"]);
-    o.init_state(4, 8).unwrap();
+    o.init_state(&[0; 4], 8).unwrap();
     let z = embeddings(4, 8, 0.0);
     let weight = |o: &mut CompiledObjective, epoch| {
         let out = o.step(&z, &[0, 1, 2, 3], RunPosition { epoch, epochs: 20 }).unwrap();
@@ -108,7 +108,7 @@ fn gh_weight_follows_the_reference_ramp() {
 #[test]
 fn bcl_tracks_the_momentum_loss_and_boosts_hard_samples() {
     let mut o = objective("bcl", &[]);
-    o.init_state(4, 5).unwrap();
+    o.init_state(&[0; 4], 5).unwrap();
     let z = embeddings(4, 5, 0.3);
     let at = RunPosition { epoch: 0, epochs: 10 };
     let out = o.step(&z, &[0, 1, 2, 3], at).unwrap();
@@ -179,7 +179,7 @@ fn state_sized_by_the_embedding_width_is_created_at_that_width() {
         .modules
         .remove(0);
     let mut o = CompiledObjective::new(module, Overrides::default(), 0.5, BackendKind::Reference).unwrap();
-    o.init_state(10, 8).unwrap();
+    o.init_state(&[0; 10], 8).unwrap();
     assert_eq!(state(&o, "queue").dims(), &[256, 8]);
     let z = embeddings(4, 8, 0.0);
     let at = RunPosition { epoch: 0, epochs: 2 };
@@ -190,4 +190,23 @@ fn state_sized_by_the_embedding_width_is_created_at_that_width() {
     let norm = |r: &[f32]| r.iter().map(|v| v * v).sum::<f32>().sqrt();
     assert!((0..4).all(|r| (norm(&queue[r]) - 1.0).abs() < 1e-5), "the newest keys enter at the front");
     assert!(queue[4..].iter().all(|r| r.iter().all(|v| *v == 0.0)), "the older (zero) keys move back");
+}
+
+/// The run's labels reach objectives that declare `const y: [samples] = labels`: SupCon with
+/// every sample in its own class is exactly SimCLR's NT-Xent (each anchor's only positive is
+/// its other view), and with shared classes it is not.
+#[test]
+fn the_training_labels_reach_the_objective() {
+    let z = embeddings(4, 8, 0.5);
+    let at = RunPosition { epoch: 0, epochs: 10 };
+    let loss = |name: &str, labels: &[u32]| {
+        let mut o = objective(name, &["tau=0.2"]);
+        o.init_state(labels, 8).unwrap();
+        o.step(&z, &[0, 1, 2, 3], at).unwrap().loss
+    };
+    let simclr = loss("simclr", &[0; 4]);
+    let distinct = loss("supcon", &[3, 1, 0, 2]);
+    assert!((distinct - simclr).abs() < 1e-6 * simclr.abs(), "supcon {distinct} vs simclr {simclr}");
+    let shared = loss("supcon", &[0, 0, 1, 1]);
+    assert!((shared - simclr).abs() > 1e-3, "the classes changed nothing: {shared} vs {simclr}");
 }

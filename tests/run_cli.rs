@@ -40,7 +40,7 @@ fn tiny_run(objective: &str, out: &Path, extra: &[&str]) -> Output {
 
 #[test]
 fn every_objective_trains_on_the_default_data_and_writes_its_outputs() {
-    let zoo = ["dcl", "dcl_gh", "align_uniform", "barlow_twins", "vicreg", "swav"];
+    let zoo = ["dcl", "dcl_gh", "align_uniform", "barlow_twins", "vicreg", "swav", "supcon"];
     for name in
         ["simclr", "simclr_gh", "focal", "focal_gh", "sdclr", "sdclr_gh", "bcl", "bcl_gh"].into_iter().chain(zoo)
     {

@@ -1,4 +1,4 @@
-//! The objective zoo (DCL, alignment + uniformity, Barlow Twins, VICReg, SwAV): each shipped file's
+//! The objective zoo (DCL, alignment + uniformity, Barlow Twins, VICReg, SwAV, SupCon): each shipped file's
 //! loss, per-sample losses and gradients against an independent implementation from its paper
 //! (`common/zoo.rs`, exact gradients from a scalar tape) on random shapes — the reference
 //! evaluator in f64 within 1e-9, the CPU back end in f32 within 1e-4 — plus gradcheck and the
@@ -20,7 +20,7 @@ use tape::{Tape, V};
 use zoo::M;
 
 /// The zoo's files, each with the independent loss at its default parameters.
-const ZOO: [&str; 5] = ["dcl", "align_uniform", "barlow_twins", "vicreg", "swav"];
+const ZOO: [&str; 6] = ["dcl", "align_uniform", "barlow_twins", "vicreg", "swav", "supcon"];
 
 /// SwAV's prototypes in these tests (the file's default is K = 100).
 const PROTOTYPES: usize = 6;
@@ -31,6 +31,12 @@ struct Expected {
     loss: f64,
     per_sample: Option<Vec<f64>>,
     grads: Vec<(&'static str, Vec<f64>)>,
+}
+
+/// SupCon's classes of the batch: three classes, so most anchors have positives besides their
+/// other view.
+fn labels(n: usize) -> Vec<u32> {
+    (0..n).map(|i| (i * 7 % 3) as u32).collect()
 }
 
 fn independent(name: &str, z1: &Mat, z2: &Mat, c: &Mat) -> Expected {
@@ -47,6 +53,10 @@ fn independent(name: &str, z1: &Mat, z2: &Mat, c: &Mat) -> Expected {
         "vicreg" => (zoo::vicreg(&a, &b, 25.0, 25.0, 1.0, 1e-4), None),
         "swav" => {
             let (loss, per) = zoo::swav(&a, &b, &prototypes, 0.1, 0.05, 3);
+            (loss, Some(per))
+        }
+        "supcon" => {
+            let (loss, per) = zoo::supcon(&a, &b, &labels(z1.rows), 0.1);
             (loss, Some(per))
         }
         other => panic!("no independent implementation of {other}"),
@@ -71,6 +81,10 @@ fn setup(name: &str, (z1, z2, c): &(Mat, Mat, Mat), dtype: DType) -> Setup<'stat
     if name == "swav" {
         s.consts.push(("C", c.tensor(dtype)));
         s.overrides.push(format!("K={PROTOTYPES}"));
+    }
+    if name == "supcon" {
+        let classes: Vec<f64> = labels(z1.rows).iter().map(|&l| l as f64).collect();
+        s.consts.push(("y", common::vector_tensor(&classes, dtype)));
     }
     s
 }

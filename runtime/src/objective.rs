@@ -65,10 +65,11 @@ pub trait Objective: Send {
     fn name(&self) -> &str;
     fn embeddings(&self) -> Vec<EmbeddingSpec>;
     fn views(&self) -> ViewSpec;
-    /// Creates per-sample and global state for a dataset of `samples` images and embeddings
-    /// `width` wide: state shapes may use the embedding width (a queue `[Q, D]`), so it must be
-    /// known before the first step.
-    fn init_state(&mut self, samples: usize, width: usize) -> Result<(), BoxError>;
+    /// Creates per-sample and global state for a training set whose images have these
+    /// `labels` (by dataset index; objectives that declare `labels` keep them, the others use
+    /// their count) and embeddings `width` wide: state shapes may use the embedding width (a
+    /// queue `[Q, D]`), so it must be known before the first step.
+    fn init_state(&mut self, labels: &[u32], width: usize) -> Result<(), BoxError>;
     /// Tensors the objective learns (`learn` in an objective: SwAV's prototypes), trained by the
     /// run's optimizer with the encoder's parameters. They are the objective's own, so they are
     /// saved with its [`Objective::state`]; the optimizer's buffers for them with its own.

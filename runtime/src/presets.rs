@@ -91,10 +91,10 @@ pub fn train_source(
     seed: u64,
     extras: Vec<ExtraAugmentation>,
 ) -> Result<LoaderSource, DataError> {
-    let samples = train.len();
+    let labels = train.labels().to_vec();
     let config = LoaderConfig { batch_size, seed, ..LoaderConfig::default() };
     let loader = TwoViewLoader::new(Arc::new(train), name.preset().simclr(), config)?;
-    Ok(LoaderSource::new(loader, samples, extras))
+    Ok(LoaderSource::new(loader, labels, extras))
 }
 
 /// Images per forward pass when extracting features for the evaluation.

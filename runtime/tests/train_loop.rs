@@ -40,8 +40,8 @@ struct MemorySource {
 }
 
 impl BatchSource for MemorySource {
-    fn samples(&self) -> usize {
-        SAMPLES
+    fn labels(&self) -> &[u32] {
+        &[0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2][..SAMPLES]
     }
 
     fn batch_indices(&self, epoch: usize, seed: u64) -> Result<Vec<Vec<u32>>, BoxError> {
@@ -141,7 +141,8 @@ impl Objective for TinySimclr {
     fn views(&self) -> ViewSpec {
         ViewSpec { base: "simclr_augment".into(), extra: vec![] }
     }
-    fn init_state(&mut self, samples: usize, _width: usize) -> Result<(), BoxError> {
+    fn init_state(&mut self, labels: &[u32], _width: usize) -> Result<(), BoxError> {
+        let samples = labels.len();
         self.seen = Tensor::zeros(samples, candle_core::DType::F32, &Device::Cpu)?;
         Ok(())
     }
@@ -308,7 +309,7 @@ fn sdclr_accumulated_gradient_is_the_sum_of_the_two_separate_backward_passes() {
     let views = source.views(&indices).unwrap();
     let specs = TinySimclr::new(Some(0.9)).embeddings();
     let mut objective = TinySimclr::new(Some(0.9));
-    objective.init_state(SAMPLES, 128).unwrap();
+    objective.init_state(source.labels(), 128).unwrap();
 
     let embeddings = forward_embeddings(&model, &specs, &views).unwrap();
     let detached: Vec<Tensor> = embeddings.iter().map(Tensor::detach).collect();

@@ -176,3 +176,22 @@ pub fn swav<'t>(z1: &M<'t>, z2: &M<'t>, c: &M<'t>, temp: f64, eps: f64, iters: u
         (0..z1.rows).map(|n| (cross_entropy(&q2[n], &s1[n]) + cross_entropy(&q1[n], &s2[n])) / 2.0).collect();
     (sum(per_sample.iter().copied()) / z1.rows as f64, per_sample)
 }
+
+/// SupCon (Khosla et al. 2020, eq. 2, `L_out`): for each of the 2N views, the mean over its
+/// positives `P(i)` (every other view of the same class) of `−log softmax_{a ≠ i}(⟨z_i, z_a⟩/τ)`
+/// at the positive; averaged over the two views of each sample and over the batch.
+pub fn supcon<'t>(z1: &M<'t>, z2: &M<'t>, labels: &[u32], tau: f64) -> (V<'t>, Vec<V<'t>>) {
+    let n = z1.rows;
+    let (a, b) = (normalize_rows(z1), normalize_rows(z2));
+    let view = |k: usize| if k < n { a.row(k) } else { b.row(k - n) };
+    let class = |k: usize| labels[k % n];
+    let term = |i: usize| {
+        let others: Vec<V<'t>> = (0..2 * n).filter(|&k| k != i).map(|k| dot(view(i), view(k)) / tau).collect();
+        let lse = logsumexp(&others);
+        let positives: Vec<V<'t>> =
+            (0..2 * n).filter(|&p| p != i && class(p) == class(i)).map(|p| lse - dot(view(i), view(p)) / tau).collect();
+        sum(positives.iter().copied()) / positives.len() as f64
+    };
+    let per_sample: Vec<V<'t>> = (0..n).map(|i| (term(i) + term(i + n)) / 2.0).collect();
+    (sum(per_sample.iter().copied()) / n as f64, per_sample)
+}

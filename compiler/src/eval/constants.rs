@@ -31,6 +31,10 @@ pub fn build_const(init: &ConstInit, shape: &[usize]) -> Result<Tensor, BindErro
             let n = shape.iter().product();
             Ok(Tensor::from_vec(gaussian(n, *seed), shape, &Device::Cpu)?)
         }
+        ConstInit::Labels => {
+            let n: usize = shape.iter().product();
+            Ok(Tensor::from_vec((0..n).map(|i| (i % 4) as f64).collect::<Vec<_>>(), shape, &Device::Cpu)?)
+        }
     }
 }
 

@@ -281,7 +281,7 @@ impl Expected {
             "a body in braces `{ ... }` must follow here".into()
         } else {
             "statements start with `let`, `var`, `repeat`, `return` or `name =`; objective members with `param`, `dim`, \
-             `views`, `input`, `const`, `state`, `schedule`, `metric`, `let`, `loss =`, `per_sample =` or `on`"
+             `views`, `input`, `const`, `learn`, `state`, `schedule`, `metric`, `let`, `loss =`, `per_sample =` or `on`"
                 .into()
         }
     }

@@ -150,6 +150,9 @@ pub enum ConstInit {
     Etf { k: Dim, d: Dim, seed: u64 },
     /// Standard normal entries.
     Randn { seed: u64 },
+    /// The class of every training sample, `[samples]`, as numbers: supplied by `sslc run`;
+    /// elsewhere (eval, gradcheck, bench), unless given, sample `i` gets class `i mod 4`.
+    Labels,
 }
 
 #[derive(Clone, Debug)]

@@ -54,6 +54,7 @@ pub fn print_module(m: &Module) -> String {
                 format!("etf({}, {}, seed={seed})", k.display(&m.dims), d.display(&m.dims))
             }
             ConstInit::Randn { seed } => format!("randn(seed={seed})"),
+            ConstInit::Labels => "labels".to_string(),
         };
         let _ = writeln!(w, "const {}: {} = {init}", c.name, c.ty.display(&m.dims));
     }

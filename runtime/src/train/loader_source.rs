@@ -10,15 +10,16 @@ use std::sync::Arc;
 
 pub struct LoaderSource {
     loader: TwoViewLoader,
-    samples: usize,
+    labels: Vec<u32>,
     extras: Vec<ExtraAugmentation>,
     stream: Option<BatchStream<Batch>>,
 }
 
 impl LoaderSource {
     /// `extras` are the objective's extra augmentations (`Objective::views().extra`).
-    pub fn new(loader: TwoViewLoader, samples: usize, extras: Vec<ExtraAugmentation>) -> Self {
-        LoaderSource { loader, samples, extras, stream: None }
+    /// `labels` are the training set's classes, by dataset index.
+    pub fn new(loader: TwoViewLoader, labels: Vec<u32>, extras: Vec<ExtraAugmentation>) -> Self {
+        LoaderSource { loader, labels, extras, stream: None }
     }
 
     pub fn stats(&self) -> Arc<LoaderStats> {
@@ -27,8 +28,8 @@ impl LoaderSource {
 }
 
 impl BatchSource for LoaderSource {
-    fn samples(&self) -> usize {
-        self.samples
+    fn labels(&self) -> &[u32] {
+        &self.labels
     }
 
     /// The loader's own order: it shuffles with a key of `(seed, epoch)`, the seed it was built with.
@@ -37,11 +38,11 @@ impl BatchSource for LoaderSource {
     }
 
     fn start_epoch(&mut self, epoch: usize, _seed: u64, extra_args: Vec<Vec<Vec<f32>>>) -> Result<(), BoxError> {
-        let all: Vec<u32> = (0..self.samples as u32).collect();
+        let all: Vec<u32> = (0..self.labels.len() as u32).collect();
         let extras = if self.extras.is_empty() {
             ExtraArgs::default()
         } else {
-            ExtraArgs::new(&self.extras, &all, &extra_args, self.samples)?
+            ExtraArgs::new(&self.extras, &all, &extra_args, self.labels.len())?
         };
         self.stream = Some(self.loader.epoch(epoch, extras));
         Ok(())

@@ -267,7 +267,7 @@ pub fn train(
     };
     let name = objective.name().to_string();
     objective
-        .init_state(source.samples(), encoder.config().embedding_dim)
+        .init_state(source.labels(), encoder.config().embedding_dim)
         .map_err(objective_error("init_state", &name))?;
     let mut optimizer = Sgd::new(config.momentum, config.weight_decay);
     // The objective's own parameters train with the encoder's, under names of their own.

@@ -7,8 +7,13 @@ use crate::objective::BoxError;
 
 /// The two-view training set.
 pub trait BatchSource {
+    /// The class of every image of the dataset, by dataset index: objectives that declare
+    /// `labels` (SupCon) read them.
+    fn labels(&self) -> &[u32];
     /// Number of images in the dataset; the objective keeps per-sample state for this many.
-    fn samples(&self) -> usize;
+    fn samples(&self) -> usize {
+        self.labels().len()
+    }
     /// The dataset indices of every batch of `epoch`, in order. Must depend only on
     /// `(epoch, seed)`, so that a resumed run sees the same batches.
     fn batch_indices(&self, epoch: usize, seed: u64) -> Result<Vec<Vec<u32>>, BoxError>;

@@ -36,7 +36,7 @@ impl<'a> Lower<'a> {
             None if self.context == Context::Function => {
                 "functions see only their parameters and local names; pass what you need as an argument".to_string()
             }
-            None => "declare it (`param`, `input`, `const`, `state`, `let`) before using it".to_string(),
+            None => "declare it (`param`, `input`, `const`, `learn`, `state`, `let`) before using it".to_string(),
         });
         Err(self.error(d))
     }

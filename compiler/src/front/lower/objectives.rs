@@ -364,6 +364,14 @@ fn lower_objective<'a>(
                     continue;
                 }
                 let Some(init) = const_init(init, &t, &module, diags) else { continue };
+                if *learned && init == ConstInit::Labels {
+                    diags.push(
+                        Diagnostic::new("the labels are data, not a tensor to learn")
+                            .at(*span, "`learn` of `labels`")
+                            .hint("declare them `const y: [samples] = labels`"),
+                    );
+                    continue;
+                }
                 let h = module.consts.append(ConstDecl {
                     name: name.name.clone(),
                     ty: t,
@@ -626,10 +634,28 @@ fn encoder_source(
 }
 
 fn const_init(e: &ast::Expr, ty: &Type, module: &Module, diags: &mut Vec<Diagnostic>) -> Option<ConstInit> {
-    let hint = "constants are built by the compiler: `etf(K, D)` (a simplex ETF) or `randn(seed)`";
+    let hint = "constants are built by the compiler: `etf(K, D)` (a simplex ETF) or `randn(seed)`; \
+                `labels` is the training set's classes, `[samples]`";
+    if matches!(&e.kind, ExprKind::Name(n) if n == "labels") {
+        let per_sample = ty.rank() == 1
+            && ty.elem == Elem::Real
+            && ty.shape[0].as_symbol().is_some_and(|s| module.dims[s].kind == DimKind::Samples);
+        if !per_sample {
+            diags.push(
+                Diagnostic::new("`labels` holds one class per training sample: declare it `[samples]`")
+                    .at(e.span, "the declared shape is not `[samples]`")
+                    .hint("write `const y: [samples] = labels`, then `y[index]` is the batch's classes"),
+            );
+            return None;
+        }
+        return Some(ConstInit::Labels);
+    }
     let ExprKind::Call { callee, args } = &e.kind else {
-        diags
-            .push(Diagnostic::new("unsupported constant").at(e.span, "expected `etf(...)` or `randn(...)`").hint(hint));
+        diags.push(
+            Diagnostic::new("unsupported constant")
+                .at(e.span, "expected `etf(...)`, `randn(...)` or `labels`")
+                .hint(hint),
+        );
         return None;
     };
     let name = match &callee.kind {
