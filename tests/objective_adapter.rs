@@ -174,8 +174,7 @@ fn unknown_overrides_are_refused_up_front() {
 fn state_sized_by_the_embedding_width_is_created_at_that_width() {
     let mut sources = Sources::new();
     let module = sslc_compiler::compile(Path::new("tests/fixtures/queue_state.ssl"), &mut sources)
-        .ok()
-        .expect("the fixture compiles")
+        .unwrap_or_else(|_| panic!("the fixture does not compile"))
         .modules
         .remove(0);
     let mut o = CompiledObjective::new(module, Overrides::default(), 0.5, BackendKind::Reference).unwrap();

@@ -137,6 +137,14 @@ pub(crate) fn gradcheck_with(
     Ok(reports)
 }
 
+/// Where a leaf's value is bound: inputs and `learn` tensors (bound like constants).
+fn leaf_value(b: &mut Bindings, leaf: Leaf) -> &mut Tensor {
+    match leaf {
+        Leaf::Input(i) => &mut b.inputs[i.index()],
+        Leaf::Learned(c) => &mut b.consts[c.index()],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,13 +202,5 @@ mod tests {
             .map(|r| r.max_rel_error)
             .fold(0.0, f64::max);
         assert!(worst > 1e-2, "a wrong sqrt rule went unnoticed: {worst}");
-    }
-}
-
-/// Where a leaf's value is bound: inputs and `learn` tensors (bound like constants).
-fn leaf_value(b: &mut Bindings, leaf: Leaf) -> &mut Tensor {
-    match leaf {
-        Leaf::Input(i) => &mut b.inputs[i.index()],
-        Leaf::Learned(c) => &mut b.consts[c.index()],
     }
 }

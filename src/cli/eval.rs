@@ -14,7 +14,7 @@ use std::sync::Arc;
 #[derive(Args)]
 #[command(after_help = "Every input, constant and state can be given as a .npy file (float32 or float64, C order). \
 Constants not given are built by the compiler (`etf` with seed 0); state not given starts at its declared initial value.\n\n\
-Writes DIR/loss.npy (0-d), DIR/per_sample.npy ([N]) and DIR/grad_<input>.npy, and prints a one-line JSON summary.\n\n\
+Writes DIR/loss.npy (0-d), DIR/per_sample.npy ([N]) and DIR/grad_<name>.npy for every input and `learn` tensor, and prints a one-line JSON summary.\n\n\
 Example:\n  sslc eval objectives/simclr_gh.ssl --input z1=z1.npy --input z2=z2.npy --out results/")]
 pub struct EvalArgs {
     /// The objective.

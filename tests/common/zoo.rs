@@ -147,9 +147,9 @@ fn swav_codes(scores: &[Vec<f64>], eps: f64, iters: usize) -> Vec<Vec<f64>> {
             let s: f64 = row.iter().sum();
             row.iter_mut().for_each(|v| *v /= s * k as f64);
         }
-        for n in 0..b {
-            let s: f64 = (0..k).map(|p| q[p][n]).sum();
-            (0..k).for_each(|p| q[p][n] /= s * b as f64);
+        let columns: Vec<f64> = (0..b).map(|n| q.iter().map(|row| row[n]).sum()).collect();
+        for row in q.iter_mut() {
+            row.iter_mut().zip(&columns).for_each(|(v, s)| *v /= s * b as f64);
         }
     }
     (0..b).map(|n| (0..k).map(|p| q[p][n] * b as f64).collect()).collect()

@@ -56,7 +56,8 @@ pub fn print_module(m: &Module) -> String {
             ConstInit::Randn { seed } => format!("randn(seed={seed})"),
             ConstInit::Labels => "labels".to_string(),
         };
-        let _ = writeln!(w, "const {}: {} = {init}", c.name, c.ty.display(&m.dims));
+        let keyword = if c.learned { "learn" } else { "const" };
+        let _ = writeln!(w, "{keyword} {}: {} = {init}", c.name, c.ty.display(&m.dims));
     }
     for (_, s) in m.states.iter() {
         let init = match s.init {
@@ -159,7 +160,7 @@ fn describe(m: &Module, e: &Expr) -> String {
         Expr::Literal(Literal::Bool(v)) => format!("{v}"),
         Expr::Param(h) => format!("param {}", m.params[*h].name),
         Expr::Input(h) => format!("input {}", m.inputs[*h].name),
-        Expr::Const(h) => format!("const {}", m.consts[*h].name),
+        Expr::Const(h) => format!("{} {}", if m.consts[*h].learned { "learn" } else { "const" }, m.consts[*h].name),
         Expr::State(h) => format!("state {}", m.states[*h].name),
         Expr::Builtin(b) => match b {
             BuiltinValue::Epoch => "epoch".into(),
