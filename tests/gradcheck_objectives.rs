@@ -167,3 +167,48 @@ fn sslc_gradcheck_fails_on_non_finite_values_and_bad_steps() {
     let out = run_sslc(&["gradcheck", "objectives/simclr.ssl", "--batch", "4", "--dim", "4", "--set", "tau=0"]);
     assert!(stderr_of(&out).contains("the loss is"), "{}", stderr_of(&out));
 }
+
+/// `--input NAME=PATH.npy` gives `gradcheck` and `bench` any input, constant or state instead
+/// of random or built values: SwAV's prototypes (a `learn` tensor, checked like an input) and
+/// SupCon's labels; an unknown name is an error that lists what the objective has.
+#[test]
+fn gradcheck_and_bench_take_given_inputs() {
+    let dir = common::scratch_dir("gradcheck-inputs");
+    let write = |name: &str, t: candle_core::Tensor| {
+        let path = dir.join(name);
+        sslc_compiler::eval::npy::write(&path, &t).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let prototypes = write("C.npy", Rng::new(5).normal_mat(6, 4).tensor(DType::F32));
+    let labels = write("y.npy", common::vector_tensor(&[0.0, 0.0, 1.0, 1.0, 2.0], DType::F32));
+    let given = format!("C={prototypes}");
+    let out = run_sslc(&[
+        "gradcheck",
+        "objectives/swav.ssl",
+        "--batch",
+        "5",
+        "--dim",
+        "4",
+        "--set",
+        "K=6",
+        "--input",
+        &given,
+    ]);
+    let stdout = stdout_of(&out);
+    assert!(out.status.success(), "{stdout}{}", stderr_of(&out));
+    assert!(stdout.lines().any(|l| l.starts_with("ok") && l.contains(" C ")), "the prototypes are checked:\n{stdout}");
+    let given = format!("y={labels}");
+    let out = run_sslc(&["gradcheck", "objectives/supcon.ssl", "--batch", "5", "--dim", "4", "--input", &given]);
+    assert!(out.status.success(), "{}{}", stdout_of(&out), stderr_of(&out));
+    let out =
+        run_sslc(&["bench", "objectives/supcon.ssl", "--batch", "5", "--dim", "4", "--iters", "1", "--input", &given]);
+    assert!(out.status.success(), "{}{}", stdout_of(&out), stderr_of(&out));
+    let wrong = format!("labels={labels}");
+    let out = run_sslc(&["gradcheck", "objectives/supcon.ssl", "--batch", "5", "--dim", "4", "--input", &wrong]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains("has no input, constant or state `labels` (it has z1, z2, y)"),
+        "{}",
+        stderr_of(&out)
+    );
+}

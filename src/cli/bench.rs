@@ -1,8 +1,8 @@
 //! `sslc bench`: how long an objective's forward and backward pass takes on a back end, and
 //! how much memory it needs beyond its inputs and outputs, on random inputs.
 
-use super::common::{fail, load_objective, print_stdout, random_normal, Backend};
-use candle_core::{DType, Tensor};
+use super::common::{fail, load_objective, print_stdout, random_inputs, read_given, Backend};
+use candle_core::DType;
 use clap::Args;
 use sslc_compiler::back;
 use sslc_compiler::eval::{BindRequest, Bindings, Overrides};
@@ -23,7 +23,11 @@ pub struct BenchArgs {
     file: PathBuf,
     #[arg(long, value_enum, default_value = "cpu")]
     backend: Backend,
-    /// Rows of each input (N).
+    /// NAME=PATH.npy for an input, constant (a `learn` tensor, the labels) or state, instead of
+    /// random values or the built ones (repeatable).
+    #[arg(long = "input", value_name = "NAME=PATH")]
+    inputs: Vec<String>,
+    /// Rows of each random input (N).
     #[arg(long, default_value_t = 512)]
     batch: usize,
     /// Columns of each input (D; GH's ETF needs dim >= K - 1).
@@ -107,16 +111,11 @@ pub fn bench(args: &BenchArgs) -> i32 {
 fn run(args: &BenchArgs, threads: usize) -> Result<serde_json::Value, i32> {
     let module = load_objective(&args.file)?;
     let overrides = Overrides::parse(&args.set).map_err(fail)?;
-    let inputs: Vec<(String, Tensor)> = module
-        .inputs
-        .iter()
-        .enumerate()
-        .map(|(k, (_, d))| {
-            let t = random_normal(args.batch, args.dim, k as u64).map_err(fail)?;
-            t.to_dtype(DType::F32).map(|t| (d.name.clone(), t)).map_err(fail)
-        })
-        .collect::<Result<_, i32>>()?;
-    let req = BindRequest::inputs_only(inputs, &overrides, DType::F32);
+    let mut req = BindRequest::inputs_only(Vec::new(), &overrides, DType::F32);
+    read_given(&module, &args.inputs, &mut req)?;
+    let random = random_inputs(&module, &req.inputs, args.batch, args.dim, 0)?;
+    req.inputs =
+        random.into_iter().map(|(n, t)| Ok((n, t.to_dtype(DType::F32).map_err(fail)?))).collect::<Result<_, i32>>()?;
     let bindings = Bindings::new(&module, req).map_err(fail)?;
     let name = module.name.clone();
 

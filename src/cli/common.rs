@@ -103,3 +103,59 @@ pub fn load_trained(path: &Path) -> Result<Trained, i32> {
     encoder.load_state(&checkpoint.model).map_err(|e| fail(format!("{}: {e}", path.display())))?;
     Ok(Trained { checkpoint, identity, encoder })
 }
+
+/// Binds `--input NAME=PATH.npy` values: an input, a constant (a `learn` tensor, the labels), a
+/// state, or `index`; every other input is then random. Errors name the flag and what the
+/// objective has.
+pub fn read_given(module: &Module, items: &[String], req: &mut sslc_compiler::eval::BindRequest) -> Result<(), i32> {
+    for item in items {
+        let Some((name, path)) = item.split_once('=') else {
+            return Err(fail(format!("--input {item}: expected NAME=PATH.npy")));
+        };
+        let tensor =
+            sslc_compiler::eval::npy::read(Path::new(path)).map_err(|e| fail(format!("--input {name}: {e}")))?;
+        let slot = if module.input_named(name).is_some() {
+            &mut req.inputs
+        } else if module.const_named(name).is_some() {
+            &mut req.consts
+        } else if module.state_named(name).is_some() {
+            &mut req.states
+        } else if name == "index" {
+            req.index = Some(tensor);
+            continue;
+        } else {
+            let mut known: Vec<&str> = module.inputs.iter().map(|(_, d)| d.name.as_str()).collect();
+            known.extend(module.consts.iter().map(|(_, d)| d.name.as_str()));
+            known.extend(module.states.iter().map(|(_, d)| d.name.as_str()));
+            return Err(fail(format!(
+                "--input {name}: `{}` has no input, constant or state `{name}` (it has {})",
+                module.name,
+                known.join(", ")
+            )));
+        };
+        if !tensor.dtype().is_float() {
+            return Err(fail(format!(
+                "--input {name}: {path} holds integers; inputs, constants and state are float32 or float64"
+            )));
+        }
+        slot.push((name.to_string(), tensor.to_dtype(req.dtype).map_err(fail)?));
+    }
+    Ok(())
+}
+
+/// Random normal `[batch, dim]` values (`seed + k` for the `k`th) for the inputs not given.
+pub fn random_inputs(
+    module: &Module,
+    given: &[(String, Tensor)],
+    batch: usize,
+    dim: usize,
+    seed: u64,
+) -> Result<Vec<(String, Tensor)>, i32> {
+    let mut inputs = given.to_vec();
+    for (k, (_, d)) in module.inputs.iter().enumerate() {
+        if !given.iter().any(|(n, _)| *n == d.name) {
+            inputs.push((d.name.clone(), random_normal(batch, dim, seed + k as u64).map_err(fail)?));
+        }
+    }
+    Ok(inputs)
+}

@@ -1,13 +1,13 @@
 //! `sslc eval` and `sslc gradcheck`: values and exact gradients of an objective, from files
 //! or random inputs, on any back end (`eval`) or the reference evaluator (`gradcheck`).
 
-use super::common::{fail, load_objective, print_stdout, random_normal, Backend};
+use super::common::{fail, load_objective, print_stdout, random_inputs, read_given, Backend};
 use candle_core::{DType, Tensor};
 use clap::Args;
 use sslc_compiler::back;
 use sslc_compiler::eval::{npy, BindRequest, Bindings, Overrides};
 use sslc_compiler::objective::Executable;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Evaluate an objective's loss, per-sample losses and gradients on given inputs.
@@ -51,12 +51,16 @@ pub struct EvalArgs {
 
 /// Check the autodiff gradient against central finite differences, in f64.
 #[derive(Args)]
-#[command(after_help = "Inputs are random normal [batch, dim] matrices. Exit status 1 when any input's \
-relative error exceeds the tolerance. `stopgrad` values are held fixed while differencing, so both sides \
+#[command(after_help = "Inputs not given with --input are random normal [batch, dim] matrices; every input \
+and `learn` tensor is checked. Exit status 1 when any one's relative error exceeds the tolerance. `stopgrad` values are held fixed while differencing, so both sides \
 differentiate the same function.\n\nExample:\n  sslc gradcheck objectives/simclr_gh.ssl --batch 8 --dim 128")]
 pub struct GradcheckArgs {
     file: PathBuf,
-    /// Rows of each input.
+    /// NAME=PATH.npy for an input, constant (a `learn` tensor, the labels) or state, instead of
+    /// random values or the built ones (repeatable).
+    #[arg(long = "input", value_name = "NAME=PATH")]
+    inputs: Vec<String>,
+    /// Rows of each random input.
     #[arg(long, default_value_t = 8)]
     batch: usize,
     /// Columns of each input (GH's ETF needs dim >= K - 1; lower K with --set K=...).
@@ -114,37 +118,7 @@ fn eval_inner(args: &EvalArgs) -> Result<(), i32> {
         base_lr: 0.5,
         dtype: if args.f64 { DType::F64 } else { DType::F32 },
     };
-    for item in &args.inputs {
-        let Some((name, path)) = item.split_once('=') else {
-            return Err(fail(format!("--input {item}: expected NAME=PATH.npy")));
-        };
-        let tensor = npy::read(Path::new(path)).map_err(|e| fail(format!("--input {name}: {e}")))?;
-        let slot = if module.input_named(name).is_some() {
-            &mut req.inputs
-        } else if module.const_named(name).is_some() {
-            &mut req.consts
-        } else if module.state_named(name).is_some() {
-            &mut req.states
-        } else if name == "index" {
-            req.index = Some(tensor);
-            continue;
-        } else {
-            let mut known: Vec<&str> = module.inputs.iter().map(|(_, d)| d.name.as_str()).collect();
-            known.extend(module.consts.iter().map(|(_, d)| d.name.as_str()));
-            known.extend(module.states.iter().map(|(_, d)| d.name.as_str()));
-            return Err(fail(format!(
-                "--input {name}: `{}` has no input, constant or state `{name}` (it has {})",
-                module.name,
-                known.join(", ")
-            )));
-        };
-        if !tensor.dtype().is_float() {
-            return Err(fail(format!(
-                "--input {name}: {path} holds integers; inputs, constants and state are float32 or float64"
-            )));
-        }
-        slot.push((name.to_string(), tensor));
-    }
+    read_given(&module, &args.inputs, &mut req)?;
     let bindings = Bindings::new(&module, req).map_err(fail)?;
     let exe = Arc::new(Executable::new(module).map_err(|d| fail(d.message))?);
     // The CUDA back end checks itself against the reference evaluator on every run.
@@ -213,18 +187,14 @@ pub fn gradcheck(args: &GradcheckArgs) -> i32 {
         Ok(o) => o,
         Err(e) => return fail(e),
     };
-    let random = |seed: u64| random_normal(args.batch, args.dim, seed);
-    let inputs: Vec<(String, Tensor)> = match module
-        .inputs
-        .iter()
-        .enumerate()
-        .map(|(k, (_, d))| random(args.seed * 1000 + k as u64).map(|t| (d.name.clone(), t)))
-        .collect()
-    {
+    let mut req = BindRequest::inputs_only(Vec::new(), &overrides, DType::F64);
+    if let Err(code) = read_given(&module, &args.inputs, &mut req) {
+        return code;
+    }
+    req.inputs = match random_inputs(&module, &req.inputs, args.batch, args.dim, args.seed * 1000) {
         Ok(inputs) => inputs,
-        Err(e) => return fail(e),
+        Err(code) => return code,
     };
-    let req = BindRequest::inputs_only(inputs, &overrides, DType::F64);
     let bindings = match Bindings::new(&module, req) {
         Ok(b) => b,
         Err(e) => return fail(e),
