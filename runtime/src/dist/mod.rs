@@ -116,11 +116,16 @@ fn connect(world: usize) -> Result<Arc<dyn Collective>, DistError> {
 
 #[cfg(not(feature = "mpi"))]
 fn connect(world: usize) -> Result<Arc<dyn Collective>, DistError> {
-    Err(DistError::Setup(format!(
+    Err(without_mpi(world))
+}
+
+/// Why a binary built without MPI support refuses to be one of `world` ranks.
+pub fn without_mpi(world: usize) -> DistError {
+    DistError::Setup(format!(
         "this sslc was launched as one of {world} ranks (by mpirun or srun), but it was built without MPI support, so \
          every rank would train the whole run alone; rebuild it with `cargo build --release --features mpi`, or run \
          it without the launcher"
-    )))
+    ))
 }
 
 /// Which slice of each global batch this rank trains on: rank `r` of `W` takes the `r`th of
@@ -227,5 +232,24 @@ pub fn agree<T, E>(collective: &dyn Collective, result: Result<T, E>) -> Result<
             collective.rank()
         ))),
         (Ok(value), None) => Ok(Ok(value)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_binary_without_mpi_names_the_fix() {
+        let message = without_mpi(4).to_string();
+        assert!(message.contains("one of 4 ranks") && message.contains("--features mpi"), "{message}");
+    }
+
+    #[test]
+    fn shards_are_contiguous_parts_in_rank_order() {
+        let batch: Vec<u32> = (0..12).collect();
+        let parts: Vec<&[u32]> = (0..3).map(|rank| Shard { rank, world: 3 }.part(&batch)).collect();
+        assert_eq!(parts.concat(), batch);
+        assert_eq!(parts[1], &[4, 5, 6, 7]);
     }
 }

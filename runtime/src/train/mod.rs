@@ -463,7 +463,7 @@ pub fn train_parallel(
             progress.step(output.loss, images_per_second);
         }
         objective.end_epoch(epoch + 1, config.epochs).map_err(objective_error("end_epoch", &name))?;
-        replicas_agree(collective, encoder, objective, epoch + 1)?;
+        replicas_agree(collective, encoder, objective, sync, epoch + 1)?;
         let seconds = epoch_start.elapsed().as_secs_f64();
         let epoch_loss = loss_sum / images.max(1) as f64;
         let means: Vec<(String, f64)> =
@@ -540,17 +540,25 @@ fn prepare_directory(dir: &Path, start: Start) -> Result<std::fs::File, TrainErr
 /// Checks once per epoch that every rank holds the same model and objective state, as the
 /// data-parallel step guarantees by construction (same update from the same summed gradient,
 /// same state update from the same global batch): a checksum of both, compared bit for bit.
+/// BatchNorm's running statistics count only when BatchNorm is synchronised; without, each
+/// rank's follow its own samples.
 fn replicas_agree(
     collective: &dyn Collective,
     encoder: &Encoder,
     objective: &dyn Objective,
+    batch_norm_synchronised: bool,
     completed: usize,
 ) -> Result<(), TrainError> {
     if collective.world() == 1 {
         return Ok(());
     }
+    let mut compared: Vec<Tensor> = encoder.parameters().iter().map(|(_, var)| var.as_tensor().clone()).collect();
+    if batch_norm_synchronised {
+        compared.extend(encoder.buffers().iter().map(|(_, var)| var.as_tensor().clone()));
+    }
+    compared.extend(objective.state().into_iter().map(|(_, tensor)| tensor));
     let mut checksum = 0f64;
-    for (_, tensor) in encoder.state().iter().chain(&objective.state()) {
+    for tensor in &compared {
         let values = tensor.to_dtype(candle_core::DType::F64)?.flatten_all()?;
         checksum += values.sum_all()?.to_scalar::<f64>()? + values.sqr()?.sum_all()?.to_scalar::<f64>()?;
     }
