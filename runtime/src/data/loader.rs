@@ -298,7 +298,7 @@ impl TwoViewLoader {
     /// From now on, [`TwoViewLoader::epoch`] yields only `shard`'s part of each batch; the epoch
     /// order and [`TwoViewLoader::epoch_batches`] stay those of the whole (global) batches.
     pub fn set_shard(&mut self, shard: Shard) -> Result<(), DataError> {
-        if shard.world == 0 || shard.rank >= shard.world || self.config.batch_size % shard.world != 0 {
+        if shard.world == 0 || shard.rank >= shard.world || !self.config.batch_size.is_multiple_of(shard.world) {
             return Err(DataError::invalid(
                 "shard",
                 format!(

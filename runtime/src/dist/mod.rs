@@ -143,7 +143,7 @@ impl Shard {
     /// The shard of `collective`'s rank, when a global batch of `batch_size` splits evenly.
     pub fn of(collective: &dyn Collective, batch_size: usize) -> Result<Shard, DistError> {
         let world = collective.world();
-        if batch_size % world != 0 || batch_size < world {
+        if !batch_size.is_multiple_of(world) || batch_size < world {
             let lower = batch_size / world * world;
             let suggestion = if lower > 0 { format!("{lower} or {}", lower + world) } else { world.to_string() };
             return Err(DistError::Setup(format!(

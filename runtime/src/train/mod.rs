@@ -427,7 +427,7 @@ pub fn train_parallel(
         let mut metric_sums: Vec<(String, f64)> = Vec::new();
         for (step, indices) in batches.iter().enumerate() {
             let step_start = Instant::now();
-            if indices.len() % shard.world != 0 {
+            if !indices.len().is_multiple_of(shard.world) {
                 Shard::of(collective, indices.len())?;
             }
             let views = source.views(shard.part(indices)).map_err(TrainError::Source)?;
