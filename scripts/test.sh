@@ -45,6 +45,22 @@ if ! /usr/bin/python3 -c 'import torch, torchvision' >/dev/null 2>&1 && command 
     || echo "NOTICE: could not install python3-torch; the torchvision check will skip" >&2
 fi
 
+# OpenMPI and libclang (Debian), for the `mpi` feature that the tests build with and
+# tests/distributed.rs's `mpirun` runs. Without them the build and those tests cannot run with
+# MPI; this says so, and the tests then fail under CI=true.
+MPI_FEATURE=(--features mpi)
+if { ! command -v mpirun >/dev/null || [ ! -e /usr/lib/x86_64-linux-gnu/openmpi/include/mpi.h ] \
+     || ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1; } && command -v apt-get >/dev/null; then
+    echo "installing openmpi-bin libopenmpi-dev libclang-dev (Debian) ..." >&2
+    { apt-get install -y -q --no-install-recommends openmpi-bin libopenmpi-dev libclang-dev \
+        || { apt-get update -q && apt-get install -y -q --no-install-recommends openmpi-bin libopenmpi-dev libclang-dev; }; } >/dev/null 2>&1 \
+        || echo "NOTICE: could not install OpenMPI; building without the mpi feature, the MPI tests will skip" >&2
+fi
+if ! command -v mpicc >/dev/null; then
+    MPI_FEATURE=()
+    [ "${CI:-}" = true ] && { echo "OpenMPI is missing and CI=true requires the MPI tests" >&2; exit 1; }
+fi
+
 # The law before the tests: formatting (rustfmt.toml) and every clippy warning. Both tools
 # come with the rustup toolchain; without them (no network to add them) this says so, and
 # fails under CI=true.
@@ -60,10 +76,10 @@ if cargo fmt --version >/dev/null 2>&1 && ! cargo fmt --all --check >/dev/null; 
     exit 1
 fi
 if cargo clippy --version >/dev/null 2>&1; then
-    cargo clippy --workspace --all-targets --quiet -- -D warnings
+    cargo clippy --workspace --all-targets --quiet "${MPI_FEATURE[@]}" -- -D warnings
 fi
 
-cargo test --workspace --all-targets "$@"
+cargo test --workspace --all-targets "${MPI_FEATURE[@]}" "$@"
 
 # Coverage-guided fuzzing of the front end (fuzz/fuzz_targets/compile.rs) for a fixed time, the
 # shipped objectives as seed corpus: FUZZ_SECONDS (60 under CI=true, otherwise 0 = skipped).

@@ -8,11 +8,12 @@ use clap::Args;
 use sslc::objective::CompiledObjective;
 use sslc_compiler::eval::Overrides;
 use sslc_runtime::data::{self, DataSplits, DatasetName, ImbalanceProfile};
+use sslc_runtime::dist::{self, Shard};
 use sslc_runtime::model::{Encoder, EncoderConfig};
 use sslc_runtime::objective::Objective;
 use sslc_runtime::presets::{self, Backbone, EvalData, RunContext};
 use sslc_runtime::report::CONFIG_FILE;
-use sslc_runtime::train::{self, Start, TrainConfig};
+use sslc_runtime::train::{self, Parallel, Start, TrainConfig};
 use std::path::PathBuf;
 
 /// Train a backbone with an objective and report Many/Medium/Few linear-probe accuracy.
@@ -55,6 +56,10 @@ pub struct RunArgs {
     /// Stop once this many epochs are done, to continue later with --resume.
     #[arg(long)]
     stop_after: Option<usize>,
+    /// Under mpirun: compute BatchNorm statistics per rank instead of over the global batch
+    /// (breaks the equivalence with one process; for tests that show it matters).
+    #[arg(long, hide = true)]
+    no_sync_bn: bool,
 }
 
 /// Measure the training throughput of a backbone (forward, backward and SGD on random images).
@@ -125,6 +130,9 @@ pub fn run(args: &RunArgs) -> i32 {
 }
 
 fn run_inner(args: &RunArgs) -> Result<(), i32> {
+    // First: a process launched as one of several ranks without MPI support stops here.
+    let collective = dist::from_environment().map_err(fail)?;
+    let lead = collective.rank() == 0;
     let file = match &args.config {
         Some(path) => config::load(path).map_err(fail)?,
         None => RunSettings::default(),
@@ -142,11 +150,14 @@ fn run_inner(args: &RunArgs) -> Result<(), i32> {
     let mut objective = CompiledObjective::new(module, overrides, run.lr, run.backend.kind()).map_err(fail)?;
     let options = presets::data_options(run.data.clone(), run.split_dir.clone(), run.imbalance, run.imb_type.profile())
         .map_err(fail)?;
-    eprintln!("loading {} ...", name.name());
+    if lead {
+        eprintln!("loading {} ...", name.name());
+    }
     let splits = presets::load_splits(name, &options, run.limit).map_err(fail)?;
 
     let backbone = run.backbone;
     let batch_size = run.batch_size.min(splits.train.len());
+    Shard::of(collective.as_ref(), batch_size).map_err(fail)?;
     let epochs = run.epochs;
     let probe_epochs = run.probe_epochs;
     let (dir, start) = match (&args.resume, &args.out) {
@@ -176,7 +187,9 @@ fn run_inner(args: &RunArgs) -> Result<(), i32> {
             limit: run.limit,
         }),
     };
-    write_config(&dir, start, &settings).map_err(fail)?;
+    if lead {
+        write_config(&dir, start, &settings).map_err(fail)?;
+    }
     let pruned = objective.embeddings().iter().any(|e| e.pruned.is_some());
     let channels = splits.train.image(0).map_err(fail)?.channels();
     let encoder = Encoder::new(EncoderConfig::reference(backbone.kind(), channels, pruned, run.seed)).map_err(fail)?;
@@ -186,17 +199,28 @@ fn run_inner(args: &RunArgs) -> Result<(), i32> {
     let train_counts = train.class_counts();
     let mut source = presets::train_source(name, train, batch_size, run.seed, objective.views().extra).map_err(fail)?;
     let mut evaluation = EvalData::new(name, probe_train, test, train_counts, probe_epochs, run.seed).map_err(fail)?;
-    eprintln!(
-        "training {} on {} ({} images, batch {batch_size}, {epochs} epochs, {:?} backbone) in {}",
-        objective.name(),
-        name.name(),
-        samples,
-        backbone,
-        dir.display()
-    );
+    let ranks = match collective.world() {
+        1 => String::new(),
+        world => format!(" over {world} ranks"),
+    };
+    if lead {
+        eprintln!(
+            "training {} on {} ({} images, batch {batch_size}{ranks}, {epochs} epochs, {:?} backbone) in {}",
+            objective.name(),
+            name.name(),
+            samples,
+            backbone,
+            dir.display()
+        );
+    }
     let started = std::time::Instant::now();
-    let outcome = train::train(&dir, &config, &encoder, &mut objective, &mut source, Some(evaluation.setup()), start)
+    let parallel = Parallel { collective, sync_batch_norm: !args.no_sync_bn };
+    let setup = Some(evaluation.setup());
+    let outcome = train::train_parallel(&dir, &config, &encoder, &mut objective, &mut source, setup, start, &parallel)
         .map_err(fail)?;
+    if !lead {
+        return Ok(());
+    }
     let stats = source.stats();
     eprintln!(
         "done in {:.0} s ({:.0} images/s augmented); results in {}",

@@ -8,6 +8,7 @@
 
 use super::{DataError, Dataset};
 use crate::augment::{keyed_rng, rand_augment, view_rng, AugmentRng, EvalTransform, SimclrAugment, Stream};
+use crate::dist::Shard;
 use crate::image::{images_to_batch, Image};
 use crate::objective::ExtraAugmentation;
 use candle_core::{Device, Tensor};
@@ -257,6 +258,8 @@ pub struct TwoViewLoader {
     augment: Arc<SimclrAugment>,
     config: LoaderConfig,
     workers: Workers,
+    /// The part of every batch this process augments (data-parallel training).
+    shard: Shard,
 }
 
 impl TwoViewLoader {
@@ -269,7 +272,7 @@ impl TwoViewLoader {
             return Err(DataError::invalid("batch size", "0"));
         }
         let workers = Workers::new(config.workers, config.prefetch)?;
-        Ok(TwoViewLoader { dataset, augment: Arc::new(augment), config, workers })
+        Ok(TwoViewLoader { dataset, augment: Arc::new(augment), config, workers, shard: Shard::WHOLE })
     }
 
     pub fn stats(&self) -> Arc<LoaderStats> {
@@ -292,6 +295,25 @@ impl TwoViewLoader {
         order
     }
 
+    /// From now on, [`TwoViewLoader::epoch`] yields only `shard`'s part of each batch; the epoch
+    /// order and [`TwoViewLoader::epoch_batches`] stay those of the whole (global) batches.
+    pub fn set_shard(&mut self, shard: Shard) -> Result<(), DataError> {
+        if shard.world == 0 || shard.rank >= shard.world || !self.config.batch_size.is_multiple_of(shard.world) {
+            return Err(DataError::invalid(
+                "shard",
+                format!(
+                    "rank {} of {} cannot take an equal part of batches of {}",
+                    shard.rank, shard.world, self.config.batch_size
+                ),
+            ));
+        }
+        if shard.world > 1 && !self.config.drop_last {
+            return Err(DataError::invalid("shard", "sharded batches need drop_last (equal parts on every rank)"));
+        }
+        self.shard = shard;
+        Ok(())
+    }
+
     /// The dataset indices of each batch of `epoch`, in order.
     pub fn epoch_batches(&self, epoch: usize) -> Vec<Vec<u32>> {
         self.epoch_order(epoch)
@@ -308,7 +330,9 @@ impl TwoViewLoader {
     /// The batches of `epoch` from batch `first_batch` on, identical to those of an epoch
     /// iterated from its start.
     pub fn epoch_from(&self, epoch: usize, first_batch: usize, extras: ExtraArgs) -> BatchStream<Batch> {
-        let batches: Vec<Vec<u32>> = self.epoch_batches(epoch).into_iter().skip(first_batch).collect();
+        let shard = self.shard;
+        let batches: Vec<Vec<u32>> =
+            self.epoch_batches(epoch).into_iter().skip(first_batch).map(|batch| shard.part(&batch).to_vec()).collect();
         let (dataset, augment, seed) = (self.dataset.clone(), self.augment.clone(), self.config.seed);
         let sample_dataset = dataset.clone();
         let sample = move |index: u32| -> Result<[Image; 2], DataError> {

@@ -1,6 +1,8 @@
 //! Layers with explicit parameters, so that the optimizer, the checkpoint and SDCLR's pruning
 //! can see every tensor by name.
 
+use std::sync::{Arc, RwLock};
+
 use candle_core::{DType, Device, Tensor, Var};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -8,6 +10,12 @@ use sslc_rng::BoxMuller;
 
 use super::im2col::{Im2Col, Patches};
 use super::{Branch, Mode, ModelError};
+use crate::dist::{all_reduce_sum_differentiable, Collective};
+
+/// The ranks every BatchNorm of one encoder computes its batch statistics over in training
+/// mode (`None`: this process's batch alone), shared by all its layers so that one switch
+/// turns synchronisation on or off for every BN, the projector's and the pruned branch's too.
+pub(crate) type BatchNormSync = Arc<RwLock<Option<Arc<dyn Collective>>>>;
 
 /// BatchNorm's default epsilon and running-statistics momentum (PyTorch's defaults).
 const BN_EPS: f64 = 1e-5;
@@ -29,13 +37,14 @@ pub enum ConvInit {
 pub(crate) struct Registry {
     pub params: Vec<(String, Var)>,
     pub buffers: Vec<(String, Var)>,
+    pub batch_norm_sync: BatchNormSync,
     rng: ChaCha8Rng,
     device: Device,
 }
 
 impl Registry {
     pub fn new(rng: ChaCha8Rng, device: Device) -> Self {
-        Registry { params: Vec::new(), buffers: Vec::new(), rng, device }
+        Registry { params: Vec::new(), buffers: Vec::new(), batch_norm_sync: BatchNormSync::default(), rng, device }
     }
 
     fn tensor(&self, values: Vec<f32>, shape: &[usize]) -> Result<Tensor, ModelError> {
@@ -198,6 +207,7 @@ struct BatchNormSet {
 pub struct BatchNorm {
     sets: Vec<BatchNormSet>,
     channels: usize,
+    sync: BatchNormSync,
 }
 
 impl BatchNorm {
@@ -220,7 +230,7 @@ impl BatchNorm {
                 running_var: registry.buffer(format!("{prefix}.running_var"), ones)?,
             });
         }
-        Ok(BatchNorm { sets, channels })
+        Ok(BatchNorm { sets, channels, sync: registry.batch_norm_sync.clone() })
     }
 
     /// `x` is channel-major, `[C, ...]` (`[C, N]` or `[C, N, H, W]`): every reduction then runs
@@ -239,16 +249,35 @@ impl BatchNorm {
         let column = |t: &Tensor| t.reshape((self.channels, 1));
         let (centered, var) = match mode {
             Mode::Train => {
-                let values_per_channel = rows.dim(1)?;
+                let sync = self.sync.read().map_err(|_| ModelError::Shape("BatchNorm sync lock poisoned".into()))?;
+                let sync = sync.as_ref().filter(|collective| collective.world() > 1);
+                let values_per_channel = rows.dim(1)? * sync.map_or(1, |collective| collective.world());
                 if values_per_channel < 2 {
                     return Err(ModelError::Shape(format!(
                         "BatchNorm in training mode needs more than one value per channel, got input of shape {:?}; use a batch of at least 2",
                         x.dims()
                     )));
                 }
-                let mean = rows.mean_keepdim(1)?;
-                let centered = rows.broadcast_sub(&mean)?;
-                let var = centered.sqr()?.mean_keepdim(1)?;
+                let (mean, centered, var) = match sync {
+                    None => {
+                        let mean = rows.mean_keepdim(1)?;
+                        let centered = rows.broadcast_sub(&mean)?;
+                        let var = centered.sqr()?.mean_keepdim(1)?;
+                        (mean, centered, var)
+                    }
+                    // SyncBatchNorm: the statistics of the global batch, from sums over the
+                    // ranks that autograd differentiates (each rank's gradient then includes
+                    // every rank's share of the loss through the statistics). Two passes, as
+                    // above, rather than E[x²] - E[x]², which cancels badly in f32.
+                    Some(collective) => {
+                        let count = values_per_channel as f64;
+                        let mean = (all_reduce_sum_differentiable(collective, &rows.sum_keepdim(1)?)? / count)?;
+                        let centered = rows.broadcast_sub(&mean)?;
+                        let squares = centered.sqr()?.sum_keepdim(1)?;
+                        let var = (all_reduce_sum_differentiable(collective, &squares)? / count)?;
+                        (mean, centered, var)
+                    }
+                };
                 update_running(&set.running_mean, &mean.flatten_all()?)?;
                 let unbiased = (var.flatten_all()? * (values_per_channel as f64 / (values_per_channel - 1) as f64))?;
                 update_running(&set.running_var, &unbiased)?;

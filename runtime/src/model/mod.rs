@@ -15,7 +15,10 @@ pub use backbone::BackboneKind;
 pub use layers::ConvInit;
 
 use backbone::Backbone;
-use layers::{BatchNorm, Linear, Registry};
+use layers::{BatchNorm, BatchNormSync, Linear, Registry};
+
+use crate::dist::Collective;
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -145,6 +148,7 @@ pub struct Encoder {
     projector: Projector,
     params: Vec<(String, Var)>,
     buffers: Vec<(String, Var)>,
+    batch_norm_sync: BatchNormSync,
 }
 
 impl Encoder {
@@ -180,7 +184,15 @@ impl Encoder {
             fc2: Linear::new(&mut registry, "projector.fc2", features, config.embedding_dim, false)?,
             bn2: BatchNorm::new(&mut registry, "projector.bn2", config.embedding_dim, branches)?,
         };
-        Ok(Encoder { config, standardization, backbone, projector, params: registry.params, buffers: registry.buffers })
+        Ok(Encoder {
+            config,
+            standardization,
+            backbone,
+            projector,
+            params: registry.params,
+            buffers: registry.buffers,
+            batch_norm_sync: registry.batch_norm_sync,
+        })
     }
 
     pub fn config(&self) -> &EncoderConfig {
@@ -214,6 +226,16 @@ impl Encoder {
             None => images.clone(),
         };
         self.backbone.forward(&input, branch, mode)
+    }
+
+    /// Makes every BatchNorm layer (both branches, projector included) compute its training-mode
+    /// statistics over the global batch of `collective`'s ranks (SyncBatchNorm); `None`, over
+    /// this process's batch alone.
+    pub fn synchronize_batch_norm(&self, collective: Option<Arc<dyn Collective>>) -> Result<(), ModelError> {
+        let mut sync =
+            self.batch_norm_sync.write().map_err(|_| ModelError::Shape("BatchNorm sync lock poisoned".into()))?;
+        *sync = collective;
+        Ok(())
     }
 
     /// Trainable parameters, by name, in a fixed order.

@@ -4,6 +4,7 @@
 
 use super::source::{BatchSource, LabelledImages};
 use crate::data::loader::{Batch, BatchStream, EvalBatch, ExtraArgs, FeatureLoader, LoaderStats, TwoViewLoader};
+use crate::dist::Shard;
 use crate::objective::{BoxError, ExtraAugmentation};
 use candle_core::Tensor;
 use std::sync::Arc;
@@ -46,6 +47,10 @@ impl BatchSource for LoaderSource {
         };
         self.stream = Some(self.loader.epoch(epoch, extras));
         Ok(())
+    }
+
+    fn set_shard(&mut self, shard: Shard) -> Result<(), BoxError> {
+        Ok(self.loader.set_shard(shard)?)
     }
 
     fn views(&mut self, indices: &[u32]) -> Result<[Tensor; 2], BoxError> {

@@ -8,12 +8,14 @@ mod source;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 
 use crate::checkpoint::{Checkpoint, CheckpointError};
+use crate::dist::{self, Collective, DistError, Shard, SingleProcess};
 use crate::model::{Branch, Encoder, EncoderConfig, Mode, ModelError};
 use crate::objective::{BoxError, EmbeddingSpec, Objective, RunPosition, StepOutput};
 use crate::optim::{OptimError, Optimizer, Sgd};
@@ -48,6 +50,8 @@ pub enum TrainError {
     Source(BoxError),
     #[error("the {what} became {value} at epoch {epoch}, step {step}; the run stopped and {}", diverged_advice(*epoch, checkpoint))]
     Diverged { what: &'static str, value: f64, epoch: usize, step: usize, checkpoint: PathBuf },
+    #[error(transparent)]
+    Dist(#[from] DistError),
     #[error("{0}")]
     Setup(String),
 }
@@ -211,9 +215,9 @@ fn lock_run_directory(dir: &Path) -> Result<std::fs::File, TrainError> {
 /// epoch lands in the final evaluation, which follows) every time instead of by chance.
 pub const TEST_PAUSE_ENV: &str = "SSLC_TEST_PAUSE_AFTER_EPOCH";
 
-fn pause_for_tests(completed: usize) {
+fn pause_for_tests(completed: usize, rank: usize) {
     if std::env::var(TEST_PAUSE_ENV).is_ok_and(|at| at.trim() == completed.to_string()) {
-        eprintln!("sslc: paused after epoch {completed} (pid {})", std::process::id());
+        eprintln!("sslc: paused after epoch {completed} (pid {}, rank {rank})", std::process::id());
         std::thread::sleep(std::time::Duration::from_secs(120));
     }
 }
@@ -235,6 +239,21 @@ impl RunIdentity {
     }
 }
 
+/// How the ranks of a data-parallel run work together (one process: [`Parallel::single`]).
+#[derive(Clone)]
+pub struct Parallel {
+    pub collective: Arc<dyn Collective>,
+    /// Synchronise BatchNorm statistics over the ranks (SyncBatchNorm). Only switched off to
+    /// show that the equivalence with one process needs it.
+    pub sync_batch_norm: bool,
+}
+
+impl Parallel {
+    pub fn single() -> Parallel {
+        Parallel { collective: Arc::new(SingleProcess), sync_batch_norm: true }
+    }
+}
+
 /// Trains `encoder` with `objective` in run directory `dir` (checkpoint, metrics.jsonl, and
 /// with evaluation summary.json and per_class.png).
 pub fn train(
@@ -243,9 +262,31 @@ pub fn train(
     encoder: &Encoder,
     objective: &mut dyn Objective,
     source: &mut dyn BatchSource,
-    mut evaluation: Option<EvalSetup<'_>>,
+    evaluation: Option<EvalSetup<'_>>,
     start: Start,
 ) -> Result<TrainOutcome, TrainError> {
+    train_parallel(dir, config, encoder, objective, source, evaluation, start, &Parallel::single())
+}
+
+/// [`train`] as one rank of a data-parallel run, equal to the single-process run with the same
+/// global batch (docs/distributed.md): every rank trains on its [`Shard`] of each global batch;
+/// the objective sees the gathered global batch on every rank (its full loss computed on each,
+/// so that its state updates run identically everywhere); each rank backpropagates the
+/// gradient rows of its own samples and the parameter gradients are summed over the ranks.
+/// Rank 0 alone writes to `dir`, and evaluates.
+#[allow(clippy::too_many_arguments)]
+pub fn train_parallel(
+    dir: &Path,
+    config: &TrainConfig,
+    encoder: &Encoder,
+    objective: &mut dyn Objective,
+    source: &mut dyn BatchSource,
+    mut evaluation: Option<EvalSetup<'_>>,
+    start: Start,
+    parallel: &Parallel,
+) -> Result<TrainOutcome, TrainError> {
+    let collective = parallel.collective.as_ref();
+    let lead = collective.rank() == 0;
     let checkpoint_path = dir.join(CHECKPOINT_FILE);
     let identity = RunIdentity {
         train: config.clone(),
@@ -255,12 +296,11 @@ pub fn train(
     .to_json();
     let specs = objective.embeddings();
     let prune_fraction = shared_prune_fraction(&specs)?;
-    if start == Start::Resume && !dir.is_dir() {
-        return Err(nothing_to_resume(dir));
-    }
-    std::fs::create_dir_all(dir)
-        .map_err(|e| TrainError::Setup(format!("cannot create run directory {}: {e}", dir.display())))?;
-    let _lock = lock_run_directory(dir)?;
+    let prepared = match lead {
+        true => prepare_directory(dir, start).map(Some),
+        false => Ok(None),
+    };
+    let _lock = dist::agree(collective, prepared)??;
     let objective_error = |during: &'static str, name: &str| {
         let objective = name.to_string();
         move |source| TrainError::Objective { objective, during, source }
@@ -279,69 +319,96 @@ pub fn train(
         .chain(objective_parameters.iter().map(|(n, v)| (format!("objective.{n}"), v.clone())))
         .collect();
 
-    let first_epoch = match start {
-        Start::Fresh => {
-            let mut earlier = std::fs::read_dir(dir)
-                .map_err(|e| TrainError::Setup(format!("cannot list {}: {e}", dir.display())))?
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                // The command line writes the run's configuration first.
-                .filter(|name| name != LOCK_FILE && name != report::CONFIG_FILE)
-                .collect::<Vec<_>>();
-            if !earlier.is_empty() {
-                earlier.sort();
-                return Err(TrainError::Setup(format!(
-                    "{} already holds {}; resume it with --resume, replace it with --overwrite, or choose another --out",
-                    dir.display(),
-                    earlier.join(", ")
-                )));
+    let mut begin = || -> Result<usize, TrainError> {
+        Ok(match start {
+            Start::Fresh if !lead => 0,
+            Start::Overwrite if !lead => 0,
+            Start::Fresh => {
+                let mut earlier = std::fs::read_dir(dir)
+                    .map_err(|e| TrainError::Setup(format!("cannot list {}: {e}", dir.display())))?
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    // The command line writes the run's configuration first.
+                    .filter(|name| name != LOCK_FILE && name != report::CONFIG_FILE)
+                    .collect::<Vec<_>>();
+                if !earlier.is_empty() {
+                    earlier.sort();
+                    return Err(TrainError::Setup(format!(
+                        "{} already holds {}; resume it with --resume, replace it with --overwrite, or choose another --out",
+                        dir.display(),
+                        earlier.join(", ")
+                    )));
+                }
+                0
             }
-            0
-        }
-        Start::Overwrite => {
-            for file in [CHECKPOINT_FILE, report::METRICS_FILE, report::SUMMARY_FILE, report::PER_CLASS_PLOT_FILE] {
-                match std::fs::remove_file(dir.join(file)) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        return Err(TrainError::Setup(format!("cannot replace {}: {e}", dir.join(file).display())))
+            Start::Overwrite => {
+                for file in [CHECKPOINT_FILE, report::METRICS_FILE, report::SUMMARY_FILE, report::PER_CLASS_PLOT_FILE] {
+                    match std::fs::remove_file(dir.join(file)) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => {
+                            return Err(TrainError::Setup(format!("cannot replace {}: {e}", dir.join(file).display())))
+                        }
                     }
                 }
+                0
             }
-            0
-        }
-        Start::Resume => {
-            // Checked under the lock: a live run's directory is in use, not empty of checkpoints.
-            if !checkpoint_path.exists() {
-                return Err(nothing_to_resume(dir));
-            }
-            let saved = Checkpoint::load(&checkpoint_path)?;
-            if saved.config != identity || saved.seed != config.seed {
-                let mut differ = settings::differences(&saved.config, &identity);
-                if saved.seed != config.seed && !differ.iter().any(|line| line.starts_with("seed:")) {
-                    differ.push(format!("seed: saved {}, requested {}", saved.seed, config.seed));
+            Start::Resume => {
+                // Checked under the lock: a live run's directory is in use, not empty of checkpoints.
+                if !checkpoint_path.exists() {
+                    return Err(match lead {
+                        true => nothing_to_resume(dir),
+                        false => TrainError::Setup(format!(
+                            "rank {} cannot read {}, which rank 0 resumes from; every rank must see the run directory \
+                             (put it on a filesystem all nodes share)",
+                            collective.rank(),
+                            checkpoint_path.display()
+                        )),
+                    });
                 }
-                return Err(TrainError::Setup(format!(
-                    "{} was written with other settings than this resume asks for:\n  {}\nresume with the run's own \
-                     settings (drop or change the flags above), start the run afresh with --out {} --overwrite, or \
-                     give the new settings a new --out",
-                    checkpoint_path.display(),
-                    differ.join("\n  "),
-                    dir.display()
-                )));
+                let saved = Checkpoint::load(&checkpoint_path)?;
+                if saved.config != identity || saved.seed != config.seed {
+                    let mut differ = settings::differences(&saved.config, &identity);
+                    if saved.seed != config.seed && !differ.iter().any(|line| line.starts_with("seed:")) {
+                        differ.push(format!("seed: saved {}, requested {}", saved.seed, config.seed));
+                    }
+                    return Err(TrainError::Setup(format!(
+                        "{} was written with other settings than this resume asks for:\n  {}\nresume with the run's own \
+                         settings (drop or change the flags above), start the run afresh with --out {} --overwrite, or \
+                         give the new settings a new --out",
+                        checkpoint_path.display(),
+                        differ.join("\n  "),
+                        dir.display()
+                    )));
+                }
+                encoder.load_state(&saved.model)?;
+                optimizer.load_state(&saved.optimizer)?;
+                objective.load_state(&saved.objective).map_err(objective_error("load_state", &name))?;
+                saved.epoch
             }
-            encoder.load_state(&saved.model)?;
-            optimizer.load_state(&saved.optimizer)?;
-            objective.load_state(&saved.objective).map_err(objective_error("load_state", &name))?;
-            saved.epoch
-        }
+        })
     };
-    let mut metrics = MetricsLog::open(&dir.join(report::METRICS_FILE), first_epoch)?;
+    let first_epoch = dist::agree(collective, begin())??;
+    same_on_every_rank(collective, first_epoch, "the checkpoint's epoch")?;
+    let metrics = match lead {
+        true => MetricsLog::open(&dir.join(report::METRICS_FILE), first_epoch).map(Some),
+        false => Ok(None),
+    };
+    let mut metrics = dist::agree(collective, metrics)??;
     let knn_k = evaluation.as_ref().map_or(&[][..], |setup| &setup.probe.knn_k[..]);
-    metrics.log_to_tensorboard(&identity, &report::headline_metric_tags(knn_k));
+    if let Some(metrics) = metrics.as_mut() {
+        metrics.log_to_tensorboard(&identity, &report::headline_metric_tags(knn_k));
+    }
+    let shard = match source.batch_indices(first_epoch, config.seed).map_err(TrainError::Source)?.first() {
+        Some(batch) => Shard::of(collective, batch.len())?,
+        None => Shard::WHOLE,
+    };
+    source.set_shard(shard).map_err(TrainError::Source)?;
+    let sync = parallel.sync_batch_norm && collective.world() > 1;
+    encoder.synchronize_batch_norm(sync.then(|| parallel.collective.clone()))?;
     let mut last_epoch_loss = None;
     let mut last_evaluation = None;
-    let mut progress = Progress::new(std::io::stdout().is_terminal());
+    let mut progress = Progress::new(lead && std::io::stdout().is_terminal());
 
     let last_epoch = config.stop_after.map_or(config.epochs, |s| s.min(config.epochs));
     for epoch in first_epoch..last_epoch {
@@ -370,9 +437,14 @@ pub fn train(
         let mut metric_sums: Vec<(String, f64)> = Vec::new();
         for (step, indices) in batches.iter().enumerate() {
             let step_start = Instant::now();
-            let views = source.views(indices).map_err(TrainError::Source)?;
+            if !indices.len().is_multiple_of(shard.world) {
+                Shard::of(collective, indices.len())?;
+            }
+            let views = source.views(shard.part(indices)).map_err(TrainError::Source)?;
             let embeddings = forward_embeddings(encoder, &specs, &views)?;
-            let detached: Vec<Tensor> = embeddings.iter().map(Tensor::detach).collect();
+            // The global batch's embeddings, the same on every rank.
+            let detached =
+                embeddings.iter().map(|local| dist::gather_rows(collective, local)).collect::<Result<Vec<_>, _>>()?;
             let diverged =
                 |what, value| TrainError::Diverged { what, value, epoch, step, checkpoint: checkpoint_path.clone() };
             if let Some(bad) = first_non_finite(&detached)? {
@@ -383,7 +455,12 @@ pub fn train(
                 return Err(diverged("loss", output.loss));
             }
             check_gradients(&output, &detached, &objective_parameters, &name)?;
-            let mut grads = backpropagate(&embeddings, &output.grads)?;
+            let own_grads =
+                output.grads.iter().map(|grad| dist::own_rows(collective, grad)).collect::<Result<Vec<_>, _>>()?;
+            let grads = backpropagate(&embeddings, &own_grads)?;
+            let mut grads = dist::all_reduce_gradients(collective, encoder.parameters(), grads)?;
+            // The objective's own parameters already have the global loss's gradient on every
+            // rank (each rank evaluates the whole loss): they are not summed over ranks.
             for ((_, parameter), grad) in objective_parameters.iter().zip(&output.parameter_grads) {
                 grads.insert(parameter.as_tensor(), grad.clone());
             }
@@ -395,19 +472,29 @@ pub fn train(
             images += indices.len();
             accumulate_metrics(&mut metric_sums, &output.metrics, indices.len());
             let images_per_second = indices.len() as f64 / seconds.max(1e-9);
-            metrics.step(epoch, step, output.loss, lr, seconds, images_per_second, &output.metrics)?;
+            if let Some(metrics) = metrics.as_mut() {
+                metrics.step(epoch, step, output.loss, lr, seconds, images_per_second, &output.metrics)?;
+            }
             progress.step(output.loss, images_per_second);
         }
         objective.end_epoch(epoch + 1, config.epochs).map_err(objective_error("end_epoch", &name))?;
+        replicas_agree(collective, encoder, objective, sync, epoch + 1)?;
         let seconds = epoch_start.elapsed().as_secs_f64();
         let epoch_loss = loss_sum / images.max(1) as f64;
         let means: Vec<(String, f64)> =
             metric_sums.into_iter().map(|(key, sum)| (key, sum / images.max(1) as f64)).collect();
-        metrics.epoch(epoch, epoch_loss, lr, seconds, images as f64 / seconds.max(1e-9), &means)?;
+        if let Some(metrics) = metrics.as_mut() {
+            metrics.epoch(epoch, epoch_loss, lr, seconds, images as f64 / seconds.max(1e-9), &means)?;
+        }
         progress.finish_epoch();
         last_epoch_loss = Some(epoch_loss);
 
         let completed = epoch + 1;
+        let Some(metrics) = metrics.as_mut() else {
+            // Ranks other than 0 write nothing and do not evaluate.
+            pause_for_tests(completed, collective.rank());
+            continue;
+        };
         Checkpoint {
             epoch: completed,
             seed: config.seed,
@@ -418,7 +505,7 @@ pub fn train(
         }
         .save(&checkpoint_path)?;
 
-        pause_for_tests(completed);
+        pause_for_tests(completed, collective.rank());
         let due = completed == config.epochs || (config.eval_every > 0 && completed % config.eval_every == 0);
         if let (true, Some(setup)) = (due, evaluation.as_mut()) {
             let result = evaluate_encoder(encoder, setup)?;
@@ -426,6 +513,9 @@ pub fn train(
             last_evaluation = Some(result);
         }
     }
+    let Some(mut metrics) = metrics else {
+        return Ok(TrainOutcome { epochs: config.epochs.max(first_epoch), last_epoch_loss, evaluation: None });
+    };
     // A run resumed at its end whose final evaluation or reports never completed (killed
     // during the evaluation, or a failed write) does them now.
     let reported = dir.join(report::SUMMARY_FILE).exists() && dir.join(report::PER_CLASS_PLOT_FILE).exists();
@@ -450,6 +540,68 @@ pub fn train(
         println!("{}", report::group_table(&result.linear));
     }
     Ok(TrainOutcome { epochs: config.epochs.max(first_epoch), last_epoch_loss, evaluation: last_evaluation })
+}
+
+/// Rank 0's part of a run's setup: creates the run directory and takes its lock.
+fn prepare_directory(dir: &Path, start: Start) -> Result<std::fs::File, TrainError> {
+    if start == Start::Resume && !dir.is_dir() {
+        return Err(nothing_to_resume(dir));
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| TrainError::Setup(format!("cannot create run directory {}: {e}", dir.display())))?;
+    lock_run_directory(dir)
+}
+
+/// Checks once per epoch that every rank holds the same model and objective state, as the
+/// data-parallel step guarantees by construction (same update from the same summed gradient,
+/// same state update from the same global batch): a checksum of both, compared bit for bit.
+/// BatchNorm's running statistics count only when BatchNorm is synchronised; without, each
+/// rank's follow its own samples.
+fn replicas_agree(
+    collective: &dyn Collective,
+    encoder: &Encoder,
+    objective: &dyn Objective,
+    batch_norm_synchronised: bool,
+    completed: usize,
+) -> Result<(), TrainError> {
+    if collective.world() == 1 {
+        return Ok(());
+    }
+    let mut compared: Vec<Tensor> = encoder.parameters().iter().map(|(_, var)| var.as_tensor().clone()).collect();
+    if batch_norm_synchronised {
+        compared.extend(encoder.buffers().iter().map(|(_, var)| var.as_tensor().clone()));
+    }
+    compared.extend(objective.state().into_iter().map(|(_, tensor)| tensor));
+    let mut checksum = 0f64;
+    for tensor in &compared {
+        let values = tensor.to_dtype(candle_core::DType::F64)?.flatten_all()?;
+        checksum += values.sum_all()?.to_scalar::<f64>()? + values.sqr()?.sum_all()?.to_scalar::<f64>()?;
+    }
+    // The checksum's 64 bits as four 16-bit pieces, each exact in an f32.
+    let bits = checksum.to_bits();
+    let pieces: Vec<f32> = (0..4).map(|i| ((bits >> (16 * i)) & 0xffff) as f32).collect();
+    let all = collective.all_gather(&pieces)?;
+    match all.chunks(4).position(|other| other != &pieces[..]) {
+        Some(rank) => Err(TrainError::Setup(format!(
+            "after epoch {completed}, rank {rank}'s model or objective state differs from rank {}'s: the replicas \
+             diverged, so the run stopped (this is a bug in sslc; please report it with the command line)",
+            collective.rank()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Fails unless every rank holds the same `value` (rank 0's is the reference).
+fn same_on_every_rank(collective: &dyn Collective, value: usize, what: &str) -> Result<(), TrainError> {
+    let all = collective.all_gather(&[value as f32])?;
+    match all.iter().position(|&other| other != all[0]) {
+        Some(rank) if collective.world() > 1 => Err(TrainError::Setup(format!(
+            "{what} differs between ranks: rank 0 has {}, rank {rank} has {}; every rank must read the same run \
+             directory",
+            all[0], all[rank]
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// The encoder holds one prune mask, so every pruned embedding must ask for the same fraction.

@@ -3,6 +3,7 @@
 
 use candle_core::Tensor;
 
+use crate::dist::Shard;
 use crate::objective::BoxError;
 
 /// The two-view training set.
@@ -25,6 +26,16 @@ pub trait BatchSource {
     /// The two augmented views `[N, C, H, W]` f32 of the epoch's next batch, whose dataset
     /// indices are `indices`. Randomness must derive from `(seed, epoch, indices)` only.
     fn views(&mut self, indices: &[u32]) -> Result<[Tensor; 2], BoxError>;
+    /// From the next epoch on, produce the views of `shard`'s part of each batch only
+    /// ([`Shard::part`] of the [`BatchSource::batch_indices`] batch): data-parallel training,
+    /// where each rank augments its own samples. A source that cannot split its batches
+    /// accepts only the whole batch.
+    fn set_shard(&mut self, shard: Shard) -> Result<(), BoxError> {
+        match shard == Shard::WHOLE {
+            true => Ok(()),
+            false => Err("this data source cannot serve a part of each batch to one of several ranks".into()),
+        }
+    }
 }
 
 /// A labelled, unaugmented image set for evaluation (the probe's training and test sets).
