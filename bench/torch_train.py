@@ -121,10 +121,10 @@ def digits():
     p = sslc(["run", "objectives/simclr_gh.ssl", "--device", "cuda", "--epochs", "10", "--out",
               os.path.join(OUT, "run-digits"), "--overwrite"], 150)
     groups = {}
-    for line in p.stdout.splitlines():
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        if cells and cells[0] in ("Many", "Medium", "Few", "overall") and len(cells) > 1:
-            groups[cells[0]] = cells[1]
+    for line in p.stdout.splitlines():  # "Many      71.43" (report::group_table)
+        cells = line.split()
+        if len(cells) == 2 and cells[0] in ("Many", "Medium", "Few", "overall"):
+            groups[cells[0]] = cells[1] + " %"
     shown = ", ".join(f"{k} {v}" for k, v in groups.items()) or "no table printed"
     row("b. run", "simclr_gh digits, 10 epochs", shown, "-",
         f"ok in {time.time() - t:.0f} s" if "Few" in groups else "FAIL: no Many/Medium/Few table")

@@ -64,14 +64,15 @@ impl<'de> serde::Deserialize<'de> for DeviceSpec {
 #[serde(rename_all = "snake_case")]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Precision {
-    /// Plain f32 everywhere. The CPU's only mode (`tf32` is accepted there and means f32).
+    /// Plain f32 everywhere. The CPU's default (`tf32` is accepted there and means f32).
     F32,
     /// f32 tensors; cuBLAS may round matmul and conv operands to TF32 on tensor cores
     /// (f32 accumulation). The default on CUDA, as PyTorch's `allow_tf32` for convolutions.
     Tf32,
     /// Convolutions and matmuls take bf16 operands (weights cast from the f32 master copy each
     /// step, f32 accumulation); BatchNorm, activations between layers and the loss stay f32.
-    /// CUDA only.
+    /// Meant for CUDA; on the CPU it works (the device path's convolution, so CI tests it) but
+    /// is slower than f32.
     Bf16,
 }
 
@@ -115,10 +116,7 @@ impl Compute {
     pub fn open(spec: DeviceSpec, precision: Option<Precision>) -> Result<Compute, String> {
         let precision = precision.unwrap_or(Precision::default_for(spec));
         match spec {
-            DeviceSpec::Cpu => match precision {
-                Precision::Bf16 => Err("--precision bf16 needs --device cuda; on the CPU the backbone runs in f32".into()),
-                Precision::F32 | Precision::Tf32 => Ok(Compute { device: Device::Cpu, precision }),
-            },
+            DeviceSpec::Cpu => Ok(Compute { device: Device::Cpu, precision }),
             DeviceSpec::Cuda(ordinal) => {
                 if !BUILT_WITH_CUDA {
                     return Err(format!(
@@ -147,11 +145,14 @@ impl Compute {
 }
 
 /// 2-d convolution of channel-major input `[C, N, H, W]` with weight `[O, C, K, K]`, to
-/// `[O, N, OH, OW]`, by the best means of the input's device. On the CPU our im2col op and one
-/// gemm (candle's CPU conv backward is about a hundred times slower). Elsewhere candle's own
-/// conv2d, which has CUDA kernels (im2col + cuBLAS forward, its own backward kernels); it takes
-/// batch-major input, hence the two transposes. In bf16 the operands are cast to bf16 and the
-/// result back to f32, so BatchNorm sees f32.
+/// `[O, N, OH, OW]`: the patch matrix `[C·K·K, N·OH·OW]`, then one matmul, so the backward pass
+/// is two matmuls and the patch matrix's adjoint. On the CPU the patch matrix comes from our
+/// im2col op (candle's own CPU conv backward is about a hundred times slower; the op is f32
+/// only, so CPU bf16 takes the other path). Elsewhere it is
+/// built from candle's indexing ops ([`patches_by_indexing`]), each of which has CUDA kernels
+/// and a backward: the products go to cuBLAS, where candle's CUDA conv2d would run its backward
+/// as a direct `conv_transpose2d` and a conv with an image-sized kernel. In bf16 the operands
+/// are cast to bf16 and the result back to f32, so BatchNorm sees f32.
 pub fn conv2d(
     x: &Tensor,
     weight: &Tensor,
@@ -159,20 +160,66 @@ pub fn conv2d(
     padding: usize,
     precision: Precision,
 ) -> candle_core::Result<Tensor> {
-    if x.device().is_cpu() {
+    if x.device().is_cpu() && precision != Precision::Bf16 {
         return conv2d_as_matmul(x, weight, stride, padding);
     }
     let (x, weight) = match precision {
         Precision::Bf16 => (x.to_dtype(DType::BF16)?, weight.to_dtype(DType::BF16)?),
         Precision::F32 | Precision::Tf32 => (x.clone(), weight.clone()),
     };
-    let y = x.transpose(0, 1)?.contiguous()?.conv2d(&weight, padding, stride, 1, 1)?.transpose(0, 1)?.contiguous()?;
-    y.to_dtype(DType::F32)
+    conv2d_by_indexing(&x, &weight, stride, padding)?.to_dtype(DType::F32)
 }
 
-/// `x · wᵀ` in the given precision (bf16 operands on a GPU when asked, f32 result).
+/// [`conv2d`]'s device path, on any device (the CPU tests it against the im2col op).
+pub fn conv2d_by_indexing(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> candle_core::Result<Tensor> {
+    let (_, batch, _, _) = x.dims4()?;
+    let (out_channels, channels, kernel, _) = weight.dims4()?;
+    let (patches, out_height, out_width) = patches_by_indexing(x, kernel, stride, padding)?;
+    let weight = weight.reshape((out_channels, channels * kernel * kernel))?;
+    weight.matmul(&patches)?.reshape((out_channels, batch, out_height, out_width))
+}
+
+/// The patch matrix `[C·K·K, N·OH·OW]` of channel-major `x` (rows in the weight's `[C, K, K]`
+/// order, zero where a patch overhangs) and `(OH, OW)`, from padding, one strided slice per
+/// kernel offset (`narrow` at stride 1, `index_select` otherwise) and a stack.
+pub fn patches_by_indexing(
+    x: &Tensor,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> candle_core::Result<(Tensor, usize, usize)> {
+    let (channels, batch, height, width) = x.dims4()?;
+    if kernel == 0 || stride == 0 || height + 2 * padding < kernel || width + 2 * padding < kernel {
+        return Err(candle_core::Error::Msg(format!(
+            "a {kernel}x{kernel} kernel with stride {stride} and padding {padding} cannot take input of shape {:?}",
+            x.dims()
+        )));
+    }
+    let out_height = (height + 2 * padding - kernel) / stride + 1;
+    let out_width = (width + 2 * padding - kernel) / stride + 1;
+    let padded = x.pad_with_zeros(2, padding, padding)?.pad_with_zeros(3, padding, padding)?;
+    // Every `stride`-th position from `start`, `count` of them, along `dim`.
+    let strided = |t: &Tensor, dim: usize, start: usize, count: usize| -> candle_core::Result<Tensor> {
+        if stride == 1 {
+            return t.narrow(dim, start, count);
+        }
+        let positions: Vec<u32> = (0..count).map(|i| (start + i * stride) as u32).collect();
+        t.index_select(&Tensor::from_vec(positions, count, t.device())?, dim)
+    };
+    let mut taps = Vec::with_capacity(kernel * kernel);
+    for ky in 0..kernel {
+        let rows = strided(&padded, 2, ky, out_height)?;
+        for kx in 0..kernel {
+            taps.push(strided(&rows, 3, kx, out_width)?);
+        }
+    }
+    let patches = Tensor::stack(&taps, 1)?.reshape((channels * kernel * kernel, batch * out_height * out_width))?;
+    Ok((patches, out_height, out_width))
+}
+
+/// `x · wᵀ` in the given precision (bf16 operands when asked, f32 result).
 pub fn matmul_t(x: &Tensor, weight: &Tensor, precision: Precision) -> candle_core::Result<Tensor> {
-    if precision == Precision::Bf16 && !x.device().is_cpu() {
+    if precision == Precision::Bf16 {
         return x.to_dtype(DType::BF16)?.matmul(&weight.to_dtype(DType::BF16)?.t()?)?.to_dtype(DType::F32);
     }
     x.matmul(&weight.t()?)
@@ -199,10 +246,35 @@ mod tests {
         }
     }
 
+    /// The device path's convolution agrees with the CPU's im2col op, values and both
+    /// gradients, for every kernel, stride and padding the backbones use.
     #[test]
-    fn the_cpu_refuses_bf16_and_cuda_fails_cleanly_without_a_gpu() {
+    fn conv_by_indexing_matches_the_im2col_op() {
+        let device = Device::Cpu;
+        let max_difference =
+            |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        for (kernel, stride, padding, size) in [(3, 1, 1, 8), (3, 2, 1, 9), (1, 1, 0, 6), (1, 2, 0, 7), (7, 2, 3, 11)] {
+            let x = candle_core::Var::randn(0f32, 1.0, (3, 2, size, size), &device).unwrap();
+            let w = candle_core::Var::randn(0f32, 1.0, (4, 3, kernel, kernel), &device).unwrap();
+            let expected = conv2d_as_matmul(&x, &w, stride, padding).unwrap();
+            let actual = conv2d_by_indexing(&x, &w, stride, padding).unwrap();
+            assert_eq!(actual.dims(), expected.dims());
+            assert!(max_difference(&actual, &expected) < 1e-4, "kernel {kernel} stride {stride}");
+            let r = Tensor::randn(0f32, 1.0, expected.dims(), &device).unwrap();
+            let expected_grads = (&expected * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let actual_grads = (&actual * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            for var in [&x, &w] {
+                let (a, e) = (actual_grads.get(var).unwrap(), expected_grads.get(var).unwrap());
+                assert!(max_difference(a, e) < 1e-3, "kernel {kernel} stride {stride}: gradient differs");
+            }
+        }
+        assert!(patches_by_indexing(&Tensor::zeros((1, 1, 2, 2), DType::F32, &device).unwrap(), 5, 1, 0).is_err());
+    }
+
+    #[test]
+    fn precision_defaults_per_device_and_cuda_fails_cleanly_without_a_gpu() {
         assert_eq!(Compute::open(DeviceSpec::Cpu, None).unwrap().precision, Precision::F32);
-        assert!(Compute::open(DeviceSpec::Cpu, Some(Precision::Bf16)).unwrap_err().contains("--device cuda"));
+        assert_eq!(Precision::default_for(DeviceSpec::Cuda(1)), Precision::Tf32);
         // CI has no GPU: either the build lacks CUDA or the driver finds no device.
         if let Err(error) = Compute::open(DeviceSpec::Cuda(0), None) {
             assert!(error.contains("built without CUDA") || error.contains("no CUDA device found"), "{error}");

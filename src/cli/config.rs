@@ -108,7 +108,7 @@ pub struct RunSettings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device: Option<DeviceSpec>,
     /// The backbone's arithmetic: f32, tf32 (matmul/conv operands rounded to TF32 on tensor
-    /// cores) or bf16 (bf16 conv/matmul operands, f32 weights, BatchNorm and loss; CUDA only).
+    /// cores) or bf16 (bf16 conv/matmul operands, f32 weights, BatchNorm and loss; meant for CUDA).
     /// Default: tf32 on CUDA, f32 on the CPU.
     #[arg(long, value_enum)]
     #[serde(default, with = "by_name", skip_serializing_if = "Option::is_none")]
