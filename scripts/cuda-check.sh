@@ -9,7 +9,7 @@
 # binary cannot start without them: the runs put the wheels' libraries and the toolkit's stub
 # libcuda, whose every function returns CUDA_ERROR_NO_DEVICE as a driver does on a machine
 # without a GPU, on LD_LIBRARY_PATH.
-# Cached under target/ (toolkit ~1.3 GB in target/cuda-toolkit, build in target/cuda): the first
+# Cached under target/ (toolkit 1.8 GB in target/cuda-toolkit, build in target/cuda): the first
 # run downloads the wheels and spends ~5 minutes of nvcc on candle's kernels; a rerun with no
 # change is seconds. SSLC_CUDA_TOOLKIT and SSLC_CUDA_TARGET_DIR move them.
 set -euo pipefail

@@ -24,7 +24,8 @@ fn load(path: &std::path::Path) -> std::collections::HashMap<String, candle_core
 }
 
 fn max_difference(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f64 {
-    let difference = (a.to_dtype(candle_core::DType::F64).unwrap() - b.to_dtype(candle_core::DType::F64).unwrap()).unwrap();
+    let difference =
+        (a.to_dtype(candle_core::DType::F64).unwrap() - b.to_dtype(candle_core::DType::F64).unwrap()).unwrap();
     difference.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap()
 }
 
@@ -47,12 +48,16 @@ fn assert_refused_cleanly(out: &Output, what: &str) {
 #[test]
 fn cuda_without_a_gpu_exits_1_with_a_clear_message() {
     let dir = scratch("cuda");
-    let out = sslc(&["run", "objectives/simclr.ssl", "--device", "cuda", "--epochs", "1", "--out", dir.to_str().unwrap()]);
+    let out =
+        sslc(&["run", "objectives/simclr.ssl", "--device", "cuda", "--epochs", "1", "--out", dir.to_str().unwrap()]);
     assert_refused_cleanly(&out, "run");
     assert!(!dir.join("config.toml").exists(), "a refused run writes no record");
     assert_refused_cleanly(&sslc(&["bench-train", "--backbone", "small", "--device", "cuda:1"]), "bench-train");
     let weights = dir.join("w.safetensors");
-    assert_refused_cleanly(&sslc(&["train-step", "--device", "cuda", "--out", weights.to_str().unwrap()]), "train-step");
+    assert_refused_cleanly(
+        &sslc(&["train-step", "--device", "cuda", "--out", weights.to_str().unwrap()]),
+        "train-step",
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -82,7 +87,8 @@ fn bad_devices_and_precisions_are_errors_not_panics() {
 fn an_explicit_cpu_device_trains_as_the_default_and_logs_data_wait() {
     let run = |name: &str, extra: &[&str]| {
         let dir = scratch(name);
-        let mut args = vec!["run", "objectives/simclr.ssl", "--epochs", "1", "--batch-size", "64", "--probe-epochs", "2"];
+        let mut args =
+            vec!["run", "objectives/simclr.ssl", "--epochs", "1", "--batch-size", "64", "--probe-epochs", "2"];
         args.extend_from_slice(&["--out", dir.to_str().unwrap()]);
         args.extend_from_slice(extra);
         let out = sslc(&args);
@@ -126,7 +132,8 @@ fn train_step_writes_the_updated_weights_deterministically() {
         path
     };
     let (first, second) = (load(&step("a.safetensors", "f32")), load(&step("b.safetensors", "f32")));
-    let config = sslc_runtime::model::EncoderConfig::reference(sslc_runtime::model::BackboneKind::SmallConv, 1, false, 0);
+    let config =
+        sslc_runtime::model::EncoderConfig::reference(sslc_runtime::model::BackboneKind::SmallConv, 1, false, 0);
     let initial = sslc_runtime::model::Encoder::new(config).unwrap().state();
     assert_eq!(first.len(), initial.len());
     for (name, tensor) in &first {

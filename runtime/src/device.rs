@@ -124,8 +124,8 @@ impl Compute {
                          `cargo build --release --features cuda` (docs/gpu.md)"
                     ));
                 }
-                let device = Device::new_cuda(ordinal)
-                    .map_err(|e| format!("no CUDA device found: cannot open {spec} ({e})"))?;
+                let device =
+                    Device::new_cuda(ordinal).map_err(|e| format!("no CUDA device found: cannot open {spec} ({e})"))?;
                 // A process-wide cuBLAS setting, so it is set on every open: the last device
                 // opened decides, and a process trains on one.
                 candle_core::cuda::set_gemm_reduced_precision_f32(precision == Precision::Tf32);

@@ -142,7 +142,8 @@ impl LabelledImages for GivenImages {
 }
 
 fn embed_inner(args: &EmbedArgs) -> Result<(), i32> {
-    let Trained { checkpoint, identity, encoder } = load_trained(&args.checkpoint, &sslc_runtime::device::Compute::cpu())?;
+    let Trained { checkpoint, identity, encoder } =
+        load_trained(&args.checkpoint, &sslc_runtime::device::Compute::cpu())?;
     let (features, labels, what) = match &args.images {
         Some(path) => {
             let images = npy::read(path).map_err(fail)?;

@@ -133,7 +133,12 @@ impl Conv2d {
 /// 2-D matmul. candle's own CPU conv2d backward (a direct-loop transposed convolution) runs
 /// about two orders of magnitude slower; here the backward is two gemms and one col2im, and
 /// channel-major layout needs no transposes between layers.
-pub(crate) fn conv2d_as_matmul(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> candle_core::Result<Tensor> {
+pub(crate) fn conv2d_as_matmul(
+    x: &Tensor,
+    weight: &Tensor,
+    stride: usize,
+    padding: usize,
+) -> candle_core::Result<Tensor> {
     let (channels, batch, height, width) = x.dims4()?;
     let (out_channels, weight_channels, kernel, _) = weight.dims4()?;
     if weight_channels != channels

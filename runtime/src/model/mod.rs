@@ -12,8 +12,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 pub use backbone::BackboneKind;
-pub use layers::ConvInit;
 pub(crate) use layers::conv2d_as_matmul;
+pub use layers::ConvInit;
 
 use crate::device::Compute;
 use backbone::Backbone;
