@@ -124,8 +124,11 @@ impl Compute {
                          `cargo build --release --features cuda` (docs/gpu.md)"
                     ));
                 }
-                let device =
-                    Device::new_cuda(ordinal).map_err(|e| format!("no CUDA device found: cannot open {spec} ({e})"))?;
+                // candle appends a backtrace to driver errors; the first line says what failed.
+                let device = Device::new_cuda(ordinal).map_err(|e| {
+                    let text = e.to_string();
+                    format!("no CUDA device found: cannot open {spec} ({})", text.lines().next().unwrap_or_default())
+                })?;
                 // A process-wide cuBLAS setting, so it is set on every open: the last device
                 // opened decides, and a process trains on one.
                 candle_core::cuda::set_gemm_reduced_precision_f32(precision == Precision::Tf32);
