@@ -4,8 +4,11 @@
 # Usage: eval "$(bash scripts/cuda-from-wheels.sh /tmp/cuda13)"   (docs/gpu.md)
 # Pinned to 13.0.x on purpose: cudarc 0.19.10's build script rejects 13.5, and nvcc 13.5
 # emits PTX ISA 9.5, which a CUDA 13.0 driver (the lent H200 has driver 580) refuses.
-# No wheel ships libcuda, so a link-only stub is generated from cuda.h; at run time the
-# real driver's libcuda.so.1 is used.
+# No wheel ships libcuda, so a stub is generated from cuda.h: every function returns
+# CUDA_ERROR_NO_DEVICE (100), which is what a real driver reports on a machine without a GPU.
+# It serves the link, and CI puts it on LD_LIBRARY_PATH so the CUDA binary starts there and
+# `--device cuda` fails cleanly (scripts/test.sh); on a GPU machine the driver's libcuda.so.1
+# is used instead.
 set -euo pipefail
 D=${1:-/tmp/cuda13}
 mkdir -p "$D/whl"
@@ -24,6 +27,7 @@ for s in cudart.so.13 nvrtc.so.13 cublas.so.13 cublasLt.so.13 curand.so.10; do
 done
 for X in "" -D__CUDA_API_VERSION_INTERNAL; do gcc -E -P $X -I"$T/include" "$T/include/cuda.h"; done \
   | grep -oE '\bcu[A-Z][A-Za-z0-9_]*[[:space:]]*\(' | tr -d ' (' | sort -u \
-  | awk '{print "void " $1 "(void){}"}' > "$C/lib64/stubs/libcuda_stub.c"
+  | awk '{print "int " $1 "(void){return 100;}"}' > "$C/lib64/stubs/libcuda_stub.c"
 gcc -shared -fPIC -w -Wl,-soname,libcuda.so.1 -o "$C/lib64/stubs/libcuda.so" "$C/lib64/stubs/libcuda_stub.c"
+ln -sf libcuda.so "$C/lib64/stubs/libcuda.so.1"
 echo "export CUDA_HOME=$C CUDA_PATH=$C PATH=$C/bin:\$PATH CUDA_COMPUTE_CAP=90"

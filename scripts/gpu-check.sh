@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The prepared check for a lent GPU machine (one H200; python3 with torch; no cargo, no
-# network). Build here with `cargo build --release`, copy target/release/sslc to .device/ and
-# carry `.device` (docs/gpu.md). Then, in under 8 minutes, bench/torch_gpu.py
-#   1. runs every shipped objective on the CUDA back end at every precision and compares it
-#      with the reference evaluator in the same process (`sslc eval --backend cuda`),
-#   2. times forward + backward of the CUDA kernels against PyTorch eager on the same GPU
-#      (the reference formulation: exp of the full similarity matrix, boolean mask select,
-#      row sum, log; Sinkhorn as 300 iterations of two mat-vecs),
-# and prints one table. Logs go to $OUT (default /tmp/gpu-check).
+# network). Build here with `cargo build --release --features cuda`, copy the binary to .device/
+# and carry `.device` (docs/gpu.md). Then, in under 8 minutes:
+#   a-c. bench/torch_train.py: one training step on the GPU against the CPU (small conv and
+#        ResNet-18, f32), `sslc run objectives/simclr_gh.ssl --device cuda` on the digits end to
+#        end, and ResNet-18 training throughput at batch 512 next to PyTorch eager;
+#   d.   bench/torch_gpu.py: every shipped objective on the CUDA back end at every precision
+#        against the reference evaluator, and the loss benchmarks against PyTorch eager.
+# Each step catches its own failure and the next one runs. Prints one table and writes it as
+# $OUT/gpu-check.json; logs go to $OUT (default /tmp/gpu-check).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -16,21 +17,47 @@ OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
 [ -x "$SSLC" ] || { echo "error: $SSLC is missing: build sslc here and carry it (docs/gpu.md)" >&2; exit 1; }
 
-# libcuda from the driver, libnvrtc from PyTorch's nvidia wheels (.so.12 or .so.13).
-LIBS=$(python3 - <<'EOF'
+# libcuda from the driver; libnvrtc, cudart, cublas, curand from PyTorch's nvidia wheels
+# (cu13 for the `--features cuda` build; .so.12 NVRTC also serves the CUDA back end).
+LIBS=$(python3 - <<'PY'
 import glob, os, site
 roots = site.getsitepackages() + [site.getusersitepackages()]
-dirs = {os.path.dirname(p) for r in roots for p in glob.glob(os.path.join(r, "nvidia", "**", "libnvrtc.so*"), recursive=True)}
+wanted = ("libnvrtc.so*", "libcublas.so*", "libcurand.so*", "libcudart.so*")
+dirs = {os.path.dirname(p) for r in roots for w in wanted for p in glob.glob(os.path.join(r, "nvidia", "**", w), recursive=True)}
 dirs |= {d for d in ("/usr/local/nvidia/lib64", "/usr/lib/x86_64-linux-gnu") if glob.glob(os.path.join(d, "libcuda.so*"))}
 print(":".join(sorted(dirs)))
-EOF
+PY
 )
 export LD_LIBRARY_PATH="$LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export SSLC_CACHE_DIR="$OUT/cache"
-echo "libraries: $LD_LIBRARY_PATH" > "$OUT/setup.log"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >> "$OUT/setup.log" 2>&1
+{ echo "libraries: $LD_LIBRARY_PATH"; ldd "$SSLC" | grep -E "cuda|cublas|curand|nvrtc|not found"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; } > "$OUT/setup.log" 2>&1
+rm -f "$OUT/train-rows.json" "$OUT/loss-rows.json"
 
-timeout 450 python3 bench/torch_gpu.py "$SSLC" "$REPO" "$OUT"
+SSLC_TRAIN_BUDGET_S=200 timeout 250 python3 bench/torch_train.py "$SSLC" "$REPO" "$OUT" > "$OUT/train.log" 2>&1
+echo "training checks: exit $? (log $OUT/train.log)" >&2
+SSLC_LOSS_BUDGET_S=110 timeout 190 python3 bench/torch_gpu.py "$SSLC" "$REPO" "$OUT" > "$OUT/loss.log" 2>&1
+echo "loss checks: exit $? (log $OUT/loss.log)" >&2
+
+python3 - "$OUT" <<'PY'
+import json, os, sys, time
+out = sys.argv[1]
+rows = []
+for name, what in [("train-rows.json", "a-c. training checks"), ("loss-rows.json", "d. loss checks")]:
+    try:
+        rows += json.load(open(os.path.join(out, name)))
+    except Exception as e:
+        rows.append({"check": what, "case": "-", "sslc": "-", "torch": "-", "result": f"FAIL: no results ({e.__class__.__name__}; see the log)"})
+setup = open(os.path.join(out, "setup.log")).read().strip().splitlines()
+print(f"\nsslc gpu-check, {time.strftime('%Y-%m-%d')}: {setup[-1] if setup else ''}\n")
+print("| check | case | sslc | torch / reference | result |")
+print("|---|---|---|---|---|")
+for r in rows:
+    print(f"| {r['check']} | {r['case']} | {r['sslc']} | {r['torch']} | {r['result']} |")
+json.dump({"date": time.strftime("%Y-%m-%d"), "setup": setup, "rows": rows}, open(os.path.join(out, "gpu-check.json"), "w"), indent=1)
+failed = [r for r in rows if str(r["result"]).startswith("FAIL")]
+sys.exit(1 if failed else 0)
+PY
 status=$?
 echo "logs: $OUT"
 exit $status

@@ -81,6 +81,14 @@ fi
 
 cargo test --workspace --all-targets "${MPI_FEATURE[@]}" "$@"
 
+# The CUDA build (`--features cuda`, candle's CUDA back end), so a change that breaks it fails CI:
+# built from PyPI wheels, stripped and size-checked, `--device cuda` checked to fail cleanly
+# without a GPU and the CPU path to train (scripts/cuda-check.sh). Under CI=true, or with
+# SSLC_CUDA_CHECK=1. Cached in target/cuda-toolkit and target/cuda (cost: see the README).
+if [ "${CI:-}" = true ] || [ "${SSLC_CUDA_CHECK:-}" = 1 ]; then
+    bash scripts/cuda-check.sh
+fi
+
 # Coverage-guided fuzzing of the front end (fuzz/fuzz_targets/compile.rs) for a fixed time, the
 # shipped objectives as seed corpus: FUZZ_SECONDS (60 under CI=true, otherwise 0 = skipped).
 # It needs the nightly toolchain (sanitizers) and cargo-fuzz, which is installed into

@@ -5,15 +5,17 @@
 //! (`sslc bench-train` is the same benchmark).
 //! Under `cargo test --all-targets` (no `--bench` flag) it only checks that one small step runs.
 
+use sslc_runtime::device::Compute;
 use sslc_runtime::model::BackboneKind;
-use sslc_runtime::train::measure_train_throughput;
+use sslc_runtime::train::{measure_train_throughput, SyntheticStep};
 
 fn main() {
     sslc_runtime::allocator::keep_freed_buffers();
     // `cargo bench` passes `--bench`; everything else is ours.
     let args: Vec<String> = std::env::args().skip(1).filter(|arg| !arg.starts_with("--")).collect();
     if !std::env::args().any(|arg| arg == "--bench") {
-        let smoke = measure_train_throughput(BackboneKind::SmallConv, 1, 8, 4, 1);
+        let shape = SyntheticStep { backbone: BackboneKind::SmallConv, in_channels: 1, image_size: 8, batch_size: 4 };
+        let smoke = measure_train_throughput(shape, 1, &Compute::cpu());
         if let Err(error) = smoke {
             eprintln!("benchmark smoke step failed: {error}");
             std::process::exit(1);
@@ -27,7 +29,8 @@ fn main() {
     };
     let batch = args.get(1).and_then(|arg| arg.parse().ok()).unwrap_or(64);
     let steps = args.get(2).and_then(|arg| arg.parse().ok()).unwrap_or(3);
-    match measure_train_throughput(backbone, channels, size, batch, steps) {
+    let shape = SyntheticStep { backbone, in_channels: channels, image_size: size, batch_size: batch };
+    match measure_train_throughput(shape, steps, &Compute::cpu()) {
         Ok(result) => println!(
             "{backbone:?} batch {batch}: {:.1} images/s ({:.3} s/step, {} threads)",
             result.images_per_second,

@@ -5,6 +5,7 @@ pub mod allocator;
 pub mod augment;
 pub mod checkpoint;
 pub mod data;
+pub mod device;
 pub mod dist;
 pub mod export;
 pub mod image;

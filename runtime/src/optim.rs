@@ -60,7 +60,7 @@ impl Optimizer for Sgd {
                 direction
             } else {
                 let buffer = match self.momentum_buffers.get(name) {
-                    Some(buffer) => ((buffer * self.momentum)? + direction)?,
+                    Some(buffer) => ((on_device_of(buffer, &current)? * self.momentum)? + direction)?,
                     None => direction,
                 };
                 self.momentum_buffers.insert(name.clone(), buffer.clone());
@@ -119,11 +119,11 @@ impl Optimizer for Adam {
             let grad = decayed_gradient(&grad.detach(), &current, self.weight_decay)?;
             let step = self.steps.get(name).copied().unwrap_or(0) + 1;
             let first = match self.first_moments.get(name) {
-                Some(m) => ((m * self.beta1)? + (&grad * (1.0 - self.beta1))?)?,
+                Some(m) => ((on_device_of(m, &current)? * self.beta1)? + (&grad * (1.0 - self.beta1))?)?,
                 None => (&grad * (1.0 - self.beta1))?,
             };
             let second = match self.second_moments.get(name) {
-                Some(v) => ((v * self.beta2)? + (grad.sqr()? * (1.0 - self.beta2))?)?,
+                Some(v) => ((on_device_of(v, &current)? * self.beta2)? + (grad.sqr()? * (1.0 - self.beta2))?)?,
                 None => (grad.sqr()? * (1.0 - self.beta2))?,
             };
             let bias_correction1 = 1.0 - self.beta1.powi(step as i32);
@@ -167,6 +167,12 @@ impl Optimizer for Adam {
         (self.first_moments, self.second_moments, self.steps) = (first_moments, second_moments, steps);
         Ok(())
     }
+}
+
+/// `state` on `param`'s device: state restored from a checkpoint is loaded on the host and
+/// moves to the parameters' device at its first use (a no-op afterwards).
+fn on_device_of(state: &Tensor, param: &Tensor) -> candle_core::Result<Tensor> {
+    state.to_device(param.device())
 }
 
 fn sorted_state(entries: impl Iterator<Item = (String, Tensor)>) -> Vec<(String, Tensor)> {

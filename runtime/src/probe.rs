@@ -2,7 +2,7 @@
 //! reference's `eval_sgd_per_class`, kNN accuracy, and the per-class and Many/Medium/Few
 //! group arithmetic of its `disjoint_summary`.
 
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{DType, Tensor, Var, D};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -174,7 +174,8 @@ pub fn linear_probe(
     if config.epochs == 0 || config.batch_size == 0 {
         return Err(ProbeError::Input("the probe needs at least one epoch and a positive batch size".into()));
     }
-    let device = Device::Cpu;
+    // The probe trains where the features are (the encoder's device).
+    let device = train.values.device().clone();
     let (rows, width) = train.values.dims2()?;
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     // nn.Linear's default initialisation: U(±1/√fan_in) for weight and bias.

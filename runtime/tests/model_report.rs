@@ -33,8 +33,8 @@ fn metrics_log_writes_one_json_object_per_line_and_drops_epochs_a_resume_repeats
     let path = scratch_dir("metrics").join("metrics.jsonl");
     let mut log = MetricsLog::open(&path, 0).unwrap();
     for epoch in 0..3 {
-        log.step(epoch, 0, 1.5, 0.1, 0.2, 40.0, &[("alignment".into(), 0.25)]).unwrap();
-        log.epoch(epoch, 1.5, 0.1, 0.4, 30.0, &[]).unwrap();
+        log.step(epoch, 0, 1.5, 0.1, 0.2, 40.0, 0.05, &[("alignment".into(), 0.25)]).unwrap();
+        log.epoch(epoch, 1.5, 0.1, 0.4, 30.0, 0.1, &[]).unwrap();
     }
     drop(log);
     let read = || -> Vec<serde_json::Value> {

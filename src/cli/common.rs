@@ -77,7 +77,8 @@ pub struct Trained {
     pub encoder: sslc_runtime::model::Encoder,
 }
 
-pub fn load_trained(path: &Path) -> Result<Trained, i32> {
+/// The encoder is built on `compute`'s device (checkpoints are device-independent).
+pub fn load_trained(path: &Path, compute: &sslc_runtime::device::Compute) -> Result<Trained, i32> {
     use sslc_runtime::checkpoint::{Checkpoint, CheckpointError};
     let path = if path.is_dir() { path.join(sslc_runtime::train::CHECKPOINT_FILE) } else { path.to_path_buf() };
     if !path.exists() {
@@ -99,7 +100,7 @@ pub fn load_trained(path: &Path) -> Result<Trained, i32> {
         serde_json::from_value(checkpoint.config.clone()).map_err(|e| {
             fail(format!("{}: unreadable run configuration ({e}); was it written by this sslc?", path.display()))
         })?;
-    let encoder = sslc_runtime::model::Encoder::new(identity.encoder.clone()).map_err(fail)?;
+    let encoder = sslc_runtime::model::Encoder::on(identity.encoder.clone(), compute).map_err(fail)?;
     encoder.load_state(&checkpoint.model).map_err(|e| fail(format!("{}: {e}", path.display())))?;
     Ok(Trained { checkpoint, identity, encoder })
 }

@@ -8,6 +8,7 @@ use super::common::Backend;
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 use sslc_runtime::data::{DatasetName, ImbalanceProfile};
+use sslc_runtime::device::{DeviceSpec, Precision};
 use sslc_runtime::presets::Backbone;
 use std::path::{Path, PathBuf};
 
@@ -101,6 +102,17 @@ pub struct RunSettings {
     #[arg(long, value_enum)]
     #[serde(default, with = "by_name", skip_serializing_if = "Option::is_none")]
     pub backend: Option<Backend>,
+    /// Where the backbone trains: cpu, cuda (device 0) or cuda:I (default: cpu). CUDA needs a
+    /// binary built with `--features cuda` (docs/gpu.md).
+    #[arg(long, value_name = "cpu|cuda[:I]")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceSpec>,
+    /// The backbone's arithmetic: f32, tf32 (matmul/conv operands rounded to TF32 on tensor
+    /// cores) or bf16 (bf16 conv/matmul operands, f32 weights, BatchNorm and loss; meant for CUDA).
+    /// Default: tf32 on CUDA, f32 on the CPU.
+    #[arg(long, value_enum)]
+    #[serde(default, with = "by_name", skip_serializing_if = "Option::is_none")]
+    pub precision: Option<Precision>,
     /// Evaluate every this many epochs as well as at the end (default: 0, only at the end).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -147,6 +159,9 @@ pub struct Resolved {
     pub backbone: Backbone,
     pub set: Vec<String>,
     pub backend: Backend,
+    pub device: DeviceSpec,
+    /// `None`: the device's default.
+    pub precision: Option<Precision>,
     pub eval_every: usize,
     pub probe_epochs: usize,
     pub limit: Option<usize>,
@@ -173,6 +188,8 @@ impl RunSettings {
             threads: self.threads.or(lower.threads),
             set: merge_sets(self.set, lower.set),
             backend: self.backend.or(lower.backend),
+            device: self.device.or(lower.device),
+            precision: self.precision.or(lower.precision),
             eval_every: self.eval_every.or(lower.eval_every),
             probe_epochs: self.probe_epochs.or(lower.probe_epochs),
             limit: self.limit.or(lower.limit),
@@ -219,6 +236,8 @@ impl RunSettings {
             backbone: need(&self.backbone, "backbone")?,
             set: self.set.clone().unwrap_or_default(),
             backend: need(&self.backend, "backend")?,
+            device: self.device.unwrap_or_default(),
+            precision: self.precision,
             eval_every: need(&self.eval_every, "eval_every")?,
             probe_epochs: need(&self.probe_epochs, "probe_epochs")?,
             limit: self.limit,

@@ -99,7 +99,7 @@ pub fn export(args: &ExportArgs) -> i32 {
 }
 
 fn export_inner(args: &ExportArgs) -> Result<(), i32> {
-    let Trained { identity, encoder, .. } = load_trained(&args.checkpoint)?;
+    let Trained { identity, encoder, .. } = load_trained(&args.checkpoint, &sslc_runtime::device::Compute::cpu())?;
     let state = encoder.state();
     let tensors = match args.format {
         ExportFormat::Torchvision => export::torchvision_backbone(&identity.encoder, &state),
@@ -142,7 +142,8 @@ impl LabelledImages for GivenImages {
 }
 
 fn embed_inner(args: &EmbedArgs) -> Result<(), i32> {
-    let Trained { checkpoint, identity, encoder } = load_trained(&args.checkpoint)?;
+    let Trained { checkpoint, identity, encoder } =
+        load_trained(&args.checkpoint, &sslc_runtime::device::Compute::cpu())?;
     let (features, labels, what) = match &args.images {
         Some(path) => {
             let images = npy::read(path).map_err(fail)?;

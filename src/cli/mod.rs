@@ -37,6 +37,9 @@ enum Command {
     Probe(run::ProbeArgs),
     Split(run::SplitArgs),
     BenchTrain(run::BenchTrainArgs),
+    /// One synthetic training step, weights written as safetensors (for scripts/gpu-check.sh).
+    #[command(hide = true)]
+    TrainStep(run::TrainStepArgs),
     Compare(compare::CompareArgs),
     Eval(eval::EvalArgs),
     Gradcheck(eval::GradcheckArgs),
@@ -54,6 +57,7 @@ pub fn main() -> i32 {
         Command::Probe(args) => run::probe(&args),
         Command::Split(args) => run::split(&args),
         Command::BenchTrain(args) => run::bench_train(&args),
+        Command::TrainStep(args) => run::train_step(&args),
         Command::Compare(args) => compare::compare(&args),
         Command::Eval(args) => eval::eval(&args),
         Command::Gradcheck(args) => eval::gradcheck(&args),

@@ -8,12 +8,13 @@ use clap::Args;
 use sslc::objective::CompiledObjective;
 use sslc_compiler::eval::Overrides;
 use sslc_runtime::data::{self, DataSplits, DatasetName, ImbalanceProfile};
+use sslc_runtime::device::{Compute, DeviceSpec, Precision};
 use sslc_runtime::dist::{self, Shard};
 use sslc_runtime::model::{Encoder, EncoderConfig};
 use sslc_runtime::objective::Objective;
 use sslc_runtime::presets::{self, Backbone, EvalData, RunContext};
 use sslc_runtime::report::CONFIG_FILE;
-use sslc_runtime::train::{self, Parallel, Start, TrainConfig};
+use sslc_runtime::train::{self, Parallel, Start, SyntheticStep, TrainConfig};
 use std::path::PathBuf;
 
 /// Train a backbone with an objective and report Many/Medium/Few linear-probe accuracy.
@@ -81,6 +82,47 @@ pub struct BenchTrainArgs {
     steps: usize,
     #[arg(long)]
     threads: Option<usize>,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+/// `--device` and `--precision` of the commands that are not `sslc run` (whose are settings).
+#[derive(Args)]
+pub struct DeviceArgs {
+    /// Where to compute: cpu, cuda or cuda:I.
+    #[arg(long, value_name = "cpu|cuda[:I]", default_value = "cpu")]
+    device: DeviceSpec,
+    /// The backbone's arithmetic (default: tf32 on CUDA, f32 on the CPU; see `sslc run --help`).
+    #[arg(long, value_enum)]
+    precision: Option<Precision>,
+}
+
+impl DeviceArgs {
+    fn open(&self) -> Result<Compute, i32> {
+        Compute::open(self.device, self.precision).map_err(fail)
+    }
+}
+
+/// One synthetic training step from the seeded initial weights; writes the updated parameters
+/// and buffers as safetensors (the GPU check compares a GPU's with the CPU's).
+#[derive(Args)]
+pub struct TrainStepArgs {
+    #[arg(long, value_enum, default_value = "small")]
+    backbone: Backbone,
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 32)]
+    image_size: usize,
+    #[arg(long, default_value_t = 3)]
+    channels: usize,
+    /// Steps to take (0 writes the initial weights).
+    #[arg(long, default_value_t = 1)]
+    steps: usize,
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// Where to write the weights (safetensors).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 /// Evaluate a saved checkpoint: linear probe and kNN on frozen features.
@@ -96,6 +138,8 @@ pub struct ProbeArgs {
     /// Where the dataset's files are, if the run used --data.
     #[arg(long)]
     data: Option<PathBuf>,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 /// Print a long-tailed subset (kept indices and labels) of a dataset.
@@ -139,6 +183,8 @@ fn run_inner(args: &RunArgs) -> Result<(), i32> {
     };
     let mut settings = args.settings.clone().over(file).complete().map_err(fail)?;
     let run = settings.resolve().map_err(fail)?;
+    // Before any data is read: a missing GPU should fail in a second, not after loading.
+    let compute = Compute::open(run.device, run.precision).map_err(fail)?;
     set_threads(settings.threads);
     settings.threads = Some(rayon::current_num_threads());
     settings.objective_sha256 = Some(config::sha256_of(&run.objective).map_err(fail)?);
@@ -192,7 +238,8 @@ fn run_inner(args: &RunArgs) -> Result<(), i32> {
     }
     let pruned = objective.embeddings().iter().any(|e| e.pruned.is_some());
     let channels = splits.train.image(0).map_err(fail)?.channels();
-    let encoder = Encoder::new(EncoderConfig::reference(backbone.kind(), channels, pruned, run.seed)).map_err(fail)?;
+    let encoder =
+        Encoder::on(EncoderConfig::reference(backbone.kind(), channels, pruned, run.seed), &compute).map_err(fail)?;
 
     let samples = splits.train.len();
     let DataSplits { train, probe_train, test } = splits;
@@ -205,11 +252,12 @@ fn run_inner(args: &RunArgs) -> Result<(), i32> {
     };
     if lead {
         eprintln!(
-            "training {} on {} ({} images, batch {batch_size}{ranks}, {epochs} epochs, {:?} backbone) in {}",
+            "training {} on {} ({} images, batch {batch_size}{ranks}, {epochs} epochs, {:?} backbone, {}) in {}",
             objective.name(),
             name.name(),
             samples,
             backbone,
+            compute.describe(),
             dir.display()
         );
     }
@@ -273,19 +321,25 @@ fn timestamp() -> String {
 }
 
 pub fn bench_train(args: &BenchTrainArgs) -> i32 {
+    let compute = match args.device.open() {
+        Ok(compute) => compute,
+        Err(code) => return code,
+    };
     set_threads(args.threads);
-    match train::measure_train_throughput(
-        args.backbone.kind(),
-        args.channels,
-        args.image_size,
-        args.batch_size,
-        args.steps,
-    ) {
+    let shape = SyntheticStep {
+        backbone: args.backbone.kind(),
+        in_channels: args.channels,
+        image_size: args.image_size,
+        batch_size: args.batch_size,
+    };
+    match train::measure_train_throughput(shape, args.steps, &compute) {
         Ok(t) => {
             let line = serde_json::json!({
                 "backbone": args.backbone,
                 "batch": args.batch_size,
                 "image_size": args.image_size,
+                "device": args.device.device.to_string(),
+                "precision": compute.precision.name(),
                 "threads": rayon::current_num_threads(),
                 "images_per_second": t.images_per_second,
                 "seconds_per_step": t.seconds_per_step,
@@ -304,8 +358,29 @@ pub fn probe(args: &ProbeArgs) -> i32 {
     }
 }
 
+pub fn train_step(args: &TrainStepArgs) -> i32 {
+    let run = || -> Result<(), i32> {
+        let compute = args.device.open()?;
+        let shape = SyntheticStep {
+            backbone: args.backbone.kind(),
+            in_channels: args.channels,
+            image_size: args.image_size,
+            batch_size: args.batch_size,
+        };
+        let state = train::synthetic_steps(shape, args.steps, &compute).map_err(fail)?;
+        let tensors: std::collections::HashMap<String, candle_core::Tensor> = state.into_iter().collect();
+        candle_core::safetensors::save(&tensors, &args.out)
+            .map_err(|e| fail(format!("cannot write {}: {e}", args.out.display())))
+    };
+    match run() {
+        Ok(()) => 0,
+        Err(code) => code,
+    }
+}
+
 fn probe_inner(args: &ProbeArgs) -> Result<(), i32> {
-    let Trained { checkpoint: saved, identity, encoder } = load_trained(&args.checkpoint)?;
+    let compute = args.device.open()?;
+    let Trained { checkpoint: saved, identity, encoder } = load_trained(&args.checkpoint, &compute)?;
     let context = identity
         .train
         .context

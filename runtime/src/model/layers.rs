@@ -10,6 +10,7 @@ use sslc_rng::BoxMuller;
 
 use super::im2col::{Im2Col, Patches};
 use super::{Branch, Mode, ModelError};
+use crate::device::{self, Precision};
 use crate::dist::{all_reduce_sum_differentiable, Collective};
 
 /// The ranks every BatchNorm of one encoder computes its batch statistics over in training
@@ -40,11 +41,20 @@ pub(crate) struct Registry {
     pub batch_norm_sync: BatchNormSync,
     rng: ChaCha8Rng,
     device: Device,
+    /// Given to every conv and linear layer built here.
+    precision: Precision,
 }
 
 impl Registry {
-    pub fn new(rng: ChaCha8Rng, device: Device) -> Self {
-        Registry { params: Vec::new(), buffers: Vec::new(), batch_norm_sync: BatchNormSync::default(), rng, device }
+    pub fn new(rng: ChaCha8Rng, device: Device, precision: Precision) -> Self {
+        Registry {
+            params: Vec::new(),
+            buffers: Vec::new(),
+            batch_norm_sync: BatchNormSync::default(),
+            rng,
+            device,
+            precision,
+        }
     }
 
     fn tensor(&self, values: Vec<f32>, shape: &[usize]) -> Result<Tensor, ModelError> {
@@ -93,6 +103,7 @@ pub struct Conv2d {
     /// pruning (as the reference's `Mask.reset`); `None` when the encoder has no pruned branch.
     /// A `Var` so that pruning can update it in place.
     pub(crate) prune_mask: Option<Var>,
+    precision: Precision,
 }
 
 impl Conv2d {
@@ -119,7 +130,7 @@ impl Conv2d {
         };
         let weight = registry.param(format!("{name}.weight"), value)?;
         let prune_mask = if prunable { Some(Var::from_tensor(&registry.filled(&shape, 1.0)?)?) } else { None };
-        Ok(Conv2d { weight, stride, padding, prune_mask })
+        Ok(Conv2d { weight, stride, padding, prune_mask, precision: registry.precision })
     }
 
     pub(crate) fn forward(&self, x: &Tensor, branch: Branch) -> Result<Tensor, ModelError> {
@@ -130,7 +141,7 @@ impl Conv2d {
                 self.weight.as_tensor().mul(&mask.as_tensor().detach())?
             }
         };
-        Ok(conv2d_as_matmul(x, &weight, self.stride, self.padding)?)
+        Ok(device::conv2d(x, &weight, self.stride, self.padding, self.precision)?)
     }
 }
 
@@ -138,7 +149,12 @@ impl Conv2d {
 /// 2-D matmul. candle's own CPU conv2d backward (a direct-loop transposed convolution) runs
 /// about two orders of magnitude slower; here the backward is two gemms and one col2im, and
 /// channel-major layout needs no transposes between layers.
-fn conv2d_as_matmul(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> candle_core::Result<Tensor> {
+pub(crate) fn conv2d_as_matmul(
+    x: &Tensor,
+    weight: &Tensor,
+    stride: usize,
+    padding: usize,
+) -> candle_core::Result<Tensor> {
     let (channels, batch, height, width) = x.dims4()?;
     let (out_channels, weight_channels, kernel, _) = weight.dims4()?;
     if weight_channels != channels
@@ -162,6 +178,7 @@ fn conv2d_as_matmul(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) 
 pub struct Linear {
     weight: Var,
     bias: Option<Var>,
+    precision: Precision,
 }
 
 impl Linear {
@@ -181,11 +198,11 @@ impl Linear {
         } else {
             None
         };
-        Ok(Linear { weight, bias })
+        Ok(Linear { weight, bias, precision: registry.precision })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
-        let y = x.matmul(&self.weight.as_tensor().t()?)?;
+        let y = device::matmul_t(x, self.weight.as_tensor(), self.precision)?;
         Ok(match &self.bias {
             Some(bias) => y.broadcast_add(bias.as_tensor())?,
             None => y,

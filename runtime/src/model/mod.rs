@@ -12,8 +12,10 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 pub use backbone::BackboneKind;
+pub(crate) use layers::conv2d_as_matmul;
 pub use layers::ConvInit;
 
+use crate::device::Compute;
 use backbone::Backbone;
 use layers::{BatchNorm, BatchNormSync, Linear, Registry};
 
@@ -143,6 +145,8 @@ pub struct PruneCount {
 /// optimizer and checkpoints update them in place.
 pub struct Encoder {
     config: EncoderConfig,
+    /// Where parameters, buffers and activations live; images move here in [`Encoder::features`].
+    compute: Compute,
     standardization: Option<(Tensor, Tensor)>,
     backbone: Backbone,
     projector: Projector,
@@ -152,8 +156,15 @@ pub struct Encoder {
 }
 
 impl Encoder {
+    /// On the CPU, in f32.
     pub fn new(config: EncoderConfig) -> Result<Self, ModelError> {
-        let device = Device::Cpu;
+        Encoder::on(config, &Compute::cpu())
+    }
+
+    /// On `compute`'s device. The initial weights are drawn on the host from the config's seed
+    /// and then copied, so every device starts from the same weights.
+    pub fn on(config: EncoderConfig, compute: &Compute) -> Result<Self, ModelError> {
+        let device = compute.device.clone();
         if config.in_channels == 0 || config.embedding_dim == 0 {
             return Err(ModelError::Shape("in_channels and embedding_dim must be positive".into()));
         }
@@ -175,7 +186,7 @@ impl Encoder {
             }
         };
         let branches = if config.pruned_branch { 2 } else { 1 };
-        let mut registry = Registry::new(ChaCha8Rng::seed_from_u64(config.seed), device);
+        let mut registry = Registry::new(ChaCha8Rng::seed_from_u64(config.seed), device, compute.precision);
         let backbone = Backbone::new(&mut registry, config.backbone, config.in_channels, config.conv_init, branches)?;
         let features = config.backbone.feature_dim();
         let projector = Projector {
@@ -186,6 +197,7 @@ impl Encoder {
         };
         Ok(Encoder {
             config,
+            compute: compute.clone(),
             standardization,
             backbone,
             projector,
@@ -199,6 +211,11 @@ impl Encoder {
         &self.config
     }
 
+    /// The device the encoder lives on.
+    pub fn device(&self) -> &Device {
+        &self.compute.device
+    }
+
     /// Backbone features `[N, F]` (what the linear probe sees) and the projector's embedding
     /// `[N, D]`. `images` is `[N, C, H, W]` f32.
     pub fn forward(&self, images: &Tensor, branch: Branch, mode: Mode) -> Result<(Tensor, Tensor), ModelError> {
@@ -207,7 +224,8 @@ impl Encoder {
         Ok((features, embedding))
     }
 
-    /// Backbone features only: evaluation does not need the projector.
+    /// Backbone features only: evaluation does not need the projector. `images` may be on any
+    /// device; they are copied to the encoder's (a no-op when already there).
     pub fn features(&self, images: &Tensor, branch: Branch, mode: Mode) -> Result<Tensor, ModelError> {
         let dims = images.dims();
         if dims.len() != 4 || dims[1] != self.config.in_channels || dims[0] == 0 || images.dtype() != DType::F32 {
@@ -221,9 +239,10 @@ impl Encoder {
         if branch == Branch::Pruned && !self.config.pruned_branch {
             return Err(ModelError::NoPrunedBranch);
         }
+        let images = images.to_device(&self.compute.device)?;
         let input = match &self.standardization {
             Some((mean, std)) => images.broadcast_sub(mean)?.broadcast_div(std)?,
-            None => images.clone(),
+            None => images,
         };
         self.backbone.forward(&input, branch, mode)
     }
@@ -253,7 +272,8 @@ impl Encoder {
         self.params.iter().chain(&self.buffers).map(|(name, var)| (name.clone(), var.as_tensor().clone())).collect()
     }
 
-    /// Restores what [`Encoder::state`] returned; every name must be present with its shape.
+    /// Restores what [`Encoder::state`] returned (from any device); every name must be present
+    /// with its shape.
     pub fn load_state(&self, state: &[(String, Tensor)]) -> Result<(), ModelError> {
         let saved: HashMap<&str, &Tensor> = state.iter().map(|(name, tensor)| (name.as_str(), tensor)).collect();
         let own = self.params.iter().chain(&self.buffers);
@@ -278,7 +298,7 @@ impl Encoder {
             }
         }
         for (name, var) in own {
-            var.set(saved[name.as_str()])?;
+            var.set(&saved[name.as_str()].to_device(var.device())?)?;
         }
         Ok(())
     }

@@ -114,7 +114,9 @@ impl MetricsLog {
         self.file.flush().map_err(io_error)
     }
 
-    /// One optimisation step; `epoch` is 0-based, `metrics` are the objective's.
+    /// One optimisation step; `epoch` is 0-based, `metrics` are the objective's. `data_wait`
+    /// is the fraction of the step spent waiting for the batch: near 0 when the loader keeps
+    /// up, near 1 when it is what limits training.
     #[allow(clippy::too_many_arguments)]
     pub fn step(
         &mut self,
@@ -124,13 +126,16 @@ impl MetricsLog {
         lr: f64,
         seconds: f64,
         images_per_second: f64,
+        data_wait: f64,
         metrics: &[(String, f64)],
     ) -> Result<(), ReportError> {
-        let line = json!({"kind": "step", "epoch": epoch, "step": step, "loss": loss, "lr": lr, "seconds": seconds, "images_per_s": images_per_second});
+        let line = json!({"kind": "step", "epoch": epoch, "step": step, "loss": loss, "lr": lr, "seconds": seconds, "images_per_s": images_per_second, "data_wait": data_wait});
         self.write(as_map(line), metrics)
     }
 
-    /// One epoch: image-weighted mean loss and metrics.
+    /// One epoch: image-weighted mean loss and metrics; `data_wait` as for [`MetricsLog::step`],
+    /// over the epoch's steps.
+    #[allow(clippy::too_many_arguments)]
     pub fn epoch(
         &mut self,
         epoch: usize,
@@ -138,9 +143,10 @@ impl MetricsLog {
         lr: f64,
         seconds: f64,
         images_per_second: f64,
+        data_wait: f64,
         metrics: &[(String, f64)],
     ) -> Result<(), ReportError> {
-        let line = json!({"kind": "epoch", "epoch": epoch, "loss": loss, "lr": lr, "seconds": seconds, "images_per_s": images_per_second});
+        let line = json!({"kind": "epoch", "epoch": epoch, "loss": loss, "lr": lr, "seconds": seconds, "images_per_s": images_per_second, "data_wait": data_wait});
         self.write(as_map(line), metrics)
     }
 

@@ -1,13 +1,15 @@
-//! Training-step throughput, for `sslc bench-train` and `cargo bench`: speed is measured here,
-//! never asserted in tests.
+//! Training steps on synthetic data, for `sslc bench-train`, `cargo bench` and the GPU check's
+//! one-step comparison: speed is measured here, never asserted in tests.
 
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use sslc_rng::standard_normal;
 
 use super::{backpropagate, forward_embeddings, TrainError};
+use crate::device::Compute;
 use crate::model::{BackboneKind, Encoder, EncoderConfig};
 use crate::objective::EmbeddingSpec;
 use crate::optim::{Optimizer, Sgd};
@@ -19,47 +21,102 @@ pub struct Throughput {
     pub seconds_per_step: f64,
 }
 
-/// Times `steps` training steps of the runtime's own work (two-view forward in train mode,
-/// backward, SGD) on random images, after one untimed warm-up step. The objective is left
-/// out: a constant gradient stands in for its output.
-pub fn measure_train_throughput(
-    backbone: BackboneKind,
-    in_channels: usize,
-    image_size: usize,
-    batch_size: usize,
-    steps: usize,
-) -> Result<Throughput, TrainError> {
-    if batch_size < 2 || steps == 0 || image_size == 0 {
-        return Err(TrainError::Setup(
-            "the benchmark needs a batch of at least 2, at least one step and a positive image size".into(),
-        ));
-    }
-    let encoder = Encoder::new(EncoderConfig::reference(backbone, in_channels, false, 0))?;
-    let specs: Vec<EmbeddingSpec> =
-        (0..2).map(|view| EmbeddingSpec { name: format!("z{}", view + 1), view, pruned: None }).collect();
-    let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let shape = (batch_size, in_channels, image_size, image_size);
-    let mut random_view = || -> candle_core::Result<Tensor> {
-        let values: Vec<f32> =
-            (0..batch_size * in_channels * image_size * image_size).map(|_| rng.random_range(-1.0..1.0)).collect();
-        Tensor::from_vec(values, shape, &Device::Cpu)
-    };
-    let views = [random_view()?, random_view()?];
-    let mut optimizer = Sgd::new(0.9, 5e-4);
-    let mut run_step = || -> Result<(), TrainError> {
-        let embeddings = forward_embeddings(&encoder, &specs, &views)?;
-        let grads = embeddings
-            .iter()
-            .map(|z| z.ones_like()?.affine(1.0 / batch_size as f64, 0.0))
+/// The shape of a synthetic training step: a backbone and a batch of random square images.
+#[derive(Clone, Copy, Debug)]
+pub struct SyntheticStep {
+    pub backbone: BackboneKind,
+    pub in_channels: usize,
+    pub image_size: usize,
+    pub batch_size: usize,
+}
+
+/// A seeded two-view batch and a fixed stand-in for the objective's gradients (N(0, 1/N²), so
+/// every parameter gets a gradient), made on the host and copied to the device once: the timed
+/// steps read images already on the device.
+struct Synthetic {
+    encoder: Encoder,
+    specs: Vec<EmbeddingSpec>,
+    views: [Tensor; 2],
+    grads: Vec<Tensor>,
+    optimizer: Sgd,
+}
+
+impl SyntheticStep {
+    fn build(&self, compute: &Compute) -> Result<Synthetic, TrainError> {
+        let SyntheticStep { backbone, in_channels, image_size, batch_size } = *self;
+        if batch_size < 2 || image_size == 0 || in_channels == 0 {
+            return Err(TrainError::Setup(
+                "a synthetic step needs a batch of at least 2 and a positive image size and channel count".into(),
+            ));
+        }
+        let encoder = Encoder::on(EncoderConfig::reference(backbone, in_channels, false, 0), compute)?;
+        let specs: Vec<EmbeddingSpec> =
+            (0..2).map(|view| EmbeddingSpec { name: format!("z{}", view + 1), view, pruned: None }).collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let shape = (batch_size, in_channels, image_size, image_size);
+        let count = batch_size * in_channels * image_size * image_size;
+        let mut random_view = || -> candle_core::Result<Tensor> {
+            let values: Vec<f32> = (0..count).map(|_| rng.random_range(-1.0..1.0)).collect();
+            Tensor::from_vec(values, shape, &Device::Cpu)?.to_device(&compute.device)
+        };
+        let views = [random_view()?, random_view()?];
+        let width = encoder.config().embedding_dim;
+        let grads = (0..2)
+            .map(|_| {
+                let values: Vec<f32> =
+                    (0..batch_size * width).map(|_| (standard_normal(&mut rng) / batch_size as f64) as f32).collect();
+                Tensor::from_vec(values, (batch_size, width), &Device::Cpu)?.to_device(&compute.device)
+            })
             .collect::<candle_core::Result<Vec<_>>>()?;
-        optimizer.step(encoder.parameters(), &backpropagate(&embeddings, &grads)?, 0.01)?;
+        Ok(Synthetic { encoder, specs, views, grads, optimizer: Sgd::new(0.9, 5e-4) })
+    }
+}
+
+impl Synthetic {
+    /// Two-view forward in train mode, backward of the stand-in gradients, SGD: the runtime's
+    /// own work in a training step, the objective left out.
+    fn step(&mut self) -> Result<(), TrainError> {
+        let embeddings = forward_embeddings(&self.encoder, &self.specs, &self.views)?;
+        let grads = backpropagate(&embeddings, &self.grads)?;
+        self.optimizer.step(self.encoder.parameters(), &grads, 0.01)?;
         Ok(())
-    };
-    run_step()?;
+    }
+}
+
+/// Times `steps` synthetic training steps on `compute`'s device after one untimed warm-up
+/// step (which, on a GPU, also loads the kernels).
+pub fn measure_train_throughput(
+    shape: SyntheticStep,
+    steps: usize,
+    compute: &Compute,
+) -> Result<Throughput, TrainError> {
+    if steps == 0 {
+        return Err(TrainError::Setup("the benchmark needs at least one step".into()));
+    }
+    let mut synthetic = shape.build(compute)?;
+    synthetic.step()?;
+    // GPU work is asynchronous: time from an idle device to an idle device.
+    compute.device.synchronize()?;
     let start = Instant::now();
     for _ in 0..steps {
-        run_step()?;
+        synthetic.step()?;
     }
+    compute.device.synchronize()?;
     let seconds_per_step = start.elapsed().as_secs_f64() / steps as f64;
-    Ok(Throughput { images_per_second: batch_size as f64 / seconds_per_step, seconds_per_step })
+    Ok(Throughput { images_per_second: shape.batch_size as f64 / seconds_per_step, seconds_per_step })
+}
+
+/// The encoder's parameters and buffers (host copies) after `steps` synthetic steps from the
+/// seeded initial weights (0: the initial weights): the same on every device up to rounding,
+/// which the GPU check measures.
+pub fn synthetic_steps(
+    shape: SyntheticStep,
+    steps: usize,
+    compute: &Compute,
+) -> Result<Vec<(String, Tensor)>, TrainError> {
+    let mut synthetic = shape.build(compute)?;
+    for _ in 0..steps {
+        synthetic.step()?;
+    }
+    Ok(crate::device::to_host(synthetic.encoder.state())?)
 }

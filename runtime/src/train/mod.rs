@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::backprop::GradStore;
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 
 use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::dist::{self, Collective, DistError, Shard, SingleProcess};
@@ -23,7 +23,7 @@ use crate::presets::RunContext;
 use crate::probe::{self, Evaluation, Features, Group, ProbeConfig, ProbeError};
 use crate::report::{self, MetricsLog, Progress, ReportError};
 
-pub use bench::{measure_train_throughput, Throughput};
+pub use bench::{measure_train_throughput, synthetic_steps, SyntheticStep, Throughput};
 pub use loader_source::{FeatureImages, LoaderSource};
 pub use source::{BatchSource, LabelledImages};
 
@@ -433,7 +433,7 @@ pub fn train_parallel(
         source.start_epoch(epoch, config.seed, extra_args).map_err(TrainError::Source)?;
         progress.start_epoch(epoch, config.epochs, batches.len());
         let epoch_start = Instant::now();
-        let (mut loss_sum, mut images) = (0.0, 0usize);
+        let (mut loss_sum, mut images, mut waited) = (0.0, 0usize, 0.0);
         let mut metric_sums: Vec<(String, f64)> = Vec::new();
         for (step, indices) in batches.iter().enumerate() {
             let step_start = Instant::now();
@@ -441,10 +441,15 @@ pub fn train_parallel(
                 Shard::of(collective, indices.len())?;
             }
             let views = source.views(shard.part(indices)).map_err(TrainError::Source)?;
+            let data_wait = step_start.elapsed().as_secs_f64();
             let embeddings = forward_embeddings(encoder, &specs, &views)?;
-            // The global batch's embeddings, the same on every rank.
-            let detached =
-                embeddings.iter().map(|local| dist::gather_rows(collective, local)).collect::<Result<Vec<_>, _>>()?;
+            // The objective runs on the host: the one copy of this rank's [N/W, D] embeddings
+            // there and of their gradients back per step (docs/gpu.md; on the CPU both are
+            // no-ops); the global batch's embeddings are then gathered, the same on every rank.
+            let detached = embeddings
+                .iter()
+                .map(|e| dist::gather_rows(collective, &e.detach().to_device(&Device::Cpu)?))
+                .collect::<Result<Vec<_>, _>>()?;
             let diverged =
                 |what, value| TrainError::Diverged { what, value, epoch, step, checkpoint: checkpoint_path.clone() };
             if let Some(bad) = first_non_finite(&detached)? {
@@ -468,12 +473,14 @@ pub fn train_parallel(
             objective.after_step(&detached, indices, &output, at).map_err(objective_error("after_step", &name))?;
 
             let seconds = step_start.elapsed().as_secs_f64();
+            waited += data_wait;
             loss_sum += output.loss * indices.len() as f64;
             images += indices.len();
             accumulate_metrics(&mut metric_sums, &output.metrics, indices.len());
             let images_per_second = indices.len() as f64 / seconds.max(1e-9);
             if let Some(metrics) = metrics.as_mut() {
-                metrics.step(epoch, step, output.loss, lr, seconds, images_per_second, &output.metrics)?;
+                let wait_fraction = data_wait / seconds.max(1e-9);
+                metrics.step(epoch, step, output.loss, lr, seconds, images_per_second, wait_fraction, &output.metrics)?;
             }
             progress.step(output.loss, images_per_second);
         }
@@ -484,7 +491,8 @@ pub fn train_parallel(
         let means: Vec<(String, f64)> =
             metric_sums.into_iter().map(|(key, sum)| (key, sum / images.max(1) as f64)).collect();
         if let Some(metrics) = metrics.as_mut() {
-            metrics.epoch(epoch, epoch_loss, lr, seconds, images as f64 / seconds.max(1e-9), &means)?;
+            let wait_fraction = waited / seconds.max(1e-9);
+            metrics.epoch(epoch, epoch_loss, lr, seconds, images as f64 / seconds.max(1e-9), wait_fraction, &means)?;
         }
         progress.finish_epoch();
         last_epoch_loss = Some(epoch_loss);
@@ -648,14 +656,14 @@ pub fn forward_embeddings(
 }
 
 /// Backpropagates the objective's `d loss / d embedding` through the encoder: the gradient of
-/// `Σ_i sum(z_i · g_i)` with the `g_i` constant. All embeddings go in one backward pass, so
+/// `Σ_i sum(z_i · g_i)` with the `g_i` constant (moved to the embeddings' device first). All embeddings go in one backward pass, so
 /// gradients reaching a parameter from several embeddings add up; that is how SDCLR's two
 /// steps (dense with the pruned side detached, then pruned with the dense side detached)
 /// accumulate before the single optimizer step.
 pub fn backpropagate(embeddings: &[Tensor], grads: &[Tensor]) -> Result<GradStore, TrainError> {
     let mut surrogate: Option<Tensor> = None;
     for (embedding, grad) in embeddings.iter().zip(grads) {
-        let term = (embedding * grad.detach())?.sum_all()?;
+        let term = (embedding * grad.detach().to_device(embedding.device())?)?.sum_all()?;
         surrogate = Some(match surrogate {
             Some(total) => (total + term)?,
             None => term,

@@ -17,8 +17,7 @@ fn driver_error(what: &str) -> impl Fn(cudarc::driver::DriverError) -> CudaError
 
 /// The first device and its architecture (`90` for sm_90).
 pub fn device() -> Result<(Arc<CudaContext>, u32), CudaError> {
-    // SAFETY: only tries to open the library.
-    if !unsafe { sys::is_culib_present() } {
+    if !nvrtc::library_present(nvrtc::Library::Driver) {
         return Err(CudaError::NoDevice("libcuda was not found (no NVIDIA driver on this machine)".into()));
     }
     let count = CudaContext::device_count().map_err(|e| CudaError::NoDevice(format!("the driver reports {e}")))?;

@@ -30,8 +30,30 @@ pub struct KernelStats {
 
 /// Whether libnvrtc can be opened.
 pub fn available() -> bool {
-    // SAFETY: only tries to open the library.
-    unsafe { sys::is_culib_present() }
+    library_present(Library::Nvrtc)
+}
+
+/// A CUDA library cudarc may need at run time.
+pub enum Library {
+    Driver,
+    Nvrtc,
+}
+
+/// Whether `library` can be used: cudarc's loader tries to open it.
+#[cfg(not(feature = "linked-cuda"))]
+pub fn library_present(library: Library) -> bool {
+    // SAFETY: each only tries to open its library.
+    match library {
+        Library::Driver => unsafe { cudarc::driver::sys::is_culib_present() },
+        Library::Nvrtc => unsafe { sys::is_culib_present() },
+    }
+}
+
+/// Built with `linked-cuda` (the `--features cuda` binary, where cudarc links the libraries),
+/// every library is present: the binary would not have started otherwise.
+#[cfg(feature = "linked-cuda")]
+pub fn library_present(_library: Library) -> bool {
+    true
 }
 
 /// The library's version, `(major, minor)`.

@@ -1,0 +1,286 @@
+//! Everything that depends on where training runs, in one place (listed in docs/gpu.md): the
+//! `--device` and `--precision` settings, opening the device, and the convolution each device
+//! does best. The rest of the runtime is written against candle's `Device` and runs the same
+//! code on the CPU and on CUDA, so CI, which has no GPU, exercises the training loop a GPU runs.
+
+use std::fmt;
+use std::str::FromStr;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::model::conv2d_as_matmul;
+
+/// Where training runs: `cpu`, `cuda` (device 0) or `cuda:I`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DeviceSpec {
+    #[default]
+    Cpu,
+    Cuda(usize),
+}
+
+impl FromStr for DeviceSpec {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        match text {
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" => Ok(DeviceSpec::Cuda(0)),
+            _ => text
+                .strip_prefix("cuda:")
+                .and_then(|ordinal| ordinal.parse::<usize>().ok())
+                .map(DeviceSpec::Cuda)
+                .ok_or_else(|| format!("`{text}` is not a device; give cpu, cuda or cuda:I (I = 0, 1, ...)")),
+        }
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceSpec::Cpu => write!(f, "cpu"),
+            DeviceSpec::Cuda(ordinal) => write!(f, "cuda:{ordinal}"),
+        }
+    }
+}
+
+impl serde::Serialize for DeviceSpec {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DeviceSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The backbone's arithmetic (the objective's CUDA kernels have their own `--precision` in
+/// `sslc eval/bench`). Parameters, optimizer state, BatchNorm statistics and the loss are f32
+/// in every mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum Precision {
+    /// Plain f32 everywhere. The CPU's default (`tf32` is accepted there and means f32).
+    F32,
+    /// f32 tensors; cuBLAS may round matmul and conv operands to TF32 on tensor cores
+    /// (f32 accumulation). The default on CUDA, as PyTorch's `allow_tf32` for convolutions.
+    Tf32,
+    /// Convolutions and matmuls take bf16 operands (weights cast from the f32 master copy each
+    /// step, f32 accumulation); BatchNorm, activations between layers and the loss stay f32.
+    /// Meant for CUDA; on the CPU it works (the device path's convolution, so CI tests it) but
+    /// is slower than f32.
+    Bf16,
+}
+
+impl Precision {
+    /// The default where none is given: TF32 on CUDA (what PyTorch uses for convolutions),
+    /// f32 on the CPU, which has no faster mode.
+    pub fn default_for(spec: DeviceSpec) -> Precision {
+        match spec {
+            DeviceSpec::Cpu => Precision::F32,
+            DeviceSpec::Cuda(_) => Precision::Tf32,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Tf32 => "tf32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+/// Whether this binary was built with `--features cuda` (candle's CUDA back end).
+pub const BUILT_WITH_CUDA: bool = cfg!(feature = "cuda");
+
+/// A device opened for training, with the backbone's precision on it.
+#[derive(Clone, Debug)]
+pub struct Compute {
+    pub device: Device,
+    pub precision: Precision,
+}
+
+impl Compute {
+    pub fn cpu() -> Compute {
+        Compute { device: Device::Cpu, precision: Precision::F32 }
+    }
+
+    /// Opens `spec`; `precision` defaults per device ([`Precision::default_for`]). Fails with a
+    /// message a user can act on, never a panic: a binary without CUDA says how to build one,
+    /// and a machine without a GPU says "no CUDA device found".
+    pub fn open(spec: DeviceSpec, precision: Option<Precision>) -> Result<Compute, String> {
+        let precision = precision.unwrap_or(Precision::default_for(spec));
+        match spec {
+            DeviceSpec::Cpu => Ok(Compute { device: Device::Cpu, precision }),
+            DeviceSpec::Cuda(ordinal) => {
+                if !BUILT_WITH_CUDA {
+                    return Err(format!(
+                        "--device {spec}: this sslc was built without CUDA support; build it with \
+                         `cargo build --release --features cuda` (docs/gpu.md)"
+                    ));
+                }
+                // candle appends a backtrace to driver errors; the first line says what failed.
+                let device = Device::new_cuda(ordinal).map_err(|e| {
+                    let text = e.to_string();
+                    format!("no CUDA device found: cannot open {spec} ({})", text.lines().next().unwrap_or_default())
+                })?;
+                // A process-wide cuBLAS setting, so it is set on every open: the last device
+                // opened decides, and a process trains on one.
+                candle_core::cuda::set_gemm_reduced_precision_f32(precision == Precision::Tf32);
+                Ok(Compute { device, precision })
+            }
+        }
+    }
+
+    /// A short description for logs: `cuda:0 (tf32)`.
+    pub fn describe(&self) -> String {
+        let place = match self.device.location() {
+            candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+            _ => "cpu".to_string(),
+        };
+        format!("{place} ({})", self.precision.name())
+    }
+}
+
+/// 2-d convolution of channel-major input `[C, N, H, W]` with weight `[O, C, K, K]`, to
+/// `[O, N, OH, OW]`: the patch matrix `[C·K·K, N·OH·OW]`, then one matmul, so the backward pass
+/// is two matmuls and the patch matrix's adjoint. On the CPU the patch matrix comes from our
+/// im2col op (candle's own CPU conv backward is about a hundred times slower; the op is f32
+/// only, so CPU bf16 takes the other path). Elsewhere it is
+/// built from candle's indexing ops ([`patches_by_indexing`]), each of which has CUDA kernels
+/// and a backward: the products go to cuBLAS, where candle's CUDA conv2d would run its backward
+/// as a direct `conv_transpose2d` and a conv with an image-sized kernel. In bf16 the operands
+/// are cast to bf16 and the result back to f32, so BatchNorm sees f32.
+pub fn conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    stride: usize,
+    padding: usize,
+    precision: Precision,
+) -> candle_core::Result<Tensor> {
+    if x.device().is_cpu() && precision != Precision::Bf16 {
+        return conv2d_as_matmul(x, weight, stride, padding);
+    }
+    let (x, weight) = match precision {
+        Precision::Bf16 => (x.to_dtype(DType::BF16)?, weight.to_dtype(DType::BF16)?),
+        Precision::F32 | Precision::Tf32 => (x.clone(), weight.clone()),
+    };
+    conv2d_by_indexing(&x, &weight, stride, padding)?.to_dtype(DType::F32)
+}
+
+/// [`conv2d`]'s device path, on any device (the CPU tests it against the im2col op).
+pub fn conv2d_by_indexing(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> candle_core::Result<Tensor> {
+    let (_, batch, _, _) = x.dims4()?;
+    let (out_channels, channels, kernel, _) = weight.dims4()?;
+    let (patches, out_height, out_width) = patches_by_indexing(x, kernel, stride, padding)?;
+    let weight = weight.reshape((out_channels, channels * kernel * kernel))?;
+    weight.matmul(&patches)?.reshape((out_channels, batch, out_height, out_width))
+}
+
+/// The patch matrix `[C·K·K, N·OH·OW]` of channel-major `x` (rows in the weight's `[C, K, K]`
+/// order, zero where a patch overhangs) and `(OH, OW)`, from padding, one strided slice per
+/// kernel offset (`narrow` at stride 1, `index_select` otherwise) and a stack.
+pub fn patches_by_indexing(
+    x: &Tensor,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> candle_core::Result<(Tensor, usize, usize)> {
+    let (channels, batch, height, width) = x.dims4()?;
+    if kernel == 0 || stride == 0 || height + 2 * padding < kernel || width + 2 * padding < kernel {
+        return Err(candle_core::Error::Msg(format!(
+            "a {kernel}x{kernel} kernel with stride {stride} and padding {padding} cannot take input of shape {:?}",
+            x.dims()
+        )));
+    }
+    let out_height = (height + 2 * padding - kernel) / stride + 1;
+    let out_width = (width + 2 * padding - kernel) / stride + 1;
+    let padded = x.pad_with_zeros(2, padding, padding)?.pad_with_zeros(3, padding, padding)?;
+    // Every `stride`-th position from `start`, `count` of them, along `dim`.
+    let strided = |t: &Tensor, dim: usize, start: usize, count: usize| -> candle_core::Result<Tensor> {
+        if stride == 1 {
+            return t.narrow(dim, start, count);
+        }
+        let positions: Vec<u32> = (0..count).map(|i| (start + i * stride) as u32).collect();
+        t.index_select(&Tensor::from_vec(positions, count, t.device())?, dim)
+    };
+    let mut taps = Vec::with_capacity(kernel * kernel);
+    for ky in 0..kernel {
+        let rows = strided(&padded, 2, ky, out_height)?;
+        for kx in 0..kernel {
+            taps.push(strided(&rows, 3, kx, out_width)?);
+        }
+    }
+    let patches = Tensor::stack(&taps, 1)?.reshape((channels * kernel * kernel, batch * out_height * out_width))?;
+    Ok((patches, out_height, out_width))
+}
+
+/// `x · wᵀ` in the given precision (bf16 operands when asked, f32 result).
+pub fn matmul_t(x: &Tensor, weight: &Tensor, precision: Precision) -> candle_core::Result<Tensor> {
+    if precision == Precision::Bf16 {
+        return x.to_dtype(DType::BF16)?.matmul(&weight.to_dtype(DType::BF16)?.t()?)?.to_dtype(DType::F32);
+    }
+    x.matmul(&weight.t()?)
+}
+
+/// Host copies of named tensors: checkpoints and exports are device-independent.
+pub fn to_host(tensors: Vec<(String, Tensor)>) -> candle_core::Result<Vec<(String, Tensor)>> {
+    tensors.into_iter().map(|(name, tensor)| Ok((name, tensor.to_device(&Device::Cpu)?))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_specs_parse_and_print_back() {
+        for (text, spec) in [("cpu", DeviceSpec::Cpu), ("cuda", DeviceSpec::Cuda(0)), ("cuda:3", DeviceSpec::Cuda(3))] {
+            assert_eq!(text.parse::<DeviceSpec>().unwrap(), spec);
+            assert_eq!(spec.to_string().parse::<DeviceSpec>().unwrap(), spec);
+        }
+        for bad in ["gpu", "cuda:", "cuda:x", "cuda:-1", ""] {
+            let error = bad.parse::<DeviceSpec>().unwrap_err();
+            assert!(error.contains("cpu, cuda or cuda:I"), "{error}");
+        }
+    }
+
+    /// The device path's convolution agrees with the CPU's im2col op, values and both
+    /// gradients, for every kernel, stride and padding the backbones use.
+    #[test]
+    fn conv_by_indexing_matches_the_im2col_op() {
+        let device = Device::Cpu;
+        let max_difference =
+            |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        for (kernel, stride, padding, size) in [(3, 1, 1, 8), (3, 2, 1, 9), (1, 1, 0, 6), (1, 2, 0, 7), (7, 2, 3, 11)] {
+            let x = candle_core::Var::randn(0f32, 1.0, (3, 2, size, size), &device).unwrap();
+            let w = candle_core::Var::randn(0f32, 1.0, (4, 3, kernel, kernel), &device).unwrap();
+            let expected = conv2d_as_matmul(&x, &w, stride, padding).unwrap();
+            let actual = conv2d_by_indexing(&x, &w, stride, padding).unwrap();
+            assert_eq!(actual.dims(), expected.dims());
+            assert!(max_difference(&actual, &expected) < 1e-4, "kernel {kernel} stride {stride}");
+            let r = Tensor::randn(0f32, 1.0, expected.dims(), &device).unwrap();
+            let expected_grads = (&expected * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let actual_grads = (&actual * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            for var in [&x, &w] {
+                let (a, e) = (actual_grads.get(var).unwrap(), expected_grads.get(var).unwrap());
+                assert!(max_difference(a, e) < 1e-3, "kernel {kernel} stride {stride}: gradient differs");
+            }
+        }
+        assert!(patches_by_indexing(&Tensor::zeros((1, 1, 2, 2), DType::F32, &device).unwrap(), 5, 1, 0).is_err());
+    }
+
+    #[test]
+    fn precision_defaults_per_device_and_cuda_fails_cleanly_without_a_gpu() {
+        assert_eq!(Compute::open(DeviceSpec::Cpu, None).unwrap().precision, Precision::F32);
+        assert_eq!(Precision::default_for(DeviceSpec::Cuda(1)), Precision::Tf32);
+        // CI has no GPU: either the build lacks CUDA or the driver finds no device.
+        if let Err(error) = Compute::open(DeviceSpec::Cuda(0), None) {
+            assert!(error.contains("built without CUDA") || error.contains("no CUDA device found"), "{error}");
+        }
+    }
+}
