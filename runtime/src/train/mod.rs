@@ -480,7 +480,16 @@ pub fn train_parallel(
             let images_per_second = indices.len() as f64 / seconds.max(1e-9);
             if let Some(metrics) = metrics.as_mut() {
                 let wait_fraction = data_wait / seconds.max(1e-9);
-                metrics.step(epoch, step, output.loss, lr, seconds, images_per_second, wait_fraction, &output.metrics)?;
+                metrics.step(
+                    epoch,
+                    step,
+                    output.loss,
+                    lr,
+                    seconds,
+                    images_per_second,
+                    wait_fraction,
+                    &output.metrics,
+                )?;
             }
             progress.step(output.loss, images_per_second);
         }
