@@ -151,6 +151,17 @@ impl CompiledObjective {
     }
 }
 
+/// `what` `name` from a checkpoint's objective `state`, in f32, checked to have this run's `dims`.
+fn saved(state: &[(String, Tensor)], what: &str, name: &str, dims: &[usize]) -> Result<Tensor, BoxError> {
+    let Some((_, t)) = state.iter().find(|(n, _)| n == name) else {
+        return Err(format!("the checkpoint has no {what} `{name}`; was it written by another objective?").into());
+    };
+    if t.dims() != dims {
+        return Err(format!("{what} `{name}` in the checkpoint is {:?}, but this run needs {dims:?}", t.dims()).into());
+    }
+    Ok(t.to_dtype(DType::F32)?)
+}
+
 /// Rows `rows` of `table` replaced by `values` (later rows win when an index repeats).
 fn write_rows(table: &Tensor, rows: &Tensor, values: &Tensor) -> Result<Tensor, BoxError> {
     let dims = table.dims().to_vec();
@@ -242,38 +253,10 @@ impl Objective for CompiledObjective {
 
     fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<(), BoxError> {
         for ((_, d), slot) in self.exe.module.states.iter().zip(self.states.iter_mut()) {
-            let Some((_, t)) = state.iter().find(|(n, _)| *n == d.name) else {
-                return Err(
-                    format!("the checkpoint has no state `{}`; was it written by another objective?", d.name).into()
-                );
-            };
-            if t.dims() != slot.dims() {
-                return Err(format!(
-                    "state `{}` in the checkpoint is {:?}, but this run needs {:?}",
-                    d.name,
-                    t.dims(),
-                    slot.dims()
-                )
-                .into());
-            }
-            *slot = t.to_dtype(DType::F32)?;
+            *slot = saved(state, "state", &d.name, slot.dims())?;
         }
         for (name, var) in self.parameters() {
-            let Some((_, t)) = state.iter().find(|(n, _)| *n == name) else {
-                return Err(format!(
-                    "the checkpoint has no learned tensor `{name}`; was it written by another objective?"
-                )
-                .into());
-            };
-            if t.dims() != var.dims() {
-                return Err(format!(
-                    "learned tensor `{name}` in the checkpoint is {:?}, but this run needs {:?}",
-                    t.dims(),
-                    var.dims()
-                )
-                .into());
-            }
-            var.set(&t.to_dtype(DType::F32)?)?;
+            var.set(&saved(state, "learned tensor", &name, var.dims())?)?;
         }
         Ok(())
     }

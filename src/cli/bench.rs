@@ -113,9 +113,7 @@ fn run(args: &BenchArgs, threads: usize) -> Result<serde_json::Value, i32> {
     let overrides = Overrides::parse(&args.set).map_err(fail)?;
     let mut req = BindRequest::inputs_only(Vec::new(), &overrides, DType::F32);
     read_given(&module, &args.inputs, &mut req)?;
-    let random = random_inputs(&module, &req.inputs, args.batch, args.dim, 0)?;
-    req.inputs =
-        random.into_iter().map(|(n, t)| Ok((n, t.to_dtype(DType::F32).map_err(fail)?))).collect::<Result<_, i32>>()?;
+    req.inputs = random_inputs(&module, &req.inputs, args.batch, args.dim, 0)?;
     let bindings = Bindings::new(&module, req).map_err(fail)?;
     let name = module.name.clone();
 

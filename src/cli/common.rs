@@ -139,7 +139,7 @@ pub fn read_given(module: &Module, items: &[String], req: &mut sslc_compiler::ev
                 "--input {name}: {path} holds integers; inputs, constants and state are float32 or float64"
             )));
         }
-        slot.push((name.to_string(), tensor.to_dtype(req.dtype).map_err(fail)?));
+        slot.push((name.to_string(), tensor));
     }
     Ok(())
 }

@@ -317,35 +317,45 @@ fn update_running(running: &Var, batch: &Tensor) -> Result<(), ModelError> {
     Ok(())
 }
 
+/// Asserts that two convolutions agree, values within 1e-4 and both gradients within 1e-3, for
+/// every kernel, stride and padding the backbones use, odd sizes included. Each takes input
+/// `[2, 3, size, size]` (NCHW), weights `[4, 3, k, k]`, stride and padding.
+#[cfg(test)]
+pub(crate) fn assert_convolutions_agree(
+    expected: impl Fn(&Tensor, &Tensor, usize, usize) -> candle_core::Result<Tensor>,
+    actual: impl Fn(&Tensor, &Tensor, usize, usize) -> candle_core::Result<Tensor>,
+) {
+    let device = Device::Cpu;
+    let max_difference =
+        |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    for (kernel, stride, padding, size) in [(3, 1, 1, 8), (3, 2, 1, 9), (1, 1, 0, 6), (1, 2, 0, 7), (7, 2, 3, 11)] {
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, size, size), &device).unwrap()).unwrap();
+        let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 3, kernel, kernel), &device).unwrap()).unwrap();
+        let want = expected(&x, &w, stride, padding).unwrap();
+        let got = actual(&x, &w, stride, padding).unwrap();
+        assert_eq!(got.dims(), want.dims());
+        assert!(max_difference(&got, &want) < 1e-4, "kernel {kernel} stride {stride}");
+        // Backward: the gradient of sum(y * r) for a fixed random r.
+        let r = Tensor::randn(0f32, 1.0, want.dims(), &device).unwrap();
+        let want_grads = (&want * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let got_grads = (&got * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        for var in [&x, &w] {
+            let (a, e) = (got_grads.get(var).unwrap(), want_grads.get(var).unwrap());
+            assert!(max_difference(a, e) < 1e-3, "kernel {kernel} stride {stride}: gradient differs");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
-    }
-
-    /// The im2col form agrees with candle's direct conv2d, values and both gradients, for every
-    /// kernel/stride/padding the backbones use, odd sizes included.
+    /// The im2col form agrees with candle's direct conv2d.
     #[test]
     fn conv_as_matmul_matches_candles_conv2d() {
-        let device = Device::Cpu;
-        for (kernel, stride, padding, size) in [(3, 1, 1, 8), (3, 2, 1, 9), (1, 1, 0, 6), (1, 2, 0, 7), (7, 2, 3, 11)] {
-            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, size, size), &device).unwrap()).unwrap();
-            let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 3, kernel, kernel), &device).unwrap()).unwrap();
-            let expected = x.conv2d(&w, padding, stride, 1, 1).unwrap();
-            let channel_major = x.transpose(0, 1).unwrap();
-            let actual = conv2d_as_matmul(&channel_major, &w, stride, padding).unwrap().transpose(0, 1).unwrap();
-            assert_eq!(actual.dims(), expected.dims());
-            assert!(max_difference(&actual, &expected) < 1e-4, "kernel {kernel} stride {stride}");
-            // Backward: the gradient of sum(y * r) for a fixed random r.
-            let r = Tensor::randn(0f32, 1.0, expected.dims(), &device).unwrap();
-            let expected_grads = (&expected * &r).unwrap().sum_all().unwrap().backward().unwrap();
-            let actual_grads = (&actual * &r).unwrap().sum_all().unwrap().backward().unwrap();
-            for var in [&x, &w] {
-                let (a, e) = (actual_grads.get(var).unwrap(), expected_grads.get(var).unwrap());
-                assert!(max_difference(a, e) < 1e-3, "kernel {kernel} stride {stride}: gradient differs");
-            }
-        }
+        assert_convolutions_agree(
+            |x, w, stride, padding| x.conv2d(w, padding, stride, 1, 1),
+            |x, w, stride, padding| conv2d_as_matmul(&x.transpose(0, 1)?, w, stride, padding)?.transpose(0, 1),
+        );
     }
 }

@@ -12,6 +12,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 pub use backbone::BackboneKind;
+#[cfg(test)]
+pub(crate) use layers::assert_convolutions_agree;
 pub(crate) use layers::conv2d_as_matmul;
 pub use layers::ConvInit;
 
