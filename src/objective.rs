@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use sslc_compiler::back::{self, Backend, BackendKind};
 use sslc_compiler::eval::{self, BindRequest, Bindings, Overrides};
-use sslc_compiler::ir::{Event, Handler, Module, ParamValue, Program};
+use sslc_compiler::ir::{Event, Handle, Handler, Module, Momentum, ParamDecl, ParamValue, Program};
 use sslc_compiler::objective::{Evaluation, Executable};
 use sslc_runtime::objective::{
     BoxError, EmbeddingSpec, ExtraAugmentation, Objective, RunPosition, StepOutput, ViewSpec,
@@ -73,6 +73,16 @@ impl CompiledObjective {
 
     pub fn module(&self) -> &Module {
         &self.exe.module
+    }
+
+    /// A parameter's value: its `--set` override, else its default.
+    fn param_value(&self, p: Handle<ParamDecl>) -> f64 {
+        let decl = &self.exe.module.params[p];
+        let overridden = self.overrides.values.iter().find(|(n, _)| *n == decl.name).and_then(|(_, v)| v.parse().ok());
+        overridden.unwrap_or(match decl.default {
+            ParamValue::Real(v) | ParamValue::RunFraction(v) => v,
+            ParamValue::Int(v) => v as f64,
+        })
     }
 
     fn bindings(
@@ -190,20 +200,46 @@ impl Objective for CompiledObjective {
             .map(|(_, i)| EmbeddingSpec {
                 name: i.name.clone(),
                 view: i.source.view,
-                pruned: i.source.pruned.map(|p| {
-                    let overridden = self
-                        .overrides
-                        .values
-                        .iter()
-                        .find(|(n, _)| *n == m.params[p].name)
-                        .and_then(|(_, v)| v.parse().ok());
-                    overridden.unwrap_or(match m.params[p].default {
-                        ParamValue::Real(v) | ParamValue::RunFraction(v) => v,
-                        ParamValue::Int(v) => v as f64,
-                    })
-                }),
+                pruned: i.source.pruned.map(|p| self.param_value(p)),
+                target: i.source.ema.is_some(),
+                predictor: i.source.predictor.map(|hidden| hidden as usize),
             })
             .collect()
+    }
+
+    fn target_momentum(&self, at: RunPosition) -> Result<Option<f64>, BoxError> {
+        let module = &self.exe.module;
+        let mut momenta = module.inputs.iter().filter_map(|(_, i)| i.source.ema.as_ref());
+        let Some(first) = momenta.next() else { return Ok(None) };
+        if let Some(other) = momenta.find(|m| *m != first) {
+            let name = |m: &Momentum| match m {
+                Momentum::Param(p) => module.params[*p].name.clone(),
+                Momentum::Schedule(s) => s.clone(),
+            };
+            return Err(format!(
+                "the target encoder's momentum is given as both `{}` and `{}`; there is one target encoder, so \
+                 name one momentum in every `encoder(..., ema=...)`",
+                name(first),
+                name(other)
+            )
+            .into());
+        }
+        let momentum = match first {
+            Momentum::Param(p) => self.param_value(*p),
+            Momentum::Schedule(name) => {
+                let schedule = module.schedule_named(name).ok_or_else(|| format!("no schedule `{name}`"))?;
+                let b = self.bindings(self.probe_inputs(2)?, None, at)?;
+                self.value(&schedule.program, &b)?.to_dtype(DType::F64)?.to_vec0::<f64>()?
+            }
+        };
+        if !(0.0..=1.0).contains(&momentum) {
+            return Err(format!(
+                "the target encoder's momentum is {momentum} at epoch {}; it must lie in [0, 1] (0.99 to 0.999 is usual)",
+                at.epoch
+            )
+            .into());
+        }
+        Ok(Some(momentum))
     }
 
     fn views(&self) -> ViewSpec {

@@ -19,6 +19,18 @@ pub struct EmbeddingSpec {
     pub view: usize,
     /// SDCLR's pruned branch: the fraction of smallest-magnitude conv weights masked out.
     pub pruned: Option<f64>,
+    /// From the momentum target network (no gradient reaches the encoder through it); its
+    /// momentum is [`Objective::target_momentum`].
+    pub target: bool,
+    /// Through the online predictor head of this hidden width (BYOL, SimSiam).
+    pub predictor: Option<usize>,
+}
+
+impl EmbeddingSpec {
+    /// The online encoder's embedding of `view`.
+    pub fn online(name: impl Into<String>, view: usize) -> Self {
+        EmbeddingSpec { name: name.into(), view, pruned: None, target: false, predictor: None }
+    }
 }
 
 /// An augmentation applied after the base pipeline with per-sample arguments (BCL's
@@ -80,6 +92,10 @@ pub trait Objective: Send {
     fn state(&self) -> Vec<(String, Tensor)>;
     /// Restores state saved by [`Objective::state`]; names and shapes must match.
     fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<(), BoxError>;
+    /// The momentum of the target network during an epoch, when an embedding comes from it.
+    fn target_momentum(&self, _at: RunPosition) -> Result<Option<f64>, BoxError> {
+        Ok(None)
+    }
     /// The learning rate for an epoch, when the objective declares `schedule lr`.
     fn learning_rate(&self, at: RunPosition, base_lr: f64) -> Result<Option<f64>, BoxError>;
     /// Per-sample arguments of every extra augmentation for the given dataset indices:

@@ -14,7 +14,7 @@ use sslc_runtime::model::{Encoder, EncoderConfig};
 use sslc_runtime::objective::Objective;
 use sslc_runtime::presets::{self, Backbone, EvalData, RunContext};
 use sslc_runtime::report::CONFIG_FILE;
-use sslc_runtime::train::{self, Parallel, Start, SyntheticStep, TrainConfig};
+use sslc_runtime::train::{self, EncoderNeeds, Parallel, Start, SyntheticStep, TrainConfig};
 use std::path::PathBuf;
 
 /// Train a backbone with an objective and report Many/Medium/Few linear-probe accuracy.
@@ -236,10 +236,12 @@ fn run_inner(args: &RunArgs) -> Result<(), i32> {
     if lead {
         write_config(&dir, start, &settings).map_err(fail)?;
     }
-    let pruned = objective.embeddings().iter().any(|e| e.pruned.is_some());
+    let needs = EncoderNeeds::of(&objective.embeddings()).map_err(fail)?;
     let channels = splits.train.image(0).map_err(fail)?.channels();
-    let encoder =
-        Encoder::on(EncoderConfig::reference(backbone.kind(), channels, pruned, run.seed), &compute).map_err(fail)?;
+    let mut encoder_config =
+        EncoderConfig::reference(backbone.kind(), channels, needs.prune_fraction.is_some(), run.seed);
+    needs.apply(&mut encoder_config);
+    let encoder = Encoder::on(encoder_config, &compute).map_err(fail)?;
 
     let samples = splits.train.len();
     let DataSplits { train, probe_train, test } = splits;

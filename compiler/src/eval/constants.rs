@@ -125,6 +125,7 @@ pub fn initial_state(init: StateInit, shape: &[usize]) -> Result<Tensor, BindErr
             let last = shape.last().copied().unwrap_or(1).max(1);
             vec![1.0 / last as f64; n]
         }
+        StateInit::Randn { seed } => gaussian(n, seed),
     };
     Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
 }

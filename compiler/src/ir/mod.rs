@@ -132,7 +132,32 @@ pub struct EncoderSource {
     pub view: usize,
     /// SDCLR's pruned branch: the parameter holding the pruned fraction.
     pub pruned: Option<Handle<ParamDecl>>,
+    /// The momentum (EMA) target encoder (`encoder(x2, ema=m)`, MoCo, BYOL, DINO): where its
+    /// momentum comes from. Its embeddings carry no gradient back to the encoder.
+    pub ema: Option<Momentum>,
+    /// The online predictor head on top of the projector (`predictor(encoder(x1))`, BYOL,
+    /// SimSiam): its hidden width.
+    pub predictor: Option<u32>,
 }
+
+impl EncoderSource {
+    /// The plain online encoder on `view`.
+    pub fn online(view: usize) -> Self {
+        EncoderSource { view, pruned: None, ema: None, predictor: None }
+    }
+}
+
+/// The momentum `m` of a target encoder, `θ_target ← m·θ_target + (1 − m)·θ`: a parameter
+/// (constant, MoCo's 0.999) or a `schedule` evaluated each epoch (BYOL's and DINO's cosine
+/// rise to 1).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Momentum {
+    Param(Handle<ParamDecl>),
+    Schedule(String),
+}
+
+/// The predictor head's hidden width when `predictor(...)` does not give one.
+pub const DEFAULT_PREDICTOR_HIDDEN: u32 = 512;
 
 #[derive(Clone, Debug)]
 pub struct InputDecl {
@@ -172,6 +197,11 @@ pub enum StateInit {
     Fill(f64),
     /// Each vector along the last axis sums to one.
     Uniform,
+    /// Standard normal entries, as the constant `randn(seed)` (MoCo's random initial queue; a
+    /// `learn` tensor's EMA copy starts equal to it from the same seed).
+    Randn {
+        seed: u64,
+    },
 }
 
 #[derive(Clone, Debug)]

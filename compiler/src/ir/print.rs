@@ -1,7 +1,7 @@
 //! The textual form of the IR (`sslc emit --stage ir`), also used by snapshot tests.
 
 use super::{
-    display_shape, Axis, BuiltinValue, ConstInit, DimKind, Event, Expr, Handle, KernelNode, Literal, Module,
+    display_shape, Axis, BuiltinValue, ConstInit, DimKind, Event, Expr, Handle, KernelNode, Literal, Module, Momentum,
     PairwiseLoad, PairwiseOperands, ParamValue, Program, StateInit,
 };
 use std::fmt::Write;
@@ -46,7 +46,17 @@ pub fn print_module(m: &Module) -> String {
         let view =
             m.views.as_ref().map_or_else(|| format!("view{}", i.source.view), |v| v.names[i.source.view].clone());
         let pruned = i.source.pruned.map_or(String::new(), |p| format!(", pruned={}", m.params[p].name));
-        let _ = writeln!(w, "input {}: {} = encoder({view}{pruned})", i.name, i.ty.display(&m.dims));
+        let ema = match &i.source.ema {
+            None => String::new(),
+            Some(Momentum::Param(p)) => format!(", ema={}", m.params[*p].name),
+            Some(Momentum::Schedule(s)) => format!(", ema={s}"),
+        };
+        let encoder = format!("encoder({view}{pruned}{ema})");
+        let source = match i.source.predictor {
+            Some(hidden) => format!("predictor({encoder}, hidden={hidden})"),
+            None => encoder,
+        };
+        let _ = writeln!(w, "input {}: {} = {source}", i.name, i.ty.display(&m.dims));
     }
     for (_, c) in m.consts.iter() {
         let init = match &c.init {
@@ -63,6 +73,7 @@ pub fn print_module(m: &Module) -> String {
         let init = match s.init {
             StateInit::Fill(v) => format!("{v:?}"),
             StateInit::Uniform => "uniform".to_string(),
+            StateInit::Randn { seed } => format!("randn(seed={seed})"),
         };
         let _ = writeln!(w, "state {}: {} = {init}", s.name, s.ty.display(&m.dims));
     }

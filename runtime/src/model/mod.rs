@@ -98,6 +98,13 @@ pub struct EncoderConfig {
     pub input_standardization: Option<ChannelStandardization>,
     /// Seeds the initial weights.
     pub seed: u64,
+    /// Hidden width of the online predictor head (BYOL, SimSiam); `None`: no predictor.
+    /// (Absent from the JSON of runs without one, so their recorded identity is unchanged.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predictor_hidden: Option<usize>,
+    /// Keep a momentum (EMA) target copy of the backbone and projector (MoCo, BYOL, DINO).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub momentum_target: bool,
 }
 
 impl EncoderConfig {
@@ -114,6 +121,8 @@ impl EncoderConfig {
             conv_init: if reference_resnet { ConvInit::KaimingNormalFanOut } else { ConvInit::PytorchDefault },
             input_standardization: (reference_resnet && in_channels == 3).then(ChannelStandardization::imagenet),
             seed,
+            predictor_hidden: None,
+            momentum_target: false,
         }
     }
 }
@@ -136,6 +145,34 @@ impl Projector {
     }
 }
 
+/// BYOL's and SimSiam's predictor head on the online embedding: fc(D, H) + BN + ReLU +
+/// fc(H, D), as in both papers (whose H is 4096 and 512). Dense branch only.
+struct Predictor {
+    fc1: Linear,
+    bn: BatchNorm,
+    fc2: Linear,
+}
+
+impl Predictor {
+    fn forward(&self, embedding: &Tensor, mode: Mode) -> Result<Tensor, ModelError> {
+        let hidden = self.fc1.forward(embedding)?;
+        let hidden = self.bn.forward(&hidden.t()?, Branch::Dense, mode)?.t()?.relu()?;
+        self.fc2.forward(&hidden)
+    }
+}
+
+/// The momentum target network: a copy of the dense backbone and projector that is never
+/// trained, only moved towards the online weights after each step (`θ_t ← m·θ_t + (1−m)·θ`).
+/// Its BatchNorm layers keep their own running statistics, from its own forward passes.
+struct Target {
+    encoder: Box<Encoder>,
+    /// (target, online) parameter pairs, matched by name.
+    pairs: Vec<(Var, Var)>,
+}
+
+/// Prefix of the target network's tensors in [`Encoder::state`].
+const TARGET_PREFIX: &str = "target.";
+
 /// How many conv weights the last [`Encoder::update_prune_mask`] masked out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PruneCount {
@@ -152,6 +189,8 @@ pub struct Encoder {
     standardization: Option<(Tensor, Tensor)>,
     backbone: Backbone,
     projector: Projector,
+    predictor: Option<Predictor>,
+    target: Option<Target>,
     params: Vec<(String, Var)>,
     buffers: Vec<(String, Var)>,
     batch_norm_sync: BatchNormSync,
@@ -197,12 +236,44 @@ impl Encoder {
             fc2: Linear::new(&mut registry, "projector.fc2", features, config.embedding_dim, false)?,
             bn2: BatchNorm::new(&mut registry, "projector.bn2", config.embedding_dim, branches)?,
         };
+        let predictor = match config.predictor_hidden {
+            None => None,
+            Some(0) => return Err(ModelError::Shape("the predictor's hidden width must be positive".into())),
+            Some(hidden) => Some(Predictor {
+                fc1: Linear::new(&mut registry, "predictor.fc1", config.embedding_dim, hidden, true)?,
+                bn: BatchNorm::new(&mut registry, "predictor.bn", hidden, 1)?,
+                fc2: Linear::new(&mut registry, "predictor.fc2", hidden, config.embedding_dim, true)?,
+            }),
+        };
+        let target = match config.momentum_target {
+            false => None,
+            true => {
+                if config.pruned_branch {
+                    return Err(ModelError::Shape(
+                        "an encoder cannot have both SDCLR's pruned branch and a momentum target network".into(),
+                    ));
+                }
+                let copy = EncoderConfig { predictor_hidden: None, momentum_target: false, ..config.clone() };
+                let encoder = Box::new(Encoder::on(copy, compute)?);
+                let online: HashMap<&str, &Var> = registry.params.iter().map(|(n, v)| (n.as_str(), v)).collect();
+                let pairs = (encoder.params.iter())
+                    .map(|(name, var)| {
+                        let twin = online[name.as_str()].clone();
+                        var.set(twin.as_tensor())?;
+                        Ok((var.clone(), twin))
+                    })
+                    .collect::<Result<_, ModelError>>()?;
+                Some(Target { encoder, pairs })
+            }
+        };
         Ok(Encoder {
             config,
             compute: compute.clone(),
             standardization,
             backbone,
             projector,
+            predictor,
+            target,
             params: registry.params,
             buffers: registry.buffers,
             batch_norm_sync: registry.batch_norm_sync,
@@ -224,6 +295,44 @@ impl Encoder {
         let features = self.features(images, branch, mode)?;
         let embedding = self.projector.forward(&features, branch, mode)?;
         Ok((features, embedding))
+    }
+
+    /// The predictor head on an online `embedding` `[N, D]` (BYOL, SimSiam).
+    pub fn predict(&self, embedding: &Tensor, mode: Mode) -> Result<Tensor, ModelError> {
+        let predictor = self.predictor.as_ref().ok_or_else(|| {
+            ModelError::Shape(
+                "this encoder has no predictor head; build it with EncoderConfig::predictor_hidden".into(),
+            )
+        })?;
+        predictor.forward(embedding, mode)
+    }
+
+    /// The momentum target network's embedding of `images`, without gradient.
+    pub fn forward_target(&self, images: &Tensor, mode: Mode) -> Result<Tensor, ModelError> {
+        Ok(self.target()?.encoder.forward(images, Branch::Dense, mode)?.1.detach())
+    }
+
+    fn target(&self) -> Result<&Target, ModelError> {
+        self.target.as_ref().ok_or_else(|| {
+            ModelError::Shape(
+                "this encoder has no momentum target network; build it with EncoderConfig::momentum_target".into(),
+            )
+        })
+    }
+
+    /// Moves the target network towards the online one: `θ_t ← m·θ_t + (1 − m)·θ` for every
+    /// parameter (MoCo's and BYOL's update, after each optimizer step).
+    pub fn update_target(&self, momentum: f64) -> Result<(), ModelError> {
+        if !(0.0..=1.0).contains(&momentum) {
+            return Err(ModelError::Shape(format!(
+                "the target encoder's momentum is {momentum}; it must lie in [0, 1] (e.g. 0.99)"
+            )));
+        }
+        for (target, online) in &self.target()?.pairs {
+            let moved = ((target.as_tensor() * momentum)? + (online.as_tensor() * (1.0 - momentum))?)?;
+            target.set(&moved)?;
+        }
+        Ok(())
     }
 
     /// Backbone features only: evaluation does not need the projector. `images` may be on any
@@ -253,6 +362,9 @@ impl Encoder {
     /// statistics over the global batch of `collective`'s ranks (SyncBatchNorm); `None`, over
     /// this process's batch alone.
     pub fn synchronize_batch_norm(&self, collective: Option<Arc<dyn Collective>>) -> Result<(), ModelError> {
+        if let Some(target) = &self.target {
+            target.encoder.synchronize_batch_norm(collective.clone())?;
+        }
         let mut sync =
             self.batch_norm_sync.write().map_err(|_| ModelError::Shape("BatchNorm sync lock poisoned".into()))?;
         *sync = collective;
@@ -269,14 +381,30 @@ impl Encoder {
         &self.buffers
     }
 
-    /// Parameters and buffers, for checkpoints.
+    /// Parameters and buffers, the target network's under `target.`, for checkpoints.
     pub fn state(&self) -> Vec<(String, Tensor)> {
-        self.params.iter().chain(&self.buffers).map(|(name, var)| (name.clone(), var.as_tensor().clone())).collect()
+        let own = self.params.iter().chain(&self.buffers).map(|(name, var)| (name.clone(), var.as_tensor().clone()));
+        let target =
+            self.target.iter().flat_map(|t| t.encoder.state()).map(|(n, t)| (format!("{TARGET_PREFIX}{n}"), t));
+        own.chain(target).collect()
     }
 
     /// Restores what [`Encoder::state`] returned (from any device); every name must be present
     /// with its shape.
     pub fn load_state(&self, state: &[(String, Tensor)]) -> Result<(), ModelError> {
+        let (target, state): (Vec<_>, Vec<_>) = state.iter().partition(|(name, _)| name.starts_with(TARGET_PREFIX));
+        match (&self.target, target.is_empty()) {
+            (Some(t), false) => {
+                let target: Vec<(String, Tensor)> =
+                    target.iter().map(|(n, t)| (n[TARGET_PREFIX.len()..].to_string(), t.clone())).collect();
+                t.encoder.load_state(&target)?;
+            }
+            (None, true) => {}
+            (Some(_), true) => return Err(ModelError::StateMismatch("the momentum target network is missing".into())),
+            (None, false) => {
+                return Err(ModelError::StateMismatch("it holds a momentum target network this encoder lacks".into()))
+            }
+        }
         let saved: HashMap<&str, &Tensor> = state.iter().map(|(name, tensor)| (name.as_str(), tensor)).collect();
         let own = self.params.iter().chain(&self.buffers);
         if saved.len() != self.params.len() + self.buffers.len() {

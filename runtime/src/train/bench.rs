@@ -51,7 +51,7 @@ impl SyntheticStep {
         }
         let encoder = Encoder::on(EncoderConfig::reference(backbone, in_channels, false, 0), compute)?;
         let specs: Vec<EmbeddingSpec> =
-            (0..2).map(|view| EmbeddingSpec { name: format!("z{}", view + 1), view, pruned: None }).collect();
+            (0..2).map(|view| EmbeddingSpec::online(format!("z{}", view + 1), view)).collect();
         let mut rng = ChaCha8Rng::seed_from_u64(0);
         let shape = (batch_size, in_channels, image_size, image_size);
         let count = batch_size * in_channels * image_size * image_size;

@@ -6,6 +6,7 @@ mod loader_source;
 mod settings;
 mod source;
 
+use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -295,7 +296,9 @@ pub fn train_parallel(
     }
     .to_json();
     let specs = objective.embeddings();
-    let prune_fraction = shared_prune_fraction(&specs)?;
+    let needs = EncoderNeeds::of(&specs)?;
+    needs.check(encoder.config())?;
+    let prune_fraction = needs.prune_fraction;
     let prepared = match lead {
         true => prepare_directory(dir, start).map(Some),
         false => Ok(None),
@@ -416,6 +419,15 @@ pub fn train_parallel(
         if let Some(fraction) = prune_fraction {
             encoder.update_prune_mask(fraction)?;
         }
+        let target_momentum = match needs.momentum_target {
+            false => None,
+            true => Some(
+                objective
+                    .target_momentum(at)
+                    .map_err(objective_error("target_momentum", &name))?
+                    .ok_or_else(|| TrainError::Setup(format!("objective `{name}` gives no target momentum")))?,
+            ),
+        };
         let lr = match objective.learning_rate(at, config.base_lr).map_err(objective_error("learning_rate", &name))? {
             Some(lr) => lr,
             None => reference_learning_rate(epoch, config.epochs, config.base_lr, config.lr_min),
@@ -462,7 +474,13 @@ pub fn train_parallel(
             check_gradients(&output, &detached, &objective_parameters, &name)?;
             let own_grads =
                 output.grads.iter().map(|grad| dist::own_rows(collective, grad)).collect::<Result<Vec<_>, _>>()?;
-            let grads = backpropagate(&embeddings, &own_grads)?;
+            // The target network's embeddings are detached: nothing flows back through them.
+            let (trained, trained_grads): (Vec<Tensor>, Vec<Tensor>) = (embeddings.iter().zip(&own_grads))
+                .zip(&specs)
+                .filter(|(_, spec)| !spec.target)
+                .map(|((e, g), _)| (e.clone(), g.clone()))
+                .unzip();
+            let grads = backpropagate(&trained, &trained_grads)?;
             let mut grads = dist::all_reduce_gradients(collective, encoder.parameters(), grads)?;
             // The objective's own parameters already have the global loss's gradient on every
             // rank (each rank evaluates the whole loss): they are not summed over ranks.
@@ -470,6 +488,9 @@ pub fn train_parallel(
                 grads.insert(parameter.as_tensor(), grad.clone());
             }
             optimizer.step(&parameters, &grads, lr)?;
+            if let Some(momentum) = target_momentum {
+                encoder.update_target(momentum)?;
+            }
             objective.after_step(&detached, indices, &output, at).map_err(objective_error("after_step", &name))?;
 
             let seconds = step_start.elapsed().as_secs_f64();
@@ -621,47 +642,124 @@ fn same_on_every_rank(collective: &dyn Collective, value: usize, what: &str) -> 
     }
 }
 
-/// The encoder holds one prune mask, so every pruned embedding must ask for the same fraction.
-fn shared_prune_fraction(specs: &[EmbeddingSpec]) -> Result<Option<f64>, TrainError> {
-    let mut fraction = None;
-    for spec in specs {
-        if spec.view > 1 {
-            return Err(TrainError::Setup(format!(
-                "embedding `{}` asks for view {}; there are only views 0 and 1",
-                spec.name, spec.view
-            )));
-        }
-        if let Some(wanted) = spec.pruned {
-            if fraction.is_some_and(|shared| shared != wanted) {
-                return Err(TrainError::Setup(format!(
-                    "embedding `{}` asks for prune fraction {wanted}, another for {}; use one fraction for all pruned embeddings",
-                    spec.name,
-                    fraction.unwrap_or(wanted)
-                )));
-            }
-            fraction = Some(wanted);
-        }
-    }
-    Ok(fraction)
+/// What an objective's embeddings ask of the encoder.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EncoderNeeds {
+    /// SDCLR's pruned branch, with its one prune fraction (the encoder holds one mask).
+    pub prune_fraction: Option<f64>,
+    /// The predictor head's hidden width (one head, shared by every predicted embedding).
+    pub predictor_hidden: Option<usize>,
+    /// A momentum target network.
+    pub momentum_target: bool,
 }
 
-/// Each spec's embedding, with the encoder's graph attached, from its own forward pass: the
-/// reference encodes the two views separately, so BatchNorm sees each view's batch statistics.
+impl EncoderNeeds {
+    /// Checks the embeddings agree with each other (one prune fraction, one predictor width,
+    /// views 0 and 1 only).
+    pub fn of(specs: &[EmbeddingSpec]) -> Result<EncoderNeeds, TrainError> {
+        let mut needs = EncoderNeeds::default();
+        for spec in specs {
+            if spec.view > 1 {
+                return Err(TrainError::Setup(format!(
+                    "embedding `{}` asks for view {}; there are only views 0 and 1",
+                    spec.name, spec.view
+                )));
+            }
+            if let Some(wanted) = spec.pruned {
+                if needs.prune_fraction.is_some_and(|shared| shared != wanted) {
+                    return Err(TrainError::Setup(format!(
+                        "embedding `{}` asks for prune fraction {wanted}, another for {}; use one fraction for all pruned embeddings",
+                        spec.name,
+                        needs.prune_fraction.unwrap_or(wanted)
+                    )));
+                }
+                needs.prune_fraction = Some(wanted);
+            }
+            if let Some(wanted) = spec.predictor {
+                if needs.predictor_hidden.is_some_and(|shared| shared != wanted) {
+                    return Err(TrainError::Setup(format!(
+                        "embedding `{}` asks for a predictor {wanted} wide, another for one {} wide; the encoder has \
+                         one predictor head: give every `predictor(...)` the same `hidden`",
+                        spec.name,
+                        needs.predictor_hidden.unwrap_or(wanted)
+                    )));
+                }
+                needs.predictor_hidden = Some(wanted);
+            }
+            needs.momentum_target |= spec.target;
+        }
+        if needs.momentum_target && needs.prune_fraction.is_some() {
+            return Err(TrainError::Setup(
+                "the objective asks for both SDCLR's pruned branch and a momentum target encoder; sslc builds one \
+                 or the other"
+                    .into(),
+            ));
+        }
+        Ok(needs)
+    }
+
+    /// Sets up `config` to provide what is needed.
+    pub fn apply(&self, config: &mut EncoderConfig) {
+        config.pruned_branch = self.prune_fraction.is_some();
+        config.predictor_hidden = self.predictor_hidden;
+        config.momentum_target = self.momentum_target;
+    }
+
+    /// Fails unless an encoder built with `config` provides what is needed.
+    fn check(&self, config: &EncoderConfig) -> Result<(), TrainError> {
+        let missing = if self.prune_fraction.is_some() && !config.pruned_branch {
+            Some("SDCLR's pruned branch")
+        } else if self.predictor_hidden.is_some() && self.predictor_hidden != config.predictor_hidden {
+            Some("a predictor head of the width the objective asks for")
+        } else if self.momentum_target && !config.momentum_target {
+            Some("a momentum target network")
+        } else {
+            None
+        };
+        match missing {
+            Some(what) => Err(TrainError::Setup(format!(
+                "the objective needs {what}, which this encoder was built without; build it with \
+                 EncoderNeeds::apply on its EncoderConfig"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Each spec's embedding, with the encoder's graph attached (the target network's detached).
+/// The reference encodes the two views separately, so BatchNorm sees each view's batch
+/// statistics; an online embedding read twice (SimSiam's `z1` and `predictor(encoder(x1))`) is
+/// computed once.
 pub fn forward_embeddings(
     encoder: &Encoder,
     specs: &[EmbeddingSpec],
     views: &[Tensor; 2],
 ) -> Result<Vec<Tensor>, TrainError> {
-    specs
-        .iter()
-        .map(|spec| {
-            let branch = if spec.pruned.is_some() { Branch::Pruned } else { Branch::Dense };
-            let view = views
-                .get(spec.view)
-                .ok_or_else(|| TrainError::Setup(format!("no view {} for `{}`", spec.view, spec.name)))?;
-            Ok(encoder.forward(view, branch, Mode::Train)?.1)
-        })
-        .collect()
+    let mut online: HashMap<(usize, Branch), Tensor> = HashMap::new();
+    let mut out = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let view = views
+            .get(spec.view)
+            .ok_or_else(|| TrainError::Setup(format!("no view {} for `{}`", spec.view, spec.name)))?;
+        if spec.target {
+            out.push(encoder.forward_target(view, Mode::Train)?);
+            continue;
+        }
+        let branch = if spec.pruned.is_some() { Branch::Pruned } else { Branch::Dense };
+        let embedding = match online.get(&(spec.view, branch)) {
+            Some(embedding) => embedding.clone(),
+            None => {
+                let embedding = encoder.forward(view, branch, Mode::Train)?.1;
+                online.insert((spec.view, branch), embedding.clone());
+                embedding
+            }
+        };
+        out.push(match spec.predictor {
+            Some(_) => encoder.predict(&embedding, Mode::Train)?,
+            None => embedding,
+        });
+    }
+    Ok(out)
 }
 
 /// Backpropagates the objective's `d loss / d embedding` through the encoder: the gradient of

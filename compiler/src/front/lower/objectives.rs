@@ -8,7 +8,8 @@ use crate::front::ast::{self, ExprKind, Member, Stmt, TypeExpr, TypeKind};
 use crate::front::ParsedFile;
 use crate::ir::{
     BinaryOp, ConstDecl, ConstInit, Dim, DimDecl, DimKind, Elem, EncoderSource, Event, Expr, Handle, Handler,
-    InputDecl, Module, Output, ParamDecl, ParamValue, ScheduleDecl, StateDecl, StateInit, Type, ViewsDecl,
+    InputDecl, Module, Momentum, Output, ParamDecl, ParamValue, ScheduleDecl, StateDecl, StateInit, Type, ViewsDecl,
+    DEFAULT_PREDICTOR_HIDDEN,
 };
 use crate::span::Span;
 use std::collections::{HashMap, HashSet};
@@ -96,7 +97,7 @@ fn check_function(f: &ast::Function, functions: &Functions, diags: &mut Vec<Diag
                 let h = module.inputs.append(InputDecl {
                     name: p.name.name.clone(),
                     ty,
-                    source: EncoderSource { view: 0, pruned: None },
+                    source: EncoderSource::online(0),
                     doc: String::new(),
                     span: p.name.span,
                 });
@@ -300,7 +301,15 @@ fn lower_objective<'a>(
         }
     }
 
-    // Phase 2: inputs (their shapes introduce the batch and free dimensions).
+    // Phase 2: inputs (their shapes introduce the batch and free dimensions). A target
+    // encoder's momentum may name a schedule, lowered later.
+    let schedule_names: Vec<&str> = members
+        .iter()
+        .filter_map(|m| match m {
+            Member::Schedule { name, .. } => Some(name.name.as_str()),
+            _ => None,
+        })
+        .collect();
     for m in members {
         if let Member::Input { doc, name, ty, source, span } = m {
             let is_first = module.inputs.is_empty();
@@ -331,7 +340,7 @@ fn lower_objective<'a>(
                     continue;
                 }
             }
-            let Some(src) = encoder_source(source, &scope, &module, diags) else { continue };
+            let Some(src) = encoder_source(source, &scope, &module, &schedule_names, diags) else { continue };
             let h = module.inputs.append(InputDecl {
                 name: name.name.clone(),
                 ty: t,
@@ -580,19 +589,31 @@ fn encoder_source(
     e: &ast::Expr,
     scope: &ObjectiveScope,
     module: &Module,
+    schedules: &[&str],
     diags: &mut Vec<Diagnostic>,
 ) -> Option<EncoderSource> {
-    let hint = "write `encoder(x1)`, or `encoder(x2, pruned=prune_percent)` for SDCLR's pruned branch";
+    let hint = "write `encoder(x1)`; `encoder(x2, pruned=prune_percent)` for SDCLR's pruned branch, \
+                `encoder(x2, ema=momentum)` for a momentum target encoder, `predictor(encoder(x1))` for the \
+                online predictor head";
     let ExprKind::Call { callee, args } = &e.kind else {
         diags.push(Diagnostic::new("an input comes from the encoder").at(e.span, "expected `encoder(...)`").hint(hint));
         return None;
     };
+    if matches!(&callee.kind, ExprKind::Name(n) if n == "predictor") {
+        return predictor_source(e, args, scope, module, schedules, diags);
+    }
     if !matches!(&callee.kind, ExprKind::Name(n) if n == "encoder") {
         diags.push(Diagnostic::new("an input comes from the encoder").at(callee.span, "expected `encoder`").hint(hint));
         return None;
     }
     let mut view = None;
     let mut pruned = None;
+    let mut ema = None;
+    let not_a_parameter = |n: &str, span: Span, example: &str| {
+        Diagnostic::new(format!("`{n}` is not a parameter"))
+            .at(span, "expected a parameter")
+            .hint(format!("declare it: `{example}`"))
+    };
     for a in args {
         match (&a.name, &a.value.kind) {
             (None, ExprKind::Name(n)) if view.is_none() => match scope.names.get(n) {
@@ -609,14 +630,28 @@ fn encoder_source(
             (Some(k), ExprKind::Name(n)) if k.name == "pruned" => match module.param_named(n) {
                 Some(p) => pruned = Some(p),
                 None => {
-                    diags.push(
-                        Diagnostic::new(format!("`{n}` is not a parameter"))
-                            .at(a.value.span, "expected a parameter")
-                            .hint("declare it: `param prune_percent = 0.9`"),
-                    );
+                    diags.push(not_a_parameter(n, a.value.span, "param prune_percent = 0.9"));
                     return None;
                 }
             },
+            (Some(k), ExprKind::Name(n)) if k.name == "ema" => {
+                ema = match (module.param_named(n), schedules.contains(&n.as_str())) {
+                    (Some(p), _) => Some(Momentum::Param(p)),
+                    (None, true) => Some(Momentum::Schedule(n.clone())),
+                    (None, false) => {
+                        diags.push(
+                            Diagnostic::new(format!("`{n}` is neither a parameter nor a schedule"))
+                                .at(a.value.span, "expected the target encoder's momentum")
+                                .hint(
+                                    "declare a constant momentum, `param momentum = 0.99`, or one that changes each \
+                                     epoch, `schedule momentum = 1 - 0.004 * (cos(3.141592653589793 * epoch / \
+                                     epochs) + 1) / 2`",
+                                ),
+                        );
+                        return None;
+                    }
+                };
+            }
             _ => {
                 diags
                     .push(Diagnostic::new("unexpected encoder argument").at(a.value.span, "not understood").hint(hint));
@@ -624,13 +659,67 @@ fn encoder_source(
             }
         }
     }
+    if let (Some(_), Some(_)) = (pruned, &ema) {
+        diags.push(
+            Diagnostic::new("an embedding comes from either the pruned branch or the target encoder, not both")
+                .at(e.span, "both `pruned` and `ema`")
+                .hint("the momentum target encoder is a copy of the dense network; drop one of the two"),
+        );
+        return None;
+    }
     match view {
-        Some(view) => Some(EncoderSource { view, pruned }),
+        Some(view) => Some(EncoderSource { view, pruned, ema, predictor: None }),
         None => {
             diags.push(Diagnostic::new("`encoder` needs a view").at(e.span, "which view?").hint(hint));
             None
         }
     }
+}
+
+/// `predictor(encoder(x1))` or `predictor(encoder(x1), hidden=1024)`: the online predictor
+/// head (BYOL, SimSiam) on an online embedding.
+fn predictor_source(
+    e: &ast::Expr,
+    args: &[ast::Arg],
+    scope: &ObjectiveScope,
+    module: &Module,
+    schedules: &[&str],
+    diags: &mut Vec<Diagnostic>,
+) -> Option<EncoderSource> {
+    let hint =
+        "write `predictor(encoder(x1))`, or `predictor(encoder(x1), hidden=1024)` to set the head's hidden width";
+    let mut inner = None;
+    let mut hidden = DEFAULT_PREDICTOR_HIDDEN;
+    for a in args {
+        match (&a.name, &a.value.kind) {
+            (None, _) if inner.is_none() => inner = Some(&a.value),
+            (Some(k), ExprKind::Int(v)) if k.name == "hidden" && (1..=1 << 20).contains(v) => hidden = *v as u32,
+            _ => {
+                diags.push(
+                    Diagnostic::new("unexpected predictor argument").at(a.value.span, "not understood").hint(hint),
+                );
+                return None;
+            }
+        }
+    }
+    let Some(inner) = inner else {
+        diags.push(Diagnostic::new("`predictor` needs an embedding").at(e.span, "of what?").hint(hint));
+        return None;
+    };
+    let mut source = encoder_source(inner, scope, module, schedules, diags)?;
+    if source.predictor.is_some() || source.pruned.is_some() || source.ema.is_some() {
+        diags.push(
+            Diagnostic::new("the predictor head reads the online encoder's embedding")
+                .at(inner.span, "not the plain online encoder")
+                .hint(
+                    "BYOL and SimSiam put the predictor on the online branch only: `predictor(encoder(x1))`; the \
+                     target `encoder(x2, ema=m)` has none",
+                ),
+        );
+        return None;
+    }
+    source.predictor = Some(hidden);
+    Some(source)
 }
 
 fn const_init(e: &ast::Expr, ty: &Type, module: &Module, diags: &mut Vec<Diagnostic>) -> Option<ConstInit> {
@@ -737,13 +826,23 @@ fn state_init(e: &ast::Expr, ty: &Type, diags: &mut Vec<Diagnostic>) -> Option<S
         ExprKind::Name(n) if n == "uniform" && ty.rank() > 0 => Some(StateInit::Uniform),
         ExprKind::Number(v) => Some(StateInit::Fill(*v)),
         ExprKind::Int(v) => Some(StateInit::Fill(*v as f64)),
+        ExprKind::Call { callee, args } if matches!(&callee.kind, ExprKind::Name(n) if n == "randn") => {
+            match args.iter().map(|a| (&a.name, &a.value.kind)).collect::<Vec<_>>()[..] {
+                [] => Some(StateInit::Randn { seed: 0 }),
+                [(None, ExprKind::Int(seed))] if *seed >= 0 => Some(StateInit::Randn { seed: *seed as u64 }),
+                _ => None,
+            }
+        }
         _ => None,
     };
     if init.is_none() || ty.elem != Elem::Real {
         diags.push(
             Diagnostic::new("unsupported state initialiser")
-                .at(e.span, "expected `zeros`, `ones`, `uniform` or a number")
-                .hint("state is a real tensor: `state pi: [K] = uniform`, `state e: [samples, K] = zeros`"),
+                .at(e.span, "expected `zeros`, `ones`, `uniform`, `randn(seed)` or a number")
+                .hint(
+                    "state is a real tensor: `state pi: [K] = uniform`, `state e: [samples, K] = zeros`, \
+                     `state queue: [Q, D] = randn(1)`",
+                ),
         );
     }
     init
