@@ -315,3 +315,27 @@ fn gathers_match_the_reference_and_bad_indices_are_errors() {
         assert!(err.to_string().contains("out of range"), "{err}");
     }
 }
+
+/// Concatenation parts stored at a column offset that is not a whole number of SIMD vectors:
+/// whole-vector stores there once ran past the part into the next row (MoCo's
+/// `concat(pos[:, None], neg, axis=1)` lost every row but the first).
+const OFFSET_CONCAT: &str = r#"
+objective offsets {
+    views x1, x2 = simclr_augment(x)
+    input z1: [N, D] = encoder(x1)
+    input z2: [N, D] = encoder(x2)
+    let pos = sum(z1 * z2, axis=1)
+    let wide = concat(pos[:, None], z1 @ z2.T, z2, axis=1)      // [N, 1 + N + D]
+    let long = concat(pos, sum(z2, axis=1), pos)                // [3N]
+    per_sample = logsumexp(wide, axis=1) + long[N:2*N] * long[2*N:]
+    loss = mean(per_sample)
+}
+"#;
+
+#[test]
+fn concatenations_at_unaligned_offsets_match_the_reference() {
+    let m = module_from_text(OFFSET_CONCAT);
+    for (n, d) in [(1, 3), (2, 3), (3, 1), (5, 4), (6, 5), (13, 7)] {
+        check(&m, n, d, 11).unwrap_or_else(|e| panic!("N={n}, D={d}: {e}"));
+    }
+}

@@ -1,4 +1,5 @@
-//! The objective zoo (DCL, alignment + uniformity, Barlow Twins, VICReg, SwAV, SupCon): each shipped file's
+//! The objective zoo (DCL, alignment + uniformity, Barlow Twins, VICReg, SwAV, SupCon, and the
+//! momentum/predictor families BYOL, SimSiam, MoCo v2, DINO): each shipped file's
 //! loss, per-sample losses and gradients against an independent implementation from its paper
 //! (`common/zoo.rs`, exact gradients from a scalar tape) on random shapes — the reference
 //! evaluator in f64 within 1e-9, the CPU back end in f32 within 1e-4 — plus gradcheck and the
@@ -91,7 +92,10 @@ fn setup(name: &str, (z1, z2, c): &(Mat, Mat, Mat), dtype: DType) -> Setup<'stat
 
 /// The worst relative error of loss, per-sample losses and gradients.
 fn worst_error(name: &str, got: &Evaluation, (z1, z2, c): &(Mat, Mat, Mat)) -> f64 {
-    let want = independent(name, z1, z2, c);
+    worst_error_against(name, got, independent(name, z1, z2, c))
+}
+
+fn worst_error_against(name: &str, got: &Evaluation, want: Expected) -> f64 {
     let mut errors = vec![rel_error(&[got.loss], &[want.loss], 1e-7)];
     assert_eq!(got.grads.len(), want.grads.len(), "{name}: one gradient per leaf");
     for (leaf, expected) in &want.grads {
@@ -181,6 +185,143 @@ fn no_zoo_objective_stores_a_batch_squared_matrix() {
         let exe = Executable::new(module(name)).expect("differentiable");
         let report = sslc_compiler::fuse::report(&exe);
         assert!(report.unfused.is_empty(), "{name}: unfused products {:?}", report.unfused);
+        assert!(report.materialised.is_empty(), "{name}: stores {} batch-squared values", report.materialised.len());
+    }
+}
+
+// ---- the momentum-encoder and predictor families -------------------------------------------
+
+/// Objectives whose inputs are more than the two views' embeddings: predictions, target
+/// embeddings, a queue, learned and EMA prototypes.
+const FAMILIES: [&str; 4] = ["byol", "simsiam", "moco_v2", "dino"];
+
+/// MoCo's queue length and DINO's prototypes in these tests.
+const QUEUE: usize = 7;
+const HEADS: usize = 5;
+
+/// One random instance of a family's inputs, learned tensors and state.
+struct Family {
+    inputs: Vec<(&'static str, Mat)>,
+    learned: Vec<(&'static str, Mat)>,
+    /// Matrices of state (MoCo's queue, DINO's teacher prototypes).
+    states: Vec<(&'static str, Mat)>,
+    /// DINO's center, `[HEADS]`.
+    center: Vec<f64>,
+}
+
+fn family(name: &str, n: usize, d: usize, seed: u64) -> Family {
+    let mut rng = Rng::new(seed);
+    let mut draw = |rows| rng.normal_mat(rows, d).rounded_to_f32();
+    let names: [&'static str; 4] = match name {
+        "byol" => ["p1", "p2", "t1", "t2"],
+        "simsiam" => ["p1", "p2", "z1", "z2"],
+        "moco_v2" => ["q", "k", "", ""],
+        "dino" => ["s1", "s2", "t1", "t2"],
+        other => panic!("no family {other}"),
+    };
+    let inputs = names.iter().filter(|n| !n.is_empty()).map(|&name| (name, draw(n))).collect();
+    let (learned, states) = match name {
+        "moco_v2" => (vec![], vec![("queue", draw(QUEUE))]),
+        "dino" => (vec![("W", draw(HEADS))], vec![("W_t", draw(HEADS))]),
+        _ => (vec![], vec![]),
+    };
+    let center = (0..HEADS).map(|k| (k as f64 * 0.37).sin() * 0.2).collect::<Vec<_>>();
+    Family { inputs, learned, states, center: center.iter().map(|&c| c as f32 as f64).collect() }
+}
+
+fn family_setup(name: &str, f: &Family, dtype: DType) -> Setup<'static> {
+    let mut s = Setup {
+        inputs: f.inputs.iter().map(|(n, m)| (*n, m.tensor(dtype))).collect(),
+        consts: f.learned.iter().map(|(n, m)| (*n, m.tensor(dtype))).collect(),
+        states: f.states.iter().map(|(n, m)| (*n, m.tensor(dtype))).collect(),
+        dtype,
+        ..Setup::default()
+    };
+    match name {
+        "moco_v2" => s.overrides.push(format!("Q={QUEUE}")),
+        "dino" => {
+            s.overrides.push(format!("K={HEADS}"));
+            s.states.push(("center", common::vector_tensor(&f.center, dtype)));
+        }
+        _ => {}
+    }
+    s
+}
+
+/// The family's loss from its paper (`common/zoo.rs`), with the gradient of every input and
+/// learned tensor.
+fn independent_family(name: &str, f: &Family) -> Expected {
+    let tape = Tape::new();
+    let m = |x: &Mat| M { rows: x.rows, cols: x.cols, v: tape.vars(&x.data) };
+    let leaves: Vec<M> = f.inputs.iter().chain(&f.learned).map(|(_, x)| m(x)).collect();
+    let l = &leaves;
+    let (loss, per_sample) = match name {
+        "byol" => zoo::byol(&l[0], &l[1], &l[2], &l[3]),
+        "simsiam" => zoo::simsiam(&l[0], &l[1], &l[2], &l[3]),
+        "moco_v2" => zoo::moco(&l[0], &l[1], &m(&f.states[0].1), 0.2),
+        "dino" => zoo::dino(&l[0], &l[1], &l[2], &l[3], &l[4], &f.states[0].1.data, &f.center, 0.1, 0.04),
+        other => panic!("no independent implementation of {other}"),
+    };
+    let g = tape.gradient(loss);
+    let names = f.inputs.iter().chain(&f.learned).map(|(n, _)| *n);
+    let grads = names.zip(l).map(|(n, leaf)| (n, V::pick(&g, &leaf.v))).collect();
+    Expected { loss: loss.value, per_sample: Some(per_sample.iter().map(|v| v.value).collect()), grads }
+}
+
+#[test]
+fn the_reference_evaluator_matches_each_family_in_f64() {
+    for name in FAMILIES {
+        let m = module(name);
+        for (k, &(n, d)) in SHAPES.iter().enumerate() {
+            let f = family(name, n, d, 400 + k as u64);
+            let got = evaluate(&m, &family_setup(name, &f, DType::F64));
+            let err = worst_error_against(name, &got, independent_family(name, &f));
+            eprintln!("{name:<14} N={n:<3} D={d:<3} reference f64: {err:.2e}");
+            assert!(err <= 1e-9, "{name} at N={n}, D={d}: relative error {err:.3e}");
+        }
+    }
+}
+
+#[test]
+fn the_cpu_back_end_matches_each_family_in_f32() {
+    for name in FAMILIES {
+        let exe = Arc::new(Executable::new(module(name)).expect("differentiable"));
+        let cpu = back::build(BackendKind::Cpu, exe.clone()).expect("compiles");
+        for (k, &(n, d)) in SHAPES.iter().chain(&[(64, 32)]).enumerate() {
+            let f = family(name, n, d, 500 + k as u64);
+            let got = cpu.evaluate(&bind(&exe.module, &family_setup(name, &f, DType::F32))).expect("evaluates");
+            let err = worst_error_against(name, &got, independent_family(name, &f));
+            eprintln!("{name:<14} N={n:<3} D={d:<3} cpu f32: {err:.2e}");
+            assert!(err <= 1e-4, "{name} at N={n}, D={d}: relative error {err:.3e}");
+        }
+    }
+}
+
+#[test]
+fn every_family_passes_gradcheck() {
+    for name in FAMILIES {
+        let m = module(name);
+        let f = family(name, 6, 7, 600);
+        let reports =
+            gradcheck(&m, &bind(&m, &family_setup(name, &f, DType::F64)), Options { step: 1e-6, max_entries: 0 })
+                .expect("runs");
+        let leaves: Vec<&str> = reports.iter().map(|r| r.input.as_str()).collect();
+        let expected: Vec<&str> = f.inputs.iter().chain(&f.learned).map(|(n, _)| *n).collect();
+        assert_eq!(leaves, expected, "{name}: one report per input and learned tensor");
+        for r in &reports {
+            eprintln!("{name:<14} {:<3} max rel {:.2e}", r.input, r.max_rel_error);
+            assert!(r.passes(1e-5, 1e-8), "{name}: {r:?}");
+        }
+    }
+}
+
+/// BYOL and SimSiam compare matching rows only; MoCo's `[N, Q]` and DINO's `[N, K]` products
+/// are what the papers compute, and neither needs a batch-squared matrix.
+#[test]
+fn no_family_stores_a_batch_squared_matrix() {
+    for name in FAMILIES {
+        let exe = Executable::new(module(name)).expect("differentiable");
+        let report = sslc_compiler::fuse::report(&exe);
         assert!(report.materialised.is_empty(), "{name}: stores {} batch-squared values", report.materialised.len());
     }
 }

@@ -195,3 +195,90 @@ pub fn supcon<'t>(z1: &M<'t>, z2: &M<'t>, labels: &[u32], tau: f64) -> (V<'t>, V
     let per_sample: Vec<V<'t>> = (0..n).map(|i| (term(i) + term(i + n)) / 2.0).collect();
     (sum(per_sample.iter().copied()) / n as f64, per_sample)
 }
+
+/// `cos(a_i, b_i)` of matching rows.
+fn row_cosines<'t>(a: &M<'t>, b: &M<'t>) -> Vec<V<'t>> {
+    let (a, b) = (normalize_rows(a), normalize_rows(b));
+    (0..a.rows).map(|i| dot(a.row(i), b.row(i))).collect()
+}
+
+/// The same values as new tape leaves: what a stop-gradient sees.
+fn detached<'t>(m: &M<'t>) -> M<'t> {
+    M { rows: m.rows, cols: m.cols, v: m.v.iter().map(|x| x.constant(x.value)).collect() }
+}
+
+/// BYOL (Grill et al. 2020, eq. 2 and the symmetrised loss of section 3.1):
+/// `‖p̄ − t̄‖² = 2 − 2 cos(p, t)` of each view's online prediction against the target's
+/// projection of the other view, summed over the two directions.
+pub fn byol<'t>(p1: &M<'t>, p2: &M<'t>, t1: &M<'t>, t2: &M<'t>) -> (V<'t>, Vec<V<'t>>) {
+    let (c12, c21) = (row_cosines(p1, t2), row_cosines(p2, t1));
+    let per_sample: Vec<V<'t>> = c12.iter().zip(&c21).map(|(&a, &b)| (2.0 - 2.0 * a) + (2.0 - 2.0 * b)).collect();
+    (sum(per_sample.iter().copied()) / p1.rows as f64, per_sample)
+}
+
+/// SimSiam (Chen & He 2021, eq. 2 and Algorithm 1): `D(p1, sg(z2))/2 + D(p2, sg(z1))/2` with
+/// `D` the negative cosine similarity.
+pub fn simsiam<'t>(p1: &M<'t>, p2: &M<'t>, z1: &M<'t>, z2: &M<'t>) -> (V<'t>, Vec<V<'t>>) {
+    let (a, b) = (row_cosines(p1, &detached(z2)), row_cosines(p2, &detached(z1)));
+    let per_sample: Vec<V<'t>> = a.iter().zip(&b).map(|(&x, &y)| -(x + y) / 2.0).collect();
+    (sum(per_sample.iter().copied()) / p1.rows as f64, per_sample)
+}
+
+/// MoCo (He et al. 2020, eq. 1, Algorithm 1; v2's τ): InfoNCE of each normalised query with
+/// its normalised key as the positive (logit 0 of `N×(1+Q)`) and the queue's keys as negatives.
+pub fn moco<'t>(q: &M<'t>, k: &M<'t>, queue: &M<'t>, tau: f64) -> (V<'t>, Vec<V<'t>>) {
+    let (qn, kn, queue) = (normalize_rows(q), normalize_rows(k), normalize_rows(queue));
+    let per_sample: Vec<V<'t>> = (0..q.rows)
+        .map(|i| {
+            let mut logits = vec![dot(qn.row(i), kn.row(i)) / tau];
+            logits.extend((0..queue.rows).map(|j| dot(qn.row(i), queue.row(j)) / tau));
+            logsumexp(&logits) - logits[0]
+        })
+        .collect();
+    (sum(per_sample.iter().copied()) / q.rows as f64, per_sample)
+}
+
+/// DINO (Caron et al. 2021, eqs. 1–3 and Algorithm 1) with two global crops: the teacher's
+/// `softmax((g_t(x) − c)/τ_t)` (no gradient) against the student's `log softmax(g_s(x')/τ_s)`,
+/// both directions averaged. The heads end in a weight-normalised layer on the normalised
+/// embedding: `g(x)_k = cos(z, w_k)`, `w` the student's `W`, the teacher's `W_t`.
+#[allow(clippy::too_many_arguments)]
+pub fn dino<'t>(
+    s1: &M<'t>,
+    s2: &M<'t>,
+    t1: &M<'t>,
+    t2: &M<'t>,
+    w: &M<'t>,
+    w_t: &[f64],
+    center: &[f64],
+    student_temp: f64,
+    teacher_temp: f64,
+) -> (V<'t>, Vec<V<'t>>) {
+    let k = w.rows;
+    let w_t = M { rows: k, cols: w.cols, v: w_t.iter().map(|&x| w.v[0].constant(x)).collect() };
+    let logits = |z: &M<'t>, w: &M<'t>| -> Vec<Vec<V<'t>>> {
+        let (z, w) = (normalize_rows(z), normalize_rows(w));
+        (0..z.rows).map(|i| (0..k).map(|j| dot(z.row(i), w.row(j))).collect()).collect()
+    };
+    let teacher = |t: &M<'t>| -> Vec<Vec<f64>> {
+        logits(t, &w_t)
+            .iter()
+            .map(|row| {
+                let scaled: Vec<f64> = row.iter().zip(center).map(|(l, c)| (l.value - c) / teacher_temp).collect();
+                let max = scaled.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let total: f64 = scaled.iter().map(|x| (x - max).exp()).sum();
+                scaled.iter().map(|x| (x - max).exp() / total).collect()
+            })
+            .collect()
+    };
+    let (h1, h2) = (teacher(t1), teacher(t2));
+    let (g1, g2) = (logits(s1, w), logits(s2, w));
+    let cross_entropy = |h: &[f64], g: &[V<'t>]| {
+        let scaled: Vec<V<'t>> = g.iter().map(|&x| x / student_temp).collect();
+        let lse = logsumexp(&scaled);
+        -sum(h.iter().zip(&scaled).map(|(&p, &l)| p * (l - lse)))
+    };
+    let per_sample: Vec<V<'t>> =
+        (0..s1.rows).map(|i| (cross_entropy(&h1[i], &g2[i]) + cross_entropy(&h2[i], &g1[i])) / 2.0).collect();
+    (sum(per_sample.iter().copied()) / s1.rows as f64, per_sample)
+}

@@ -77,9 +77,18 @@ pub(crate) fn product_kind(m: &Dim, n: &Dim) -> Product {
     }
 }
 
+/// Whole-vector stores may run past the extent into the row's padding. That is only harmless
+/// where the store starts at the row's first element: a concatenation's later part (stored at
+/// an offset) would overwrite the next row's first elements.
 fn map_width(buffers: &[Buffer], out: &Access, rows: &Dim, cols: &Dim, body: &ElementProgram) -> Width {
     let inner = inner_axis(rows, cols);
-    if needs_scalar(body) || along(inner, rows, cols).is_one() || !contiguous_along(buffers, out, inner) {
+    let offset = [&out.row, &out.col].into_iter().find(|c| c.follows == Some(inner)).map(|c| &c.offset);
+    let at_row_start = offset.is_none_or(|o| o.as_constant() == Some(0));
+    if needs_scalar(body)
+        || along(inner, rows, cols).is_one()
+        || !contiguous_along(buffers, out, inner)
+        || !at_row_start
+    {
         Width::One
     } else {
         Width::Lanes
