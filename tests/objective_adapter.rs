@@ -209,3 +209,86 @@ fn the_training_labels_reach_the_objective() {
     let shared = loss("supcon", &[0, 0, 1, 1]);
     assert!((shared - simclr).abs() > 1e-3, "the classes changed nothing: {shared} vs {simclr}");
 }
+
+/// BYOL's embeddings: two predictions, two target embeddings; the target's momentum follows
+/// the cosine schedule from `base_momentum` to 1.
+#[test]
+fn byol_declares_predictions_and_a_scheduled_momentum_target() {
+    let o = objective("byol", &["base_momentum=0.99"]);
+    let e = o.embeddings();
+    let kinds: Vec<(&str, usize, bool, Option<usize>)> =
+        e.iter().map(|s| (s.name.as_str(), s.view, s.target, s.predictor)).collect();
+    assert_eq!(
+        kinds,
+        [("p1", 0, false, Some(512)), ("p2", 1, false, Some(512)), ("t1", 0, true, None), ("t2", 1, true, None)]
+    );
+    let momentum = |epoch| o.target_momentum(RunPosition { epoch, epochs: 100 }).unwrap().unwrap();
+    assert!((momentum(0) - 0.99).abs() < 1e-6, "{}", momentum(0));
+    assert!((momentum(50) - 0.995).abs() < 1e-6, "half-way up the cosine: {}", momentum(50));
+    assert!(momentum(99) > 0.99999, "{}", momentum(99));
+    // SimCLR has no target network.
+    assert_eq!(objective("simclr", &[]).target_momentum(RunPosition { epoch: 0, epochs: 1 }).unwrap(), None);
+}
+
+/// MoCo's queue: after each step the batch's normalised keys enter at the end and the oldest
+/// N keys leave from the front.
+#[test]
+fn moco_enqueues_the_keys_and_drops_the_oldest() {
+    let mut o = objective("moco_v2", &["Q=6"]);
+    o.init_state(&[0; 10], 8).unwrap();
+    let before = rows(&state(&o, "queue"));
+    assert_eq!(before.len(), 6);
+    let z = embeddings(4, 8, 0.3);
+    let at = RunPosition { epoch: 0, epochs: 2 };
+    let out = o.step(&z, &[0, 1, 2, 3], at).unwrap();
+    o.after_step(&z, &[0, 1, 2, 3], &out, at).unwrap();
+    let after = rows(&state(&o, "queue"));
+    assert_eq!(after[..2], before[4..], "the two newest initial keys move to the front");
+    let keys = rows(&z[1]);
+    for (row, key) in after[2..].iter().zip(&keys) {
+        let norm = key.iter().map(|v| v * v).sum::<f32>().sqrt();
+        for (got, want) in row.iter().zip(key) {
+            assert!((got - want / norm).abs() < 1e-6, "{row:?} vs {key:?}");
+        }
+    }
+}
+
+/// DINO's teacher head moves towards the student's by the epoch's momentum, and the center
+/// towards the mean teacher logits, after each step; both start as the paper's (equal heads,
+/// zero center).
+#[test]
+fn dino_moves_the_teacher_head_and_the_center_after_each_step() {
+    let mut o = objective("dino", &["K=5", "base_momentum=0.9", "center_momentum=0.8"]);
+    o.init_state(&[0; 10], 8).unwrap();
+    let w = rows(&o.parameters()[0].1.as_tensor().clone());
+    assert_eq!(rows(&state(&o, "W_t")), w, "the teacher's head starts as the student's");
+    // Move the student's head so the EMA has something to do.
+    let moved = (o.parameters()[0].1.as_tensor() * 2.0).unwrap();
+    o.parameters()[0].1.set(&moved).unwrap();
+    let mut z = embeddings(4, 8, 0.1);
+    z.extend(embeddings(4, 8, 0.7));
+    let at = RunPosition { epoch: 0, epochs: 10 };
+    let out = o.step(&z, &[0, 1, 2, 3], at).unwrap();
+    o.after_step(&z, &[0, 1, 2, 3], &out, at).unwrap();
+    for (got, before) in rows(&state(&o, "W_t")).iter().flatten().zip(w.iter().flatten()) {
+        // m = 0.9 at epoch 0: 0.9 w + 0.1 (2 w).
+        assert!((got - 1.1 * before).abs() < 1e-5, "{got} vs {}", 1.1 * before);
+    }
+    // The center: 0.2 × the mean over both views' teacher logits (cosines with the heads).
+    let center = state(&o, "center").to_vec1::<f32>().unwrap();
+    let cosines = |t: &Tensor, k: usize| -> f32 {
+        let t = rows(t);
+        let head: Vec<f32> = w[k].clone();
+        let hn = head.iter().map(|v| v * v).sum::<f32>().sqrt();
+        t.iter()
+            .map(|r| {
+                r.iter().zip(&head).map(|(a, b)| a * b).sum::<f32>()
+                    / (r.iter().map(|v| v * v).sum::<f32>().sqrt() * hn)
+            })
+            .sum()
+    };
+    for (k, c) in center.iter().enumerate() {
+        let want = 0.2 * (cosines(&z[2], k) + cosines(&z[3], k)) / 8.0;
+        assert!((c - want).abs() < 1e-5, "center {k}: {c} vs {want}");
+    }
+}

@@ -40,7 +40,9 @@ fn tiny_run(objective: &str, out: &Path, extra: &[&str]) -> Output {
 
 #[test]
 fn every_objective_trains_on_the_default_data_and_writes_its_outputs() {
-    let zoo = ["dcl", "dcl_gh", "align_uniform", "barlow_twins", "vicreg", "swav", "supcon"];
+    let zoo = ["dcl", "dcl_gh", "align_uniform", "barlow_twins", "vicreg", "swav", "supcon"]
+        .into_iter()
+        .chain(["byol", "simsiam", "moco_v2", "dino"]);
     for name in
         ["simclr", "simclr_gh", "focal", "focal_gh", "sdclr", "sdclr_gh", "bcl", "bcl_gh"].into_iter().chain(zoo)
     {
@@ -524,6 +526,48 @@ fn learned_prototypes_are_trained_checkpointed_and_resumed() {
         a.optimizer.iter().map(|(n, _)| n).collect::<Vec<_>>()
     );
     assert!(prototypes(&a) == prototypes(&b), "resuming changed the prototypes' trajectory");
+    std::fs::remove_dir_all(&whole).ok();
+    std::fs::remove_dir_all(&split).ok();
+}
+
+/// BYOL's target network and predictor: checkpointed with the encoder (the target under
+/// `target.`), the target moved by its momentum but not equal to the online network, and a
+/// stopped-and-resumed run bit-identical to a straight one.
+#[test]
+fn the_momentum_target_and_the_predictor_are_trained_checkpointed_and_resumed() {
+    let (whole, split) = (scratch("byol-whole"), scratch("byol-split"));
+    let objective = "objectives/byol.ssl";
+    let out = tiny_run(objective, &whole, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let first = tiny_run(objective, &split, &["--stop-after", "1"]);
+    assert!(first.status.success(), "{}", text(&first));
+    let args = ["run", objective, "--epochs", "2", "--batch-size", "64", "--probe-epochs", "5"];
+    let resumed = sslc(&[&args[..], &["--resume", split.to_str().unwrap()]].concat());
+    assert!(resumed.status.success(), "{}", text(&resumed));
+
+    let load = |d: &Path| sslc_runtime::checkpoint::Checkpoint::load(&d.join("checkpoint.safetensors")).unwrap();
+    let (a, b) = (load(&whole), load(&split));
+    let tensor = |c: &sslc_runtime::checkpoint::Checkpoint, name: &str| {
+        let (_, t) = c.model.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("{name} is not saved"));
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    };
+    let online = tensor(&a, "projector.fc1.weight");
+    let target = tensor(&a, "target.projector.fc1.weight");
+    let apart = online.iter().zip(&target).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+    assert!(apart > 1e-6, "the target network equals the online one: it does not lag");
+    assert!(a.model.iter().any(|(n, _)| n == "predictor.fc1.weight"), "the predictor is not saved");
+    assert!(
+        a.optimizer.iter().any(|(n, _)| n == "momentum_buffer/predictor.fc1.weight"),
+        "the predictor is not trained"
+    );
+    assert!(
+        !a.optimizer.iter().any(|(n, _)| n.contains("target.")),
+        "the target network must not be trained by the optimizer"
+    );
+    assert_eq!(a.model.len(), b.model.len());
+    for (name, t) in &a.model {
+        assert!(tensor(&b, name) == t.flatten_all().unwrap().to_vec1::<f32>().unwrap(), "resuming changed {name}");
+    }
     std::fs::remove_dir_all(&whole).ok();
     std::fs::remove_dir_all(&split).ok();
 }

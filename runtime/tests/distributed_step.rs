@@ -26,10 +26,7 @@ fn views() -> [Tensor; 2] {
 }
 
 fn specs() -> Vec<EmbeddingSpec> {
-    vec![
-        EmbeddingSpec { name: "z1".into(), view: 0, pruned: None },
-        EmbeddingSpec { name: "z2".into(), view: 1, pruned: Some(0.5) },
-    ]
+    vec![EmbeddingSpec::online("z1", 0), EmbeddingSpec { pruned: Some(0.5), ..EmbeddingSpec::online("z2", 1) }]
 }
 
 fn encoder() -> Encoder {

@@ -333,3 +333,73 @@ fn state_round_trips_and_foreign_state_is_refused() {
     let error = dense_only.load_state(&source.state()).unwrap_err();
     assert!(matches!(error, ModelError::StateMismatch(_)), "{error}");
 }
+
+fn with_target_and_predictor(hidden: usize) -> Encoder {
+    let mut config = EncoderConfig::reference(BackboneKind::SmallConv, 1, false, 7);
+    config.momentum_target = true;
+    config.predictor_hidden = Some(hidden);
+    Encoder::new(config).unwrap()
+}
+
+fn values(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1().unwrap()
+}
+
+/// MoCo's and BYOL's target: starts as a copy of the online network, is not trained (not among
+/// the parameters), and moves by exactly `θ_t ← m·θ_t + (1 − m)·θ`.
+#[test]
+fn the_momentum_target_starts_as_a_copy_and_moves_by_its_momentum() {
+    let encoder = with_target_and_predictor(16);
+    let images = random_images(6, 1, 28, 3);
+    let online = encoder.forward(&images, Branch::Dense, Mode::Eval).unwrap().1;
+    let target = encoder.forward_target(&images, Mode::Eval).unwrap();
+    assert_eq!(values(&online), values(&target), "the target starts equal to the online network");
+    assert!(encoder.parameters().iter().all(|(n, _)| !n.starts_with("target.")), "the target is not trained");
+
+    let w = param(&encoder, "projector.fc1.weight");
+    let before = values(w.as_tensor());
+    w.set(&(w.as_tensor() * 3.0).unwrap()).unwrap();
+    encoder.update_target(0.75).unwrap();
+    let state = encoder.state();
+    let target_w = &state.iter().find(|(n, _)| n == "target.projector.fc1.weight").expect("saved under target.").1;
+    for (t, b) in values(target_w).iter().zip(&before) {
+        let want = 0.75 * b + 0.25 * (3.0 * b);
+        assert!((t - want).abs() <= 1e-6 * want.abs().max(1.0), "{t} vs {want}");
+    }
+    assert!(matches!(encoder.update_target(1.5), Err(ModelError::Shape(_))), "a momentum outside [0, 1] is refused");
+
+    // The state round-trips into a fresh encoder; an encoder without a target refuses it.
+    let fresh = with_target_and_predictor(16);
+    fresh.load_state(&state).unwrap();
+    assert_eq!(
+        values(&fresh.forward_target(&images, Mode::Eval).unwrap()),
+        values(&encoder.forward_target(&images, Mode::Eval).unwrap())
+    );
+    assert!(matches!(small(false).load_state(&state), Err(ModelError::StateMismatch(_))));
+}
+
+/// BYOL's and SimSiam's predictor: fc(D, H) + BN + ReLU + fc(H, D), trained with the encoder.
+#[test]
+fn the_predictor_maps_embeddings_to_embeddings_through_its_hidden_width() {
+    let encoder = with_target_and_predictor(24);
+    let shapes: Vec<(&str, Vec<usize>)> = encoder
+        .parameters()
+        .iter()
+        .filter(|(n, _)| n.starts_with("predictor."))
+        .map(|(n, v)| (n.as_str(), v.dims().to_vec()))
+        .collect();
+    assert_eq!(
+        shapes,
+        [
+            ("predictor.fc1.weight", vec![24, 128]),
+            ("predictor.fc1.bias", vec![24]),
+            ("predictor.bn.dense.weight", vec![24]),
+            ("predictor.bn.dense.bias", vec![24]),
+            ("predictor.fc2.weight", vec![128, 24]),
+            ("predictor.fc2.bias", vec![128]),
+        ]
+    );
+    let z = encoder.forward(&random_images(5, 1, 28, 4), Branch::Dense, Mode::Train).unwrap().1;
+    assert_eq!(encoder.predict(&z, Mode::Train).unwrap().dims(), &[5, 128]);
+    assert!(small(false).predict(&z, Mode::Train).is_err(), "an encoder without a predictor says so");
+}

@@ -100,10 +100,7 @@ struct TinySimclr {
 
 impl TinySimclr {
     fn new(pruned: Option<f64>) -> Self {
-        let specs = vec![
-            EmbeddingSpec { name: "z1".into(), view: 0, pruned: None },
-            EmbeddingSpec { name: "z2".into(), view: 1, pruned },
-        ];
+        let specs = vec![EmbeddingSpec::online("z1", 0), EmbeddingSpec { pruned, ..EmbeddingSpec::online("z2", 1) }];
         TinySimclr {
             specs,
             nan_from_epoch: None,
