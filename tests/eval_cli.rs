@@ -580,3 +580,32 @@ fn sqdist_diag_arange_and_variance_match_their_definitions() {
         stderr_of(&out)
     );
 }
+
+/// `--shape NAME=ROWSxCOLS` gives one random input its own width (here `w: [N, E]` next to
+/// `z1: [N, D]`) for `gradcheck` and `bench`; bad specifications name the flag and the fix.
+#[test]
+fn shape_sets_the_size_of_one_random_input() {
+    let dir = scratch_dir("shape-flag");
+    let src = dir.join("widths.ssl");
+    std::fs::write(
+        &src,
+        "objective widths {\n    views x1, x2 = simclr_augment(x)\n    input z1: [N, D] = encoder(x1)\n    \
+         input w: [N, E] = encoder(x2)\n    loss = mean(sum(z1, axis=1) * sum(w * w, axis=1))\n}\n",
+    )
+    .unwrap();
+    let file = src.to_str().unwrap();
+    let out = run_sslc(&["gradcheck", file, "--batch", "5", "--dim", "4", "--shape", "w=5x3"]);
+    assert_success(&out);
+    assert_eq!(stdout_of(&out).matches("ok ").count(), 2, "{}", stdout_of(&out));
+    let out = run_sslc(&["bench", file, "--batch", "16", "--dim", "8", "--shape", "w=16x3", "--iters", "1"]);
+    assert_success(&out);
+    // Rows that disagree with the batch are a shape error naming the input.
+    let out = run_sslc(&["gradcheck", file, "--batch", "5", "--shape", "w=4x3"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains('w'), "{}", stderr_of(&out));
+    for (spec, needle) in [("w=5by3", "NAME=ROWSxCOLS"), ("w=0x3", "positive"), ("v=5x3", "no input `v`")] {
+        let out = run_sslc(&["gradcheck", file, "--shape", spec]);
+        assert_eq!(out.status.code(), Some(1), "{spec}: {}", stderr_of(&out));
+        assert!(stderr_of(&out).contains(needle), "{spec}: {}", stderr_of(&out));
+    }
+}

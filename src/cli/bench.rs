@@ -27,6 +27,9 @@ pub struct BenchArgs {
     /// random values or the built ones (repeatable).
     #[arg(long = "input", value_name = "NAME=PATH")]
     inputs: Vec<String>,
+    /// NAME=ROWSxCOLS: the shape of one random input, instead of [batch, dim] (repeatable).
+    #[arg(long = "shape", value_name = "NAME=ROWSxCOLS")]
+    shapes: Vec<String>,
     /// Rows of each random input (N).
     #[arg(long, default_value_t = 512)]
     batch: usize,
@@ -113,7 +116,7 @@ fn run(args: &BenchArgs, threads: usize) -> Result<serde_json::Value, i32> {
     let overrides = Overrides::parse(&args.set).map_err(fail)?;
     let mut req = BindRequest::inputs_only(Vec::new(), &overrides, DType::F32);
     read_given(&module, &args.inputs, &mut req)?;
-    req.inputs = random_inputs(&module, &req.inputs, args.batch, args.dim, 0)?;
+    req.inputs = random_inputs(&module, &req.inputs, &args.shapes, args.batch, args.dim, 0)?;
     let bindings = Bindings::new(&module, req).map_err(fail)?;
     let name = module.name.clone();
 

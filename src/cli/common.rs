@@ -144,18 +144,46 @@ pub fn read_given(module: &Module, items: &[String], req: &mut sslc_compiler::ev
     Ok(())
 }
 
-/// Random normal `[batch, dim]` values (`seed + k` for the `k`th) for the inputs not given.
+/// Random normal values (`seed + k` for the `k`th input) for the inputs not given: `[batch,
+/// dim]`, or the shape `--shape NAME=ROWSxCOLS` gives (an input wider or narrower than the
+/// others).
 pub fn random_inputs(
     module: &Module,
     given: &[(String, Tensor)],
+    shapes: &[String],
     batch: usize,
     dim: usize,
     seed: u64,
 ) -> Result<Vec<(String, Tensor)>, i32> {
+    let mut sized = Vec::new();
+    for item in shapes {
+        let parsed = item.split_once('=').and_then(|(name, shape)| {
+            let (rows, cols) = shape.split_once(['x', 'X'])?;
+            Some((name, rows.trim().parse::<usize>().ok()?, cols.trim().parse::<usize>().ok()?))
+        });
+        let Some((name, rows, cols)) = parsed.filter(|(_, r, c)| *r > 0 && *c > 0) else {
+            return Err(fail(format!("--shape {item}: expected NAME=ROWSxCOLS with positive sizes, e.g. z1=64x128")));
+        };
+        if module.input_named(name).is_none() {
+            let known: Vec<&str> = module.inputs.iter().map(|(_, d)| d.name.as_str()).collect();
+            return Err(fail(format!(
+                "--shape {name}: `{}` has no input `{name}` (its inputs are {}); constants and state take their \
+                 shapes from their declarations: change those with --set DIM=SIZE",
+                module.name,
+                known.join(", ")
+            )));
+        }
+        if given.iter().any(|(n, _)| n == name) {
+            return Err(fail(format!("--shape {name}: `{name}` is given by --input, which fixes its shape")));
+        }
+        sized.push((name, rows, cols));
+    }
     let mut inputs = given.to_vec();
     for (k, (_, d)) in module.inputs.iter().enumerate() {
         if !given.iter().any(|(n, _)| *n == d.name) {
-            inputs.push((d.name.clone(), random_normal(batch, dim, seed + k as u64).map_err(fail)?));
+            let (rows, cols) =
+                sized.iter().find(|(n, _, _)| *n == d.name).map_or((batch, dim), |&(_, rows, cols)| (rows, cols));
+            inputs.push((d.name.clone(), random_normal(rows, cols, seed + k as u64).map_err(fail)?));
         }
     }
     Ok(inputs)

@@ -60,6 +60,9 @@ pub struct GradcheckArgs {
     /// random values or the built ones (repeatable).
     #[arg(long = "input", value_name = "NAME=PATH")]
     inputs: Vec<String>,
+    /// NAME=ROWSxCOLS: the shape of one random input, instead of [batch, dim] (repeatable).
+    #[arg(long = "shape", value_name = "NAME=ROWSxCOLS")]
+    shapes: Vec<String>,
     /// Rows of each random input.
     #[arg(long, default_value_t = 8)]
     batch: usize,
@@ -191,7 +194,7 @@ pub fn gradcheck(args: &GradcheckArgs) -> i32 {
     if let Err(code) = read_given(&module, &args.inputs, &mut req) {
         return code;
     }
-    req.inputs = match random_inputs(&module, &req.inputs, args.batch, args.dim, args.seed * 1000) {
+    req.inputs = match random_inputs(&module, &req.inputs, &args.shapes, args.batch, args.dim, args.seed * 1000) {
         Ok(inputs) => inputs,
         Err(code) => return code,
     };
