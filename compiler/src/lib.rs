@@ -17,6 +17,7 @@
 
 pub mod autodiff;
 pub mod back;
+pub mod cost;
 pub mod diag;
 pub mod eval;
 pub mod front;

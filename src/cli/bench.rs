@@ -17,8 +17,12 @@ use std::time::Instant;
 #[derive(Args)]
 #[command(after_help = "Prints one JSON line: objective, backend, batch, dim, threads, compile_ms (autodiff, \
 optimisation and code generation), fwd_bwd_ms_median and fwd_bwd_ms_min (one evaluation of the loss and \
-every gradient, after a warm-up), and peak_extra_bytes (the most memory an evaluation holds beyond its \
-inputs and its results).\n\nExample:\n  sslc bench objectives/simclr.ssl --backend cpu --batch 512 --dim 128")]
+every gradient, after a warm-up), peak_extra_bytes (the most memory an evaluation holds beyond its \
+inputs and its results), and a roofline: gflop (the optimised program's floating-point operations: 2mkn \
+per product, one per element-wise operation or reduced element), compulsory_mb (its inputs, constants, \
+state and outputs, each moved once), flop_per_byte (their ratio), and gflop_per_s and gb_per_s (both over \
+the median time). Below the machine's balance point (peak FLOP/s over memory bandwidth) an objective is \
+bound by memory, above it by arithmetic.\n\nExample:\n  sslc bench objectives/simclr.ssl --backend cpu --batch 512 --dim 128")]
 pub struct BenchArgs {
     file: PathBuf,
     #[arg(long, value_enum, default_value = "cpu")]
@@ -122,6 +126,7 @@ fn run(args: &BenchArgs, threads: usize) -> Result<serde_json::Value, i32> {
 
     let start = Instant::now();
     let exe = Arc::new(Executable::new(module).map_err(|d| fail(d.message))?);
+    let cost = sslc_compiler::cost::cost(&exe.module, &exe.optimized, &bindings);
     let backend = back::build(args.backend.kind(), exe).map_err(fail)?;
     let compile_ms = start.elapsed().as_secs_f64() * 1e3;
 
@@ -156,5 +161,10 @@ fn run(args: &BenchArgs, threads: usize) -> Result<serde_json::Value, i32> {
         "fwd_bwd_ms_median": median,
         "fwd_bwd_ms_min": times[0],
         "peak_extra_bytes": peak_extra_bytes,
+        "gflop": cost.flops / 1e9,
+        "compulsory_mb": cost.bytes / 1e6,
+        "flop_per_byte": cost.intensity(),
+        "gflop_per_s": cost.flops / 1e6 / median,
+        "gb_per_s": cost.bytes / 1e6 / median,
     }))
 }
