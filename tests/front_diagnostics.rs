@@ -148,3 +148,15 @@ fn imports_of_special_files_are_refused() {
         assert!(stderr.contains("regular file") && stderr.contains("imported here"), "{target}: {stderr}");
     }
 }
+
+/// A gradient that must flow through a `repeat` loop is found by `sslc check` (not first by
+/// `eval`), and located at the call in the objective as well as at the loop in the function.
+#[test]
+fn check_locates_a_gradient_through_a_loop_at_the_call() {
+    let out = sslc(&["check", "tests/fixtures/repeat_gradient.ssl"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("flow through a `repeat` loop"), "{err}");
+    assert!(err.contains("repeat_gradient.ssl:14:18"), "the call is not located:\n{err}");
+    assert!(err.contains("the loop") && err.contains("stopgrad"), "{err}");
+}

@@ -230,9 +230,17 @@ fn needed_nodes(p: &Program, loss: Handle<Expr>, active: &[bool]) -> Result<Vec<
         }
         let e = &p.exprs[h];
         if let Expr::LoopOutput { looped, .. } = e {
-            return Err(Diagnostic::new("the gradient would have to flow through a `repeat` loop")
-                .at(p.span(*looped), "this loop's result reaches the loss")
-                .hint("gradients do not flow through `repeat`: wrap the loop's result in `stopgrad(...)` (as GH's Sinkhorn targets are), or compute it without a loop"));
+            let diag = Diagnostic::new("the gradient would have to flow through a `repeat` loop");
+            let diag = match p.call_sites.get(looped) {
+                Some(&call) => diag
+                    .at(call, "this call's result reaches the loss, and it is computed by a loop")
+                    .also(p.span(*looped), "the loop"),
+                None => diag.at(p.span(*looped), "this loop's result reaches the loss"),
+            };
+            return Err(diag.hint(
+                "gradients do not flow through `repeat`: wrap the result in `stopgrad(...)` (as GH's Sinkhorn \
+                 targets are), or compute it without a loop",
+            ));
         }
         for o in differentiable_operands(e) {
             if active[o.index()] {

@@ -681,6 +681,10 @@ pub struct Program {
     pub spans: Vec<Span>,
     /// Names users gave to values (`let a = ...`), for printing and back-end symbols.
     pub names: HashMap<Handle<Expr>, String>,
+    /// For nodes lowered from a function's body: the span of the outermost call, the one in
+    /// the objective, so a diagnostic found after inlining (the autodiff's) can point at the
+    /// user's own code as well as into the library.
+    pub call_sites: HashMap<Handle<Expr>, Span>,
     pub body: Block,
     pub outputs: Vec<Output>,
 }

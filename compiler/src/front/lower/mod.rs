@@ -210,6 +210,9 @@ impl<'a> Lower<'a> {
 
     fn push_typed(&mut self, expr: Expr, ty: Type, span: Span) -> Handle<Expr> {
         let h = self.prog.append(expr, ty, span);
+        if let Some((_, call)) = self.calls.first() {
+            self.prog.call_sites.insert(h, *call);
+        }
         self.blocks.last_mut().expect("a block is always open").push(h);
         h
     }
