@@ -253,6 +253,7 @@ impl Objective for CompiledObjective {
                     args: a.args.iter().map(|(n, _)| n.clone()).collect(),
                 })
                 .collect(),
+            small_crops: views.names.len() - 2,
         }
     }
 

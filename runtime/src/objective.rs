@@ -15,7 +15,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct EmbeddingSpec {
     /// Name in the objective (`z1`).
     pub name: String,
-    /// Which augmented view feeds the encoder: 0 or 1.
+    /// Which augmented view feeds the encoder: 0 or 1 (the global views), or a small crop.
     pub view: usize,
     /// SDCLR's pruned branch: the fraction of smallest-magnitude conv weights masked out.
     pub pruned: Option<f64>,
@@ -48,6 +48,15 @@ pub struct ViewSpec {
     /// The base pipeline's name (`simclr_augment`); the dataset decides its parameters.
     pub base: String,
     pub extra: Vec<ExtraAugmentation>,
+    /// Small crops after the two global views (multi-crop, SwAV and DINO): views `2..2 + k`.
+    pub small_crops: usize,
+}
+
+impl ViewSpec {
+    /// Global views and small crops together.
+    pub fn count(&self) -> usize {
+        2 + self.small_crops
+    }
 }
 
 /// Where in the run a step happens.

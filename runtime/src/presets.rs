@@ -7,7 +7,7 @@ use crate::data::groups::{groups_by_thirds, groups_by_thresholds, Group};
 use crate::data::loader::{FeatureLoader, LoaderConfig, TwoViewLoader};
 use crate::data::{self, DataError, DataOptions, DataSplits, Dataset, DatasetName, ImbalanceProfile, LongTail};
 use crate::model::{BackboneKind, Encoder};
-use crate::objective::{BoxError, ExtraAugmentation};
+use crate::objective::{BoxError, ViewSpec};
 use crate::probe::{Features, ProbeConfig};
 use crate::train::{extract_features, EvalSetup, FeatureImages, LoaderSource};
 use std::path::PathBuf;
@@ -89,12 +89,14 @@ pub fn train_source(
     train: Dataset,
     batch_size: usize,
     seed: u64,
-    extras: Vec<ExtraAugmentation>,
+    views: &ViewSpec,
 ) -> Result<LoaderSource, DataError> {
     let labels = train.labels().to_vec();
     let config = LoaderConfig { batch_size, seed, ..LoaderConfig::default() };
-    let loader = TwoViewLoader::new(Arc::new(train), name.preset().simclr(), config)?;
-    Ok(LoaderSource::new(loader, labels, extras))
+    let preset = name.preset();
+    let loader = TwoViewLoader::new(Arc::new(train), preset.simclr(), config)?
+        .with_small_crops(preset.small_crops(), views.small_crops);
+    Ok(LoaderSource::new(loader, labels, views.extra.clone()))
 }
 
 /// Images per forward pass when extracting features for the evaluation.

@@ -29,7 +29,7 @@ fn contents(batches: impl Iterator<Item = Result<Batch, sslc_runtime::data::Data
     batches
         .map(|batch| {
             let batch = batch.unwrap();
-            let [a, b] = &batch.views;
+            let (a, b) = (&batch.views[0], &batch.views[1]);
             (
                 batch.indices,
                 batch.labels,
@@ -160,4 +160,28 @@ fn dropping_an_epoch_early_stops_its_producer() {
     assert!(batches.next().unwrap().is_ok());
     drop(batches);
     assert!(loader.stats().images() <= 4 * 64, "the producer stopped within the prefetch bound");
+}
+
+/// Multi-crop: the small crops come after the two global views, smaller, each its own draw,
+/// and, like every view, determined by (seed, epoch, sample, view) alone; adding them leaves
+/// the global views as they were.
+#[test]
+fn small_crops_follow_the_global_views_at_their_own_size() {
+    let with_crops = |workers| {
+        TwoViewLoader::new(digits_train(), Preset::Digits.simclr(), config(workers, 2))
+            .unwrap()
+            .with_small_crops(Preset::Digits.small_crops(), 3)
+    };
+    let batch = with_crops(2).epoch(1, ExtraArgs::default()).next().unwrap().unwrap();
+    let dims: Vec<Vec<usize>> = batch.views.iter().map(|v| v.dims().to_vec()).collect();
+    assert_eq!(dims, [vec![64, 1, 8, 8], vec![64, 1, 8, 8], vec![64, 1, 4, 4], vec![64, 1, 4, 4], vec![64, 1, 4, 4]]);
+    let values = |t: &candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_ne!(values(&batch.views[2]), values(&batch.views[3]), "each small crop is its own draw");
+    let again = with_crops(1).epoch(1, ExtraArgs::default()).next().unwrap().unwrap();
+    for (a, b) in batch.views.iter().zip(&again.views) {
+        assert_eq!(values(a), values(b), "the crops depend on the thread count");
+    }
+    let plain = loader(2, 2).epoch(1, ExtraArgs::default()).next().unwrap().unwrap();
+    assert_eq!(values(&plain.views[0]), values(&batch.views[0]));
+    assert_eq!(values(&plain.views[1]), values(&batch.views[1]));
 }

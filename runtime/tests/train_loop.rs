@@ -58,7 +58,7 @@ impl BatchSource for MemorySource {
         Ok(())
     }
 
-    fn views(&mut self, indices: &[u32]) -> Result<[Tensor; 2], BoxError> {
+    fn views(&mut self, indices: &[u32]) -> Result<Vec<Tensor>, BoxError> {
         let (epoch, seed) = self.position;
         let view = |which: u64| -> candle_core::Result<Tensor> {
             let mut values = Vec::new();
@@ -68,7 +68,7 @@ impl BatchSource for MemorySource {
             }
             Tensor::from_vec(values, (indices.len(), 1, SIZE, SIZE), &Device::Cpu)
         };
-        Ok([view(0)?, view(1)?])
+        Ok(vec![view(0)?, view(1)?])
     }
 }
 
@@ -136,7 +136,7 @@ impl Objective for TinySimclr {
         self.specs.clone()
     }
     fn views(&self) -> ViewSpec {
-        ViewSpec { base: "simclr_augment".into(), extra: vec![] }
+        ViewSpec { base: "simclr_augment".into(), extra: vec![], small_crops: 0 }
     }
     fn init_state(&mut self, labels: &[u32], _width: usize) -> Result<(), BoxError> {
         let samples = labels.len();

@@ -246,7 +246,7 @@ fn run_inner(args: &RunArgs) -> Result<(), i32> {
     let samples = splits.train.len();
     let DataSplits { train, probe_train, test } = splits;
     let train_counts = train.class_counts();
-    let mut source = presets::train_source(name, train, batch_size, run.seed, objective.views().extra).map_err(fail)?;
+    let mut source = presets::train_source(name, train, batch_size, run.seed, &objective.views()).map_err(fail)?;
     let mut evaluation = EvalData::new(name, probe_train, test, train_counts, probe_epochs, run.seed).map_err(fail)?;
     let ranks = match collective.world() {
         1 => String::new(),

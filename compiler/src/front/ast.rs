@@ -96,7 +96,8 @@ pub enum Member {
         span: Span,
     },
     Views {
-        names: [Ident; 2],
+        /// Two global views, then any small crops (multi-crop).
+        names: Vec<Ident>,
         pipeline: Expr,
         span: Span,
     },

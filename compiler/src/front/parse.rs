@@ -504,12 +504,11 @@ impl Cx {
                     }
                     Rule::dim_decl => Member::Dim { doc, name, value: self.expr(inner.next().expect("value")), span },
                     Rule::views_decl => {
-                        let second = self.ident(inner.next().expect("second view"));
-                        Member::Views {
-                            names: [name, second],
-                            pipeline: self.expr(inner.next().expect("pipeline")),
-                            span,
-                        }
+                        let mut names = vec![name];
+                        let mut rest: Vec<_> = inner.collect();
+                        let pipeline = self.expr(rest.pop().expect("pipeline"));
+                        names.extend(rest.into_iter().map(|p| self.ident(p)));
+                        Member::Views { names, pipeline, span }
                     }
                     Rule::input_decl | Rule::const_decl | Rule::learn_decl | Rule::state_decl => {
                         let ty = self.ty(inner.next().expect("type"));

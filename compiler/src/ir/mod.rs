@@ -226,7 +226,8 @@ pub struct Augmentation {
 
 #[derive(Clone, Debug)]
 pub struct ViewsDecl {
-    pub names: [String; 2],
+    /// The two global views, then the small crops of multi-crop (SwAV, DINO), if any.
+    pub names: Vec<String>,
     /// Applied in order to the dataset image `x`; the first is the base pipeline.
     pub pipeline: Vec<Augmentation>,
     pub span: Span,

@@ -40,7 +40,7 @@ pub fn print_module(m: &Module) -> String {
                 }
             })
             .collect();
-        let _ = writeln!(w, "views {}, {} = {}", v.names[0], v.names[1], stages.join(" + "));
+        let _ = writeln!(w, "views {} = {}", v.names.join(", "), stages.join(" + "));
     }
     for (_, i) in m.inputs.iter() {
         let view =

@@ -39,11 +39,11 @@ impl Default for LoaderConfig {
     }
 }
 
-/// Two augmented views of `B` samples, on the CPU.
+/// Augmented views of `B` samples, on the CPU: two global views, then any small crops.
 #[derive(Debug)]
 pub struct Batch {
-    /// `[B, C, H, W]` f32 each.
-    pub views: [Tensor; 2],
+    /// `[B, C, H, W]` f32 each; the small crops' `H, W` are smaller.
+    pub views: Vec<Tensor>,
     pub labels: Vec<u32>,
     /// Dataset indices of the samples.
     pub indices: Vec<u32>,
@@ -252,10 +252,13 @@ fn labels_of(dataset: &Dataset, indices: &[u32]) -> Vec<u32> {
     indices.iter().map(|&i| dataset.labels()[i as usize]).collect()
 }
 
-/// Two SimCLR views per sample, for self-supervised training.
+/// Two SimCLR views per sample, for self-supervised training, and optionally small crops
+/// (multi-crop: SwAV, DINO).
 pub struct TwoViewLoader {
     dataset: Arc<Dataset>,
     augment: Arc<SimclrAugment>,
+    /// The small crops' augmentation and how many per sample.
+    small: Option<(Arc<SimclrAugment>, usize)>,
     config: LoaderConfig,
     workers: Workers,
     /// The part of every batch this process augments (data-parallel training).
@@ -272,7 +275,14 @@ impl TwoViewLoader {
             return Err(DataError::invalid("batch size", "0"));
         }
         let workers = Workers::new(config.workers, config.prefetch)?;
-        Ok(TwoViewLoader { dataset, augment: Arc::new(augment), config, workers, shard: Shard::WHOLE })
+        Ok(TwoViewLoader { dataset, augment: Arc::new(augment), small: None, config, workers, shard: Shard::WHOLE })
+    }
+
+    /// Also `count` small crops per sample, views `2..2 + count`, augmented by `augment` (the
+    /// global pipeline with a smaller, tighter crop: [`crate::augment::Preset::small_crops`]).
+    pub fn with_small_crops(mut self, augment: SimclrAugment, count: usize) -> TwoViewLoader {
+        self.small = (count > 0).then(|| (Arc::new(augment), count));
+        self
     }
 
     pub fn stats(&self) -> Arc<LoaderStats> {
@@ -334,21 +344,35 @@ impl TwoViewLoader {
         let batches: Vec<Vec<u32>> =
             self.epoch_batches(epoch).into_iter().skip(first_batch).map(|batch| shard.part(&batch).to_vec()).collect();
         let (dataset, augment, seed) = (self.dataset.clone(), self.augment.clone(), self.config.seed);
+        let small = self.small.clone();
+        let count = 2 + small.as_ref().map_or(0, |(_, k)| *k);
         let sample_dataset = dataset.clone();
-        let sample = move |index: u32| -> Result<[Image; 2], DataError> {
+        let sample = move |index: u32| -> Result<Vec<Image>, DataError> {
             let image = sample_dataset.image(index as usize)?;
-            Ok([0u8, 1].map(|view| {
-                let mut rng = view_rng(seed, epoch as u64, index, view);
-                let augmented = extras.apply(augment.augment(&image, &mut rng), index as usize, &mut rng);
-                match &augment.normalize {
-                    Some(normalize) => normalize.apply(augmented),
-                    None => augmented,
-                }
-            }))
+            Ok((0..count)
+                .map(|view| {
+                    let pipeline = match (&small, view) {
+                        (Some((small, _)), 2..) => small,
+                        _ => &augment,
+                    };
+                    let mut rng = view_rng(seed, epoch as u64, index, view as u8);
+                    let augmented = extras.apply(pipeline.augment(&image, &mut rng), index as usize, &mut rng);
+                    match &pipeline.normalize {
+                        Some(normalize) => normalize.apply(augmented),
+                        None => augmented,
+                    }
+                })
+                .collect())
         };
-        let assemble = move |samples: Vec<[Image; 2]>, indices: Vec<u32>| -> Result<Batch, DataError> {
-            let (first, second): (Vec<Image>, Vec<Image>) = samples.into_iter().map(|[a, b]| (a, b)).unzip();
-            Ok(Batch { views: [stack(&first)?, stack(&second)?], labels: labels_of(&dataset, &indices), indices })
+        let assemble = move |samples: Vec<Vec<Image>>, indices: Vec<u32>| -> Result<Batch, DataError> {
+            let mut by_view: Vec<Vec<Image>> = (0..count).map(|_| Vec::with_capacity(samples.len())).collect();
+            for views in samples {
+                for (column, image) in by_view.iter_mut().zip(views) {
+                    column.push(image);
+                }
+            }
+            let views = by_view.iter().map(|images| stack(images)).collect::<Result<Vec<_>, _>>()?;
+            Ok(Batch { views, labels: labels_of(&dataset, &indices), indices })
         };
         self.workers.spawn(batches, sample, assemble)
     }

@@ -53,7 +53,7 @@ impl BatchSource for LoaderSource {
         Ok(self.loader.set_shard(shard)?)
     }
 
-    fn views(&mut self, indices: &[u32]) -> Result<[Tensor; 2], BoxError> {
+    fn views(&mut self, indices: &[u32]) -> Result<Vec<Tensor>, BoxError> {
         let stream = self.stream.as_mut().ok_or("views() before start_epoch()")?;
         let batch = stream.next().ok_or("the loader ran out of batches before the epoch ended")??;
         if batch.indices != indices {

@@ -297,6 +297,13 @@ pub fn train_parallel(
     .to_json();
     let specs = objective.embeddings();
     let needs = EncoderNeeds::of(&specs)?;
+    let view_count = objective.views().count();
+    if let Some(spec) = specs.iter().find(|spec| spec.view >= view_count) {
+        return Err(TrainError::Setup(format!(
+            "embedding `{}` asks for view {}, but the objective has {view_count} views",
+            spec.name, spec.view
+        )));
+    }
     needs.check(encoder.config())?;
     let prune_fraction = needs.prune_fraction;
     let prepared = match lead {
@@ -654,17 +661,10 @@ pub struct EncoderNeeds {
 }
 
 impl EncoderNeeds {
-    /// Checks the embeddings agree with each other (one prune fraction, one predictor width,
-    /// views 0 and 1 only).
+    /// Checks the embeddings agree with each other (one prune fraction, one predictor width).
     pub fn of(specs: &[EmbeddingSpec]) -> Result<EncoderNeeds, TrainError> {
         let mut needs = EncoderNeeds::default();
         for spec in specs {
-            if spec.view > 1 {
-                return Err(TrainError::Setup(format!(
-                    "embedding `{}` asks for view {}; there are only views 0 and 1",
-                    spec.name, spec.view
-                )));
-            }
             if let Some(wanted) = spec.pruned {
                 if needs.prune_fraction.is_some_and(|shared| shared != wanted) {
                     return Err(TrainError::Setup(format!(
@@ -733,7 +733,7 @@ impl EncoderNeeds {
 pub fn forward_embeddings(
     encoder: &Encoder,
     specs: &[EmbeddingSpec],
-    views: &[Tensor; 2],
+    views: &[Tensor],
 ) -> Result<Vec<Tensor>, TrainError> {
     let mut online: HashMap<(usize, Branch), Tensor> = HashMap::new();
     let mut out = Vec::with_capacity(specs.len());

@@ -6,7 +6,7 @@ use candle_core::Tensor;
 use crate::dist::Shard;
 use crate::objective::BoxError;
 
-/// The two-view training set.
+/// The training set, as batches of augmented views.
 pub trait BatchSource {
     /// The class of every image of the dataset, by dataset index: objectives that declare
     /// `labels` (SupCon) read them.
@@ -23,9 +23,10 @@ pub trait BatchSource {
     /// (`extra_args[augmentation][argument][sample]`, see `Objective::augmentation_args`), so
     /// a source can prepare batches ahead of the training step.
     fn start_epoch(&mut self, epoch: usize, seed: u64, extra_args: Vec<Vec<Vec<f32>>>) -> Result<(), BoxError>;
-    /// The two augmented views `[N, C, H, W]` f32 of the epoch's next batch, whose dataset
-    /// indices are `indices`. Randomness must derive from `(seed, epoch, indices)` only.
-    fn views(&mut self, indices: &[u32]) -> Result<[Tensor; 2], BoxError>;
+    /// The augmented views `[N, C, H, W]` f32 of the epoch's next batch, whose dataset indices
+    /// are `indices`: the two global views, then the small crops the source was built for
+    /// (smaller `H, W`). Randomness must derive from `(seed, epoch, indices)` only.
+    fn views(&mut self, indices: &[u32]) -> Result<Vec<Tensor>, BoxError>;
     /// From the next epoch on, produce the views of `shard`'s part of each batch only
     /// ([`Shard::part`] of the [`BatchSource::batch_indices`] batch): data-parallel training,
     /// where each rank augments its own samples. A source that cannot split its batches

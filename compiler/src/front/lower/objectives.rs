@@ -848,9 +848,12 @@ fn state_init(e: &ast::Expr, ty: &Type, diags: &mut Vec<Diagnostic>) -> Option<S
     init
 }
 
+/// Small crops an objective may ask for (SwAV's ImageNet recipe uses 6).
+const MAX_SMALL_CROPS: usize = 8;
+
 #[allow(clippy::too_many_arguments)]
 fn lower_views(
-    names: &[ast::Ident; 2],
+    names: &[ast::Ident],
     pipeline: &ast::Expr,
     span: Span,
     module: &Module,
@@ -858,6 +861,14 @@ fn lower_views(
     scope: &ObjectiveScope,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<ViewsDecl> {
+    if names.len() == 1 || names.len() > 2 + MAX_SMALL_CROPS {
+        diags.push(
+            Diagnostic::new(format!("{} views; an objective has two global views and at most {MAX_SMALL_CROPS} small crops", names.len()))
+                .at(span, "here")
+                .hint("write `views x1, x2 = simclr_augment(x)`, or name small crops after the two global views: `views x1, x2, s1, s2 = simclr_augment(x)`"),
+        );
+        return None;
+    }
     let mut calls = Vec::new();
     flatten_plus(pipeline, &mut calls);
     let mut out = Vec::new();
@@ -953,7 +964,7 @@ fn lower_views(
         }
         out.push(crate::ir::Augmentation { name, args: lowered_args, span: call.span });
     }
-    Some(ViewsDecl { names: [names[0].name.clone(), names[1].name.clone()], pipeline: out, span })
+    Some(ViewsDecl { names: names.iter().map(|n| n.name.clone()).collect(), pipeline: out, span })
 }
 
 fn flatten_plus<'a>(e: &'a ast::Expr, out: &mut Vec<&'a ast::Expr>) {
