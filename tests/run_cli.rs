@@ -42,7 +42,7 @@ fn tiny_run(objective: &str, out: &Path, extra: &[&str]) -> Output {
 fn every_objective_trains_on_the_default_data_and_writes_its_outputs() {
     let zoo = ["dcl", "dcl_gh", "align_uniform", "barlow_twins", "vicreg", "swav", "supcon"]
         .into_iter()
-        .chain(["byol", "simsiam", "moco_v2", "dino"]);
+        .chain(["byol", "simsiam", "moco_v2", "dino", "swav_multicrop"]);
     for name in
         ["simclr", "simclr_gh", "focal", "focal_gh", "sdclr", "sdclr_gh", "bcl", "bcl_gh"].into_iter().chain(zoo)
     {

@@ -1,5 +1,5 @@
 //! The objective zoo (DCL, alignment + uniformity, Barlow Twins, VICReg, SwAV, SupCon, and the
-//! momentum/predictor families BYOL, SimSiam, MoCo v2, DINO): each shipped file's
+//! momentum/predictor/multi-crop families BYOL, SimSiam, MoCo v2, DINO, SwAV multi-crop): each shipped file's
 //! loss, per-sample losses and gradients against an independent implementation from its paper
 //! (`common/zoo.rs`, exact gradients from a scalar tape) on random shapes — the reference
 //! evaluator in f64 within 1e-9, the CPU back end in f32 within 1e-4 — plus gradcheck and the
@@ -189,11 +189,11 @@ fn no_zoo_objective_stores_a_batch_squared_matrix() {
     }
 }
 
-// ---- the momentum-encoder and predictor families -------------------------------------------
+// ---- the momentum-encoder, predictor and multi-crop families ---------------------------------
 
 /// Objectives whose inputs are more than the two views' embeddings: predictions, target
-/// embeddings, a queue, learned and EMA prototypes.
-const FAMILIES: [&str; 4] = ["byol", "simsiam", "moco_v2", "dino"];
+/// embeddings, a queue, learned and EMA prototypes, small crops.
+const FAMILIES: [&str; 5] = ["byol", "simsiam", "moco_v2", "dino", "swav_multicrop"];
 
 /// MoCo's queue length and DINO's prototypes in these tests.
 const QUEUE: usize = 7;
@@ -212,17 +212,19 @@ struct Family {
 fn family(name: &str, n: usize, d: usize, seed: u64) -> Family {
     let mut rng = Rng::new(seed);
     let mut draw = |rows| rng.normal_mat(rows, d).rounded_to_f32();
-    let names: [&'static str; 4] = match name {
-        "byol" => ["p1", "p2", "t1", "t2"],
-        "simsiam" => ["p1", "p2", "z1", "z2"],
-        "moco_v2" => ["q", "k", "", ""],
-        "dino" => ["s1", "s2", "t1", "t2"],
+    let names: &[&'static str] = match name {
+        "byol" => &["p1", "p2", "t1", "t2"],
+        "simsiam" => &["p1", "p2", "z1", "z2"],
+        "moco_v2" => &["q", "k"],
+        "dino" => &["s1", "s2", "t1", "t2"],
+        "swav_multicrop" => &["z1", "z2", "w1", "w2", "w3", "w4"],
         other => panic!("no family {other}"),
     };
-    let inputs = names.iter().filter(|n| !n.is_empty()).map(|&name| (name, draw(n))).collect();
+    let inputs = names.iter().map(|&name| (name, draw(n))).collect();
     let (learned, states) = match name {
         "moco_v2" => (vec![], vec![("queue", draw(QUEUE))]),
         "dino" => (vec![("W", draw(HEADS))], vec![("W_t", draw(HEADS))]),
+        "swav_multicrop" => (vec![("C", draw(PROTOTYPES))], vec![]),
         _ => (vec![], vec![]),
     };
     let center = (0..HEADS).map(|k| (k as f64 * 0.37).sin() * 0.2).collect::<Vec<_>>();
@@ -239,6 +241,7 @@ fn family_setup(name: &str, f: &Family, dtype: DType) -> Setup<'static> {
     };
     match name {
         "moco_v2" => s.overrides.push(format!("Q={QUEUE}")),
+        "swav_multicrop" => s.overrides.push(format!("K={PROTOTYPES}")),
         "dino" => {
             s.overrides.push(format!("K={HEADS}"));
             s.states.push(("center", common::vector_tensor(&f.center, dtype)));
@@ -260,6 +263,7 @@ fn independent_family(name: &str, f: &Family) -> Expected {
         "simsiam" => zoo::simsiam(&l[0], &l[1], &l[2], &l[3]),
         "moco_v2" => zoo::moco(&l[0], &l[1], &m(&f.states[0].1), 0.2),
         "dino" => zoo::dino(&l[0], &l[1], &l[2], &l[3], &l[4], &f.states[0].1.data, &f.center, 0.1, 0.04),
+        "swav_multicrop" => zoo::swav_multicrop(&l[..6].iter().collect::<Vec<_>>(), &l[6], 0.1, 0.05, 3),
         other => panic!("no independent implementation of {other}"),
     };
     let g = tape.gradient(loss);

@@ -282,3 +282,33 @@ pub fn dino<'t>(
         (0..s1.rows).map(|i| (cross_entropy(&h1[i], &g2[i]) + cross_entropy(&h2[i], &g1[i])) / 2.0).collect();
     (sum(per_sample.iter().copied()) / s1.rows as f64, per_sample)
 }
+
+/// SwAV with multi-crop (Caron et al. 2020, section 3.2 and `swav_loss` of their code): codes
+/// from the two global crops only (`crops[0]`, `crops[1]`); for each, the mean over every other
+/// crop of its swapped prediction; then the mean over the two codes.
+pub fn swav_multicrop<'t>(crops: &[&M<'t>], c: &M<'t>, temp: f64, eps: f64, iters: usize) -> (V<'t>, Vec<V<'t>>) {
+    let p = normalize_rows(c);
+    let scores = |z: &M<'t>| -> Vec<Vec<V<'t>>> {
+        let z = normalize_rows(z);
+        (0..z.rows).map(|n| (0..p.rows).map(|k| dot(z.row(n), p.row(k))).collect()).collect()
+    };
+    let s: Vec<Vec<Vec<V<'t>>>> = crops.iter().map(|z| scores(z)).collect();
+    let values =
+        |s: &[Vec<V<'t>>]| -> Vec<Vec<f64>> { s.iter().map(|r| r.iter().map(|v| v.value).collect()).collect() };
+    let codes: Vec<Vec<Vec<f64>>> = (0..2).map(|g| swav_codes(&values(&s[g]), eps, iters)).collect();
+    let cross_entropy = |q: &[f64], s: &[V<'t>]| {
+        let logits: Vec<V<'t>> = s.iter().map(|&x| x / temp).collect();
+        let lse = logsumexp(&logits);
+        -sum(q.iter().zip(&logits).map(|(&qk, &l)| qk * (l - lse)))
+    };
+    let others = (crops.len() - 1) as f64;
+    let per_sample: Vec<V<'t>> = (0..crops[0].rows)
+        .map(|n| {
+            let by_code = (0..2).map(|g| {
+                sum((0..crops.len()).filter(|&v| v != g).map(|v| cross_entropy(&codes[g][n], &s[v][n]))) / others
+            });
+            sum(by_code) / 2.0
+        })
+        .collect();
+    (sum(per_sample.iter().copied()) / crops[0].rows as f64, per_sample)
+}

@@ -529,7 +529,8 @@ fn lower_objective<'a>(
             _ => {}
         }
     }
-    if views.is_none() {
+    // A `views` that failed to lower has its own diagnostic.
+    if views.is_none() && !members.iter().any(|m| matches!(m, Member::Views { .. })) {
         diags.push(
             Diagnostic::new(format!("objective `{}` declares no `views`", obj.name.name))
                 .at(obj.name.span, "no views")
