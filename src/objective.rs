@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use sslc_compiler::back::{self, Backend, BackendKind};
 use sslc_compiler::eval::{self, BindRequest, Bindings, Overrides};
-use sslc_compiler::ir::{Event, Handle, Handler, Module, Momentum, ParamDecl, ParamValue, Program};
+use sslc_compiler::ir::{Assigned, Event, Handle, Handler, Module, Momentum, ParamDecl, ParamValue, Program};
 use sslc_compiler::objective::{Evaluation, Executable};
 use sslc_runtime::objective::{
     BoxError, EmbeddingSpec, ExtraAugmentation, Objective, RunPosition, StepOutput, ViewSpec,
@@ -123,6 +123,7 @@ impl CompiledObjective {
     fn run_handlers(&mut self, event: Event, b: &Bindings) -> Result<(), BoxError> {
         let handlers: Vec<&Handler> = self.exe.module.handlers.iter().filter(|h| h.event == event).collect();
         let mut new_states = self.states.clone();
+        let mut new_learned: Vec<(usize, Tensor)> = Vec::new();
         for h in handlers {
             let (outputs, values) = eval::run_traced(&self.exe.module, &h.program, b, &Default::default())?;
             let _ = outputs;
@@ -136,11 +137,16 @@ impl CompiledObjective {
             }
             for u in &h.updates {
                 let v = value(u.value).to_dtype(DType::F32)?;
-                let slot = &mut new_states[u.state.index()];
-                *slot = match u.rows {
-                    None => v,
-                    Some(rows) => write_rows(slot, &value(rows), &v)?,
-                };
+                match u.target {
+                    Assigned::State(s) => {
+                        let slot = &mut new_states[s.index()];
+                        *slot = match u.rows {
+                            None => v,
+                            Some(rows) => write_rows(slot, &value(rows), &v)?,
+                        };
+                    }
+                    Assigned::Learned(c) => new_learned.push((c.index(), v)),
+                }
             }
         }
         for (t, (_, d)) in new_states.iter().zip(self.exe.module.states.iter()) {
@@ -156,7 +162,24 @@ impl CompiledObjective {
                 .into());
             }
         }
+        for (k, value) in &new_learned {
+            let bad = value.flatten_all()?.to_vec1::<f32>()?.iter().filter(|x| !x.is_finite()).count();
+            if bad > 0 {
+                return Err(format!(
+                    "learn tensor `{}` became NaN or infinite in {bad} entries after an `on {}` handler",
+                    self.consts[*k].0,
+                    if event == Event::Step { "step" } else { "epoch" }
+                )
+                .into());
+            }
+        }
         self.states = new_states;
+        // The optimizer holds these variables: setting them in place keeps its momentum buffers.
+        for (k, value) in new_learned {
+            let (_, var) =
+                self.learned.iter().find(|(index, _)| *index == k).ok_or("a learn tensor without a variable")?;
+            var.set(&value)?;
+        }
         Ok(())
     }
 }

@@ -292,3 +292,24 @@ fn dino_moves_the_teacher_head_and_the_center_after_each_step() {
         assert!((c - want).abs() < 1e-5, "center {k}: {c} vs {want}");
     }
 }
+
+/// A handler may assign a `learn` tensor: SwAV puts its prototypes back on the unit sphere
+/// after each step, in the variable the optimizer trains.
+#[test]
+fn swav_renormalises_its_prototypes_after_each_step() {
+    let mut o = objective("swav", &["K=6"]);
+    o.init_state(&[0; 10], 8).unwrap();
+    let (_, c) = o.parameters().remove(0);
+    c.set(&(c.as_tensor() * 3.0).unwrap()).unwrap();
+    let z = embeddings(4, 8, 0.2);
+    let at = RunPosition { epoch: 0, epochs: 2 };
+    let out = o.step(&z, &[0, 1, 2, 3], at).unwrap();
+    o.after_step(&z, &[0, 1, 2, 3], &out, at).unwrap();
+    let after = rows(c.as_tensor());
+    for row in &after {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "a prototype of norm {norm}");
+    }
+    let saved = state(&o, "C");
+    assert_eq!(rows(&saved), after, "the checkpointed prototypes are the renormalised ones");
+}

@@ -40,9 +40,13 @@ fn tiny_run(objective: &str, out: &Path, extra: &[&str]) -> Output {
 
 #[test]
 fn every_objective_trains_on_the_default_data_and_writes_its_outputs() {
-    let zoo = ["dcl", "dcl_gh", "align_uniform", "barlow_twins", "vicreg", "swav", "supcon"]
-        .into_iter()
-        .chain(["byol", "simsiam", "moco_v2", "dino", "swav_multicrop"]);
+    let zoo = ["dcl", "dcl_gh", "align_uniform", "barlow_twins", "vicreg", "swav", "supcon"].into_iter().chain([
+        "byol",
+        "simsiam",
+        "moco_v2",
+        "dino",
+        "swav_multicrop",
+    ]);
     for name in
         ["simclr", "simclr_gh", "focal", "focal_gh", "sdclr", "sdclr_gh", "bcl", "bcl_gh"].into_iter().chain(zoo)
     {

@@ -249,10 +249,27 @@ pub enum Event {
     Epoch,
 }
 
-/// A state assignment: `pi = ...` or `e[index] = ...`.
+/// What a handler assigns: state, or a `learn` tensor (SwAV renormalising its prototypes
+/// after each step).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Assigned {
+    State(Handle<StateDecl>),
+    Learned(Handle<ConstDecl>),
+}
+
+impl Assigned {
+    pub fn name(self, m: &Module) -> &str {
+        match self {
+            Assigned::State(s) => &m.states[s].name,
+            Assigned::Learned(c) => &m.consts[c].name,
+        }
+    }
+}
+
+/// A state assignment: `pi = ...` or `e[index] = ...`; or a `learn` tensor's, `C = ...`.
 #[derive(Clone, Debug)]
 pub struct StateUpdate {
-    pub state: Handle<StateDecl>,
+    pub target: Assigned,
     /// Rows to overwrite (an `int[M]` node); whole state when `None`.
     pub rows: Option<Handle<Expr>>,
     pub value: Handle<Expr>,

@@ -104,7 +104,7 @@ pub fn print_module(m: &Module) -> String {
         print_program(m, &h.program, w);
         for u in &h.updates {
             let rows = u.rows.map_or(String::new(), |r| format!("[{r}]"));
-            let _ = writeln!(w, "  -> {}{rows} = {}", m.states[u.state].name, u.value);
+            let _ = writeln!(w, "  -> {}{rows} = {}", u.target.name(m), u.value);
         }
         let _ = writeln!(w, "}}");
     }

@@ -3,7 +3,7 @@
 use super::{dim_expr, elem_of, Context, Local, Lower, ObjName, Value, R};
 use crate::diag::Diagnostic;
 use crate::front::ast::{self, Stmt, TypeExpr, TypeKind};
-use crate::ir::{Carried, Dim, Elem, Expr, StateUpdate};
+use crate::ir::{Assigned, Carried, Dim, Elem, Expr, StateUpdate};
 use crate::span::Span;
 use crate::valid;
 use std::collections::HashMap;
@@ -107,18 +107,29 @@ impl<'a> Lower<'a> {
             self.scopes[level].get_mut(&target.name).expect("exists").value = new;
             return Ok(());
         }
-        let state = self.objective.and_then(|o| match o.names.get(&target.name) {
-            Some((ObjName::State(s), _)) => Some(*s),
+        let assigned = self.objective.and_then(|o| match o.names.get(&target.name) {
+            Some((ObjName::State(s), _)) => Some(Assigned::State(*s)),
+            Some((ObjName::Const(c), _)) if self.module.consts[*c].learned => Some(Assigned::Learned(*c)),
             _ => None,
         });
-        let Some(state) = state.filter(|_| !in_function && matches!(self.context, Context::Step | Context::Epoch))
+        let Some(state) = assigned.filter(|_| !in_function && matches!(self.context, Context::Step | Context::Epoch))
         else {
             return Err(self.error(
                 Diagnostic::new(format!("cannot assign `{}`", target.name))
                     .at(target.span, "not assignable here")
-                    .hint("assign `var` locals in functions, and `state` in `on step` / `on epoch` handlers"),
+                    .hint(
+                        "assign `var` locals in functions, and `state` and `learn` tensors in `on step` / `on epoch` \
+                         handlers",
+                    ),
             ));
         };
+        if let (Assigned::Learned(_), Some(e)) = (state, index) {
+            return Err(self.error(
+                Diagnostic::new(format!("`{}` is a `learn` tensor: it is assigned whole", target.name))
+                    .at(e.span, "rows of it")
+                    .hint(format!("write `{} = ...` with the whole new value", target.name)),
+            ));
+        }
         if self.blocks.len() > 1 {
             return Err(self.error(
                 Diagnostic::new("state cannot be assigned inside `repeat`")
@@ -126,16 +137,19 @@ impl<'a> Lower<'a> {
                     .hint("compute the value in the loop with a `var`, then assign the state after it"),
             ));
         }
-        if let Some(prev) = self.updates.iter().find(|u| u.state == state) {
+        if let Some(prev) = self.updates.iter().find(|u| u.target == state) {
             let prev = prev.span;
             return Err(self.error(
-                Diagnostic::new(format!("state `{}` is assigned twice in this handler", target.name))
+                Diagnostic::new(format!("`{}` is assigned twice in this handler", target.name))
                     .at(span, "second assignment")
                     .also(prev, "first assignment")
                     .hint("combine the updates into one expression"),
             ));
         }
-        let st = self.module.states[state].ty.clone();
+        let (st, declared) = match state {
+            Assigned::State(s) => (self.module.states[s].ty.clone(), self.module.states[s].span),
+            Assigned::Learned(c) => (self.module.consts[c].ty.clone(), self.module.consts[c].span),
+        };
         let rows = match index {
             None => None,
             Some(e) => {
@@ -166,11 +180,11 @@ impl<'a> Lower<'a> {
             return Err(self.error(
                 Diagnostic::new(format!("`{}` needs a value of shape {want}, got {have}", target.name))
                     .at(value.span, format!("this is {have}"))
-                    .also(self.module.states[state].span, "state declared here")
-                    .hint("the new value must have the state's shape (rows of it for `state[index] = ...`)"),
+                    .also(declared, "declared here")
+                    .hint("the new value must have the declared shape (rows of it for `state[index] = ...`)"),
             ));
         }
-        self.updates.push(StateUpdate { state, rows, value: h, span });
+        self.updates.push(StateUpdate { target: state, rows, value: h, span });
         Ok(())
     }
 
