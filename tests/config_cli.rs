@@ -11,7 +11,7 @@ fn sslc(args: &[&str]) -> Output {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sslc-config-{}-{name}", std::process::id()));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("sslc-config").join(name);
     let _ = std::fs::remove_dir_all(&dir);
     dir
 }

@@ -89,7 +89,7 @@ proptest! {
                 }
             }
             Err(_) => {
-                let dir = std::env::temp_dir().join(format!("sslc-fuzz-{}", std::process::id()));
+                let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("sslc-fuzz");
                 std::fs::create_dir_all(&dir).unwrap();
                 let p = dir.join("mutated.ssl");
                 std::fs::write(&p, apply(bytes, &muts)).unwrap();

@@ -18,7 +18,7 @@ fn sslc(args: &[&str]) -> Output {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sslc-long-{}-{name}", std::process::id()));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("sslc-long").join(name);
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }

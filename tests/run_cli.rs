@@ -11,7 +11,7 @@ fn sslc(args: &[&str]) -> Output {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sslc-run-{}-{name}", std::process::id()));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("sslc-run").join(name);
     let _ = std::fs::remove_dir_all(&dir);
     dir
 }

@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use sslc_runtime::checkpoint::{Checkpoint, CheckpointError};
 
 fn scratch_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sslc-model-checkpoint-{name}-{}", std::process::id()));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("sslc-model-checkpoint").join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir

@@ -6,7 +6,7 @@ use sslc_runtime::probe::{AccuracyReport, Group};
 use sslc_runtime::report::{group_table, plot_per_class, MetricsLog};
 
 fn scratch_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sslc-model-report-{name}-{}", std::process::id()));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("sslc-model-report").join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir

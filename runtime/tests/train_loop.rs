@@ -20,7 +20,7 @@ const SAMPLES: usize = 12;
 const SIZE: usize = 8;
 
 fn scratch_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sslc-train-loop-{name}-{}", std::process::id()));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("sslc-train-loop").join(name);
     let _ = std::fs::remove_dir_all(&dir);
     dir
 }
