@@ -35,16 +35,21 @@ fn every_shipped_objective_compiles_to_one_module() {
             "barlow_twins",
             "bcl",
             "bcl_gh",
+            "byol",
             "dcl",
             "dcl_gh",
+            "dino",
             "focal",
             "focal_gh",
+            "moco_v2",
             "sdclr",
             "sdclr_gh",
             "simclr",
             "simclr_gh",
+            "simsiam",
             "supcon",
             "swav",
+            "swav_multicrop",
             "vicreg"
         ]
     );
