@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's zoo table: every shipped objective, one seed, on Debian's dataset-fashion-mnist,
 # then `sslc compare` prints Many/Medium/Few linear-probe top-1 (%). Short by default so the
-# thirteen runs fit in well under an hour of a 2-core machine: 2 epochs on a 3,000-image
+# runs fit in well under an hour of a 2-core machine: 2 epochs on a 3,000-image
 # thinning of every set. EXTRA="" gives the full preset. Rerunning keeps finished runs.
 #   bash scripts/zoo-table.sh                          # runs/zoo-table/
 #   SEED=1 EXTRA="--epochs 5" bash scripts/zoo-table.sh
