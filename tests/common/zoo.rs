@@ -157,24 +157,10 @@ fn swav_codes(scores: &[Vec<f64>], eps: f64, iters: usize) -> Vec<Vec<f64>> {
 
 /// SwAV with two crops (Caron et al. 2020, eqs. 1 and 2): cosine scores against the
 /// prototypes `c`, swapped prediction `−Σ_k q_k log softmax(s/τ)_k` of the other view's codes,
-/// averaged over the two directions (per-sample losses) and the batch (loss).
+/// averaged over the two directions (per-sample losses) and the batch (loss): multi-crop with
+/// the global crops alone.
 pub fn swav<'t>(z1: &M<'t>, z2: &M<'t>, c: &M<'t>, temp: f64, eps: f64, iters: usize) -> (V<'t>, Vec<V<'t>>) {
-    let (a, b, p) = (normalize_rows(z1), normalize_rows(z2), normalize_rows(c));
-    let scores = |z: &M<'t>| -> Vec<Vec<V<'t>>> {
-        (0..z.rows).map(|n| (0..p.rows).map(|k| dot(z.row(n), p.row(k))).collect()).collect()
-    };
-    let (s1, s2) = (scores(&a), scores(&b));
-    let values =
-        |s: &[Vec<V<'t>>]| -> Vec<Vec<f64>> { s.iter().map(|r| r.iter().map(|v| v.value).collect()).collect() };
-    let (q1, q2) = (swav_codes(&values(&s1), eps, iters), swav_codes(&values(&s2), eps, iters));
-    let cross_entropy = |q: &[f64], s: &[V<'t>]| {
-        let logits: Vec<V<'t>> = s.iter().map(|&x| x / temp).collect();
-        let lse = logsumexp(&logits);
-        -sum(q.iter().zip(&logits).map(|(&qk, &l)| qk * (l - lse)))
-    };
-    let per_sample: Vec<V<'t>> =
-        (0..z1.rows).map(|n| (cross_entropy(&q2[n], &s1[n]) + cross_entropy(&q1[n], &s2[n])) / 2.0).collect();
-    (sum(per_sample.iter().copied()) / z1.rows as f64, per_sample)
+    swav_multicrop(&[z1, z2], c, temp, eps, iters)
 }
 
 /// SupCon (Khosla et al. 2020, eq. 2, `L_out`): for each of the 2N views, the mean over its
