@@ -39,6 +39,7 @@ fn every_shipped_objective_compiles_to_one_module() {
             "dcl",
             "dcl_gh",
             "dino",
+            "dino_multicrop",
             "focal",
             "focal_gh",
             "moco_v2",

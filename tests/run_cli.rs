@@ -46,6 +46,7 @@ fn every_objective_trains_on_the_default_data_and_writes_its_outputs() {
         "moco_v2",
         "dino",
         "swav_multicrop",
+        "dino_multicrop",
     ]);
     for name in
         ["simclr", "simclr_gh", "focal", "focal_gh", "sdclr", "sdclr_gh", "bcl", "bcl_gh"].into_iter().chain(zoo)

@@ -193,7 +193,7 @@ fn no_zoo_objective_stores_a_batch_squared_matrix() {
 
 /// Objectives whose inputs are more than the two views' embeddings: predictions, target
 /// embeddings, a queue, learned and EMA prototypes, small crops.
-const FAMILIES: [&str; 5] = ["byol", "simsiam", "moco_v2", "dino", "swav_multicrop"];
+const FAMILIES: [&str; 6] = ["byol", "simsiam", "moco_v2", "dino", "swav_multicrop", "dino_multicrop"];
 
 /// MoCo's queue length and DINO's prototypes in these tests.
 const QUEUE: usize = 7;
@@ -218,12 +218,13 @@ fn family(name: &str, n: usize, d: usize, seed: u64) -> Family {
         "moco_v2" => &["q", "k"],
         "dino" => &["s1", "s2", "t1", "t2"],
         "swav_multicrop" => &["z1", "z2", "w1", "w2", "w3", "w4"],
+        "dino_multicrop" => &["s1", "s2", "t1", "t2", "l1", "l2", "l3", "l4"],
         other => panic!("no family {other}"),
     };
     let inputs = names.iter().map(|&name| (name, draw(n))).collect();
     let (learned, states) = match name {
         "moco_v2" => (vec![], vec![("queue", draw(QUEUE))]),
-        "dino" => (vec![("W", draw(HEADS))], vec![("W_t", draw(HEADS))]),
+        "dino" | "dino_multicrop" => (vec![("W", draw(HEADS))], vec![("W_t", draw(HEADS))]),
         "swav_multicrop" => (vec![("C", draw(PROTOTYPES))], vec![]),
         _ => (vec![], vec![]),
     };
@@ -242,7 +243,7 @@ fn family_setup(name: &str, f: &Family, dtype: DType) -> Setup<'static> {
     match name {
         "moco_v2" => s.overrides.push(format!("Q={QUEUE}")),
         "swav_multicrop" => s.overrides.push(format!("K={PROTOTYPES}")),
-        "dino" => {
+        "dino" | "dino_multicrop" => {
             s.overrides.push(format!("K={HEADS}"));
             s.states.push(("center", common::vector_tensor(&f.center, dtype)));
         }
@@ -264,6 +265,10 @@ fn independent_family(name: &str, f: &Family) -> Expected {
         "moco_v2" => zoo::moco(&l[0], &l[1], &m(&f.states[0].1), 0.2),
         "dino" => zoo::dino(&l[0], &l[1], &l[2], &l[3], &l[4], &f.states[0].1.data, &f.center, 0.1, 0.04),
         "swav_multicrop" => zoo::swav_multicrop(&l[..6].iter().collect::<Vec<_>>(), &l[6], 0.1, 0.05, 3),
+        "dino_multicrop" => {
+            let students = [&l[0], &l[1], &l[4], &l[5], &l[6], &l[7]];
+            zoo::dino_multicrop(&students, [&l[2], &l[3]], &l[8], &f.states[0].1.data, &f.center, 0.1, 0.04)
+        }
         other => panic!("no independent implementation of {other}"),
     };
     let g = tape.gradient(loss);

@@ -240,6 +240,21 @@ pub fn dino<'t>(
     student_temp: f64,
     teacher_temp: f64,
 ) -> (V<'t>, Vec<V<'t>>) {
+    dino_multicrop(&[s1, s2], [t1, t2], w, w_t, center, student_temp, teacher_temp)
+}
+
+/// DINO with multi-crop (Algorithm 1 with `n_crops` views): the teacher on the two global
+/// crops, the student on every crop (`students[0]`, `students[1]` the global ones); each
+/// teacher output against the student on every other crop, all terms averaged.
+pub fn dino_multicrop<'t>(
+    students: &[&M<'t>],
+    teachers: [&M<'t>; 2],
+    w: &M<'t>,
+    w_t: &[f64],
+    center: &[f64],
+    student_temp: f64,
+    teacher_temp: f64,
+) -> (V<'t>, Vec<V<'t>>) {
     let k = w.rows;
     let w_t = M { rows: k, cols: w.cols, v: w_t.iter().map(|&x| w.v[0].constant(x)).collect() };
     let logits = |z: &M<'t>, w: &M<'t>| -> Vec<Vec<V<'t>>> {
@@ -257,16 +272,21 @@ pub fn dino<'t>(
             })
             .collect()
     };
-    let (h1, h2) = (teacher(t1), teacher(t2));
-    let (g1, g2) = (logits(s1, w), logits(s2, w));
+    let h: Vec<Vec<Vec<f64>>> = teachers.iter().map(|t| teacher(t)).collect();
+    let g: Vec<Vec<Vec<V<'t>>>> = students.iter().map(|s| logits(s, w)).collect();
     let cross_entropy = |h: &[f64], g: &[V<'t>]| {
         let scaled: Vec<V<'t>> = g.iter().map(|&x| x / student_temp).collect();
         let lse = logsumexp(&scaled);
         -sum(h.iter().zip(&scaled).map(|(&p, &l)| p * (l - lse)))
     };
-    let per_sample: Vec<V<'t>> =
-        (0..s1.rows).map(|i| (cross_entropy(&h1[i], &g2[i]) + cross_entropy(&h2[i], &g1[i])) / 2.0).collect();
-    (sum(per_sample.iter().copied()) / s1.rows as f64, per_sample)
+    let terms = (2 * (students.len() - 1)) as f64;
+    let per_sample: Vec<V<'t>> = (0..students[0].rows)
+        .map(|i| {
+            let pairs = (0..2).flat_map(|q| (0..students.len()).filter(move |&v| v != q).map(move |v| (q, v)));
+            sum(pairs.map(|(q, v)| cross_entropy(&h[q][i], &g[v][i]))) / terms
+        })
+        .collect();
+    (sum(per_sample.iter().copied()) / students[0].rows as f64, per_sample)
 }
 
 /// SwAV with multi-crop (Caron et al. 2020, section 3.2 and `swav_loss` of their code): codes
