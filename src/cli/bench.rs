@@ -130,12 +130,15 @@ fn run(args: &BenchArgs, threads: usize) -> Result<serde_json::Value, i32> {
     let backend = back::build(args.backend.kind(), exe).map_err(fail)?;
     let compile_ms = start.elapsed().as_secs_f64() * 1e3;
 
-    // A warm-up evaluation, which also measures memory: everything still held after it
-    // returns (with its result alive) is results, so the excess of the peak over that is the
-    // evaluation's own working memory.
-    PEAK.store(HELD.load(Ordering::Relaxed), Ordering::Relaxed);
+    // A warm-up evaluation, which also measures memory: the excess of the peak over what was
+    // held before, less the results, is the evaluation's own working memory (which a back end
+    // may keep for the next evaluation).
+    let before = HELD.load(Ordering::Relaxed);
+    PEAK.store(before, Ordering::Relaxed);
     let result = backend.evaluate(&bindings).map_err(fail)?;
-    let peak_extra_bytes = PEAK.load(Ordering::Relaxed).saturating_sub(HELD.load(Ordering::Relaxed));
+    let tensors = result.per_sample.iter().chain(result.grads.iter().map(|(_, g)| g));
+    let result_bytes: usize = tensors.map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum();
+    let peak_extra_bytes = PEAK.load(Ordering::Relaxed).saturating_sub(before + result_bytes);
     drop(result);
 
     let mut times = Vec::with_capacity(args.iters);

@@ -178,7 +178,8 @@ pub(crate) struct Memory {
 const ALIGN_ELEMENTS: usize = 16;
 
 impl Memory {
-    pub fn new(buffers: &[Buffer], table: &SizeTable, dims: &[i64]) -> Result<Memory, RunError> {
+    /// Lays the buffers out in `storage` (a previous evaluation's, or empty), zeroed.
+    pub fn new(buffers: &[Buffer], table: &SizeTable, dims: &[i64], storage: Vec<f32>) -> Result<Memory, RunError> {
         let size_of = |s: crate::ir::DimSym| dims.get(s.index()).copied();
         let sizes = table
             .values(&size_of)
@@ -210,10 +211,17 @@ impl Memory {
         // LANES - 1 rows past a buffer's end (only padding lanes, never results, come from
         // there).
         let widest = strides.iter().copied().max().unwrap_or(1);
-        let storage = vec![0f32; total + ALIGN_ELEMENTS + LANES as usize * widest];
+        let mut storage = storage;
+        storage.clear();
+        storage.resize(total + ALIGN_ELEMENTS + LANES as usize * widest, 0.0);
         let shift = storage.as_ptr().align_offset(ALIGN_ELEMENTS * 4);
         let offsets = offsets.into_iter().map(|o| o + shift).collect();
         Ok(Memory { storage, offsets, strides, sizes })
+    }
+
+    /// The storage, for the next evaluation to reuse.
+    pub fn into_storage(self) -> Vec<f32> {
+        self.storage
     }
 
     /// Every buffer's address, for the frame.
