@@ -72,7 +72,8 @@ pub fn new_id() -> Result<[u8; ID_BYTES], DistError> {
 
 impl NcclCollective {
     /// Joins the communicator of `world` ranks named by `id` as `rank`, on `device` (a CUDA
-    /// device: the rank's own GPU). Blocks until every rank has joined.
+    /// device: the rank's own GPU). Blocks until every rank has joined, then checks the three
+    /// operations once ([`NcclCollective::check`]).
     pub fn join(device: &Device, rank: usize, world: usize, id: &[u8; ID_BYTES]) -> Result<NcclCollective, DistError> {
         let stream = match device {
             // candle's stream: NCCL's work is then ordered after candle's kernels on it.
@@ -86,7 +87,30 @@ impl NcclCollective {
         stream.context().bind_to_thread().map_err(|e| cuda("binding the context", e))?;
         let id = Id::uninit(id.map(|byte| byte as core::ffi::c_char));
         let comm = Comm::from_rank(stream.clone(), rank, world, id).map_err(|e| nccl("ncclCommInitRank", e))?;
-        Ok(NcclCollective { comm: Mutex::new(comm), stream, rank, world, _bootstrap: None })
+        let collective = NcclCollective { comm: Mutex::new(comm), stream, rank, world, _bootstrap: None };
+        collective.check()?;
+        Ok(collective)
+    }
+
+    /// Gathers every rank's number, sums ones and broadcasts rank 0's value, and compares each
+    /// with what it must be. Run once at setup, so a broken NCCL setup fails there with a
+    /// message, and so a one-rank run (where the training step skips every exchange) still
+    /// shows that NCCL works on this machine.
+    fn check(&self) -> Result<(), DistError> {
+        let ranks = self.all_gather(&[self.rank as f32])?;
+        let mut ones = [1.0];
+        self.all_reduce_sum(&mut ones)?;
+        let mut root = [self.rank as f32 + 7.0];
+        self.broadcast(&mut root, 0)?;
+        let expected: Vec<f32> = (0..self.world).map(|rank| rank as f32).collect();
+        if ranks != expected || ones[0] != self.world as f32 || root[0] != 7.0 {
+            return Err(DistError::Setup(format!(
+                "NCCL's check at setup failed on rank {}: gathered ranks {ranks:?} (expected {expected:?}), a sum of \
+                 ones {} (expected {}), a broadcast {} (expected 7); run with NCCL_DEBUG=INFO to see what NCCL did",
+                self.rank, ones[0], self.world, root[0]
+            )));
+        }
+        Ok(())
     }
 
     /// Joins a communicator over the ranks of `bootstrap` (MPI under `mpirun`): rank 0 makes
