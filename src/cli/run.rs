@@ -315,8 +315,8 @@ fn run_settings(args: &RunArgs) -> Result<RunSettings, i32> {
 }
 
 /// `sslc run --gpus N` in the parent process: checks what can be checked before any rank
-/// starts, then starts N copies of this program with the same arguments and waits for them
-/// (`dist::launch_gpus`).
+/// starts, then starts N copies of this program with the same arguments and supervises them
+/// (`dist::launch`).
 fn launch_gpus(args: &RunArgs, gpus: usize) -> Result<(), i32> {
     if gpus == 0 {
         return Err(fail("--gpus 0: give the number of GPUs to train on, 1 or more"));
@@ -344,9 +344,7 @@ fn launch_gpus(args: &RunArgs, gpus: usize) -> Result<(), i32> {
         }
         _ => {}
     }
-    if !dist::BUILT_WITH_NCCL {
-        return Err(fail(dist::without_nccl(&format!("--gpus {gpus}"))));
-    }
+    let id = dist::gpu_id(gpus).map_err(fail)?;
     let program =
         std::env::current_exe().map_err(|e| fail(format!("cannot find this program to start the ranks: {e}")))?;
     let arguments: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
@@ -356,7 +354,8 @@ fn launch_gpus(args: &RunArgs, gpus: usize) -> Result<(), i32> {
         command.args(&arguments);
         command
     };
-    dist::launch_gpus(gpus, &timestamp(), command).map_err(fail)
+    let ranks = launch::spawn_ranks(gpus, &id, &timestamp(), command).map_err(fail)?;
+    launch::supervise(ranks).map_err(fail)
 }
 
 /// Writes the run's `config.toml` (atomically) before training, so an interrupted run has one

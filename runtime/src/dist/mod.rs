@@ -187,20 +187,11 @@ fn nccl_over(launched: Arc<dyn Collective>, _device: &Device) -> Result<Arc<dyn 
     Ok(launched)
 }
 
-/// `sslc run --gpus N` in the parent: checks that N GPUs are there, makes the NCCL id, starts
-/// N ranks (`command(rank)`, this program with its arguments) and supervises them
-/// ([`launch::supervise`]). `stamp` names default run directories alike on every rank.
-pub fn launch_gpus(
-    gpus: usize,
-    stamp: &str,
-    command: impl FnMut(usize) -> std::process::Command,
-) -> Result<(), DistError> {
-    let id = gpu_id(gpus)?;
-    launch::supervise(launch::spawn_ranks(gpus, &id, stamp, command)?)
-}
-
+/// For `sslc run --gpus N` in the parent: checks that N GPUs are visible and makes the NCCL
+/// unique id its ranks are handed ([`launch::spawn_ranks`]); a binary without NCCL says which
+/// feature it needs.
 #[cfg(feature = "nccl")]
-fn gpu_id(gpus: usize) -> Result<Vec<u8>, DistError> {
+pub fn gpu_id(gpus: usize) -> Result<Vec<u8>, DistError> {
     let count = nccl::device_count()?;
     if count < gpus {
         return Err(DistError::Setup(format!(
@@ -212,7 +203,7 @@ fn gpu_id(gpus: usize) -> Result<Vec<u8>, DistError> {
 }
 
 #[cfg(not(feature = "nccl"))]
-fn gpu_id(gpus: usize) -> Result<Vec<u8>, DistError> {
+pub fn gpu_id(gpus: usize) -> Result<Vec<u8>, DistError> {
     Err(without_nccl(&format!("--gpus {gpus}")))
 }
 
