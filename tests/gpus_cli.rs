@@ -17,7 +17,7 @@ fn text(out: &Output) -> String {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sslc-gpus-{}-{name}", std::process::id()));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("sslc-gpus").join(name);
     let _ = std::fs::remove_dir_all(&dir);
     dir
 }
