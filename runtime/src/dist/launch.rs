@@ -88,7 +88,9 @@ pub fn from_hex(text: &str) -> Option<Vec<u8>> {
 
 /// Starts `world` ranks, each from `command(rank)` with the rank, world size, id and `stamp`
 /// in its environment. Each rank is killed if the parent dies (Linux), so none is left
-/// waiting in NCCL for a parent that is gone. On failure the ranks already started are killed.
+/// waiting in NCCL for a parent that is gone; the kernel ties that to the calling thread, so
+/// call this from one that outlives the ranks (the CLI's main thread). On failure the ranks
+/// already started are killed.
 pub fn spawn_ranks(
     world: usize,
     id: &[u8],
