@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# The `--features cuda` build checked on a machine without a GPU (scripts/test.sh runs it under
-# CI=true or SSLC_CUDA_CHECK=1): assembles the CUDA 13.0 toolkit from PyPI wheels, builds the
-# release binary with candle's CUDA back end, strips a copy (the one to carry to a GPU machine,
-# docs/gpu.md) and checks its size, then runs it:
-#   - `--device cuda` exits 1 with "no CUDA device found" and no panic, and
+# The `--features cuda,nccl` build checked on a machine without a GPU (scripts/test.sh runs it
+# under CI=true or SSLC_CUDA_CHECK=1): assembles the CUDA 13.0 toolkit and NCCL from PyPI
+# wheels, builds the release binary with candle's CUDA back end and NCCL (one build: `nccl`
+# implies `cuda`), strips a copy (the one to carry to a GPU machine, docs/gpu.md) and checks its
+# size, then runs it:
+#   - `--device cuda` exits 1 with "no CUDA device found" and no panic,
+#   - `--gpus 1` (one NCCL rank) exits 1 the same way, before starting any rank, and
 #   - the same binary trains on the CPU (one epoch on the embedded digits).
-# candle links libcuda, cublas, curand, nvrtc and cudart (cudarc's `dynamic-linking`), so the
-# binary cannot start without them: the runs put the wheels' libraries and the toolkit's stub
-# libcuda, whose every function returns CUDA_ERROR_NO_DEVICE as a driver does on a machine
-# without a GPU, on LD_LIBRARY_PATH.
+# candle links libcuda, cublas, curand, nvrtc and cudart, and the `nccl` feature libnccl
+# (cudarc's `dynamic-linking`), so the binary cannot start without them: the runs put the
+# wheels' libraries and the toolkit's stub libcuda, whose every function returns
+# CUDA_ERROR_NO_DEVICE as a driver does on a machine without a GPU, on LD_LIBRARY_PATH.
 # Cached under target/ (toolkit 1.8 GB in target/cuda-toolkit, build in target/cuda): the first
 # run downloads the wheels and spends ~5 minutes of nvcc on candle's kernels; a rerun with no
 # change is seconds. SSLC_CUDA_TOOLKIT and SSLC_CUDA_TARGET_DIR move them.
@@ -18,7 +20,7 @@ TOOLKIT=${SSLC_CUDA_TOOLKIT:-$PWD/target/cuda-toolkit}
 TARGET=${SSLC_CUDA_TARGET_DIR:-$PWD/target/cuda}
 start=$SECONDS
 eval "$(bash scripts/cuda-from-wheels.sh "$TOOLKIT")"
-CARGO_TARGET_DIR="$TARGET" cargo build --release --features cuda --quiet
+CARGO_TARGET_DIR="$TARGET" cargo build --release --features cuda,nccl --quiet
 BIN="$TARGET/release/sslc"
 strip -o "$TARGET/sslc-stripped" "$BIN"
 size=$(stat -c %s "$TARGET/sslc-stripped")
@@ -35,19 +37,23 @@ fi
 export LD_LIBRARY_PATH="$CUDA_HOME/lib64/stubs:$CUDA_HOME/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 scratch="$TARGET/check"
 rm -rf "$scratch"
-set +e
-out=$("$TARGET/sslc-stripped" run objectives/simclr.ssl --device cuda --epochs 1 --out "$scratch/cuda" 2>&1)
-code=$?
-set -e
-if [ "$code" != 1 ] || ! grep -q "no CUDA device found" <<<"$out" || grep -q panicked <<<"$out"; then
-    echo "--device cuda without a GPU should exit 1 with 'no CUDA device found'; it exited $code:" >&2
-    echo "$out" >&2
-    exit 1
-fi
+for flags in "--device cuda" "--gpus 1"; do
+    set +e
+    # shellcheck disable=SC2086
+    out=$("$TARGET/sslc-stripped" run objectives/simclr.ssl $flags --epochs 1 --out "$scratch/cuda" 2>&1)
+    code=$?
+    set -e
+    if [ "$code" != 1 ] || ! grep -q "no CUDA device found" <<<"$out" || grep -q panicked <<<"$out" \
+        || [ -e "$scratch/cuda" ]; then
+        echo "$flags without a GPU should exit 1 with 'no CUDA device found' and write nothing; it exited $code:" >&2
+        echo "$out" >&2
+        exit 1
+    fi
+done
 if ! out=$("$TARGET/sslc-stripped" run objectives/simclr.ssl --epochs 1 --probe-epochs 2 --out "$scratch/cpu" 2>&1) \
     || ! grep -q Few <<<"$out"; then
     echo "the CUDA build failed to train on the CPU:" >&2
     echo "$out" >&2
     exit 1
 fi
-echo "cuda build: --device cuda fails cleanly without a GPU, the CPU run trains ($((SECONDS - start)) s in all)"
+echo "cuda build: --device cuda and --gpus 1 fail cleanly without a GPU, the CPU run trains ($((SECONDS - start)) s in all)"

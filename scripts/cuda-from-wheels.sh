@@ -2,6 +2,9 @@
 # Assemble a CUDA 13.0 toolkit folder from PyPI wheels, so `cargo build --features cuda`
 # (candle's CUDA backend, which runs nvcc at build time) works on a machine with no CUDA.
 # Usage: eval "$(bash scripts/cuda-from-wheels.sh /tmp/cuda13)"   (docs/gpu.md)
+# NCCL (the `nccl` feature links libnccl.so.2) comes from the nvidia-nccl-cu13 wheel, pinned to
+# 2.28, older than cudarc's bindings (2.30): a link against it fails if sslc ever calls a
+# function that older NCCLs, such as the one beside PyTorch on a GPU machine, lack.
 # Pinned to 13.0.x on purpose: cudarc 0.19.10's build script rejects 13.5, and nvcc 13.5
 # emits PTX ISA 9.5, which a CUDA 13.0 driver (the lent H200 has driver 580) refuses.
 # No wheel ships libcuda, so a stub is generated from cuda.h: every function returns
@@ -18,11 +21,18 @@ if [ ! -x "$D/site/nvidia/cu13/bin/nvcc" ]; then
     nvidia-cuda-nvrtc==13.0.88 nvidia-cublas==13.1.1.3 nvidia-curand==10.4.0.35 >&2
   pip install -q --no-deps --target "$D/site" "$D"/whl/*.whl >&2
 fi
+# Its own --target: pip does not merge a wheel into an existing nvidia/ folder there.
+NCCL="$D/nccl/nvidia/nccl/lib/libnccl.so.2"
+if [ ! -e "$NCCL" ]; then
+  pip download -q --no-deps -d "$D/whl-nccl" nvidia-nccl-cu13==2.28.9 >&2
+  pip install -q --no-deps --target "$D/nccl" "$D"/whl-nccl/*.whl >&2
+fi
 T="$D/site/nvidia/cu13"; C="$D/cuda"
 rm -rf "$C"; mkdir -p "$C/lib64/stubs"
 ln -s "$T/bin" "$C/bin"; ln -s "$T/include" "$C/include"; ln -s "$T/nvvm" "$C/nvvm"; ln -s lib64 "$C/lib"
 for f in "$T"/lib/*.so* "$T"/lib/*.a; do [ -e "$f" ] && ln -s "$f" "$C/lib64/"; done
-for s in cudart.so.13 nvrtc.so.13 cublas.so.13 cublasLt.so.13 curand.so.10; do
+ln -s "$NCCL" "$C/lib64/"
+for s in nccl.so.2 cudart.so.13 nvrtc.so.13 cublas.so.13 cublasLt.so.13 curand.so.10; do
   ln -sf "lib$s" "$C/lib64/lib${s%.so.*}.so"
 done
 for X in "" -D__CUDA_API_VERSION_INTERNAL; do gcc -E -P $X -I"$T/include" "$T/include/cuda.h"; done \

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The prepared check for a lent GPU machine (one H200; python3 with torch; no cargo, no
-# network). Build here with `cargo build --release --features cuda`, copy the binary to .device/
-# and carry `.device` (docs/gpu.md). Then, in under 8 minutes:
+# network). Build here with `cargo build --release --features cuda,nccl` (scripts/cuda-check.sh
+# builds and strips it), copy the binary to .device/ and carry `.device` (docs/gpu.md). Then, in
+# under 9 minutes (at most 11 if every step runs to its timeout):
 #   a-c. bench/torch_train.py: one training step on the GPU against the CPU (small conv and
 #        ResNet-18, f32), `sslc run objectives/simclr_gh.ssl --device cuda` on the digits end to
 #        end, and ResNet-18 training throughput at batch 512 next to PyTorch eager;
 #   d.   bench/torch_gpu.py: every shipped objective on the CUDA back end at every precision
-#        against the reference evaluator, and the loss benchmarks against PyTorch eager.
+#        against the reference evaluator, and the loss benchmarks against PyTorch eager;
+#   e.   bench/gpu_nccl.py: one NCCL rank (`sslc run --gpus 1 --device cuda`, the machine has
+#        one GPU) against the plain `--device cuda` run, per-step losses within 1e-4.
 # Each step catches its own failure and the next one runs. Prints one table and writes it as
 # $OUT/gpu-check.json; logs go to $OUT (default /tmp/gpu-check).
 set -uo pipefail
@@ -18,11 +21,13 @@ mkdir -p "$OUT"
 [ -x "$SSLC" ] || { echo "error: $SSLC is missing: build sslc here and carry it (docs/gpu.md)" >&2; exit 1; }
 
 # libcuda from the driver; libnvrtc, cudart, cublas, curand from PyTorch's nvidia wheels
-# (cu13 for the `--features cuda` build; .so.12 NVRTC also serves the CUDA back end).
+# (cu13 for the `--features cuda` build; .so.12 NVRTC also serves the CUDA back end), and
+# libnccl.so.2 from the nvidia-nccl wheel (nvidia/nccl/lib, cu12 and cu13 alike), which the
+# `nccl` build links.
 LIBS=$(python3 - <<'PY'
 import glob, os, site
 roots = site.getsitepackages() + [site.getusersitepackages()]
-wanted = ("libnvrtc.so*", "libcublas.so*", "libcurand.so*", "libcudart.so*")
+wanted = ("libnvrtc.so*", "libcublas.so*", "libcurand.so*", "libcudart.so*", "libnccl.so*")
 dirs = {os.path.dirname(p) for r in roots for w in wanted for p in glob.glob(os.path.join(r, "nvidia", "**", w), recursive=True)}
 dirs |= {d for d in ("/usr/local/nvidia/lib64", "/usr/lib/x86_64-linux-gnu") if glob.glob(os.path.join(d, "libcuda.so*"))}
 print(":".join(sorted(dirs)))
@@ -30,20 +35,23 @@ PY
 )
 export LD_LIBRARY_PATH="$LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export SSLC_CACHE_DIR="$OUT/cache"
-{ echo "libraries: $LD_LIBRARY_PATH"; ldd "$SSLC" | grep -E "cuda|cublas|curand|nvrtc|not found"
+{ echo "libraries: $LD_LIBRARY_PATH"; ldd "$SSLC" | grep -E "cuda|cublas|curand|nvrtc|nccl|not found"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; } > "$OUT/setup.log" 2>&1
-rm -f "$OUT/train-rows.json" "$OUT/loss-rows.json"
+rm -f "$OUT/train-rows.json" "$OUT/loss-rows.json" "$OUT/nccl-rows.json"
 
 SSLC_TRAIN_BUDGET_S=200 timeout 250 python3 bench/torch_train.py "$SSLC" "$REPO" "$OUT" > "$OUT/train.log" 2>&1
 echo "training checks: exit $? (log $OUT/train.log)" >&2
 SSLC_LOSS_BUDGET_S=110 timeout 190 python3 bench/torch_gpu.py "$SSLC" "$REPO" "$OUT" > "$OUT/loss.log" 2>&1
 echo "loss checks: exit $? (log $OUT/loss.log)" >&2
+timeout 200 python3 bench/gpu_nccl.py "$SSLC" "$REPO" "$OUT" > "$OUT/nccl.log" 2>&1
+echo "nccl check: exit $? (log $OUT/nccl.log)" >&2
 
 python3 - "$OUT" <<'PY'
 import json, os, sys, time
 out = sys.argv[1]
 rows = []
-for name, what in [("train-rows.json", "a-c. training checks"), ("loss-rows.json", "d. loss checks")]:
+for name, what in [("train-rows.json", "a-c. training checks"), ("loss-rows.json", "d. loss checks"),
+                   ("nccl-rows.json", "e. nccl check")]:
     try:
         rows += json.load(open(os.path.join(out, name)))
     except Exception as e:

@@ -81,9 +81,10 @@ fi
 
 cargo test --workspace --all-targets "${MPI_FEATURE[@]}" "$@"
 
-# The CUDA build (`--features cuda`, candle's CUDA back end), so a change that breaks it fails CI:
-# built from PyPI wheels, stripped and size-checked, `--device cuda` checked to fail cleanly
-# without a GPU and the CPU path to train (scripts/cuda-check.sh). Under CI=true, or with
+# The CUDA build (`--features cuda,nccl`: candle's CUDA back end and NCCL), so a change that
+# breaks it fails CI: built from PyPI wheels, stripped and size-checked, `--device cuda` and
+# `--gpus 1` checked to fail cleanly without a GPU and the CPU path to train
+# (scripts/cuda-check.sh). Under CI=true, or with
 # SSLC_CUDA_CHECK=1. Cached in target/cuda-toolkit and target/cuda (cost: see the README).
 if [ "${CI:-}" = true ] || [ "${SSLC_CUDA_CHECK:-}" = 1 ]; then
     bash scripts/cuda-check.sh

@@ -9,6 +9,7 @@ use sslc::objective::CompiledObjective;
 use sslc_compiler::eval::Overrides;
 use sslc_runtime::data::{self, DataSplits, DatasetName, ImbalanceProfile};
 use sslc_runtime::device::{Compute, DeviceSpec, Precision};
+use sslc_runtime::dist::launch::{self, GpuRank};
 use sslc_runtime::dist::{self, Shard};
 use sslc_runtime::model::{Encoder, EncoderConfig};
 use sslc_runtime::objective::Objective;
@@ -36,7 +37,8 @@ sslc run objectives/simclr.ssl --dataset fashion-mnist-lt --seed 1\n  \
 sslc run objectives/sdclr_gh.ssl --dataset cifar100-lt --data ~/data/cifar-100-binary --backbone resnet18 --epochs 1000 --batch-size 512\n  \
 sslc run objectives/simclr_gh.ssl --set warm_up=40% --set tau=0.1\n  \
 sslc run --config runs/simclr_gh-20261128-101500/config.toml --seed 1 --out runs/seed1\n  \
-sslc run objectives/simclr_gh.ssl --resume runs/simclr_gh-20261128-101500")]
+sslc run objectives/simclr_gh.ssl --resume runs/simclr_gh-20261128-101500\n  \
+sslc run objectives/simclr_gh.ssl --gpus 4 --batch-size 256   (a build with --features nccl)")]
 pub struct RunArgs {
     #[command(flatten)]
     settings: RunSettings,
@@ -57,6 +59,12 @@ pub struct RunArgs {
     /// Stop once this many epochs are done, to continue later with --resume.
     #[arg(long)]
     stop_after: Option<usize>,
+    /// Train on N GPUs of this machine, one process each, exchanging through NCCL: this
+    /// process starts the N ranks (rank r on cuda:r; CUDA_VISIBLE_DEVICES chooses the GPUs),
+    /// stops them all if one fails, and waits. Implies --device cuda; the global --batch-size
+    /// is split over the ranks. Needs a build with `--features nccl` (docs/distributed.md).
+    #[arg(long, value_name = "N")]
+    gpus: Option<usize>,
     /// Under mpirun: compute BatchNorm statistics per rank instead of over the global batch
     /// (breaks the equivalence with one process; for tests that show it matters).
     #[arg(long, hide = true)]
@@ -174,17 +182,27 @@ pub fn run(args: &RunArgs) -> i32 {
 }
 
 fn run_inner(args: &RunArgs) -> Result<(), i32> {
-    // First: a process launched as one of several ranks without MPI support stops here.
-    let collective = dist::from_environment().map_err(fail)?;
-    let lead = collective.rank() == 0;
-    let file = match &args.config {
-        Some(path) => config::load(path).map_err(fail)?,
-        None => RunSettings::default(),
+    // A process that `--gpus` started is told so in its environment; without one, `--gpus`
+    // makes this process the parent that starts the ranks.
+    let gpu = match args.gpus {
+        Some(_) => GpuRank::from_environment().map_err(fail)?,
+        None => None,
     };
-    let mut settings = args.settings.clone().over(file).complete().map_err(fail)?;
-    let run = settings.resolve().map_err(fail)?;
+    if let (Some(gpus), None) = (args.gpus, &gpu) {
+        return launch_gpus(args, gpus);
+    }
+    // First: a process launched as one of several ranks without MPI support stops here.
+    let launched = dist::from_environment().map_err(fail)?;
+    let mut settings = run_settings(args)?;
+    let mut run = settings.resolve().map_err(fail)?;
+    // Several ranks on one machine: each on its own GPU, counted from the one given.
+    if let DeviceSpec::Cuda(first) = run.device {
+        run.device = DeviceSpec::Cuda(first + launch::local_rank(gpu.as_ref()));
+    }
     // Before any data is read: a missing GPU should fail in a second, not after loading.
     let compute = Compute::open(run.device, run.precision).map_err(fail)?;
+    let collective = dist::for_device(launched, gpu.as_ref(), &compute.device).map_err(fail)?;
+    let lead = collective.rank() == 0;
     set_threads(settings.threads);
     settings.threads = Some(rayon::current_num_threads());
     settings.objective_sha256 = Some(config::sha256_of(&run.objective).map_err(fail)?);
@@ -284,6 +302,64 @@ fn run_inner(args: &RunArgs) -> Result<(), i32> {
     Ok(())
 }
 
+/// The run's settings: flags over the --config file over the presets. `--gpus` implies
+/// `--device cuda` where neither names a device.
+fn run_settings(args: &RunArgs) -> Result<RunSettings, i32> {
+    let file = match &args.config {
+        Some(path) => config::load(path).map_err(fail)?,
+        None => RunSettings::default(),
+    };
+    let mut settings = args.settings.clone().over(file).complete().map_err(fail)?;
+    if args.gpus.is_some() && settings.device.is_none() {
+        settings.device = Some(DeviceSpec::Cuda(0));
+    }
+    Ok(settings)
+}
+
+/// `sslc run --gpus N` in the parent process: checks what can be checked before any rank
+/// starts, then starts N copies of this program with the same arguments and supervises them
+/// (`dist::launch`).
+fn launch_gpus(args: &RunArgs, gpus: usize) -> Result<(), i32> {
+    if gpus == 0 {
+        return Err(fail("--gpus 0: give the number of GPUs to train on, 1 or more"));
+    }
+    if dist::launched_world_size().is_some_and(|world| world > 1) {
+        return Err(fail(format!(
+            "--gpus {gpus} starts its own ranks, but this process is already one of several started by mpirun or \
+             srun; leave --gpus out there (each launched rank trains on the GPU of its local rank)"
+        )));
+    }
+    match run_settings(args)?.device {
+        Some(DeviceSpec::Cpu) => {
+            return Err(fail(format!(
+                "--gpus {gpus} trains on GPUs, but the device is cpu (from --device or the --config file); drop one \
+                 of the two"
+            )))
+        }
+        Some(DeviceSpec::Cuda(first)) if first != 0 => {
+            return Err(fail(format!(
+                "--gpus {gpus} trains on cuda:0 to cuda:{}; to use other GPUs, choose them with \
+                 CUDA_VISIBLE_DEVICES (e.g. CUDA_VISIBLE_DEVICES={first},{} for two) instead of --device cuda:{first}",
+                gpus - 1,
+                first + 1
+            )))
+        }
+        _ => {}
+    }
+    let id = dist::gpu_id(gpus).map_err(fail)?;
+    let program =
+        std::env::current_exe().map_err(|e| fail(format!("cannot find this program to start the ranks: {e}")))?;
+    let arguments: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    eprintln!("--gpus {gpus}: starting {gpus} rank(s), rank r on cuda:r, exchanging through NCCL");
+    let command = |_rank| {
+        let mut command = std::process::Command::new(&program);
+        command.args(&arguments);
+        command
+    };
+    let ranks = launch::spawn_ranks(gpus, &id, &timestamp(), command).map_err(fail)?;
+    launch::supervise(ranks).map_err(fail)
+}
+
 /// Writes the run's `config.toml` (atomically) before training, so an interrupted run has one
 /// too. Not where the run will refuse to start (a fresh run into a directory holding another
 /// run) nor over the file of a run being resumed: both would clobber the earlier run's record.
@@ -305,8 +381,12 @@ fn write_config(dir: &std::path::Path, start: Start, settings: &RunSettings) -> 
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
-/// `YYYYmmdd-HHMMSS` in UTC, for default run directories.
+/// `YYYYmmdd-HHMMSS` in UTC, for default run directories: the `--gpus` parent's, in a rank it
+/// started, so that every rank names the same directory.
 fn timestamp() -> String {
+    if let Ok(stamp) = std::env::var(launch::STAMP_VARIABLE) {
+        return stamp;
+    }
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let (days, rest) = (secs / 86_400, secs % 86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).

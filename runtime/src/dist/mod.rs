@@ -6,18 +6,23 @@
 //! The training loop knows only [`Collective`]; a W-rank run is defined to equal the
 //! single-process run with the same global batch (docs/distributed.md).
 
+pub mod launch;
 #[cfg(feature = "mpi")]
 mod mpi;
+#[cfg(feature = "nccl")]
+mod nccl;
 mod simulated;
 mod sync_op;
 
 use std::sync::Arc;
 
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 
 #[cfg(feature = "mpi")]
 pub use self::mpi::MpiCollective;
+#[cfg(feature = "nccl")]
+pub use self::nccl::{NcclCollective, ID_BYTES};
 pub use simulated::Simulated;
 pub use sync_op::all_reduce_sum_differentiable;
 
@@ -126,6 +131,80 @@ pub fn without_mpi(world: usize) -> DistError {
          every rank would train the whole run alone; rebuild it with `cargo build --release --features mpi`, or run \
          it without the launcher"
     ))
+}
+
+/// Whether this binary was built with `--features nccl`.
+pub const BUILT_WITH_NCCL: bool = cfg!(feature = "nccl");
+
+/// Why a binary built without NCCL cannot do what `wanted` asks.
+pub fn without_nccl(wanted: &str) -> DistError {
+    DistError::Setup(format!(
+        "{wanted} needs NCCL, but this sslc was built without it; build it with `cargo build --release --features \
+         nccl` (which implies cuda; docs/distributed.md)"
+    ))
+}
+
+/// The collective a run on `device` uses, from the one the process was started with
+/// (`launched`: MPI or a single process) and, for a rank started by `sslc run --gpus`, what its
+/// parent told it. GPU ranks exchange through NCCL when the binary has it: a `--gpus` rank with
+/// its parent's id, MPI ranks with an id rank 0 broadcasts over MPI. Without NCCL, MPI ranks on
+/// GPUs exchange through MPI on the host, as CPU ranks do.
+pub fn for_device(
+    launched: Arc<dyn Collective>,
+    gpu: Option<&launch::GpuRank>,
+    device: &Device,
+) -> Result<Arc<dyn Collective>, DistError> {
+    match gpu {
+        Some(gpu) => join_gpu_rank(gpu, device),
+        None if launched.world() > 1 && device.is_cuda() && BUILT_WITH_NCCL => nccl_over(launched, device),
+        None => Ok(launched),
+    }
+}
+
+#[cfg(feature = "nccl")]
+fn join_gpu_rank(gpu: &launch::GpuRank, device: &Device) -> Result<Arc<dyn Collective>, DistError> {
+    let id: &[u8; ID_BYTES] = gpu.id.as_slice().try_into().map_err(|_| {
+        DistError::Setup(format!(
+            "the NCCL id from `--gpus` has {} bytes, not {ID_BYTES}; the ranks must be this same sslc",
+            gpu.id.len()
+        ))
+    })?;
+    Ok(Arc::new(NcclCollective::join(device, gpu.rank, gpu.world, id)?))
+}
+
+#[cfg(not(feature = "nccl"))]
+fn join_gpu_rank(_gpu: &launch::GpuRank, _device: &Device) -> Result<Arc<dyn Collective>, DistError> {
+    Err(without_nccl("a rank of `sslc run --gpus`"))
+}
+
+#[cfg(feature = "nccl")]
+fn nccl_over(launched: Arc<dyn Collective>, device: &Device) -> Result<Arc<dyn Collective>, DistError> {
+    Ok(Arc::new(NcclCollective::over(launched, device)?))
+}
+
+#[cfg(not(feature = "nccl"))]
+fn nccl_over(launched: Arc<dyn Collective>, _device: &Device) -> Result<Arc<dyn Collective>, DistError> {
+    Ok(launched)
+}
+
+/// For `sslc run --gpus N` in the parent: checks that N GPUs are visible and makes the NCCL
+/// unique id its ranks are handed ([`launch::spawn_ranks`]); a binary without NCCL says which
+/// feature it needs.
+#[cfg(feature = "nccl")]
+pub fn gpu_id(gpus: usize) -> Result<Vec<u8>, DistError> {
+    let count = nccl::device_count()?;
+    if count < gpus {
+        return Err(DistError::Setup(format!(
+            "--gpus {gpus}: only {count} CUDA device(s) are visible; give --gpus {count} or fewer (CUDA_VISIBLE_DEVICES \
+             chooses which)"
+        )));
+    }
+    Ok(nccl::new_id()?.to_vec())
+}
+
+#[cfg(not(feature = "nccl"))]
+pub fn gpu_id(gpus: usize) -> Result<Vec<u8>, DistError> {
+    Err(without_nccl(&format!("--gpus {gpus}")))
 }
 
 /// Which slice of each global batch this rank trains on: rank `r` of `W` takes the `r`th of
@@ -243,6 +322,12 @@ mod tests {
     fn a_binary_without_mpi_names_the_fix() {
         let message = without_mpi(4).to_string();
         assert!(message.contains("one of 4 ranks") && message.contains("--features mpi"), "{message}");
+    }
+
+    #[test]
+    fn a_binary_without_nccl_names_the_fix() {
+        let message = without_nccl("--gpus 2").to_string();
+        assert!(message.starts_with("--gpus 2 needs NCCL") && message.contains("--features nccl"), "{message}");
     }
 
     #[test]
