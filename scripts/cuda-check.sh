@@ -25,14 +25,13 @@ BIN="$TARGET/release/sslc"
 strip -o "$TARGET/sslc-stripped" "$BIN"
 size=$(stat -c %s "$TARGET/sslc-stripped")
 echo "cuda build: $((SECONDS - start)) s; stripped binary $((size / 1000000)) MB ($TARGET/sslc-stripped)"
-# The carry limit to a GPU machine is 64 MiB in all: over it the GPU check cannot run. The
-# issue's target is 60 MB, which the build misses (65 MB on 2026-11-30: 33 MB of it candle's
-# compiled quantized kernels, .nv_fatbin); until that is fixed it is a notice, not a failure.
-if [ "$size" -ge $((64 * 1024 * 1024)) ]; then
-    echo "the stripped CUDA binary is $size bytes, over the 64 MiB that may be carried to a GPU machine" >&2
+# The carry limit to a GPU machine is 64 MiB in all, and the binary is to stay under 60 MB:
+# 37 MB on 2026-11-30 with compressed fatbins (cuda-from-wheels.sh's NVCC_APPEND_FLAGS; 65 MB
+# without, 28 MB of it candle's quantized kernels).
+if [ "$size" -ge 60000000 ]; then
+    echo "the stripped CUDA binary is $size bytes, over the 60 MB it must stay under (64 MiB may be carried to a" \
+        "GPU machine); a build cached before fatbin compression needs: cargo clean -p candle-kernels" >&2
     exit 1
-elif [ "$size" -ge 60000000 ]; then
-    echo "NOTICE: the stripped CUDA binary is $size bytes, over the 60 MB target (docs/gpu.md)" >&2
 fi
 export LD_LIBRARY_PATH="$CUDA_HOME/lib64/stubs:$CUDA_HOME/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 scratch="$TARGET/check"
