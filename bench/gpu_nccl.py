@@ -28,7 +28,7 @@ SETTINGS = ["objectives/simclr_gh.ssl", "--epochs", "2", "--probe-epochs", "1", 
 def run(name, flags):
     out = os.path.join(OUT, f"run-{name}")
     args = ["run"] + SETTINGS + flags + ["--out", out, "--overwrite"]
-    p = subprocess.run([SSLC] + args, capture_output=True, text=True, timeout=95, cwd=REPO)
+    p = subprocess.run([SSLC] + args, capture_output=True, text=True, timeout=60, cwd=REPO)
     with open(os.path.join(OUT, "commands.log"), "a") as log:
         log.write(" ".join(args) + f"\n  exit {p.returncode}\n{p.stdout}{p.stderr}\n")
     if p.returncode != 0:
