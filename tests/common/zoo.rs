@@ -193,6 +193,20 @@ fn detached<'t>(m: &M<'t>) -> M<'t> {
     M { rows: m.rows, cols: m.cols, v: m.v.iter().map(|x| x.constant(x.value)).collect() }
 }
 
+/// `cos(z_i, p_k)` for every row `i` of `z` and `k` of `p`: scores against prototypes.
+fn cosine_scores<'t>(z: &M<'t>, p: &M<'t>) -> Vec<Vec<V<'t>>> {
+    let (z, p) = (normalize_rows(z), normalize_rows(p));
+    (0..z.rows).map(|i| (0..p.rows).map(|k| dot(z.row(i), p.row(k))).collect()).collect()
+}
+
+/// `−Σ_k q_k log softmax(s/τ)_k`: the cross-entropy of scores against a fixed distribution
+/// (SwAV's codes, DINO's teacher).
+fn soft_cross_entropy<'t>(q: &[f64], s: &[V<'t>], temp: f64) -> V<'t> {
+    let logits: Vec<V<'t>> = s.iter().map(|&x| x / temp).collect();
+    let lse = logsumexp(&logits);
+    -sum(q.iter().zip(&logits).map(|(&qk, &l)| qk * (l - lse)))
+}
+
 /// BYOL (Grill et al. 2020, eq. 2 and the symmetrised loss of section 3.1):
 /// `‖p̄ − t̄‖² = 2 − 2 cos(p, t)` of each view's online prediction against the target's
 /// projection of the other view, summed over the two directions.
@@ -255,14 +269,9 @@ pub fn dino_multicrop<'t>(
     student_temp: f64,
     teacher_temp: f64,
 ) -> (V<'t>, Vec<V<'t>>) {
-    let k = w.rows;
-    let w_t = M { rows: k, cols: w.cols, v: w_t.iter().map(|&x| w.v[0].constant(x)).collect() };
-    let logits = |z: &M<'t>, w: &M<'t>| -> Vec<Vec<V<'t>>> {
-        let (z, w) = (normalize_rows(z), normalize_rows(w));
-        (0..z.rows).map(|i| (0..k).map(|j| dot(z.row(i), w.row(j))).collect()).collect()
-    };
+    let w_t = M { rows: w.rows, cols: w.cols, v: w_t.iter().map(|&x| w.v[0].constant(x)).collect() };
     let teacher = |t: &M<'t>| -> Vec<Vec<f64>> {
-        logits(t, &w_t)
+        cosine_scores(t, &w_t)
             .iter()
             .map(|row| {
                 let scaled: Vec<f64> = row.iter().zip(center).map(|(l, c)| (l.value - c) / teacher_temp).collect();
@@ -273,17 +282,12 @@ pub fn dino_multicrop<'t>(
             .collect()
     };
     let h: Vec<Vec<Vec<f64>>> = teachers.iter().map(|t| teacher(t)).collect();
-    let g: Vec<Vec<Vec<V<'t>>>> = students.iter().map(|s| logits(s, w)).collect();
-    let cross_entropy = |h: &[f64], g: &[V<'t>]| {
-        let scaled: Vec<V<'t>> = g.iter().map(|&x| x / student_temp).collect();
-        let lse = logsumexp(&scaled);
-        -sum(h.iter().zip(&scaled).map(|(&p, &l)| p * (l - lse)))
-    };
+    let g: Vec<Vec<Vec<V<'t>>>> = students.iter().map(|s| cosine_scores(s, w)).collect();
     let terms = (2 * (students.len() - 1)) as f64;
     let per_sample: Vec<V<'t>> = (0..students[0].rows)
         .map(|i| {
             let pairs = (0..2).flat_map(|q| (0..students.len()).filter(move |&v| v != q).map(move |v| (q, v)));
-            sum(pairs.map(|(q, v)| cross_entropy(&h[q][i], &g[v][i]))) / terms
+            sum(pairs.map(|(q, v)| soft_cross_entropy(&h[q][i], &g[v][i], student_temp))) / terms
         })
         .collect();
     (sum(per_sample.iter().copied()) / students[0].rows as f64, per_sample)
@@ -293,25 +297,16 @@ pub fn dino_multicrop<'t>(
 /// from the two global crops only (`crops[0]`, `crops[1]`); for each, the mean over every other
 /// crop of its swapped prediction; then the mean over the two codes.
 pub fn swav_multicrop<'t>(crops: &[&M<'t>], c: &M<'t>, temp: f64, eps: f64, iters: usize) -> (V<'t>, Vec<V<'t>>) {
-    let p = normalize_rows(c);
-    let scores = |z: &M<'t>| -> Vec<Vec<V<'t>>> {
-        let z = normalize_rows(z);
-        (0..z.rows).map(|n| (0..p.rows).map(|k| dot(z.row(n), p.row(k))).collect()).collect()
-    };
-    let s: Vec<Vec<Vec<V<'t>>>> = crops.iter().map(|z| scores(z)).collect();
+    let s: Vec<Vec<Vec<V<'t>>>> = crops.iter().map(|z| cosine_scores(z, c)).collect();
     let values =
         |s: &[Vec<V<'t>>]| -> Vec<Vec<f64>> { s.iter().map(|r| r.iter().map(|v| v.value).collect()).collect() };
     let codes: Vec<Vec<Vec<f64>>> = (0..2).map(|g| swav_codes(&values(&s[g]), eps, iters)).collect();
-    let cross_entropy = |q: &[f64], s: &[V<'t>]| {
-        let logits: Vec<V<'t>> = s.iter().map(|&x| x / temp).collect();
-        let lse = logsumexp(&logits);
-        -sum(q.iter().zip(&logits).map(|(&qk, &l)| qk * (l - lse)))
-    };
     let others = (crops.len() - 1) as f64;
     let per_sample: Vec<V<'t>> = (0..crops[0].rows)
         .map(|n| {
             let by_code = (0..2).map(|g| {
-                sum((0..crops.len()).filter(|&v| v != g).map(|v| cross_entropy(&codes[g][n], &s[v][n]))) / others
+                sum((0..crops.len()).filter(|&v| v != g).map(|v| soft_cross_entropy(&codes[g][n], &s[v][n], temp)))
+                    / others
             });
             sum(by_code) / 2.0
         })
