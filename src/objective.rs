@@ -18,6 +18,8 @@ pub struct CompiledObjective {
     /// per step or epoch on tiny inputs, stay on the reference evaluator.
     backend: Box<dyn Backend>,
     overrides: Overrides,
+    /// Every parameter's value (`--set` or default), as the bindings resolve them.
+    params: Vec<ParamValue>,
     /// Current state tensors, in declaration order (f32).
     states: Vec<Tensor>,
     samples: usize,
@@ -41,11 +43,12 @@ impl CompiledObjective {
         let exe = Arc::new(Executable::new(module).map_err(|d| d.message)?);
         let backend = back::build(backend, exe.clone())?;
         // Check the overrides name real parameters now, not at the first step.
-        overrides.check(&exe.module)?;
+        let params = overrides.check(&exe.module)?;
         Ok(CompiledObjective {
             exe,
             backend,
             overrides,
+            params,
             states: Vec::new(),
             samples: 0,
             base_lr,
@@ -75,14 +78,12 @@ impl CompiledObjective {
         &self.exe.module
     }
 
-    /// A parameter's value: its `--set` override, else its default.
+    /// A parameter's value (`--set` or default) as a number; a run fraction as the fraction.
     fn param_value(&self, p: Handle<ParamDecl>) -> f64 {
-        let decl = &self.exe.module.params[p];
-        let overridden = self.overrides.values.iter().find(|(n, _)| *n == decl.name).and_then(|(_, v)| v.parse().ok());
-        overridden.unwrap_or(match decl.default {
+        match self.params[p.index()] {
             ParamValue::Real(v) | ParamValue::RunFraction(v) => v,
             ParamValue::Int(v) => v as f64,
-        })
+        }
     }
 
     fn bindings(
@@ -149,25 +150,14 @@ impl CompiledObjective {
                 }
             }
         }
-        for (t, (_, d)) in new_states.iter().zip(self.exe.module.states.iter()) {
-            let bad =
-                t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?.iter().filter(|x| !x.is_finite()).count();
+        // Every assigned value, state or learn tensor, must be finite.
+        let states = new_states.iter().zip(self.exe.module.states.iter()).map(|(t, (_, d))| ("state", &d.name, t));
+        let learned = new_learned.iter().map(|(k, t)| ("learn tensor", &self.consts[*k].0, t));
+        for (what, name, t) in states.chain(learned) {
+            let bad = t.flatten_all()?.to_vec1::<f32>()?.iter().filter(|x| !x.is_finite()).count();
             if bad > 0 {
                 return Err(format!(
-                    "state `{}` became NaN or infinite in {} entries after an `on {}` handler",
-                    d.name,
-                    bad,
-                    if event == Event::Step { "step" } else { "epoch" }
-                )
-                .into());
-            }
-        }
-        for (k, value) in &new_learned {
-            let bad = value.flatten_all()?.to_vec1::<f32>()?.iter().filter(|x| !x.is_finite()).count();
-            if bad > 0 {
-                return Err(format!(
-                    "learn tensor `{}` became NaN or infinite in {bad} entries after an `on {}` handler",
-                    self.consts[*k].0,
+                    "{what} `{name}` became NaN or infinite in {bad} entries after an `on {}` handler",
                     if event == Event::Step { "step" } else { "epoch" }
                 )
                 .into());

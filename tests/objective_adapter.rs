@@ -154,6 +154,9 @@ fn sdclr_declares_a_pruned_branch() {
     let e = o.embeddings();
     assert_eq!((e[0].view, e[0].pruned), (0, None));
     assert_eq!((e[1].view, e[1].pruned), (1, Some(0.1)));
+    // The same value written as a percentage (once silently ignored for the default 0.9).
+    let o = objective("sdclr", &["prune_percent=10%"]);
+    assert_eq!(o.embeddings()[1].pruned, Some(0.1));
 }
 
 #[test]

@@ -64,10 +64,12 @@ impl Overrides {
 
     /// Checks what binding checks of the overrides alone: each names a parameter or a `dim`
     /// declared with a size, and its value parses. For callers that want these errors before
-    /// they have inputs to bind (a training run, before it loads its data).
-    pub fn check(&self, module: &Module) -> Result<(), BindError> {
-        resolve_params(module, self)?;
-        apply_dim_overrides(module, self, &mut declared_sizes(module))
+    /// they have inputs to bind (a training run, before it loads its data). Returns every
+    /// parameter's value, overridden or default, by handle index.
+    pub fn check(&self, module: &Module) -> Result<Vec<ParamValue>, BindError> {
+        let params = resolve_params(module, self)?;
+        apply_dim_overrides(module, self, &mut declared_sizes(module))?;
+        Ok(params)
     }
 }
 

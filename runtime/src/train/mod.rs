@@ -666,25 +666,22 @@ impl EncoderNeeds {
         let mut needs = EncoderNeeds::default();
         for spec in specs {
             if let Some(wanted) = spec.pruned {
-                if needs.prune_fraction.is_some_and(|shared| shared != wanted) {
-                    return Err(TrainError::Setup(format!(
-                        "embedding `{}` asks for prune fraction {wanted}, another for {}; use one fraction for all pruned embeddings",
-                        spec.name,
-                        needs.prune_fraction.unwrap_or(wanted)
-                    )));
-                }
-                needs.prune_fraction = Some(wanted);
+                agree(&mut needs.prune_fraction, wanted, |shared| {
+                    format!(
+                        "embedding `{}` asks for prune fraction {wanted}, another for {shared}; use one fraction for all \
+                         pruned embeddings",
+                        spec.name
+                    )
+                })?;
             }
             if let Some(wanted) = spec.predictor {
-                if needs.predictor_hidden.is_some_and(|shared| shared != wanted) {
-                    return Err(TrainError::Setup(format!(
-                        "embedding `{}` asks for a predictor {wanted} wide, another for one {} wide; the encoder has \
-                         one predictor head: give every `predictor(...)` the same `hidden`",
-                        spec.name,
-                        needs.predictor_hidden.unwrap_or(wanted)
-                    )));
-                }
-                needs.predictor_hidden = Some(wanted);
+                agree(&mut needs.predictor_hidden, wanted, |shared| {
+                    format!(
+                        "embedding `{}` asks for a predictor {wanted} wide, another for one {shared} wide; the encoder \
+                         has one predictor head: give every `predictor(...)` the same `hidden`",
+                        spec.name
+                    )
+                })?;
             }
             needs.momentum_target |= spec.target;
         }
@@ -722,6 +719,22 @@ impl EncoderNeeds {
                  EncoderNeeds::apply on its EncoderConfig"
             ))),
             None => Ok(()),
+        }
+    }
+}
+
+/// Records `wanted` in `shared` (the encoder's one prune mask, its one predictor head), unless
+/// another value is there already: then the error `conflict` describes with that value.
+fn agree<T: Copy + PartialEq>(
+    shared: &mut Option<T>,
+    wanted: T,
+    conflict: impl FnOnce(T) -> String,
+) -> Result<(), TrainError> {
+    match *shared {
+        Some(existing) if existing != wanted => Err(TrainError::Setup(conflict(existing))),
+        _ => {
+            *shared = Some(wanted);
+            Ok(())
         }
     }
 }
