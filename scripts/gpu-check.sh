@@ -8,8 +8,10 @@
 #        end, and ResNet-18 training throughput at batch 512 next to PyTorch eager;
 #   d.   bench/torch_gpu.py: every shipped objective on the CUDA back end at every precision
 #        against the reference evaluator, and the loss benchmarks against PyTorch eager;
-#   e.   bench/gpu_nccl.py: one NCCL rank (`sslc run --gpus 1 --device cuda`, the machine has
-#        one GPU) against the plain `--device cuda` run, per-step losses within 1e-4.
+#   e-f. bench/gpu_nccl.py: one NCCL rank (`sslc run --gpus 1 --device cuda`, the machine has
+#        one GPU) against the plain `--device cuda` run, per-step losses within 1e-4; and that
+#        run, whose objective runs in place on the GPU, against `--backend cpu` (the objective
+#        on host copies), per-step losses within 1e-3.
 # Each step catches its own failure and the next one runs. Prints one table and writes it as
 # $OUT/gpu-check.json; logs go to $OUT (default /tmp/gpu-check).
 set -uo pipefail
@@ -44,14 +46,14 @@ echo "training checks: exit $? (log $OUT/train.log)" >&2
 SSLC_LOSS_BUDGET_S=90 timeout 140 python3 bench/torch_gpu.py "$SSLC" "$REPO" "$OUT" > "$OUT/loss.log" 2>&1
 echo "loss checks: exit $? (log $OUT/loss.log)" >&2
 timeout 125 python3 bench/gpu_nccl.py "$SSLC" "$REPO" "$OUT" > "$OUT/nccl.log" 2>&1
-echo "nccl check: exit $? (log $OUT/nccl.log)" >&2
+echo "run comparisons: exit $? (log $OUT/nccl.log)" >&2
 
 python3 - "$OUT" <<'PY'
 import json, os, sys, time
 out = sys.argv[1]
 rows = []
 for name, what in [("train-rows.json", "a-c. training checks"), ("loss-rows.json", "d. loss checks"),
-                   ("nccl-rows.json", "e. nccl check")]:
+                   ("nccl-rows.json", "e-f. run comparisons")]:
     try:
         rows += json.load(open(os.path.join(out, name)))
     except Exception as e:

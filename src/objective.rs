@@ -31,6 +31,16 @@ pub struct CompiledObjective {
     /// The `learn` tensors, as (index among the constants, variable): the runtime's optimizer
     /// updates the variables in place, and every evaluation binds their current values.
     learned: Vec<(usize, Var)>,
+    /// Device copies of the state and the constants, for a back end that reads the embeddings
+    /// on their GPU: made when first needed and again only after the host's values change
+    /// (handlers, checkpoints), not every step.
+    resident: Option<Resident>,
+}
+
+struct Resident {
+    device: Device,
+    states: Vec<Tensor>,
+    consts: Vec<Tensor>,
 }
 
 impl CompiledObjective {
@@ -40,8 +50,19 @@ impl CompiledObjective {
         base_lr: f64,
         backend: BackendKind,
     ) -> Result<CompiledObjective, BoxError> {
+        CompiledObjective::with_precision(module, overrides, base_lr, backend, back::cuda::Precision::default())
+    }
+
+    /// [`CompiledObjective::new`], with the CUDA back end's tiles at `precision`.
+    pub fn with_precision(
+        module: Module,
+        overrides: Overrides,
+        base_lr: f64,
+        backend: BackendKind,
+        precision: back::cuda::Precision,
+    ) -> Result<CompiledObjective, BoxError> {
         let exe = Arc::new(Executable::new(module).map_err(|d| d.message)?);
-        let backend = back::build(backend, exe.clone())?;
+        let backend = back::build_with(backend, exe.clone(), precision)?;
         // Check the overrides name real parameters now, not at the first step.
         let params = overrides.check(&exe.module)?;
         Ok(CompiledObjective {
@@ -55,6 +76,7 @@ impl CompiledObjective {
             consts: Vec::new(),
             width: None,
             learned: Vec::new(),
+            resident: None,
         })
     }
 
@@ -116,6 +138,28 @@ impl CompiledObjective {
         Ok(Bindings::new(&self.exe.module, req)?)
     }
 
+    /// Binds the device copies of the state and the constants in place of the host ones,
+    /// making them first if needed; the `learn` tensors, which the optimizer changes every step,
+    /// are copied each time.
+    fn make_resident(&mut self, b: &mut Bindings, device: &Device) -> Result<(), BoxError> {
+        if !self.resident.as_ref().is_some_and(|r| r.device.same_device(device)) {
+            self.resident = Some(Resident {
+                device: device.clone(),
+                states: b.states.iter().map(|t| t.to_device(device)).collect::<Result<_, _>>()?,
+                consts: b.consts.iter().map(|t| t.to_device(device)).collect::<Result<_, _>>()?,
+            });
+        }
+        let resident = self.resident.as_ref().expect("made above");
+        b.states.clone_from(&resident.states);
+        for (k, (slot, resident)) in b.consts.iter_mut().zip(&resident.consts).enumerate() {
+            *slot = match self.learned.iter().any(|(index, _)| *index == k) {
+                true => slot.to_device(device)?,
+                false => resident.clone(),
+            };
+        }
+        Ok(())
+    }
+
     /// Evaluates a one-output program (schedules, augmentation arguments).
     fn value(&self, program: &Program, b: &Bindings) -> Result<Tensor, BoxError> {
         Ok(eval::run(&self.exe.module, program, b)?.remove(0))
@@ -164,6 +208,7 @@ impl CompiledObjective {
             }
         }
         self.states = new_states;
+        self.resident = None;
         // The optimizer holds these variables: setting them in place keeps its momentum buffers.
         for (k, value) in new_learned {
             let (_, var) =
@@ -271,6 +316,7 @@ impl Objective for CompiledObjective {
     }
 
     fn init_state(&mut self, labels: &[u32], width: usize) -> Result<(), BoxError> {
+        self.resident = None;
         self.samples = labels.len();
         self.width = Some(width);
         self.states = Vec::new();
@@ -302,6 +348,7 @@ impl Objective for CompiledObjective {
     }
 
     fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<(), BoxError> {
+        self.resident = None;
         for ((_, d), slot) in self.exe.module.states.iter().zip(self.states.iter_mut()) {
             *slot = saved(state, "state", &d.name, slot.dims())?;
         }
@@ -338,17 +385,29 @@ impl Objective for CompiledObjective {
     }
 
     fn step(&mut self, embeddings: &[Tensor], indices: &[u32], at: RunPosition) -> Result<StepOutput, BoxError> {
-        let inputs =
-            self.exe.module.inputs.iter().zip(embeddings).map(|((_, d), t)| (d.name.clone(), t.clone())).collect();
-        let b = self.bindings(inputs, Some(indices), at)?;
+        // Embeddings on a GPU stay there for a back end that reads device memory (CUDA); the
+        // others get host copies, and the gradients go back to the embeddings' device.
+        let device = embeddings.first().map_or(Device::Cpu, |e| e.device().clone());
+        let in_place = !device.is_cpu() && self.backend.reads_device_memory();
+        let inputs = (self.exe.module.inputs.iter().zip(embeddings))
+            .map(|((_, d), t)| Ok((d.name.clone(), if in_place { t.clone() } else { t.to_device(&Device::Cpu)? })))
+            .collect::<Result<_, BoxError>>()?;
+        let mut b = self.bindings(inputs, Some(indices), at)?;
+        if in_place {
+            self.make_resident(&mut b, &device)?;
+        }
         let Evaluation { loss, per_sample, metrics, grads } = self.backend.evaluate(&b)?;
         let per_sample = match per_sample {
             Some(p) => p.to_dtype(DType::F32)?,
-            None => Tensor::zeros(indices.len(), DType::F32, &Device::Cpu)?,
+            None => Tensor::zeros(indices.len(), DType::F32, &device)?,
         };
         let mut grads = grads.into_iter().map(|(_, g)| g.to_dtype(DType::F32)).collect::<Result<Vec<_>, _>>()?;
-        // Inputs' gradients first, then the `learn` tensors' (Leaf::every's order).
-        let parameter_grads = grads.split_off(self.exe.module.inputs.len());
+        // Inputs' gradients first, then the `learn` tensors' (Leaf::every's order), which go to
+        // their variables (on the host).
+        let parameter_grads = (grads.split_off(self.exe.module.inputs.len()).iter().zip(&self.learned))
+            .map(|(g, (_, var))| g.to_device(var.device()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let grads = grads.iter().map(|g| g.to_device(&device)).collect::<Result<Vec<_>, _>>()?;
         Ok(StepOutput { loss, per_sample, metrics, grads, parameter_grads })
     }
 
@@ -362,8 +421,11 @@ impl Objective for CompiledObjective {
         if !self.exe.module.handlers.iter().any(|h| h.event == Event::Step) {
             return Ok(());
         }
-        let inputs =
-            self.exe.module.inputs.iter().zip(embeddings).map(|((_, d), t)| (d.name.clone(), t.clone())).collect();
+        // Handlers run on the host's reference evaluator: the batch comes there, once per step
+        // and only for objectives with `on step` handlers (docs/gpu.md).
+        let inputs = (self.exe.module.inputs.iter().zip(embeddings))
+            .map(|((_, d), t)| Ok((d.name.clone(), t.to_device(&Device::Cpu)?)))
+            .collect::<Result<_, BoxError>>()?;
         let mut b = self.bindings(inputs, Some(indices), at)?;
         // The loss program's outputs, in its order: loss, per_sample, metrics.
         b.forward = self
@@ -374,7 +436,7 @@ impl Objective for CompiledObjective {
             .iter()
             .map(|o| match o.name.as_str() {
                 "loss" => Tensor::new(output.loss as f32, &Device::Cpu),
-                "per_sample" => Ok(output.per_sample.clone()),
+                "per_sample" => output.per_sample.to_device(&Device::Cpu),
                 name => {
                     let v = output.metrics.iter().find(|(n, _)| n == name).map_or(f64::NAN, |(_, v)| *v);
                     Tensor::new(v as f32, &Device::Cpu)

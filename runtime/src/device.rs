@@ -234,6 +234,61 @@ pub fn to_host(tensors: Vec<(String, Tensor)>) -> candle_core::Result<Vec<(Strin
     tensors.into_iter().map(|(name, tensor)| Ok((name, tensor.to_device(&Device::Cpu)?))).collect()
 }
 
+/// Images assembled on the host, `shape`d, on `device` when this returns. The data loader's
+/// producer thread calls it: candle computes on per-thread CUDA streams, so this copy runs on
+/// the producer's stream while the training thread computes on its own, and the next batch's
+/// copy overlaps this step. On CUDA the data goes through a page-locked staging buffer, which
+/// the copy engine reads directly (a pageable buffer is first copied again by the driver), and
+/// the copy is waited for here, so the training thread reads the memory without synchronising.
+pub fn upload(data: Vec<f32>, shape: &[usize], device: &Device) -> candle_core::Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(cuda) = device {
+        return pinned::upload(&data, shape, cuda);
+    }
+    Tensor::from_vec(data, shape, device)
+}
+
+#[cfg(feature = "cuda")]
+mod pinned {
+    use candle_core::cuda_backend::{CudaDType, CudaDevice};
+    use candle_core::op::BackpropOp;
+    use candle_core::{Storage, Tensor};
+    use cudarc::driver::PinnedHostSlice;
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+
+    thread_local! {
+        /// This thread's staging buffers, by length (a batch's global views and small crops
+        /// differ): allocated once per producer thread, page-locking being slow.
+        static STAGING: RefCell<HashMap<usize, PinnedHostSlice<f32>>> = RefCell::new(HashMap::new());
+    }
+
+    pub fn upload(data: &[f32], shape: &[usize], device: &CudaDevice) -> candle_core::Result<Tensor> {
+        let stream = device.cuda_stream();
+        let w = candle_core::Error::wrap;
+        let memory = STAGING.with(|staging| -> candle_core::Result<_> {
+            let mut staging = staging.borrow_mut();
+            let buffer = match staging.entry(data.len()) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                // SAFETY: the buffer's contents are uninitialised; they are written below before
+                // the copy reads them.
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(unsafe { stream.context().alloc_pinned::<f32>(data.len()) }.map_err(w)?)
+                }
+            };
+            buffer.as_mut_slice().map_err(w)?.copy_from_slice(data);
+            // SAFETY: every element is written by the copy below before any kernel reads it
+            // (the copy is complete when this function returns).
+            let mut memory = unsafe { stream.alloc::<f32>(data.len()) }.map_err(w)?;
+            stream.memcpy_htod(buffer, &mut memory).map_err(w)?;
+            stream.synchronize().map_err(w)?;
+            Ok(memory)
+        })?;
+        let storage = Storage::Cuda(f32::wrap_cuda_slice(memory, device.clone()));
+        Ok(Tensor::from_storage(storage, shape, BackpropOp::none(), false))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

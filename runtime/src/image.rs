@@ -107,5 +107,5 @@ pub fn images_to_batch(images: &[Image], device: &Device) -> candle_core::Result
         }
         data.extend_from_slice(&image.data);
     }
-    Tensor::from_vec(data, (images.len(), shape.0, shape.1, shape.2), device)
+    crate::device::upload(data, &[images.len(), shape.0, shape.1, shape.2], device)
 }

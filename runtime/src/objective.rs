@@ -111,10 +111,15 @@ pub trait Objective: Send {
     /// `result[augmentation][argument][sample]`.
     fn augmentation_args(&self, indices: &[u32], at: RunPosition) -> Result<Vec<Vec<Vec<f32>>>, BoxError>;
     /// Loss, per-sample losses, metrics and gradients for one batch. `embeddings` are `[N, D]`
-    /// f32 tensors on the CPU, detached from the encoder's graph; `indices` are the batch's
-    /// dataset indices.
+    /// f32 tensors on the encoder's device (a GPU too), detached from the encoder's graph;
+    /// `indices` are the batch's dataset indices. The gradients may be on any device (the loop
+    /// moves them to the embeddings'), the parameters' gradients on their variables' device.
+    /// An objective that computes on the host copies the embeddings there itself; one that
+    /// computes on the embeddings' device should read only the loss back, the step's one
+    /// synchronisation.
     fn step(&mut self, embeddings: &[Tensor], indices: &[u32], at: RunPosition) -> Result<StepOutput, BoxError>;
-    /// Runs `on step` state updates after the optimizer step, with the same batch.
+    /// Runs `on step` state updates after the optimizer step, with the same batch (the
+    /// embeddings and the output as [`Objective::step`] had them).
     fn after_step(
         &mut self,
         embeddings: &[Tensor],

@@ -10,6 +10,7 @@ use crate::model::{BackboneKind, Encoder};
 use crate::objective::{BoxError, ViewSpec};
 use crate::probe::{Features, ProbeConfig};
 use crate::train::{extract_features, EvalSetup, FeatureImages, LoaderSource};
+use candle_core::Device;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -83,19 +84,22 @@ pub fn load_splits(name: DatasetName, options: &DataOptions, limit: Option<usize
 }
 
 /// The training batches: two views of each image of `train`, augmented on worker threads as
-/// the dataset's augmentation preset says, plus the objective's `extras`.
+/// the dataset's augmentation preset says, plus the objective's `extras`, delivered on
+/// `device` (the encoder's).
 pub fn train_source(
     name: DatasetName,
     train: Dataset,
     batch_size: usize,
     seed: u64,
     views: &ViewSpec,
+    device: &Device,
 ) -> Result<LoaderSource, DataError> {
     let labels = train.labels().to_vec();
     let config = LoaderConfig { batch_size, seed, ..LoaderConfig::default() };
     let preset = name.preset();
     let loader = TwoViewLoader::new(Arc::new(train), preset.simclr(), config)?
-        .with_small_crops(preset.small_crops(), views.small_crops);
+        .with_small_crops(preset.small_crops(), views.small_crops)
+        .on_device(device.clone());
     Ok(LoaderSource::new(loader, labels, views.extra.clone()))
 }
 
@@ -118,6 +122,7 @@ fn feature_images(
     set: Dataset,
     transform: FeatureTransform,
     seed: u64,
+    device: &Device,
 ) -> Result<FeatureImages, DataError> {
     let augment = name.preset();
     let transform = match transform {
@@ -126,7 +131,7 @@ fn feature_images(
     };
     let config = LoaderConfig { batch_size: EVAL_BATCH, seed, ..LoaderConfig::default() };
     let len = set.len();
-    Ok(FeatureImages::new(FeatureLoader::new(Arc::new(set), transform, &config)?, len))
+    Ok(FeatureImages::new(FeatureLoader::new(Arc::new(set), transform, &config)?.on_device(device.clone()), len))
 }
 
 /// Frozen backbone features of `set`, computed as the evaluation computes them (same
@@ -139,7 +144,7 @@ pub fn frozen_features(
     transform: FeatureTransform,
     seed: u64,
 ) -> Result<Features, BoxError> {
-    let mut images = feature_images(name, set, transform, seed)?;
+    let mut images = feature_images(name, set, transform, seed, encoder.device())?;
     Ok(extract_features(encoder, &mut images, EVAL_BATCH)?)
 }
 
@@ -156,7 +161,8 @@ pub struct EvalData {
 
 impl EvalData {
     /// `train_counts` are the class counts of the long-tailed training set, which decide the
-    /// groups: fixed thresholds on ImageNet-LT and Places-LT, thirds elsewhere.
+    /// groups: fixed thresholds on ImageNet-LT and Places-LT, thirds elsewhere. The images are
+    /// delivered on `device` (the encoder's).
     pub fn new(
         name: DatasetName,
         probe_train: Dataset,
@@ -164,14 +170,15 @@ impl EvalData {
         train_counts: Vec<usize>,
         probe_epochs: usize,
         seed: u64,
+        device: &Device,
     ) -> Result<EvalData, DataError> {
         let groups = match name {
             DatasetName::ImageNetLt | DatasetName::PlacesLt => groups_by_thresholds(&train_counts),
             _ => groups_by_thirds(&train_counts),
         };
         let probe_len = probe_train.len();
-        let probe_train = feature_images(name, probe_train, FeatureTransform::ProbeTrain, seed)?;
-        let probe_test = feature_images(name, test, FeatureTransform::Test, seed)?;
+        let probe_train = feature_images(name, probe_train, FeatureTransform::ProbeTrain, seed, device)?;
+        let probe_test = feature_images(name, test, FeatureTransform::Test, seed, device)?;
         let mut probe = ProbeConfig { epochs: probe_epochs, seed, ..ProbeConfig::default() };
         // A neighbourhood larger than the probe's training set (a `--limit` smoke run) has no
         // meaning: those kNN sizes are left out of the evaluation, decided here, before training.

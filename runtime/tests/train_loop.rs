@@ -432,3 +432,15 @@ fn a_non_finite_loss_in_the_first_epoch_says_to_start_again() {
     assert!(text.contains("no checkpoint") && text.contains("start the run again"), "{text}");
     assert!(!text.contains("still holds"), "{text}");
 }
+
+/// Embeddings that are no longer finite (the weights blew up) are named as what diverged, not
+/// the loss computed from them: the loop inspects them only once the loss is not finite, to
+/// keep the step's device reads to the loss alone, and must still say which came first.
+#[test]
+fn diverged_embeddings_are_named_before_the_loss_they_poison() {
+    let dir = scratch_dir("exploding");
+    let mut objective = TinySimclr::new(None);
+    objective.fixed_lr = Some(1e30);
+    let error = run(&dir, 3, &encoder(false), &mut objective, None, Start::Fresh).unwrap_err();
+    assert!(matches!(error, TrainError::Diverged { what: "embeddings", .. }), "{error}");
+}

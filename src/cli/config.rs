@@ -98,7 +98,8 @@ pub struct RunSettings {
     #[arg(long = "set", value_name = "NAME=VALUE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub set: Option<Vec<String>>,
-    /// Where the objective's loss and gradients are computed (default: cpu).
+    /// Where the objective's loss and gradients are computed (default: cuda with --device cuda,
+    /// in place on the GPU; cpu otherwise).
     #[arg(long, value_enum)]
     #[serde(default, with = "by_name", skip_serializing_if = "Option::is_none")]
     pub backend: Option<Backend>,
@@ -208,6 +209,11 @@ impl RunSettings {
         let name = self.dataset_name()?;
         let mut full = self.over(preset(name)?).over(builtin_defaults());
         full.dataset = Some(name.name().to_string());
+        // The objective runs where the backbone does, unless told otherwise.
+        full.backend = full.backend.or(Some(match full.device {
+            Some(DeviceSpec::Cuda(_)) => Backend::Cuda,
+            _ => Backend::Cpu,
+        }));
         Ok(full)
     }
 
@@ -266,7 +272,6 @@ fn builtin_defaults() -> RunSettings {
         lr: Some(0.5),
         seed: Some(0),
         set: Some(Vec::new()),
-        backend: Some(Backend::Cpu),
         eval_every: Some(0),
         ..RunSettings::default()
     }

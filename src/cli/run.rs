@@ -6,6 +6,7 @@ use super::common::{fail, load_objective, load_trained, print_stdout, Trained};
 use super::config::{self, ImbType, RunSettings};
 use clap::Args;
 use sslc::objective::CompiledObjective;
+use sslc_compiler::back::cuda::Precision as TilePrecision;
 use sslc_compiler::eval::Overrides;
 use sslc_runtime::data::{self, DataSplits, DatasetName, ImbalanceProfile};
 use sslc_runtime::device::{Compute, DeviceSpec, Precision};
@@ -211,7 +212,14 @@ fn run_inner(args: &RunArgs) -> Result<(), i32> {
     let name = run.dataset;
     let module = load_objective(&run.objective)?;
     let overrides = Overrides::parse(&run.set).map_err(fail)?;
-    let mut objective = CompiledObjective::new(module, overrides, run.lr, run.backend.kind()).map_err(fail)?;
+    // The objective's similarity tiles follow the backbone's precision (tf32 unless told).
+    let tiles = match compute.precision {
+        Precision::F32 => TilePrecision::F32,
+        Precision::Tf32 => TilePrecision::Tf32,
+        Precision::Bf16 => TilePrecision::Bf16,
+    };
+    let mut objective =
+        CompiledObjective::with_precision(module, overrides, run.lr, run.backend.kind(), tiles).map_err(fail)?;
     let options = presets::data_options(run.data.clone(), run.split_dir.clone(), run.imbalance, run.imb_type.profile())
         .map_err(fail)?;
     if lead {
@@ -264,8 +272,10 @@ fn run_inner(args: &RunArgs) -> Result<(), i32> {
     let samples = splits.train.len();
     let DataSplits { train, probe_train, test } = splits;
     let train_counts = train.class_counts();
-    let mut source = presets::train_source(name, train, batch_size, run.seed, &objective.views()).map_err(fail)?;
-    let mut evaluation = EvalData::new(name, probe_train, test, train_counts, probe_epochs, run.seed).map_err(fail)?;
+    let mut source =
+        presets::train_source(name, train, batch_size, run.seed, &objective.views(), &compute.device).map_err(fail)?;
+    let mut evaluation =
+        EvalData::new(name, probe_train, test, train_counts, probe_epochs, run.seed, &compute.device).map_err(fail)?;
     let ranks = match collective.world() {
         1 => String::new(),
         world => format!(" over {world} ranks"),
@@ -309,11 +319,11 @@ fn run_settings(args: &RunArgs) -> Result<RunSettings, i32> {
         Some(path) => config::load(path).map_err(fail)?,
         None => RunSettings::default(),
     };
-    let mut settings = args.settings.clone().over(file).complete().map_err(fail)?;
+    let mut settings = args.settings.clone().over(file);
     if args.gpus.is_some() && settings.device.is_none() {
         settings.device = Some(DeviceSpec::Cuda(0));
     }
-    Ok(settings)
+    settings.complete().map_err(fail)
 }
 
 /// `sslc run --gpus N` in the parent process: checks what can be checked before any rank
@@ -475,7 +485,8 @@ fn probe_inner(args: &ProbeArgs) -> Result<(), i32> {
     let seed = saved.seed;
     let train_counts = splits.train.class_counts();
     let mut evaluation =
-        EvalData::new(name, splits.probe_train, splits.test, train_counts, probe_epochs, seed).map_err(fail)?;
+        EvalData::new(name, splits.probe_train, splits.test, train_counts, probe_epochs, seed, encoder.device())
+            .map_err(fail)?;
     let result = train::evaluate_encoder(&encoder, &mut evaluation.setup()).map_err(fail)?;
     println!("{}", sslc_runtime::report::group_table(&result.linear));
     for (k, report) in &result.knn {

@@ -16,6 +16,11 @@ pub trait Backend: Send {
     /// Loss, per-sample losses, metrics and the gradient of every input, for `bindings`
     /// (bound against the same module the back end was built from).
     fn evaluate(&self, bindings: &Bindings) -> Result<Evaluation, BackendError>;
+    /// Whether `evaluate` takes inputs on a GPU as they are (and leaves the gradients there);
+    /// the others are handed host copies.
+    fn reads_device_memory(&self) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,11 +76,21 @@ impl Backend for Reference {
 
 /// Builds (compiles) `executable` for the back end `kind`.
 pub fn build(kind: BackendKind, executable: Arc<Executable>) -> Result<Box<dyn Backend>, BackendError> {
+    build_with(kind, executable, cuda::Precision::default())
+}
+
+/// [`build`], with the CUDA back end's similarity tiles at `precision` (training passes the
+/// run's `--precision`, so f32 means f32 for the objective too).
+pub fn build_with(
+    kind: BackendKind,
+    executable: Arc<Executable>,
+    precision: cuda::Precision,
+) -> Result<Box<dyn Backend>, BackendError> {
     match kind {
         BackendKind::Reference => Ok(Box::new(Reference { executable })),
         BackendKind::Cpu => Ok(Box::new(clif::Cpu::new(executable)?)),
         BackendKind::Cuda => {
-            let cuda = cuda::Cuda::new(executable, cuda::Precision::default())
+            let cuda = cuda::Cuda::new(executable, precision)
                 .map_err(|e| BackendError::Run { backend: kind.name(), why: e.to_string() })?;
             Ok(Box::new(cuda))
         }

@@ -463,8 +463,10 @@ fn available_memory() -> u64 {
         .map_or(u64::MAX, |kib| kib.saturating_mul(1024))
 }
 
+/// Host tensors only: a GPU's (the training loop's embeddings) would have to be copied to the
+/// host to be read, which is what keeping them there avoids; the loop checks the loss instead.
 fn check_finite(name: &str, t: &Tensor) -> Result<(), BindError> {
-    if !t.dtype().is_float() {
+    if !t.dtype().is_float() || !t.device().is_cpu() {
         return Ok(());
     }
     let values = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;

@@ -39,7 +39,8 @@ impl Default for LoaderConfig {
     }
 }
 
-/// Augmented views of `B` samples, on the CPU: two global views, then any small crops.
+/// Augmented views of `B` samples, on the loader's device: two global views, then any small
+/// crops.
 #[derive(Debug)]
 pub struct Batch {
     /// `[B, C, H, W]` f32 each; the small crops' `H, W` are smaller.
@@ -244,8 +245,10 @@ impl Workers {
     }
 }
 
-fn stack(images: &[Image]) -> Result<Tensor, DataError> {
-    images_to_batch(images, &Device::Cpu).map_err(|e| DataError::invalid("batch", e.to_string()))
+/// One tensor of `images`, on `device` (copied there by the producer thread, overlapping the
+/// training step: [`crate::device::upload`]).
+fn stack(images: &[Image], device: &Device) -> Result<Tensor, DataError> {
+    images_to_batch(images, device).map_err(|e| DataError::invalid("batch", e.to_string()))
 }
 
 fn labels_of(dataset: &Dataset, indices: &[u32]) -> Vec<u32> {
@@ -263,6 +266,8 @@ pub struct TwoViewLoader {
     workers: Workers,
     /// The part of every batch this process augments (data-parallel training).
     shard: Shard,
+    /// Where the batches are delivered (the encoder's device).
+    device: Device,
 }
 
 impl TwoViewLoader {
@@ -275,7 +280,21 @@ impl TwoViewLoader {
             return Err(DataError::invalid("batch size", "0"));
         }
         let workers = Workers::new(config.workers, config.prefetch)?;
-        Ok(TwoViewLoader { dataset, augment: Arc::new(augment), small: None, config, workers, shard: Shard::WHOLE })
+        Ok(TwoViewLoader {
+            dataset,
+            augment: Arc::new(augment),
+            small: None,
+            config,
+            workers,
+            shard: Shard::WHOLE,
+            device: Device::Cpu,
+        })
+    }
+
+    /// Deliver the batches on `device`, copied there by the producer thread.
+    pub fn on_device(mut self, device: Device) -> TwoViewLoader {
+        self.device = device;
+        self
     }
 
     /// Also `count` small crops per sample, views `2..2 + count`, augmented by `augment` (the
@@ -347,6 +366,7 @@ impl TwoViewLoader {
         let small = self.small.clone();
         let count = 2 + small.as_ref().map_or(0, |(_, k)| *k);
         let sample_dataset = dataset.clone();
+        let device = self.device.clone();
         let sample = move |index: u32| -> Result<Vec<Image>, DataError> {
             let image = sample_dataset.image(index as usize)?;
             Ok((0..count)
@@ -371,7 +391,7 @@ impl TwoViewLoader {
                     column.push(image);
                 }
             }
-            let views = by_view.iter().map(|images| stack(images)).collect::<Result<Vec<_>, _>>()?;
+            let views = by_view.iter().map(|images| stack(images, &device)).collect::<Result<Vec<_>, _>>()?;
             Ok(Batch { views, labels: labels_of(&dataset, &indices), indices })
         };
         self.workers.spawn(batches, sample, assemble)
@@ -385,6 +405,7 @@ pub struct FeatureLoader {
     batch_size: usize,
     seed: u64,
     workers: Workers,
+    device: Device,
 }
 
 impl FeatureLoader {
@@ -403,7 +424,14 @@ impl FeatureLoader {
             batch_size: config.batch_size,
             seed: config.seed,
             workers,
+            device: Device::Cpu,
         })
+    }
+
+    /// Deliver the images on `device`, copied there by the producer thread.
+    pub fn on_device(mut self, device: Device) -> FeatureLoader {
+        self.device = device;
+        self
     }
 
     pub fn stats(&self) -> Arc<LoaderStats> {
@@ -416,13 +444,14 @@ impl FeatureLoader {
         let order: Vec<u32> = (0..self.dataset.len() as u32).collect();
         let batches = order.chunks(self.batch_size).map(<[u32]>::to_vec).collect();
         let (dataset, transform, seed) = (self.dataset.clone(), self.transform.clone(), self.seed);
+        let device = self.device.clone();
         let sample_dataset = dataset.clone();
         let sample = move |index: u32| -> Result<Image, DataError> {
             let image = sample_dataset.image(index as usize)?;
             Ok(transform.apply(&image, &mut view_rng(seed, 0, index, 0)))
         };
         let assemble = move |images: Vec<Image>, indices: Vec<u32>| -> Result<EvalBatch, DataError> {
-            Ok(EvalBatch { images: stack(&images)?, labels: labels_of(&dataset, &indices), indices })
+            Ok(EvalBatch { images: stack(&images, &device)?, labels: labels_of(&dataset, &indices), indices })
         };
         self.workers.spawn(batches, sample, assemble)
     }

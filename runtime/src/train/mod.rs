@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::backprop::GradStore;
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 
 use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::dist::{self, Collective, DistError, Shard, SingleProcess};
@@ -462,19 +462,22 @@ pub fn train_parallel(
             let views = source.views(shard.part(indices)).map_err(TrainError::Source)?;
             let data_wait = step_start.elapsed().as_secs_f64();
             let embeddings = forward_embeddings(encoder, &specs, &views)?;
-            // The objective runs on the host: the one copy of this rank's [N/W, D] embeddings
-            // there and of their gradients back per step (docs/gpu.md; on the CPU both are
-            // no-ops); the global batch's embeddings are then gathered, the same on every rank.
-            let detached = embeddings
-                .iter()
-                .map(|e| dist::gather_rows(collective, &e.detach().to_device(&Device::Cpu)?))
-                .collect::<Result<Vec<_>, _>>()?;
+            // The global batch's embeddings, the same on every rank, where the encoder left
+            // them: an objective that runs elsewhere copies them itself (docs/gpu.md).
+            let detached =
+                embeddings.iter().map(|e| dist::gather_rows(collective, &e.detach())).collect::<Result<Vec<_>, _>>()?;
             let diverged =
                 |what, value| TrainError::Diverged { what, value, epoch, step, checkpoint: checkpoint_path.clone() };
-            if let Some(bad) = first_non_finite(&detached)? {
-                return Err(diverged("embeddings", bad));
+            let output = objective.step(&detached, indices, at);
+            // The loss is the step's one read of a device value; the embeddings are inspected
+            // only once it is not finite (or the objective failed), to name what diverged first.
+            let finite = output.as_ref().is_ok_and(|o| o.loss.is_finite());
+            if !finite {
+                if let Some(bad) = first_non_finite(&detached)? {
+                    return Err(diverged("embeddings", bad));
+                }
             }
-            let output = objective.step(&detached, indices, at).map_err(objective_error("step", &name))?;
+            let output = output.map_err(objective_error("step", &name))?;
             if !output.loss.is_finite() {
                 return Err(diverged("loss", output.loss));
             }

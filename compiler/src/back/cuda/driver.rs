@@ -25,6 +25,12 @@ pub fn device() -> Result<(Arc<CudaContext>, u32), CudaError> {
         return Err(CudaError::NoDevice("the driver sees no GPU".into()));
     }
     let ctx = CudaContext::new(0).map_err(|e| CudaError::NoDevice(format!("device 0: {e}")))?;
+    let arch = architecture(&ctx)?;
+    Ok((ctx, arch))
+}
+
+/// A context's architecture (`90` for sm_90), refused below sm_80.
+fn architecture(ctx: &CudaContext) -> Result<u32, CudaError> {
     let (major, minor) = ctx.compute_capability().map_err(driver_error("compute capability"))?;
     let arch = (major * 10 + minor) as u32;
     if arch < 80 {
@@ -32,13 +38,25 @@ pub fn device() -> Result<(Arc<CudaContext>, u32), CudaError> {
             "sm_{arch} devices: the tiles use tensor-core instructions of sm_80 or newer"
         )));
     }
-    Ok((ctx, arch))
+    Ok(arch)
 }
 
-enum DeviceBuffer {
+/// A buffer's device memory: allocated by the session, or lent by the caller (the training
+/// loop's embeddings and the objective's state, which are already on the device: reading them
+/// in place is what keeps them off the bus).
+pub enum DeviceBuffer<'b> {
     Float(CudaSlice<f32>),
     Int(CudaSlice<i64>),
     Bool(CudaSlice<u8>),
+    LentFloat(&'b CudaSlice<f32>),
+    LentInt(&'b CudaSlice<i64>),
+}
+
+/// Memory the caller lends a session for one external buffer, instead of a host upload.
+#[derive(Clone, Copy)]
+pub enum Lent<'b> {
+    Float(&'b CudaSlice<f32>),
+    Int(&'b CudaSlice<i64>),
 }
 
 /// A plan's kernels compiled for the first device and loaded there: done once per objective,
@@ -49,10 +67,18 @@ pub struct Kernels {
 }
 
 impl Kernels {
-    /// Compiles `source` (or reads it from the cache) for the device and loads every kernel.
+    /// Compiles `source` (or reads it from the cache) for the first device and loads every
+    /// kernel, to run on its default stream.
     pub fn load(plan: &Plan, source: &str) -> Result<Kernels, CudaError> {
-        let (ctx, arch) = device()?;
-        let cubin = nvrtc::compile(source, arch)?;
+        let (ctx, _) = device()?;
+        Kernels::load_on(plan, source, ctx.default_stream())
+    }
+
+    /// The same for `stream`'s device, to run on `stream` (candle's, when training: its kernels
+    /// and ours are then ordered by the stream itself, with no synchronisation).
+    pub fn load_on(plan: &Plan, source: &str, stream: Arc<CudaStream>) -> Result<Kernels, CudaError> {
+        let ctx = stream.context().clone();
+        let cubin = nvrtc::compile(source, architecture(&ctx)?)?;
         let loaded =
             ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin.image)).map_err(driver_error("loading the CUBIN"))?;
         let functions = plan
@@ -60,7 +86,11 @@ impl Kernels {
             .iter()
             .map(|k| loaded.load_function(&k.name).map_err(driver_error(&k.name)))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Kernels { stream: ctx.default_stream(), functions })
+        Ok(Kernels { stream, functions })
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
     }
 }
 
@@ -70,7 +100,7 @@ pub struct Session<'p> {
     plan: &'p Plan,
     stream: Arc<CudaStream>,
     functions: &'p [CudaFunction],
-    buffers: Vec<DeviceBuffer>,
+    buffers: Vec<DeviceBuffer<'p>>,
     scalars: Vec<Value>,
     shapes: Vec<Vec<usize>>,
     launches: Vec<LaunchConfig>,
@@ -79,13 +109,37 @@ pub struct Session<'p> {
 impl<'p> Session<'p> {
     /// Uploads the batch's inputs and allocates every other buffer.
     pub fn new(module: &Module, plan: &'p Plan, kernels: &'p Kernels, b: &Bindings) -> Result<Session<'p>, CudaError> {
+        Session::with_lent(module, plan, kernels, b, &vec![None; plan.buffers.len()])
+    }
+
+    /// The same, reading the external buffers `lent` has memory for (by buffer id) in place:
+    /// only the others are uploaded.
+    pub fn with_lent(
+        module: &Module,
+        plan: &'p Plan,
+        kernels: &'p Kernels,
+        b: &Bindings,
+        lent: &[Option<Lent<'p>>],
+    ) -> Result<Session<'p>, CudaError> {
         super::check_sample_index(module, b)?;
         let stream = kernels.stream.clone();
         let scalars = emulate::scalar_values(plan, module, b);
         let sizes = emulate::buffer_sizes(plan, b);
         let mut buffers = Vec::new();
-        for ((buf, data), &n) in plan.buffers.iter().zip(emulate::external_data(plan, b)?).zip(&sizes) {
+        let data = emulate::external_data(plan, b, &|id| lent[id].is_none())?;
+        for (id, ((buf, data), &n)) in plan.buffers.iter().zip(data).zip(&sizes).enumerate() {
             let upload = driver_error("uploading inputs");
+            if let Some(memory) = lent[id] {
+                let (len, buffer) = match memory {
+                    Lent::Float(s) => (s.len(), DeviceBuffer::LentFloat(s)),
+                    Lent::Int(s) => (s.len(), DeviceBuffer::LentInt(s)),
+                };
+                if len < n {
+                    return Err(CudaError::Bind(format!("`{}` needs {n} elements on the device, got {len}", buf.name)));
+                }
+                buffers.push(buffer);
+                continue;
+            }
             let n = n.max(1);
             buffers.push(match (data, buf.elem) {
                 (Some(Data::Float(v)), _) => DeviceBuffer::Float(stream.clone_htod(&v).map_err(upload)?),
@@ -113,6 +167,8 @@ impl<'p> Session<'p> {
                     DeviceBuffer::Float(s) => args.arg(s),
                     DeviceBuffer::Int(s) => args.arg(s),
                     DeviceBuffer::Bool(s) => args.arg(s),
+                    DeviceBuffer::LentFloat(s) => args.arg(*s),
+                    DeviceBuffer::LentInt(s) => args.arg(*s),
                 };
             }
             for &s in &k.scalars {
@@ -154,7 +210,9 @@ impl<'p> Session<'p> {
             .map(|&(_, id)| {
                 let data = match &self.buffers[id] {
                     DeviceBuffer::Float(s) => Data::Float(self.stream.clone_dtoh(s).map_err(&read)?),
+                    DeviceBuffer::LentFloat(s) => Data::Float(self.stream.clone_dtoh(*s).map_err(&read)?),
                     DeviceBuffer::Int(s) => Data::Int(self.stream.clone_dtoh(s).map_err(&read)?),
+                    DeviceBuffer::LentInt(s) => Data::Int(self.stream.clone_dtoh(*s).map_err(&read)?),
                     DeviceBuffer::Bool(s) => {
                         Data::Bool(self.stream.clone_dtoh(s).map_err(&read)?.into_iter().map(|x| x != 0).collect())
                     }
@@ -164,6 +222,43 @@ impl<'p> Session<'p> {
                 data.truncated(n).tensor(shape).map_err(|e| CudaError::Driver(e.to_string()))
             })
             .collect()
+    }
+}
+
+impl<'p> Session<'p> {
+    /// The plan's outputs left on the device, in order, with their shapes: the session's own
+    /// memory moves out, an output in lent memory (or named twice) is copied on the device.
+    /// Nothing waits for the kernels: whoever reads the memory next is ordered after them on
+    /// the stream.
+    pub fn into_device_outputs(mut self) -> Result<Vec<(DeviceBuffer<'static>, Vec<usize>)>, CudaError> {
+        let copy = driver_error("copying an output");
+        let mut owned: Vec<Option<DeviceBuffer<'p>>> = self.buffers.drain(..).map(Some).collect();
+        let mut out = Vec::with_capacity(self.plan.outputs.len());
+        for &(_, id) in &self.plan.outputs {
+            let buffer = match owned[id].take() {
+                Some(DeviceBuffer::Float(s)) => DeviceBuffer::Float(s),
+                Some(DeviceBuffer::Int(s)) => DeviceBuffer::Int(s),
+                Some(DeviceBuffer::Bool(s)) => DeviceBuffer::Bool(s),
+                Some(DeviceBuffer::LentFloat(s)) => DeviceBuffer::Float(self.stream.clone_dtod(s).map_err(&copy)?),
+                Some(DeviceBuffer::LentInt(s)) => DeviceBuffer::Int(self.stream.clone_dtod(s).map_err(&copy)?),
+                None => match out.iter().find(|(_, _, earlier)| *earlier == id) {
+                    Some((DeviceBuffer::Float(s), _, _)) => {
+                        DeviceBuffer::Float(self.stream.clone_dtod(s).map_err(&copy)?)
+                    }
+                    Some((DeviceBuffer::Int(s), _, _)) => DeviceBuffer::Int(self.stream.clone_dtod(s).map_err(&copy)?),
+                    Some((DeviceBuffer::Bool(s), _, _)) => {
+                        DeviceBuffer::Bool(self.stream.clone_dtod(s).map_err(&copy)?)
+                    }
+                    _ => return Err(CudaError::Driver(format!("output buffer {id} was moved out twice"))),
+                },
+            };
+            out.push((buffer, self.shapes[id].clone(), id));
+        }
+        Ok(out.into_iter().map(|(buffer, shape, _)| (buffer, shape)).collect())
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
     }
 }
 

@@ -54,15 +54,24 @@ pub fn buffer_sizes(plan: &Plan, b: &Bindings) -> Vec<usize> {
         .collect()
 }
 
-/// Host tensors of the external buffers, as f32 (reals) or i64 (sample indices).
-pub fn external_data(plan: &Plan, b: &Bindings) -> Result<Vec<Option<Data>>, CudaError> {
+/// Host tensors of the external buffers `wanted` (by buffer id), as f32 (reals) or i64 (sample
+/// indices); `None` for the others and for kernel-computed buffers.
+pub fn external_data(
+    plan: &Plan,
+    b: &Bindings,
+    wanted: &dyn Fn(usize) -> bool,
+) -> Result<Vec<Option<Data>>, CudaError> {
     let f32s = |t: &Tensor| -> Result<Data, CudaError> {
         let v = t.flatten_all().and_then(|t| t.to_dtype(DType::F32)).and_then(|t| t.to_vec1::<f32>());
         Ok(Data::Float(v.map_err(|e| CudaError::Bind(e.to_string()))?))
     };
     plan.buffers
         .iter()
-        .map(|buf| {
+        .enumerate()
+        .map(|(id, buf)| {
+            if !wanted(id) {
+                return Ok(None);
+            }
             Ok(match buf.source {
                 BufferSource::Input(i) => Some(f32s(&b.inputs[i])?),
                 BufferSource::Const(i) => Some(f32s(&b.consts[i])?),
@@ -148,7 +157,7 @@ pub fn run(module: &Module, plan: &Plan, b: &Bindings) -> Result<Vec<Tensor>, Cu
     super::check_sample_index(module, b)?;
     let scalars = scalar_values(plan, module, b);
     let sizes = buffer_sizes(plan, b);
-    let memory = external_data(plan, b)?
+    let memory = external_data(plan, b, &|_| true)?
         .into_iter()
         .zip(&plan.buffers)
         .zip(&sizes)

@@ -14,6 +14,8 @@
 //! used, and their absence is an error value, never a panic.
 
 pub mod c;
+#[cfg(feature = "linked-cuda")]
+pub mod candle;
 pub mod driver;
 pub mod emulate;
 mod lower;
@@ -23,7 +25,7 @@ pub mod plan;
 use crate::eval::Bindings;
 use crate::ir::{DimKind, Module};
 use crate::objective::{Evaluation, Executable};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Operand precision of the similarity tiles (tensor cores unless `F32`); accumulation is
 /// always f32, and every other kernel computes in f32.
@@ -103,11 +105,17 @@ pub fn source(exe: &Executable, plan: &plan::Plan) -> String {
 pub const PRELUDE: &str = include_str!("prelude.cu");
 
 /// An objective prepared for the first CUDA device: planned, compiled and loaded once, then
-/// evaluated on many batches (`sslc eval` and `sslc bench --backend cuda`).
+/// evaluated on many batches (`sslc eval` and `sslc bench --backend cuda`). Bindings whose
+/// inputs are candle CUDA tensors (training with `--device cuda`) run on that tensor's device
+/// and stream instead, in place ([`candle`]).
 pub struct Cuda {
     executable: Arc<Executable>,
     plan: plan::Plan,
+    source: String,
     kernels: driver::Kernels,
+    /// The kernels loaded for other streams (candle's, one per device), by stream handle.
+    #[cfg_attr(not(feature = "linked-cuda"), allow(dead_code))]
+    on_streams: Mutex<Vec<(usize, Arc<driver::Kernels>)>>,
 }
 
 /// Training and `sslc bench` reach the GPU through the common interface; `sslc eval` uses
@@ -120,17 +128,39 @@ impl super::Backend for Cuda {
         Cuda::evaluate(self, bindings)
             .map_err(|e| super::BackendError::Run { backend: self.name(), why: e.to_string() })
     }
+    fn reads_device_memory(&self) -> bool {
+        cfg!(feature = "linked-cuda")
+    }
 }
 
 impl Cuda {
     pub fn new(executable: Arc<Executable>, precision: Precision) -> Result<Cuda, CudaError> {
         let plan = plan(&executable, precision)?;
-        let kernels = driver::Kernels::load(&plan, &source(&executable, &plan))?;
-        Ok(Cuda { executable, plan, kernels })
+        let source = source(&executable, &plan);
+        let kernels = driver::Kernels::load(&plan, &source)?;
+        Ok(Cuda { executable, plan, source, kernels, on_streams: Mutex::new(Vec::new()) })
     }
 
-    /// Values and gradients of one batch, in f32.
+    /// The kernels loaded for `stream`'s device, to run on it (compiled and loaded once).
+    #[cfg_attr(not(feature = "linked-cuda"), allow(dead_code))]
+    fn kernels_on(&self, stream: Arc<cudarc::driver::CudaStream>) -> Result<Arc<driver::Kernels>, CudaError> {
+        let key = stream.cu_stream() as usize;
+        let mut loaded = self.on_streams.lock().map_err(|_| CudaError::Driver("a kernel cache was poisoned".into()))?;
+        if let Some((_, k)) = loaded.iter().find(|(s, _)| *s == key) {
+            return Ok(k.clone());
+        }
+        let kernels = Arc::new(driver::Kernels::load_on(&self.plan, &self.source, stream)?);
+        loaded.push((key, kernels.clone()));
+        Ok(kernels)
+    }
+
+    /// Values and gradients of one batch, in f32. Inputs on a candle CUDA device are read in
+    /// place there, and the gradients stay there ([`candle::evaluate`]).
     pub fn evaluate(&self, b: &Bindings) -> Result<Evaluation, CudaError> {
+        #[cfg(feature = "linked-cuda")]
+        if let Some(device) = candle::device_of(b) {
+            return candle::evaluate(self, &device, b);
+        }
         let session = self.session(b)?;
         session.launch()?;
         self.executable.collect(&session.outputs()?).map_err(|e| CudaError::Driver(e.to_string()))
