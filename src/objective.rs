@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use sslc_compiler::back::{self, Backend, BackendKind};
 use sslc_compiler::eval::{self, BindRequest, Bindings, Overrides};
-use sslc_compiler::ir::{Assigned, Event, Handle, Handler, Module, Momentum, ParamDecl, ParamValue, Program};
+use sslc_compiler::ir::{Assigned, Event, Expr, Handle, Handler, Module, Momentum, ParamDecl, ParamValue, Program};
 use sslc_compiler::objective::{Evaluation, Executable};
 use sslc_runtime::objective::{
     BoxError, EmbeddingSpec, ExtraAugmentation, Objective, RunPosition, StepOutput, ViewSpec,
@@ -421,11 +421,19 @@ impl Objective for CompiledObjective {
         if !self.exe.module.handlers.iter().any(|h| h.event == Event::Step) {
             return Ok(());
         }
-        // Handlers run on the host's reference evaluator: the batch comes there, once per step
-        // and only for objectives with `on step` handlers (docs/gpu.md).
-        let inputs = (self.exe.module.inputs.iter().zip(embeddings))
-            .map(|((_, d), t)| Ok((d.name.clone(), t.to_device(&Device::Cpu)?)))
+        // Handlers run on the host's reference evaluator: what they read of the batch comes
+        // there, once per step (docs/gpu.md); an embedding no handler reads is a placeholder
+        // that only sizes the batch, so nothing is copied for it.
+        let handlers = self.exe.module.handlers.iter().filter(|h| h.event == Event::Step);
+        let read: Vec<&Expr> = handlers.flat_map(|h| h.program.exprs.iter().map(|(_, e)| e)).collect();
+        let placeholders = self.probe_inputs(indices.len())?;
+        let inputs = (self.exe.module.inputs.iter().zip(embeddings).zip(placeholders))
+            .map(|(((h, d), t), placeholder)| match read.iter().any(|e| matches!(e, Expr::Input(i) if *i == h)) {
+                true => Ok((d.name.clone(), t.to_device(&Device::Cpu)?)),
+                false => Ok(placeholder),
+            })
             .collect::<Result<_, BoxError>>()?;
+        let reads_forward = read.iter().any(|e| matches!(e, Expr::Forward(_)));
         let mut b = self.bindings(inputs, Some(indices), at)?;
         // The loss program's outputs, in its order: loss, per_sample, metrics.
         b.forward = self
@@ -436,7 +444,8 @@ impl Objective for CompiledObjective {
             .iter()
             .map(|o| match o.name.as_str() {
                 "loss" => Tensor::new(output.loss as f32, &Device::Cpu),
-                "per_sample" => output.per_sample.to_device(&Device::Cpu),
+                "per_sample" if reads_forward => output.per_sample.to_device(&Device::Cpu),
+                "per_sample" => Tensor::zeros(indices.len(), DType::F32, &Device::Cpu),
                 name => {
                     let v = output.metrics.iter().find(|(n, _)| n == name).map_or(f64::NAN, |(_, v)| *v);
                     Tensor::new(v as f32, &Device::Cpu)

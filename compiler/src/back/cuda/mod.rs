@@ -104,6 +104,9 @@ pub fn source(exe: &Executable, plan: &plan::Plan) -> String {
 /// The fixed device library every translation unit starts with.
 pub const PRELUDE: &str = include_str!("prelude.cu");
 
+/// A stream's device ordinal and handle.
+type StreamKey = (usize, usize);
+
 /// An objective prepared for the first CUDA device: planned, compiled and loaded once, then
 /// evaluated on many batches (`sslc eval` and `sslc bench --backend cuda`). Bindings whose
 /// inputs are candle CUDA tensors (training with `--device cuda`) run on that tensor's device
@@ -113,9 +116,10 @@ pub struct Cuda {
     plan: plan::Plan,
     source: String,
     kernels: driver::Kernels,
-    /// The kernels loaded for other streams (candle's, one per device), by stream handle.
+    /// The kernels loaded for other streams (candle's, one per device), by device ordinal and
+    /// stream handle (candle's per-thread stream has the same handle on every device).
     #[cfg_attr(not(feature = "linked-cuda"), allow(dead_code))]
-    on_streams: Mutex<Vec<(usize, Arc<driver::Kernels>)>>,
+    on_streams: Mutex<Vec<(StreamKey, Arc<driver::Kernels>)>>,
 }
 
 /// Training and `sslc bench` reach the GPU through the common interface; `sslc eval` uses
@@ -144,7 +148,7 @@ impl Cuda {
     /// The kernels loaded for `stream`'s device, to run on it (compiled and loaded once).
     #[cfg_attr(not(feature = "linked-cuda"), allow(dead_code))]
     fn kernels_on(&self, stream: Arc<cudarc::driver::CudaStream>) -> Result<Arc<driver::Kernels>, CudaError> {
-        let key = stream.cu_stream() as usize;
+        let key = (stream.context().ordinal(), stream.cu_stream() as usize);
         let mut loaded = self.on_streams.lock().map_err(|_| CudaError::Driver("a kernel cache was poisoned".into()))?;
         if let Some((_, k)) = loaded.iter().find(|(s, _)| *s == key) {
             return Ok(k.clone());
