@@ -41,6 +41,17 @@ struct Resident {
     device: Device,
     states: Vec<Tensor>,
     consts: Vec<Tensor>,
+    /// Handlers' changes to the state since the copies were last brought up to date.
+    pending: Vec<Change>,
+}
+
+/// A handler's change to a state tensor, replayed on its device copy.
+enum Change {
+    /// Assigned whole: copied again.
+    Whole(usize),
+    /// Rows set (`e[index] = ...`): the distinct rows, each with the last value written to it,
+    /// scattered into the device copy, so a step moves `[N, ...]` values, not the whole table.
+    Rows(usize, Vec<i64>, Tensor),
 }
 
 impl CompiledObjective {
@@ -147,9 +158,16 @@ impl CompiledObjective {
                 device: device.clone(),
                 states: b.states.iter().map(|t| t.to_device(device)).collect::<Result<_, _>>()?,
                 consts: b.consts.iter().map(|t| t.to_device(device)).collect::<Result<_, _>>()?,
+                pending: Vec::new(),
             });
         }
-        let resident = self.resident.as_ref().expect("made above");
+        let resident = self.resident.as_mut().expect("made above");
+        for change in std::mem::take(&mut resident.pending) {
+            match change {
+                Change::Whole(s) => resident.states[s] = b.states[s].to_device(device)?,
+                Change::Rows(s, rows, values) => resident.states[s] = set_rows(&resident.states[s], rows, &values)?,
+            }
+        }
         b.states.clone_from(&resident.states);
         for (k, (slot, resident)) in b.consts.iter_mut().zip(&resident.consts).enumerate() {
             *slot = match self.learned.iter().any(|(index, _)| *index == k) {
@@ -158,6 +176,15 @@ impl CompiledObjective {
             };
         }
         Ok(())
+    }
+
+    /// The state as a back end reading device memory sees it on `device` (kept there between
+    /// steps and brought up to date by replaying the handlers' changes): for tests, which
+    /// check it against [`Objective::state`].
+    pub fn state_on(&mut self, device: &Device) -> Result<Vec<Tensor>, BoxError> {
+        let mut b = self.bindings(self.probe_inputs(2)?, None, RunPosition { epoch: 0, epochs: 1 })?;
+        self.make_resident(&mut b, device)?;
+        Ok(b.states)
     }
 
     /// Evaluates a one-output program (schedules, augmentation arguments).
@@ -169,6 +196,7 @@ impl CompiledObjective {
         let handlers: Vec<&Handler> = self.exe.module.handlers.iter().filter(|h| h.event == event).collect();
         let mut new_states = self.states.clone();
         let mut new_learned: Vec<(usize, Tensor)> = Vec::new();
+        let mut changes = Vec::new();
         for h in handlers {
             let (outputs, values) = eval::run_traced(&self.exe.module, &h.program, b, &Default::default())?;
             let _ = outputs;
@@ -185,10 +213,17 @@ impl CompiledObjective {
                 match u.target {
                     Assigned::State(s) => {
                         let slot = &mut new_states[s.index()];
-                        *slot = match u.rows {
-                            None => v,
-                            Some(rows) => write_rows(slot, &value(rows), &v)?,
-                        };
+                        match u.rows {
+                            None => {
+                                *slot = v;
+                                changes.push(Change::Whole(s.index()));
+                            }
+                            Some(rows) => {
+                                let (table, rows, values) = write_rows(slot, &value(rows), &v)?;
+                                *slot = table;
+                                changes.push(Change::Rows(s.index(), rows, values));
+                            }
+                        }
                     }
                     Assigned::Learned(c) => new_learned.push((c.index(), v)),
                 }
@@ -208,7 +243,9 @@ impl CompiledObjective {
             }
         }
         self.states = new_states;
-        self.resident = None;
+        if let Some(resident) = self.resident.as_mut() {
+            resident.pending.extend(changes);
+        }
         // The optimizer holds these variables: setting them in place keeps its momentum buffers.
         for (k, value) in new_learned {
             let (_, var) =
@@ -230,20 +267,45 @@ fn saved(state: &[(String, Tensor)], what: &str, name: &str, dims: &[usize]) -> 
     Ok(t.to_dtype(DType::F32)?)
 }
 
-/// Rows `rows` of `table` replaced by `values` (later rows win when an index repeats).
-fn write_rows(table: &Tensor, rows: &Tensor, values: &Tensor) -> Result<Tensor, BoxError> {
+/// Rows `rows` of `table` replaced by `values` (later rows win when an index repeats), with the
+/// distinct rows written and their final values `[rows, ...]`, for [`set_rows`].
+fn write_rows(table: &Tensor, rows: &Tensor, values: &Tensor) -> Result<(Tensor, Vec<i64>, Tensor), BoxError> {
     let dims = table.dims().to_vec();
     let width: usize = dims[1..].iter().product();
     let mut data = table.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
     let new = values.flatten_all()?.to_vec1::<f32>()?;
+    let mut written: Vec<i64> = Vec::new();
     for (k, r) in rows.to_dtype(DType::I64)?.to_vec1::<i64>()?.into_iter().enumerate() {
         let r = usize::try_from(r)
             .ok()
             .filter(|&r| r < dims[0])
             .ok_or_else(|| format!("sample index {r} is outside the state's {} rows", dims[0]))?;
         data[r * width..(r + 1) * width].copy_from_slice(&new[k * width..(k + 1) * width]);
+        written.push(r as i64);
     }
-    Ok(Tensor::from_vec(data, dims, &Device::Cpu)?)
+    written.sort_unstable();
+    written.dedup();
+    let finals: Vec<f32> =
+        written.iter().flat_map(|&r| data[r as usize * width..(r as usize + 1) * width].iter().copied()).collect();
+    let mut final_dims = dims.clone();
+    final_dims[0] = written.len();
+    let finals = Tensor::from_vec(finals, final_dims, &Device::Cpu)?;
+    Ok((Tensor::from_vec(data, dims, &Device::Cpu)?, written, finals))
+}
+
+/// `table` (on any device) with the distinct `rows` set to `values` (host), by one scatter on
+/// the table's device.
+fn set_rows(table: &Tensor, rows: Vec<i64>, values: &Tensor) -> Result<Tensor, BoxError> {
+    let dims = table.dims().to_vec();
+    let (n, width) = (rows.len(), dims[1..].iter().product::<usize>());
+    if n == 0 {
+        return Ok(table.clone());
+    }
+    let device = table.device();
+    let index = Tensor::from_vec(rows, (n, 1), &Device::Cpu)?.broadcast_as((n, width))?.contiguous()?;
+    let values = values.reshape((n, width))?.to_device(device)?;
+    let table = table.reshape((dims[0], width))?.scatter(&index.to_device(device)?, &values, 0)?;
+    Ok(table.reshape(dims)?)
 }
 
 impl Objective for CompiledObjective {
