@@ -8,7 +8,8 @@ network, no cargo), with the `--features cuda` build of sslc:
      the device (`sslc bench-train`) and with the real loader (`sslc run` on a CIFAR-100 file
      of random pixels, written here), next to PyTorch eager on the same GPU doing the same work
      (two-view forward in train mode, projector, backward of a fixed stand-in gradient, SGD
-     with momentum) at fp32, TF32 and bf16 autocast.
+     with momentum) at fp32, TF32 and bf16 autocast; and the objective's share of a step
+     (`sslc bench-train --objective objectives/simclr_gh.ssl` against the stand-in gradients).
 
     python3 bench/torch_train.py SSLC REPO OUT
 
@@ -135,10 +136,17 @@ guarded("b. run", "simclr_gh digits", digits)
 
 # ---- c. ResNet-18 throughput at batch 512 -----------------------------------------------------
 
-def bench_train(precision):
-    p = sslc(["bench-train", "--backbone", "resnet18", "--batch-size", str(BATCH), "--device", "cuda",
-              "--precision", precision, "--steps", "10"], 120)
-    return json.loads(p.stdout.strip().splitlines()[-1])["images_per_second"]
+measured = {}  # (precision, objective) -> sslc images/s
+
+
+def bench_train(precision, objective=None):
+    key = (precision, objective)
+    if key not in measured:
+        extra = ["--objective", objective] if objective else []
+        p = sslc(["bench-train", "--backbone", "resnet18", "--batch-size", str(BATCH), "--device", "cuda",
+                  "--precision", precision, "--steps", "10"] + extra, 120)
+        measured[key] = json.loads(p.stdout.strip().splitlines()[-1])["images_per_second"]
+    return measured[key]
 
 
 class Block(nn.Module):
@@ -217,6 +225,20 @@ for precision, torch_mode in [("f32", "fp32"), ("tf32", "tf32"), ("bf16", "bf16"
     throughput(precision, torch_mode)
 
 
+def objective_share():
+    """The same step with simclr_gh's kernels run in place on the embeddings (its loss read
+    back, as in training) against the stand-in gradients: the difference is the objective's
+    share of a step."""
+    plain = bench_train("tf32")
+    with_objective = bench_train("tf32", "objectives/simclr_gh.ssl")
+    share = max(0.0, 1 - with_objective / plain)
+    row("c. resnet18", f"objective share, batch {BATCH}, tf32, simclr_gh on the GPU", f"{with_objective:.0f} img/s",
+        f"{plain:.0f} img/s without", f"{100 * share:.1f} % of the step (target <= 5 %)")
+
+
+guarded("c. resnet18", "objective share", objective_share)
+
+
 def fake_cifar100(root):
     """CIFAR-100's binary layout with random pixels and balanced labels: the loader's work is
     the same as on the real files (decode, augment, batch), and none need to be carried."""
@@ -243,7 +265,7 @@ def real_loader():
     wait = statistics.mean(s["data_wait"] for s in later)
     produced = [l for l in p.stderr.splitlines() if "images/s augmented" in l]
     loader = produced[-1].split("(")[-1].split(" images/s")[0] if produced else "?"
-    row("c. resnet18", f"real loader, batch {BATCH}, tf32, simclr (host objective)", f"{rate:.0f} img/s",
+    row("c. resnet18", f"real loader, batch {BATCH}, tf32, simclr (objective on the GPU)", f"{rate:.0f} img/s",
         "-", f"data wait {100 * wait:.0f} % of the step; loader {loader} img/s (target >= 1.5x)")
 
 

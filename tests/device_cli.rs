@@ -156,3 +156,25 @@ fn train_step_writes_the_updated_weights_deterministically() {
     assert!(relative < 0.15, "bf16's update is {relative:.3} (relative L2) away from f32's");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `bench-train --objective` runs that objective in each timed step, as `sslc run` does (the
+/// GPU check compares it with the stand-in gradients for the objective's share of a step);
+/// objectives it cannot feed, and broken files, are refused with exit 1.
+#[test]
+fn bench_train_runs_an_objective_in_the_step() {
+    let base = ["bench-train", "--backbone", "small", "--batch-size", "8", "--image-size", "8", "--steps", "1"];
+    for file in ["objectives/simclr_gh.ssl", "objectives/byol.ssl"] {
+        let out = sslc(&[&base[..], &["--objective", file]].concat());
+        assert!(out.status.success(), "{file}: {}", text(&out));
+        let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let name = file.trim_start_matches("objectives/").trim_end_matches(".ssl");
+        assert_eq!(line["objective"], name, "{line}");
+        assert!(line["images_per_second"].as_f64().unwrap() > 0.0, "{line}");
+    }
+    let crops = sslc(&[&base[..], &["--objective", "objectives/swav_multicrop.ssl"]].concat());
+    assert_eq!(crops.status.code(), Some(1), "{}", text(&crops));
+    assert!(text(&crops).contains("small crops"), "{}", text(&crops));
+    let missing = sslc(&[&base[..], &["--objective", "objectives/no_such.ssl"]].concat());
+    assert_eq!(missing.status.code(), Some(1), "{}", text(&missing));
+    assert!(!text(&missing).contains("panicked"), "{}", text(&missing));
+}

@@ -15,7 +15,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|arg| !arg.starts_with("--")).collect();
     if !std::env::args().any(|arg| arg == "--bench") {
         let shape = SyntheticStep { backbone: BackboneKind::SmallConv, in_channels: 1, image_size: 8, batch_size: 4 };
-        let smoke = measure_train_throughput(shape, 1, &Compute::cpu());
+        let smoke = measure_train_throughput(shape, 1, &Compute::cpu(), None);
         if let Err(error) = smoke {
             eprintln!("benchmark smoke step failed: {error}");
             std::process::exit(1);
@@ -30,7 +30,7 @@ fn main() {
     let batch = args.get(1).and_then(|arg| arg.parse().ok()).unwrap_or(64);
     let steps = args.get(2).and_then(|arg| arg.parse().ok()).unwrap_or(3);
     let shape = SyntheticStep { backbone, in_channels: channels, image_size: size, batch_size: batch };
-    match measure_train_throughput(shape, steps, &Compute::cpu()) {
+    match measure_train_throughput(shape, steps, &Compute::cpu(), None) {
         Ok(result) => println!(
             "{backbone:?} batch {batch}: {:.1} images/s ({:.3} s/step, {} threads)",
             result.images_per_second,

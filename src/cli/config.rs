@@ -388,6 +388,22 @@ mod tests {
         (DatasetName::PlacesLt, Backbone::Resnet50, 500, 256, 500, 1e-4),
     ];
 
+    /// The objective runs where the backbone does unless `backend` is given: in place on the
+    /// GPU with `--device cuda`, on the CPU's back end otherwise.
+    #[test]
+    fn the_backend_follows_the_device_unless_given() {
+        let complete = |device, backend| {
+            RunSettings { objective: Some("o.ssl".into()), device, backend, ..RunSettings::default() }
+                .complete()
+                .unwrap()
+                .backend
+        };
+        assert_eq!(complete(None, None), Some(Backend::Cpu));
+        assert_eq!(complete(Some(DeviceSpec::Cpu), None), Some(Backend::Cpu));
+        assert_eq!(complete(Some(DeviceSpec::Cuda(1)), None), Some(Backend::Cuda));
+        assert_eq!(complete(Some(DeviceSpec::Cuda(0)), Some(Backend::Reference)), Some(Backend::Reference));
+    }
+
     #[test]
     fn every_preset_file_parses_to_the_values_the_code_used_before() {
         for (name, backbone, epochs, batch_size, probe_epochs, weight_decay) in BEFORE {

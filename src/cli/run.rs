@@ -74,9 +74,15 @@ pub struct RunArgs {
 
 /// Measure the training throughput of a backbone (forward, backward and SGD on random images).
 #[derive(Args)]
-#[command(after_help = "Prints one JSON line. Example:
-  sslc bench-train --backbone resnet18 --batch-size 64")]
+#[command(after_help = "Prints one JSON line. Without --objective the step backpropagates fixed random \
+gradients in place of an objective's; with it, the step runs that objective on the embeddings as `sslc run` \
+does (on the GPU with --device cuda), so the difference of the two is the objective's share of a step. Examples:
+  sslc bench-train --backbone resnet18 --batch-size 64
+  sslc bench-train --backbone resnet18 --batch-size 512 --device cuda --objective objectives/simclr_gh.ssl")]
 pub struct BenchTrainArgs {
+    /// Run this objective in each step (its default parameters; the backend follows --device).
+    #[arg(long, value_name = "FILE.ssl")]
+    objective: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "resnet18")]
     backbone: Backbone,
     #[arg(long, default_value_t = 64)]
@@ -167,6 +173,15 @@ pub struct SplitArgs {
     imb_type: ImbType,
 }
 
+/// The objective's similarity tiles follow the backbone's precision (tf32 unless told).
+fn tiles(precision: Precision) -> TilePrecision {
+    match precision {
+        Precision::F32 => TilePrecision::F32,
+        Precision::Tf32 => TilePrecision::Tf32,
+        Precision::Bf16 => TilePrecision::Bf16,
+    }
+}
+
 fn set_threads(threads: Option<usize>) {
     if let Some(t) = threads.filter(|&t| t > 0) {
         // Both the encoder's kernels and the loader's pool size themselves from this.
@@ -212,14 +227,9 @@ fn run_inner(args: &RunArgs) -> Result<(), i32> {
     let name = run.dataset;
     let module = load_objective(&run.objective)?;
     let overrides = Overrides::parse(&run.set).map_err(fail)?;
-    // The objective's similarity tiles follow the backbone's precision (tf32 unless told).
-    let tiles = match compute.precision {
-        Precision::F32 => TilePrecision::F32,
-        Precision::Tf32 => TilePrecision::Tf32,
-        Precision::Bf16 => TilePrecision::Bf16,
-    };
     let mut objective =
-        CompiledObjective::with_precision(module, overrides, run.lr, run.backend.kind(), tiles).map_err(fail)?;
+        CompiledObjective::with_precision(module, overrides, run.lr, run.backend.kind(), tiles(compute.precision))
+            .map_err(fail)?;
     let options = presets::data_options(run.data.clone(), run.split_dir.clone(), run.imbalance, run.imb_type.profile())
         .map_err(fail)?;
     if lead {
@@ -424,9 +434,39 @@ pub fn bench_train(args: &BenchTrainArgs) -> i32 {
         image_size: args.image_size,
         batch_size: args.batch_size,
     };
-    match train::measure_train_throughput(shape, args.steps, &compute) {
+    let mut objective = match &args.objective {
+        None => None,
+        Some(file) => {
+            let module = match load_objective(file) {
+                Ok(module) => module,
+                Err(code) => return code,
+            };
+            let backend = match args.device.device {
+                DeviceSpec::Cuda(_) => sslc_compiler::back::BackendKind::Cuda,
+                DeviceSpec::Cpu => sslc_compiler::back::BackendKind::Cpu,
+            };
+            match CompiledObjective::with_precision(
+                module,
+                Overrides::default(),
+                0.5,
+                backend,
+                tiles(compute.precision),
+            ) {
+                Ok(objective) => Some(objective),
+                Err(e) => return fail(e),
+            }
+        }
+    };
+    let name = objective.as_ref().map(|o| o.name().to_string());
+    match train::measure_train_throughput(
+        shape,
+        args.steps,
+        &compute,
+        objective.as_mut().map(|o| o as &mut dyn Objective),
+    ) {
         Ok(t) => {
             let line = serde_json::json!({
+                "objective": name,
                 "backbone": args.backbone,
                 "batch": args.batch_size,
                 "image_size": args.image_size,

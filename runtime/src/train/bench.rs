@@ -8,10 +8,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sslc_rng::standard_normal;
 
-use super::{backpropagate, forward_embeddings, TrainError};
+use super::{backpropagate, forward_embeddings, EncoderNeeds, TrainError};
 use crate::device::Compute;
 use crate::model::{BackboneKind, Encoder, EncoderConfig};
-use crate::objective::EmbeddingSpec;
+use crate::objective::{EmbeddingSpec, Objective, RunPosition};
 use crate::optim::{Optimizer, Sgd};
 
 #[derive(Clone, Copy, Debug, serde::Serialize)]
@@ -30,28 +30,46 @@ pub struct SyntheticStep {
     pub batch_size: usize,
 }
 
-/// A seeded two-view batch and a fixed stand-in for the objective's gradients (N(0, 1/N²), so
+/// A seeded batch of views and a fixed stand-in for the objective's gradients (N(0, 1/N²), so
 /// every parameter gets a gradient), made on the host and copied to the device once: the timed
 /// steps read images already on the device.
-struct Synthetic {
+struct Synthetic<'o> {
     encoder: Encoder,
     specs: Vec<EmbeddingSpec>,
-    views: [Tensor; 2],
+    views: Vec<Tensor>,
     grads: Vec<Tensor>,
     optimizer: Sgd,
+    /// The objective whose gradients the step backpropagates instead of the stand-in's, with
+    /// the batch's sample indices.
+    objective: Option<(&'o mut dyn Objective, Vec<u32>)>,
 }
 
 impl SyntheticStep {
-    fn build(&self, compute: &Compute) -> Result<Synthetic, TrainError> {
+    fn build<'o>(
+        &self,
+        compute: &Compute,
+        objective: Option<&'o mut dyn Objective>,
+    ) -> Result<Synthetic<'o>, TrainError> {
         let SyntheticStep { backbone, in_channels, image_size, batch_size } = *self;
         if batch_size < 2 || image_size == 0 || in_channels == 0 {
             return Err(TrainError::Setup(
                 "a synthetic step needs a batch of at least 2 and a positive image size and channel count".into(),
             ));
         }
-        let encoder = Encoder::on(EncoderConfig::reference(backbone, in_channels, false, 0), compute)?;
-        let specs: Vec<EmbeddingSpec> =
-            (0..2).map(|view| EmbeddingSpec::online(format!("z{}", view + 1), view)).collect();
+        let specs: Vec<EmbeddingSpec> = match &objective {
+            Some(o) if o.views().small_crops > 0 => {
+                return Err(TrainError::Setup(format!(
+                    "objective `{}` takes small crops; the synthetic benchmark makes two full-size views only",
+                    o.name()
+                )))
+            }
+            Some(o) => o.embeddings(),
+            None => (0..2).map(|view| EmbeddingSpec::online(format!("z{}", view + 1), view)).collect(),
+        };
+        let needs = EncoderNeeds::of(&specs)?;
+        let mut config = EncoderConfig::reference(backbone, in_channels, needs.prune_fraction.is_some(), 0);
+        needs.apply(&mut config);
+        let encoder = Encoder::on(config, compute)?;
         let mut rng = ChaCha8Rng::seed_from_u64(0);
         let shape = (batch_size, in_channels, image_size, image_size);
         let count = batch_size * in_channels * image_size * image_size;
@@ -59,41 +77,83 @@ impl SyntheticStep {
             let values: Vec<f32> = (0..count).map(|_| rng.random_range(-1.0..1.0)).collect();
             Tensor::from_vec(values, shape, &Device::Cpu)?.to_device(&compute.device)
         };
-        let views = [random_view()?, random_view()?];
+        let views = vec![random_view()?, random_view()?];
         let width = encoder.config().embedding_dim;
-        let grads = (0..2)
+        let grads = (0..specs.len())
             .map(|_| {
                 let values: Vec<f32> =
                     (0..batch_size * width).map(|_| (standard_normal(&mut rng) / batch_size as f64) as f32).collect();
                 Tensor::from_vec(values, (batch_size, width), &Device::Cpu)?.to_device(&compute.device)
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Synthetic { encoder, specs, views, grads, optimizer: Sgd::new(0.9, 5e-4) })
+        let objective = match objective {
+            Some(o) => {
+                let name = o.name().to_string();
+                let failed = |source| TrainError::Objective { objective: name.clone(), during: "init_state", source };
+                o.init_state(&vec![0; batch_size], width).map_err(failed)?;
+                Some((o, (0..batch_size as u32).collect()))
+            }
+            None => None,
+        };
+        Ok(Synthetic { encoder, specs, views, grads, optimizer: Sgd::new(0.9, 5e-4), objective })
     }
 }
 
-impl Synthetic {
-    /// Two-view forward in train mode, backward of the stand-in gradients, SGD: the runtime's
-    /// own work in a training step, the objective left out.
+impl Synthetic<'_> {
+    /// Two-view forward in train mode, backward and SGD: the runtime's own work in a training
+    /// step, with the objective's step as the training loop runs it when one is given (its
+    /// loss read back, the step's one synchronisation), the stand-in gradients otherwise.
     fn step(&mut self) -> Result<(), TrainError> {
         let embeddings = forward_embeddings(&self.encoder, &self.specs, &self.views)?;
-        let grads = backpropagate(&embeddings, &self.grads)?;
+        let grads = match self.objective.as_mut() {
+            None => backpropagate(&embeddings, &self.grads)?,
+            Some((objective, indices)) => {
+                let detached: Vec<Tensor> = embeddings.iter().map(Tensor::detach).collect();
+                let at = RunPosition { epoch: 0, epochs: 1 };
+                let objective_name = objective.name().to_string();
+                let output = objective.step(&detached, indices, at).map_err(|source| TrainError::Objective {
+                    objective: objective_name,
+                    during: "step",
+                    source,
+                })?;
+                let (trained, grads): (Vec<Tensor>, Vec<Tensor>) = (embeddings.iter().zip(&output.grads))
+                    .zip(&self.specs)
+                    .filter(|(_, spec)| !spec.target)
+                    .map(|((e, g), _)| (e.clone(), g.clone()))
+                    .unzip();
+                backpropagate(&trained, &grads)?
+            }
+        };
         self.optimizer.step(self.encoder.parameters(), &grads, 0.01)?;
+        if let Some((objective, _)) = self.objective.as_ref() {
+            let at = RunPosition { epoch: 0, epochs: 1 };
+            let momentum = objective.target_momentum(at).map_err(|source| TrainError::Objective {
+                objective: objective.name().to_string(),
+                during: "target_momentum",
+                source,
+            })?;
+            if let Some(momentum) = momentum {
+                self.encoder.update_target(momentum)?;
+            }
+        }
         Ok(())
     }
 }
 
 /// Times `steps` synthetic training steps on `compute`'s device after one untimed warm-up
-/// step (which, on a GPU, also loads the kernels).
+/// step (which, on a GPU, also loads the kernels); with `objective`, each step runs it on the
+/// embeddings as training does (`sslc bench-train --objective`: the objective's share of a
+/// step is the difference of the two measurements).
 pub fn measure_train_throughput(
     shape: SyntheticStep,
     steps: usize,
     compute: &Compute,
+    objective: Option<&mut dyn Objective>,
 ) -> Result<Throughput, TrainError> {
     if steps == 0 {
         return Err(TrainError::Setup("the benchmark needs at least one step".into()));
     }
-    let mut synthetic = shape.build(compute)?;
+    let mut synthetic = shape.build(compute, objective)?;
     synthetic.step()?;
     // GPU work is asynchronous: time from an idle device to an idle device.
     compute.device.synchronize()?;
@@ -114,7 +174,7 @@ pub fn synthetic_steps(
     steps: usize,
     compute: &Compute,
 ) -> Result<Vec<(String, Tensor)>, TrainError> {
-    let mut synthetic = shape.build(compute)?;
+    let mut synthetic = shape.build(compute, None)?;
     for _ in 0..steps {
         synthetic.step()?;
     }
