@@ -70,7 +70,8 @@ pub enum Precision {
     /// (f32 accumulation). The default on CUDA, as PyTorch's `allow_tf32` for convolutions.
     Tf32,
     /// Convolutions and matmuls take bf16 operands (weights cast from the f32 master copy each
-    /// step, f32 accumulation); BatchNorm, activations between layers and the loss stay f32.
+    /// step, f32 accumulation) and the backbone's activations between layers are bf16;
+    /// BatchNorm's statistics, the pooled features, the projector's output and the loss are f32.
     /// Meant for CUDA; on the CPU it works (the device path's convolution, so CI tests it) but
     /// is slower than f32.
     Bf16,
@@ -155,7 +156,9 @@ impl Compute {
 /// built from candle's indexing ops ([`patches_by_indexing`]), each of which has CUDA kernels
 /// and a backward: the products go to cuBLAS, where candle's CUDA conv2d would run its backward
 /// as a direct `conv_transpose2d` and a conv with an image-sized kernel. In bf16 the operands
-/// are cast to bf16 and the result back to f32, so BatchNorm sees f32.
+/// are cast to bf16 (the weight from its f32 master copy) and the result stays bf16: the
+/// activations between layers are bf16, as under PyTorch's autocast, and BatchNorm computes its
+/// statistics in f32 ([`crate::model`]).
 pub fn conv2d(
     x: &Tensor,
     weight: &Tensor,
@@ -170,7 +173,7 @@ pub fn conv2d(
         Precision::Bf16 => (x.to_dtype(DType::BF16)?, weight.to_dtype(DType::BF16)?),
         Precision::F32 | Precision::Tf32 => (x.clone(), weight.clone()),
     };
-    conv2d_by_indexing(&x, &weight, stride, padding)?.to_dtype(DType::F32)
+    conv2d_by_indexing(&x, &weight, stride, padding)
 }
 
 /// [`conv2d`]'s device path, on any device (the CPU tests it against the im2col op).

@@ -109,7 +109,8 @@ pub struct RunSettings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device: Option<DeviceSpec>,
     /// The backbone's arithmetic: f32, tf32 (matmul/conv operands rounded to TF32 on tensor
-    /// cores) or bf16 (bf16 conv/matmul operands, f32 weights, BatchNorm and loss; meant for CUDA).
+    /// cores) or bf16 (bf16 conv/matmul operands and activations, f32 weights, BatchNorm
+    /// statistics and loss; meant for CUDA), and the objective's similarity tiles'.
     /// Default: tf32 on CUDA, f32 on the CPU.
     #[arg(long, value_enum)]
     #[serde(default, with = "by_name", skip_serializing_if = "Option::is_none")]

@@ -158,7 +158,8 @@ impl Backbone {
         for block in &self.blocks {
             out = block.forward(&out, branch, mode)?;
         }
-        Ok(out.mean((2, 3))?.t()?.contiguous()?)
+        // Pooled in f32 (bf16 activations under `--precision bf16`): the features are f32.
+        Ok(out.to_dtype(candle_core::DType::F32)?.mean((2, 3))?.t()?.contiguous()?)
     }
 
     /// Every conv layer, in construction order: the set SDCLR prunes globally.

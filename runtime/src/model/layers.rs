@@ -262,7 +262,10 @@ impl BatchNorm {
                 x.dims()
             )));
         }
-        let rows = x.contiguous()?.reshape((self.channels, ()))?;
+        // Statistics and normalisation in f32 whatever the activations' type (bf16 under
+        // `--precision bf16`), the result back in that type.
+        let dtype = x.dtype();
+        let rows = x.contiguous()?.reshape((self.channels, ()))?.to_dtype(candle_core::DType::F32)?;
         let column = |t: &Tensor| t.reshape((self.channels, 1));
         let (centered, var) = match mode {
             Mode::Train => {
@@ -306,7 +309,7 @@ impl BatchNorm {
         };
         let scale = column(set.weight.as_tensor())?.broadcast_div(&(var + BN_EPS)?.sqrt()?)?;
         let normalized = centered.broadcast_mul(&scale)?.broadcast_add(&column(set.bias.as_tensor())?)?;
-        Ok(normalized.reshape(x.dims())?)
+        Ok(normalized.to_dtype(dtype)?.reshape(x.dims())?)
     }
 }
 
