@@ -108,7 +108,18 @@ fn a_resumed_run_reaches_the_same_weights() {
         "warm_up=1",
     ]);
     assert!(resumed.status.success(), "{}", text(&resumed));
+    // With nothing repeated: the run's config.toml says what it was.
+    let bare = scratch("bare");
+    let first = tiny_run(objective, &bare, &[&flags[..], &["--stop-after", "1"]].concat());
+    assert!(first.status.success(), "{}", text(&first));
+    let resumed = sslc(&["run", "--resume", bare.to_str().unwrap()]);
+    assert!(resumed.status.success(), "{}", text(&resumed));
     let load = |d: &Path| sslc_runtime::checkpoint::Checkpoint::load(&d.join("checkpoint.safetensors")).unwrap();
+    assert_eq!(load(&bare).model.len(), load(&whole).model.len());
+    for ((name, x), (_, y)) in load(&bare).model.iter().zip(load(&whole).model.iter()) {
+        let bits = |t: &candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(bits(x) == bits(y), "model tensor {name} differs after a bare --resume");
+    }
     let (a, b) = (load(&whole), load(&split));
     assert_eq!(a.epoch, b.epoch);
     for (part, (x, y)) in [

@@ -38,7 +38,7 @@ sslc run objectives/simclr.ssl --dataset fashion-mnist-lt --seed 1\n  \
 sslc run objectives/sdclr_gh.ssl --dataset cifar100-lt --data ~/data/cifar-100-binary --backbone resnet18 --epochs 1000 --batch-size 512\n  \
 sslc run objectives/simclr_gh.ssl --set warm_up=40% --set tau=0.1\n  \
 sslc run --config runs/simclr_gh-20261128-101500/config.toml --seed 1 --out runs/seed1\n  \
-sslc run objectives/simclr_gh.ssl --resume runs/simclr_gh-20261128-101500\n  \
+sslc run --resume runs/simclr_gh-20261128-101500\n  \
 sslc run objectives/simclr_gh.ssl --gpus 4 --batch-size 256   (a build with --features nccl)")]
 pub struct RunArgs {
     #[command(flatten)]
@@ -50,7 +50,8 @@ pub struct RunArgs {
     /// Run directory.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Continue the run in this directory from its last checkpoint (same flags).
+    /// Continue the run in this directory from its last checkpoint, with the settings its
+    /// config.toml records (flags given as well override them; a changed setting is refused).
     #[arg(long, conflicts_with = "out")]
     resume: Option<PathBuf>,
     /// Start afresh in an --out directory that holds an earlier run, replacing its checkpoint,
@@ -325,9 +326,11 @@ fn run_inner(args: &RunArgs) -> Result<(), i32> {
 /// The run's settings: flags over the --config file over the presets. `--gpus` implies
 /// `--device cuda` where neither names a device.
 fn run_settings(args: &RunArgs) -> Result<RunSettings, i32> {
-    let file = match &args.config {
-        Some(path) => config::load(path).map_err(fail)?,
-        None => RunSettings::default(),
+    // A resumed run's own record stands in for --config: `--resume DIR` alone continues it.
+    let recorded = args.resume.as_ref().map(|dir| dir.join(CONFIG_FILE)).filter(|path| path.is_file());
+    let file = match (&args.config, &recorded) {
+        (Some(path), _) | (None, Some(path)) => config::load(path).map_err(fail)?,
+        (None, None) => RunSettings::default(),
     };
     let mut settings = args.settings.clone().over(file);
     if args.gpus.is_some() && settings.device.is_none() {
