@@ -15,8 +15,8 @@ fn driver_error(what: &str) -> impl Fn(cudarc::driver::DriverError) -> CudaError
     move |e| CudaError::Driver(format!("{what}: {e}"))
 }
 
-/// The first device and its architecture (`90` for sm_90).
-pub fn device() -> Result<(Arc<CudaContext>, u32), CudaError> {
+/// That a driver and at least one GPU are there, without creating a context on any.
+pub fn check_device() -> Result<(), CudaError> {
     if !nvrtc::library_present(nvrtc::Library::Driver) {
         return Err(CudaError::NoDevice("libcuda was not found (no NVIDIA driver on this machine)".into()));
     }
@@ -24,6 +24,12 @@ pub fn device() -> Result<(Arc<CudaContext>, u32), CudaError> {
     if count < 1 {
         return Err(CudaError::NoDevice("the driver sees no GPU".into()));
     }
+    Ok(())
+}
+
+/// The first device and its architecture (`90` for sm_90).
+pub fn device() -> Result<(Arc<CudaContext>, u32), CudaError> {
+    check_device()?;
     let ctx = CudaContext::new(0).map_err(|e| CudaError::NoDevice(format!("device 0: {e}")))?;
     let arch = architecture(&ctx)?;
     Ok((ctx, arch))

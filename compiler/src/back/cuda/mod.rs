@@ -25,7 +25,7 @@ pub mod plan;
 use crate::eval::Bindings;
 use crate::ir::{DimKind, Module};
 use crate::objective::{Evaluation, Executable};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Operand precision of the similarity tiles (tensor cores unless `F32`); accumulation is
 /// always f32, and every other kernel computes in f32.
@@ -115,7 +115,9 @@ pub struct Cuda {
     executable: Arc<Executable>,
     plan: plan::Plan,
     source: String,
-    kernels: driver::Kernels,
+    /// The kernels on the first device's default stream, for host inputs: loaded when first
+    /// needed, so a training process on another GPU creates no context on the first.
+    host: OnceLock<driver::Kernels>,
     /// The kernels loaded for other streams (candle's, one per device), by device ordinal and
     /// stream handle (candle's per-thread stream has the same handle on every device).
     #[cfg_attr(not(feature = "linked-cuda"), allow(dead_code))]
@@ -141,8 +143,17 @@ impl Cuda {
     pub fn new(executable: Arc<Executable>, precision: Precision) -> Result<Cuda, CudaError> {
         let plan = plan(&executable, precision)?;
         let source = source(&executable, &plan);
-        let kernels = driver::Kernels::load(&plan, &source)?;
-        Ok(Cuda { executable, plan, source, kernels, on_streams: Mutex::new(Vec::new()) })
+        // Without a GPU, fail here, before any work, as every later call would.
+        driver::check_device()?;
+        Ok(Cuda { executable, plan, source, host: OnceLock::new(), on_streams: Mutex::new(Vec::new()) })
+    }
+
+    fn host_kernels(&self) -> Result<&driver::Kernels, CudaError> {
+        if let Some(kernels) = self.host.get() {
+            return Ok(kernels);
+        }
+        let kernels = driver::Kernels::load(&self.plan, &self.source)?;
+        Ok(self.host.get_or_init(|| kernels))
     }
 
     /// The kernels loaded for `stream`'s device, to run on it (compiled and loaded once).
@@ -176,7 +187,7 @@ impl Cuda {
     }
 
     fn session(&self, b: &Bindings) -> Result<driver::Session<'_>, CudaError> {
-        driver::Session::new(&self.executable.module, &self.plan, &self.kernels, b)
+        driver::Session::new(&self.executable.module, &self.plan, self.host_kernels()?, b)
     }
 }
 
