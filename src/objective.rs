@@ -32,8 +32,9 @@ pub struct CompiledObjective {
     /// updates the variables in place, and every evaluation binds their current values.
     learned: Vec<(usize, Var)>,
     /// Device copies of the state and the constants, for a back end that reads the embeddings
-    /// on their GPU: made when first needed and again only after the host's values change
-    /// (handlers, checkpoints), not every step.
+    /// on their GPU: made when first needed (again after a checkpoint is loaded or the state is
+    /// created anew), and brought up to date by replaying the handlers' changes, not by copying
+    /// every table every step.
     resident: Option<Resident>,
 }
 
