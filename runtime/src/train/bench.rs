@@ -8,7 +8,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sslc_rng::standard_normal;
 
-use super::{backpropagate, forward_embeddings, EncoderNeeds, TrainError};
+use super::{backpropagate, backpropagate_online, forward_embeddings, objective_error, EncoderNeeds, TrainError};
 use crate::device::Compute;
 use crate::model::{BackboneKind, Encoder, EncoderConfig};
 use crate::objective::{EmbeddingSpec, Objective, RunPosition};
@@ -39,9 +39,17 @@ struct Synthetic<'o> {
     views: Vec<Tensor>,
     grads: Vec<Tensor>,
     optimizer: Sgd,
-    /// The objective whose gradients the step backpropagates instead of the stand-in's, with
-    /// the batch's sample indices.
-    objective: Option<(&'o mut dyn Objective, Vec<u32>)>,
+    /// The objective whose gradients the step backpropagates instead of the stand-in's.
+    objective: Option<SyntheticObjective<'o>>,
+}
+
+struct SyntheticObjective<'o> {
+    objective: &'o mut dyn Objective,
+    name: String,
+    /// The batch's sample indices.
+    indices: Vec<u32>,
+    /// The target network's momentum, when the objective has one (that of the first epoch).
+    target_momentum: Option<f64>,
 }
 
 impl SyntheticStep {
@@ -87,11 +95,14 @@ impl SyntheticStep {
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         let objective = match objective {
-            Some(o) => {
-                let name = o.name().to_string();
-                let failed = |source| TrainError::Objective { objective: name.clone(), during: "init_state", source };
-                o.init_state(&vec![0; batch_size], width).map_err(failed)?;
-                Some((o, (0..batch_size as u32).collect()))
+            Some(objective) => {
+                let name = objective.name().to_string();
+                objective.init_state(&vec![0; batch_size], width).map_err(objective_error("init_state", &name))?;
+                let target_momentum = objective
+                    .target_momentum(RunPosition { epoch: 0, epochs: 1 })
+                    .map_err(objective_error("target_momentum", &name))?;
+                let indices = (0..batch_size as u32).collect();
+                Some(SyntheticObjective { objective, name, indices, target_momentum })
             }
             None => None,
         };
@@ -107,34 +118,16 @@ impl Synthetic<'_> {
         let embeddings = forward_embeddings(&self.encoder, &self.specs, &self.views)?;
         let grads = match self.objective.as_mut() {
             None => backpropagate(&embeddings, &self.grads)?,
-            Some((objective, indices)) => {
+            Some(o) => {
                 let detached: Vec<Tensor> = embeddings.iter().map(Tensor::detach).collect();
                 let at = RunPosition { epoch: 0, epochs: 1 };
-                let objective_name = objective.name().to_string();
-                let output = objective.step(&detached, indices, at).map_err(|source| TrainError::Objective {
-                    objective: objective_name,
-                    during: "step",
-                    source,
-                })?;
-                let (trained, grads): (Vec<Tensor>, Vec<Tensor>) = (embeddings.iter().zip(&output.grads))
-                    .zip(&self.specs)
-                    .filter(|(_, spec)| !spec.target)
-                    .map(|((e, g), _)| (e.clone(), g.clone()))
-                    .unzip();
-                backpropagate(&trained, &grads)?
+                let output = o.objective.step(&detached, &o.indices, at).map_err(objective_error("step", &o.name))?;
+                backpropagate_online(&embeddings, &output.grads, &self.specs)?
             }
         };
         self.optimizer.step(self.encoder.parameters(), &grads, 0.01)?;
-        if let Some((objective, _)) = self.objective.as_ref() {
-            let at = RunPosition { epoch: 0, epochs: 1 };
-            let momentum = objective.target_momentum(at).map_err(|source| TrainError::Objective {
-                objective: objective.name().to_string(),
-                during: "target_momentum",
-                source,
-            })?;
-            if let Some(momentum) = momentum {
-                self.encoder.update_target(momentum)?;
-            }
+        if let Some(momentum) = self.objective.as_ref().and_then(|o| o.target_momentum) {
+            self.encoder.update_target(momentum)?;
         }
         Ok(())
     }

@@ -311,10 +311,6 @@ pub fn train_parallel(
         false => Ok(None),
     };
     let _lock = dist::agree(collective, prepared)??;
-    let objective_error = |during: &'static str, name: &str| {
-        let objective = name.to_string();
-        move |source| TrainError::Objective { objective, during, source }
-    };
     let name = objective.name().to_string();
     objective
         .init_state(source.labels(), encoder.config().embedding_dim)
@@ -484,13 +480,7 @@ pub fn train_parallel(
             check_gradients(&output, &detached, &objective_parameters, &name)?;
             let own_grads =
                 output.grads.iter().map(|grad| dist::own_rows(collective, grad)).collect::<Result<Vec<_>, _>>()?;
-            // The target network's embeddings are detached: nothing flows back through them.
-            let (trained, trained_grads): (Vec<Tensor>, Vec<Tensor>) = (embeddings.iter().zip(&own_grads))
-                .zip(&specs)
-                .filter(|(_, spec)| !spec.target)
-                .map(|((e, g), _)| (e.clone(), g.clone()))
-                .unzip();
-            let grads = backpropagate(&trained, &trained_grads)?;
+            let grads = backpropagate_online(&embeddings, &own_grads, &specs)?;
             let mut grads = dist::all_reduce_gradients(collective, encoder.parameters(), grads)?;
             // The objective's own parameters already have the global loss's gradient on every
             // rank (each rank evaluates the whole loss): they are not summed over ranks.
@@ -794,6 +784,27 @@ pub fn backpropagate(embeddings: &[Tensor], grads: &[Tensor]) -> Result<GradStor
     }
     let surrogate = surrogate.ok_or_else(|| TrainError::Setup("the objective consumes no embedding".into()))?;
     Ok(surrogate.backward()?)
+}
+
+/// [`backpropagate`] of the embeddings the encoder trains: the target network's are detached,
+/// so nothing flows back through them and their gradients are left out.
+pub fn backpropagate_online(
+    embeddings: &[Tensor],
+    grads: &[Tensor],
+    specs: &[EmbeddingSpec],
+) -> Result<GradStore, TrainError> {
+    let (trained, trained_grads): (Vec<Tensor>, Vec<Tensor>) = (embeddings.iter().zip(grads))
+        .zip(specs)
+        .filter(|(_, spec)| !spec.target)
+        .map(|((e, g), _)| (e.clone(), g.clone()))
+        .unzip();
+    backpropagate(&trained, &trained_grads)
+}
+
+/// Names the objective and the call that failed.
+fn objective_error(during: &'static str, name: &str) -> impl FnOnce(BoxError) -> TrainError {
+    let objective = name.to_string();
+    move |source| TrainError::Objective { objective, during, source }
 }
 
 /// A NaN or infinite entry of the embeddings, if any: the encoder diverged.
