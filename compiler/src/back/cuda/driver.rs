@@ -3,7 +3,7 @@
 //! a GPU gets [`CudaError::NoDevice`].
 
 use super::emulate::{self, Data, Value};
-use super::plan::{Body, PairwiseProduct, Plan, Step, PAIR_TILE, PAIR_VCOLS};
+use super::plan::{Body, BufferId, PairwiseProduct, Plan, Step, PAIR_TILE, PAIR_VCOLS};
 use super::{nvrtc, CudaError};
 use crate::eval::Bindings;
 use crate::ir::{Elem, Module};
@@ -93,10 +93,6 @@ impl Kernels {
             .map(|k| loaded.load_function(&k.name).map_err(driver_error(&k.name)))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Kernels { stream, functions })
-    }
-
-    pub fn stream(&self) -> &Arc<CudaStream> {
-        &self.stream
     }
 }
 
@@ -237,30 +233,34 @@ impl<'p> Session<'p> {
     /// Nothing waits for the kernels: whoever reads the memory next is ordered after them on
     /// the stream.
     pub fn into_device_outputs(mut self) -> Result<Vec<(DeviceBuffer<'static>, Vec<usize>)>, CudaError> {
-        let copy = driver_error("copying an output");
         let mut owned: Vec<Option<DeviceBuffer<'p>>> = self.buffers.drain(..).map(Some).collect();
-        let mut out = Vec::with_capacity(self.plan.outputs.len());
+        let mut out: Vec<(DeviceBuffer<'static>, Vec<usize>, BufferId)> = Vec::with_capacity(self.plan.outputs.len());
         for &(_, id) in &self.plan.outputs {
             let buffer = match owned[id].take() {
                 Some(DeviceBuffer::Float(s)) => DeviceBuffer::Float(s),
                 Some(DeviceBuffer::Int(s)) => DeviceBuffer::Int(s),
                 Some(DeviceBuffer::Bool(s)) => DeviceBuffer::Bool(s),
-                Some(DeviceBuffer::LentFloat(s)) => DeviceBuffer::Float(self.stream.clone_dtod(s).map_err(&copy)?),
-                Some(DeviceBuffer::LentInt(s)) => DeviceBuffer::Int(self.stream.clone_dtod(s).map_err(&copy)?),
+                Some(lent) => self.copy(&lent)?,
                 None => match out.iter().find(|(_, _, earlier)| *earlier == id) {
-                    Some((DeviceBuffer::Float(s), _, _)) => {
-                        DeviceBuffer::Float(self.stream.clone_dtod(s).map_err(&copy)?)
-                    }
-                    Some((DeviceBuffer::Int(s), _, _)) => DeviceBuffer::Int(self.stream.clone_dtod(s).map_err(&copy)?),
-                    Some((DeviceBuffer::Bool(s), _, _)) => {
-                        DeviceBuffer::Bool(self.stream.clone_dtod(s).map_err(&copy)?)
-                    }
-                    _ => return Err(CudaError::Driver(format!("output buffer {id} was moved out twice"))),
+                    Some((earlier, _, _)) => self.copy(earlier)?,
+                    None => return Err(CudaError::Driver(format!("output buffer {id} was moved out twice"))),
                 },
             };
             out.push((buffer, self.shapes[id].clone(), id));
         }
         Ok(out.into_iter().map(|(buffer, shape, _)| (buffer, shape)).collect())
+    }
+
+    /// A copy of `buffer` in memory of its own, on the device.
+    fn copy(&self, buffer: &DeviceBuffer<'_>) -> Result<DeviceBuffer<'static>, CudaError> {
+        let copy = driver_error("copying an output");
+        Ok(match buffer {
+            DeviceBuffer::Float(s) => DeviceBuffer::Float(self.stream.clone_dtod(s).map_err(copy)?),
+            DeviceBuffer::LentFloat(s) => DeviceBuffer::Float(self.stream.clone_dtod(*s).map_err(copy)?),
+            DeviceBuffer::Int(s) => DeviceBuffer::Int(self.stream.clone_dtod(s).map_err(copy)?),
+            DeviceBuffer::LentInt(s) => DeviceBuffer::Int(self.stream.clone_dtod(*s).map_err(copy)?),
+            DeviceBuffer::Bool(s) => DeviceBuffer::Bool(self.stream.clone_dtod(s).map_err(copy)?),
+        })
     }
 
     pub fn stream(&self) -> &Arc<CudaStream> {
