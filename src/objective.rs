@@ -36,6 +36,31 @@ pub struct CompiledObjective {
     /// created anew), and brought up to date by replaying the handlers' changes, not by copying
     /// every table every step.
     resident: Option<Resident>,
+    /// What the `on step` handlers read of a batch, found once from their programs.
+    step_reads: StepReads,
+}
+
+/// The batch values `on step` handlers read, which `after_step` brings to the host for them.
+struct StepReads {
+    /// By input (embedding), in declaration order.
+    inputs: Vec<bool>,
+    /// The loss program's outputs (`per_sample`).
+    forward: bool,
+}
+
+impl StepReads {
+    fn of(module: &Module) -> StepReads {
+        let handlers = module.handlers.iter().filter(|h| h.event == Event::Step);
+        let read: Vec<&Expr> = handlers.flat_map(|h| h.program.exprs.iter().map(|(_, e)| e)).collect();
+        StepReads {
+            inputs: module
+                .inputs
+                .iter()
+                .map(|(h, _)| read.iter().any(|e| matches!(e, Expr::Input(i) if *i == h)))
+                .collect(),
+            forward: read.iter().any(|e| matches!(e, Expr::Forward(_))),
+        }
+    }
 }
 
 struct Resident {
@@ -77,6 +102,7 @@ impl CompiledObjective {
         let backend = back::build_with(backend, exe.clone(), precision)?;
         // Check the overrides name real parameters now, not at the first step.
         let params = overrides.check(&exe.module)?;
+        let step_reads = StepReads::of(&exe.module);
         Ok(CompiledObjective {
             exe,
             backend,
@@ -89,6 +115,7 @@ impl CompiledObjective {
             width: None,
             learned: Vec::new(),
             resident: None,
+            step_reads,
         })
     }
 
@@ -487,16 +514,16 @@ impl Objective for CompiledObjective {
         // Handlers run on the host's reference evaluator: what they read of the batch comes
         // there, once per step (docs/gpu.md); an embedding no handler reads is a placeholder
         // that only sizes the batch, so nothing is copied for it.
-        let handlers = self.exe.module.handlers.iter().filter(|h| h.event == Event::Step);
-        let read: Vec<&Expr> = handlers.flat_map(|h| h.program.exprs.iter().map(|(_, e)| e)).collect();
-        let placeholders = self.probe_inputs(indices.len())?;
-        let inputs = (self.exe.module.inputs.iter().zip(embeddings).zip(placeholders))
-            .map(|(((h, d), t), placeholder)| match read.iter().any(|e| matches!(e, Expr::Input(i) if *i == h)) {
+        let placeholders = match self.step_reads.inputs.iter().all(|&read| read) {
+            true => Vec::new(),
+            false => self.probe_inputs(indices.len())?,
+        };
+        let inputs = (self.exe.module.inputs.iter().zip(embeddings).enumerate())
+            .map(|(k, ((_, d), t))| match self.step_reads.inputs[k] {
                 true => Ok((d.name.clone(), t.to_device(&Device::Cpu)?)),
-                false => Ok(placeholder),
+                false => Ok(placeholders[k].clone()),
             })
             .collect::<Result<_, BoxError>>()?;
-        let reads_forward = read.iter().any(|e| matches!(e, Expr::Forward(_)));
         let mut b = self.bindings(inputs, Some(indices), at)?;
         // The loss program's outputs, in its order: loss, per_sample, metrics.
         b.forward = self
@@ -507,7 +534,7 @@ impl Objective for CompiledObjective {
             .iter()
             .map(|o| match o.name.as_str() {
                 "loss" => Tensor::new(output.loss as f32, &Device::Cpu),
-                "per_sample" if reads_forward => output.per_sample.to_device(&Device::Cpu),
+                "per_sample" if self.step_reads.forward => output.per_sample.to_device(&Device::Cpu),
                 "per_sample" => Tensor::zeros(indices.len(), DType::F32, &Device::Cpu),
                 name => {
                     let v = output.metrics.iter().find(|(n, _)| n == name).map_or(f64::NAN, |(_, v)| *v);
