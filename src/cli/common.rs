@@ -7,6 +7,7 @@ use clap::ValueEnum;
 use sslc_compiler::back::BackendKind;
 use sslc_compiler::diag::{print_all, Sources};
 use sslc_compiler::ir::Module;
+use sslc_runtime::device::DeviceSpec;
 use std::path::Path;
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
@@ -20,6 +21,14 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// Where the objective runs when not told: where the backbone does (in place on a GPU).
+    pub fn for_device(device: DeviceSpec) -> Backend {
+        match device {
+            DeviceSpec::Cuda(_) => Backend::Cuda,
+            DeviceSpec::Cpu => Backend::Cpu,
+        }
+    }
+
     pub fn kind(self) -> BackendKind {
         match self {
             Backend::Reference => BackendKind::Reference,

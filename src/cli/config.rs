@@ -210,11 +210,7 @@ impl RunSettings {
         let name = self.dataset_name()?;
         let mut full = self.over(preset(name)?).over(builtin_defaults());
         full.dataset = Some(name.name().to_string());
-        // The objective runs where the backbone does, unless told otherwise.
-        full.backend = full.backend.or(Some(match full.device {
-            Some(DeviceSpec::Cuda(_)) => Backend::Cuda,
-            _ => Backend::Cpu,
-        }));
+        full.backend = full.backend.or(Some(Backend::for_device(full.device.unwrap_or_default())));
         Ok(full)
     }
 

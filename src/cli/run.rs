@@ -2,7 +2,7 @@
 //! linear-probe accuracy for the Many / Medium / Few classes; `sslc probe`: evaluate a saved
 //! checkpoint again; `sslc split`: print a long-tailed subset.
 
-use super::common::{fail, load_objective, load_trained, print_stdout, Trained};
+use super::common::{fail, load_objective, load_trained, print_stdout, Backend, Trained};
 use super::config::{self, ImbType, RunSettings};
 use clap::Args;
 use sslc::objective::CompiledObjective;
@@ -444,10 +444,7 @@ pub fn bench_train(args: &BenchTrainArgs) -> i32 {
                 Ok(module) => module,
                 Err(code) => return code,
             };
-            let backend = match args.device.device {
-                DeviceSpec::Cuda(_) => sslc_compiler::back::BackendKind::Cuda,
-                DeviceSpec::Cpu => sslc_compiler::back::BackendKind::Cpu,
-            };
+            let backend = Backend::for_device(args.device.device).kind();
             match CompiledObjective::with_precision(
                 module,
                 Overrides::default(),
