@@ -139,6 +139,12 @@ impl CompiledObjective {
         &self.exe.module
     }
 
+    /// Binds the objective at a batch of `batch` rows, so that sizes its own relations forbid
+    /// (MoCo's queue shorter than the batch: `queue[N:]`) fail before any data is read.
+    pub fn check_batch(&self, batch: usize) -> Result<(), BoxError> {
+        self.bindings(self.probe_inputs(batch)?, None, RunPosition { epoch: 0, epochs: 1 }).map(drop)
+    }
+
     /// A parameter's value (`--set` or default) as a number; a run fraction as the fraction.
     fn param_value(&self, p: Handle<ParamDecl>) -> f64 {
         match self.params[p.index()] {

@@ -109,23 +109,26 @@ fn emit_survives_a_closed_pipe() {
     assert_ne!(status.code(), Some(101));
 }
 
-/// Imports read regular files only, and never more than the size limit (issue: importing a
-/// FIFO hung forever and `import "/dev/zero"` grew memory without bound): a pipe, a device and
-/// a directory each give a clean error at the import, within seconds.
+/// Imports read regular `.ssl` files inside the objective's folder only, and never more than
+/// the size limit (issue: importing a FIFO hung forever and `import "/dev/zero"` grew memory
+/// without bound): a device, a directory, a pipe and a link out of the folder each give a
+/// clean error at the import, within seconds.
 #[test]
 fn imports_of_special_files_are_refused() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sslc-special-imports");
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("folder")).expect("scratch folder");
+    std::fs::create_dir_all(dir.join("folder.ssl")).expect("scratch folder");
+    std::os::unix::fs::symlink("/dev/zero", dir.join("zero.ssl")).expect("link");
     let fifo = dir.join("pipe.ssl");
     let made = Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success());
-    let mut targets = vec!["/dev/zero".to_string(), dir.join("folder").display().to_string()];
+    let mut targets =
+        vec![("/dev/zero", "not an .ssl file"), ("folder.ssl", "regular file"), ("zero.ssl", "outside the folders")];
     if made {
-        targets.push(fifo.display().to_string());
+        targets.push(("pipe.ssl", "regular file"));
     } else {
         eprintln!("NOTICE: mkfifo is missing; the FIFO case of imports_of_special_files_are_refused is skipped");
     }
-    for target in targets {
+    for (target, cause) in targets {
         let file = dir.join("main.ssl");
         std::fs::write(&file, format!("import \"{target}\"\n")).expect("write");
         let mut child = Command::new(env!("CARGO_BIN_EXE_sslc"))
@@ -145,7 +148,7 @@ fn imports_of_special_files_are_refused() {
         let out = child.wait_with_output().expect("output");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{target}: {stderr}");
-        assert!(stderr.contains("regular file") && stderr.contains("imported here"), "{target}: {stderr}");
+        assert!(stderr.contains(cause) && stderr.contains("imported here"), "{target}: {stderr}");
     }
 }
 

@@ -40,7 +40,16 @@ pub struct Compiled {
 
 /// Runs the pipeline on `path`: load → lower → validate.
 pub fn compile(path: &Path, sources: &mut Sources) -> Result<Compiled, Vec<Diagnostic>> {
-    let files = front::load(path, sources)?;
+    compile_with(path, &front::ImportRoots::default(), sources)
+}
+
+/// [`compile`] with imports allowed from more folders than `path`'s own.
+pub fn compile_with(
+    path: &Path,
+    roots: &front::ImportRoots,
+    sources: &mut Sources,
+) -> Result<Compiled, Vec<Diagnostic>> {
+    let files = front::load_with(path, roots, sources)?;
     compile_files(&files)
 }
 

@@ -8,8 +8,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use candle_core::safetensors::Load;
@@ -17,6 +15,8 @@ use candle_core::{DType, Device, Tensor};
 use safetensors::tensor::{Dtype, View};
 use safetensors::SafeTensors;
 use sha2::{Digest, Sha256};
+
+use crate::files::write_atomically;
 
 /// Marks the file as ours; a safetensors file without it is someone else's.
 const FORMAT: &str = "sslc-checkpoint";
@@ -87,7 +87,8 @@ impl Checkpoint {
 
     /// Reads and verifies a checkpoint written by [`Checkpoint::save`].
     pub fn load(path: &Path) -> Result<Self, CheckpointError> {
-        let bytes = fs::read(path).map_err(|source| CheckpointError::Read { path: path.to_path_buf(), source })?;
+        let bytes = crate::files::read_regular(path)
+            .map_err(|source| CheckpointError::Read { path: path.to_path_buf(), source })?;
         let corrupt = |reason: String| CheckpointError::Corrupt { path: path.to_path_buf(), reason };
         let foreign = |reason: String| CheckpointError::Foreign { path: path.to_path_buf(), reason };
         let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| match damage_of_our_file(&bytes) {
@@ -253,28 +254,4 @@ fn digest_tensor(digest: &mut Sha256, name: &str, raw: &RawTensor) {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
-/// Writes `bytes` to a temporary file next to `path`, syncs it, renames it over `path` and
-/// syncs the directory, so readers never see a half-written file.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let directory = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path names no file"))?;
-    let temporary = directory.join(format!(".{}.tmp-{}", file_name.to_string_lossy(), std::process::id()));
-    let result = (|| {
-        let mut file = fs::File::create(&temporary)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&temporary, path)?;
-        fs::File::open(directory)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temporary);
-    }
-    result
 }

@@ -8,6 +8,7 @@ pub mod data;
 pub mod device;
 pub mod dist;
 pub mod export;
+pub mod files;
 pub mod image;
 pub mod model;
 pub mod objective;

@@ -43,8 +43,8 @@ pub struct BenchArgs {
     /// Timed evaluations.
     #[arg(long, default_value_t = 10)]
     iters: usize,
-    /// Worker threads (default: one per core).
-    #[arg(long)]
+    /// Worker threads (default: one per core; at most 8 per core).
+    #[arg(long, value_parser = super::common::thread_count)]
     threads: Option<usize>,
     /// NAME=VALUE overrides (repeatable).
     #[arg(long = "set", value_name = "NAME=VALUE")]

@@ -17,6 +17,26 @@ pub struct CheckArgs {
     /// `.ssl` files to check (their imports are checked too).
     #[arg(required = true)]
     files: Vec<PathBuf>,
+    /// NAME=VALUE overrides of a parameter or `dim`, checked as `sslc run --set` would take them
+    /// (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    set: Vec<String>,
+    /// Also size the objective at this batch, checking the relations its shapes state (MoCo's
+    /// `queue[N:]` needs N <= Q) as `sslc run` does before reading any data.
+    #[arg(long, value_parser = super::config::at_least_one)]
+    batch_size: Option<usize>,
+}
+
+/// Checks `--set` and `--batch-size` against one objective, as a run would.
+fn settings_fit(module: &sslc_compiler::ir::Module, args: &CheckArgs) -> Result<(), String> {
+    let overrides = sslc_compiler::eval::Overrides::parse(&args.set).map_err(|e| e.to_string())?;
+    overrides.check(module).map_err(|e| e.to_string())?;
+    let Some(batch) = args.batch_size else { return Ok(()) };
+    let kind = sslc_compiler::back::BackendKind::Reference;
+    let tiles = sslc_compiler::back::cuda::Precision::F32;
+    let objective = sslc::objective::CompiledObjective::with_precision(module.clone(), overrides, 0.5, kind, tiles)
+        .map_err(|e| e.to_string())?;
+    objective.check_batch(batch).map_err(|e| format!("{e} (at --batch-size {batch})"))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -56,18 +76,23 @@ pub fn check(args: &CheckArgs) -> i32 {
     let mut failed = false;
     for file in &args.files {
         let mut sources = Sources::new();
-        match sslc_compiler::compile(file, &mut sources) {
+        match super::common::compile(file, &mut sources) {
             Ok(c) => {
                 let names: Vec<String> = c.modules.iter().map(|m| m.name.clone()).collect();
                 let mut warnings = Vec::new();
+                let mut refused = false;
                 for m in c.modules {
+                    if let Err(e) = settings_fit(&m, args) {
+                        eprintln!("error: {} (objective `{}`): {e}", file.display(), m.name);
+                        refused = true;
+                    }
                     match sslc_compiler::objective::Executable::new(m) {
                         Ok(exe) => warnings.extend(sslc_compiler::fuse::report(&exe).warnings(&exe)),
                         Err(d) => warnings.push(d),
                     }
                 }
                 print_all(&warnings, &sources);
-                if warnings.iter().any(|d| !d.warning) {
+                if refused || warnings.iter().any(|d| !d.warning) {
                     failed = true;
                     continue;
                 }
@@ -90,7 +115,7 @@ pub fn emit(args: &EmitArgs) -> i32 {
     let mut sources = Sources::new();
     match args.stage {
         Stage::Cuda => super::cuda::emit(&args.file, args.precision.into()),
-        Stage::Ast => match sslc_compiler::front::load(&args.file, &mut sources) {
+        Stage::Ast => match sslc_compiler::front::load_with(&args.file, super::common::import_roots(), &mut sources) {
             Ok(files) => {
                 if let Some(root) = files.last() {
                     print_stdout(&format!("{:#?}\n", root.ast));
@@ -103,7 +128,7 @@ pub fn emit(args: &EmitArgs) -> i32 {
             }
         },
         Stage::Ir | Stage::Grad | Stage::Opt | Stage::Fusion | Stage::Clif => {
-            match sslc_compiler::compile(&args.file, &mut sources) {
+            match super::common::compile(&args.file, &mut sources) {
                 Ok(c) => {
                     for m in c.modules {
                         match stage_text(m, args.stage, &sources) {

@@ -5,7 +5,8 @@
 use candle_core::Tensor;
 use clap::ValueEnum;
 use sslc_compiler::back::BackendKind;
-use sslc_compiler::diag::{print_all, Sources};
+use sslc_compiler::diag::{print_all, Diagnostic, Sources};
+use sslc_compiler::front::ImportRoots;
 use sslc_compiler::ir::Module;
 use sslc_runtime::device::DeviceSpec;
 use std::path::Path;
@@ -38,10 +39,29 @@ impl Backend {
     }
 }
 
+/// The folders this process's `--import-path` flags allow imports to read, besides each
+/// objective's own folder: one setting for the whole command line, set once at start.
+static IMPORT_ROOTS: std::sync::OnceLock<ImportRoots> = std::sync::OnceLock::new();
+
+/// Sets the folders of `--import-path` (the first call wins; `main` makes it).
+pub fn allow_imports_from(folders: Vec<std::path::PathBuf>) {
+    let _ = IMPORT_ROOTS.set(ImportRoots::new(folders));
+}
+
+/// The import roots this command line allows.
+pub fn import_roots() -> &'static ImportRoots {
+    IMPORT_ROOTS.get_or_init(ImportRoots::default)
+}
+
+/// Compiles `file` with the imports this command line allows.
+pub fn compile(file: &Path, sources: &mut Sources) -> Result<sslc_compiler::Compiled, Vec<Diagnostic>> {
+    sslc_compiler::compile_with(file, import_roots(), sources)
+}
+
 /// Compiles the one objective of `file`, printing diagnostics on failure.
 pub fn load_objective(file: &Path) -> Result<Module, i32> {
     let mut sources = Sources::new();
-    match sslc_compiler::compile(file, &mut sources) {
+    match compile(file, &mut sources) {
         Ok(mut c) if c.modules.len() == 1 => Ok(c.modules.remove(0)),
         Ok(c) => {
             eprintln!("error: {} declares {} objectives; expected exactly one", file.display(), c.modules.len());
@@ -52,6 +72,26 @@ pub fn load_objective(file: &Path) -> Result<Module, i32> {
             Err(1)
         }
     }
+}
+
+/// A thread count from 1 to [`max_threads`]: far more threads than cores only slow a run,
+/// and a typo such as `--threads 1000000` would spawn threads until the machine gives out.
+pub fn thread_count(text: &str) -> Result<usize, String> {
+    let most = max_threads();
+    match text.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) if n > most => Err(format!(
+            "is {n}, more than {most} (8 per core of this machine's {}); leave it out to use every core",
+            most / 8
+        )),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The most threads a run may ask for: 8 per core.
+pub fn max_threads() -> usize {
+    8 * std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Reports an error on stderr; the command's exit status is 1.

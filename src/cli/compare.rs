@@ -175,7 +175,7 @@ fn csv_field(text: &str) -> String {
 /// Reads `path/summary.json` (or `path` itself when it is the file).
 fn read_summary(path: &Path) -> Result<(Summary, PathBuf), String> {
     let file = if path.is_dir() { path.join(sslc_runtime::report::SUMMARY_FILE) } else { path.to_path_buf() };
-    let text = std::fs::read_to_string(&file)
+    let text = sslc_runtime::files::read_regular_to_string(&file)
         .map_err(|e| format!("cannot read {}: {e} (is it a finished `sslc run` directory?)", file.display()))?;
     let summary = serde_json::from_str(&text).map_err(|e| {
         format!("{} is not an sslc summary: {e} (rerun the evaluation with `sslc probe`)", file.display())

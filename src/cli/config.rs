@@ -4,7 +4,7 @@
 //! hand-written experiment are interchangeable. Layers, highest first: flags, the `--config`
 //! file, the dataset's preset, the built-in defaults.
 
-use super::common::Backend;
+use super::common::{thread_count, Backend};
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 use sslc_runtime::data::{DatasetName, ImbalanceProfile};
@@ -74,11 +74,11 @@ pub struct RunSettings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<usize>,
     /// Base learning rate; the objective's `schedule lr` shapes it (default: 0.5).
-    #[arg(long)]
+    #[arg(long, value_parser = non_negative)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lr: Option<f64>,
     /// SGD weight decay (default: the dataset's preset, 5e-4 or 1e-4 on ImageNet-LT/Places-LT).
-    #[arg(long)]
+    #[arg(long, value_parser = non_negative)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weight_decay: Option<f64>,
     /// Seed of the initial weights, the augmentations and the probe (default: 0).
@@ -89,8 +89,8 @@ pub struct RunSettings {
     #[arg(long, value_enum)]
     #[serde(default, with = "by_name", skip_serializing_if = "Option::is_none")]
     pub backbone: Option<Backbone>,
-    /// CPU threads for compute and data loading (default: all cores).
-    #[arg(long)]
+    /// CPU threads for compute and data loading (default: all cores; at most 8 per core).
+    #[arg(long, value_parser = thread_count)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,
     /// NAME=VALUE overrides an objective parameter or `dim` (repeatable; replaces a --config
@@ -120,7 +120,7 @@ pub struct RunSettings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_every: Option<usize>,
     /// Linear-probe epochs (default: the dataset's preset; the seed's recipe uses 500).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub probe_epochs: Option<usize>,
     /// Use at most this many images of each set (train, probe train, test), evenly strided so
@@ -219,9 +219,7 @@ impl RunSettings {
         fn need<T: Clone>(value: &Option<T>, key: &str) -> Result<T, String> {
             value.clone().ok_or_else(|| format!("no `{key}` given (neither as a flag nor in the --config file)"))
         }
-        if let Some(limit) = self.limit {
-            at_least_one(&limit.to_string()).map_err(|e| format!("`limit` {e}"))?;
-        }
+        self.check_values()?;
         Ok(Resolved {
             objective: self.objective.clone().ok_or_else(|| {
                 "no objective given: name its .ssl file, or give a --config file with `objective = \"...\"`".to_string()
@@ -245,6 +243,43 @@ impl RunSettings {
             probe_epochs: need(&self.probe_epochs, "probe_epochs")?,
             limit: self.limit,
         })
+    }
+}
+
+impl RunSettings {
+    /// Every value a file may hold that no run can use, refused before any work (a flag's
+    /// own parser refuses it earlier; a configuration file reaches here).
+    fn check_values(&self) -> Result<(), String> {
+        for (key, count) in [("limit", self.limit), ("probe_epochs", self.probe_epochs), ("epochs", self.epochs)] {
+            if let Some(count) = count {
+                at_least_one(&count.to_string()).map_err(|e| format!("`{key}` {e}"))?;
+            }
+        }
+        if let Some(batch_size) = self.batch_size {
+            if batch_size < 2 {
+                return Err(format!(
+                    "`batch_size` is {batch_size}; contrastive objectives and BatchNorm need at least 2"
+                ));
+            }
+        }
+        for (key, value) in [("lr", self.lr), ("weight_decay", self.weight_decay)] {
+            if let Some(value) = value {
+                non_negative(&value.to_string()).map_err(|e| format!("`{key}` {e}"))?;
+            }
+        }
+        if let Some(threads) = self.threads {
+            thread_count(&threads.to_string()).map_err(|e| format!("`threads` {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// A finite number of 0 or more (`--lr NaN` would train a model of NaN).
+pub fn non_negative(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(value) if value.is_finite() && value >= 0.0 => Ok(value),
+        Ok(value) => Err(format!("must be a finite number of 0 or more, not {value}")),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -291,22 +326,25 @@ pub fn preset(name: DatasetName) -> Result<RunSettings, String> {
     parse(preset_text(name), &format!("configs/{}.toml (built in)", name.name()))
 }
 
-/// Reads a run configuration file; errors name the file, line and key. Warns when the file's
-/// objective has changed since the file was written, since the run would then differ.
+/// Reads a run configuration file (a regular file only); errors name the file, line and key.
 pub fn load(path: &Path) -> Result<RunSettings, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let settings = parse(&text, &path.display().to_string())?;
-    if let (Some(objective), Some(recorded)) = (&settings.objective, &settings.objective_sha256) {
-        match sha256_of(objective) {
-            Ok(now) if &now != recorded => eprintln!(
-                "warning: {} has changed since {} was written (sha256 {now}, recorded {recorded})",
-                objective.display(),
-                path.display()
-            ),
-            _ => {}
-        }
+    let text = sslc_runtime::files::read_regular_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    parse(&text, &path.display().to_string())
+}
+
+/// How the objective a configuration names differs from the one it recorded (its sha256), if
+/// it does: the run it repeats or continues would then differ.
+pub fn objective_change(settings: &RunSettings, path: &Path) -> Option<String> {
+    let (objective, recorded) = (settings.objective.as_ref()?, settings.objective_sha256.as_ref()?);
+    match sha256_of(objective) {
+        Ok(now) if &now != recorded => Some(format!(
+            "{} has changed since {} was written (sha256 {now}, recorded {recorded})",
+            objective.display(),
+            path.display()
+        )),
+        _ => None,
     }
-    Ok(settings)
 }
 
 /// Parses `text`; a failure reads `origin:LINE:COLUMN: key `K`: what is wrong`.
@@ -328,7 +366,7 @@ fn parse(text: &str, origin: &str) -> Result<RunSettings, String> {
 /// Hex sha256 of a file's bytes.
 pub fn sha256_of(path: &Path) -> Result<String, String> {
     use sha2::Digest;
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let bytes = sslc_runtime::files::read_regular(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     Ok(sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
 }
 

@@ -35,7 +35,7 @@ impl From<PrecisionArg> for Precision {
 /// Prints the CUDA translation unit of every objective in `file`.
 pub fn emit(file: &Path, precision: Precision) -> i32 {
     let mut sources = Sources::new();
-    let compiled = match sslc_compiler::compile(file, &mut sources) {
+    let compiled = match super::common::compile(file, &mut sources) {
         Ok(c) => c,
         Err(diags) => {
             print_all(&diags, &sources);

@@ -7,6 +7,7 @@ use clap::{Args, ValueEnum};
 use sslc_compiler::eval::npy;
 use sslc_runtime::data::{DatasetName, ImbalanceProfile};
 use sslc_runtime::export;
+use sslc_runtime::files::FolderSet;
 use sslc_runtime::objective::BoxError;
 use sslc_runtime::presets::{self, FeatureTransform};
 use sslc_runtime::train::{self, LabelledImages};
@@ -98,7 +99,21 @@ pub fn export(args: &ExportArgs) -> i32 {
     }
 }
 
+/// Refuses an output that would replace a run's own file (its checkpoint above all): a typo in
+/// `--out` must not destroy the training it exports.
+fn refuse_run_files(out: &Path) -> Result<(), i32> {
+    match train::inside_run(out) {
+        Some(run) => Err(fail(format!(
+            "{} would replace a file of the run directory {}; write the export elsewhere (--out)",
+            out.display(),
+            run.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
 fn export_inner(args: &ExportArgs) -> Result<(), i32> {
+    refuse_run_files(&args.out)?;
     let Trained { identity, encoder, .. } = load_trained(&args.checkpoint, &sslc_runtime::device::Compute::cpu())?;
     let state = encoder.state();
     let tensors = match args.format {
@@ -141,7 +156,11 @@ impl LabelledImages for GivenImages {
     }
 }
 
+/// The files `sslc embed` writes into its --out folder.
+const EMBED_FILES: [&str; 3] = ["features.npy", "indices.npy", "labels.npy"];
+
 fn embed_inner(args: &EmbedArgs) -> Result<(), i32> {
+    refuse_run_files(&args.out)?;
     let Trained { checkpoint, identity, encoder } =
         load_trained(&args.checkpoint, &sslc_runtime::device::Compute::cpu())?;
     let (features, labels, what) = match &args.images {
@@ -186,9 +205,12 @@ fn embed_inner(args: &EmbedArgs) -> Result<(), i32> {
         }
     };
     let (rows, width) = features.dims2().map_err(fail)?;
-    std::fs::create_dir_all(&args.out).map_err(|e| fail(format!("cannot create {}: {e}", args.out.display())))?;
+    // The files of one embedding appear together or not at all: staged in a fresh folder that
+    // then takes --out's place, so features never sit beside another split's labels.
+    let cannot = |e: std::io::Error| fail(format!("cannot write {}: {e}", args.out.display()));
+    let set = FolderSet::begin(&args.out, &EMBED_FILES).map_err(cannot)?;
     let device = candle_core::Device::Cpu;
-    let write = |file: &str, tensor: &Tensor| npy::write(&args.out.join(file), tensor).map_err(fail);
+    let write = |file: &str, tensor: &Tensor| npy::write(&set.path(file), tensor).map_err(fail);
     write("features.npy", &features.to_dtype(DType::F32).map_err(fail)?)?;
     let indices: Vec<i64> = (0..rows as i64).collect();
     write("indices.npy", &Tensor::from_vec(indices, rows, &device).map_err(fail)?)?;
@@ -196,6 +218,7 @@ fn embed_inner(args: &EmbedArgs) -> Result<(), i32> {
         let labels: Vec<i64> = labels.into_iter().map(i64::from).collect();
         write("labels.npy", &Tensor::from_vec(labels, rows, &device).map_err(fail)?)?;
     }
+    set.publish().map_err(cannot)?;
     let summary =
         serde_json::json!({"embedded": what, "rows": rows, "features": width, "out": args.out.display().to_string()});
     print_stdout(&format!("{summary}\n"));

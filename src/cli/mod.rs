@@ -26,6 +26,11 @@ described in docs/language.md."
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Also let imports read .ssl files in DIR and below (repeatable). Without it, an
+    /// objective imports only from its own folder and below, so a shared objective cannot
+    /// read other files of yours.
+    #[arg(long = "import-path", value_name = "DIR", global = true)]
+    import_path: Vec<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -50,6 +55,7 @@ enum Command {
 
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    common::allow_imports_from(cli.import_path);
     match cli.command {
         Command::Check(args) => check::check(&args),
         Command::Emit(args) => check::emit(&args),

@@ -16,7 +16,7 @@ use sslc_runtime::model::{Encoder, EncoderConfig};
 use sslc_runtime::objective::Objective;
 use sslc_runtime::presets::{self, Backbone, EvalData, RunContext};
 use sslc_runtime::report::CONFIG_FILE;
-use sslc_runtime::train::{self, EncoderNeeds, Parallel, Start, SyntheticStep, TrainConfig};
+use sslc_runtime::train::{self, EncoderNeeds, Parallel, RunDir, Start, SyntheticStep, TrainConfig};
 use std::path::PathBuf;
 
 /// Train a backbone with an objective and report Many/Medium/Few linear-probe accuracy.
@@ -58,6 +58,10 @@ pub struct RunArgs {
     /// metrics, summary and plot (without it, a non-empty directory is refused).
     #[arg(long, requires = "out")]
     overwrite: bool,
+    /// Resume even though the objective file has changed since the run started (its sha256,
+    /// recorded in config.toml, differs): the rest of the run then trains another objective.
+    #[arg(long, requires = "resume")]
+    allow_changed_objective: bool,
     /// Stop once this many epochs are done, to continue later with --resume.
     #[arg(long)]
     stop_after: Option<usize>,
@@ -96,7 +100,8 @@ pub struct BenchTrainArgs {
     /// Timed steps (after one warm-up step).
     #[arg(long, default_value_t = 3)]
     steps: usize,
-    #[arg(long)]
+    /// CPU threads (default: all cores; at most 8 per core).
+    #[arg(long, value_parser = super::common::thread_count)]
     threads: Option<usize>,
     #[command(flatten)]
     device: DeviceArgs,
@@ -149,7 +154,7 @@ pub struct ProbeArgs {
     #[arg(long)]
     checkpoint: PathBuf,
     /// Linear-probe epochs (default: as the run was trained with).
-    #[arg(long)]
+    #[arg(long, value_parser = config::at_least_one)]
     probe_epochs: Option<usize>,
     /// Where the dataset's files are, if the run used --data.
     #[arg(long)]
@@ -231,6 +236,7 @@ fn run_inner(args: &RunArgs) -> Result<(), i32> {
     let mut objective =
         CompiledObjective::with_precision(module, overrides, run.lr, run.backend.kind(), tiles(compute.precision))
             .map_err(fail)?;
+    objective.check_batch(run.batch_size).map_err(|e| fail(format!("{e} (at --batch-size {})", run.batch_size)))?;
     let options = presets::data_options(run.data.clone(), run.split_dir.clone(), run.imbalance, run.imb_type.profile())
         .map_err(fail)?;
     if lead {
@@ -270,9 +276,6 @@ fn run_inner(args: &RunArgs) -> Result<(), i32> {
             limit: run.limit,
         }),
     };
-    if lead {
-        write_config(&dir, start, &settings).map_err(fail)?;
-    }
     let needs = EncoderNeeds::of(&objective.embeddings()).map_err(fail)?;
     let channels = splits.train.image(0).map_err(fail)?.channels();
     let mut encoder_config =
@@ -305,7 +308,8 @@ fn run_inner(args: &RunArgs) -> Result<(), i32> {
     let started = std::time::Instant::now();
     let parallel = Parallel { collective, sync_batch_norm: !args.no_sync_bn };
     let setup = Some(evaluation.setup());
-    let outcome = train::train_parallel(&dir, &config, &encoder, &mut objective, &mut source, setup, start, &parallel)
+    let run_dir = RunDir::new(&dir, start).with_record(config::to_file_text(&settings, &dir).map_err(fail)?);
+    let outcome = train::train_parallel(&run_dir, &config, &encoder, &mut objective, &mut source, setup, &parallel)
         .map_err(fail)?;
     if !lead {
         return Ok(());
@@ -329,14 +333,37 @@ fn run_settings(args: &RunArgs) -> Result<RunSettings, i32> {
     // A resumed run's own record stands in for --config: `--resume DIR` alone continues it.
     let recorded = args.resume.as_ref().map(|dir| dir.join(CONFIG_FILE)).filter(|path| path.is_file());
     let file = match (&args.config, &recorded) {
-        (Some(path), _) | (None, Some(path)) => config::load(path).map_err(fail)?,
+        (Some(path), _) | (None, Some(path)) => {
+            let file = config::load(path).map_err(fail)?;
+            match config::objective_change(&file, path) {
+                // Resuming trains the rest of the recorded run: another objective would make it
+                // a different run under the same name.
+                Some(change) if args.resume.is_some() && !args.allow_changed_objective => {
+                    return Err(fail(format!(
+                        "{change}; resuming would train the rest of this run with another objective. Restore \
+                         the file, start a new run, or resume anyway with --allow-changed-objective"
+                    )))
+                }
+                Some(change) => eprintln!("warning: {change}"),
+                None => {}
+            }
+            file
+        }
         (None, None) => RunSettings::default(),
     };
     let mut settings = args.settings.clone().over(file);
     if args.gpus.is_some() && settings.device.is_none() {
         settings.device = Some(DeviceSpec::Cuda(0));
     }
-    settings.complete().map_err(fail)
+    let mut settings = settings.complete().map_err(fail)?;
+    // Recorded so that the run resolves them from any working directory (`--resume` from
+    // elsewhere); the objective's sha256 keeps guarding its content.
+    for path in [&mut settings.objective, &mut settings.data, &mut settings.split_dir].into_iter().flatten() {
+        if let Ok(absolute) = path.canonicalize() {
+            *path = absolute;
+        }
+    }
+    Ok(settings)
 }
 
 /// `sslc run --gpus N` in the parent process: checks what can be checked before any rank
@@ -381,27 +408,6 @@ fn launch_gpus(args: &RunArgs, gpus: usize) -> Result<(), i32> {
     };
     let ranks = launch::spawn_ranks(gpus, &id, &timestamp(), command).map_err(fail)?;
     launch::supervise(ranks).map_err(fail)
-}
-
-/// Writes the run's `config.toml` (atomically) before training, so an interrupted run has one
-/// too. Not where the run will refuse to start (a fresh run into a directory holding another
-/// run) nor over the file of a run being resumed: both would clobber the earlier run's record.
-fn write_config(dir: &std::path::Path, start: Start, settings: &RunSettings) -> Result<(), String> {
-    let path = dir.join(CONFIG_FILE);
-    let skip = match start {
-        Start::Fresh => std::fs::read_dir(dir)
-            .is_ok_and(|mut entries| entries.any(|e| e.is_ok_and(|e| e.file_name() != sslc_runtime::train::LOCK_FILE))),
-        // Only a run that can be resumed gets a record, and never a second one.
-        Start::Resume => path.exists() || !dir.join(sslc_runtime::train::CHECKPOINT_FILE).is_file(),
-        Start::Overwrite => false,
-    };
-    if skip {
-        return Ok(());
-    }
-    let text = config::to_file_text(settings, dir)?;
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create run directory {}: {e}", dir.display()))?;
-    sslc_runtime::checkpoint::write_atomically(&path, text.as_bytes())
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 /// `YYYYmmdd-HHMMSS` in UTC, for default run directories: the `--gpus` parent's, in a rank it

@@ -3,7 +3,7 @@
 //! state (given, or built), and the run position. Every mismatch is an error that names the
 //! value and says what was expected.
 
-use crate::ir::{Dim, DimKind, DimSym, Handle, Module, ParamDecl, ParamValue, Shape};
+use crate::ir::{BinaryOp, Dim, DimKind, DimSym, Elem, Expr, Handle, InputDecl, Module, ParamDecl, ParamValue, Shape};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 
@@ -27,6 +27,18 @@ pub enum BindError {
     EtfTooLarge { k: usize, d: usize },
     #[error("{why} (shape {shape}); lower `{dim}` (--set {dim}=... or its declaration)")]
     TooLarge { why: String, shape: String, dim: String },
+    #[error(
+        "{what} would have `{dim}` = {value} rows or columns ({sizes}): the objective needs `{dim}` >= 0; change \
+         the sizes (--set, or the batch size)"
+    )]
+    NegativeSize { what: String, dim: String, value: i64, sizes: String },
+    #[error("input `{name}` is declared `int` but holds {value}; give whole numbers (class labels or indices)")]
+    NotIntegral { name: String, value: f64 },
+    #[error(
+        "input `{name}` holds {value}, but `one_hot`/`histogram` over `{dim}` = {size} classes takes 0 to {last} \
+         (as PyTorch's one_hot, which refuses it too)", last = size - 1
+    )]
+    ClassOutOfRange { name: String, value: i64, dim: String, size: i64 },
     #[error("{0}")]
     Tensor(String),
 }
@@ -146,6 +158,9 @@ impl Bindings {
                 });
             };
             check_finite(&decl.name, t)?;
+            if decl.ty.elem == Elem::Int {
+                check_integral(&decl.name, t)?;
+            }
             bind_shape(module, &decl.name, &decl.ty.shape, t.dims(), &mut dims, &mut origin)?;
             inputs.push(t.to_dtype(req.dtype)?);
         }
@@ -206,12 +221,17 @@ impl Bindings {
             })
             .collect::<Result<Vec<i64>, BindError>>()?;
         let known: Vec<Option<i64>> = dims.iter().map(|&d| Some(d)).collect();
-        for (h, _) in module.loss.exprs.iter() {
-            let what = match module.loss.names.get(&h) {
-                Some(name) => format!("`{name}`"),
-                None => "a value of the objective".into(),
-            };
-            concrete(module, &what, &module.loss.ty(h).shape, &known)?;
+        check_classes(module, &req.inputs, &known)?;
+        let programs = std::iter::once(("the loss", &module.loss))
+            .chain(module.handlers.iter().map(|h| ("an `on` handler", &h.program)));
+        for (where_, program) in programs {
+            for (h, _) in program.exprs.iter() {
+                let what = match program.names.get(&h) {
+                    Some(name) => format!("`{name}` in {where_}"),
+                    None => format!("a value in {where_}"),
+                };
+                concrete(module, &what, &program.ty(h).shape, &known)?;
+            }
         }
         Ok(Bindings {
             dtype: req.dtype,
@@ -414,10 +434,21 @@ fn concrete(module: &Module, what: &str, shape: &[Dim], dims: &[Option<i64>]) ->
     let sizes = shape
         .iter()
         .map(|d| {
-            d.eval(&|s| dims[s.index()]).map(|v| v.max(0) as usize).ok_or_else(|| BindError::UnboundDim {
+            let value = d.eval(&|s| dims[s.index()]).ok_or_else(|| BindError::UnboundDim {
                 name: d.display(&module.dims).to_string(),
                 why: "give it a size with an input, or a constant or state of known shape".into(),
-            })
+            })?;
+            // A slice such as MoCo's `queue[N:]` states a relation (N <= Q) that the sizes
+            // of a run must keep: broken, it is named here, before any work.
+            if value < 0 {
+                let sizes: Vec<String> = d
+                    .symbols()
+                    .map(|s| format!("{} = {}", module.dims[s].name, dims[s.index()].unwrap_or_default()))
+                    .collect();
+                let dim = d.display(&module.dims).to_string();
+                return Err(BindError::NegativeSize { what: what.to_string(), dim, value, sizes: sizes.join(", ") });
+            }
+            Ok(value as usize)
         })
         .collect::<Result<Vec<usize>, _>>()?;
     check_size(module, what, shape, &sizes)?;
@@ -475,4 +506,57 @@ fn check_finite(name: &str, t: &Tensor) -> Result<(), BindError> {
         return Err(BindError::NonFinite { name: name.into(), count });
     }
     Ok(())
+}
+
+/// An `int` input holds whole numbers: a float file bound to it is refused, not truncated.
+fn check_integral(name: &str, t: &Tensor) -> Result<(), BindError> {
+    if !t.dtype().is_float() || !t.device().is_cpu() {
+        return Ok(());
+    }
+    let values = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    match values.into_iter().find(|v| v.fract() != 0.0) {
+        Some(value) => Err(BindError::NotIntegral { name: name.into(), value }),
+        None => Ok(()),
+    }
+}
+
+/// Inputs that `one_hot` or `histogram` turn into classes hold classes that exist: a label of
+/// -1 or K would otherwise become a row of zeros without a word.
+fn check_classes(module: &Module, given: &[(String, Tensor)], dims: &[Option<i64>]) -> Result<(), BindError> {
+    for (input, classes) in class_counts(module) {
+        let name = &module.inputs[input].name;
+        let (Some((_, t)), Some(size)) = (given.iter().find(|(n, _)| n == name), classes.eval(&|s| dims[s.index()]))
+        else {
+            continue;
+        };
+        if !t.device().is_cpu() {
+            continue;
+        }
+        let values = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        if let Some(&value) = values.iter().find(|&&v| v < 0.0 || v >= size as f64) {
+            let dim = classes.display(&module.dims).to_string();
+            return Err(BindError::ClassOutOfRange { name: name.clone(), value: value as i64, dim, size });
+        }
+    }
+    Ok(())
+}
+
+/// The inputs taken as classes and how many classes each may hold: the comparison
+/// `iota[.., K] == input[:, None]` that `one_hot(input, K)` and `histogram(input, K)` lower to
+/// (front/lower/builtins.rs), wherever it stands.
+fn class_counts(module: &Module) -> Vec<(Handle<InputDecl>, Dim)> {
+    let programs = std::iter::once(&module.loss).chain(module.handlers.iter().map(|h| &h.program));
+    let mut counts = Vec::new();
+    for program in programs {
+        for (_, expr) in program.exprs.iter() {
+            let Expr::Binary { op: BinaryOp::Eq, lhs, rhs } = expr else { continue };
+            let Expr::Iota { shape, axis: 1 } = &program.exprs[*lhs] else { continue };
+            let Expr::Broadcast { arg, .. } = &program.exprs[*rhs] else { continue };
+            let Expr::ExpandDims { arg, axis: 1 } = &program.exprs[*arg] else { continue };
+            if let (Expr::Input(input), Some(classes)) = (&program.exprs[*arg], shape.get(1)) {
+                counts.push((*input, classes.clone()));
+            }
+        }
+    }
+    counts
 }

@@ -25,6 +25,8 @@ pub enum EvalError {
     Tensor { node: String, what: String, source: candle_core::Error },
     #[error("`index` is needed but no sample indices were given")]
     NoIndex,
+    #[error("{indices} holds {value}, out of range for the {rows} rows of {table} (0 to {last})", last = *rows as i64 - 1)]
+    IndexOutOfRange { indices: String, value: i64, table: String, rows: usize },
     #[error("loss output #{0} is needed but was not given")]
     NoForward(usize),
 }
@@ -153,6 +155,32 @@ impl Evaluator<'_> {
         })
     }
 
+    /// Refuses a row gather whose indices leave the table, naming both as the user wrote them
+    /// (candle's own error names neither).
+    fn check_rows(&self, table: Handle<Expr>, indices: Handle<Expr>) -> Result<(), Failure> {
+        let rows = self.get(table).dim(0)?;
+        let values = self.get(indices).flatten_all()?.to_dtype(DType::I64)?.to_vec1::<i64>()?;
+        let Some(&value) = values.iter().find(|&&v| v < 0 || v >= rows as i64) else { return Ok(()) };
+        let (indices, table) = (self.describe(indices), self.describe(table));
+        Err(Failure::Eval(EvalError::IndexOutOfRange { indices, value, table, rows }))
+    }
+
+    /// How the user names a value: an input, state or constant by its name, `index`, a `let`
+    /// by its name.
+    fn describe(&self, h: Handle<Expr>) -> String {
+        let module = self.module;
+        match &self.program.exprs[h] {
+            Expr::Input(i) => format!("input `{}`", module.inputs[*i].name),
+            Expr::State(s) => format!("state `{}`", module.states[*s].name),
+            Expr::Const(c) => format!("`{}`", module.consts[*c].name),
+            Expr::Builtin(BuiltinValue::SampleIndex) => "`index` (the batch's sample indices)".into(),
+            _ => match self.program.names.get(&h) {
+                Some(name) => format!("`{name}`"),
+                None => "a computed index".into(),
+            },
+        }
+    }
+
     fn compute(&self, expr: &Expr, ty: &crate::ir::Type) -> Result<Tensor, Failure> {
         let b = self.b;
         Ok(match expr {
@@ -198,7 +226,10 @@ impl Evaluator<'_> {
             Expr::Slice { arg, axis, start, len } => {
                 self.get(*arg).narrow(*axis, b.size(self.module, start), b.size(self.module, len))?.contiguous()?
             }
-            Expr::Gather { table, indices } => self.get(*table).index_select(self.get(*indices), 0)?,
+            Expr::Gather { table, indices } => {
+                self.check_rows(*table, *indices)?;
+                self.get(*table).index_select(self.get(*indices), 0)?
+            }
             Expr::StopGrad { arg } => self.get(*arg).clone(),
             Expr::LoopParam => unreachable!("loop parameters are set by their loop"),
             Expr::Loop { .. } => unreachable!("loops are evaluated by `node`"),

@@ -24,7 +24,8 @@ const MAGIC: &[u8] = b"\x93NUMPY";
 
 pub fn read(path: &Path) -> Result<Tensor, NpyError> {
     let p = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| NpyError::Io { path: p.clone(), source })?;
+    let bytes =
+        crate::front::read_regular(path, u64::MAX).map_err(|source| NpyError::Io { path: p.clone(), source })?;
     parse(&bytes, &p)
 }
 
@@ -160,8 +161,15 @@ pub fn write(path: &Path, t: &Tensor) -> Result<(), NpyError> {
     bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
     bytes.extend_from_slice(header.as_bytes());
     bytes.extend_from_slice(&data);
-    let tmp = path.with_extension("npy.tmp");
-    std::fs::write(&tmp, &bytes)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|source| NpyError::Io { path: p, source })
+    // A fresh temporary beside `path` (random name, created exclusively: nothing planted
+    // there is followed), renamed over it once whole.
+    let io = |source| NpyError::Io { path: p.clone(), source };
+    let folder = path.parent().filter(|f| !f.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut temporary = tempfile::Builder::new()
+        .prefix(".npy.tmp-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
+        .tempfile_in(folder)
+        .map_err(io)?;
+    std::io::Write::write_all(&mut temporary, &bytes).map_err(io)?;
+    temporary.persist(path).map(drop).map_err(|e| io(e.error))
 }

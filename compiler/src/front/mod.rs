@@ -1,7 +1,9 @@
 //! The front end: `.ssl` text → spanned AST → typed IR.
 //!
 //! [`load`] reads a file and everything it imports (relative to the importing file), refusing
-//! cycles, missing files and non-UTF-8 text with diagnostics. [`lower`] then resolves names,
+//! cycles, missing files and non-UTF-8 text with diagnostics. Imports are confined to the
+//! [`ImportRoots`]: a shared objective cannot read (and echo in a syntax error) a file outside
+//! the folder of the objective it was given, or of a root its user allowed. [`lower`] then resolves names,
 //! inlines user functions at each call with the shapes it is given, and builds the
 //! [`crate::ir::Module`] of every objective, checking shapes as it goes.
 
@@ -27,29 +29,53 @@ pub struct ParsedFile {
 /// parser's time and memory grow with the input.
 pub const MAX_FILE_BYTES: usize = 4 << 20;
 
-/// Reads `root` and, transitively, every file it imports. Returns the files in dependency
-/// order (imports before importers), or the diagnostics that stopped loading.
-pub fn load(root: &Path, sources: &mut Sources) -> Result<Vec<ParsedFile>, Vec<Diagnostic>> {
-    let mut loader = Loader { sources, files: Vec::new(), stack: Vec::new(), diags: Vec::new() };
-    loader.visit(root, None);
-    if loader.diags.is_empty() {
-        Ok(loader.files)
-    } else {
-        Err(loader.diags)
+/// The folders imports may read from: the root file's folder (with everything below it) and
+/// the folders a user allows explicitly (`--import-path DIR`), each resolved through its links.
+#[derive(Clone, Debug, Default)]
+pub struct ImportRoots {
+    /// Folders allowed beyond the root file's own.
+    pub extra: Vec<PathBuf>,
+}
+
+impl ImportRoots {
+    pub fn new(extra: Vec<PathBuf>) -> ImportRoots {
+        ImportRoots { extra }
+    }
+
+    /// The allowed folders for a program whose root file is `root`, canonical where they exist.
+    fn resolve(&self, root: &Path) -> Vec<PathBuf> {
+        let folder = root.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::iter::once(folder)
+            .chain(self.extra.iter().map(PathBuf::as_path))
+            .map(|dir| dir.canonicalize().or_else(|_| std::path::absolute(dir)).unwrap_or_else(|_| dir.to_path_buf()))
+            .collect()
     }
 }
 
-/// Parses in-memory text registered under `path` (for tests and fuzzing); imports are
-/// resolved against the file system relative to `path`.
+/// The extension every source file carries: a file without it is not read, so no other kind
+/// of file can have its text shown in a diagnostic.
+pub const SOURCE_EXTENSION: &str = "ssl";
+
+/// Reads `root` and, transitively, every file it imports. Returns the files in dependency
+/// order (imports before importers), or the diagnostics that stopped loading.
+pub fn load(root: &Path, sources: &mut Sources) -> Result<Vec<ParsedFile>, Vec<Diagnostic>> {
+    load_with(root, &ImportRoots::default(), sources)
+}
+
+/// [`load`] with more folders allowed to imports.
+pub fn load_with(root: &Path, roots: &ImportRoots, sources: &mut Sources) -> Result<Vec<ParsedFile>, Vec<Diagnostic>> {
+    let mut loader = Loader::new(sources, roots.resolve(root));
+    loader.visit(root, None);
+    loader.finish()
+}
+
+/// Parses in-memory text registered under `path` (for tests, fuzzing and editors); imports
+/// are resolved against the file system relative to `path`, within `path`'s folder.
 pub fn load_text(path: &Path, text: String, sources: &mut Sources) -> Result<Vec<ParsedFile>, Vec<Diagnostic>> {
-    let mut loader = Loader { sources, files: Vec::new(), stack: Vec::new(), diags: Vec::new() };
+    let mut loader = Loader::new(sources, ImportRoots::default().resolve(path));
     let id = loader.sources.add(path, text);
     loader.parse_and_follow(id, path, path.to_path_buf());
-    if loader.diags.is_empty() {
-        Ok(loader.files)
-    } else {
-        Err(loader.diags)
-    }
+    loader.finish()
 }
 
 /// Files importing files deeper than this are refused: loading recurses once per level, and a
@@ -58,30 +84,94 @@ const MAX_IMPORT_DEPTH: usize = 64;
 
 struct Loader<'a> {
     sources: &'a mut Sources,
+    /// Canonical folders imports may read from.
+    roots: Vec<PathBuf>,
     files: Vec<ParsedFile>,
     /// Files being loaded, outermost first, to detect import cycles.
     stack: Vec<PathBuf>,
     diags: Vec<Diagnostic>,
 }
 
-/// The bytes of a source file: a regular file (a FIFO, a device such as `/dev/zero` or a
-/// directory would block or never end), read up to one byte past [`MAX_FILE_BYTES`] so that
-/// the size check below can report a file that is too large without reading all of it.
+/// The bytes of a source file, read up to one byte past [`MAX_FILE_BYTES`] so that the size
+/// check below can report a file that is too large without reading all of it.
 fn read_source(path: &Path) -> std::io::Result<Vec<u8>> {
+    read_regular(path, MAX_FILE_BYTES as u64 + 1)
+}
+
+/// Up to `limit` bytes of `path`, only if it is a regular file: a FIFO, a device such as
+/// `/dev/zero` or a directory would block or never end. The open does not block on a FIFO
+/// (`O_NONBLOCK`), and the check is on the opened file, so nothing swapped in between the
+/// check and the read can make the read hang.
+pub fn read_regular(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
-    let kind = std::fs::metadata(path)?.file_type();
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(O_NONBLOCK).open(path)?;
+    let kind = file.metadata()?.file_type();
     if !kind.is_file() {
         let what = if kind.is_dir() { "a directory" } else { "not a regular file (a pipe, socket or device)" };
-        return Err(std::io::Error::other(format!("{what}; sources must be regular files")));
+        return Err(std::io::Error::other(format!("{what}; sslc reads only regular files")));
     }
     let mut bytes = Vec::new();
-    std::fs::File::open(path)?.take(MAX_FILE_BYTES as u64 + 1).read_to_end(&mut bytes)?;
+    file.take(limit).read_to_end(&mut bytes)?;
     Ok(bytes)
 }
 
-impl Loader<'_> {
+/// Linux's `O_NONBLOCK` (the compiler does not link libc for one constant).
+const O_NONBLOCK: i32 = 0o4000;
+
+impl<'a> Loader<'a> {
+    fn new(sources: &'a mut Sources, roots: Vec<PathBuf>) -> Loader<'a> {
+        Loader { sources, roots, files: Vec::new(), stack: Vec::new(), diags: Vec::new() }
+    }
+
+    fn finish(self) -> Result<Vec<ParsedFile>, Vec<Diagnostic>> {
+        if self.diags.is_empty() {
+            Ok(self.files)
+        } else {
+            Err(self.diags)
+        }
+    }
+
+    /// Why `path` may not be read, if it may not: a file without the `.ssl` extension, or an
+    /// import that resolves (through `..` or links) outside every import root.
+    fn refusal(&self, path: &Path, canonical: &Path, imported_at: Option<Span>) -> Option<Diagnostic> {
+        let at = |d: Diagnostic, label: &str| match imported_at {
+            Some(span) => d.at(span, label),
+            None => d.in_file(path),
+        };
+        if path.extension().is_none_or(|e| e != SOURCE_EXTENSION) {
+            let d = Diagnostic::new(format!("`{}` is not an .{SOURCE_EXTENSION} file", path.display()))
+                .hint("objectives and the files they import are .ssl source files; sslc reads no other kind");
+            return Some(at(d, "imported here"));
+        }
+        let inside = self.roots.iter().any(|root| canonical.starts_with(root));
+        if imported_at.is_none() || inside || !canonical.is_absolute() {
+            return None;
+        }
+        let roots: Vec<String> = self.roots.iter().map(|r| r.display().to_string()).collect();
+        let d = Diagnostic::new(format!("`{}` is outside the folders imports may read", path.display())).hint(format!(
+            "imports may read {} and below; move the file there, or allow its folder with --import-path DIR",
+            roots.join(", ")
+        ));
+        Some(at(d, "imported here"))
+    }
+
+    /// Where an import names: beside the importing file (in `dir`), or else in the first
+    /// folder allowed by `--import-path` that holds it, as a compiler's `-I` does.
+    fn search(&self, dir: &Path, import: &Path) -> PathBuf {
+        let beside = dir.join(import);
+        if beside.exists() || import.is_absolute() {
+            return beside;
+        }
+        self.roots.iter().skip(1).map(|root| root.join(import)).find(|p| p.exists()).unwrap_or(beside)
+    }
+
     fn visit(&mut self, path: &Path, imported_at: Option<Span>) {
         let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+        if let Some(refused) = self.refusal(path, &canonical, imported_at) {
+            self.diags.push(refused);
+            return;
+        }
         if self.files.iter().any(|f| f.path == canonical) {
             return;
         }
@@ -157,7 +247,8 @@ impl Loader<'_> {
         self.stack.push(path.clone());
         let dir = shown.parent().map(Path::to_path_buf).unwrap_or_default();
         for import in &ast.imports {
-            self.visit(&dir.join(&import.path), Some(import.span));
+            let path = self.search(&dir, Path::new(&import.path));
+            self.visit(&path, Some(import.span));
         }
         self.stack.pop();
         self.files.push(ParsedFile { id, path, ast });

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value};
 
-use crate::checkpoint::write_atomically;
+use crate::files::write_atomically;
 use crate::probe::{AccuracyReport, Evaluation, Group};
 
 pub use plot::{plot_grouped_bars, plot_per_class, BarSeries};
@@ -20,7 +20,8 @@ pub use tensorboard::TensorBoard;
 
 pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const SUMMARY_FILE: &str = "summary.json";
-/// The run's configuration, written by `sslc run` before training (not by [`crate::train`]).
+/// The run's configuration: its front end's record, which [`crate::train`] writes once it
+/// holds the run directory.
 pub const CONFIG_FILE: &str = "config.toml";
 pub const PER_CLASS_PLOT_FILE: &str = "per_class.png";
 

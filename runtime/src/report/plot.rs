@@ -58,50 +58,55 @@ pub fn plot_per_class(
     let lowest = counts.iter().copied().fold(f64::INFINITY, f64::min) * 0.8;
     let highest = counts.iter().copied().fold(1.0, f64::max) * 1.25;
 
-    let root = BitMapBackend::new(path, (1000, 640)).into_drawing_area();
-    let draw = |error: &dyn std::fmt::Display| plot_error(error.to_string());
-    root.fill(&WHITE).map_err(|e| draw(&e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption("Linear-probe accuracy per class", (FONT_FAMILY, 28))
-        .margin(20)
-        .x_label_area_size(55)
-        .y_label_area_size(70)
-        .build_cartesian_2d((lowest..highest).log_scale(), 0.0..100.0)
-        .map_err(|e| draw(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("training images of the class (log scale)")
-        .y_desc("top-1 accuracy (%)")
-        .x_label_formatter(&|count| format!("{count:.0}"))
-        .y_label_formatter(&|percent| format!("{percent:.0}"))
-        .label_style((FONT_FAMILY, 18))
-        .axis_desc_style((FONT_FAMILY, 20))
-        .draw()
-        .map_err(|e| draw(&e))?;
-    for group in Group::ALL {
-        let colour = group_colour(group);
-        let points: Vec<(f64, f64)> =
-            (0..classes).filter(|&c| groups[c] == group).map(|c| (counts[c], 100.0 * report.per_class[c])).collect();
-        let label = match report.group(group) {
-            Some(mean) => format!("{group:?}: mean {:.1}%", 100.0 * mean),
-            None => format!("{group:?}: no class"),
-        };
+    let mut pixels = blank_canvas();
+    {
+        let root = BitMapBackend::with_buffer(&mut pixels, CANVAS).into_drawing_area();
+        let draw = |error: &dyn std::fmt::Display| plot_error(error.to_string());
+        root.fill(&WHITE).map_err(|e| draw(&e))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption("Linear-probe accuracy per class", (FONT_FAMILY, 28))
+            .margin(20)
+            .x_label_area_size(55)
+            .y_label_area_size(70)
+            .build_cartesian_2d((lowest..highest).log_scale(), 0.0..100.0)
+            .map_err(|e| draw(&e))?;
         chart
-            .draw_series(points.into_iter().map(|point| Circle::new(point, 5, colour.filled())))
-            .map_err(|e| draw(&e))?
-            .label(label)
-            .legend(move |(x, y)| Circle::new((x + 8, y), 5, colour.filled()));
+            .configure_mesh()
+            .x_desc("training images of the class (log scale)")
+            .y_desc("top-1 accuracy (%)")
+            .x_label_formatter(&|count| format!("{count:.0}"))
+            .y_label_formatter(&|percent| format!("{percent:.0}"))
+            .label_style((FONT_FAMILY, 18))
+            .axis_desc_style((FONT_FAMILY, 20))
+            .draw()
+            .map_err(|e| draw(&e))?;
+        for group in Group::ALL {
+            let colour = group_colour(group);
+            let points: Vec<(f64, f64)> = (0..classes)
+                .filter(|&c| groups[c] == group)
+                .map(|c| (counts[c], 100.0 * report.per_class[c]))
+                .collect();
+            let label = match report.group(group) {
+                Some(mean) => format!("{group:?}: mean {:.1}%", 100.0 * mean),
+                None => format!("{group:?}: no class"),
+            };
+            chart
+                .draw_series(points.into_iter().map(|point| Circle::new(point, 5, colour.filled())))
+                .map_err(|e| draw(&e))?
+                .label(label)
+                .legend(move |(x, y)| Circle::new((x + 8, y), 5, colour.filled()));
+        }
+        chart
+            .configure_series_labels()
+            .label_font((FONT_FAMILY, 18))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::LowerRight)
+            .draw()
+            .map_err(|e| draw(&e))?;
+        root.present().map_err(|e| draw(&e))?;
     }
-    chart
-        .configure_series_labels()
-        .label_font((FONT_FAMILY, 18))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()
-        .map_err(|e| draw(&e))?;
-    root.present().map_err(|e| draw(&e))?;
-    Ok(())
+    save_png(path, &pixels)
 }
 
 /// One bar colour of [`plot_grouped_bars`]: a name for the legend and, per category, the mean
@@ -175,67 +180,92 @@ pub fn plot_grouped_bars(
     let slots = categories.len() as f64;
     let centres: Vec<f64> = (0..categories.len()).map(|i| i as f64 + 0.5).collect();
 
-    let root = BitMapBackend::new(path, (1000, 640)).into_drawing_area();
-    let draw = |error: &dyn std::fmt::Display| plot_error(error.to_string());
-    root.fill(&WHITE).map_err(|e| draw(&e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, (FONT_FAMILY, 28))
-        .margin(20)
-        .x_label_area_size(45)
-        .y_label_area_size(70)
-        // Headroom above the bars for the legend.
-        .build_cartesian_2d(CategoryAxis { range: (0.0..slots).into(), centres }, 0.0..highest * 1.3)
-        .map_err(|e| draw(&e))?;
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .y_desc("top-1 accuracy (%)")
-        .x_label_formatter(&|x| categories.get(x.floor().max(0.0) as usize).copied().unwrap_or_default().to_string())
-        // The headroom above 100 % is for the legend, not for values.
-        .y_label_formatter(&|percent| if *percent <= 100.0 { format!("{percent:.0}") } else { String::new() })
-        .label_style((FONT_FAMILY, 18))
-        .axis_desc_style((FONT_FAMILY, 20))
-        .draw()
-        .map_err(|e| draw(&e))?;
-    let width = 0.8 / series.len() as f64;
-    for (index, one) in series.iter().enumerate() {
-        let colour = SERIES_COLOURS[index % SERIES_COLOURS.len()];
-        let left = |category: usize| category as f64 + 0.1 + index as f64 * width;
-        let bars: Vec<(usize, f64, f64)> = one
-            .values
-            .iter()
-            .enumerate()
-            .filter_map(|(c, value)| value.filter(|(m, e)| m.is_finite() && e.is_finite()).map(|(m, e)| (c, m, e)))
-            .collect();
+    let mut pixels = blank_canvas();
+    {
+        let root = BitMapBackend::with_buffer(&mut pixels, CANVAS).into_drawing_area();
+        let draw = |error: &dyn std::fmt::Display| plot_error(error.to_string());
+        root.fill(&WHITE).map_err(|e| draw(&e))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, (FONT_FAMILY, 28))
+            .margin(20)
+            .x_label_area_size(45)
+            .y_label_area_size(70)
+            // Headroom above the bars for the legend.
+            .build_cartesian_2d(CategoryAxis { range: (0.0..slots).into(), centres }, 0.0..highest * 1.3)
+            .map_err(|e| draw(&e))?;
         chart
-            .draw_series(
-                bars.iter()
-                    .map(|&(c, mean, _)| Rectangle::new([(left(c), 0.0), (left(c) + width, mean)], colour.filled())),
-            )
-            .map_err(|e| draw(&e))?
-            .label(one.label.clone())
-            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], colour.filled()));
-        for &(c, mean, err) in bars.iter().filter(|(_, _, err)| *err > 0.0) {
-            let (x, cap) = (left(c) + width / 2.0, width / 4.0);
-            let (low, high) = ((mean - err).max(0.0), mean + err);
-            let lines = [
-                vec![(x, low), (x, high)],
-                vec![(x - cap, low), (x + cap, low)],
-                vec![(x - cap, high), (x + cap, high)],
-            ];
+            .configure_mesh()
+            .disable_x_mesh()
+            .y_desc("top-1 accuracy (%)")
+            .x_label_formatter(&|x| {
+                categories.get(x.floor().max(0.0) as usize).copied().unwrap_or_default().to_string()
+            })
+            // The headroom above 100 % is for the legend, not for values.
+            .y_label_formatter(&|percent| if *percent <= 100.0 { format!("{percent:.0}") } else { String::new() })
+            .label_style((FONT_FAMILY, 18))
+            .axis_desc_style((FONT_FAMILY, 20))
+            .draw()
+            .map_err(|e| draw(&e))?;
+        let width = 0.8 / series.len() as f64;
+        for (index, one) in series.iter().enumerate() {
+            let colour = SERIES_COLOURS[index % SERIES_COLOURS.len()];
+            let left = |category: usize| category as f64 + 0.1 + index as f64 * width;
+            let bars: Vec<(usize, f64, f64)> = one
+                .values
+                .iter()
+                .enumerate()
+                .filter_map(|(c, value)| value.filter(|(m, e)| m.is_finite() && e.is_finite()).map(|(m, e)| (c, m, e)))
+                .collect();
             chart
-                .draw_series(lines.into_iter().map(|line| PathElement::new(line, BLACK.stroke_width(2))))
-                .map_err(|e| draw(&e))?;
+                .draw_series(
+                    bars.iter().map(|&(c, mean, _)| {
+                        Rectangle::new([(left(c), 0.0), (left(c) + width, mean)], colour.filled())
+                    }),
+                )
+                .map_err(|e| draw(&e))?
+                .label(one.label.clone())
+                .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], colour.filled()));
+            for &(c, mean, err) in bars.iter().filter(|(_, _, err)| *err > 0.0) {
+                let (x, cap) = (left(c) + width / 2.0, width / 4.0);
+                let (low, high) = ((mean - err).max(0.0), mean + err);
+                let lines = [
+                    vec![(x, low), (x, high)],
+                    vec![(x - cap, low), (x + cap, low)],
+                    vec![(x - cap, high), (x + cap, high)],
+                ];
+                chart
+                    .draw_series(lines.into_iter().map(|line| PathElement::new(line, BLACK.stroke_width(2))))
+                    .map_err(|e| draw(&e))?;
+            }
         }
+        chart
+            .configure_series_labels()
+            .label_font((FONT_FAMILY, 18))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(|e| draw(&e))?;
+        root.present().map_err(|e| draw(&e))?;
     }
-    chart
-        .configure_series_labels()
-        .label_font((FONT_FAMILY, 18))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(|e| draw(&e))?;
-    root.present().map_err(|e| draw(&e))?;
-    Ok(())
+    save_png(path, &pixels)
+}
+
+/// Every plot's size in pixels.
+const CANVAS: (u32, u32) = (1000, 640);
+
+/// An RGB pixel buffer of [`CANVAS`]'s size for a plot to draw into.
+fn blank_canvas() -> Vec<u8> {
+    vec![255; CANVAS.0 as usize * CANVAS.1 as usize * 3]
+}
+
+/// Encodes a drawn canvas as PNG and writes it atomically, so a full disk or a kill leaves the
+/// earlier plot (or none), never a torn one.
+fn save_png(path: &Path, pixels: &[u8]) -> Result<(), ReportError> {
+    use image::ImageEncoder;
+    let mut png = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut png)
+        .write_image(pixels, CANVAS.0, CANVAS.1, image::ExtendedColorType::Rgb8)
+        .map_err(|e| ReportError::Plot { path: path.to_path_buf(), reason: e.to_string() })?;
+    crate::files::write_atomically(path, &png).map_err(|source| ReportError::Io { path: path.to_path_buf(), source })
 }

@@ -3,6 +3,7 @@
 
 mod bench;
 mod loader_source;
+mod run_dir;
 mod settings;
 mod source;
 
@@ -26,6 +27,7 @@ use crate::report::{self, MetricsLog, Progress, ReportError};
 
 pub use bench::{measure_train_throughput, synthetic_steps, SyntheticStep, Throughput};
 pub use loader_source::{FeatureImages, LoaderSource};
+pub use run_dir::{inside_run, is_run_file, RunDir, Start, LOCK_FILE};
 pub use source::{BatchSource, LabelledImages};
 
 /// The checkpoint's file name inside a run directory.
@@ -160,57 +162,6 @@ pub struct TrainOutcome {
     pub evaluation: Option<Evaluation>,
 }
 
-/// Whether [`train`] begins a run or continues one from its directory's checkpoint.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Start {
-    /// A new run; its directory must be empty (or not exist).
-    Fresh,
-    /// A new run in a directory that may hold an earlier run, whose files it replaces.
-    Overwrite,
-    Resume,
-}
-
-/// The lock file of a run directory: held (an OS lock, which the kernel releases when the
-/// process dies) for the whole run, and holding the holder's pid for the error message.
-pub const LOCK_FILE: &str = ".sslc.lock";
-
-/// Takes the run directory's lock, so that two runs never write one directory; then removes
-/// the temporary files that writes killed halfway left behind (none can be in progress now).
-fn lock_run_directory(dir: &Path) -> Result<std::fs::File, TrainError> {
-    use std::io::{Read, Seek, Write};
-    let path = dir.join(LOCK_FILE);
-    let setup = |what: &str, e: std::io::Error| TrainError::Setup(format!("{what} {}: {e}", path.display()));
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|e| setup("cannot open the run lock", e))?;
-    if let Err(e) = file.try_lock() {
-        let mut holder = String::new();
-        let _ = file.read_to_string(&mut holder);
-        let holder = holder.trim();
-        let who = if holder.is_empty() { "another sslc run".to_string() } else { format!("sslc (pid {holder})") };
-        return Err(TrainError::Setup(format!(
-            "{} is in use by {who} ({e}); wait for it to finish, or give this run another --out",
-            dir.display()
-        )));
-    }
-    file.set_len(0).map_err(|e| setup("cannot write the run lock", e))?;
-    file.rewind().map_err(|e| setup("cannot write the run lock", e))?;
-    write!(file, "{}", std::process::id()).map_err(|e| setup("cannot write the run lock", e))?;
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') && name.contains(".tmp-") {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
-    }
-    Ok(file)
-}
-
 /// Set to an epoch count `N`, a run pauses (sleeps) right after saving the checkpoint of its
 /// `N`th epoch, saying so on stderr: the point where tests kill it (SIGKILL with `N` the last
 /// epoch lands in the final evaluation, which follows) every time instead of by chance.
@@ -266,7 +217,7 @@ pub fn train(
     evaluation: Option<EvalSetup<'_>>,
     start: Start,
 ) -> Result<TrainOutcome, TrainError> {
-    train_parallel(dir, config, encoder, objective, source, evaluation, start, &Parallel::single())
+    train_parallel(&RunDir::new(dir, start), config, encoder, objective, source, evaluation, &Parallel::single())
 }
 
 /// [`train`] as one rank of a data-parallel run, equal to the single-process run with the same
@@ -274,18 +225,17 @@ pub fn train(
 /// the objective sees the gathered global batch on every rank (its full loss computed on each,
 /// so that its state updates run identically everywhere); each rank backpropagates the
 /// gradient rows of its own samples and the parameter gradients are summed over the ranks.
-/// Rank 0 alone writes to `dir`, and evaluates.
-#[allow(clippy::too_many_arguments)]
+/// Rank 0 alone writes to the run directory (after taking it: [`RunDir`]), and evaluates.
 pub fn train_parallel(
-    dir: &Path,
+    run: &RunDir,
     config: &TrainConfig,
     encoder: &Encoder,
     objective: &mut dyn Objective,
     source: &mut dyn BatchSource,
     mut evaluation: Option<EvalSetup<'_>>,
-    start: Start,
     parallel: &Parallel,
 ) -> Result<TrainOutcome, TrainError> {
+    let (dir, start) = (run.path.as_path(), run.start);
     let collective = parallel.collective.as_ref();
     let lead = collective.rank() == 0;
     let checkpoint_path = dir.join(CHECKPOINT_FILE);
@@ -307,7 +257,7 @@ pub fn train_parallel(
     needs.check(encoder.config())?;
     let prune_fraction = needs.prune_fraction;
     let prepared = match lead {
-        true => prepare_directory(dir, start).map(Some),
+        true => run.take().map(Some),
         false => Ok(None),
     };
     let _lock = dist::agree(collective, prepared)??;
@@ -327,36 +277,9 @@ pub fn train_parallel(
 
     let mut begin = || -> Result<usize, TrainError> {
         Ok(match start {
-            Start::Fresh if !lead => 0,
-            Start::Overwrite if !lead => 0,
-            Start::Fresh => {
-                let mut earlier = std::fs::read_dir(dir)
-                    .map_err(|e| TrainError::Setup(format!("cannot list {}: {e}", dir.display())))?
-                    .flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    // The command line writes the run's configuration first.
-                    .filter(|name| name != LOCK_FILE && name != report::CONFIG_FILE)
-                    .collect::<Vec<_>>();
-                if !earlier.is_empty() {
-                    earlier.sort();
-                    return Err(TrainError::Setup(format!(
-                        "{} already holds {}; resume it with --resume, replace it with --overwrite, or choose another --out",
-                        dir.display(),
-                        earlier.join(", ")
-                    )));
-                }
-                0
-            }
-            Start::Overwrite => {
-                for file in [CHECKPOINT_FILE, report::METRICS_FILE, report::SUMMARY_FILE, report::PER_CLASS_PLOT_FILE] {
-                    match std::fs::remove_file(dir.join(file)) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => {
-                            return Err(TrainError::Setup(format!("cannot replace {}: {e}", dir.join(file).display())))
-                        }
-                    }
-                }
+            Start::Fresh | Start::Overwrite if !lead => 0,
+            Start::Fresh | Start::Overwrite => {
+                run.clear()?;
                 0
             }
             Start::Resume => {
@@ -394,7 +317,8 @@ pub fn train_parallel(
             }
         })
     };
-    let first_epoch = dist::agree(collective, begin())??;
+    let begun = begin().and_then(|epoch| if lead { run.write_record().map(|()| epoch) } else { Ok(epoch) });
+    let first_epoch = dist::agree(collective, begun)??;
     same_on_every_rank(collective, first_epoch, "the checkpoint's epoch")?;
     let metrics = match lead {
         true => MetricsLog::open(&dir.join(report::METRICS_FILE), first_epoch).map(Some),
@@ -435,6 +359,10 @@ pub fn train_parallel(
             Some(lr) => lr,
             None => reference_learning_rate(epoch, config.epochs, config.base_lr, config.lr_min),
         };
+        if !lr.is_finite() {
+            let checkpoint = checkpoint_path.clone();
+            return Err(TrainError::Diverged { what: "learning rate", value: lr, epoch, step: 0, checkpoint });
+        }
         let batches = source.batch_indices(epoch, config.seed).map_err(TrainError::Source)?;
         // Augmentation arguments are evaluated once per epoch, for every sample, so the source
         // can augment ahead of the training step.
@@ -516,6 +444,13 @@ pub fn train_parallel(
         }
         objective.end_epoch(epoch + 1, config.epochs).map_err(objective_error("end_epoch", &name))?;
         replicas_agree(collective, encoder, objective, sync, epoch + 1)?;
+        // A step can leave non-finite weights behind a finite loss (an infinite learning rate,
+        // the last step of a run): such weights are never checkpointed nor evaluated.
+        let weights: Vec<Tensor> = parameters.iter().map(|(_, var)| var.as_tensor().clone()).collect();
+        if let Some(bad) = first_non_finite(&weights)? {
+            let (step, checkpoint) = (batches.len().saturating_sub(1), checkpoint_path.clone());
+            return Err(TrainError::Diverged { what: "weights", value: bad, epoch, step, checkpoint });
+        }
         let seconds = epoch_start.elapsed().as_secs_f64();
         let epoch_loss = loss_sum / images.max(1) as f64;
         let means: Vec<(String, f64)> =
@@ -578,16 +513,6 @@ pub fn train_parallel(
         println!("{}", report::group_table(&result.linear));
     }
     Ok(TrainOutcome { epochs: config.epochs.max(first_epoch), last_epoch_loss, evaluation: last_evaluation })
-}
-
-/// Rank 0's part of a run's setup: creates the run directory and takes its lock.
-fn prepare_directory(dir: &Path, start: Start) -> Result<std::fs::File, TrainError> {
-    if start == Start::Resume && !dir.is_dir() {
-        return Err(nothing_to_resume(dir));
-    }
-    std::fs::create_dir_all(dir)
-        .map_err(|e| TrainError::Setup(format!("cannot create run directory {}: {e}", dir.display())))?;
-    lock_run_directory(dir)
 }
 
 /// Checks once per epoch that every rank holds the same model and objective state, as the
