@@ -1,6 +1,7 @@
-//! `sslc` against a hostile user (issue 15): every input here must end in a clean error (exit
-//! status 1 or 2, the cause named, no panic, no abort) or, after a kill, in a run that
-//! `--resume` finishes with the result an uninterrupted run gets. Cases other suites already
+//! `sslc` against a hostile user (issues 15 and 25): every input here must end in a clean error
+//! (exit status 1 or 2, the cause named, no panic, no abort) or, after a kill, in a run that
+//! `--resume` finishes with the result an uninterrupted run gets; files sslc must not touch
+//! (a planted link's target, a live run's record, a checkpoint) stay as they were. Cases other suites already
 //! hold are not repeated: `--limit 0`, `dim K = 4000000000000` in a source file, a foreign
 //! lock holder, stale temporary files at a fresh start and deleted reports (tests/run_cli.rs),
 //! special files under `sslc check` (tests/front_diagnostics.rs), 0x0 images
@@ -299,7 +300,8 @@ fn imports_are_confined_to_the_objective_folder() {
         assert_clean_error(&out, cause);
         assert!(!said(&out).contains("SECRET"), "{case}: the file's text was shown: {}", said(&out));
     }
-    let text = "import \"../secrets/ok.ssl\"\nobjective o {\n    input z: [N, D]\n    loss = twice(mean(z * z))\n}\n";
+    let text = "import \"../secrets/ok.ssl\"\nobjective o {\n    views x1, x2 = simclr_augment(x)\n    \
+                input z: [N, D] = encoder(x1)\n    loss = twice(mean(z * z))\n}\n";
     let (main, secrets) = confined_objective("hostile-import-allowed", text);
     assert_clean_error(&finish_within(sslc(&["check", main.to_str().unwrap()]), Duration::from_secs(30)), "outside");
     let allowed = ["check", main.to_str().unwrap(), "--import-path", secrets.to_str().unwrap()];
@@ -422,13 +424,14 @@ fn fifos_are_refused_and_reports_are_written_whole() {
     let (config, images) = (fifo("config.toml"), fifo("images.npy"));
     let checkpoint = fifo("fake/checkpoint.safetensors");
     fifo("summary/summary.json");
+    let summary_folder = root.join("summary");
     let unused = root.join("unused");
     let unused = unused.to_str().unwrap();
     let cases: [Vec<&str>; 4] = [
         vec!["run", "--config", config.to_str().unwrap(), "--out", unused],
         vec!["export", checkpoint.to_str().unwrap(), "--out", unused],
         vec!["embed", dir.to_str().unwrap(), "--images", images.to_str().unwrap(), "--out", unused],
-        vec!["compare", root.join("summary").to_str().unwrap()],
+        vec!["compare", summary_folder.to_str().unwrap()],
     ];
     for args in cases {
         assert_clean_error(&finish_within(sslc(&args), Duration::from_secs(30)), "regular file");
@@ -517,17 +520,20 @@ fn a_queue_shorter_than_the_batch_is_refused_before_any_work() {
     );
 }
 
-/// 11. Classes and indices outside their range are errors naming the input and the value: an
-/// out-of-range gather (not `node %71 (Gather ...)`), and `one_hot` of -1, K or 19.7.
+/// 11. Classes and indices outside their range are errors naming the value: a label file
+/// holding -1, K or 19.7 under `one_hot` (as PyTorch refuses them), and an out-of-range gather
+/// named by its operands (not `node %71 (Gather ...)`).
 #[test]
 fn out_of_range_classes_and_indices_name_the_input_and_value() {
     let dir = scratch_dir("hostile-ranges");
     let file = dir.join("classes.ssl");
-    let text = "objective classes {\n    dim K = 20\n    input z: [N, D]\n    input y: int[N]\n    \
-                let s = stopgrad(z)\n    loss = mean(z * z) + sum(one_hot(y, K)) + mean(s[y])\n}\n";
+    let text = "import \"lib/contrastive.ssl\"\nobjective classes {\n    dim K = 20\n    \
+                views x1, x2 = simclr_augment(x)\n    input z: [N, D] = encoder(x1)\n    \
+                const y: [samples] = labels\n    let c = int(y[index])\n    \
+                let s = stopgrad(z)\n    loss = mean(z * z) + sum(one_hot(c, K)) + mean(s[c])\n}\n";
     std::fs::write(&file, text).expect("objective");
-    let npy = |name: &str, descr: &str, shape: &str, data: Vec<u8>| {
-        let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    let npy = |name: &str, shape: &str, values: &[f32]| {
+        let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
         while (10 + header.len() + 1) % 64 != 0 {
             header.push(' ');
         }
@@ -535,24 +541,23 @@ fn out_of_range_classes_and_indices_name_the_input_and_value() {
         let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
         bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
         bytes.extend_from_slice(header.as_bytes());
-        bytes.extend_from_slice(&data);
+        bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
         let path = dir.join(name);
         std::fs::write(&path, bytes).expect("npy");
-        format!("{}={}", name.trim_end_matches(".npy").split('-').next().unwrap(), path.display())
+        path.display().to_string()
     };
-    let z = npy("z.npy", "<f4", "(4, 3)", (0..12).flat_map(|i| (i as f32).to_le_bytes()).collect());
-    let ints = |values: [i64; 4]| values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
-    let floats = |values: [f32; 4]| values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+    let z = format!("z={}", npy("z.npy", "(4, 3)", &(0..12).map(|i| i as f32).collect::<Vec<_>>()));
     let out_dir = dir.join("out");
-    for (case, y, cause) in [
-        ("negative", npy("y-neg.npy", "<i8", "(4,)", ints([0, 1, -1, 2])), "holds -1"),
-        ("k", npy("y-k.npy", "<i8", "(4,)", ints([0, 1, 25, 2])), "holds 25"),
-        ("fraction", npy("y-frac.npy", "<f4", "(4,)", floats([0.0, 1.0, 19.7, 2.0])), "holds 19.7"),
-        ("rows", npy("y-rows.npy", "<i8", "(4,)", ints([0, 1, 9, 2])), "out of range for the 4 rows of"),
+    for (case, labels, cause) in [
+        ("negative", [0.0, 1.0, -1.0, 2.0], "-1"),
+        ("k", [0.0, 1.0, 25.0, 2.0], "holds 25"),
+        ("fraction", [0.0, 1.0, 19.7, 2.0], "19.7"),
+        ("rows", [0.0, 1.0, 9.0, 2.0], "out of range for the 4 rows of"),
     ] {
+        let y = format!("y={}", npy(&format!("y-{case}.npy"), "(4,)", &labels));
         let args = ["eval", file.to_str().unwrap(), "--backend", "reference", "--input", &z, "--input", &y];
         let mut command = sslc(&args);
-        command.arg("--out").arg(&out_dir);
+        command.arg("--import-path").arg(repo_root().join("objectives")).arg("--out").arg(&out_dir);
         let out = finish_within(command, Duration::from_secs(60));
         assert_clean_error(&out, cause);
         assert!(!said(&out).contains("node %"), "{case}: {}", said(&out));

@@ -176,7 +176,9 @@ fn unknown_overrides_are_refused_up_front() {
 #[test]
 fn state_sized_by_the_embedding_width_is_created_at_that_width() {
     let mut sources = Sources::new();
-    let module = sslc_compiler::compile(Path::new("tests/fixtures/queue_state.ssl"), &mut sources)
+    // The fixture imports the shipped library from the objectives folder it is allowed.
+    let library = sslc_compiler::front::ImportRoots::new(vec!["objectives".into()]);
+    let module = sslc_compiler::compile_with(Path::new("tests/fixtures/queue_state.ssl"), &library, &mut sources)
         .unwrap_or_else(|_| panic!("the fixture does not compile"))
         .modules
         .remove(0);

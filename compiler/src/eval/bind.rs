@@ -3,7 +3,9 @@
 //! state (given, or built), and the run position. Every mismatch is an error that names the
 //! value and says what was expected.
 
-use crate::ir::{BinaryOp, Dim, DimKind, DimSym, Elem, Expr, Handle, InputDecl, Module, ParamDecl, ParamValue, Shape};
+use crate::ir::{
+    BinaryOp, ConstDecl, ConstInit, Dim, DimKind, DimSym, Expr, Handle, Module, ParamDecl, ParamValue, Shape,
+};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 
@@ -32,10 +34,10 @@ pub enum BindError {
          the sizes (--set, or the batch size)"
     )]
     NegativeSize { what: String, dim: String, value: i64, sizes: String },
-    #[error("input `{name}` is declared `int` but holds {value}; give whole numbers (class labels or indices)")]
-    NotIntegral { name: String, value: f64 },
+    #[error("`{name}` holds the class labels but has {value} among them; labels are whole numbers, 0 or more")]
+    NotLabel { name: String, value: f64 },
     #[error(
-        "input `{name}` holds {value}, but `one_hot`/`histogram` over `{dim}` = {size} classes takes 0 to {last} \
+        "`{name}` holds {value}, but `one_hot`/`histogram` over `{dim}` = {size} classes takes 0 to {last} \
          (as PyTorch's one_hot, which refuses it too)", last = size - 1
     )]
     ClassOutOfRange { name: String, value: i64, dim: String, size: i64 },
@@ -158,9 +160,6 @@ impl Bindings {
                 });
             };
             check_finite(&decl.name, t)?;
-            if decl.ty.elem == Elem::Int {
-                check_integral(&decl.name, t)?;
-            }
             bind_shape(module, &decl.name, &decl.ty.shape, t.dims(), &mut dims, &mut origin)?;
             inputs.push(t.to_dtype(req.dtype)?);
         }
@@ -195,9 +194,13 @@ impl Bindings {
             .consts
             .iter()
             .map(|(_, d)| {
-                given_or_built(&d.name, &d.ty.shape, &req.consts, &|shape| super::build_const(&d.init, shape))
+                let t = given_or_built(&d.name, &d.ty.shape, &req.consts, &|shape| super::build_const(&d.init, shape))?;
+                if matches!(d.init, ConstInit::Labels) {
+                    check_labels(&d.name, &t)?;
+                }
+                Ok(t)
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, BindError>>()?;
         let states = module
             .states
             .iter()
@@ -221,7 +224,7 @@ impl Bindings {
             })
             .collect::<Result<Vec<i64>, BindError>>()?;
         let known: Vec<Option<i64>> = dims.iter().map(|&d| Some(d)).collect();
-        check_classes(module, &req.inputs, &known)?;
+        check_classes(module, &consts, &known)?;
         let programs = std::iter::once(("the loss", &module.loss))
             .chain(module.handlers.iter().map(|h| ("an `on` handler", &h.program)));
         for (where_, program) in programs {
@@ -508,43 +511,42 @@ fn check_finite(name: &str, t: &Tensor) -> Result<(), BindError> {
     Ok(())
 }
 
-/// An `int` input holds whole numbers: a float file bound to it is refused, not truncated.
-fn check_integral(name: &str, t: &Tensor) -> Result<(), BindError> {
-    if !t.dtype().is_float() || !t.device().is_cpu() {
+/// Class labels (a `const ... = labels`) are whole numbers of 0 or more: a label file holding
+/// 19.7 or -1 is refused, not truncated or turned into a row of zeros.
+fn check_labels(name: &str, t: &Tensor) -> Result<(), BindError> {
+    if !t.device().is_cpu() {
         return Ok(());
     }
     let values = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-    match values.into_iter().find(|v| v.fract() != 0.0) {
-        Some(value) => Err(BindError::NotIntegral { name: name.into(), value }),
+    match values.into_iter().find(|v| v.fract() != 0.0 || *v < 0.0) {
+        Some(value) => Err(BindError::NotLabel { name: name.into(), value }),
         None => Ok(()),
     }
 }
 
-/// Inputs that `one_hot` or `histogram` turn into classes hold classes that exist: a label of
-/// -1 or K would otherwise become a row of zeros without a word.
-fn check_classes(module: &Module, given: &[(String, Tensor)], dims: &[Option<i64>]) -> Result<(), BindError> {
-    for (input, classes) in class_counts(module) {
-        let name = &module.inputs[input].name;
-        let (Some((_, t)), Some(size)) = (given.iter().find(|(n, _)| n == name), classes.eval(&|s| dims[s.index()]))
-        else {
-            continue;
-        };
+/// Values that `one_hot` or `histogram` turn into classes name classes that exist: a class of
+/// K would otherwise become a row of zeros without a word.
+fn check_classes(module: &Module, consts: &[Tensor], dims: &[Option<i64>]) -> Result<(), BindError> {
+    for (c, classes) in class_counts(module) {
+        let Some(size) = classes.eval(&|s| dims[s.index()]) else { continue };
+        let t = &consts[c.index()];
         if !t.device().is_cpu() {
             continue;
         }
         let values = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
         if let Some(&value) = values.iter().find(|&&v| v < 0.0 || v >= size as f64) {
-            let dim = classes.display(&module.dims).to_string();
-            return Err(BindError::ClassOutOfRange { name: name.clone(), value: value as i64, dim, size });
+            let (name, dim) = (module.consts[c].name.clone(), classes.display(&module.dims).to_string());
+            return Err(BindError::ClassOutOfRange { name, value: value as i64, dim, size });
         }
     }
     Ok(())
 }
 
-/// The inputs taken as classes and how many classes each may hold: the comparison
-/// `iota[.., K] == input[:, None]` that `one_hot(input, K)` and `histogram(input, K)` lower to
-/// (front/lower/builtins.rs), wherever it stands.
-fn class_counts(module: &Module) -> Vec<(Handle<InputDecl>, Dim)> {
+/// The constants taken as classes and how many classes each may hold: the comparison
+/// `iota[.., K] == x[:, None]` that `one_hot(x, K)` and `histogram(x, K)` lower to
+/// (front/lower/builtins.rs), where `x` is a constant, or rows or a cast of one
+/// (`int(y[index])`).
+fn class_counts(module: &Module) -> Vec<(Handle<ConstDecl>, Dim)> {
     let programs = std::iter::once(&module.loss).chain(module.handlers.iter().map(|h| &h.program));
     let mut counts = Vec::new();
     for program in programs {
@@ -553,8 +555,16 @@ fn class_counts(module: &Module) -> Vec<(Handle<InputDecl>, Dim)> {
             let Expr::Iota { shape, axis: 1 } = &program.exprs[*lhs] else { continue };
             let Expr::Broadcast { arg, .. } = &program.exprs[*rhs] else { continue };
             let Expr::ExpandDims { arg, axis: 1 } = &program.exprs[*arg] else { continue };
-            if let (Expr::Input(input), Some(classes)) = (&program.exprs[*arg], shape.get(1)) {
-                counts.push((*input, classes.clone()));
+            let mut source = *arg;
+            loop {
+                source = match &program.exprs[source] {
+                    Expr::Cast { arg, .. } | Expr::StopGrad { arg } | Expr::Slice { arg, .. } => *arg,
+                    Expr::Gather { table, .. } => *table,
+                    _ => break,
+                };
+            }
+            if let (Expr::Const(c), Some(classes)) = (&program.exprs[source], shape.get(1)) {
+                counts.push((*c, classes.clone()));
             }
         }
     }
