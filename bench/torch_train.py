@@ -39,6 +39,8 @@ UPDATE_TOL = 1e-3
 RUN_TOL = 2e-3
 BATCH = 8 if DRY else 512
 BACKBONE = "small" if DRY else "resnet18"
+# Image side of the synthetic throughput steps (sslc's and PyTorch's).
+IMAGE = 8 if DRY else 32
 
 
 # ---- train: one step, then a short run, GPU against CPU ----------------------------------------
@@ -64,6 +66,7 @@ def step_parity(backbone):
     common = ["train-step", "--backbone", backbone, "--batch-size", "4" if DRY else "16", "--image-size",
               "16" if DRY else "32", "--channels", "3"]
     paths = {}
+    os.makedirs(H.path("step"), exist_ok=True)
     for name, extra in [("init", ["--device", "cpu", "--steps", "0"]), ("cpu", ["--device", "cpu"]),
                         ("gpu", ["--device", DEVICE, "--precision", "f32"]),
                         ("gpu_tf32", ["--device", DEVICE, "--precision", "tf32"])]:
@@ -92,7 +95,7 @@ def small_cifar():
 def run_parity():
     data = small_cifar()
     settings = ["run", "objectives/simclr.ssl", "--dataset", "cifar100-lt", "--data", data, "--imbalance", "1",
-                "--backbone", BACKBONE, "--batch-size", "16" if DRY else "128", "--limit", "64" if DRY else "512",
+                "--backbone", BACKBONE, "--batch-size", "8" if DRY else "128", "--limit", "8" if DRY else "512",
                 "--epochs", "1", "--probe-epochs", "1", "--seed", "0", "--precision", "f32", "--overwrite"]
     losses = {}
     for name, device in [("gpu", DEVICE), ("cpu", "cpu")]:
@@ -115,12 +118,12 @@ def train():
 measured = {}  # (precision, objective) -> sslc images/s
 
 
-def bench_train(precision, objective=None, batch=BATCH, steps=2 if DRY else 10):
+def bench_train(precision, objective=None, batch=BATCH, steps=1 if DRY else 10):
     key = (precision, objective, batch)
     if key not in measured:
         extra = ["--objective", objective] if objective else []
-        p = H.sslc(["bench-train", "--backbone", BACKBONE, "--batch-size", str(batch), "--device", DEVICE,
-                    "--precision", precision, "--steps", str(steps)] + extra, 120)
+        p = H.sslc(["bench-train", "--backbone", BACKBONE, "--batch-size", str(batch), "--image-size", str(IMAGE),
+                    "--device", DEVICE, "--precision", precision, "--steps", str(steps)] + extra, 120)
         measured[key] = json.loads(p.stdout.strip().splitlines()[-1])["images_per_second"]
     return measured[key]
 
@@ -172,7 +175,7 @@ def torch_train(mode):
         torch.backends.cudnn.benchmark = True
     model = Encoder().to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    views = [torch.rand(BATCH, 3, 32, 32, device=dev) * 2 - 1 for _ in range(2)]
+    views = [torch.rand(BATCH, 3, IMAGE, IMAGE, device=dev) * 2 - 1 for _ in range(2)]
     grads = [torch.randn(BATCH, 128, device=dev) / BATCH for _ in range(2)]
 
     def step():
@@ -216,12 +219,12 @@ def objective_share():
 
 def real_loader():
     if DRY:
-        data, limit, extra = small_cifar(), 64, ["--imbalance", "1"]
+        data, limit, epochs, extra = small_cifar(), 8, 1, ["--imbalance", "1"]
     else:
-        data, limit, extra = fake_cifar100(H.path("cifar"), 50000, 10000), 5120, []
+        data, limit, epochs, extra = fake_cifar100(H.path("cifar"), 50000, 10000), 5120, 2, []
     out = H.path("runs", "cifar-loader")
     p = H.sslc(["run", "objectives/simclr.ssl", "--dataset", "cifar100-lt", "--data", data, "--device", DEVICE,
-                "--backbone", BACKBONE, "--batch-size", str(BATCH), "--epochs", "2", "--limit", str(limit),
+                "--backbone", BACKBONE, "--batch-size", str(BATCH), "--epochs", str(epochs), "--limit", str(limit),
                 "--probe-epochs", "1", "--out", out, "--overwrite"] + extra, 200)
     steps = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl")) if '"kind":"step"' in l]
     later = [s for s in steps if s["epoch"] >= 1] or steps
@@ -236,12 +239,12 @@ def warm_up():
     """Loads candle's kernels once before anything is timed: the driver compiles their PTX on
     first use, into CUDA_CACHE_PATH, where the later processes find it."""
     started = time.time()
-    bench_train("f32", batch=8, steps=1)
+    bench_train("f32", batch=4, steps=1)
     return f"{time.time() - started:.0f} s", "-", "ok"
 
 
 def throughput_phase():
-    H.case("warm-up", f"bench-train {BACKBONE} batch 8, first kernel loads", warm_up)
+    H.case("warm-up", f"bench-train {BACKBONE} batch 4, first kernel loads", warm_up)
     modes = [("f32", "fp32")] if DRY else [("f32", "fp32"), ("tf32", "tf32"), ("bf16", "bf16")]
     for precision, torch_mode in modes:
         H.case("throughput", f"{BACKBONE} synthetic, batch {BATCH}, sslc {precision} / torch {torch_mode}",

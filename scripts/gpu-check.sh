@@ -32,12 +32,15 @@
 # Environment: SSLC (the binary; default .device/sslc), OUT (default /tmp/gpu-check), PYTHON
 # (default python3), GPU_CHECK_TOTAL_S, GPU_CHECK_KEEP=1 (keep the scratch folder).
 set -uo pipefail
+CALLER=$PWD
 cd "$(dirname "$0")/.."
 REPO=$PWD
 DRY=${GPU_CHECK_DRY:-0}
 [ "${1:-}" = --dry ] && DRY=1
 SSLC=${SSLC:-$REPO/.device/sslc}
 OUT=${OUT:-/tmp/gpu-check}
+[[ $SSLC = /* ]] || SSLC=$CALLER/$SSLC   # relative to where the script was started
+[[ $OUT = /* ]] || OUT=$CALLER/$OUT
 PYTHON=${PYTHON:-python3}
 TOTAL_S=${GPU_CHECK_TOTAL_S:-420}
 RESERVE_S=15      # for the final table, after the last step

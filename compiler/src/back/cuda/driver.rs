@@ -104,7 +104,6 @@ pub struct Session<'p> {
     stream: Arc<CudaStream>,
     functions: &'p [CudaFunction],
     buffers: Vec<DeviceBuffer<'p>>,
-    scalars: Vec<Value>,
     /// Each kernel's scalar arguments, as its parameters declare them.
     arguments: Vec<Vec<ScalarArg>>,
     shapes: Vec<Vec<usize>>,
@@ -161,7 +160,7 @@ impl<'p> Session<'p> {
             plan.kernels.iter().map(|k| launch_config(plan, &scalars, &k.body)).collect::<Result<Vec<_>, _>>()?;
         let arguments = plan.kernels.iter().map(|k| scalar_args(plan, k, &scalars)).collect::<Result<Vec<_>, _>>()?;
         let shapes = plan.buffers.iter().map(|buf| buf.shape.iter().map(|d| b.size(module, d)).collect()).collect();
-        Ok(Session { plan, stream, functions: &kernels.functions, buffers, scalars, arguments, shapes, launches })
+        Ok(Session { plan, stream, functions: &kernels.functions, buffers, arguments, shapes, launches })
     }
 
     /// Enqueues every kernel once, in order.
