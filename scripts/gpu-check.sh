@@ -153,12 +153,15 @@ except ImportError as e:
 print(line)
 PY
 )
-sslc_version=$(timeout 10 "$SSLC" --version 2>&1 | head -1)
-if grep -q '^python.*torch' <<<"$versions"; then
-    row preflight versions "$sslc_version" "$versions" - ok
-else
+# Starting the binary also registers candle's compressed kernels (docs/gpu.md).
+if ! sslc_version=$(timeout 10 "$SSLC" --version 2>&1); then
+    row preflight versions "$(tail -1 <<<"$sslc_version")" "$versions" - "FAIL: sslc does not start"
+    preflight_failed=1
+elif ! grep -q ', torch ' <<<"$versions"; then
     row preflight versions "$sslc_version" "$versions" - "FAIL: the harnesses need Python with numpy and torch"
     preflight_failed=1
+else
+    row preflight versions "$sslc_version" "$versions" - ok
 fi
 [ "$preflight_failed" = 1 ] && keep_log preflight
 summary
@@ -218,10 +221,12 @@ step() {  # name cap script phase [script phase ...]: the harnesses, in order, u
     fi
     summary
 }
-step kernel 75 torch_gpu.py kernel
-step parity 60 torch_gpu.py parity
-step nccl 80 gpu_nccl.py nccl
-step train 90 torch_train.py train
+# Worst case, every step at its limit: preflight 40 s (its own timeouts), then 60 + 50 + 100 +
+# 100 s and 5 s of grace each, which leaves bench 30 s of the 420 before the table's 15.
+step kernel 60 torch_gpu.py kernel
+step parity 50 torch_gpu.py parity
+step nccl 100 gpu_nccl.py nccl
+step train 100 torch_train.py train
 # Timings last, with what is left; earlier steps have loaded every kernel once (warm-up).
 step bench 600 torch_gpu.py bench torch_train.py throughput
 
