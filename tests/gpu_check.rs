@@ -25,7 +25,9 @@ fn python() -> Option<&'static str> {
         std::env::var("CI").as_deref() != Ok("true"),
         "CI=true but no python3 imports numpy and torch: run scripts/test.sh, which installs them"
     );
-    eprintln!("NOTICE: skipping the gpu-check dry run: no python3 imports numpy and torch (scripts/test.sh installs them)");
+    eprintln!(
+        "NOTICE: skipping the gpu-check dry run: no python3 imports numpy and torch (scripts/test.sh installs them)"
+    );
     None
 }
 
@@ -86,7 +88,11 @@ fn without_a_gpu_the_real_check_stops_at_once_with_a_message() {
     }
     let (output, out, files) = gpu_check("gpu-check-no-gpu", &[], "python3");
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
-    assert!(text(&output).contains("no NVIDIA GPU here") && text(&output).contains("GPU_CHECK_DRY=1"), "{}", text(&output));
+    assert!(
+        text(&output).contains("no NVIDIA GPU here") && text(&output).contains("GPU_CHECK_DRY=1"),
+        "{}",
+        text(&output)
+    );
     assert_eq!(files, ["gpu-check.jsonl", "summary.md"]);
     let rows = rows(&out);
     assert_eq!(rows.len(), 1);

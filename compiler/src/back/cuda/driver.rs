@@ -2,8 +2,8 @@
 //! (cudarc's dynamic loading), so building needs no CUDA at all; a machine without a driver or
 //! a GPU gets [`CudaError::NoDevice`].
 
-use super::emulate::{self, Data, Value};
 use super::c::CType;
+use super::emulate::{self, Data, Value};
 use super::plan::{Body, BufferId, KernelPlan, PairwiseProduct, Plan, Step, PAIR_TILE, PAIR_VCOLS};
 use super::{nvrtc, CudaError};
 use crate::eval::Bindings;
