@@ -241,3 +241,60 @@ fn eval_on_cuda_without_a_device_exits_1_with_a_clear_message() {
     assert!(stderr.contains("no CUDA device found"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// A plan of one kernel whose only scalar parameter is a `bool` (from the epoch: true once
+/// training has started), storing 1 where it is true and 2 where it is false.
+fn bool_parameter_plan() -> cuda::plan::Plan {
+    use cuda::c::{self, CExpr, CStmt, CType, Lambda};
+    use cuda::plan::{Body, Buffer, BufferSource, HostScalar, KernelPlan, Plan, Scalar, Use};
+    let store = CStmt::Store {
+        target: c::index(c::var("out"), c::var("i")),
+        value: c::ternary(c::var("started"), CExpr::Float(1.0), CExpr::Float(2.0)),
+    };
+    Plan {
+        buffers: vec![Buffer {
+            name: "out".into(),
+            elem: sslc_compiler::ir::Elem::Real,
+            shape: vec![sslc_compiler::ir::Dim::constant(1)],
+            source: BufferSource::Temp,
+        }],
+        scalars: vec![Scalar { name: "started".into(), ty: CType::Bool, value: HostScalar::Epoch }],
+        kernels: vec![KernelPlan {
+            name: "flag".into(),
+            doc: "a bool parameter".into(),
+            body: Body::Grid(vec![Step::Map {
+                count: CExpr::Int(1),
+                body: Lambda { params: vec![(CType::LongLong, "i".into())], body: vec![store] },
+            }]),
+            buffers: vec![(0, Use { read: false, written: true })],
+            scalars: vec![0],
+        }],
+        outputs: vec![("out".into(), 0)],
+        precision: Precision::F32,
+    }
+}
+
+/// A `bool` kernel parameter reaches the emulator as a bool and is marshalled for the driver
+/// as the 1-byte C `bool` the kernel declares, not as a 4-byte f32 (whose lowest byte, 0 for
+/// 1.0f, a kernel would read as false).
+#[test]
+fn a_bool_parameter_is_a_bool_in_the_emulator_and_one_byte_at_launch() {
+    let exe = executable("simclr");
+    let plan = bool_parameter_plan();
+    assert!(plan.kernels()[0].to_string().contains("const bool started"), "{}", plan.kernels()[0]);
+    for (epoch, started, stored) in [(0, false, 2.0), (3, true, 1.0)] {
+        let mut b = bindings(&exe, 4, 8, &[]);
+        b.epoch = epoch;
+        let values = emulate::scalar_values(&plan, &exe.module, &b);
+        assert_eq!(values, vec![emulate::Value::Bool(started)]);
+        let out = emulate::run(&exe.module, &plan, &b).expect("the plan runs");
+        assert_eq!(out[0].flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![stored]);
+        let args = cuda::driver::scalar_args(&plan, &plan.kernels[0], &values).expect("marshalled");
+        assert_eq!(args, vec![cuda::driver::ScalarArg::Bool(started)]);
+        assert_eq!(args[0].bytes(), vec![u8::from(started)]);
+        assert_eq!(args[0].bytes().len(), cuda::c::CType::Bool.size());
+    }
+    // A host value of another kind than the parameter declares is refused, never pushed.
+    let error = cuda::driver::scalar_args(&plan, &plan.kernels[0], &[emulate::Value::Real(1.0)]).unwrap_err();
+    assert!(error.to_string().contains("declares `bool started`"), "{error}");
+}

@@ -599,6 +599,9 @@ fn shape_sets_the_size_of_one_random_input() {
     assert_eq!(stdout_of(&out).matches("ok ").count(), 2, "{}", stdout_of(&out));
     let out = run_sslc(&["bench", file, "--batch", "16", "--dim", "8", "--shape", "w=16x3", "--iters", "1"]);
     assert_success(&out);
+    // A host back end is timed by the wall clock, and says so (`--backend cuda`: device events).
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(r#""timing":"wall_clock""#), "{stdout}");
     // Rows that disagree with the batch are a shape error naming the input.
     let out = run_sslc(&["gradcheck", file, "--batch", "5", "--shape", "w=4x3"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));

@@ -130,6 +130,11 @@ impl Compute {
                     let text = e.to_string();
                     format!("no CUDA device found: cannot open {spec} ({})", text.lines().next().unwrap_or_default())
                 })?;
+                #[cfg(feature = "cuda")]
+                if let Device::Cuda(cuda) = &device {
+                    cuda_glue::retain_freed_memory(cuda)
+                        .map_err(|e| format!("{spec}: cannot configure its memory pool ({e})"))?;
+                }
                 // A process-wide cuBLAS setting, so it is set on every open: the last device
                 // opened decides, and a process trains on one.
                 candle_core::cuda::set_gemm_reduced_precision_f32(precision == Precision::Tf32);
@@ -246,19 +251,46 @@ pub fn to_host(tensors: Vec<(String, Tensor)>) -> candle_core::Result<Vec<(Strin
 pub fn upload(data: Vec<f32>, shape: &[usize], device: &Device) -> candle_core::Result<Tensor> {
     #[cfg(feature = "cuda")]
     if let Device::Cuda(cuda) = device {
-        return pinned::upload(&data, shape, cuda);
+        return cuda_glue::upload(&data, shape, cuda);
     }
     Tensor::from_vec(data, shape, device)
 }
 
+/// The CUDA-only glue of the runtime (built with `--features cuda`): the device's memory pool
+/// and the loader's pinned uploads.
 #[cfg(feature = "cuda")]
-mod pinned {
+mod cuda_glue {
     use candle_core::cuda_backend::{CudaDType, CudaDevice};
     use candle_core::op::BackpropOp;
     use candle_core::{Storage, Tensor};
-    use cudarc::driver::PinnedHostSlice;
+    use cudarc::driver::{result, sys, PinnedHostSlice};
     use std::cell::RefCell;
     use std::collections::HashMap;
+
+    /// Keeps memory that candle frees in the device's default pool for the next allocation.
+    /// cudarc allocates with `cuMemAllocAsync` from that pool, whose release threshold is 0 by
+    /// default: every synchronise (the loader's producer thread makes at least two a step)
+    /// would hand the freed memory back to the driver, and the next step map it again.
+    pub fn retain_freed_memory(device: &CudaDevice) -> candle_core::Result<()> {
+        let context = device.cuda_stream().context().clone();
+        if !context.has_async_alloc() {
+            return Ok(()); // no memory pools on this device: cudarc uses plain cuMemAlloc
+        }
+        let w = candle_core::Error::wrap;
+        // SAFETY: `cu_device` is the device of a live context (candle's, just opened).
+        let pool = unsafe { result::device::get_default_mem_pool(context.cu_device()) }.map_err(w)?;
+        let mut threshold = u64::MAX;
+        // SAFETY: `pool` is the device's default pool, valid while the device is; the release
+        // threshold is a `cuuint64_t`, and `threshold` is one, alive for the call.
+        unsafe {
+            result::mem_pool::set_attribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut threshold as *mut u64).cast(),
+            )
+        }
+        .map_err(w)
+    }
 
     thread_local! {
         /// This thread's staging buffers, by length (a batch's global views and small crops
@@ -266,6 +298,15 @@ mod pinned {
         static STAGING: RefCell<HashMap<usize, PinnedHostSlice<f32>>> = RefCell::new(HashMap::new());
     }
 
+    /// The invariant that makes this sound is the `synchronize` below, and nothing else.
+    /// candle computes on per-thread default streams, which cudarc does not count as several
+    /// streams, so its event tracking is off: the staging buffer's event is never recorded
+    /// (`as_mut_slice` waits for nothing) and the device memory carries no events. Without the
+    /// synchronise, the next call would overwrite the staging buffer while the copy may still
+    /// read it, and the training thread, whose own stream does not wait for this one, could
+    /// read the memory before the copy lands. Whoever removes it to overlap more must record
+    /// an event on this stream after the copy, make the next write of the buffer wait for it,
+    /// and make the training thread's stream wait for it before the first read.
     pub fn upload(data: &[f32], shape: &[usize], device: &CudaDevice) -> candle_core::Result<Tensor> {
         let stream = device.cuda_stream();
         let w = candle_core::Error::wrap;
@@ -279,11 +320,13 @@ mod pinned {
                     e.insert(unsafe { stream.context().alloc_pinned::<f32>(data.len()) }.map_err(w)?)
                 }
             };
+            // Safe to overwrite: the previous call's copy from this buffer was synchronised.
             buffer.as_mut_slice().map_err(w)?.copy_from_slice(data);
             // SAFETY: every element is written by the copy below before any kernel reads it
             // (the copy is complete when this function returns).
             let mut memory = unsafe { stream.alloc::<f32>(data.len()) }.map_err(w)?;
             stream.memcpy_htod(buffer, &mut memory).map_err(w)?;
+            // The one guard of the staging buffer and of `memory` (see the function's comment).
             stream.synchronize().map_err(w)?;
             Ok(memory)
         })?;

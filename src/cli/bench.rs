@@ -17,7 +17,9 @@ use std::time::Instant;
 #[derive(Args)]
 #[command(after_help = "Prints one JSON line: objective, backend, batch, dim, threads, compile_ms (autodiff, \
 optimisation and code generation), fwd_bwd_ms_median and fwd_bwd_ms_min (one evaluation of the loss and \
-every gradient, after a warm-up), peak_extra_bytes (the most memory an evaluation holds beyond its \
+every gradient, after a warm-up), timing (how they were measured: wall_clock around whole evaluations on \
+the host back ends; device_events with --backend cuda, CUDA events around the kernels alone, inputs already \
+on the GPU, synchronised after each run, as bench/torch_gpu.py times PyTorch), peak_extra_bytes (the most memory an evaluation holds beyond its \
 inputs and its results), and a roofline: gflop (the optimised program's floating-point operations: 2mkn \
 per product, one per element-wise operation or reduced element), compulsory_mb (its inputs, constants, \
 state and outputs, each moved once), flop_per_byte (their ratio), and gflop_per_s and gb_per_s (both over \
@@ -141,13 +143,21 @@ fn run(args: &BenchArgs, threads: usize) -> Result<serde_json::Value, i32> {
     let peak_extra_bytes = PEAK.load(Ordering::Relaxed).saturating_sub(before + result_bytes);
     drop(result);
 
-    let mut times = Vec::with_capacity(args.iters);
-    for _ in 0..args.iters {
-        let t = Instant::now();
-        let result = backend.evaluate(&bindings).map_err(fail)?;
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-        drop(result);
-    }
+    // A GPU back end is timed by its own events around the kernels, as bench/torch_gpu.py
+    // times PyTorch; the host back ends by the wall clock around whole evaluations.
+    let (mut times, timing) = match backend.device_times(&bindings, args.iters) {
+        Some(times) => (times.map_err(fail)?, "device_events"),
+        None => {
+            let mut times = Vec::with_capacity(args.iters);
+            for _ in 0..args.iters {
+                let t = Instant::now();
+                let result = backend.evaluate(&bindings).map_err(fail)?;
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+                drop(result);
+            }
+            (times, "wall_clock")
+        }
+    };
     times.sort_by(f64::total_cmp);
     let median = if times.len() % 2 == 1 {
         times[times.len() / 2]
@@ -161,6 +171,7 @@ fn run(args: &BenchArgs, threads: usize) -> Result<serde_json::Value, i32> {
         "dim": args.dim,
         "threads": threads,
         "compile_ms": compile_ms,
+        "timing": timing,
         "fwd_bwd_ms_median": median,
         "fwd_bwd_ms_min": times[0],
         "peak_extra_bytes": peak_extra_bytes,

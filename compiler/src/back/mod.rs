@@ -21,6 +21,14 @@ pub trait Backend: Send {
     fn reads_device_memory(&self) -> bool {
         false
     }
+    /// Milliseconds of each of `repeats` evaluations as the device's own events measure them
+    /// (around the kernels only, inputs already on the device), after a warm-up: how `sslc
+    /// bench` times a GPU back end, the way PyTorch is timed next to it. `None` for back ends
+    /// on the host, which `sslc bench` times by the wall clock.
+    fn device_times(&self, bindings: &Bindings, repeats: usize) -> Option<Result<Vec<f64>, BackendError>> {
+        let _ = (bindings, repeats);
+        None
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +47,12 @@ pub enum BackendError {
 impl From<EvalError> for BackendError {
     fn from(e: EvalError) -> Self {
         BackendError::Eval(Box::new(e))
+    }
+}
+
+impl From<cuda::CudaError> for BackendError {
+    fn from(e: cuda::CudaError) -> Self {
+        BackendError::Run { backend: BackendKind::Cuda.name(), why: e.to_string() }
     }
 }
 
@@ -89,10 +103,6 @@ pub fn build_with(
     match kind {
         BackendKind::Reference => Ok(Box::new(Reference { executable })),
         BackendKind::Cpu => Ok(Box::new(clif::Cpu::new(executable)?)),
-        BackendKind::Cuda => {
-            let cuda = cuda::Cuda::new(executable, precision)
-                .map_err(|e| BackendError::Run { backend: kind.name(), why: e.to_string() })?;
-            Ok(Box::new(cuda))
-        }
+        BackendKind::Cuda => Ok(Box::new(cuda::Cuda::new(executable, precision)?)),
     }
 }

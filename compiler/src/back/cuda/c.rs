@@ -4,7 +4,7 @@
 //! Expressions print fully parenthesised: generated code is read in review, never by hand-edit.
 
 use crate::ir::Elem;
-use crate::ops::{Prim, Spelling};
+use crate::ops::{Prim, Scalar, Spelling};
 use std::fmt::{self, Display, Formatter, Write};
 
 /// A C type of a value or a kernel parameter.
@@ -23,6 +23,27 @@ impl Display for CType {
             CType::LongLong => "long long",
             CType::Bool => "bool",
         })
+    }
+}
+
+impl CType {
+    /// `sizeof` the type on the device (NVRTC's x86-64-compatible layout): what the driver
+    /// copies into a kernel's parameter space for a scalar parameter of this type.
+    pub fn size(self) -> usize {
+        match self {
+            CType::Float => 4,
+            CType::LongLong => 8,
+            CType::Bool => 1,
+        }
+    }
+
+    /// A host value converted to this type, as a C cast would (`bool`: non-zero is true).
+    pub fn value(self, real: f64) -> Scalar<f32> {
+        match self {
+            CType::Float => Scalar::Real(real as f32),
+            CType::LongLong => Scalar::Int(real as i64),
+            CType::Bool => Scalar::Bool(real != 0.0),
+        }
     }
 }
 

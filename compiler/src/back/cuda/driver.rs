@@ -2,8 +2,9 @@
 //! (cudarc's dynamic loading), so building needs no CUDA at all; a machine without a driver or
 //! a GPU gets [`CudaError::NoDevice`].
 
+use super::c::CType;
 use super::emulate::{self, Data, Value};
-use super::plan::{Body, BufferId, PairwiseProduct, Plan, Step, PAIR_TILE, PAIR_VCOLS};
+use super::plan::{Body, BufferId, KernelPlan, PairwiseProduct, Plan, Step, PAIR_TILE, PAIR_VCOLS};
 use super::{nvrtc, CudaError};
 use crate::eval::Bindings;
 use crate::ir::{Elem, Module};
@@ -103,7 +104,8 @@ pub struct Session<'p> {
     stream: Arc<CudaStream>,
     functions: &'p [CudaFunction],
     buffers: Vec<DeviceBuffer<'p>>,
-    scalars: Vec<Value>,
+    /// Each kernel's scalar arguments, as its parameters declare them.
+    arguments: Vec<Vec<ScalarArg>>,
     shapes: Vec<Vec<usize>>,
     launches: Vec<LaunchConfig>,
 }
@@ -156,13 +158,15 @@ impl<'p> Session<'p> {
         }
         let launches =
             plan.kernels.iter().map(|k| launch_config(plan, &scalars, &k.body)).collect::<Result<Vec<_>, _>>()?;
+        let arguments = plan.kernels.iter().map(|k| scalar_args(plan, k, &scalars)).collect::<Result<Vec<_>, _>>()?;
         let shapes = plan.buffers.iter().map(|buf| buf.shape.iter().map(|d| b.size(module, d)).collect()).collect();
-        Ok(Session { plan, stream, functions: &kernels.functions, buffers, scalars, shapes, launches })
+        Ok(Session { plan, stream, functions: &kernels.functions, buffers, arguments, shapes, launches })
     }
 
     /// Enqueues every kernel once, in order.
     pub fn launch(&self) -> Result<(), CudaError> {
-        for ((k, f), cfg) in self.plan.kernels.iter().zip(self.functions).zip(&self.launches) {
+        let kernels = self.plan.kernels.iter().zip(self.functions).zip(&self.launches).zip(&self.arguments);
+        for (((k, f), cfg), scalars) in kernels {
             let mut args = self.stream.launch_builder(f);
             for &(id, _) in &k.buffers {
                 match &self.buffers[id] {
@@ -173,33 +177,40 @@ impl<'p> Session<'p> {
                     DeviceBuffer::LentInt(s) => args.arg(*s),
                 };
             }
-            for &s in &k.scalars {
-                match &self.scalars[s] {
-                    Value::Real(v) => args.arg(v),
-                    Value::Int(v) => args.arg(v),
-                    Value::Bool(v) => args.arg(v),
+            for s in scalars {
+                match s {
+                    ScalarArg::Float(v) => args.arg(v),
+                    ScalarArg::LongLong(v) => args.arg(v),
+                    ScalarArg::Bool(v) => args.arg(v),
                 };
             }
-            // SAFETY: the arguments follow the kernel's parameter list, buffers are sized from
-            // the same shapes the kernels index with, and sample indices were range-checked.
+            // SAFETY: the arguments follow the kernel's parameter list, each scalar pushed as a
+            // value of its parameter's C size ([`scalar_args`]; the driver copies that many
+            // bytes from each pointer), buffers are sized from the same shapes the kernels
+            // index with, and sample indices were range-checked.
             unsafe { args.launch(*cfg) }.map_err(driver_error(&k.name))?;
         }
         Ok(())
     }
 
-    /// Device milliseconds of each of `repeats` runs of the whole plan, after one warm-up run;
-    /// events on the stream time the kernels alone, without host transfers or launch gaps
-    /// before the first kernel.
+    /// Device milliseconds of each of `repeats` runs of the whole plan, after one warm-up run:
+    /// events recorded on the stream before and after each run time the kernels alone, with
+    /// the inputs already on the device and no read-back, and the stream is synchronised after
+    /// each run, so every run starts on an idle device. bench/torch_gpu.py times PyTorch the
+    /// same way (its `median_ms`), so `sslc bench --backend cuda` and its numbers compare.
     pub fn time(&self, repeats: usize) -> Result<Vec<f64>, CudaError> {
         self.launch()?;
+        self.stream.synchronize().map_err(driver_error("the warm-up run"))?;
         let timing = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
-        let mut events = Vec::with_capacity(repeats);
+        let mut times = Vec::with_capacity(repeats);
         for _ in 0..repeats {
             let start = self.stream.record_event(timing).map_err(driver_error("timing"))?;
             self.launch()?;
-            events.push((start, self.stream.record_event(timing).map_err(driver_error("timing"))?));
+            let end = self.stream.record_event(timing).map_err(driver_error("timing"))?;
+            // `elapsed_ms` waits for both events: the synchronisation after each run.
+            times.push(start.elapsed_ms(&end).map(f64::from).map_err(driver_error("timing"))?);
         }
-        events.iter().map(|(start, end)| start.elapsed_ms(end).map(f64::from).map_err(driver_error("timing"))).collect()
+        Ok(times)
     }
 
     /// Waits for the device and reads the plan's outputs back.
@@ -266,6 +277,51 @@ impl<'p> Session<'p> {
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
     }
+}
+
+/// A scalar kernel argument in its parameter's C type. A launch pushes a pointer per parameter
+/// and the driver copies `sizeof` the *declared* type from it, whatever Rust value is there: a
+/// 4-byte f32 pushed for a `const bool` would hand the kernel its lowest byte (0 for 1.0f, so
+/// `true` arrives as `false`), and one pushed for a `long long` would read past it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ScalarArg {
+    Float(f32),
+    LongLong(i64),
+    Bool(bool),
+}
+
+impl ScalarArg {
+    /// The bytes the driver copies into the kernel's parameter space (native byte order).
+    pub fn bytes(self) -> Vec<u8> {
+        match self {
+            ScalarArg::Float(v) => v.to_ne_bytes().to_vec(),
+            ScalarArg::LongLong(v) => v.to_ne_bytes().to_vec(),
+            ScalarArg::Bool(v) => vec![u8::from(v)],
+        }
+    }
+}
+
+/// `kernel`'s scalar arguments, in parameter order, from the plan's host values
+/// ([`emulate::scalar_values`]): pure, so CI checks the marshalling without a GPU. A value
+/// whose kind differs from the parameter's declared type is an internal error, refused here
+/// rather than pushed with the wrong size.
+pub fn scalar_args(plan: &Plan, kernel: &KernelPlan, values: &[Value]) -> Result<Vec<ScalarArg>, CudaError> {
+    kernel
+        .scalars
+        .iter()
+        .map(|&s| {
+            let declared = &plan.scalars[s];
+            match (declared.ty, values[s]) {
+                (CType::Float, Value::Real(v)) => Ok(ScalarArg::Float(v)),
+                (CType::LongLong, Value::Int(v)) => Ok(ScalarArg::LongLong(v)),
+                (CType::Bool, Value::Bool(v)) => Ok(ScalarArg::Bool(v)),
+                (ty, value) => Err(CudaError::Compiler(format!(
+                    "internal error: kernel `{}` declares `{ty} {}` but its host value is {value:?}",
+                    kernel.name, declared.name
+                ))),
+            }
+        })
+        .collect()
 }
 
 /// Grid-stride steps need no more blocks than this to fill any current GPU.

@@ -17,7 +17,8 @@ use candle_core::{DType, Device, Tensor};
 /// A C value: `float`, `long long` or `bool`, as the op table's scalars in f32.
 pub type Value = Scalar<f32>;
 
-/// The value of every host scalar of the plan, in order.
+/// The value of every host scalar of the plan, in order, in its declared C type (a `bool`
+/// parameter is a [`Value::Bool`], never an f32 that the launch would push as 4 bytes).
 pub fn scalar_values(plan: &Plan, module: &Module, b: &Bindings) -> Vec<Value> {
     plan.scalars
         .iter()
@@ -30,10 +31,8 @@ pub fn scalar_values(plan: &Plan, module: &Module, b: &Bindings) -> Vec<Value> {
                 HostScalar::BaseLr => b.base_lr,
                 HostScalar::RunFraction(f) => b.run_fraction(f) as f64,
             };
-            match s.ty {
-                super::c::CType::LongLong => Value::Int(real as i64),
-                _ => Value::Real(real as f32),
-            }
+            // Typed as the kernel parameter declares it: the driver pushes what this holds.
+            s.ty.value(real)
         })
         .collect()
 }

@@ -131,11 +131,13 @@ impl super::Backend for Cuda {
         super::BackendKind::Cuda.name()
     }
     fn evaluate(&self, bindings: &Bindings) -> Result<Evaluation, super::BackendError> {
-        Cuda::evaluate(self, bindings)
-            .map_err(|e| super::BackendError::Run { backend: self.name(), why: e.to_string() })
+        Ok(Cuda::evaluate(self, bindings)?)
     }
     fn reads_device_memory(&self) -> bool {
         cfg!(feature = "linked-cuda")
+    }
+    fn device_times(&self, bindings: &Bindings, repeats: usize) -> Option<Result<Vec<f64>, super::BackendError>> {
+        Some(self.time(bindings, repeats).map_err(Into::into))
     }
 }
 
