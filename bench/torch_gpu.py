@@ -213,8 +213,9 @@ def median_ms(torch, step, iters):
 
 
 def time_sslc(file, n, d):
+    # bench/*.ssl import the shipped library, which --import-path allows and finds.
     p = H.sslc(["bench", file, "--backend", BACKEND if BACKEND == "cuda" else "cpu", "--batch", str(n),
-                "--dim", str(d), "--iters", str(ITERS)], 150)
+                "--dim", str(d), "--iters", str(ITERS), "--import-path", "objectives"], 150)
     result = json.loads(p.stdout.strip().splitlines()[-1])
     expected = "device_events" if BACKEND == "cuda" else "wall_clock"
     if result.get("timing") != expected:
