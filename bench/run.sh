@@ -24,11 +24,12 @@ if ! "$python" -c 'import torch' 2>/dev/null; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet torch numpy
 fi
-cargo build --release --quiet
+# SSLC=path/to/sslc measures that binary instead of building one.
+[ -n "${SSLC:-}" ] || cargo build --release --quiet
 # OpenMP threads that spin while waiting (PyTorch's default) slow PyTorch down several times
 # over on a machine whose cores are shared; passive waiting is its best case there.
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
-sslc=target/release/sslc
+sslc=${SSLC:-target/release/sslc}
 out=${OUT:-bench/results.jsonl}
 : > "$out"
 

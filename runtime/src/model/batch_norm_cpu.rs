@@ -81,7 +81,11 @@ impl FusedBatchNorm {
             Some((storage, layout)) => Some(contiguous_f32(storage, layout, "fused batch norm")?),
             None => None,
         };
-        if channels == 0 || x_values.is_empty() || x_values.len() % channels != 0 || residual.is_some_and(|r| r.len() != x_values.len()) {
+        if channels == 0
+            || x_values.is_empty()
+            || x_values.len() % channels != 0
+            || residual.is_some_and(|r| r.len() != x_values.len())
+        {
             return Err(candle_core::Error::Msg(format!(
                 "fused batch norm: {} values do not split into {channels} channels",
                 x_values.len()
@@ -91,10 +95,8 @@ impl FusedBatchNorm {
         let count = x_values.len() / channels;
         let mut out = vec![0f32; x_values.len()];
         let mut stats = BatchStats { mean: vec![0.0; channels], var: vec![0.0; channels] };
-        out.par_chunks_mut(count)
-            .zip(stats.mean.par_iter_mut().zip(stats.var.par_iter_mut()))
-            .enumerate()
-            .for_each(|(channel, (y, (mean_out, var_out)))| {
+        out.par_chunks_mut(count).zip(stats.mean.par_iter_mut().zip(stats.var.par_iter_mut())).enumerate().for_each(
+            |(channel, (y, (mean_out, var_out)))| {
                 let xs = &x_values[channel * count..(channel + 1) * count];
                 let mean = lane_sum(xs, xs, xs, |x, _, _| x) / count as f32;
                 let var = lane_sum(xs, xs, xs, |x, _, _| (x - mean) * (x - mean)) / count as f32;
@@ -117,7 +119,8 @@ impl FusedBatchNorm {
                     y.iter_mut().for_each(|y| *y = y.max(0.0));
                 }
                 (*mean_out, *var_out) = (mean, var);
-            });
+            },
+        );
         if let Ok(mut saved) = self.stats.lock() {
             *saved = stats;
         }
@@ -244,8 +247,11 @@ impl CustomOp3 for Backward {
         y_layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let name = "fused batch norm backward";
-        let (grad, x, y) =
-            (contiguous_f32(grad, grad_layout, name)?, contiguous_f32(x, x_layout, name)?, contiguous_f32(y, y_layout, name)?);
+        let (grad, x, y) = (
+            contiguous_f32(grad, grad_layout, name)?,
+            contiguous_f32(x, x_layout, name)?,
+            contiguous_f32(y, y_layout, name)?,
+        );
         let channels = self.gamma.len();
         let count = x.len() / channels;
         let outputs = if self.with_residual { 2 } else { 1 };

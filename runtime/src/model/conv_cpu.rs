@@ -98,7 +98,8 @@ impl Patches {
         let columns = images.len() * self.out_plane();
         let plane = self.batch * self.in_plane();
         out[..self.rows() * columns].par_chunks_mut(columns).enumerate().for_each(|(row, out)| {
-            let (channel, ky, kx) = (row / (self.kernel * self.kernel), row / self.kernel % self.kernel, row % self.kernel);
+            let (channel, ky, kx) =
+                (row / (self.kernel * self.kernel), row / self.kernel % self.kernel, row % self.kernel);
             let source = &input[channel * plane..(channel + 1) * plane];
             for (slot, n) in images.clone().enumerate() {
                 for oy in 0..out_height {
@@ -151,7 +152,13 @@ impl Patches {
         let columns = images.len() * self.out_plane();
         if self.pointwise() {
             let total = self.batch * self.in_plane();
-            return Matrix { data: &input[images.start * self.in_plane()..], rows: self.channels, cols: columns, rs: total, cs: 1 };
+            return Matrix {
+                data: &input[images.start * self.in_plane()..],
+                rows: self.channels,
+                cols: columns,
+                rs: total,
+                cs: 1,
+            };
         }
         workspace.resize(self.rows() * columns, 0.0);
         self.im2col(input, images, workspace);
@@ -246,7 +253,10 @@ fn gemm_into(dst: &mut [f32], dst_rs: usize, a: Matrix, b: Matrix, accumulate: b
         || b.data.len() < extent(k, n, b.rs, b.cs)
         || dst.len() < extent(m, n, dst_rs, 1)
     {
-        return Err(candle_core::Error::Msg(format!("conv: a {m}x{k} by {}x{n} product does not fit its buffers", b.rows)));
+        return Err(candle_core::Error::Msg(format!(
+            "conv: a {m}x{k} by {}x{n} product does not fit its buffers",
+            b.rows
+        )));
     }
     let threads = rayon::current_num_threads();
     let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
@@ -286,13 +296,25 @@ impl CustomOp2 for Conv {
         "conv2d-cpu"
     }
 
-    fn cpu_fwd(&self, x: &CpuStorage, xl: &Layout, w: &CpuStorage, wl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        xl: &Layout,
+        w: &CpuStorage,
+        wl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let p = self.0;
         let out = p.forward(contiguous_f32(x, xl, self.name())?, contiguous_f32(w, wl, self.name())?)?;
         Ok((CpuStorage::F32(out), Shape::from((p.out_channels, p.batch, p.out_height(), p.out_width()))))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let op = ConvBackward { patches: self.0, d_weight: Mutex::new(Vec::new()) };
         let dx = grad.contiguous()?.apply_op3_no_bwd(x, w, &op)?;
         let d_weight = op.d_weight.lock().map(|mut d| std::mem::take(&mut *d)).unwrap_or_default();
