@@ -23,8 +23,31 @@ def combined(runs):
     return out
 
 
+def train_table(rows):
+    """Training steps (`bench/run.sh train`): per network, the median over rounds of each
+    round's median step, sslc against PyTorch."""
+    steps = {}
+    for r in rows:
+        backend = r.get("backend", "sslc")
+        steps.setdefault((r["backbone"].lower(), r["batch"], r["image_size"]), {}).setdefault(backend, []).append(r)
+    print(f"Training step, {rows[0]['threads']} threads (images/s from the median of round medians)\n")
+    print("| network | batch | image | rounds | sslc img/s | PyTorch eager img/s | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for (backbone, batch, size), by_backend in steps.items():
+        rate = {
+            backend: batch / statistics.median(r["median_seconds_per_step"] for r in runs)
+            for backend, runs in by_backend.items()
+        }
+        ours, theirs = rate.get("sslc", float("nan")), rate.get("torch", float("nan"))
+        rounds = len(by_backend.get("sslc", []))
+        print(f"| {backbone} | {batch} | {size}x{size} | {rounds} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f}x |")
+
+
 def main():
     rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+    if any("backbone" in r for r in rows):
+        train_table(rows)
+        return
     sgemm = next(r for r in rows if "sgemm_size" in r)["gflops"]
     runs = combined([r for r in rows if "objective" in r])
     print(f"Machine sgemm rate (torch.mm, 2048³, {runs[0]['threads']} threads): {sgemm:.1f} GFLOP/s\n")

@@ -6,25 +6,47 @@
 # RESULTS.md. On a shared machine, speed is measured in ROUNDS rounds that alternate sslc and
 # PyTorch, and the report takes the median of each configuration's round medians.
 #
+# `bench/run.sh train` measures training steps instead: `sslc bench-train` against the same
+# step in PyTorch eager (bench/torch_reference.py train: same network and projector, two
+# views, SGD with momentum and weight decay), ResNet-18 (CIFAR stem) at batch 64 on 32x32x3 and
+# the small conv net at batch 256 on 28x28x1, alternating in rounds as above.
+#
 #   bench/run.sh                      # 2 threads, 3 rounds
 #   THREADS=1 OUT=bench/results-1.jsonl bench/run.sh
+#   PYTHON=/usr/bin/python3 bench/run.sh train     # a PyTorch already installed
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=${THREADS:-2}
 rounds=${ROUNDS:-3}
 venv=bench/.venv
-python=$venv/bin/python
+python=${PYTHON:-$venv/bin/python}
 if ! "$python" -c 'import torch' 2>/dev/null; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet torch numpy
 fi
-cargo build --release --quiet
+# SSLC=path/to/sslc measures that binary instead of building one.
+[ -n "${SSLC:-}" ] || cargo build --release --quiet
 # OpenMP threads that spin while waiting (PyTorch's default) slow PyTorch down several times
 # over on a machine whose cores are shared; passive waiting is its best case there.
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
-sslc=target/release/sslc
+sslc=${SSLC:-target/release/sslc}
 out=${OUT:-bench/results.jsonl}
 : > "$out"
+
+if [ "${1:-}" = train ]; then
+    steps=${STEPS:-3}
+    for round in $(seq "$rounds"); do
+        for shape in "resnet18 64 32 3" "small 256 28 1"; do
+            read -r backbone batch size channels <<< "$shape"
+            "$sslc" bench-train --backbone "$backbone" --batch-size "$batch" --image-size "$size" \
+                --channels "$channels" --steps "$steps" --threads "$threads" >> "$out"
+            "$python" bench/torch_reference.py train --backbone "$backbone" --batch "$batch" \
+                --image-size "$size" --channels "$channels" --iters "$steps" --threads "$threads" >> "$out"
+        done
+    done
+    "$python" bench/report.py "$out"
+    exit
+fi
 
 "$python" bench/torch_reference.py sgemm --threads "$threads" >> "$out"
 for round in $(seq "$rounds"); do

@@ -5,6 +5,12 @@ the format of `sslc bench` (plus `gflops`), so bench/run.sh can put both side by
 
     python torch_reference.py simclr --batch 512 --dim 128 --threads 2 --iters 20
     python torch_reference.py sgemm --threads 2          # the machine's sgemm rate
+    python torch_reference.py train --backbone resnet18 --batch 64 --threads 2 --iters 3
+
+`train` is the PyTorch eager side of `sslc bench-train`: the same network (backbone and the
+reference's projector), two views of random images, a fixed stand-in gradient on each
+embedding, SGD with momentum 0.9 and weight decay 5e-4; it prints `images_per_second` as
+`sslc bench-train` does.
 """
 
 import argparse
@@ -15,6 +21,7 @@ import statistics
 import time
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 
@@ -116,18 +123,100 @@ def sgemm(args):
     return {"backend": "torch", "sgemm_size": size, "threads": torch.get_num_threads(), "gflops": 2 * size**3 / min(times) / 1e9}
 
 
+class Block(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.b1 = nn.BatchNorm2d(cout)
+        self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.b2 = nn.BatchNorm2d(cout)
+        self.short = None
+        if stride != 1 or cin != cout:
+            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = F.relu(self.b1(self.c1(x)))
+        out = self.b2(self.c2(out))
+        return F.relu(out + (x if self.short is None else self.short(x)))
+
+
+def unit(cin, cout, stride):
+    return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+
+class Encoder(nn.Module):
+    """A backbone as sslc builds it and the reference's projector: ResNet-18 with the CIFAR
+    stem (`resnet18`) or sslc's small conv net (`small`: three 3x3 conv+BN+ReLU units)."""
+
+    def __init__(self, backbone="resnet18", channels=3):
+        super().__init__()
+        if backbone == "small":
+            self.stem = nn.Sequential(*unit(channels, 32, 1), *unit(32, 64, 2), *unit(64, 128, 2))
+            self.layers, features = nn.Sequential(), 128
+        else:
+            self.stem = nn.Sequential(*unit(channels, 64, 1))
+            layers, cin = [], 64
+            for i, planes in enumerate([64, 128, 256, 512]):
+                for j in range(2):
+                    layers.append(Block(cin, planes, 2 if i > 0 and j == 0 else 1))
+                    cin = planes
+            self.layers, features = nn.Sequential(*layers), 512
+        self.proj = nn.Sequential(nn.Linear(features, features), nn.BatchNorm1d(features), nn.ReLU(),
+                                  nn.Linear(features, 128, bias=False), nn.BatchNorm1d(128))
+
+    def forward(self, x):
+        return self.proj(self.layers(self.stem(x)).mean((2, 3)))
+
+
+def train(args):
+    torch.manual_seed(0)
+    model = Encoder(args.backbone, args.channels)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    shape = (args.batch, args.channels, args.image_size, args.image_size)
+    views = [torch.rand(shape) * 2 - 1 for _ in range(2)]
+    grads = [torch.randn(args.batch, 128) / args.batch for _ in range(2)]
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        z = [model(v) for v in views]
+        sum((zi * g).sum() for zi, g in zip(z, grads)).backward()
+        opt.step()
+
+    step()  # warm-up, as sslc bench-train
+    times = []
+    for _ in range(args.iters):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    seconds = sum(times) / len(times)
+    return {
+        "backend": "torch",
+        "backbone": args.backbone,
+        "batch": args.batch,
+        "image_size": args.image_size,
+        "threads": torch.get_num_threads(),
+        "images_per_second": args.batch / seconds,
+        "seconds_per_step": seconds,
+        "median_seconds_per_step": sorted(times)[len(times) // 2],
+    }
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("objective", choices=["simclr", "simclr_gh", "sgemm"])
+    p.add_argument("objective", choices=["simclr", "simclr_gh", "sgemm", "train"])
     p.add_argument("--batch", type=int, default=512)
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--k", type=int, default=100)
     p.add_argument("--sinkhorn-iters", type=int, default=300)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--backbone", choices=["resnet18", "small"], default="resnet18")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--channels", type=int, default=3)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    print(json.dumps(sgemm(args) if args.objective == "sgemm" else objective(args)))
+    run = {"sgemm": sgemm, "train": train}.get(args.objective, objective)
+    print(json.dumps(run(args)))
 
 
 if __name__ == "__main__":

@@ -130,42 +130,10 @@ def bench_train(precision, objective=None, batch=BATCH, steps=1 if DRY else 10):
 
 def torch_train(mode):
     import torch
-    import torch.nn as nn
-    import torch.nn.functional as F
 
-    class Block(nn.Module):
-        def __init__(self, cin, cout, stride):
-            super().__init__()
-            self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.b1 = nn.BatchNorm2d(cout)
-            self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.b2 = nn.BatchNorm2d(cout)
-            self.short = None
-            if stride != 1 or cin != cout:
-                self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-        def forward(self, x):
-            out = F.relu(self.b1(self.c1(x)))
-            out = self.b2(self.c2(out))
-            return F.relu(out + (x if self.short is None else self.short(x)))
-
-    class Encoder(nn.Module):
-        """ResNet-18 with the CIFAR stem and the reference's projector, as sslc builds it."""
-
-        def __init__(self):
-            super().__init__()
-            self.stem = nn.Sequential(nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
-            layers, cin = [], 64
-            for i, planes in enumerate([64, 128, 256, 512]):
-                for j in range(2):
-                    layers.append(Block(cin, planes, 2 if i > 0 and j == 0 else 1))
-                    cin = planes
-            self.layers = nn.Sequential(*layers)
-            self.proj = nn.Sequential(nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(),
-                                      nn.Linear(512, 128, bias=False), nn.BatchNorm1d(128))
-
-        def forward(self, x):
-            return self.proj(self.layers(self.stem(x)).mean((2, 3)))
+    # ResNet-18 with the CIFAR stem and the reference's projector, as sslc builds it (shared
+    # with the CPU side-by-side of bench/run.sh).
+    from torch_reference import Encoder
 
     dev = torch.device(DEVICE)
     cuda = DEVICE == "cuda"

@@ -155,9 +155,10 @@ impl Compute {
 
 /// 2-d convolution of channel-major input `[C, N, H, W]` with weight `[O, C, K, K]`, to
 /// `[O, N, OH, OW]`: the patch matrix `[C·K·K, N·OH·OW]`, then one matmul, so the backward pass
-/// is two matmuls and the patch matrix's adjoint. On the CPU the patch matrix comes from our
-/// im2col op (candle's own CPU conv backward is about a hundred times slower; the op is f32
-/// only, so CPU bf16 takes the other path). Elsewhere it is
+/// is two matmuls and the patch matrix's adjoint. On the CPU this is one op of ours that runs
+/// the products through `gemm` over patch matrices of a few images at a time (candle's own CPU
+/// conv backward is about a hundred times slower; the op is f32 only, so CPU bf16 takes the
+/// other path). Elsewhere the patch matrix is
 /// built from candle's indexing ops ([`patches_by_indexing`]), each of which has CUDA kernels
 /// and a backward: the products go to cuBLAS, where candle's CUDA conv2d would run its backward
 /// as a direct `conv_transpose2d` and a conv with an image-sized kernel. In bf16 the operands
@@ -181,7 +182,7 @@ pub fn conv2d(
     conv2d_by_indexing(&x, &weight, stride, padding)
 }
 
-/// [`conv2d`]'s device path, on any device (the CPU tests it against the im2col op).
+/// [`conv2d`]'s device path, on any device (the CPU tests it against the CPU op).
 pub fn conv2d_by_indexing(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> candle_core::Result<Tensor> {
     let (_, batch, _, _) = x.dims4()?;
     let (out_channels, channels, kernel, _) = weight.dims4()?;
@@ -351,10 +352,10 @@ mod tests {
         }
     }
 
-    /// The device path's convolution agrees with the CPU's im2col op, both on channel-major
+    /// The device path's convolution agrees with the CPU's op, both on channel-major
     /// input `[C, N, H, W]` (here a transposed, non-contiguous view).
     #[test]
-    fn conv_by_indexing_matches_the_im2col_op() {
+    fn conv_by_indexing_matches_the_cpu_op() {
         let device = Device::Cpu;
         let channel_major = |conv: fn(&Tensor, &Tensor, usize, usize) -> candle_core::Result<Tensor>| {
             move |x: &Tensor, w: &Tensor, stride, padding| conv(&x.transpose(0, 1)?, w, stride, padding)

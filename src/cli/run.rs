@@ -481,6 +481,7 @@ pub fn bench_train(args: &BenchTrainArgs) -> i32 {
                 "threads": rayon::current_num_threads(),
                 "images_per_second": t.images_per_second,
                 "seconds_per_step": t.seconds_per_step,
+                "median_seconds_per_step": t.median_seconds_per_step,
             });
             print_stdout(&format!("{line}\n"));
             0

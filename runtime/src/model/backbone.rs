@@ -73,8 +73,16 @@ impl Builder<'_> {
 }
 
 impl ConvBn {
-    fn forward(&self, x: &Tensor, branch: Branch, mode: Mode) -> Result<Tensor, ModelError> {
-        self.bn.forward(&self.conv.forward(x, branch)?, branch, mode)
+    /// `relu?(BN(conv(x)) + residual?)`: the add and the ReLU fuse into BatchNorm on the CPU.
+    fn forward(
+        &self,
+        x: &Tensor,
+        branch: Branch,
+        mode: Mode,
+        residual: Option<&Tensor>,
+        relu: bool,
+    ) -> Result<Tensor, ModelError> {
+        self.bn.forward(&self.conv.forward(x, branch)?, branch, mode, residual, relu)
     }
 }
 
@@ -88,19 +96,16 @@ struct ResidualBlock {
 
 impl ResidualBlock {
     fn forward(&self, x: &Tensor, branch: Branch, mode: Mode) -> Result<Tensor, ModelError> {
+        let (last, inner) = self.units.split_last().ok_or_else(|| ModelError::Shape("a block without units".into()))?;
         let mut out = x.clone();
-        let last = self.units.len() - 1;
-        for (position, unit) in self.units.iter().enumerate() {
-            out = unit.forward(&out, branch, mode)?;
-            if position != last {
-                out = out.relu()?;
-            }
+        for unit in inner {
+            out = unit.forward(&out, branch, mode, None, true)?;
         }
         let identity = match &self.shortcut {
-            Some(shortcut) => shortcut.forward(x, branch, mode)?,
+            Some(shortcut) => shortcut.forward(x, branch, mode, None, false)?,
             None => x.clone(),
         };
-        Ok((out + identity)?.relu()?)
+        last.forward(&out, branch, mode, Some(&identity), true)
     }
 }
 
@@ -149,7 +154,7 @@ impl Backbone {
     pub fn forward(&self, x: &Tensor, branch: Branch, mode: Mode) -> Result<Tensor, ModelError> {
         let mut out = x.transpose(0, 1)?.contiguous()?;
         for unit in &self.stem {
-            out = unit.forward(&out, branch, mode)?.relu()?;
+            out = unit.forward(&out, branch, mode, None, true)?;
         }
         if self.stem_max_pool {
             // Zero padding equals PyTorch's -inf padding here: the input is post-ReLU, >= 0.

@@ -8,7 +8,8 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use sslc_rng::BoxMuller;
 
-use super::im2col::{Im2Col, Patches};
+use super::batch_norm_cpu::FusedBatchNorm;
+use super::conv_cpu::{Conv, Patches};
 use super::{Branch, Mode, ModelError};
 use crate::device::{self, Precision};
 use crate::dist::{all_reduce_sum_differentiable, Collective};
@@ -145,10 +146,10 @@ impl Conv2d {
     }
 }
 
-/// 2-d convolution of channel-major input `[C, N, H, W]` to `[O, N, OH, OW]`: im2col, then one
-/// 2-D matmul. candle's own CPU conv2d backward (a direct-loop transposed convolution) runs
-/// about two orders of magnitude slower; here the backward is two gemms and one col2im, and
-/// channel-major layout needs no transposes between layers.
+/// 2-d convolution of channel-major input `[C, N, H, W]` to `[O, N, OH, OW]` on the CPU, in
+/// f32: one custom op ([`Conv`]) whose forward and backward are patch matrices and `gemm`
+/// products. candle's own CPU conv2d backward (a direct-loop transposed convolution) runs about
+/// two orders of magnitude slower, and channel-major layout needs no transposes between layers.
 pub(crate) fn conv2d_as_matmul(
     x: &Tensor,
     weight: &Tensor,
@@ -156,22 +157,24 @@ pub(crate) fn conv2d_as_matmul(
     padding: usize,
 ) -> candle_core::Result<Tensor> {
     let (channels, batch, height, width) = x.dims4()?;
-    let (out_channels, weight_channels, kernel, _) = weight.dims4()?;
+    let (out_channels, weight_channels, kernel, kernel_width) = weight.dims4()?;
     if weight_channels != channels
+        || kernel != kernel_width
+        || kernel == 0
+        || stride == 0
         || height + 2 * padding < kernel
         || width + 2 * padding < kernel
         || x.dtype() != DType::F32
+        || weight.dtype() != DType::F32
     {
         return Err(candle_core::Error::Msg(format!(
-            "conv with a {out_channels}x{weight_channels}x{kernel}x{kernel} kernel cannot take channel-major {:?} input of shape {:?}",
+            "conv with a {out_channels}x{weight_channels}x{kernel}x{kernel_width} kernel and stride {stride} cannot take channel-major {:?} input of shape {:?}",
             x.dtype(),
             x.dims()
         )));
     }
-    let patches = Patches { channels, batch, height, width, kernel, stride, padding };
-    let columns = x.contiguous()?.apply_op1(Im2Col(patches))?;
-    let weight = weight.reshape((out_channels, channels * kernel * kernel))?;
-    weight.matmul(&columns)?.reshape((out_channels, batch, patches.out_height(), patches.out_width()))
+    let patches = Patches { channels, batch, height, width, kernel, stride, padding, out_channels };
+    x.contiguous()?.apply_op2(&weight.contiguous()?, Conv(patches))
 }
 
 /// A fully connected layer, `y = x Wᵀ + b`, with PyTorch's default initialisation.
@@ -250,10 +253,18 @@ impl BatchNorm {
         Ok(BatchNorm { sets, channels, sync: registry.batch_norm_sync.clone() })
     }
 
-    /// `x` is channel-major, `[C, ...]` (`[C, N]` or `[C, N, H, W]`): every reduction then runs
-    /// over the last axis of a `[C, M]` view, candle's fast path (its reductions over other axes
-    /// divide per element and run about a hundred times slower).
-    pub(crate) fn forward(&self, x: &Tensor, branch: Branch, mode: Mode) -> Result<Tensor, ModelError> {
+    /// `relu?(BN(x) + residual?)` of channel-major `x`, `[C, ...]` (`[C, N]` or `[C, N, H, W]`):
+    /// what ends every unit of the backbones. On the CPU in f32 in
+    /// training mode this is one fused op ([`FusedBatchNorm`]); elsewhere (CUDA, bf16,
+    /// SyncBatchNorm, evaluation) it is [`BatchNorm::composed`] then the add and the ReLU.
+    pub(crate) fn forward(
+        &self,
+        x: &Tensor,
+        branch: Branch,
+        mode: Mode,
+        residual: Option<&Tensor>,
+        relu: bool,
+    ) -> Result<Tensor, ModelError> {
         let set = self.sets.get(branch.index()).ok_or(ModelError::NoPrunedBranch)?;
         if x.rank() < 2 || x.dim(0)? != self.channels {
             return Err(ModelError::Shape(format!(
@@ -262,6 +273,58 @@ impl BatchNorm {
                 x.dims()
             )));
         }
+        let fusable = x.device().is_cpu()
+            && x.dtype() == DType::F32
+            && residual.is_none_or(|r| r.dtype() == DType::F32 && r.dims() == x.dims())
+            && mode == Mode::Train
+            && self.synchronised()?.is_none();
+        if fusable {
+            return self.fused(set, x, residual, relu);
+        }
+        let mut out = self.composed(set, x, mode)?;
+        if let Some(residual) = residual {
+            out = (out + residual)?;
+        }
+        Ok(if relu { out.relu()? } else { out })
+    }
+
+    /// The collective this layer's statistics are synchronised over, when there is more than one rank.
+    fn synchronised(&self) -> Result<Option<Arc<dyn Collective>>, ModelError> {
+        let sync = self.sync.read().map_err(|_| ModelError::Shape("BatchNorm sync lock poisoned".into()))?;
+        Ok(sync.as_ref().filter(|collective| collective.world() > 1).cloned())
+    }
+
+    /// Training mode through [`FusedBatchNorm`], with the running statistics updated as
+    /// [`BatchNorm::composed`] updates them.
+    fn fused(
+        &self,
+        set: &BatchNormSet,
+        x: &Tensor,
+        residual: Option<&Tensor>,
+        relu: bool,
+    ) -> Result<Tensor, ModelError> {
+        let values_per_channel = x.elem_count() / self.channels;
+        check_values_per_channel(values_per_channel, x)?;
+        let affine = Tensor::stack(&[set.weight.as_tensor(), set.bias.as_tensor()], 0)?;
+        let op = FusedBatchNorm::new(relu, BN_EPS);
+        let slot = op.stats_slot();
+        let x = x.contiguous()?;
+        let y = match residual {
+            Some(residual) => x.apply_op3(&affine, &residual.contiguous()?, op)?,
+            None => x.apply_op2(&affine, op)?,
+        };
+        let stats = slot.lock().map(|stats| stats.clone()).unwrap_or_default();
+        let device = x.device();
+        update_running(&set.running_mean, &Tensor::from_vec(stats.mean, self.channels, device)?)?;
+        let var = Tensor::from_vec(stats.var, self.channels, device)?;
+        update_running(&set.running_var, &(var * unbiased_factor(values_per_channel))?)?;
+        Ok(y)
+    }
+
+    /// BatchNorm composed of candle ops, which run on every device. Every reduction runs over
+    /// the last axis of a `[C, M]` view, candle's fast path (its reductions over other axes
+    /// divide per element and run about a hundred times slower).
+    fn composed(&self, set: &BatchNormSet, x: &Tensor, mode: Mode) -> Result<Tensor, ModelError> {
         // Statistics and normalisation in f32 whatever the activations' type (bf16 under
         // `--precision bf16`), the result back in that type.
         let dtype = x.dtype();
@@ -269,15 +332,9 @@ impl BatchNorm {
         let column = |t: &Tensor| t.reshape((self.channels, 1));
         let (centered, var) = match mode {
             Mode::Train => {
-                let sync = self.sync.read().map_err(|_| ModelError::Shape("BatchNorm sync lock poisoned".into()))?;
-                let sync = sync.as_ref().filter(|collective| collective.world() > 1);
-                let values_per_channel = rows.dim(1)? * sync.map_or(1, |collective| collective.world());
-                if values_per_channel < 2 {
-                    return Err(ModelError::Shape(format!(
-                        "BatchNorm in training mode needs more than one value per channel, got input of shape {:?}; use a batch of at least 2",
-                        x.dims()
-                    )));
-                }
+                let sync = self.synchronised()?;
+                let values_per_channel = rows.dim(1)? * sync.as_ref().map_or(1, |collective| collective.world());
+                check_values_per_channel(values_per_channel, x)?;
                 let (mean, centered, var) = match sync {
                     None => {
                         let mean = rows.mean_keepdim(1)?;
@@ -291,15 +348,15 @@ impl BatchNorm {
                     // above, rather than E[x²] - E[x]², which cancels badly in f32.
                     Some(collective) => {
                         let count = values_per_channel as f64;
-                        let mean = (all_reduce_sum_differentiable(collective, &rows.sum_keepdim(1)?)? / count)?;
+                        let mean = (all_reduce_sum_differentiable(&collective, &rows.sum_keepdim(1)?)? / count)?;
                         let centered = rows.broadcast_sub(&mean)?;
                         let squares = centered.sqr()?.sum_keepdim(1)?;
-                        let var = (all_reduce_sum_differentiable(collective, &squares)? / count)?;
+                        let var = (all_reduce_sum_differentiable(&collective, &squares)? / count)?;
                         (mean, centered, var)
                     }
                 };
                 update_running(&set.running_mean, &mean.flatten_all()?)?;
-                let unbiased = (var.flatten_all()? * (values_per_channel as f64 / (values_per_channel - 1) as f64))?;
+                let unbiased = (var.flatten_all()? * unbiased_factor(values_per_channel))?;
                 update_running(&set.running_var, &unbiased)?;
                 (centered, var)
             }
@@ -311,6 +368,22 @@ impl BatchNorm {
         let normalized = centered.broadcast_mul(&scale)?.broadcast_add(&column(set.bias.as_tensor())?)?;
         Ok(normalized.to_dtype(dtype)?.reshape(x.dims())?)
     }
+}
+
+/// Batch statistics need two values per channel at least.
+fn check_values_per_channel(values_per_channel: usize, x: &Tensor) -> Result<(), ModelError> {
+    if values_per_channel < 2 {
+        return Err(ModelError::Shape(format!(
+            "BatchNorm in training mode needs more than one value per channel, got input of shape {:?}; use a batch of at least 2",
+            x.dims()
+        )));
+    }
+    Ok(())
+}
+
+/// `n / (n - 1)`: the running variance is the unbiased estimate, as PyTorch's.
+fn unbiased_factor(values_per_channel: usize) -> f64 {
+    values_per_channel as f64 / (values_per_channel - 1) as f64
 }
 
 /// PyTorch's running-statistics update: `running = (1 - m) running + m batch`, outside the graph.
@@ -352,6 +425,82 @@ pub(crate) fn assert_convolutions_agree(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::SeedableRng;
+
+    fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    /// A BatchNorm over 3 channels with random affine parameters, input `[3, 4, 5, 5]` away from
+    /// zero mean and unit variance, a residual, and a fixed output gradient.
+    fn batch_norm_case() -> (BatchNorm, Var, Var, Tensor) {
+        let device = Device::Cpu;
+        let mut registry = Registry::new(ChaCha8Rng::seed_from_u64(1), device.clone(), Precision::F32);
+        let bn = BatchNorm::new(&mut registry, "bn", 3, 1).unwrap();
+        bn.sets[0].weight.set(&Tensor::new(&[0.5f32, -1.5, 2.0], &device).unwrap()).unwrap();
+        bn.sets[0].bias.set(&Tensor::new(&[0.1f32, 0.0, -0.3], &device).unwrap()).unwrap();
+        let random =
+            |scale: f64, shift: f64| (Tensor::randn(0f32, 1.0, (3, 4, 5, 5), &device).unwrap() * scale + shift);
+        let x = Var::from_tensor(&random(3.0, 1.0).unwrap()).unwrap();
+        let residual = Var::from_tensor(&random(1.0, 0.0).unwrap()).unwrap();
+        (bn, x, residual, random(1.0, 0.0).unwrap())
+    }
+
+    /// The running statistics, then resets them to their initial values.
+    fn take_running(bn: &BatchNorm) -> (Tensor, Tensor) {
+        let set = &bn.sets[0];
+        let taken = (set.running_mean.as_tensor().copy().unwrap(), set.running_var.as_tensor().copy().unwrap());
+        set.running_mean.set(&set.running_mean.zeros_like().unwrap()).unwrap();
+        set.running_var.set(&set.running_var.ones_like().unwrap()).unwrap();
+        taken
+    }
+
+    /// The fused CPU BatchNorm (+ add) (+ ReLU) agrees with the candle composition, which CUDA
+    /// runs: outputs, running statistics, and the gradients of input, residual and parameters.
+    #[test]
+    fn fused_batch_norm_matches_the_composition() {
+        for (with_residual, relu) in [(false, false), (false, true), (true, true), (true, false)] {
+            let (bn, x, residual, output_grad) = batch_norm_case();
+            let set = &bn.sets[0];
+            let residual = with_residual.then_some(residual.as_tensor());
+            let fused = bn.fused(set, &x, residual, relu).unwrap();
+            let fused_running = take_running(&bn);
+            let mut composed = bn.composed(set, &x, Mode::Train).unwrap();
+            if let Some(r) = residual {
+                composed = (composed + r).unwrap();
+            }
+            let composed = if relu { composed.relu().unwrap() } else { composed };
+            let composed_running = take_running(&bn);
+            let case = format!("residual {with_residual}, relu {relu}");
+            assert!(max_difference(&fused, &composed) < 1e-5, "{case}: outputs differ");
+            assert!(max_difference(&fused_running.0, &composed_running.0) < 1e-6, "{case}: running means differ");
+            assert!(max_difference(&fused_running.1, &composed_running.1) < 1e-5, "{case}: running vars differ");
+            let grads = |y: &Tensor| (y * &output_grad).unwrap().sum_all().unwrap().backward().unwrap();
+            let (fused_grads, composed_grads) = (grads(&fused), grads(&composed));
+            let mut vars = vec![x.as_tensor(), set.weight.as_tensor(), set.bias.as_tensor()];
+            vars.extend(residual);
+            for (index, var) in vars.into_iter().enumerate() {
+                let (a, e) = (fused_grads.get(var).unwrap(), composed_grads.get(var).unwrap());
+                assert!(max_difference(a, e) < 1e-4, "{case}: gradient {index} differs");
+            }
+        }
+    }
+
+    /// The fused BatchNorm gives the same bits on 1 and 3 threads, forward and backward.
+    #[test]
+    fn fused_batch_norm_is_the_same_on_any_number_of_threads() {
+        let (bn, x, residual, output_grad) = batch_norm_case();
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let y = bn.fused(&bn.sets[0], &x, Some(residual.as_tensor()), true).unwrap();
+                let grads = (&y * &output_grad).unwrap().sum_all().unwrap().backward().unwrap();
+                let dx = grads.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                (y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), dx)
+            })
+        };
+        assert!(run(1) == run(3), "the fused BatchNorm's results depend on the thread count");
+    }
 
     /// The im2col form agrees with candle's direct conv2d.
     #[test]

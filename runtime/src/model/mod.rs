@@ -2,7 +2,8 @@
 //! branch (masked conv weights, its own BatchNorm sets) available on demand.
 
 mod backbone;
-mod im2col;
+mod batch_norm_cpu;
+mod conv_cpu;
 mod layers;
 
 use std::collections::HashMap;
@@ -138,10 +139,11 @@ struct Projector {
 impl Projector {
     fn forward(&self, features: &Tensor, branch: Branch, mode: Mode) -> Result<Tensor, ModelError> {
         // BatchNorm takes channel-major input: transpose [N, F] to [F, N] around it.
-        let batch_norm =
-            |bn: &BatchNorm, x: &Tensor| -> Result<Tensor, ModelError> { Ok(bn.forward(&x.t()?, branch, mode)?.t()?) };
-        let hidden = batch_norm(&self.bn1, &self.fc1.forward(features)?)?.relu()?;
-        batch_norm(&self.bn2, &self.fc2.forward(&hidden)?)
+        let batch_norm = |bn: &BatchNorm, x: &Tensor, relu: bool| -> Result<Tensor, ModelError> {
+            Ok(bn.forward(&x.t()?, branch, mode, None, relu)?.t()?)
+        };
+        let hidden = batch_norm(&self.bn1, &self.fc1.forward(features)?, true)?;
+        batch_norm(&self.bn2, &self.fc2.forward(&hidden)?, false)
     }
 }
 
@@ -156,7 +158,7 @@ struct Predictor {
 impl Predictor {
     fn forward(&self, embedding: &Tensor, mode: Mode) -> Result<Tensor, ModelError> {
         let hidden = self.fc1.forward(embedding)?;
-        let hidden = self.bn.forward(&hidden.t()?, Branch::Dense, mode)?.t()?.relu()?;
+        let hidden = self.bn.forward(&hidden.t()?, Branch::Dense, mode, None, true)?.t()?;
         self.fc2.forward(&hidden)
     }
 }

@@ -19,6 +19,8 @@ pub struct Throughput {
     /// Dataset images (each seen in two views) per second.
     pub images_per_second: f64,
     pub seconds_per_step: f64,
+    /// The median step's time: on a shared machine, steady where the mean is not.
+    pub median_seconds_per_step: f64,
 }
 
 /// The shape of a synthetic training step: a backbone and a batch of random square images.
@@ -151,12 +153,24 @@ pub fn measure_train_throughput(
     // GPU work is asynchronous: time from an idle device to an idle device.
     compute.device.synchronize()?;
     let start = Instant::now();
+    let mut step_seconds = Vec::with_capacity(steps);
     for _ in 0..steps {
+        let step_start = Instant::now();
         synthetic.step()?;
+        // Per-step times only on the CPU: a GPU step is timed as a whole, queue to idle.
+        if compute.device.is_cpu() {
+            step_seconds.push(step_start.elapsed().as_secs_f64());
+        }
     }
     compute.device.synchronize()?;
     let seconds_per_step = start.elapsed().as_secs_f64() / steps as f64;
-    Ok(Throughput { images_per_second: shape.batch_size as f64 / seconds_per_step, seconds_per_step })
+    step_seconds.sort_by(f64::total_cmp);
+    let median_seconds_per_step = step_seconds.get(step_seconds.len() / 2).copied().unwrap_or(seconds_per_step);
+    Ok(Throughput {
+        images_per_second: shape.batch_size as f64 / seconds_per_step,
+        seconds_per_step,
+        median_seconds_per_step,
+    })
 }
 
 /// The encoder's parameters and buffers (host copies) after `steps` synthetic steps from the
