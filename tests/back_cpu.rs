@@ -339,3 +339,26 @@ fn concatenations_at_unaligned_offsets_match_the_reference() {
         check(&m, n, d, 11).unwrap_or_else(|e| panic!("N={n}, D={d}: {e}"));
     }
 }
+
+/// Gradients through row gathers are scatter-adds: the CPU back end matches the reference on
+/// uneven shapes, and the sums (rows picked several times included) have the same bits on
+/// 1, 2 and 3 threads.
+#[test]
+fn gather_gradients_match_the_reference_on_any_thread_count() {
+    let m = module(Path::new("tests/fixtures/gathers.ssl"));
+    for (n, d) in [(1, 1), (5, 7), (40, 33)] {
+        check(&m, n, d, 4).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let exe = Arc::new(Executable::new(m.clone()).expect("differentiable"));
+    let on = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("a thread pool");
+        pool.install(|| {
+            let cpu = back::build(BackendKind::Cpu, exe.clone()).expect("compiles");
+            bits(&cpu.evaluate(&bindings(&m, 300, 64, 9, DType::F32)).expect("evaluates"))
+        })
+    };
+    let one = on(1);
+    for threads in [2, 3] {
+        assert!(on(threads) == one, "{threads} threads give other results than one");
+    }
+}

@@ -223,6 +223,26 @@ pub fn infer(module: &Module, expr: &Expr, ty: &dyn Fn(Handle<Expr>) -> Type) ->
             out.shape[0] = i.shape[0].clone();
             out
         }
+        Expr::ScatterAdd { values, indices, rows } => {
+            let (v, i) = (ty(*values), ty(*indices));
+            if i.rank() != 1 || i.elem != Elem::Int {
+                return Err(TypeError::ElemMismatch {
+                    op: "scatter-add".into(),
+                    expected: "int[M] indices".into(),
+                    found: text(&i),
+                });
+            }
+            if v.rank() == 0 || v.elem != Elem::Real || v.shape[0] != i.shape[0] {
+                return Err(TypeError::Other(format!(
+                    "a scatter-add adds real rows, one per index: {} values for {} indices",
+                    text(&v),
+                    text(&i)
+                )));
+            }
+            let mut out = v;
+            out.shape[0] = rows.clone();
+            out
+        }
         Expr::StopGrad { arg } => ty(*arg),
         Expr::LoopParam => return Err(TypeError::Other("a loop parameter's type is that of its initial value".into())),
         Expr::Loop { count, .. } => {
