@@ -101,7 +101,7 @@ pub trait Objective: Send {
     /// The optimizer's factors for each of [`Objective::parameters`], in that order (`learn t:
     /// [1] = zeros, decay=0` keeps `t` out of weight decay).
     fn parameter_options(&self) -> Vec<ParamOptions> {
-        vec![ParamOptions::default(); self.parameters().len()]
+        vec![ParamOptions::PLAIN; self.parameters().len()]
     }
     /// Named state tensors (and parameters), for checkpoints.
     fn state(&self) -> Vec<(String, Tensor)>;

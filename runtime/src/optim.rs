@@ -35,10 +35,9 @@ pub struct ParamOptions {
     pub decay: f64,
 }
 
-impl Default for ParamOptions {
-    fn default() -> Self {
-        ParamOptions { lr_scale: 1.0, decay: 1.0 }
-    }
+impl ParamOptions {
+    /// The run's own learning rate and weight decay.
+    pub const PLAIN: ParamOptions = ParamOptions { lr_scale: 1.0, decay: 1.0 };
 }
 
 /// `torch.optim.SGD(momentum, weight_decay)`: `d = g + wd·p; buf = m·buf + d` (the first step
@@ -79,7 +78,7 @@ impl Optimizer for Sgd {
             let Some(grad) = grads.get(param.as_tensor()) else { continue };
             // Detached, so that buffers carry no autograd history from step to step.
             let current = param.as_tensor().detach();
-            let options = self.options.get(name).copied().unwrap_or_default();
+            let options = self.options.get(name).copied().unwrap_or(ParamOptions::PLAIN);
             let direction = decayed_gradient(&grad.detach(), &current, self.weight_decay * options.decay)?;
             let direction = if self.momentum == 0.0 {
                 direction
