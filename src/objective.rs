@@ -10,6 +10,7 @@ use sslc_compiler::objective::{Evaluation, Executable};
 use sslc_runtime::objective::{
     BoxError, EmbeddingSpec, ExtraAugmentation, Objective, RunPosition, StepOutput, ViewSpec,
 };
+use sslc_runtime::optim::ParamOptions;
 use std::sync::Arc;
 
 pub struct CompiledObjective {
@@ -436,6 +437,14 @@ impl Objective for CompiledObjective {
 
     fn parameters(&self) -> Vec<(String, Var)> {
         self.learned.iter().map(|(k, var)| (self.consts[*k].0.clone(), var.clone())).collect()
+    }
+
+    fn parameter_options(&self) -> Vec<ParamOptions> {
+        let declared =
+            |k: usize| self.exe.module.consts.iter().nth(k).expect("learned tensors are constants").1.optimizer;
+        (self.learned.iter().map(|(k, _)| declared(*k)))
+            .map(|o| ParamOptions { lr_scale: o.lr_scale, decay: o.decay })
+            .collect()
     }
 
     fn state(&self) -> Vec<(String, Tensor)> {

@@ -86,6 +86,25 @@ fn emulated_plans_match_the_reference_in_f32() {
     }
 }
 
+/// Gradients through row gathers (scatter-adds, reductions with no atomics) in the emulator;
+/// the kernels compile with NVRTC where it is installed.
+#[test]
+fn gather_gradients_match_the_reference_and_compile() {
+    let mut sources = Sources::new();
+    let path = Path::new("tests/fixtures/gathers.ssl");
+    let mut compiled = sslc_compiler::compile(path, &mut sources).unwrap_or_else(|_| panic!("the fixture compiles"));
+    let exe = Executable::new(compiled.modules.remove(0)).expect("differentiable");
+    let plan = cuda::plan(&exe, Precision::F32).expect("lowers");
+    for (rows, dim) in SHAPES {
+        let (output, error) = emulated_error(&exe, &plan, &bindings(&exe, rows, dim, &[]));
+        assert!(error < 1e-4, "gathers at {rows}x{dim}: `{output}` is {error:e} off the reference");
+    }
+    if nvrtc_or_skip("gather_gradients_match_the_reference_and_compile") {
+        let source = cuda::source(&exe, &plan);
+        nvrtc::compile(&source, 80).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
 #[test]
 fn the_default_precision_stays_within_1e_3_of_f32_at_the_papers_dimensions() {
     for name in ["simclr_gh", "focal"] {

@@ -39,7 +39,7 @@ fn check(name: &str, setup: &Setup) -> f64 {
         let norm = values(grad(&eval, input)).iter().map(|g| g * g).sum::<f64>().sqrt();
         assert!(norm > 1e-6, "{name}: d loss/d {input} is zero; the check would prove nothing");
     }
-    let reports = gradcheck(&module, &bind(&module, setup), Options { step: 1e-6, max_entries: 0 })
+    let reports = gradcheck(&module, &bind(&module, setup), Options::entries(1e-6, 0))
         .unwrap_or_else(|e| panic!("{name}: gradcheck failed to run: {e}"));
     let inputs: Vec<&str> = reports.iter().map(|r| r.input.as_str()).collect();
     assert_eq!(inputs, ["z1", "z2"], "{name}: one report per input");
@@ -211,4 +211,72 @@ fn gradcheck_and_bench_take_given_inputs() {
         "{}",
         stderr_of(&out)
     );
+}
+
+/// Gradients through row gathers (a nearest neighbour's rows with repeats, a fixed pattern,
+/// a vector gather) against finite differences, entry by entry and along random directions.
+#[test]
+fn gather_gradients_pass_gradcheck() {
+    let module = common::compile_objective("tests/fixtures/gathers.ssl");
+    for (n, d, seed) in [(6, 5, 21), (9, 4, 22)] {
+        let s = setup("gathers", n, d, 0, 999, seed);
+        for options in [Options::entries(1e-6, 0), Options::directions(1e-6, 4, seed)] {
+            for r in gradcheck(&module, &bind(&module, &s), options).expect("runs") {
+                assert!(r.passes(TOLERANCE, 1e-8), "gathers at {n}x{d}, {options:?}: {r:?}");
+            }
+        }
+    }
+}
+
+/// The scatter-add written out by hand: `loss = Σ z2[m % 3] · z1[m] + ½ Σ_m s[m % 3]` with
+/// `s = Σ_j z1[:, j]`, so `d/dz2[r] = Σ_{m ≡ r} z1[m]` and `d/dz1[m] = z2[m % 3] + ½ #{m' ≡ m}`
+/// for `m < 3`.
+#[test]
+fn gather_gradients_sum_the_rows_that_picked_each_row() {
+    let module = common::compile_objective_text(
+        "objectives/picked.ssl",
+        "objective picked {
+    views x1, x2 = simclr_augment(x)
+    input z1: [N, D] = encoder(x1)
+    input z2: [N, D] = encoder(x2)
+    let pattern = arange(N) % 3
+    loss = sum(z2[pattern, :] * z1) + 0.5 * sum(sum(z1, axis=1)[pattern])
+}
+",
+    );
+    let (n, d) = (7, 4);
+    let s = setup("picked", n, d, 0, 999, 31);
+    let (z1, z2) = (values(&s.inputs[0].1), values(&s.inputs[1].1));
+    let eval = evaluate(&module, &s);
+    let mut want_z2 = vec![0.0; n * d];
+    let mut want_z1 = vec![0.0; n * d];
+    for m in 0..n {
+        for j in 0..d {
+            want_z2[(m % 3) * d + j] += z1[m * d + j];
+            want_z1[m * d + j] += z2[(m % 3) * d + j];
+            want_z1[(m % 3) * d + j] += 0.5;
+        }
+    }
+    for (input, want) in [("z1", want_z1), ("z2", want_z2)] {
+        let got = values(grad(&eval, input));
+        let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0, f64::max);
+        assert!(worst < 1e-12, "d loss/d {input}: {got:?}\nwant {want:?}");
+    }
+}
+
+/// `sslc gradcheck` checks random directions by default (two evaluations each, whatever the
+/// input's size) and single entries with `--per-entry`.
+#[test]
+fn sslc_gradcheck_checks_directions_by_default_and_entries_on_request() {
+    let base = ["gradcheck", "objectives/simclr.ssl", "--batch", "4", "--dim", "6"];
+    let out = run_sslc(&base);
+    let stdout = stdout_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", stderr_of(&out));
+    assert!(stdout.lines().all(|l| l.starts_with("ok") && l.contains("(4 directions)")), "{stdout}");
+    let out = run_sslc(&[&base[..], &["--directions", "2", "--seed", "3"]].concat());
+    assert!(stdout_of(&out).lines().all(|l| l.contains("(2 directions)")), "{}", stdout_of(&out));
+    let out = run_sslc(&[&base[..], &["--per-entry", "--max-entries", "5"]].concat());
+    let stdout = stdout_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", stderr_of(&out));
+    assert!(stdout.lines().all(|l| l.starts_with("ok") && l.contains("(5 entries)")), "{stdout}");
 }

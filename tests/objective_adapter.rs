@@ -347,3 +347,35 @@ fn the_device_copy_of_the_state_follows_every_handler_bit_for_bit() {
         }
     }
 }
+
+/// `learn` and `state` take constant initialisers, and a `learn` tensor's optimizer options
+/// reach the run in the order of its parameters (CLIP's temperature: zero start, no decay).
+#[test]
+fn constant_initialisers_and_optimizer_options_reach_the_run() {
+    let text = "objective clip_demo {
+    views x1, x2 = simclr_augment(x)
+    input z1: [N, D] = encoder(x1)
+    input z2: [N, D] = encoder(x2)
+    learn log_scale: [1] = zeros, decay=0
+    learn bias: [2] = full(-0.5), lr_scale=0.25
+    learn C: [3, D] = randn(0)
+    state s: [2] = full(3)
+    loss = mean(logsumexp(z1 @ z2.T * exp(log_scale[0]), axis=1)) + sum(bias * s) + mean(z1 @ C.T)
+}
+";
+    let mut sources = Sources::new();
+    let module = sslc_compiler::compile_text(Path::new("clip_demo.ssl"), text.into(), &mut sources)
+        .unwrap_or_else(|d| panic!("{}", d.iter().map(|d| d.render(&sources)).collect::<Vec<_>>().join("\n")))
+        .modules
+        .remove(0);
+    let mut o = CompiledObjective::new(module, Overrides::default(), 0.5, BackendKind::Reference).unwrap();
+    o.init_state(&[0; 10], 8).unwrap();
+    let values = |k: usize| o.parameters()[k].1.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(values(0), [0.0]);
+    assert_eq!(values(1), [-0.5, -0.5]);
+    assert_eq!(state(&o, "s").to_vec1::<f32>().unwrap(), [3.0, 3.0]);
+    let options: Vec<(f64, f64)> = o.parameter_options().iter().map(|p| (p.lr_scale, p.decay)).collect();
+    assert_eq!(options, [(1.0, 0.0), (0.25, 1.0), (1.0, 1.0)]);
+    let names: Vec<String> = o.state().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["s", "log_scale", "bias", "C"], "state and learned tensors are checkpointed");
+}

@@ -114,3 +114,43 @@ fn optimised_ir_snapshots() {
         insta::assert_snapshot!(format!("opt_{name}"), text);
     }
 }
+
+/// Scalar factors move out of `diag`: `diag(a @ b.T / tau)`, `diag(2 * (a @ b.T))` and
+/// `diag(a @ b.T * s / tau)` are row-wise dot products, no product of the batch with itself is
+/// formed (forward or gradient), and each equals the dot products computed by hand.
+#[test]
+fn scalar_factors_move_out_of_diag() {
+    let text = "objective scaled_diag {
+    param tau = 0.3
+    views x1, x2 = simclr_augment(x)
+    input z1: [N, D] = encoder(x1)
+    input z2: [N, D] = encoder(x2)
+    let s = sum(z1[0, :])
+    metric by_tau = sum(diag(z1 @ z2.T / tau))
+    metric doubled = sum(diag(2 * (z1 @ z2.T)))
+    metric both = sum(diag(z1 @ z2.T * s / tau))
+    loss = by_tau + doubled + both
+}
+";
+    let mut sources = Sources::new();
+    let module = sslc_compiler::compile_text(Path::new("scaled_diag.ssl"), text.into(), &mut sources)
+        .unwrap_or_else(|_| panic!("compiles"))
+        .modules
+        .remove(0);
+    let exe = Executable::new(module).expect("differentiates");
+    let optimised = sslc_compiler::passes::optimize(&exe.module, &exe.gradient).unwrap();
+    let products = optimised.exprs.iter().filter(|(_, e)| matches!(e, Expr::MatMul { .. })).count();
+    assert_eq!(products, 0, "a product of the batch with itself is formed:\n{:?}", optimised.exprs);
+    let b = bindings(&exe.module, 5, 4, 3);
+    let out = run(&exe.module, &exe.gradient, &b).unwrap();
+    let value = |name: &str| {
+        let k = exe.gradient.outputs.iter().position(|o| o.name == name).unwrap();
+        out[k].to_dtype(DType::F64).unwrap().to_vec0::<f64>().unwrap()
+    };
+    let (z1, z2) = (&b.inputs[0], &b.inputs[1]);
+    let dots: f64 = (z1 * z2).unwrap().sum_all().unwrap().to_vec0::<f64>().unwrap();
+    let s: f64 = z1.get(0).unwrap().sum_all().unwrap().to_vec0::<f64>().unwrap();
+    for (name, want) in [("by_tau", dots / 0.3), ("doubled", 2.0 * dots), ("both", dots * s / 0.3)] {
+        assert!((value(name) - want).abs() < 1e-9 * want.abs().max(1.0), "{name}: {} vs {want}", value(name));
+    }
+}

@@ -166,7 +166,7 @@ fn every_zoo_objective_passes_gradcheck() {
         if name.ends_with("_gh") {
             s.overrides.push("K=5".into());
         }
-        let reports = gradcheck(&m, &bind(&m, &s), Options { step: 1e-6, max_entries: 0 }).expect("runs");
+        let reports = gradcheck(&m, &bind(&m, &s), Options::entries(1e-6, 0)).expect("runs");
         let leaves: Vec<&str> = reports.iter().map(|r| r.input.as_str()).collect();
         let expected: &[&str] = if name == "swav" { &["z1", "z2", "C"] } else { &["z1", "z2"] };
         assert_eq!(leaves, expected, "{name}: one report per input and learned tensor");
@@ -312,8 +312,7 @@ fn every_family_passes_gradcheck() {
         let m = module(name);
         let f = family(name, 6, 7, 600);
         let reports =
-            gradcheck(&m, &bind(&m, &family_setup(name, &f, DType::F64)), Options { step: 1e-6, max_entries: 0 })
-                .expect("runs");
+            gradcheck(&m, &bind(&m, &family_setup(name, &f, DType::F64)), Options::entries(1e-6, 0)).expect("runs");
         let leaves: Vec<&str> = reports.iter().map(|r| r.input.as_str()).collect();
         let expected: Vec<&str> = f.inputs.iter().chain(&f.learned).map(|(n, _)| *n).collect();
         assert_eq!(leaves, expected, "{name}: one report per input and learned tensor");

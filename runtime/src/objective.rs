@@ -6,6 +6,7 @@
 //! backpropagates those gradients through the encoder itself. The `sslc` crate adapts the
 //! compiler's evaluators to this trait; tests may implement it by hand.
 
+use crate::optim::ParamOptions;
 use candle_core::{Tensor, Var};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -96,6 +97,11 @@ pub trait Objective: Send {
     /// saved with its [`Objective::state`]; the optimizer's buffers for them with its own.
     fn parameters(&self) -> Vec<(String, Var)> {
         Vec::new()
+    }
+    /// The optimizer's factors for each of [`Objective::parameters`], in that order (`learn t:
+    /// [1] = zeros, decay=0` keeps `t` out of weight decay).
+    fn parameter_options(&self) -> Vec<ParamOptions> {
+        vec![ParamOptions::PLAIN; self.parameters().len()]
     }
     /// Named state tensors (and parameters), for checkpoints.
     fn state(&self) -> Vec<(String, Tensor)>;

@@ -26,17 +26,40 @@ pub trait Optimizer: Send {
     fn load_state(&mut self, state: &[(String, Tensor)]) -> Result<(), OptimError>;
 }
 
+/// Factors on the run's learning rate and weight decay for one parameter, as a PyTorch
+/// parameter group's own `lr` and `weight_decay` (an objective's `learn t: [1] = zeros,
+/// decay=0, lr_scale=0.1`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ParamOptions {
+    pub lr_scale: f64,
+    pub decay: f64,
+}
+
+impl ParamOptions {
+    /// The run's own learning rate and weight decay.
+    pub const PLAIN: ParamOptions = ParamOptions { lr_scale: 1.0, decay: 1.0 };
+}
+
 /// `torch.optim.SGD(momentum, weight_decay)`: `d = g + wd·p; buf = m·buf + d` (the first step
-/// sets `buf = d`); `p -= lr·buf`.
+/// sets `buf = d`); `p -= lr·buf`, with `lr` and `wd` scaled per parameter by its
+/// [`ParamOptions`].
 pub struct Sgd {
     momentum: f64,
     weight_decay: f64,
     momentum_buffers: HashMap<String, Tensor>,
+    options: HashMap<String, ParamOptions>,
 }
 
 impl Sgd {
     pub fn new(momentum: f64, weight_decay: f64) -> Self {
-        Sgd { momentum, weight_decay, momentum_buffers: HashMap::new() }
+        Sgd { momentum, weight_decay, momentum_buffers: HashMap::new(), options: HashMap::new() }
+    }
+
+    /// Parameters (by name) trained with their own factors; the others use the defaults. The
+    /// options come from the objective's source, not from checkpoints.
+    pub fn with_options(mut self, options: impl IntoIterator<Item = (String, ParamOptions)>) -> Self {
+        self.options.extend(options);
+        self
     }
 }
 
@@ -55,7 +78,8 @@ impl Optimizer for Sgd {
             let Some(grad) = grads.get(param.as_tensor()) else { continue };
             // Detached, so that buffers carry no autograd history from step to step.
             let current = param.as_tensor().detach();
-            let direction = decayed_gradient(&grad.detach(), &current, self.weight_decay)?;
+            let options = self.options.get(name).copied().unwrap_or(ParamOptions::PLAIN);
+            let direction = decayed_gradient(&grad.detach(), &current, self.weight_decay * options.decay)?;
             let direction = if self.momentum == 0.0 {
                 direction
             } else {
@@ -66,7 +90,7 @@ impl Optimizer for Sgd {
                 self.momentum_buffers.insert(name.clone(), buffer.clone());
                 buffer
             };
-            param.set(&(current - (direction * lr)?)?)?;
+            param.set(&(current - (direction * (lr * options.lr_scale))?)?)?;
         }
         Ok(())
     }

@@ -111,3 +111,21 @@ fn foreign_state_is_refused() {
     let partial: Vec<_> = adam_state.into_iter().filter(|(name, _)| !name.starts_with("step/")).collect();
     assert!(Adam::new(0.0).load_state(&partial).is_err());
 }
+
+/// Per-parameter options act as a PyTorch parameter group with `lr = 0.5·lr` and
+/// `weight_decay = 0`; the other parameter keeps the run's.
+#[test]
+fn sgd_parameter_options_scale_the_rate_and_the_decay() {
+    use sslc_runtime::optim::ParamOptions;
+    let (a, b) = (var(&[1.0, -2.0]), var(&[1.0, -2.0]));
+    let params = [("a".to_string(), a.clone()), ("b".to_string(), b.clone())];
+    let (lr, momentum, wd) = (0.1, 0.9, 0.01);
+    let mut sgd = Sgd::new(momentum, wd).with_options([("a".to_string(), ParamOptions { lr_scale: 0.5, decay: 0.0 })]);
+    let g = [0.5f32, -1.0];
+    let mut grads = grads_of(&a, &g);
+    let of_b = grads_of(&b, &g);
+    grads.insert(b.as_tensor(), of_b.get(b.as_tensor()).unwrap().clone());
+    sgd.step(&params, &grads, lr).unwrap();
+    assert_close(&values(&a), &[1.0 - 0.5 * lr * 0.5, -2.0 + 0.5 * lr]);
+    assert_close(&values(&b), &[1.0 - lr * (0.5 + wd), -2.0 - lr * (-1.0 - 2.0 * wd)]);
+}

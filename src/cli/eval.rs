@@ -6,6 +6,7 @@ use candle_core::{DType, Tensor};
 use clap::Args;
 use sslc_compiler::back;
 use sslc_compiler::eval::{npy, BindRequest, Bindings, Overrides};
+use sslc_compiler::gradcheck::Options;
 use sslc_compiler::objective::Executable;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -52,7 +53,8 @@ pub struct EvalArgs {
 /// Check the autodiff gradient against central finite differences, in f64.
 #[derive(Args)]
 #[command(after_help = "Inputs not given with --input are random normal [batch, dim] matrices; every input \
-and `learn` tensor is checked. Exit status 1 when any one's relative error exceeds the tolerance. `stopgrad` values are held fixed while differencing, so both sides \
+and `learn` tensor is checked, along --directions random unit directions (the derivative along each \
+against its central difference), or entry by entry with --per-entry. Exit status 1 when any one's relative error exceeds the tolerance. `stopgrad` values are held fixed while differencing, so both sides \
 differentiate the same function.\n\nExample:\n  sslc gradcheck objectives/simclr_gh.ssl --batch 8 --dim 128")]
 pub struct GradcheckArgs {
     file: PathBuf,
@@ -84,7 +86,15 @@ pub struct GradcheckArgs {
     /// Finite-difference step.
     #[arg(long, default_value_t = 1e-6)]
     step: f64,
-    /// Entries checked per input, spread evenly; 0 checks all of them.
+    /// Random unit directions checked per input (the fast check, as PyTorch's
+    /// `gradcheck(fast_mode=True)`): two loss evaluations each, whatever the input's size.
+    #[arg(long, default_value_t = 4)]
+    directions: usize,
+    /// Check single entries instead of random directions: slower, but it shows which entries
+    /// are wrong (see --max-entries).
+    #[arg(long)]
+    per_entry: bool,
+    /// With --per-entry: entries checked per input, spread evenly; 0 checks all of them.
     #[arg(long, default_value_t = 256)]
     max_entries: usize,
 }
@@ -202,11 +212,11 @@ pub fn gradcheck(args: &GradcheckArgs) -> i32 {
         Ok(b) => b,
         Err(e) => return fail(e),
     };
-    let reports = match sslc_compiler::gradcheck::gradcheck(
-        &module,
-        &bindings,
-        sslc_compiler::gradcheck::Options { step: args.step, max_entries: args.max_entries },
-    ) {
+    let (options, checked) = match args.per_entry {
+        true => (Options::entries(args.step, args.max_entries), "entries"),
+        false => (Options::directions(args.step, args.directions.max(1), args.seed), "directions"),
+    };
+    let reports = match sslc_compiler::gradcheck::gradcheck(&module, &bindings, options) {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
@@ -219,7 +229,7 @@ pub fn gradcheck(args: &GradcheckArgs) -> i32 {
             n => format!("; {n} with a NaN or infinite gradient or difference"),
         };
         print_stdout(&format!(
-            "{} {:<6} max abs error {:.3e}  max rel error {:.3e}  ({} entries{non_finite})\n",
+            "{} {:<6} max abs error {:.3e}  max rel error {:.3e}  ({} {checked}{non_finite})\n",
             if pass { "ok  " } else { "FAIL" },
             r.input,
             r.max_abs_error,

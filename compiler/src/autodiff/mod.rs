@@ -174,6 +174,7 @@ pub(crate) fn differentiable_operands(expr: &Expr) -> Vec<Handle<Expr>> {
         Expr::Reduce { op, arg, .. } if *op != ReduceOp::ArgMax => vec![*arg],
         Expr::Concat { parts, .. } => parts.clone(),
         Expr::Gather { table, .. } => vec![*table],
+        Expr::ScatterAdd { values, .. } => vec![*values],
         _ => Vec::new(),
     }
 }

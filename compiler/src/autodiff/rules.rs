@@ -253,10 +253,16 @@ pub(super) fn vjp(b: &mut Grad, h: Handle<Expr>, g: Handle<Expr>) -> Contributio
             let d = if pieces.len() == 1 { g } else { b.push(Expr::Concat { parts: pieces, axis }, s)? };
             give(b, arg, d);
         }
-        Expr::Gather { table, .. } if b.is_active(table) => {
-            return Err(Diagnostic::new("gradients do not flow through row indexing (`x[index]`) yet")
-                .at(s, "an input is indexed here")
-                .hint("index state or constants, not the differentiated inputs; or wrap the indexed value in `stopgrad(...)`"));
+        // Each picked row's adjoint goes back to the row it came from, summed where a row is
+        // picked several times.
+        Expr::Gather { table, indices } => {
+            let rows = b.ty(table).shape[0].clone();
+            let d = b.push(Expr::ScatterAdd { values: g, indices, rows }, s)?;
+            give(b, table, d);
+        }
+        Expr::ScatterAdd { values, indices, .. } => {
+            let d = b.push(Expr::Gather { table: g, indices }, s)?;
+            give(b, values, d);
         }
         // Leaves, masks, casts and stopped values pass no gradient on.
         _ => {}

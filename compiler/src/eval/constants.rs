@@ -9,7 +9,7 @@ use sslc_rng::BoxMuller;
 
 /// Standard normal samples from a seeded ChaCha8 stream (Box–Muller), so a constant is the
 /// same on every machine and in every back end.
-fn gaussian(n: usize, seed: u64) -> Vec<f64> {
+pub(crate) fn gaussian(n: usize, seed: u64) -> Vec<f64> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut out = Vec::with_capacity(n + 1);
     while out.len() < n {
@@ -31,6 +31,7 @@ pub fn build_const(init: &ConstInit, shape: &[usize]) -> Result<Tensor, BindErro
             let n = shape.iter().product();
             Ok(Tensor::from_vec(gaussian(n, *seed), shape, &Device::Cpu)?)
         }
+        ConstInit::Fill(v) => Ok(Tensor::full(*v, shape, &Device::Cpu)?),
         ConstInit::Labels => {
             let n: usize = shape.iter().product();
             Ok(Tensor::from_vec((0..n).map(|i| (i % 4) as f64).collect::<Vec<_>>(), shape, &Device::Cpu)?)

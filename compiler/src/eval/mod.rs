@@ -7,6 +7,7 @@ mod constants;
 pub mod npy;
 
 pub use bind::{check_fits, BindError, BindRequest, Bindings, Overrides};
+pub(crate) use constants::gaussian;
 pub use constants::{build_const, etf, initial_state};
 
 use crate::ir::{
@@ -230,6 +231,9 @@ impl Evaluator<'_> {
                 self.check_rows(*table, *indices)?;
                 self.get(*table).index_select(self.get(*indices), 0)?
             }
+            Expr::ScatterAdd { values, indices, rows } => {
+                scatter_add(self.get(*values), self.get(*indices), b.size(self.module, rows))?
+            }
             Expr::StopGrad { arg } => self.get(*arg).clone(),
             Expr::LoopParam => unreachable!("loop parameters are set by their loop"),
             Expr::Loop { .. } => unreachable!("loops are evaluated by `node`"),
@@ -389,6 +393,34 @@ impl ToDtypeOf for f64 {
 
 fn unary(op: UnaryOp, x: &Tensor) -> candle_core::Result<Tensor> {
     elementwise(Prim::Unary(op), &[x])
+}
+
+/// [`Expr::ScatterAdd`] in the values' precision, rows added in increasing order as every
+/// back end adds them.
+fn scatter_add(values: &Tensor, indices: &Tensor, rows: usize) -> candle_core::Result<Tensor> {
+    match values.dtype() {
+        DType::F32 => scatter_add_as::<f32>(values, indices, rows),
+        _ => scatter_add_as::<f64>(values, indices, rows),
+    }
+}
+
+fn scatter_add_as<F: candle_core::WithDType + std::ops::AddAssign>(
+    values: &Tensor,
+    indices: &Tensor,
+    rows: usize,
+) -> candle_core::Result<Tensor> {
+    let mut shape = values.dims().to_vec();
+    let width: usize = shape[1..].iter().product();
+    let v = values.flatten_all()?.to_vec1::<F>()?;
+    let mut out = vec![F::from_f64(0.0); rows * width];
+    for (m, r) in indices.to_vec1::<i64>()?.into_iter().enumerate() {
+        let Some(r) = usize::try_from(r).ok().filter(|&r| r < rows) else { continue };
+        for c in 0..width {
+            out[r * width + c] += v[m * width + c];
+        }
+    }
+    shape[0] = rows;
+    Tensor::from_vec(out, shape, &Device::Cpu)
 }
 
 fn reduce(op: ReduceOp, x: &Tensor, axis: usize) -> candle_core::Result<Tensor> {

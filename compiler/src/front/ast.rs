@@ -115,6 +115,8 @@ pub enum Member {
         ty: TypeExpr,
         init: Expr,
         learned: bool,
+        /// A `learn` tensor's optimizer options after its initialiser (`, decay=0`).
+        options: Vec<Arg>,
         span: Span,
     },
     State {

@@ -516,7 +516,9 @@ impl Cx {
                         match rule {
                             Rule::input_decl => Member::Input { doc, name, ty, source: value, span },
                             Rule::const_decl | Rule::learn_decl => {
-                                Member::Const { doc, name, ty, init: value, learned: rule == Rule::learn_decl, span }
+                                let options = inner.map(|p| self.arg(p)).collect();
+                                let learned = rule == Rule::learn_decl;
+                                Member::Const { doc, name, ty, init: value, learned, options, span }
                             }
                             _ => Member::State { doc, name, ty, init: value, span },
                         }

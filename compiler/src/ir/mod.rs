@@ -175,6 +175,8 @@ pub enum ConstInit {
     Etf { k: Dim, d: Dim, seed: u64 },
     /// Standard normal entries.
     Randn { seed: u64 },
+    /// Every entry the same (`zeros`, `ones`, `full(v)`): CLIP's learned log temperature.
+    Fill(f64),
     /// The class of every training sample, `[samples]`, as numbers: supplied by `sslc run`;
     /// elsewhere (eval, gradcheck, bench), unless given, sample `i` gets class `i mod 4`.
     Labels,
@@ -188,8 +190,26 @@ pub struct ConstDecl {
     /// Declared with `learn`: built like a constant, then trained with the encoder by the run's
     /// optimizer, so the autodiff differentiates the loss with respect to it too.
     pub learned: bool,
+    /// How the run's optimizer treats a `learn` tensor (the defaults for constants).
+    pub optimizer: LearnOptions,
     pub doc: String,
     pub span: Span,
+}
+
+/// Per-tensor optimizer options of a `learn` tensor (`learn t: [1] = zeros, decay=0`), as a
+/// PyTorch parameter group would set them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LearnOptions {
+    /// Multiplies the run's weight decay: 0 keeps the tensor out of it (CLIP's temperature).
+    pub decay: f64,
+    /// Multiplies the learning rate (SimSiam's fixed predictor rate, a slower temperature).
+    pub lr_scale: f64,
+}
+
+impl Default for LearnOptions {
+    fn default() -> Self {
+        LearnOptions { decay: 1.0, lr_scale: 1.0 }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -474,6 +494,14 @@ pub enum Expr {
         table: Handle<Expr>,
         indices: Handle<Expr>,
     },
+    /// A zero `[rows, ...]` tensor to which each row `m` of `values` is added at row
+    /// `indices[m]`, in increasing `m` (so the sums are the same for any thread count): the
+    /// adjoint of [`Expr::Gather`]. Indices outside `0..rows` add nothing.
+    ScatterAdd {
+        values: Handle<Expr>,
+        indices: Handle<Expr>,
+        rows: Dim,
+    },
     /// The value unchanged; no gradient flows through it.
     StopGrad {
         arg: Handle<Expr>,
@@ -565,6 +593,7 @@ impl Expr {
             Expr::Select { cond, on_true, on_false } => vec![*cond, *on_true, *on_false],
             Expr::Concat { parts, .. } => parts.clone(),
             Expr::Gather { table, indices } => vec![*table, *indices],
+            Expr::ScatterAdd { values, indices, .. } => vec![*values, *indices],
             Expr::Loop { count, carried, .. } => {
                 let mut ops = vec![*count];
                 ops.extend(carried.iter().map(|c| c.init));
@@ -616,6 +645,10 @@ impl Expr {
             Expr::Concat { parts, .. } => parts.iter_mut().for_each(|p| *p = f(*p)),
             Expr::Gather { table, indices } => {
                 *table = f(*table);
+                *indices = f(*indices);
+            }
+            Expr::ScatterAdd { values, indices, .. } => {
+                *values = f(*values);
                 *indices = f(*indices);
             }
             Expr::Loop { count, carried, body } => {

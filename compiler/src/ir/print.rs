@@ -64,10 +64,18 @@ pub fn print_module(m: &Module) -> String {
                 format!("etf({}, {}, seed={seed})", k.display(&m.dims), d.display(&m.dims))
             }
             ConstInit::Randn { seed } => format!("randn(seed={seed})"),
+            ConstInit::Fill(v) => format!("full({v:?})"),
             ConstInit::Labels => "labels".to_string(),
         };
         let keyword = if c.learned { "learn" } else { "const" };
-        let _ = writeln!(w, "{keyword} {}: {} = {init}", c.name, c.ty.display(&m.dims));
+        let mut options = String::new();
+        if c.optimizer.decay != 1.0 {
+            options += &format!(", decay={:?}", c.optimizer.decay);
+        }
+        if c.optimizer.lr_scale != 1.0 {
+            options += &format!(", lr_scale={:?}", c.optimizer.lr_scale);
+        }
+        let _ = writeln!(w, "{keyword} {}: {} = {init}{options}", c.name, c.ty.display(&m.dims));
     }
     for (_, s) in m.states.iter() {
         let init = match s.init {
@@ -152,6 +160,7 @@ pub fn expr_kind(e: &Expr) -> &'static str {
         Expr::Reduce { .. } => "a reduction",
         Expr::MatMul { .. } => "a matrix product",
         Expr::Gather { .. } => "a gather",
+        Expr::ScatterAdd { .. } => "a scatter-add",
         Expr::Concat { .. } => "a concatenation",
         Expr::Slice { .. } => "a slice",
         Expr::Broadcast { .. } => "a broadcast",
@@ -198,6 +207,9 @@ fn describe(m: &Module, e: &Expr) -> String {
             format!("slice {arg} axis={axis} [{}:{}]", start.display(&m.dims), start.add(len).display(&m.dims))
         }
         Expr::Gather { table, indices } => format!("gather {table}[{indices}]"),
+        Expr::ScatterAdd { values, indices, rows } => {
+            format!("scatter_add {values} at {indices} into {} rows", rows.display(&m.dims))
+        }
         Expr::StopGrad { arg } => format!("stopgrad {arg}"),
         Expr::LoopParam => "loop parameter".into(),
         Expr::Loop { .. } => "loop".into(),

@@ -209,18 +209,26 @@ pub fn infer(module: &Module, expr: &Expr, ty: &dyn Fn(Handle<Expr>) -> Type) ->
         }
         Expr::Gather { table, indices } => {
             let (t, i) = (ty(*table), ty(*indices));
-            if i.rank() != 1 || i.elem != Elem::Int {
-                return Err(TypeError::ElemMismatch {
-                    op: "gather".into(),
-                    expected: "int[M] indices".into(),
-                    found: text(&i),
-                });
-            }
+            row_indices(module, "gather", &i)?;
             if t.rank() == 0 {
                 return Err(TypeError::Rank { op: "gather".into(), expected: "at least 1".into(), found: 0 });
             }
             let mut out = t;
             out.shape[0] = i.shape[0].clone();
+            out
+        }
+        Expr::ScatterAdd { values, indices, rows } => {
+            let (v, i) = (ty(*values), ty(*indices));
+            row_indices(module, "scatter-add", &i)?;
+            if v.rank() == 0 || v.elem != Elem::Real || v.shape[0] != i.shape[0] {
+                return Err(TypeError::Other(format!(
+                    "a scatter-add adds real rows, one per index: {} values for {} indices",
+                    text(&v),
+                    text(&i)
+                )));
+            }
+            let mut out = v;
+            out.shape[0] = rows.clone();
             out
         }
         Expr::StopGrad { arg } => ty(*arg),
@@ -261,6 +269,18 @@ pub fn infer(module: &Module, expr: &Expr, ty: &dyn Fn(Handle<Expr>) -> Type) ->
             Type::tensor(Elem::Real, vec![kept, t.shape[1].clone()])
         }
     })
+}
+
+/// The rows a gather or scatter-add picks must be an `int[M]` vector.
+fn row_indices(module: &Module, op: &str, i: &Type) -> Result<(), TypeError> {
+    if i.rank() != 1 || i.elem != Elem::Int {
+        return Err(TypeError::ElemMismatch {
+            op: op.into(),
+            expected: "int[M] indices".into(),
+            found: shape_text(module, i),
+        });
+    }
+    Ok(())
 }
 
 /// Checks a pairwise node's operands and kernel; returns its `(M, P)`.

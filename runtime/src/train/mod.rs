@@ -265,14 +265,17 @@ pub fn train_parallel(
     objective
         .init_state(source.labels(), encoder.config().embedding_dim)
         .map_err(objective_error("init_state", &name))?;
-    let mut optimizer = Sgd::new(config.momentum, config.weight_decay);
     // The objective's own parameters train with the encoder's, under names of their own.
     let objective_parameters = objective.parameters();
+    let own_name = |n: &str| format!("objective.{n}");
+    let mut optimizer = Sgd::new(config.momentum, config.weight_decay).with_options(
+        objective_parameters.iter().zip(objective.parameter_options()).map(|((n, _), o)| (own_name(n), o)),
+    );
     let parameters: Vec<(String, candle_core::Var)> = encoder
         .parameters()
         .iter()
         .cloned()
-        .chain(objective_parameters.iter().map(|(n, v)| (format!("objective.{n}"), v.clone())))
+        .chain(objective_parameters.iter().map(|(n, v)| (own_name(n), v.clone())))
         .collect();
 
     let mut begin = || -> Result<usize, TrainError> {

@@ -155,6 +155,10 @@ pub(crate) enum Step {
     /// Rows (or, for a vector table, entries) of `table` picked by the `int` vector `indices`;
     /// `rows × cols` is the result's extent.
     Gather { out: Access, table: Access, table_rows: Dim, indices: Access, rows: Dim, cols: Dim },
+    /// [`Expr::ScatterAdd`]: `out` (`rows × cols`) zeroed, then row `m < count` of `values`
+    /// added to row `indices[m]` (entry, when `vector`), one column per unit and in increasing
+    /// `m`, so the sums are the same for any thread count.
+    ScatterAdd { out: Access, values: Access, indices: Access, count: Dim, rows: Dim, cols: Dim, vector: bool },
     /// Runs `body` then `update` (which copies each carried value's next into its buffer)
     /// `count` times.
     Loop { count: Access, body: Vec<Step>, update: Vec<Step> },
@@ -372,6 +376,15 @@ impl Planner<'_> {
                 let indices = self.stored(*indices, steps)?.access(&identity_coords(1));
                 let out = placement.access(&identity_coords(ty.rank()));
                 steps.push(Step::Gather { out, table, table_rows, indices, rows, cols });
+            }
+            Expr::ScatterAdd { values, indices, .. } => {
+                let values_ty = p.ty(*values).clone();
+                let count = values_ty.shape[0].clone();
+                let values = self.stored(*values, steps)?.access(&identity_coords(values_ty.rank()));
+                let indices = self.stored(*indices, steps)?.access(&identity_coords(1));
+                let out = placement.access(&identity_coords(ty.rank()));
+                let vector = ty.rank() == 1;
+                steps.push(Step::ScatterAdd { out, values, indices, count, rows, cols, vector });
             }
             Expr::PairwiseReduce { pairwise, op, axis } => {
                 let (a, b, kernel) = self.pairwise(pairwise, *axis, steps)?;

@@ -94,6 +94,10 @@ fn collect(step: &Step, reads: &mut BTreeSet<BufferId>, writes: &mut BTreeSet<Bu
             reads.extend([table.buffer, indices.buffer]);
             writes.insert(out.buffer);
         }
+        Step::ScatterAdd { out, values, indices, .. } => {
+            reads.extend([values.buffer, indices.buffer]);
+            writes.insert(out.buffer);
+        }
         Step::Loop { count, body, update } => {
             reads.insert(count.buffer);
             for s in body.iter().chain(update) {

@@ -293,9 +293,33 @@ impl Lowering<'_> {
                 );
                 Step::Reduce { reducer: Reducer { op: ReduceOp::Sum, elem: Elem::Real }, out, outputs, length, value }
             }
+            Expr::ScatterAdd { values, indices, .. } => self.scatter_add(values, indices, &ty.shape, out, uses),
             _ => self.fill(out, &ty.shape, uses, &mut |e, idx| e.compute(h, idx)),
         };
         Ok(Some(Body::Grid(vec![step])))
+    }
+
+    /// [`Expr::ScatterAdd`] as a reduction with no atomics: entry `(r, c)` sums, over every
+    /// `k`, `values[k, c]` where `indices[k] == r`, so each sum has one fixed order. The values
+    /// are computed inside the branch that reads them, so only picked rows cost anything.
+    fn scatter_add(&mut self, values: H, indices: H, shape: &Shape, out: BufferId, uses: &mut KernelUses) -> Step {
+        let count = self.p.ty(values).shape[0].clone();
+        let mut e = Emitter::new(self, uses);
+        let outputs = e.numel(shape);
+        let length = e.dim(&count);
+        let idx = e.unflatten(c::var("o"), shape);
+        let picked = e.value(indices, &[c::var("k")]);
+        let mut at = idx.clone();
+        at[0] = c::var("k");
+        e.conditional += 1;
+        let v = e.value(values, &at);
+        e.conditional -= 1;
+        let hit = c::binary(COp::Eq, picked, idx[0].clone());
+        let value = e.finish(
+            &[(CType::LongLong, "o"), (CType::LongLong, "k")],
+            CStmt::Return(c::ternary(hit, v, CExpr::Float(0.0))),
+        );
+        Step::Reduce { reducer: Reducer { op: ReduceOp::Sum, elem: Elem::Real }, out, outputs, length, value }
     }
 
     fn loop_kernel(&mut self, h: H) -> Result<(), CudaError> {

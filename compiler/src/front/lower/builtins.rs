@@ -603,12 +603,24 @@ impl Lower<'_> {
                     .hint("`diag` takes a square matrix `[N, N]`"),
             ));
         }
-        // diag(a @ bᵀ) is the row-wise dot product: O(N·D), and so is its gradient.
-        if let Expr::MatMul { lhs, rhs } = self.prog.exprs[x] {
+        // diag(a @ bᵀ) is the row-wise dot product: O(N·D), and so is its gradient. Scalar
+        // factors (`diag(a @ b.T / tau)`) move outside, to the `[N]` dot products.
+        let mut factors = Vec::new();
+        let mut core = x;
+        while let Some((op, inner, scalar)) = self.scalar_factor(core) {
+            factors.push((op, scalar));
+            core = inner;
+        }
+        if let Expr::MatMul { lhs, rhs } = self.prog.exprs[core] {
             if let Expr::Transpose { arg } = self.prog.exprs[rhs] {
                 if self.ty(lhs).shape == self.ty(arg).shape {
                     let products = self.push(Expr::Binary { op: BinaryOp::Mul, lhs, rhs: arg }, span)?;
-                    return self.reduce(ReduceOp::Sum, products, Some(1), span);
+                    let mut d = self.reduce(ReduceOp::Sum, products, Some(1), span)?;
+                    for (op, scalar) in factors.into_iter().rev() {
+                        let scalar = self.broadcast(scalar, &ty.shape[..1], span)?;
+                        d = self.push(Expr::Binary { op, lhs: d, rhs: scalar }, span)?;
+                    }
+                    return Ok(d);
                 }
             }
         }
@@ -617,6 +629,21 @@ impl Lower<'_> {
         let zero = self.broadcast(zero, &ty.shape, span)?;
         let kept = self.push(Expr::Select { cond: on_diagonal, on_true: x, on_false: zero }, span)?;
         self.reduce(ReduceOp::Sum, kept, Some(1), span)
+    }
+
+    /// `x` as `inner * s`, `s * inner` or `inner / s` with a scalar `s` (broadcast by the
+    /// operator): `(op, inner, s)` with the operator as applied to `inner`, for `diag`.
+    fn scalar_factor(&self, x: Handle<Expr>) -> Option<(BinaryOp, Handle<Expr>, Handle<Expr>)> {
+        let Expr::Binary { op, lhs, rhs } = self.prog.exprs[x] else { return None };
+        let scalar = |h: Handle<Expr>| match self.prog.exprs[h] {
+            Expr::Broadcast { arg, .. } if self.ty(arg).rank() == 0 && self.ty(arg).elem == Elem::Real => Some(arg),
+            _ => None,
+        };
+        match op {
+            BinaryOp::Mul => scalar(rhs).map(|s| (op, lhs, s)).or_else(|| scalar(lhs).map(|s| (op, rhs, s))),
+            BinaryOp::Div => scalar(rhs).map(|s| (op, lhs, s)),
+            _ => None,
+        }
     }
 
     /// `[N, D]`, `[M, D]` → `[N, M]` squared Euclidean distances, `‖a‖² + ‖b‖² − 2 a bᵀ`

@@ -8,12 +8,14 @@
 //! One file per part of the work: [`objectives`] lowers a file's objectives and their
 //! declarations; the program builder [`Lower`] (below) is extended by [`values`],
 //! [`expressions`], [`names`], [`calls`] and [`statements`], and by [`builtins`], the table of
-//! built-in names and how each lowers. The shared types live here, so the builtins and the
+//! built-in names and how each lowers; [`initialisers`] reads the literal initial values of
+//! constants, learned tensors and state. The shared types live here, so the builtins and the
 //! sections import from this module and it imports from none of them.
 
 mod builtins;
 mod calls;
 mod expressions;
+mod initialisers;
 mod names;
 mod objectives;
 mod statements;

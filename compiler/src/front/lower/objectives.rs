@@ -2,13 +2,14 @@
 //! objective of the root file — its bases merged in, then its declarations, loss, schedules,
 //! views and handlers.
 
+use super::initialisers::{const_init, learn_options, state_init};
 use super::{dim_expr, elem_of, Context, Functions, Lower, LoweredFile, ObjName, ObjectiveScope, Value};
 use crate::diag::Diagnostic;
 use crate::front::ast::{self, ExprKind, Member, Stmt, TypeExpr, TypeKind};
 use crate::front::ParsedFile;
 use crate::ir::{
     BinaryOp, ConstDecl, ConstInit, Dim, DimDecl, DimKind, Elem, EncoderSource, Event, Expr, Handle, Handler,
-    InputDecl, Module, Momentum, Output, ParamDecl, ParamValue, ScheduleDecl, StateDecl, StateInit, Type, ViewsDecl,
+    InputDecl, Module, Momentum, Output, ParamDecl, ParamValue, ScheduleDecl, StateDecl, Type, ViewsDecl,
     DEFAULT_PREDICTOR_HIDDEN,
 };
 use crate::span::Span;
@@ -362,7 +363,7 @@ fn lower_objective<'a>(
     // Phase 3: constants and state.
     for m in members {
         match m {
-            Member::Const { doc, name, ty, init, learned, span } => {
+            Member::Const { doc, name, ty, init, learned, options, span } => {
                 let Some(t) = declare_type_known(&mut module, ty, diags) else { continue };
                 if *learned && t.elem != Elem::Real {
                     diags.push(
@@ -373,6 +374,7 @@ fn lower_objective<'a>(
                     continue;
                 }
                 let Some(init) = const_init(init, &t, &module, diags) else { continue };
+                let Some(optimizer) = learn_options(options, *learned, diags) else { continue };
                 if *learned && init == ConstInit::Labels {
                     diags.push(
                         Diagnostic::new("the labels are data, not a tensor to learn")
@@ -386,6 +388,7 @@ fn lower_objective<'a>(
                     ty: t,
                     init,
                     learned: *learned,
+                    optimizer,
                     doc: doc.clone(),
                     span: *span,
                 });
@@ -721,132 +724,6 @@ fn predictor_source(
     }
     source.predictor = Some(hidden);
     Some(source)
-}
-
-fn const_init(e: &ast::Expr, ty: &Type, module: &Module, diags: &mut Vec<Diagnostic>) -> Option<ConstInit> {
-    let hint = "constants are built by the compiler: `etf(K, D)` (a simplex ETF) or `randn(seed)`; \
-                `labels` is the training set's classes, `[samples]`";
-    if matches!(&e.kind, ExprKind::Name(n) if n == "labels") {
-        let per_sample = ty.rank() == 1
-            && ty.elem == Elem::Real
-            && ty.shape[0].as_symbol().is_some_and(|s| module.dims[s].kind == DimKind::Samples);
-        if !per_sample {
-            diags.push(
-                Diagnostic::new("`labels` holds one class per training sample: declare it `[samples]`")
-                    .at(e.span, "the declared shape is not `[samples]`")
-                    .hint("write `const y: [samples] = labels`, then `y[index]` is the batch's classes"),
-            );
-            return None;
-        }
-        return Some(ConstInit::Labels);
-    }
-    let ExprKind::Call { callee, args } = &e.kind else {
-        diags.push(
-            Diagnostic::new("unsupported constant")
-                .at(e.span, "expected `etf(...)`, `randn(...)` or `labels`")
-                .hint(hint),
-        );
-        return None;
-    };
-    let name = match &callee.kind {
-        ExprKind::Name(n) => n.as_str(),
-        _ => "",
-    };
-    let mut lookup = |n: &str, _s: Span| module.dim_named(n).map(Dim::symbol);
-    match name {
-        "etf" => {
-            if args.len() != 2 || ty.rank() != 2 || ty.elem != Elem::Real {
-                diags.push(
-                    Diagnostic::new("`etf(K, D)` takes two dimensions and builds a `[K, D]` constant")
-                        .at(e.span, "here")
-                        .hint(hint),
-                );
-                return None;
-            }
-            let k = dim_expr(&args[0].value, &mut lookup).map_err(|d| diags.push(d)).ok()?;
-            let d = dim_expr(&args[1].value, &mut lookup).map_err(|d| diags.push(d)).ok()?;
-            if ty.shape != [k.clone(), d.clone()] {
-                diags.push(
-                    Diagnostic::new(format!(
-                        "`etf({}, {})` builds {}, but the constant is declared {}",
-                        k.display(&module.dims),
-                        d.display(&module.dims),
-                        crate::ir::display_shape(&[k.clone(), d.clone()], &module.dims),
-                        ty.display(&module.dims)
-                    ))
-                    .at(e.span, "shape differs from the declaration")
-                    .hint("make the declared shape match the arguments"),
-                );
-                return None;
-            }
-            let size = |dim: &Dim| {
-                dim.eval(&|s| match module.dims[s].kind {
-                    DimKind::Fixed(v) => Some(v),
-                    _ => None,
-                })
-            };
-            if let (Some(kv), Some(dv)) = (size(&k), size(&d)) {
-                if kv > dv + 1 {
-                    diags.push(
-                        Diagnostic::new(format!(
-                            "a simplex ETF of {kv} vectors needs at least {} dimensions, got {dv}",
-                            kv - 1
-                        ))
-                        .at(e.span, "K > D + 1")
-                        .hint("use fewer anchors (K <= D + 1)"),
-                    );
-                    return None;
-                }
-            }
-            Some(ConstInit::Etf { k, d, seed: 0 })
-        }
-        "randn" => {
-            let seed = match args.first().map(|a| &a.value.kind) {
-                None => 0,
-                Some(ExprKind::Int(s)) if *s >= 0 => *s as u64,
-                _ => {
-                    diags.push(Diagnostic::new("`randn` takes an optional integer seed").at(e.span, "here").hint(hint));
-                    return None;
-                }
-            };
-            Some(ConstInit::Randn { seed })
-        }
-        _ => {
-            diags.push(
-                Diagnostic::new(format!("`{name}` cannot build a constant")).at(e.span, "unsupported").hint(hint),
-            );
-            None
-        }
-    }
-}
-
-fn state_init(e: &ast::Expr, ty: &Type, diags: &mut Vec<Diagnostic>) -> Option<StateInit> {
-    let init = match &e.kind {
-        ExprKind::Name(n) if n == "zeros" => Some(StateInit::Fill(0.0)),
-        ExprKind::Name(n) if n == "ones" => Some(StateInit::Fill(1.0)),
-        ExprKind::Name(n) if n == "uniform" && ty.rank() > 0 => Some(StateInit::Uniform),
-        ExprKind::Number(v) => Some(StateInit::Fill(*v)),
-        ExprKind::Int(v) => Some(StateInit::Fill(*v as f64)),
-        ExprKind::Call { callee, args } if matches!(&callee.kind, ExprKind::Name(n) if n == "randn") => {
-            match args.iter().map(|a| (&a.name, &a.value.kind)).collect::<Vec<_>>()[..] {
-                [] => Some(StateInit::Randn { seed: 0 }),
-                [(None, ExprKind::Int(seed))] if *seed >= 0 => Some(StateInit::Randn { seed: *seed as u64 }),
-                _ => None,
-            }
-        }
-        _ => None,
-    };
-    if init.is_none() || ty.elem != Elem::Real {
-        diags.push(
-            Diagnostic::new("unsupported state initialiser")
-                .at(e.span, "expected `zeros`, `ones`, `uniform`, `randn(seed)` or a number")
-                .hint(
-                    "state is a real tensor: `state pi: [K] = uniform`, `state e: [samples, K] = zeros`, \
-                     `state queue: [Q, D] = randn(1)`",
-                ),
-        );
-    }
-    init
 }
 
 /// Small crops an objective may ask for (SwAV's ImageNet recipe uses 6).
