@@ -439,8 +439,9 @@ mod tests {
         let bn = BatchNorm::new(&mut registry, "bn", 3, 1).unwrap();
         bn.sets[0].weight.set(&Tensor::new(&[0.5f32, -1.5, 2.0], &device).unwrap()).unwrap();
         bn.sets[0].bias.set(&Tensor::new(&[0.1f32, 0.0, -0.3], &device).unwrap()).unwrap();
-        let random =
-            |scale: f64, shift: f64| (Tensor::randn(0f32, 1.0, (3, 4, 5, 5), &device).unwrap() * scale + shift);
+        let random = |scale: f64, shift: f64| {
+            (Tensor::randn(0f32, 1.0, (3, 4, 5, 5), &device).unwrap() * scale).unwrap() + shift
+        };
         let x = Var::from_tensor(&random(3.0, 1.0).unwrap()).unwrap();
         let residual = Var::from_tensor(&random(1.0, 0.0).unwrap()).unwrap();
         (bn, x, residual, random(1.0, 0.0).unwrap())
