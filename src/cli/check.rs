@@ -59,13 +59,7 @@ pub fn check(args: &CheckArgs) -> i32 {
         match sslc_compiler::compile(file, &mut sources) {
             Ok(c) => {
                 let names: Vec<String> = c.modules.iter().map(|m| m.name.clone()).collect();
-                let mut warnings = Vec::new();
-                for m in c.modules {
-                    match sslc_compiler::objective::Executable::new(m) {
-                        Ok(exe) => warnings.extend(sslc_compiler::fuse::report(&exe).warnings(&exe)),
-                        Err(d) => warnings.push(d),
-                    }
-                }
+                let warnings = sslc_compiler::check_warnings(c.modules);
                 print_all(&warnings, &sources);
                 if warnings.iter().any(|d| !d.warning) {
                     failed = true;
