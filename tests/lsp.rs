@@ -163,7 +163,8 @@ fn a_client_session_gets_diagnostics_hovers_definitions_completions_and_formatti
     let z1 = text.find("z1, z2, tau").unwrap();
     assert!(hover_text(&mut c, &u, &text, z1).contains("input z1: [N, D] = encoder(x1)"));
     let per_sample = text.find("per_sample =").unwrap() + 2;
-    assert!(hover_text(&mut c, &u, &text, per_sample).contains("per_sample: [N]"));
+    let h = hover_text(&mut c, &u, &text, per_sample);
+    assert!(h.contains("per_sample: [N]"), "{h}");
     let mean = text.find("mean(per_sample)").unwrap() + 1;
     let h = hover_text(&mut c, &u, &text, mean);
     assert!(h.contains("mean(...): f32") && h.contains("mean(x, axis=k, keepdim=false)"), "{h}");
@@ -200,10 +201,16 @@ fn a_client_session_gets_diagnostics_hovers_definitions_completions_and_formatti
     let messy = text.replace("mean(per_sample)", "mean( per_sample )").replace("    input z2", "input   z2");
     c.change(&u, 4, &messy);
     c.diagnostics(&u);
-    let edits = c.request("textDocument/formatting", json!({"textDocument": {"uri": u}, "options": {"tabSize": 4, "insertSpaces": true}}));
+    let edits = c.request(
+        "textDocument/formatting",
+        json!({"textDocument": {"uri": u}, "options": {"tabSize": 4, "insertSpaces": true}}),
+    );
     assert_eq!(edits[0]["newText"], json!(text), "{edits}");
     c.change(&u, 5, &text);
-    let none = c.request("textDocument/formatting", json!({"textDocument": {"uri": u}, "options": {"tabSize": 4, "insertSpaces": true}}));
+    let none = c.request(
+        "textDocument/formatting",
+        json!({"textDocument": {"uri": u}, "options": {"tabSize": 4, "insertSpaces": true}}),
+    );
     assert_eq!(none, json!([]));
     c.shutdown();
 }
@@ -250,7 +257,10 @@ fn malformed_buffers_get_diagnostics_and_never_break_the_server() {
                 assert!(r.get("error").is_none(), "{method} at {offset} of {} ({n}): {r}", path.display());
             }
         }
-        let r = c.call("textDocument/formatting", json!({"textDocument": {"uri": u}, "options": {"tabSize": 4, "insertSpaces": true}}));
+        let r = c.call(
+            "textDocument/formatting",
+            json!({"textDocument": {"uri": u}, "options": {"tabSize": 4, "insertSpaces": true}}),
+        );
         assert!(r.get("error").is_none(), "{r}");
         let r = c.call("textDocument/documentSymbol", json!({"textDocument": {"uri": u}}));
         assert!(r.get("error").is_none(), "{r}");

@@ -117,6 +117,18 @@ impl Analysis {
         out
     }
 
+    /// The distinct types of the loss program's outputs named `name` (`per_sample`, metrics)
+    /// in the modules lowered from `file`.
+    pub fn output_types(&self, name: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for (m, p) in &self.programs {
+            for o in p.outputs.iter().filter(|o| o.name == name) {
+                push_distinct(&mut out, p.ty(o.value).display(&m.dims).to_string());
+            }
+        }
+        out
+    }
+
     /// The distinct types of the nodes lowered from exactly `span`.
     pub fn node_types(&self, span: Span) -> Vec<String> {
         let mut out = Vec::new();

@@ -6,7 +6,8 @@ use super::builtins;
 use super::index::{member_defs, Def, DefKind, Index};
 use super::text;
 use lsp_types::{
-    CompletionItem, CompletionItemKind, DocumentSymbol, Location, MarkupContent, MarkupKind, Range, SymbolKind, TextEdit,
+    CompletionItem, CompletionItemKind, DocumentSymbol, Location, MarkupContent, MarkupKind, Range, SymbolKind,
+    TextEdit,
 };
 use sslc_compiler::span::Span;
 
@@ -65,6 +66,9 @@ fn describe(a: &Analysis, d: &Def) -> String {
             shapes = a.node_types(v.span);
         }
     }
+    if shapes.is_empty() && matches!(d.kind, DefKind::Output | DefKind::Metric) {
+        shapes = a.output_types(d.name);
+    }
     if shapes.is_empty() {
         shapes = a.node_types(d.name_span);
     }
@@ -83,12 +87,17 @@ fn describe(a: &Analysis, d: &Def) -> String {
         _ => first_line(d.span),
     };
     let mut out = code(&head);
-    let declared = matches!(d.kind, DefKind::FnParam | DefKind::Input | DefKind::Const | DefKind::Learn | DefKind::State);
+    let declared =
+        matches!(d.kind, DefKind::FnParam | DefKind::Input | DefKind::Const | DefKind::Learn | DefKind::State);
     if declared && !shape.is_empty() && d.ty.is_some_and(|t| slice(t.span) != shape) {
         out.push_str(&format!("\n\nshape: `{shape}`"));
     }
     if matches!(d.kind, DefKind::Param) {
-        out.push_str(&format!("\n\ndefault `{}`; set another with `--param {}=VALUE`", d.value.map_or("", |v| slice(v.span)), d.name));
+        out.push_str(&format!(
+            "\n\ndefault `{}`; set another with `--param {}=VALUE`",
+            d.value.map_or("", |v| slice(v.span)),
+            d.name
+        ));
     }
     if !d.doc.is_empty() {
         out.push_str(&format!("\n\n{}", d.doc));
@@ -124,7 +133,12 @@ pub fn completion(a: &Analysis, offset: usize) -> Vec<CompletionItem> {
     let mut seen = std::collections::HashSet::new();
     let mut add = |label: &str, kind, detail: String| {
         if seen.insert(label.to_string()) {
-            items.push(CompletionItem { label: label.into(), kind: Some(kind), detail: Some(detail), ..Default::default() });
+            items.push(CompletionItem {
+                label: label.into(),
+                kind: Some(kind),
+                detail: Some(detail),
+                ..Default::default()
+            });
         }
     };
     if let Some(root) = a.root {

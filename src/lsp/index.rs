@@ -129,9 +129,8 @@ fn locals<'a>(body: &'a [Stmt], out: &mut Vec<Def<'a>>) {
 /// The names a member declares.
 pub fn member_defs(m: &Member) -> Vec<Def<'_>> {
     let value = |kind, name, value, span, doc| vec![Def { doc, value: Some(value), ..def(name, kind, span) }];
-    let typed = |kind, name, ty, value, span, doc| {
-        vec![Def { doc, ty: Some(ty), value: Some(value), ..def(name, kind, span) }]
-    };
+    let typed =
+        |kind, name, ty, value, span, doc| vec![Def { doc, ty: Some(ty), value: Some(value), ..def(name, kind, span) }];
     match m {
         Member::Param { doc, name, value: v, span } => value(DefKind::Param, name, v, *span, doc.as_str()),
         Member::Dim { doc, name, value: v, span } => value(DefKind::Dim, name, v, *span, doc.as_str()),

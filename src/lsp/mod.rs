@@ -126,22 +126,29 @@ impl Server {
                 let p: lsp_types::HoverParams = params(req)?;
                 let pos = &p.text_document_position_params;
                 let hover = self.at(&pos.text_document.uri, pos.position, |d, offset| {
-                    features::hover(&d.analysis, offset)
-                        .map(|contents| lsp_types::Hover { contents: lsp_types::HoverContents::Markup(contents), range: None })
+                    features::hover(&d.analysis, offset).map(|contents| lsp_types::Hover {
+                        contents: lsp_types::HoverContents::Markup(contents),
+                        range: None,
+                    })
                 });
                 json(serde_json::to_value(hover.flatten()))
             }
             GotoDefinition::METHOD => {
                 let p: lsp_types::GotoDefinitionParams = params(req)?;
                 let pos = &p.text_document_position_params;
-                let loc = self.at(&pos.text_document.uri, pos.position, |d, offset| features::definition(&d.analysis, offset));
+                let loc = self
+                    .at(&pos.text_document.uri, pos.position, |d, offset| features::definition(&d.analysis, offset));
                 json(serde_json::to_value(loc.flatten().map(lsp_types::GotoDefinitionResponse::Scalar)))
             }
             Completion::METHOD => {
                 let p: lsp_types::CompletionParams = params(req)?;
                 let pos = &p.text_document_position;
                 let items = self.at(&pos.text_document.uri, pos.position, |d, offset| {
-                    let a = if d.analysis.files.is_empty() { d.parsed.as_ref().unwrap_or(&d.analysis) } else { &d.analysis };
+                    let a = if d.analysis.files.is_empty() {
+                        d.parsed.as_ref().unwrap_or(&d.analysis)
+                    } else {
+                        &d.analysis
+                    };
                     features::completion(a, offset.min(a.root.map_or(0, |r| a.text(r).len())))
                 });
                 json(serde_json::to_value(items.unwrap_or_default()))
@@ -207,7 +214,8 @@ impl Server {
         };
         let by_file = analysis.published(&uri);
         let published: HashSet<Uri> = by_file.keys().filter(|u| **u != uri).cloned().collect();
-        let mut out: Vec<Message> = old_published.difference(&published).map(|u| publish(u.clone(), Vec::new())).collect();
+        let mut out: Vec<Message> =
+            old_published.difference(&published).map(|u| publish(u.clone(), Vec::new())).collect();
         out.extend(by_file.into_iter().map(|(u, d)| publish(u, d)));
         self.docs.insert(uri, Document { text, analysis, parsed, published });
         out

@@ -64,7 +64,10 @@ pub fn uri_to_path(uri: &Uri) -> PathBuf {
     let raw = rest.as_bytes();
     let mut k = 0;
     while k < raw.len() {
-        let hex = raw.get(k + 1..k + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+        let hex = raw
+            .get(k + 1..k + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
         match (raw[k], hex) {
             (b'%', Some(b)) => {
                 bytes.push(b);

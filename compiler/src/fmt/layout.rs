@@ -131,7 +131,7 @@ impl<'a> Line<'a> {
         if matches!(n, "," | ")" | "]" | ".T") || matches!(p, "(" | "[") || unary_before {
             return false;
         }
-        if n == "}" || p == "{" {
+        if n == "}" || p == "{" || p == "," {
             return true;
         }
         if n == ":" || p == ":" {

@@ -29,7 +29,8 @@ pub const WIDTH: usize = 100;
 pub fn format(src: &str, file: FileId) -> Result<String, Diagnostic> {
     crate::front::parse(src, file)?;
     let tokens = lex::lex(src);
-    let structure = Structure::of(src, &tokens).ok_or_else(|| internal("the grammar refused text the parser accepted"))?;
+    let structure =
+        Structure::of(src, &tokens).ok_or_else(|| internal("the grammar refused text the parser accepted"))?;
     let out = Printer::new(src, &tokens, &structure).run();
     verify(src, &out)?;
     Ok(out)
@@ -122,7 +123,8 @@ impl Structure {
                     let after_docs = docs_end.map_or(span.start(), |d| d.as_span().end());
                     s.starts.extend(first_code_at(after_docs));
                     if matches!(pair.as_rule(), Rule::objective | Rule::mixin) {
-                        let head = pair.clone().into_inner().filter(|p| matches!(p.as_rule(), Rule::ident | Rule::extends));
+                        let head =
+                            pair.clone().into_inner().filter(|p| matches!(p.as_rule(), Rule::ident | Rule::extends));
                         let head_end = head.map(|p| p.as_span().end()).max().unwrap_or(span.start());
                         s.body_open.extend(first_text_at(head_end, "{"));
                         s.body_close.insert(span.end() - 1);
@@ -219,7 +221,10 @@ impl<'a> Printer<'a> {
             if t.kind == Kind::Comment {
                 continue;
             }
-            if s.starts.contains(&t.start) || s.body_close.contains(&t.start) || s.body_open.contains(&self.tokens[last].start) {
+            if s.starts.contains(&t.start)
+                || s.body_close.contains(&t.start)
+                || s.body_open.contains(&self.tokens[last].start)
+            {
                 break;
             }
             last = k;
@@ -261,17 +266,17 @@ mod tests {
 
     #[test]
     fn spaces_tokens_by_rule() {
-        let src = "fn f(a:[2 * N,D],b:int[N])->[N]{\nlet x=sum(a*2,axis=1)+-b[ 1: ,None]\n  return x .T}\n";
+        let src = "fn f(a:[2 * N,D],b:int[N])->[N]{\nlet x=sum(a*2,axis=1)+-b[ 1: ,None]+b[None,:]\n  return x .T}\n";
         assert_eq!(
             fmt(src),
-            "fn f(a: [2*N, D], b: int[N]) -> [N] {\n    let x = sum(a * 2, axis=1) + -b[1:, None]\n    return x.T\n}\n"
+            "fn f(a: [2*N, D], b: int[N]) -> [N] {\n    let x = sum(a * 2, axis=1) + -b[1:, None] + b[None, :]\n    return x.T\n}\n"
         );
     }
 
     #[test]
     fn breaks_long_lines_and_keeps_comments() {
         let long = (0..12).map(|k| format!("argument_{k}")).collect::<Vec<_>>().join(", ");
-        let src = format!("// head\n\n\n/// doc\nfn f(x: [N]) -> [N] { // trailing\n  return g({long})\n}}\n");
+        let src = format!("// head\n\n\n/// doc\nfn f(x: [N]) -> [N] {{ // trailing\n  return g({long})\n}}\n");
         let out = fmt(&src);
         assert!(out.starts_with("// head\n\n/// doc\nfn f(x: [N]) -> [N] {  // trailing\n    return g(\n"), "{out}");
         assert!(out.contains("        argument_11,\n    )\n}\n"), "{out}");
