@@ -81,6 +81,9 @@ fi
 
 cargo test --workspace --all-targets "${MPI_FEATURE[@]}" "$@"
 
+# The shipped objectives in `sslc fmt`'s layout (the binary the tests just built; instant).
+target/debug/sslc fmt --check objectives/
+
 # The CUDA build (`--features cuda,nccl`: candle's CUDA back end and NCCL), so a change that
 # breaks it fails CI: built from PyPI wheels, stripped and size-checked, `--device cuda` and
 # `--gpus 1` checked to fail cleanly without a GPU and the CPU path to train

@@ -5,6 +5,7 @@
 #![allow(clippy::result_large_err)]
 
 mod cli;
+mod lsp;
 
 fn main() {
     sslc_runtime::allocator::keep_freed_buffers();

@@ -20,6 +20,7 @@ pub mod back;
 pub mod cost;
 pub mod diag;
 pub mod eval;
+pub mod fmt;
 pub mod front;
 pub mod fuse;
 pub mod gradcheck;
@@ -36,6 +37,9 @@ use std::path::Path;
 /// The modules of every objective in a file, with the sources they came from.
 pub struct Compiled {
     pub modules: Vec<ir::Module>,
+    /// Every function checked on its own, with the module holding its dimensions (see
+    /// [`front::LoweredFile::functions`]).
+    pub functions: Vec<(ir::Module, ir::Program)>,
 }
 
 /// Runs the pipeline on `path`: load → lower → validate.
@@ -59,12 +63,26 @@ pub fn compile_text(path: &Path, text: String, sources: &mut Sources) -> Result<
     compile_files(&files)
 }
 
-fn compile_files(files: &[front::ParsedFile]) -> Result<Compiled, Vec<Diagnostic>> {
+/// Lowers and validates files [`front::load`] (or [`front::load_text`]) read.
+pub fn compile_files(files: &[front::ParsedFile]) -> Result<Compiled, Vec<Diagnostic>> {
     let lowered = front::lower(files)?;
     for m in &lowered.modules {
         validate_module(m).map_err(|e| vec![e])?;
     }
-    Ok(Compiled { modules: lowered.modules })
+    Ok(Compiled { modules: lowered.modules, functions: lowered.functions })
+}
+
+/// The warnings `sslc check` adds to a clean compile: every value the optimised program still
+/// stores at batch-squared size (or an error the optimiser found), for each module.
+pub fn check_warnings(modules: Vec<ir::Module>) -> Vec<Diagnostic> {
+    let mut warnings = Vec::new();
+    for m in modules {
+        match objective::Executable::new(m) {
+            Ok(exe) => warnings.extend(fuse::report(&exe).warnings(&exe)),
+            Err(d) => warnings.push(d),
+        }
+    }
+    warnings
 }
 
 /// Validates every program of a module; a failure here is a compiler bug, reported as such.

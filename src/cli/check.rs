@@ -79,18 +79,14 @@ pub fn check(args: &CheckArgs) -> i32 {
         match super::common::compile(file, &mut sources) {
             Ok(c) => {
                 let names: Vec<String> = c.modules.iter().map(|m| m.name.clone()).collect();
-                let mut warnings = Vec::new();
                 let mut refused = false;
-                for m in c.modules {
-                    if let Err(e) = settings_fit(&m, args) {
+                for m in &c.modules {
+                    if let Err(e) = settings_fit(m, args) {
                         eprintln!("error: {} (objective `{}`): {e}", file.display(), m.name);
                         refused = true;
                     }
-                    match sslc_compiler::objective::Executable::new(m) {
-                        Ok(exe) => warnings.extend(sslc_compiler::fuse::report(&exe).warnings(&exe)),
-                        Err(d) => warnings.push(d),
-                    }
                 }
+                let warnings = sslc_compiler::check_warnings(c.modules);
                 print_all(&warnings, &sources);
                 if refused || warnings.iter().any(|d| !d.warning) {
                     failed = true;

@@ -9,6 +9,7 @@ mod config;
 mod cuda;
 mod eval;
 mod export;
+mod fmt;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -51,7 +52,16 @@ enum Command {
     Bench(bench::BenchArgs),
     Export(export::ExportArgs),
     Embed(export::EmbedArgs),
+    Fmt(fmt::FmtArgs),
+    Lsp(LspArgs),
 }
+
+/// Serve the Language Server Protocol on stdin/stdout, for editors: diagnostics as you type,
+/// shapes on hover, go to definition, completion, outline and formatting.
+#[derive(clap::Args)]
+#[command(after_help = "Editors start this themselves (see editors/ and docs/editors.md); it is not meant to be \
+run by hand.")]
+pub struct LspArgs {}
 
 pub fn main() -> i32 {
     let cli = Cli::parse();
@@ -70,5 +80,7 @@ pub fn main() -> i32 {
         Command::Bench(args) => bench::bench(&args),
         Command::Export(args) => export::export(&args),
         Command::Embed(args) => export::embed(&args),
+        Command::Fmt(args) => fmt::fmt(&args),
+        Command::Lsp(_) => crate::lsp::run(),
     }
 }

@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 
 #[derive(pest_derive::Parser)]
 #[grammar = "../grammar/ssl.pest"]
-struct SslParser;
+pub(crate) struct SslParser;
 
 /// Brackets nested deeper than this are refused before parsing: the parser and the lowering
 /// recurse once per level, and no objective needs more.

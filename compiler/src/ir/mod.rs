@@ -736,6 +736,9 @@ pub struct Program {
     /// the objective, so a diagnostic found after inlining (the autodiff's) can point at the
     /// user's own code as well as into the library.
     pub call_sites: HashMap<Handle<Expr>, Span>,
+    /// The value each `let` name was bound to, by the span of the name: what an editor shows
+    /// when hovering the name (a function's `let` appears once per call, with its shapes there).
+    pub bindings: Vec<(Span, Handle<Expr>)>,
     pub body: Block,
     pub outputs: Vec<Output>,
 }

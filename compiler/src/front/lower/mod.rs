@@ -35,6 +35,9 @@ use std::collections::{HashMap, HashSet};
 /// The result of lowering one root file: one module per objective it declares.
 pub struct LoweredFile {
     pub modules: Vec<Module>,
+    /// Every function checked on its own (parameter shapes as declared), with the module that
+    /// holds its symbolic dimensions: what an editor shows inside a library's functions.
+    pub functions: Vec<(Module, Program)>,
 }
 
 /// An error has been recorded in the lowerer's diagnostics; the caller abandons the construct.

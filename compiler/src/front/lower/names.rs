@@ -134,6 +134,7 @@ impl<'a> Lower<'a> {
         let v = v?;
         if let Value::Node(h) = v {
             self.prog.names.entry(h).or_insert_with(|| n.to_string());
+            self.prog.bindings.push((decl_span, h));
         }
         self.cache.insert(n.to_string(), v.clone());
         Ok(v)

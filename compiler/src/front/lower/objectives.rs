@@ -50,8 +50,9 @@ pub fn lower(files: &[ParsedFile]) -> Result<LoweredFile, Vec<Diagnostic>> {
             }
         }
     }
+    let mut checked: Vec<(Module, crate::ir::Program)> = Vec::new();
     for f in functions.values() {
-        check_function(f, &functions, &mut diags);
+        checked.extend(check_function(f, &functions, &mut diags));
     }
     let mut objectives: HashMap<String, &ast::Objective> = HashMap::new();
     for file in files {
@@ -80,14 +81,19 @@ pub fn lower(files: &[ParsedFile]) -> Result<LoweredFile, Vec<Diagnostic>> {
     diags.retain(|d| seen.insert((d.message.clone(), d.primary.as_ref().map(|p| p.0))));
     diags.sort_by_key(|d| d.primary.as_ref().map(|p| (p.0.file, p.0.start)));
     if diags.is_empty() {
-        Ok(LoweredFile { modules })
+        Ok(LoweredFile { modules, functions: checked })
     } else {
         Err(diags)
     }
 }
 
-/// Checks a function on its own: parameter shapes become fresh symbolic dimensions.
-fn check_function(f: &ast::Function, functions: &Functions, diags: &mut Vec<Diagnostic>) {
+/// Checks a function on its own: parameter shapes become fresh symbolic dimensions. Returns
+/// the program so built, with the module holding its dimensions.
+fn check_function(
+    f: &ast::Function,
+    functions: &Functions,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<(Module, crate::ir::Program)> {
     let mut module = Module { name: f.name.name.clone(), ..Module::default() };
     let mut param_values = Vec::new();
     let mut ok = true;
@@ -108,7 +114,7 @@ fn check_function(f: &ast::Function, functions: &Functions, diags: &mut Vec<Diag
         }
     }
     if !ok {
-        return;
+        return None;
     }
     let mut lw = Lower::new(&module, functions, None, Context::Function);
     let mut args = Vec::new();
@@ -119,7 +125,9 @@ fn check_function(f: &ast::Function, functions: &Functions, diags: &mut Vec<Diag
     }
     let dims: HashMap<String, Dim> = module.dims.iter().map(|(h, d)| (d.name.clone(), Dim::symbol(h))).collect();
     let _ = lw.inline_body(f, args, dims, f.span);
-    diags.extend(lw.diags);
+    let (program, found) = lw.finish();
+    diags.extend(found);
+    Some((module, program))
 }
 
 /// Turns a declared type into an IR type, creating dimensions for names not yet known.

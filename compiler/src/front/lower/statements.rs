@@ -20,6 +20,7 @@ impl<'a> Lower<'a> {
                 };
                 if let Value::Node(h) = &v {
                     self.prog.names.entry(*h).or_insert_with(|| name.name.clone());
+                    self.prog.bindings.push((name.span, *h));
                 }
                 if let Some(scope) = self.scopes.last_mut() {
                     scope.insert(name.name.clone(), Local { value: v, mutable: *mutable, span: *span });
