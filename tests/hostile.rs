@@ -280,7 +280,7 @@ fn confined_objective(name: &str, text: &str) -> (std::path::PathBuf, std::path:
     (main, secrets)
 }
 
-/// 1. Imports read only `.ssl` files below the objective's folder: `..`, absolute paths and
+/// Case 1: Imports read only `.ssl` files below the objective's folder: `..`, absolute paths and
 /// links out of it are refused without echoing a byte of the file; `--import-path` allows a
 /// folder explicitly.
 #[test]
@@ -308,7 +308,7 @@ fn imports_are_confined_to_the_objective_folder() {
     assert_success(&finish_within(sslc(&allowed), Duration::from_secs(30)));
 }
 
-/// 2. A lock file planted as a link is refused, and the file it points to is untouched;
+/// Case 2: A lock file planted as a link is refused, and the file it points to is untouched;
 /// `embed`'s and `export`'s outputs planted as links are replaced, never written through.
 #[test]
 fn planted_links_are_never_written_through() {
@@ -338,7 +338,7 @@ fn planted_links_are_never_written_through() {
     assert!(!std::fs::symlink_metadata(features.join("features.npy")).unwrap().file_type().is_symlink());
 }
 
-/// 3. The run directory is written only by the run that holds it: a refused `--overwrite` of a
+/// Case 3: The run directory is written only by the run that holds it: a refused `--overwrite` of a
 /// live run, and a refused `--resume`, leave its config.toml as it was; a folder holding
 /// only a stale config.toml gets the new run's.
 #[test]
@@ -363,8 +363,8 @@ fn a_refused_run_leaves_the_run_directory_as_it_was() {
     assert!(written.contains("seed = 3"), "{written}");
 }
 
-/// 4. `export` and `embed` refuse to write over a run's files; the checkpoint survives.
-/// 7. A run whose weights diverge in its last step fails, however finite its loss was.
+/// Case 4: `export` and `embed` refuse to write over a run's files; the checkpoint survives.
+/// Case 7: A run whose weights diverge in its last step fails, however finite its loss was.
 #[test]
 fn run_files_are_never_replaced_and_divergence_fails_the_run() {
     let root = scratch_dir("hostile-run-files");
@@ -387,7 +387,7 @@ fn run_files_are_never_replaced_and_divergence_fails_the_run() {
     assert!(!diverged.join("summary.json").exists());
 }
 
-/// 5, 6, 9. `compare --plot` replaces a planted link instead of writing through it; every
+/// Case 5, 6, 9: `compare --plot` replaces a planted link instead of writing through it; every
 /// file sslc reads (a --config file, a checkpoint, --images, a summary) must be a regular
 /// file: FIFOs are refused within seconds; `embed` into a folder holding other files is refused.
 #[test]
@@ -438,7 +438,7 @@ fn fifos_are_refused_and_reports_are_written_whole() {
     }
 }
 
-/// 8, 10. Settings no run can use are refused before any work: a thread count far past the
+/// Case 8, 10: Settings no run can use are refused before any work: a thread count far past the
 /// cores (flag, config file, bench), a learning rate that is not finite, no probe epochs.
 #[test]
 fn impossible_settings_are_refused_before_any_work() {
@@ -468,7 +468,7 @@ fn impossible_settings_are_refused_before_any_work() {
     }
 }
 
-/// 12, 13. config.toml records the objective so that `--resume` works from any folder, and a
+/// Case 12, 13: config.toml records the objective so that `--resume` works from any folder, and a
 /// resume refuses an objective file changed since the run started unless told to allow it.
 #[test]
 fn a_resume_finds_its_objective_from_anywhere_and_refuses_a_changed_one() {
@@ -499,7 +499,7 @@ fn a_resume_finds_its_objective_from_anywhere_and_refuses_a_changed_one() {
     assert!(dir.join("summary.json").exists());
 }
 
-/// 10. A setting that breaks a relation the objective's shapes state (MoCo's `queue[N:]` needs
+/// Case 10: A setting that breaks a relation the objective's shapes state (MoCo's `queue[N:]` needs
 /// N <= Q) is refused before any data is read, naming the sizes, by `sslc run` and by
 /// `sslc check --set ... --batch-size ...`.
 #[test]
@@ -520,7 +520,7 @@ fn a_queue_shorter_than_the_batch_is_refused_before_any_work() {
     );
 }
 
-/// 11. Classes and indices outside their range are errors naming the value: a label file
+/// Case 11: Classes and indices outside their range are errors naming the value: a label file
 /// holding -1, K or 19.7 under `one_hot` (as PyTorch refuses them), and an out-of-range gather
 /// named by its operands (not `node %71 (Gather ...)`).
 #[test]

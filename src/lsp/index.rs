@@ -138,7 +138,7 @@ pub fn member_defs(m: &Member) -> Vec<Def<'_>> {
             names.iter().map(|n| Def { value: Some(pipeline), ..def(n, DefKind::View, *span) }).collect()
         }
         Member::Input { doc, name, ty, source, span } => typed(DefKind::Input, name, ty, source, *span, doc.as_str()),
-        Member::Const { doc, name, ty, init, learned, span } => {
+        Member::Const { doc, name, ty, init, learned, span, options: _ } => {
             let kind = if *learned { DefKind::Learn } else { DefKind::Const };
             typed(kind, name, ty, init, *span, doc.as_str())
         }

@@ -112,8 +112,8 @@ impl<'a> Line<'a> {
             lines: Vec::new(),
             cur: String::new(),
         };
-        for k in 0..n {
-            line.space[k] = k > 0 && line.space_before(k, inside[k]);
+        for (k, &group) in inside.iter().enumerate().take(n) {
+            line.space[k] = k > 0 && line.space_before(k, group);
             let w = if line.dropped(k) { 0 } else { text(k).chars().count() + usize::from(line.space[k]) };
             line.width[k + 1] = line.width[k] + w;
         }
