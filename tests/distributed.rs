@@ -158,9 +158,12 @@ fn assert_equivalent(name: &str, reference: &Path, run: &Path) {
         // the threshold, and with its sensitive dynamics the runs then separate at the 1e-3
         // level (measured: epoch 0 within 6e-5, epoch 1 within 3.4e-3). A wrong gradient or
         // unsynchronised BatchNorm shows at once (steps 0 and 1 are bit-identical here; per-rank
-        // BatchNorm differs by 1e-1), so the first epoch is held to 1e-4 and the end to 5e-3.
-        assert!(d.first_epoch_loss <= 1e-4, "{name}: a first-epoch loss differs by {:.3e}", d.first_epoch_loss);
-        assert!(d.loss <= 5e-3, "{name}: a step loss differs by {:.3e} (relative)", d.loss);
+        // BatchNorm differs by 1e-1), so the first epoch is held to 2e-3 and the end to 2e-2:
+        // one process runs the CPU engine's fused BatchNorm, two ranks the synchronised
+        // composition, whose sums run in another order (measured: 1.0e-3 in the first epoch,
+        // 8.7e-3 at the end; 6e-5 and 3.4e-3 when both ran the composition).
+        assert!(d.first_epoch_loss <= 2e-3, "{name}: a first-epoch loss differs by {:.3e}", d.first_epoch_loss);
+        assert!(d.loss <= 2e-2, "{name}: a step loss differs by {:.3e} (relative)", d.loss);
         assert!(d.accuracy <= 2.0, "{name}: the probe accuracy differs by {:.2} points", d.accuracy);
         return;
     }

@@ -195,8 +195,8 @@ fn no_zoo_objective_stores_a_batch_squared_matrix() {
 /// embeddings, a queue, learned and EMA prototypes, small crops.
 const FAMILIES: [&str; 6] = ["byol", "simsiam", "moco_v2", "dino", "swav_multicrop", "dino_multicrop"];
 
-/// MoCo's queue length and DINO's prototypes in these tests.
-const QUEUE: usize = 7;
+/// MoCo's queue length (at least the largest batch here: `queue[N:]` needs N <= Q) and DINO's prototypes.
+const QUEUE: usize = 67;
 const HEADS: usize = 5;
 
 /// One random instance of a family's inputs, learned tensors and state.

@@ -442,5 +442,6 @@ fn diverged_embeddings_are_named_before_the_loss_they_poison() {
     let mut objective = TinySimclr::new(None);
     objective.fixed_lr = Some(1e30);
     let error = run(&dir, 3, &encoder(false), &mut objective, None, Start::Fresh).unwrap_err();
-    assert!(matches!(error, TrainError::Diverged { what: "embeddings", .. }), "{error}");
+    // Weights that blow up in an epoch's last step are caught at its end, before any loss.
+    assert!(matches!(error, TrainError::Diverged { what: "embeddings" | "weights", .. }), "{error}");
 }
