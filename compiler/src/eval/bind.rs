@@ -146,6 +146,8 @@ impl<'a> BindRequest<'a> {
 impl Bindings {
     pub fn new(module: &Module, req: BindRequest) -> Result<Bindings, BindError> {
         let params = resolve_params(module, req.overrides)?;
+        // Read once: every value's size is checked against it, and a bind happens every step.
+        let available = available_memory();
         let mut dims = declared_sizes(module);
         apply_dim_overrides(module, req.overrides, &mut dims)?;
 
@@ -187,7 +189,8 @@ impl Bindings {
                         bind_shape(module, name, shape, t.dims(), &mut dims, &mut origin)?;
                         Ok::<Tensor, BindError>(t.to_dtype(req.dtype)?)
                     }
-                    None => Ok(build(&concrete(module, &format!("`{name}`"), shape, &dims)?)?.to_dtype(req.dtype)?),
+                    None => Ok(build(&concrete(module, &format!("`{name}`"), shape, &dims, available)?)?
+                        .to_dtype(req.dtype)?),
                 }
             };
         let consts = module
@@ -233,7 +236,7 @@ impl Bindings {
                     Some(name) => format!("`{name}` in {where_}"),
                     None => format!("a value in {where_}"),
                 };
-                concrete(module, &what, &program.ty(h).shape, &known)?;
+                concrete(module, &what, &program.ty(h).shape, &known, available)?;
             }
         }
         Ok(Bindings {
@@ -433,7 +436,13 @@ fn bind_shape(
 }
 
 /// The sizes of `shape` (the shape of `what`), checked against the memory available.
-fn concrete(module: &Module, what: &str, shape: &[Dim], dims: &[Option<i64>]) -> Result<Vec<usize>, BindError> {
+fn concrete(
+    module: &Module,
+    what: &str,
+    shape: &[Dim],
+    dims: &[Option<i64>],
+    available: u64,
+) -> Result<Vec<usize>, BindError> {
     let sizes = shape
         .iter()
         .map(|d| {
@@ -454,15 +463,15 @@ fn concrete(module: &Module, what: &str, shape: &[Dim], dims: &[Option<i64>]) ->
             Ok(value as usize)
         })
         .collect::<Result<Vec<usize>, _>>()?;
-    check_size(module, what, shape, &sizes)?;
+    check_size(module, what, shape, &sizes, available)?;
     Ok(sizes)
 }
 
 /// Refuses a tensor whose size overflows or exceeds the memory available now, before anything
 /// allocates it: a huge `--set K=...` is an error naming the dimension, not an abort.
-fn check_size(module: &Module, what: &str, shape: &[Dim], sizes: &[usize]) -> Result<(), BindError> {
+fn check_size(module: &Module, what: &str, shape: &[Dim], sizes: &[usize], available: u64) -> Result<(), BindError> {
     // Eight bytes an element: the reference evaluator's f64.
-    check_fits(what, sizes, 8).map_err(|why| {
+    fits_within(what, sizes, 8, available).map_err(|why| {
         // The largest dimension of the shape is the one to lower.
         let largest =
             shape.iter().zip(sizes).max_by_key(|(_, n)| **n).map(|(d, _)| d.display(&module.dims).to_string());
@@ -473,8 +482,12 @@ fn check_size(module: &Module, what: &str, shape: &[Dim], sizes: &[usize]) -> Re
 /// Whether `elements` values of `bytes_each` bytes fit in the memory available now; the
 /// error says how much they need and how much there is.
 pub fn check_fits(what: &str, elements: &[usize], bytes_each: u64) -> Result<(), String> {
+    fits_within(what, elements, bytes_each, available_memory())
+}
+
+/// [`check_fits`] against `available` bytes, read once by a caller that checks many values.
+fn fits_within(what: &str, elements: &[usize], bytes_each: u64, available: u64) -> Result<(), String> {
     let bytes = elements.iter().try_fold(bytes_each, |total, &n| total.checked_mul(n as u64));
-    let available = available_memory();
     match bytes {
         Some(b) if b <= available => Ok(()),
         _ => Err(format!(
