@@ -5,6 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Each phase's wall time, printed as it ends, so a slow CI run names its slow part.
+phase_start=$SECONDS
+phase() { echo "test.sh: $1 took $((SECONDS - phase_start)) s" >&2; phase_start=$SECONDS; }
+
 # Fashion-MNIST in IDX format, from Debian (the fashion-mnist-lt benchmark's default path).
 if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null; then
   echo "installing dataset-fashion-mnist (Debian) ..." >&2
@@ -70,6 +74,7 @@ for tool in fmt clippy; do
         [ "${CI:-}" = true ] && exit 1
     fi
 done
+phase "installing what the tests need"
 if cargo fmt --version >/dev/null 2>&1 && ! cargo fmt --all --check >/dev/null; then
     echo "cargo fmt --all --check failed: run 'cargo fmt --all'" >&2
     cargo fmt --all --check | head -40 >&2 || true
@@ -79,7 +84,11 @@ if cargo clippy --version >/dev/null 2>&1; then
     cargo clippy --workspace --all-targets --quiet "${MPI_FEATURE[@]}" -- -D warnings
 fi
 
+phase "fmt and clippy"
+cargo test --workspace --all-targets "${MPI_FEATURE[@]}" --no-run --quiet "$@"
+phase "building the tests"
 cargo test --workspace --all-targets "${MPI_FEATURE[@]}" "$@"
+phase "running the tests"
 
 # The shipped objectives in `sslc fmt`'s layout (the binary the tests just built; instant).
 target/debug/sslc fmt --check objectives/
@@ -91,6 +100,7 @@ target/debug/sslc fmt --check objectives/
 # SSLC_CUDA_CHECK=1. Cached in target/cuda-toolkit and target/cuda (cost: see the README).
 if [ "${CI:-}" = true ] || [ "${SSLC_CUDA_CHECK:-}" = 1 ]; then
     bash scripts/cuda-check.sh
+    phase "the CUDA check"
 fi
 
 # Coverage-guided fuzzing of the front end (fuzz/fuzz_targets/compile.rs) for a fixed time, the
@@ -114,5 +124,6 @@ if [ "$FUZZ_SECONDS" -gt 0 ]; then
             exit 1
         fi
         echo "cargo fuzz: $(grep -E '^Done' target/fuzz.log | tail -1)"
+        phase "cargo fuzz"
     fi
 fi
