@@ -5,7 +5,9 @@
 use candle_core::{DType, Device, Tensor, Var};
 use sslc_compiler::back::{self, Backend, BackendKind};
 use sslc_compiler::eval::{self, BindRequest, Bindings, Overrides};
-use sslc_compiler::ir::{Assigned, Event, Expr, Handle, Handler, Module, Momentum, ParamDecl, ParamValue, Program};
+use sslc_compiler::ir::{
+    Assigned, BuiltinValue, Event, Expr, Handle, Handler, Module, Momentum, ParamDecl, ParamValue, Program,
+};
 use sslc_compiler::objective::{Evaluation, Executable};
 use sslc_runtime::objective::{
     BoxError, EmbeddingSpec, ExtraAugmentation, Objective, RunPosition, StepOutput, ViewSpec,
@@ -143,7 +145,7 @@ impl CompiledObjective {
     /// Binds the objective at a batch of `batch` rows, so that sizes its own relations forbid
     /// (MoCo's queue shorter than the batch: `queue[N:]`) fail before any data is read.
     pub fn check_batch(&self, batch: usize) -> Result<(), BoxError> {
-        self.bindings(self.probe_inputs(batch)?, None, RunPosition { epoch: 0, epochs: 1 }).map(drop)
+        self.bindings(self.probe_inputs(batch)?, None, RunPosition::at_epoch(0, 1)).map(drop)
     }
 
     /// A parameter's value (`--set` or default) as a number; a run fraction as the fraction.
@@ -178,6 +180,7 @@ impl CompiledObjective {
             index,
             epoch: at.epoch,
             epochs: at.epochs,
+            iteration: at.iteration,
             base_lr: self.base_lr,
             dtype: DType::F32,
         };
@@ -217,7 +220,7 @@ impl CompiledObjective {
     /// steps and brought up to date by replaying the handlers' changes): for tests, which
     /// check it against [`Objective::state`].
     pub fn state_on(&mut self, device: &Device) -> Result<Vec<Tensor>, BoxError> {
-        let mut b = self.bindings(self.probe_inputs(2)?, None, RunPosition { epoch: 0, epochs: 1 })?;
+        let mut b = self.bindings(self.probe_inputs(2)?, None, RunPosition::at_epoch(0, 1))?;
         self.make_resident(&mut b, device)?;
         Ok(b.states)
     }
@@ -424,7 +427,7 @@ impl Objective for CompiledObjective {
             .filter(|(_, d)| d.init == sslc_compiler::ir::ConstInit::Labels)
             .map(|(_, d)| (d.name.clone(), classes.clone()))
             .collect();
-        let b = self.bindings(self.probe_inputs(2)?, None, RunPosition { epoch: 0, epochs: 1 })?;
+        let b = self.bindings(self.probe_inputs(2)?, None, RunPosition::at_epoch(0, 1))?;
         self.states = b.states.iter().map(|t| t.to_dtype(DType::F32)).collect::<Result<_, _>>()?;
         self.consts =
             self.exe.module.consts.iter().zip(&b.consts).map(|((_, d), t)| (d.name.clone(), t.clone())).collect();
@@ -469,6 +472,11 @@ impl Objective for CompiledObjective {
         b.base_lr = base_lr;
         let lr = self.value(&schedule.program, &b)?.to_dtype(DType::F64)?.to_vec0::<f64>()?;
         Ok(Some(lr))
+    }
+
+    fn schedules_per_step(&self) -> bool {
+        let per_step = |e: &Expr| matches!(e, Expr::Builtin(BuiltinValue::Iteration | BuiltinValue::Iterations));
+        self.exe.module.schedules.iter().any(|s| s.program.exprs.iter().any(|(_, e)| per_step(e)))
     }
 
     fn augmentation_args(&self, indices: &[u32], at: RunPosition) -> Result<Vec<Vec<Vec<f32>>>, BoxError> {
@@ -564,7 +572,7 @@ impl Objective for CompiledObjective {
         if !self.exe.module.handlers.iter().any(|h| h.event == Event::Epoch) {
             return Ok(());
         }
-        let b = self.bindings(self.probe_inputs(2)?, None, RunPosition { epoch: completed, epochs })?;
+        let b = self.bindings(self.probe_inputs(2)?, None, RunPosition::at_epoch(completed, epochs))?;
         self.run_handlers(Event::Epoch, &b)
     }
 }

@@ -301,6 +301,7 @@ fn indexed_bindings(m: &Module, index: Vec<i64>, dtype: DType) -> Bindings {
         index: Some(Tensor::from_vec(index, n, &Device::Cpu).expect("index")),
         epoch: 0,
         epochs: 10,
+        iteration: None,
         base_lr: 0.5,
         dtype,
     };

@@ -41,6 +41,7 @@ fn bindings(exe: &Executable, rows: usize, dim: usize, overrides: &[&str]) -> Bi
         index: None,
         epoch: 999,
         epochs: 1000,
+        iteration: None,
         base_lr: 0.5,
         dtype: DType::F32,
     };

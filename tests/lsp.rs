@@ -180,6 +180,48 @@ fn a_client_session_gets_diagnostics_hovers_definitions_completions_and_formatti
     let import = c.request("textDocument/definition", Client::at(&u, &text, 10));
     assert_eq!(import["uri"], json!(uri(lib)), "{import}");
 
+    // References: a parameter's declaration and use, with or without the declaration; an
+    // imported function's declaration in the library and its call here.
+    let tau_use = text.find("z2, tau)").unwrap() + 4;
+    let position = |offset: usize| Client::at(&u, &text, offset)["position"].clone();
+    let mut params = Client::at(&u, &text, tau_use);
+    params["context"] = json!({"includeDeclaration": true});
+    let refs = c.request("textDocument/references", params.clone());
+    let starts: Vec<Value> = refs.as_array().unwrap().iter().map(|r| r["range"]["start"].clone()).collect();
+    assert_eq!(starts, [position(text.find("tau = 0.2").unwrap()), position(tau_use)], "{refs}");
+    params["context"] = json!({"includeDeclaration": false});
+    let refs = c.request("textDocument/references", params);
+    assert_eq!(refs.as_array().unwrap().len(), 1, "{refs}");
+    let mut params = Client::at(&u, &text, text.find("nt_xent").unwrap());
+    params["context"] = json!({"includeDeclaration": true});
+    let refs = c.request("textDocument/references", params);
+    let uris: Vec<&str> = refs.as_array().unwrap().iter().map(|r| r["uri"].as_str().unwrap()).collect();
+    assert!(uris.contains(&uri(lib).as_str()) && uris.contains(&u.as_str()), "{refs}");
+
+    // Signature help in a call: a user function's declaration, a built-in's manual entry.
+    let help = c.request("textDocument/signatureHelp", Client::at(&u, &text, tau_use - 4));
+    assert!(help["signatures"][0]["label"].as_str().unwrap().starts_with("nt_xent(z1: [N, D]"), "{help}");
+    assert_eq!(help["activeParameter"], json!(1), "{help}");
+    let help = c.request("textDocument/signatureHelp", Client::at(&u, &text, text.find("per_sample)").unwrap()));
+    assert!(help["signatures"][0]["label"].as_str().unwrap().starts_with("mean(x"), "{help}");
+    assert_eq!(help["activeParameter"], json!(0), "{help}");
+
+    // Semantic tokens: what each identifier names, decoded from the protocol's relative form.
+    let tokens = c.request("textDocument/semanticTokens/full", json!({"textDocument": {"uri": u}}));
+    let data: Vec<u64> = tokens["data"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    let (mut line, mut character, mut decoded) = (0, 0, Vec::new());
+    for t in data.chunks(5) {
+        (line, character) = if t[0] > 0 { (line + t[0], t[1]) } else { (line, character + t[1]) };
+        decoded.push((json!({"line": line, "character": character}), t[2], t[3], t[4]));
+    }
+    let token = |offset: usize| decoded.iter().find(|d| d.0 == position(offset)).map(|d| (d.1, d.2, d.3));
+    assert_eq!(token(tau_use), Some((3, 2, 1)), "a param: a read-only variable");
+    assert_eq!(token(text.find("tau = 0.2").unwrap()), Some((3, 2, 1 | 4)), "its declaration");
+    assert_eq!(token(text.find("nt_xent").unwrap()), Some((7, 0, 0)), "an imported function");
+    assert_eq!(token(text.find("mean(").unwrap()), Some((4, 0, 2)), "a built-in function");
+    assert_eq!(token(text.find("objective").unwrap()), Some((9, 6, 0)), "a keyword");
+    assert_eq!(token(text.find("z1: [N").unwrap()).map(|t| t.1), Some(3), "an input: a property");
+
     // Hover inside the library: a function's local, with the shape its own signature gives.
     c.open(&uri(lib), &lib_text);
     assert_eq!(c.diagnostics(&uri(lib)), Vec::<Value>::new());
@@ -252,8 +294,16 @@ fn malformed_buffers_get_diagnostics_and_never_break_the_server() {
         c.diagnostics(&u);
         for offset in (0..text.len()).step_by(text.len() / 5 + 1).filter(|&k| text.is_char_boundary(k)) {
             let pos = Client::at(&u, &text, offset);
-            for method in ["textDocument/hover", "textDocument/definition", "textDocument/completion"] {
-                let r = c.call(method, pos.clone());
+            let mut with_context = pos.clone();
+            with_context["context"] = json!({"includeDeclaration": true});
+            for (method, params) in [
+                ("textDocument/hover", &pos),
+                ("textDocument/definition", &pos),
+                ("textDocument/completion", &pos),
+                ("textDocument/signatureHelp", &pos),
+                ("textDocument/references", &with_context),
+            ] {
+                let r = c.call(method, params.clone());
                 assert!(r.get("error").is_none(), "{method} at {offset} of {} ({n}): {r}", path.display());
             }
         }
@@ -262,9 +312,35 @@ fn malformed_buffers_get_diagnostics_and_never_break_the_server() {
             json!({"textDocument": {"uri": u}, "options": {"tabSize": 4, "insertSpaces": true}}),
         );
         assert!(r.get("error").is_none(), "{r}");
-        let r = c.call("textDocument/documentSymbol", json!({"textDocument": {"uri": u}}));
-        assert!(r.get("error").is_none(), "{r}");
+        for method in ["textDocument/documentSymbol", "textDocument/semanticTokens/full"] {
+            let r = c.call(method, json!({"textDocument": {"uri": u}}));
+            assert!(r.get("error").is_none(), "{method}: {r}");
+        }
         c.notify("textDocument/didClose", json!({"textDocument": {"uri": u}}));
     }
+    c.shutdown();
+}
+
+/// An imported file's unsaved buffer is what the objective importing it sees: renaming a
+/// library function in the editor breaks the open objective at once, and undoing it clears the
+/// error, without saving either file.
+#[test]
+fn unsaved_imported_buffers_are_what_imports_read() {
+    let (lib, objective) = (Path::new("objectives/lib/contrastive.ssl"), Path::new("objectives/simclr.ssl"));
+    let (lib_text, text) = (std::fs::read_to_string(lib).unwrap(), std::fs::read_to_string(objective).unwrap());
+    let (lib_uri, u) = (uri(lib), uri(objective));
+    let mut c = Client::start();
+    c.open(&lib_uri, &lib_text);
+    assert_eq!(c.diagnostics(&lib_uri), Vec::<Value>::new());
+    c.open(&u, &text);
+    assert_eq!(c.diagnostics(&u), Vec::<Value>::new());
+    c.change(&lib_uri, 2, &lib_text.replace("fn nt_xent(", "fn nt_xent_renamed("));
+    assert_eq!(c.diagnostics(&lib_uri), Vec::<Value>::new());
+    let d = c.diagnostics(&u);
+    assert!(d.iter().any(|d| d["message"].as_str().unwrap().contains("nt_xent")), "{d:?}");
+    c.change(&lib_uri, 3, &lib_text);
+    assert_eq!(c.diagnostics(&lib_uri), Vec::<Value>::new());
+    assert_eq!(c.diagnostics(&u), Vec::<Value>::new(), "the fix in the library clears the objective");
+    assert_eq!(std::fs::read_to_string(lib).unwrap(), lib_text, "nothing was saved");
     c.shutdown();
 }

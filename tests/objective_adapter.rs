@@ -43,7 +43,7 @@ fn gh_stores_the_anchor_scores_in_the_first_epoch_then_averages_them() {
     let mut o = objective("simclr_gh", &["K=4"]);
     o.init_state(&[0; 6], 8).unwrap();
     let z = embeddings(3, 8, 0.0);
-    let at = RunPosition { epoch: 0, epochs: 10 };
+    let at = RunPosition::at_epoch(0, 10);
     let out = o.step(&z, &[4, 0, 2], at).unwrap();
     o.after_step(&z, &[4, 0, 2], &out, at).unwrap();
     let e0 = rows(&state(&o, "e"));
@@ -54,14 +54,14 @@ fn gh_stores_the_anchor_scores_in_the_first_epoch_then_averages_them() {
     }
     // A later epoch (still in warm-up: beta 0.9) blends old and new.
     let z2 = embeddings(3, 8, 1.0);
-    let at = RunPosition { epoch: 1, epochs: 10 };
+    let at = RunPosition::at_epoch(1, 10);
     let out = o.step(&z2, &[4, 0, 2], at).unwrap();
     o.after_step(&z2, &[4, 0, 2], &out, at).unwrap();
     let e1 = rows(&state(&o, "e"));
     let o2 = {
         let mut fresh = objective("simclr_gh", &["K=4"]);
         fresh.init_state(&[0; 6], 8).unwrap();
-        let at0 = RunPosition { epoch: 0, epochs: 10 };
+        let at0 = RunPosition::at_epoch(0, 10);
         let out = fresh.step(&z2, &[4, 0, 2], at0).unwrap();
         fresh.after_step(&z2, &[4, 0, 2], &out, at0).unwrap();
         rows(&state(&fresh, "e"))
@@ -96,7 +96,7 @@ fn gh_weight_follows_the_reference_ramp() {
     o.init_state(&[0; 4], 8).unwrap();
     let z = embeddings(4, 8, 0.0);
     let weight = |o: &mut CompiledObjective, epoch| {
-        let out = o.step(&z, &[0, 1, 2, 3], RunPosition { epoch, epochs: 20 }).unwrap();
+        let out = o.step(&z, &[0, 1, 2, 3], RunPosition::at_epoch(epoch, 20)).unwrap();
         out.metrics.iter().find(|(n, _)| n == "gh_weight").unwrap().1
     };
     // (epoch + 1 - warm_up) / GH_warm_up, clamped to [0, 1].
@@ -110,7 +110,7 @@ fn bcl_tracks_the_momentum_loss_and_boosts_hard_samples() {
     let mut o = objective("bcl", &[]);
     o.init_state(&[0; 4], 5).unwrap();
     let z = embeddings(4, 5, 0.3);
-    let at = RunPosition { epoch: 0, epochs: 10 };
+    let at = RunPosition::at_epoch(0, 10);
     let out = o.step(&z, &[0, 1, 2, 3], at).unwrap();
     o.after_step(&z, &[0, 1, 2, 3], &out, at).unwrap();
     let m = state(&o, "m").to_vec1::<f32>().unwrap();
@@ -126,7 +126,7 @@ fn bcl_tracks_the_momentum_loss_and_boosts_hard_samples() {
     for (got, si) in w.iter().zip(&s) {
         assert!((got - (si / peak / 2.0 + 0.5)).abs() < 1e-5);
     }
-    let args = o.augmentation_args(&[2, 0], RunPosition { epoch: 1, epochs: 10 }).unwrap();
+    let args = o.augmentation_args(&[2, 0], RunPosition::at_epoch(1, 10)).unwrap();
     assert_eq!(args.len(), 1, "one extra augmentation: randaugment");
     let (p, strength) = (&args[0][0], &args[0][1]);
     assert!((p[0] - w[2]).abs() < 1e-6 && (p[1] - w[0]).abs() < 1e-6);
@@ -136,12 +136,12 @@ fn bcl_tracks_the_momentum_loss_and_boosts_hard_samples() {
 #[test]
 fn schedules_follow_the_reference_learning_rates() {
     let o = objective("simclr", &[]);
-    let lr = |epoch| o.learning_rate(RunPosition { epoch, epochs: 1000 }, 0.5).unwrap().unwrap();
+    let lr = |epoch| o.learning_rate(RunPosition::at_epoch(epoch, 1000), 0.5).unwrap().unwrap();
     assert!((lr(0) - 0.05).abs() < 1e-7, "linear warm-up: 0.5 * 1/10");
     assert!((lr(9) - (1e-6 + (0.5 - 1e-6) * 0.5 * (1.0 + 0.0f64.cos()))).abs() < 1e-6);
     assert!(lr(999) < 1e-5);
     let gh = objective("simclr_gh", &["K=4"]);
-    let lr = |epoch| gh.learning_rate(RunPosition { epoch, epochs: 1000 }, 0.5).unwrap().unwrap();
+    let lr = |epoch| gh.learning_rate(RunPosition::at_epoch(epoch, 1000), 0.5).unwrap().unwrap();
     // Stage one ends at 0.3 when warm-up (500) ends; stage two starts there.
     assert!((lr(498) - 0.3).abs() < 1e-3, "{}", lr(498));
     assert!((lr(499) - 0.3).abs() < 1e-6, "{}", lr(499));
@@ -186,7 +186,7 @@ fn state_sized_by_the_embedding_width_is_created_at_that_width() {
     o.init_state(&[0; 10], 8).unwrap();
     assert_eq!(state(&o, "queue").dims(), &[256, 8]);
     let z = embeddings(4, 8, 0.0);
-    let at = RunPosition { epoch: 0, epochs: 2 };
+    let at = RunPosition::at_epoch(0, 2);
     let out = o.step(&z, &[0, 1, 2, 3], at).unwrap();
     assert!(out.loss.is_finite());
     o.after_step(&z, &[0, 1, 2, 3], &out, at).unwrap();
@@ -202,7 +202,7 @@ fn state_sized_by_the_embedding_width_is_created_at_that_width() {
 #[test]
 fn the_training_labels_reach_the_objective() {
     let z = embeddings(4, 8, 0.5);
-    let at = RunPosition { epoch: 0, epochs: 10 };
+    let at = RunPosition::at_epoch(0, 10);
     let loss = |name: &str, labels: &[u32]| {
         let mut o = objective(name, &["tau=0.2"]);
         o.init_state(labels, 8).unwrap();
@@ -227,12 +227,12 @@ fn byol_declares_predictions_and_a_scheduled_momentum_target() {
         kinds,
         [("p1", 0, false, Some(512)), ("p2", 1, false, Some(512)), ("t1", 0, true, None), ("t2", 1, true, None)]
     );
-    let momentum = |epoch| o.target_momentum(RunPosition { epoch, epochs: 100 }).unwrap().unwrap();
+    let momentum = |epoch| o.target_momentum(RunPosition::at_epoch(epoch, 100)).unwrap().unwrap();
     assert!((momentum(0) - 0.99).abs() < 1e-6, "{}", momentum(0));
     assert!((momentum(50) - 0.995).abs() < 1e-6, "half-way up the cosine: {}", momentum(50));
     assert!(momentum(99) > 0.99999, "{}", momentum(99));
     // SimCLR has no target network.
-    assert_eq!(objective("simclr", &[]).target_momentum(RunPosition { epoch: 0, epochs: 1 }).unwrap(), None);
+    assert_eq!(objective("simclr", &[]).target_momentum(RunPosition::at_epoch(0, 1)).unwrap(), None);
 }
 
 /// MoCo's queue: after each step the batch's normalised keys enter at the end and the oldest
@@ -244,7 +244,7 @@ fn moco_enqueues_the_keys_and_drops_the_oldest() {
     let before = rows(&state(&o, "queue"));
     assert_eq!(before.len(), 6);
     let z = embeddings(4, 8, 0.3);
-    let at = RunPosition { epoch: 0, epochs: 2 };
+    let at = RunPosition::at_epoch(0, 2);
     let out = o.step(&z, &[0, 1, 2, 3], at).unwrap();
     o.after_step(&z, &[0, 1, 2, 3], &out, at).unwrap();
     let after = rows(&state(&o, "queue"));
@@ -272,7 +272,7 @@ fn dino_moves_the_teacher_head_and_the_center_after_each_step() {
     o.parameters()[0].1.set(&moved).unwrap();
     let mut z = embeddings(4, 8, 0.1);
     z.extend(embeddings(4, 8, 0.7));
-    let at = RunPosition { epoch: 0, epochs: 10 };
+    let at = RunPosition::at_epoch(0, 10);
     let out = o.step(&z, &[0, 1, 2, 3], at).unwrap();
     o.after_step(&z, &[0, 1, 2, 3], &out, at).unwrap();
     for (got, before) in rows(&state(&o, "W_t")).iter().flatten().zip(w.iter().flatten()) {
@@ -307,7 +307,7 @@ fn swav_renormalises_its_prototypes_after_each_step() {
     let (_, c) = o.parameters().remove(0);
     c.set(&(c.as_tensor() * 3.0).unwrap()).unwrap();
     let z = embeddings(4, 8, 0.2);
-    let at = RunPosition { epoch: 0, epochs: 2 };
+    let at = RunPosition::at_epoch(0, 2);
     let out = o.step(&z, &[0, 1, 2, 3], at).unwrap();
     o.after_step(&z, &[0, 1, 2, 3], &out, at).unwrap();
     let after = rows(c.as_tensor());
@@ -336,7 +336,7 @@ fn the_device_copy_of_the_state_follows_every_handler_bit_for_bit() {
         o.init_state(&[0, 1, 2, 0, 1, 2, 0], 8).unwrap();
         o.state_on(&Device::Cpu).unwrap();
         for (epoch, indices) in [[4u32, 0, 4, 2], [1, 1, 6, 3], [5, 0, 2, 2]].iter().enumerate() {
-            let at = RunPosition { epoch, epochs: 3 };
+            let at = RunPosition::at_epoch(epoch, 3);
             let z = embeddings(4, 8, epoch as f64);
             let out = o.step(&z, indices, at).unwrap();
             o.after_step(&z, indices, &out, at).unwrap();
@@ -378,4 +378,38 @@ fn constant_initialisers_and_optimizer_options_reach_the_run() {
     assert_eq!(options, [(1.0, 0.0), (0.25, 1.0), (1.0, 1.0)]);
     let names: Vec<String> = o.state().into_iter().map(|(n, _)| n).collect();
     assert_eq!(names, ["s", "log_scale", "bias", "C"], "state and learned tensors are checkpointed");
+}
+
+/// A schedule that reads `iteration` advances every step (BYOL's per-iteration momentum) and
+/// makes the loop ask at every step; without counted steps `iteration` is the epoch. A schedule
+/// of `epoch` alone is asked once per epoch.
+#[test]
+fn iteration_schedules_advance_every_step() {
+    let text = "import \"lib/schedules.ssl\"\n\
+        objective per_step {\n\
+            param base_momentum = 0.996\n\
+            views x1, x2 = simclr_augment(x)\n\
+            input p1: [N, D] = predictor(encoder(x1))\n\
+            input t2: [N, D] = encoder(x2, ema=momentum)\n\
+            schedule momentum = cosine(base_momentum, 1, iteration / iterations)\n\
+            loss = mean(2 - 2 * sum(normalize(p1, axis=1) * normalize(t2, axis=1), axis=1))\n\
+        }\n";
+    let mut sources = Sources::new();
+    let path = Path::new("objectives/per_step.ssl");
+    let module = sslc_compiler::compile_text(path, text.into(), &mut sources).ok().unwrap().modules.remove(0);
+    let mut o = CompiledObjective::new(module, Overrides::default(), 0.5, BackendKind::Reference).unwrap();
+    o.init_state(&[0; 4], 8).unwrap();
+    assert!(o.schedules_per_step());
+    let momentum = |at: RunPosition| o.target_momentum(at).unwrap().unwrap();
+    let byol = |t: f64| 1.0 - (1.0 - 0.996) * ((std::f64::consts::PI * t).cos() + 1.0) / 2.0;
+    for (epoch, step) in [(0, 0), (0, 1), (1, 5), (3, 9)] {
+        let got = momentum(RunPosition::at_epoch(epoch, 4).at_step(step, 10));
+        let want = byol((epoch * 10 + step) as f64 / 40.0);
+        assert!((got - want).abs() < 1e-6, "epoch {epoch} step {step}: {got} against {want}");
+    }
+    assert!(
+        momentum(RunPosition::at_epoch(0, 4).at_step(1, 10)) > momentum(RunPosition::at_epoch(0, 4).at_step(0, 10))
+    );
+    assert!((momentum(RunPosition::at_epoch(2, 4)) - byol(0.5)).abs() < 1e-6);
+    assert!(!objective("byol", &[]).schedules_per_step());
 }

@@ -46,6 +46,7 @@ fn bindings(m: &Module, n: usize, d: usize, seed: u64) -> Bindings {
             index: None,
             epoch: 7,
             epochs: 8,
+            iteration: None,
             base_lr: 0.5,
             dtype: DType::F64,
         },

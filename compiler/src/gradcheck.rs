@@ -245,6 +245,7 @@ mod tests {
             index: None,
             epoch: 0,
             epochs: 1,
+            iteration: None,
             base_lr: 0.5,
             dtype: DType::F64,
         };

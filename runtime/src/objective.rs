@@ -67,6 +67,22 @@ pub struct RunPosition {
     pub epoch: usize,
     /// Epochs in the whole run.
     pub epochs: usize,
+    /// `(steps completed, steps in the run)` when the caller counts steps (the training
+    /// loop); `None` counts one step per epoch.
+    pub iteration: Option<(usize, usize)>,
+}
+
+impl RunPosition {
+    /// The start of epoch `epoch` of `epochs`, steps not counted.
+    pub fn at_epoch(epoch: usize, epochs: usize) -> RunPosition {
+        RunPosition { epoch, epochs, iteration: None }
+    }
+
+    /// Step `step` (0-based) of an epoch of `steps_per_epoch` steps.
+    pub fn at_step(self, step: usize, steps_per_epoch: usize) -> RunPosition {
+        let iteration = (self.epoch * steps_per_epoch + step, self.epochs * steps_per_epoch);
+        RunPosition { iteration: Some(iteration), ..self }
+    }
 }
 
 pub struct StepOutput {
@@ -113,6 +129,11 @@ pub trait Objective: Send {
     }
     /// The learning rate for an epoch, when the objective declares `schedule lr`.
     fn learning_rate(&self, at: RunPosition, base_lr: f64) -> Result<Option<f64>, BoxError>;
+    /// Whether the learning rate or the target momentum change within an epoch (a schedule
+    /// reads `iteration`): the loop then asks for them at every step, else once per epoch.
+    fn schedules_per_step(&self) -> bool {
+        false
+    }
     /// Per-sample arguments of every extra augmentation for the given dataset indices:
     /// `result[augmentation][argument][sample]`.
     fn augmentation_args(&self, indices: &[u32], at: RunPosition) -> Result<Vec<Vec<Vec<f32>>>, BoxError>;

@@ -310,7 +310,7 @@ fn sdclr_accumulated_gradient_is_the_sum_of_the_two_separate_backward_passes() {
 
     let embeddings = forward_embeddings(&model, &specs, &views).unwrap();
     let detached: Vec<Tensor> = embeddings.iter().map(Tensor::detach).collect();
-    let output = objective.step(&detached, &indices, RunPosition { epoch: 0, epochs: 1 }).unwrap();
+    let output = objective.step(&detached, &indices, RunPosition::at_epoch(0, 1)).unwrap();
     let together = backpropagate(&embeddings, &output.grads).unwrap();
     // Step 1 alone (dense view, pruned side detached) and step 2 alone (pruned view).
     let dense_only =

@@ -9,7 +9,7 @@ use sslc_compiler::eval::{BindRequest, Bindings, Overrides};
 use sslc_compiler::objective::Executable;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -53,11 +53,25 @@ pub struct BenchArgs {
     set: Vec<String>,
 }
 
-/// Counts the bytes the process holds, and the most it has held since the last reset.
+/// Counts the bytes the process holds, and the most it has held since the last reset, while
+/// [`COUNTING`] is on. It is the global allocator of the whole binary (Rust has one per binary),
+/// so everything else sslc does pays one relaxed load per allocation, not the two contended
+/// atomic updates of counting.
 struct CountingAllocator;
 
-static HELD: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
+/// Set by `sslc bench` alone. Counts are signed: a block allocated before counting began and
+/// freed after only lowers them, and `bench` reads differences.
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static HELD: AtomicIsize = AtomicIsize::new(0);
+static PEAK: AtomicIsize = AtomicIsize::new(0);
+
+fn counted(added: usize, removed: usize) {
+    if COUNTING.load(Ordering::Relaxed) {
+        let change = added as isize - removed as isize;
+        let now = HELD.fetch_add(change, Ordering::Relaxed) + change;
+        PEAK.fetch_max(now, Ordering::Relaxed);
+    }
+}
 
 // SAFETY: every call is forwarded to the system allocator unchanged; only counters are added.
 unsafe impl GlobalAlloc for CountingAllocator {
@@ -65,8 +79,7 @@ unsafe impl GlobalAlloc for CountingAllocator {
         // SAFETY: forwarded as is.
         let p = unsafe { System.alloc(layout) };
         if !p.is_null() {
-            let now = HELD.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
+            counted(layout.size(), 0);
         }
         p
     }
@@ -74,23 +87,20 @@ unsafe impl GlobalAlloc for CountingAllocator {
         // SAFETY: forwarded as is.
         let p = unsafe { System.alloc_zeroed(layout) };
         if !p.is_null() {
-            let now = HELD.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
+            counted(layout.size(), 0);
         }
         p
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: forwarded as is.
         unsafe { System.dealloc(ptr, layout) };
-        HELD.fetch_sub(layout.size(), Ordering::Relaxed);
+        counted(0, layout.size());
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: forwarded as is.
         let p = unsafe { System.realloc(ptr, layout, new_size) };
         if !p.is_null() {
-            HELD.fetch_sub(layout.size(), Ordering::Relaxed);
-            let now = HELD.fetch_add(new_size, Ordering::Relaxed) + new_size;
-            PEAK.fetch_max(now, Ordering::Relaxed);
+            counted(new_size, layout.size());
         }
         p
     }
@@ -103,6 +113,7 @@ pub fn bench(args: &BenchArgs) -> i32 {
     if args.batch == 0 || args.dim == 0 || args.iters == 0 {
         return fail("--batch, --dim and --iters must be at least 1");
     }
+    COUNTING.store(true, Ordering::Relaxed);
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let pool = match rayon::ThreadPoolBuilder::new().num_threads(threads).build() {
         Ok(p) => p,
@@ -140,7 +151,7 @@ fn run(args: &BenchArgs, threads: usize) -> Result<serde_json::Value, i32> {
     let result = backend.evaluate(&bindings).map_err(fail)?;
     let tensors = result.per_sample.iter().chain(result.grads.iter().map(|(_, g)| g));
     let result_bytes: usize = tensors.map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum();
-    let peak_extra_bytes = PEAK.load(Ordering::Relaxed).saturating_sub(before + result_bytes);
+    let peak_extra_bytes = (PEAK.load(Ordering::Relaxed) - before - result_bytes as isize).max(0);
     drop(result);
 
     // A GPU back end is timed by its own events around the kernels, as bench/torch_gpu.py

@@ -128,6 +128,7 @@ fn eval_inner(args: &EvalArgs) -> Result<(), i32> {
         index: None,
         epoch: args.epoch.unwrap_or(args.epochs.saturating_sub(1)),
         epochs: args.epochs,
+        iteration: None,
         base_lr: 0.5,
         dtype: if args.f64 { DType::F64 } else { DType::F32 },
     };

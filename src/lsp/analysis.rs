@@ -8,7 +8,7 @@ use sslc_compiler::front::ParsedFile;
 use sslc_compiler::ir::{Module, Program};
 use sslc_compiler::span::{FileId, Span};
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub struct Analysis {
     pub sources: Sources,
@@ -21,10 +21,11 @@ pub struct Analysis {
 }
 
 impl Analysis {
-    /// Compiles `text` as the file at `path` (imports read from disk, relative to it).
-    pub fn new(path: &Path, text: String) -> Analysis {
+    /// Compiles `text` as the file at `path`, its imports read from `open` (the editor's
+    /// other buffers, by canonical path, saved or not) or else from disk.
+    pub fn new(path: &Path, text: String, open: &HashMap<PathBuf, String>) -> Analysis {
         let mut sources = Sources::new();
-        let loaded = sslc_compiler::front::load_text(path, text, &mut sources);
+        let loaded = sslc_compiler::front::load_text_with(path, text, open, &mut sources);
         let root = sources.find(path);
         let mut a = Analysis { sources, root, files: Vec::new(), programs: Vec::new(), diagnostics: Vec::new() };
         match loaded {

@@ -17,6 +17,8 @@ pub struct Builtin {
 pub const VALUES: &[(&str, &str)] = &[
     ("epoch", "`f32`: epochs completed so far"),
     ("epochs", "`f32`: epochs in the run"),
+    ("iteration", "`f32`: optimizer steps completed in the run (schedules that read it run every step)"),
+    ("iterations", "`f32`: optimizer steps in the run"),
     ("base_lr", "`f32`: the learning rate given with `--lr`"),
     ("index", "`int[N]`: the dataset indices of the batch's samples"),
     ("samples", "the dataset size, a dimension"),

@@ -1,14 +1,15 @@
 //! `sslc lsp`: a Language Server Protocol server over stdin/stdout for `.ssl` files.
 //!
 //! Every change to a buffer recompiles it (with its imports, from disk) and publishes the
-//! diagnostics `sslc check` would print; hover, definition, completion, the outline and
-//! formatting answer from that compile. A request that panics is answered with an error and the
+//! diagnostics `sslc check` would print; hover, definition, references, completion, signature
+//! help, semantic tokens, the outline and formatting answer from that compile. A request that panics is answered with an error and the
 //! server goes on: an editor must never lose its server to a malformed buffer.
 
 mod analysis;
 mod builtins;
 mod features;
 mod index;
+mod navigate;
 mod text;
 
 use analysis::Analysis;
@@ -16,13 +17,18 @@ use lsp_server::{Connection, ErrorCode, Message, Notification, Request, Response
 use lsp_types::notification::{
     DidChangeTextDocument, DidCloseTextDocument, DidOpenTextDocument, Notification as _, PublishDiagnostics,
 };
-use lsp_types::request::{Completion, DocumentSymbolRequest, Formatting, GotoDefinition, HoverRequest, Request as _};
+use lsp_types::request::{
+    Completion, DocumentSymbolRequest, Formatting, GotoDefinition, HoverRequest, References, Request as _,
+    SemanticTokensFullRequest, SignatureHelpRequest,
+};
 use lsp_types::{
-    CompletionOptions, HoverProviderCapability, OneOf, PublishDiagnosticsParams, ServerCapabilities,
+    CompletionOptions, HoverProviderCapability, OneOf, PublishDiagnosticsParams, SemanticTokensFullOptions,
+    SemanticTokensOptions, SemanticTokensServerCapabilities, ServerCapabilities, SignatureHelpOptions,
     TextDocumentSyncCapability, TextDocumentSyncKind, Uri,
 };
 use std::collections::{HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
 
 struct Document {
     text: String,
@@ -47,6 +53,18 @@ fn capabilities() -> ServerCapabilities {
         completion_provider: Some(CompletionOptions::default()),
         document_symbol_provider: Some(OneOf::Left(true)),
         document_formatting_provider: Some(OneOf::Left(true)),
+        references_provider: Some(OneOf::Left(true)),
+        signature_help_provider: Some(SignatureHelpOptions {
+            trigger_characters: Some(vec!["(".into(), ",".into()]),
+            ..Default::default()
+        }),
+        semantic_tokens_provider: Some(SemanticTokensServerCapabilities::SemanticTokensOptions(
+            SemanticTokensOptions {
+                legend: navigate::legend(),
+                full: Some(SemanticTokensFullOptions::Bool(true)),
+                ..Default::default()
+            },
+        )),
         ..Default::default()
     }
 }
@@ -153,6 +171,29 @@ impl Server {
                 });
                 json(serde_json::to_value(items.unwrap_or_default()))
             }
+            References::METHOD => {
+                let p: lsp_types::ReferenceParams = params(req)?;
+                let pos = &p.text_document_position;
+                let include = p.context.include_declaration;
+                let locations = self.at(&pos.text_document.uri, pos.position, |d, offset| {
+                    navigate::references(&d.analysis, offset, include)
+                });
+                json(serde_json::to_value(locations.unwrap_or_default()))
+            }
+            SignatureHelpRequest::METHOD => {
+                let p: lsp_types::SignatureHelpParams = params(req)?;
+                let pos = &p.text_document_position_params;
+                let help = self.at(&pos.text_document.uri, pos.position, |d, offset| {
+                    navigate::signature_help(&d.analysis, offset)
+                });
+                json(serde_json::to_value(help.flatten()))
+            }
+            SemanticTokensFullRequest::METHOD => {
+                let p: lsp_types::SemanticTokensParams = params(req)?;
+                let tokens =
+                    self.docs.get(&p.text_document.uri).map(|d| navigate::semantic_tokens(&d.analysis, &d.text));
+                json(serde_json::to_value(tokens.map(lsp_types::SemanticTokensResult::Tokens)))
+            }
             DocumentSymbolRequest::METHOD => {
                 let p: lsp_types::DocumentSymbolParams = params(req)?;
                 let symbols = self.docs.get(&p.text_document.uri).map(|d| features::symbols(&d.analysis));
@@ -201,9 +242,38 @@ impl Server {
         }
     }
 
-    /// Recompiles a buffer and publishes its diagnostics.
+    /// The open buffers other than `except`, by canonical path: what imports read.
+    fn open_texts(&self, except: &Uri) -> HashMap<PathBuf, String> {
+        let canonical = |uri: &Uri| {
+            let path = text::uri_to_path(uri);
+            path.canonicalize().unwrap_or(path)
+        };
+        self.docs.iter().filter(|(uri, _)| *uri != except).map(|(uri, d)| (canonical(uri), d.text.clone())).collect()
+    }
+
+    /// Recompiles a buffer and publishes its diagnostics, then those of the open buffers that
+    /// import it (they see its unsaved text).
     fn update(&mut self, uri: Uri, text: String) -> Vec<Message> {
-        let analysis = Analysis::new(&text::uri_to_path(&uri), text.clone());
+        let mut out = self.analyse(uri.clone(), text);
+        let path = text::uri_to_path(&uri);
+        let path = path.canonicalize().unwrap_or(path);
+        let dependents: Vec<(Uri, String)> = (self.docs.iter())
+            .filter(|(other, d)| {
+                // Its imports, or (when they did not load) the files it reported errors in.
+                let imports = d.analysis.files.iter().chain(d.parsed.iter().flat_map(|p| &p.files));
+                **other != uri && (d.published.contains(&uri) || imports.into_iter().any(|f| f.path == path))
+            })
+            .map(|(other, d)| (other.clone(), d.text.clone()))
+            .collect();
+        for (other, text) in dependents {
+            out.extend(self.analyse(other, text));
+        }
+        out
+    }
+
+    /// Recompiles one buffer and publishes its diagnostics.
+    fn analyse(&mut self, uri: Uri, text: String) -> Vec<Message> {
+        let analysis = Analysis::new(&text::uri_to_path(&uri), text.clone(), &self.open_texts(&uri));
         let (parsed, old_published) = match self.docs.remove(&uri) {
             Some(old) if analysis.files.is_empty() => {
                 let last_parsed = if old.analysis.files.is_empty() { old.parsed } else { Some(old.analysis) };

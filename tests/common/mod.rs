@@ -219,6 +219,7 @@ pub fn bind(module: &Module, setup: &Setup) -> Bindings {
         index: None,
         epoch: setup.epoch,
         epochs: setup.epochs,
+        iteration: None,
         base_lr: 0.5,
         dtype: setup.dtype,
     };

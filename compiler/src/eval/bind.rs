@@ -101,6 +101,10 @@ pub struct Bindings {
     pub epoch: usize,
     /// Epochs in the run.
     pub epochs: usize,
+    /// Optimizer steps completed in the run.
+    pub iteration: usize,
+    /// Optimizer steps in the run.
+    pub iterations: usize,
     pub base_lr: f64,
     /// Dataset indices of the batch (`int[N]`, as i64).
     pub index: Option<Tensor>,
@@ -119,6 +123,9 @@ pub struct BindRequest<'a> {
     pub index: Option<Tensor>,
     pub epoch: usize,
     pub epochs: usize,
+    /// `(steps completed, steps in the run)`; `None`: one step per epoch (`sslc eval`,
+    /// `gradcheck`, `bench`), so that `iteration` and `epoch` agree.
+    pub iteration: Option<(usize, usize)>,
     pub base_lr: f64,
     pub dtype: DType,
 }
@@ -137,6 +144,7 @@ impl<'a> BindRequest<'a> {
             index: None,
             epoch: 999,
             epochs: 1000,
+            iteration: None,
             base_lr: 0.5,
             dtype,
         }
@@ -248,6 +256,8 @@ impl Bindings {
             states,
             epoch: req.epoch,
             epochs: req.epochs,
+            iteration: req.iteration.map_or(req.epoch, |(done, _)| done),
+            iterations: req.iteration.map_or(req.epochs, |(_, total)| total),
             base_lr: req.base_lr,
             index,
             forward: Vec::new(),

@@ -195,6 +195,8 @@ impl Evaluator<'_> {
             Expr::Builtin(v) => match v {
                 BuiltinValue::Epoch => self.scalar(b.epoch as f64, Elem::Real)?,
                 BuiltinValue::Epochs => self.scalar(b.epochs as f64, Elem::Real)?,
+                BuiltinValue::Iteration => self.scalar(b.iteration as f64, Elem::Real)?,
+                BuiltinValue::Iterations => self.scalar(b.iterations as f64, Elem::Real)?,
                 BuiltinValue::BaseLr => self.scalar(b.base_lr, Elem::Real)?,
                 BuiltinValue::SampleIndex => b.index.clone().ok_or(Failure::Eval(EvalError::NoIndex))?,
             },

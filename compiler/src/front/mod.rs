@@ -16,6 +16,7 @@ pub use parse::parse;
 
 use crate::diag::{Diagnostic, Sources};
 use crate::span::{FileId, Span};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// A parsed file and where it came from.
@@ -72,7 +73,19 @@ pub fn load_with(root: &Path, roots: &ImportRoots, sources: &mut Sources) -> Res
 /// Parses in-memory text registered under `path` (for tests, fuzzing and editors); imports
 /// are resolved against the file system relative to `path`, within `path`'s folder.
 pub fn load_text(path: &Path, text: String, sources: &mut Sources) -> Result<Vec<ParsedFile>, Vec<Diagnostic>> {
+    load_text_with(path, text, &HashMap::new(), sources)
+}
+
+/// [`load_text`], with imports read from `open` (texts by canonical path: an editor's unsaved
+/// buffers) before the disk.
+pub fn load_text_with(
+    path: &Path,
+    text: String,
+    open: &HashMap<PathBuf, String>,
+    sources: &mut Sources,
+) -> Result<Vec<ParsedFile>, Vec<Diagnostic>> {
     let mut loader = Loader::new(sources, ImportRoots::default().resolve(path));
+    loader.open = open.clone();
     let id = loader.sources.add(path, text);
     loader.parse_and_follow(id, path, path.to_path_buf());
     loader.finish()
@@ -90,6 +103,8 @@ struct Loader<'a> {
     /// Files being loaded, outermost first, to detect import cycles.
     stack: Vec<PathBuf>,
     diags: Vec<Diagnostic>,
+    /// Texts read instead of the disk's, by canonical path.
+    open: HashMap<PathBuf, String>,
 }
 
 /// The bytes of a source file, read up to one byte past [`MAX_FILE_BYTES`] so that the size
@@ -121,7 +136,7 @@ const O_NONBLOCK: i32 = 0o4000;
 
 impl<'a> Loader<'a> {
     fn new(sources: &'a mut Sources, roots: Vec<PathBuf>) -> Loader<'a> {
-        Loader { sources, roots, files: Vec::new(), stack: Vec::new(), diags: Vec::new() }
+        Loader { sources, roots, files: Vec::new(), stack: Vec::new(), diags: Vec::new(), open: HashMap::new() }
     }
 
     fn finish(self) -> Result<Vec<ParsedFile>, Vec<Diagnostic>> {
@@ -194,7 +209,11 @@ impl<'a> Loader<'a> {
             self.diags.push(d);
             return;
         }
-        let bytes = match read_source(path) {
+        let read = match self.open.get(&canonical) {
+            Some(text) => Ok(text.clone().into_bytes()),
+            None => read_source(path),
+        };
+        let bytes = match read {
             Ok(b) => b,
             Err(e) => {
                 let mut d = Diagnostic::new(format!("cannot read `{}`: {e}", path.display()))

@@ -368,6 +368,11 @@ pub enum BuiltinValue {
     Epoch,
     /// Epochs in the whole run, `f32`.
     Epochs,
+    /// Optimizer steps completed before the current one, over the whole run, `f32`: what a
+    /// schedule that advances every step (BYOL's and DINO's momentum) reads.
+    Iteration,
+    /// Optimizer steps in the whole run, `f32`.
+    Iterations,
     /// The learning rate the user asked for (`--lr`), `f32`.
     BaseLr,
     /// Dataset indices of the batch's samples, `int[N]`.

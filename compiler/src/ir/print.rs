@@ -185,6 +185,8 @@ fn describe(m: &Module, e: &Expr) -> String {
         Expr::Builtin(b) => match b {
             BuiltinValue::Epoch => "epoch".into(),
             BuiltinValue::Epochs => "epochs".into(),
+            BuiltinValue::Iteration => "iteration".into(),
+            BuiltinValue::Iterations => "iterations".into(),
             BuiltinValue::BaseLr => "base_lr".into(),
             BuiltinValue::SampleIndex => "index".into(),
         },

@@ -101,7 +101,7 @@ impl SyntheticStep {
                 let name = objective.name().to_string();
                 objective.init_state(&vec![0; batch_size], width).map_err(objective_error("init_state", &name))?;
                 let target_momentum = objective
-                    .target_momentum(RunPosition { epoch: 0, epochs: 1 })
+                    .target_momentum(RunPosition::at_epoch(0, 1))
                     .map_err(objective_error("target_momentum", &name))?;
                 let indices = (0..batch_size as u32).collect();
                 Some(SyntheticObjective { objective, name, indices, target_momentum })
@@ -122,7 +122,7 @@ impl Synthetic<'_> {
             None => backpropagate(&embeddings, &self.grads)?,
             Some(o) => {
                 let detached: Vec<Tensor> = embeddings.iter().map(Tensor::detach).collect();
-                let at = RunPosition { epoch: 0, epochs: 1 };
+                let at = RunPosition::at_epoch(0, 1);
                 let output = o.objective.step(&detached, &o.indices, at).map_err(objective_error("step", &o.name))?;
                 backpropagate_online(&embeddings, &output.grads, &self.specs)?
             }

@@ -6,29 +6,29 @@ mod loader_source;
 mod run_dir;
 mod settings;
 mod source;
+mod trainer;
 
 use std::collections::HashMap;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
 use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 
-use crate::checkpoint::{Checkpoint, CheckpointError};
-use crate::dist::{self, Collective, DistError, Shard, SingleProcess};
+use crate::checkpoint::CheckpointError;
+use crate::dist::{Collective, DistError, SingleProcess};
 use crate::model::{Branch, Encoder, EncoderConfig, Mode, ModelError};
-use crate::objective::{BoxError, EmbeddingSpec, Objective, RunPosition, StepOutput};
-use crate::optim::{OptimError, Optimizer, Sgd};
+use crate::objective::{BoxError, EmbeddingSpec, Objective, StepOutput};
+use crate::optim::OptimError;
 use crate::presets::RunContext;
 use crate::probe::{self, Evaluation, Features, Group, ProbeConfig, ProbeError};
-use crate::report::{self, MetricsLog, Progress, ReportError};
+use crate::report::ReportError;
 
 pub use bench::{measure_train_throughput, synthetic_steps, SyntheticStep, Throughput};
 pub use loader_source::{FeatureImages, LoaderSource};
 pub use run_dir::{inside_run, is_run_file, RunDir, Start, LOCK_FILE};
 pub use source::{BatchSource, LabelledImages};
+use trainer::Trainer;
 
 /// The checkpoint's file name inside a run directory.
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
@@ -232,290 +232,16 @@ pub fn train_parallel(
     encoder: &Encoder,
     objective: &mut dyn Objective,
     source: &mut dyn BatchSource,
-    mut evaluation: Option<EvalSetup<'_>>,
+    evaluation: Option<EvalSetup<'_>>,
     parallel: &Parallel,
 ) -> Result<TrainOutcome, TrainError> {
-    let (dir, start) = (run.path.as_path(), run.start);
-    let collective = parallel.collective.as_ref();
-    let lead = collective.rank() == 0;
-    let checkpoint_path = dir.join(CHECKPOINT_FILE);
-    let identity = RunIdentity {
-        train: config.clone(),
-        encoder: encoder.config().clone(),
-        objective: objective.name().to_string(),
-    }
-    .to_json();
-    let specs = objective.embeddings();
-    let needs = EncoderNeeds::of(&specs)?;
-    let view_count = objective.views().count();
-    if let Some(spec) = specs.iter().find(|spec| spec.view >= view_count) {
-        return Err(TrainError::Setup(format!(
-            "embedding `{}` asks for view {}, but the objective has {view_count} views",
-            spec.name, spec.view
-        )));
-    }
-    needs.check(encoder.config())?;
-    let prune_fraction = needs.prune_fraction;
-    let prepared = match lead {
-        true => run.take().map(Some),
-        false => Ok(None),
-    };
-    let _lock = dist::agree(collective, prepared)??;
-    let name = objective.name().to_string();
-    objective
-        .init_state(source.labels(), encoder.config().embedding_dim)
-        .map_err(objective_error("init_state", &name))?;
-    // The objective's own parameters train with the encoder's, under names of their own.
-    let objective_parameters = objective.parameters();
-    let own_name = |n: &str| format!("objective.{n}");
-    let mut optimizer = Sgd::new(config.momentum, config.weight_decay).with_options(
-        objective_parameters.iter().zip(objective.parameter_options()).map(|((n, _), o)| (own_name(n), o)),
-    );
-    let parameters: Vec<(String, candle_core::Var)> = encoder
-        .parameters()
-        .iter()
-        .cloned()
-        .chain(objective_parameters.iter().map(|(n, v)| (own_name(n), v.clone())))
-        .collect();
-
-    let mut begin = || -> Result<usize, TrainError> {
-        Ok(match start {
-            Start::Fresh | Start::Overwrite if !lead => 0,
-            Start::Fresh | Start::Overwrite => {
-                run.clear()?;
-                0
-            }
-            Start::Resume => {
-                // Checked under the lock: a live run's directory is in use, not empty of checkpoints.
-                if !checkpoint_path.exists() {
-                    return Err(match lead {
-                        true => nothing_to_resume(dir),
-                        false => TrainError::Setup(format!(
-                            "rank {} cannot read {}, which rank 0 resumes from; every rank must see the run directory \
-                             (put it on a filesystem all nodes share)",
-                            collective.rank(),
-                            checkpoint_path.display()
-                        )),
-                    });
-                }
-                let saved = Checkpoint::load(&checkpoint_path)?;
-                if saved.config != identity || saved.seed != config.seed {
-                    let mut differ = settings::differences(&saved.config, &identity);
-                    if saved.seed != config.seed && !differ.iter().any(|line| line.starts_with("seed:")) {
-                        differ.push(format!("seed: saved {}, requested {}", saved.seed, config.seed));
-                    }
-                    return Err(TrainError::Setup(format!(
-                        "{} was written with other settings than this resume asks for:\n  {}\nresume with the run's own \
-                         settings (drop or change the flags above), start the run afresh with --out {} --overwrite, or \
-                         give the new settings a new --out",
-                        checkpoint_path.display(),
-                        differ.join("\n  "),
-                        dir.display()
-                    )));
-                }
-                encoder.load_state(&saved.model)?;
-                optimizer.load_state(&saved.optimizer)?;
-                objective.load_state(&saved.objective).map_err(objective_error("load_state", &name))?;
-                saved.epoch
-            }
-        })
-    };
-    let begun = begin().and_then(|epoch| if lead { run.write_record().map(|()| epoch) } else { Ok(epoch) });
-    let first_epoch = dist::agree(collective, begun)??;
-    same_on_every_rank(collective, first_epoch, "the checkpoint's epoch")?;
-    let metrics = match lead {
-        true => MetricsLog::open(&dir.join(report::METRICS_FILE), first_epoch).map(Some),
-        false => Ok(None),
-    };
-    let mut metrics = dist::agree(collective, metrics)??;
-    let knn_k = evaluation.as_ref().map_or(&[][..], |setup| &setup.probe.knn_k[..]);
-    if let Some(metrics) = metrics.as_mut() {
-        metrics.log_to_tensorboard(&identity, &report::headline_metric_tags(knn_k));
-    }
-    let shard = match source.batch_indices(first_epoch, config.seed).map_err(TrainError::Source)?.first() {
-        Some(batch) => Shard::of(collective, batch.len())?,
-        None => Shard::WHOLE,
-    };
-    source.set_shard(shard).map_err(TrainError::Source)?;
-    let sync = parallel.sync_batch_norm && collective.world() > 1;
-    encoder.synchronize_batch_norm(sync.then(|| parallel.collective.clone()))?;
-    let mut last_epoch_loss = None;
-    let mut last_evaluation = None;
-    let mut progress = Progress::new(lead && std::io::stdout().is_terminal());
-
+    let mut trainer = Trainer::new(run, config, encoder, objective, source, evaluation, parallel)?;
+    let first_epoch = trainer.begin()?;
     let last_epoch = config.stop_after.map_or(config.epochs, |s| s.min(config.epochs));
     for epoch in first_epoch..last_epoch {
-        let at = RunPosition { epoch, epochs: config.epochs };
-        if let Some(fraction) = prune_fraction {
-            encoder.update_prune_mask(fraction)?;
-        }
-        let target_momentum = match needs.momentum_target {
-            false => None,
-            true => Some(
-                objective
-                    .target_momentum(at)
-                    .map_err(objective_error("target_momentum", &name))?
-                    .ok_or_else(|| TrainError::Setup(format!("objective `{name}` gives no target momentum")))?,
-            ),
-        };
-        let lr = match objective.learning_rate(at, config.base_lr).map_err(objective_error("learning_rate", &name))? {
-            Some(lr) => lr,
-            None => reference_learning_rate(epoch, config.epochs, config.base_lr, config.lr_min),
-        };
-        if !lr.is_finite() {
-            let checkpoint = checkpoint_path.clone();
-            return Err(TrainError::Diverged { what: "learning rate", value: lr, epoch, step: 0, checkpoint });
-        }
-        let batches = source.batch_indices(epoch, config.seed).map_err(TrainError::Source)?;
-        // Augmentation arguments are evaluated once per epoch, for every sample, so the source
-        // can augment ahead of the training step.
-        let extra_args = match objective.views().extra.is_empty() {
-            true => Vec::new(),
-            false => {
-                let all: Vec<u32> = (0..source.samples() as u32).collect();
-                objective.augmentation_args(&all, at).map_err(objective_error("augmentation_args", &name))?
-            }
-        };
-        source.start_epoch(epoch, config.seed, extra_args).map_err(TrainError::Source)?;
-        progress.start_epoch(epoch, config.epochs, batches.len());
-        let epoch_start = Instant::now();
-        let (mut loss_sum, mut images, mut waited) = (0.0, 0usize, 0.0);
-        let mut metric_sums: Vec<(String, f64)> = Vec::new();
-        for (step, indices) in batches.iter().enumerate() {
-            let step_start = Instant::now();
-            if !indices.len().is_multiple_of(shard.world) {
-                Shard::of(collective, indices.len())?;
-            }
-            let views = source.views(shard.part(indices)).map_err(TrainError::Source)?;
-            let data_wait = step_start.elapsed().as_secs_f64();
-            let embeddings = forward_embeddings(encoder, &specs, &views)?;
-            // The global batch's embeddings, the same on every rank, where the encoder left
-            // them: an objective that runs elsewhere copies them itself (docs/gpu.md).
-            let detached =
-                embeddings.iter().map(|e| dist::gather_rows(collective, &e.detach())).collect::<Result<Vec<_>, _>>()?;
-            let diverged =
-                |what, value| TrainError::Diverged { what, value, epoch, step, checkpoint: checkpoint_path.clone() };
-            let output = objective.step(&detached, indices, at);
-            // The loss is the step's one read of a device value; the embeddings are inspected
-            // only once it is not finite (or the objective failed), to name what diverged first.
-            let finite = output.as_ref().is_ok_and(|o| o.loss.is_finite());
-            if !finite {
-                if let Some(bad) = first_non_finite(&detached)? {
-                    return Err(diverged("embeddings", bad));
-                }
-            }
-            let output = output.map_err(objective_error("step", &name))?;
-            if !output.loss.is_finite() {
-                return Err(diverged("loss", output.loss));
-            }
-            check_gradients(&output, &detached, &objective_parameters, &name)?;
-            let own_grads =
-                output.grads.iter().map(|grad| dist::own_rows(collective, grad)).collect::<Result<Vec<_>, _>>()?;
-            let grads = backpropagate_online(&embeddings, &own_grads, &specs)?;
-            let mut grads = dist::all_reduce_gradients(collective, encoder.parameters(), grads)?;
-            // The objective's own parameters already have the global loss's gradient on every
-            // rank (each rank evaluates the whole loss): they are not summed over ranks.
-            for ((_, parameter), grad) in objective_parameters.iter().zip(&output.parameter_grads) {
-                grads.insert(parameter.as_tensor(), grad.clone());
-            }
-            optimizer.step(&parameters, &grads, lr)?;
-            if let Some(momentum) = target_momentum {
-                encoder.update_target(momentum)?;
-            }
-            objective.after_step(&detached, indices, &output, at).map_err(objective_error("after_step", &name))?;
-
-            let seconds = step_start.elapsed().as_secs_f64();
-            waited += data_wait;
-            loss_sum += output.loss * indices.len() as f64;
-            images += indices.len();
-            accumulate_metrics(&mut metric_sums, &output.metrics, indices.len());
-            let images_per_second = indices.len() as f64 / seconds.max(1e-9);
-            if let Some(metrics) = metrics.as_mut() {
-                let wait_fraction = data_wait / seconds.max(1e-9);
-                metrics.step(
-                    epoch,
-                    step,
-                    output.loss,
-                    lr,
-                    seconds,
-                    images_per_second,
-                    wait_fraction,
-                    &output.metrics,
-                )?;
-            }
-            progress.step(output.loss, images_per_second);
-        }
-        objective.end_epoch(epoch + 1, config.epochs).map_err(objective_error("end_epoch", &name))?;
-        replicas_agree(collective, encoder, objective, sync, epoch + 1)?;
-        // A step can leave non-finite weights behind a finite loss (an infinite learning rate,
-        // the last step of a run): such weights are never checkpointed nor evaluated.
-        let weights: Vec<Tensor> = parameters.iter().map(|(_, var)| var.as_tensor().clone()).collect();
-        if let Some(bad) = first_non_finite(&weights)? {
-            let (step, checkpoint) = (batches.len().saturating_sub(1), checkpoint_path.clone());
-            return Err(TrainError::Diverged { what: "weights", value: bad, epoch, step, checkpoint });
-        }
-        let seconds = epoch_start.elapsed().as_secs_f64();
-        let epoch_loss = loss_sum / images.max(1) as f64;
-        let means: Vec<(String, f64)> =
-            metric_sums.into_iter().map(|(key, sum)| (key, sum / images.max(1) as f64)).collect();
-        if let Some(metrics) = metrics.as_mut() {
-            let wait_fraction = waited / seconds.max(1e-9);
-            metrics.epoch(epoch, epoch_loss, lr, seconds, images as f64 / seconds.max(1e-9), wait_fraction, &means)?;
-        }
-        progress.finish_epoch();
-        last_epoch_loss = Some(epoch_loss);
-
-        let completed = epoch + 1;
-        let Some(metrics) = metrics.as_mut() else {
-            // Ranks other than 0 write nothing and do not evaluate.
-            pause_for_tests(completed, collective.rank());
-            continue;
-        };
-        Checkpoint {
-            epoch: completed,
-            seed: config.seed,
-            config: identity.clone(),
-            model: encoder.state(),
-            optimizer: optimizer.state()?,
-            objective: objective.state(),
-        }
-        .save(&checkpoint_path)?;
-
-        pause_for_tests(completed, collective.rank());
-        let due = completed == config.epochs || (config.eval_every > 0 && completed % config.eval_every == 0);
-        if let (true, Some(setup)) = (due, evaluation.as_mut()) {
-            let result = evaluate_encoder(encoder, setup)?;
-            metrics.evaluation(completed, &result)?;
-            last_evaluation = Some(result);
-        }
+        trainer.epoch(epoch)?;
     }
-    let Some(mut metrics) = metrics else {
-        return Ok(TrainOutcome { epochs: config.epochs.max(first_epoch), last_epoch_loss, evaluation: None });
-    };
-    // A run resumed at its end whose final evaluation or reports never completed (killed
-    // during the evaluation, or a failed write) does them now.
-    let reported = dir.join(report::SUMMARY_FILE).exists() && dir.join(report::PER_CLASS_PLOT_FILE).exists();
-    if let (None, true, false, Some(setup)) =
-        (&last_evaluation, last_epoch == config.epochs, reported, evaluation.as_mut())
-    {
-        let result = evaluate_encoder(encoder, setup)?;
-        if !metrics.has_evaluation(config.epochs)? {
-            metrics.evaluation(config.epochs, &result)?;
-        }
-        last_evaluation = Some(result);
-    }
-    if let (Some(setup), Some(result)) = (evaluation.as_ref(), last_evaluation.as_ref()) {
-        report::write_summary(dir, &identity, result)?;
-        report::plot_per_class(
-            &dir.join(report::PER_CLASS_PLOT_FILE),
-            &result.linear,
-            &setup.train_counts,
-            &setup.groups,
-        )?;
-        metrics.finish_tensorboard(&dir.join(report::PER_CLASS_PLOT_FILE));
-        println!("{}", report::group_table(&result.linear));
-    }
-    Ok(TrainOutcome { epochs: config.epochs.max(first_epoch), last_epoch_loss, evaluation: last_evaluation })
+    trainer.finish(first_epoch, last_epoch)
 }
 
 /// Checks once per epoch that every rank holds the same model and objective state, as the

@@ -268,6 +268,8 @@ fn leaf_value<'b>(leaf: &Leaf, module: &Module, b: &'b Bindings) -> Result<LeafV
         Leaf::Param(p) => LeafValue::Number(b.param(module, Handle::new(*p))),
         Leaf::Builtin(BuiltinValue::Epoch) => LeafValue::Number(b.epoch as f64),
         Leaf::Builtin(BuiltinValue::Epochs) => LeafValue::Number(b.epochs as f64),
+        Leaf::Builtin(BuiltinValue::Iteration) => LeafValue::Number(b.iteration as f64),
+        Leaf::Builtin(BuiltinValue::Iterations) => LeafValue::Number(b.iterations as f64),
         Leaf::Builtin(BuiltinValue::BaseLr) => LeafValue::Number(b.base_lr),
         Leaf::RunFraction(f) => LeafValue::Number(b.run_fraction(*f) as f64),
         Leaf::DimSize(d) => LeafValue::Number(b.size(module, d) as f64),

@@ -28,6 +28,8 @@ pub fn scalar_values(plan: &Plan, module: &Module, b: &Bindings) -> Vec<Value> {
                 HostScalar::Param(p) => b.param(module, p),
                 HostScalar::Epoch => b.epoch as f64,
                 HostScalar::Epochs => b.epochs as f64,
+                HostScalar::Iteration => b.iteration as f64,
+                HostScalar::Iterations => b.iterations as f64,
                 HostScalar::BaseLr => b.base_lr,
                 HostScalar::RunFraction(f) => b.run_fraction(f) as f64,
             };

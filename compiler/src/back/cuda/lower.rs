@@ -660,6 +660,8 @@ impl<'l, 'a> Emitter<'l, 'a> {
                 let (value, name) = match b {
                     BuiltinValue::Epoch => (HostScalar::Epoch, "epoch"),
                     BuiltinValue::Epochs => (HostScalar::Epochs, "epochs"),
+                    BuiltinValue::Iteration => (HostScalar::Iteration, "iteration"),
+                    BuiltinValue::Iterations => (HostScalar::Iterations, "iterations"),
                     BuiltinValue::BaseLr => (HostScalar::BaseLr, "base_lr"),
                     BuiltinValue::SampleIndex => unreachable!("sample indices are a buffer"),
                 };

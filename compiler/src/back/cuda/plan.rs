@@ -39,6 +39,8 @@ pub enum HostScalar {
     Param(Handle<ParamDecl>),
     Epoch,
     Epochs,
+    Iteration,
+    Iterations,
     BaseLr,
     RunFraction(f64),
 }

@@ -24,6 +24,8 @@ pub(super) enum BuiltinName {
 const VALUES: &[(&str, BuiltinName)] = &[
     ("epoch", BuiltinName::Value(BuiltinValue::Epoch)),
     ("epochs", BuiltinName::Value(BuiltinValue::Epochs)),
+    ("iteration", BuiltinName::Value(BuiltinValue::Iteration)),
+    ("iterations", BuiltinName::Value(BuiltinValue::Iterations)),
     ("base_lr", BuiltinName::Value(BuiltinValue::BaseLr)),
     ("index", BuiltinName::Value(BuiltinValue::SampleIndex)),
     ("inf", BuiltinName::Infinity),
