@@ -96,11 +96,26 @@ target/debug/sslc fmt --check objectives/
 # The CUDA build (`--features cuda,nccl`: candle's CUDA back end and NCCL), so a change that
 # breaks it fails CI: built from PyPI wheels, stripped and size-checked, `--device cuda` and
 # `--gpus 1` checked to fail cleanly without a GPU and the CPU path to train
-# (scripts/cuda-check.sh). Under CI=true, or with
-# SSLC_CUDA_CHECK=1. Cached in target/cuda-toolkit and target/cuda (cost: see the README).
+# (scripts/cuda-check.sh). Under CI=true, or with SSLC_CUDA_CHECK=1. Built in the test profile
+# beside the tests' build, reusing every dependency the `cuda` feature leaves alone; the
+# toolkit is cached in target/cuda-toolkit (cost: see the README).
 if [ "${CI:-}" = true ] || [ "${SSLC_CUDA_CHECK:-}" = 1 ]; then
-    bash scripts/cuda-check.sh
+    cuda_features=cuda,nccl
+    [ "${#MPI_FEATURE[@]}" = 0 ] || cuda_features=cuda,nccl,mpi
+    SSLC_CUDA_PROFILE=test SSLC_CUDA_FEATURES=$cuda_features bash scripts/cuda-check.sh
     phase "the CUDA check"
+fi
+
+# The VS Code extension packaged as a .vsix (scripts/vsix.sh: vsce from the npm registry; about
+# 25 s on a clean clone, 4 s with target/vsix kept), under CI=true or with SSLC_VSIX=1.
+if [ "${CI:-}" = true ] || [ "${SSLC_VSIX:-}" = 1 ]; then
+    if command -v npm >/dev/null; then
+        bash scripts/vsix.sh
+        phase "the VS Code extension"
+    else
+        echo "NOTICE: npm is missing; the VS Code extension (.vsix) is not packaged" >&2
+        [ "${CI:-}" = true ] && exit 1
+    fi
 fi
 
 # Coverage-guided fuzzing of the front end (fuzz/fuzz_targets/compile.rs) for a fixed time, the

@@ -2,8 +2,8 @@
 # Packages the VS Code extension in editors/vscode into target/vsix/sslc-ssl-<version>.vsix.
 #
 # The build happens in a copy under target/vsix/build, so node_modules never lands in the
-# source tree, and npm downloads are cached in target/npm-cache, which CI keeps between runs
-# (target/ is git-ignored). vsce itself is a devDependency, pinned by package-lock.json.
+# source tree, and npm downloads are cached in target/npm-cache (git-ignored), which a rerun
+# reuses. vsce itself is a devDependency, pinned by package-lock.json.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 src="$root/editors/vscode"

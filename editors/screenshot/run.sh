@@ -12,7 +12,7 @@ export SSLC="$(realpath -m "${SSLC:-$root/target/debug/sslc}")"
 out="$(realpath -m "${1:-$root/docs/images/lsp-hover.png}")"
 
 cd "$here"
-# npm downloads are cached under target/, which is git-ignored and kept by CI; node_modules
+# npm downloads are cached under target/, which is git-ignored and reused by reruns; node_modules
 # here is git-ignored too. --prefer-offline: a warm cache answers without asking the registry.
 npm ci --cache "$root/target/npm-cache" --prefer-offline --no-audit --no-fund --loglevel=error
 node shoot.js "$out"
