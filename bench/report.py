@@ -27,12 +27,16 @@ def train_table(rows):
     """Training steps (`bench/run.sh train`): per network, the median over rounds of each
     round's median step, sslc against PyTorch."""
     steps = {}
-    for r in rows:
+    for r in (r for r in rows if "backbone" in r):
         backend = r.get("backend", "sslc")
         steps.setdefault((r["backbone"].lower(), r["batch"], r["image_size"]), {}).setdefault(backend, []).append(r)
+    sgemm = next((r["gflops"] for r in rows if "sgemm_size" in r), None)
     print(f"Training step, {rows[0]['threads']} threads (images/s from the median of round medians)\n")
-    print("| network | batch | image | rounds | sslc img/s | PyTorch eager img/s | ratio |")
-    print("|---|---|---|---|---|---|---|")
+    if sgemm:
+        print(f"Machine sgemm rate (torch.mm, 2048³): {sgemm:.1f} GFLOP/s; % of sgemm: the step's conv and linear")
+        print("FLOPs (forward on both views and backward) over its median time, against that rate\n")
+    print("| network | batch | image | rounds | sslc img/s | PyTorch eager img/s | ratio | sslc % of sgemm | PyTorch % of sgemm |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for (backbone, batch, size), by_backend in steps.items():
         rate = {
             backend: batch / statistics.median(r["median_seconds_per_step"] for r in runs)
@@ -40,7 +44,10 @@ def train_table(rows):
         }
         ours, theirs = rate.get("sslc", float("nan")), rate.get("torch", float("nan"))
         rounds = len(by_backend.get("sslc", []))
-        print(f"| {backbone} | {batch} | {size}x{size} | {rounds} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f}x |")
+        gflop = next((r["gflop_per_step"] for r in by_backend.get("torch", []) if "gflop_per_step" in r), None)
+        share = lambda img_s: f"{100 * gflop * img_s / batch / sgemm:.0f}%" if gflop and sgemm else "-"
+        print(f"| {backbone} | {batch} | {size}x{size} | {rounds} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f}x "
+              f"| {share(ours)} | {share(theirs)} |")
 
 
 def main():

@@ -8,8 +8,9 @@
 #
 # `bench/run.sh train` measures training steps instead: `sslc bench-train` against the same
 # step in PyTorch eager (bench/torch_reference.py train: same network and projector, two
-# views, SGD with momentum and weight decay), ResNet-18 (CIFAR stem) at batch 64 on 32x32x3 and
-# the small conv net at batch 256 on 28x28x1, alternating in rounds as above.
+# views, SGD with momentum and weight decay), ResNet-18 (CIFAR stem) at batch 64 on 32x32x3,
+# the small conv net at batch 256 on 28x28x1 and ResNet-50 (ImageNet stem) at batch 32 on
+# 64x64x3, alternating in rounds as above.
 #
 #   bench/run.sh                      # 2 threads, 3 rounds
 #   THREADS=1 OUT=bench/results-1.jsonl bench/run.sh
@@ -35,8 +36,12 @@ out=${OUT:-bench/results.jsonl}
 
 if [ "${1:-}" = train ]; then
     steps=${STEPS:-3}
+    # SHAPES="resnet18 64 32 3;small 256 28 1" measures those alone (backbone batch size channels).
+    shapes=("resnet18 64 32 3" "small 256 28 1" "resnet50 32 64 3")
+    [ -z "${SHAPES:-}" ] || IFS=';' read -ra shapes <<< "$SHAPES"
+    "$python" bench/torch_reference.py sgemm --threads "$threads" >> "$out"
     for round in $(seq "$rounds"); do
-        for shape in "resnet18 64 32 3" "small 256 28 1"; do
+        for shape in "${shapes[@]}"; do
             read -r backbone batch size channels <<< "$shape"
             "$sslc" bench-train --backbone "$backbone" --batch-size "$batch" --image-size "$size" \
                 --channels "$channels" --steps "$steps" --threads "$threads" >> "$out"

@@ -140,19 +140,47 @@ class Block(nn.Module):
         return F.relu(out + (x if self.short is None else self.short(x)))
 
 
+class Bottleneck(nn.Module):
+    """torchvision's ResNet-50 block (stride on the 3x3 conv), as sslc's `resnet50`."""
+
+    def __init__(self, cin, planes, stride):
+        super().__init__()
+        cout = planes * 4
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, planes, 1, bias=False), nn.BatchNorm2d(planes), nn.ReLU(),
+            nn.Conv2d(planes, planes, 3, stride, 1, bias=False), nn.BatchNorm2d(planes), nn.ReLU(),
+            nn.Conv2d(planes, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        self.short = None
+        if stride != 1 or cin != cout:
+            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        return F.relu(self.body(x) + (x if self.short is None else self.short(x)))
+
+
 def unit(cin, cout, stride):
     return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
 
 
 class Encoder(nn.Module):
     """A backbone as sslc builds it and the reference's projector: ResNet-18 with the CIFAR
-    stem (`resnet18`) or sslc's small conv net (`small`: three 3x3 conv+BN+ReLU units)."""
+    stem (`resnet18`), ResNet-50 with the ImageNet stem (`resnet50`), or sslc's small conv net
+    (`small`: three 3x3 conv+BN+ReLU units)."""
 
     def __init__(self, backbone="resnet18", channels=3):
         super().__init__()
         if backbone == "small":
             self.stem = nn.Sequential(*unit(channels, 32, 1), *unit(32, 64, 2), *unit(64, 128, 2))
             self.layers, features = nn.Sequential(), 128
+        elif backbone == "resnet50":
+            self.stem = nn.Sequential(nn.Conv2d(channels, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+                                      nn.MaxPool2d(3, 2, 1))
+            layers, cin = [], 64
+            for i, (planes, count) in enumerate(zip([64, 128, 256, 512], [3, 4, 6, 3])):
+                for j in range(count):
+                    layers.append(Bottleneck(cin, planes, 2 if i > 0 and j == 0 else 1))
+                    cin = planes * 4
+            self.layers, features = nn.Sequential(*layers), 2048
         else:
             self.stem = nn.Sequential(*unit(channels, 64, 1))
             layers, cin = [], 64
@@ -183,6 +211,7 @@ def train(args):
         opt.step()
 
     step()  # warm-up, as sslc bench-train
+    flops = step_gflop(model, views[0])
     times = []
     for _ in range(args.iters):
         start = time.perf_counter()
@@ -198,7 +227,30 @@ def train(args):
         "images_per_second": args.batch / seconds,
         "seconds_per_step": seconds,
         "median_seconds_per_step": sorted(times)[len(times) // 2],
+        "gflop_per_step": flops,
     }
+
+
+def step_gflop(model, view):
+    """The step's convolution and linear-layer FLOPs (2 per multiply-add), forward on both views
+    and backward (twice the forward: input and weight gradients), in GFLOP: what sgemm-bound
+    work the step must do at the least, for the roofline in bench/report.py."""
+    total = 0
+
+    def count(module, inputs, output):
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            k = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            total += 2 * output.numel() * k
+        elif isinstance(module, nn.Linear):
+            total += 2 * output.numel() * module.in_features
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        model(view)
+    for h in hooks:
+        h.remove()
+    return 3 * 2 * total / 1e9
 
 
 def main():
@@ -210,7 +262,7 @@ def main():
     p.add_argument("--sinkhorn-iters", type=int, default=300)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--backbone", choices=["resnet18", "small"], default="resnet18")
+    p.add_argument("--backbone", choices=["resnet18", "resnet50", "small"], default="resnet18")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--channels", type=int, default=3)
     args = p.parse_args()
