@@ -157,8 +157,7 @@ impl Backbone {
             out = unit.forward(&out, branch, mode, None, true)?;
         }
         if self.stem_max_pool {
-            // Zero padding equals PyTorch's -inf padding here: the input is post-ReLU, >= 0.
-            out = out.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?.max_pool2d_with_stride(3, 2)?;
+            out = max_pool_3x3_stride_2(&out)?;
         }
         for block in &self.blocks {
             out = block.forward(&out, branch, mode)?;
@@ -180,6 +179,28 @@ impl Backbone {
 
 /// The four ResNet stages (64, 128, 256, 512 planes; stride 1, 2, 2, 2). `expansion` 1 builds
 /// basic blocks, 4 bottlenecks.
+/// `nn.MaxPool2d(3, stride=2, padding=1)` over the last two axes, composed of ops that candle
+/// differentiates: candle's own max pool has no backward when its window and stride differ,
+/// so a ResNet-50 could not train. The 3x3 maximum at every position is eight element-wise
+/// maxima of shifted views; the stride keeps the even rows and columns, read through a reshape.
+/// Zero padding equals PyTorch's -inf padding here: the input is post-ReLU, >= 0. Where a window
+/// holds equal maxima, candle's maximum splits the gradient between them and PyTorch gives it to
+/// one; post-ReLU such ties are zeros, whose gradient the ReLU stops either way.
+pub(crate) fn max_pool_3x3_stride_2(x: &Tensor) -> candle_core::Result<Tensor> {
+    let (channels, batch, height, width) = x.dims4()?;
+    let padded = x.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?;
+    let mut max = padded.narrow(2, 0, height)?.narrow(3, 0, width)?;
+    for (dy, dx) in (0..3).flat_map(|dy| (0..3).map(move |dx| (dy, dx))).skip(1) {
+        max = max.maximum(&padded.narrow(2, dy, height)?.narrow(3, dx, width)?)?;
+    }
+    // Even sizes, so that rows and columns pair up; the added zero row or column is dropped.
+    let max = max.pad_with_zeros(2, 0, height % 2)?.pad_with_zeros(3, 0, width % 2)?;
+    let (rows, cols) = (height.div_ceil(2), width.div_ceil(2));
+    max.reshape((channels, batch, rows, 2, cols, 2))?.narrow(3, 0, 1)?.narrow(5, 0, 1)?.reshape((
+        channels, batch, rows, cols,
+    ))
+}
+
 fn resnet_stages(
     b: &mut Builder,
     blocks_per_stage: [usize; 4],
@@ -214,4 +235,34 @@ fn resnet_stages(
         }
     }
     Ok(blocks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// The composed pool equals candle's forward (even and odd sizes) and routes each window's
+    /// gradient to its maximum, as PyTorch's does.
+    #[test]
+    fn the_stem_max_pool_matches_candles_forward_and_differentiates() {
+        for size in [8, 7] {
+            let x = Tensor::rand(0f32, 1.0, (2, 3, size, size), &Device::Cpu).unwrap();
+            let want = x.pad_with_zeros(2, 1, 1).unwrap().pad_with_zeros(3, 1, 1).unwrap();
+            let want = want.max_pool2d_with_stride(3, 2).unwrap();
+            let got = max_pool_3x3_stride_2(&x).unwrap();
+            assert_eq!(got.dims(), want.dims());
+            let diff = (&got - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert_eq!(diff, 0.0, "size {size}");
+            let var = Var::from_tensor(&x).unwrap();
+            let grads = max_pool_3x3_stride_2(&var).unwrap().sum_all().unwrap().backward().unwrap();
+            let grad = grads.get(&var).unwrap();
+            // Each output's unit gradient lands on one input, the window's maximum.
+            let total = grad.sum_all().unwrap().to_scalar::<f32>().unwrap();
+            assert_eq!(total, got.elem_count() as f32, "size {size}");
+            let picked = (grad.ne(0f32).unwrap().to_dtype(candle_core::DType::F32).unwrap() * &x).unwrap();
+            let maxima = picked.max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert_eq!(maxima, x.max_all().unwrap().to_scalar::<f32>().unwrap());
+        }
+    }
 }
