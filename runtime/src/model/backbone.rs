@@ -196,9 +196,10 @@ pub(crate) fn max_pool_3x3_stride_2(x: &Tensor) -> candle_core::Result<Tensor> {
     // Even sizes, so that rows and columns pair up; the added zero row or column is dropped.
     let max = max.pad_with_zeros(2, 0, height % 2)?.pad_with_zeros(3, 0, width % 2)?;
     let (rows, cols) = (height.div_ceil(2), width.div_ceil(2));
-    max.reshape((channels, batch, rows, 2, cols, 2))?.narrow(3, 0, 1)?.narrow(5, 0, 1)?.reshape((
-        channels, batch, rows, cols,
-    ))
+    max.reshape((channels, batch, rows, 2, cols, 2))?
+        .narrow(3, 0, 1)?
+        .narrow(5, 0, 1)?
+        .reshape((channels, batch, rows, cols))
 }
 
 fn resnet_stages(

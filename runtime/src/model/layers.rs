@@ -404,7 +404,17 @@ pub(crate) fn assert_convolutions_agree(
     let device = Device::Cpu;
     let max_difference =
         |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-    for (kernel, stride, padding, size) in [(3, 1, 1, 8), (3, 2, 1, 9), (1, 1, 0, 6), (1, 2, 0, 7), (7, 2, 3, 11)] {
+    for (kernel, stride, padding, size) in [
+        (3, 1, 1, 8),
+        (3, 2, 1, 9),
+        (1, 1, 0, 6),
+        (1, 2, 0, 7),
+        (7, 2, 3, 11),
+        (5, 1, 2, 1),
+        (3, 2, 1, 2),
+        (3, 1, 1, 1),
+        (3, 2, 2, 3),
+    ] {
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, size, size), &device).unwrap()).unwrap();
         let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 3, kernel, kernel), &device).unwrap()).unwrap();
         let want = expected(&x, &w, stride, padding).unwrap();
