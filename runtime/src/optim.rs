@@ -8,6 +8,8 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use rayon::prelude::*;
 
+use crate::model::contiguous_f32;
+
 #[derive(Debug, thiserror::Error)]
 pub enum OptimError {
     #[error(transparent)]
@@ -152,13 +154,6 @@ struct Momentum {
     decay: f32,
 }
 
-fn cpu_f32<'a>(storage: &'a candle_core::CpuStorage, layout: &candle_core::Layout) -> candle_core::Result<&'a [f32]> {
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("in-place SGD needs contiguous tensors".into()))?;
-    Ok(&storage.as_slice::<f32>()?[start..end])
-}
-
 fn cpu_f32_mut<'a>(
     storage: &'a mut candle_core::CpuStorage,
     layout: &candle_core::Layout,
@@ -188,7 +183,7 @@ impl candle_core::InplaceOp2 for Descend {
         src_l: &candle_core::Layout,
     ) -> candle_core::Result<()> {
         let Descend { lr, decay } = *self;
-        let (p, d) = (cpu_f32_mut(dst, dst_l)?, cpu_f32(src, src_l)?);
+        let (p, d) = (cpu_f32_mut(dst, dst_l)?, contiguous_f32(src, src_l, "sgd")?);
         if p.len() != d.len() {
             return Err(candle_core::Error::Msg("sgd: parameter and direction differ in size".into()));
         }
@@ -217,7 +212,7 @@ impl candle_core::InplaceOp3 for Momentum {
         p_l: &candle_core::Layout,
     ) -> candle_core::Result<()> {
         let Momentum { momentum, decay } = *self;
-        let (b, g, p) = (cpu_f32_mut(dst, dst_l)?, cpu_f32(g, g_l)?, cpu_f32(p, p_l)?);
+        let (b, g, p) = (cpu_f32_mut(dst, dst_l)?, contiguous_f32(g, g_l, "sgd")?, contiguous_f32(p, p_l, "sgd")?);
         if b.len() != g.len() || b.len() != p.len() {
             return Err(candle_core::Error::Msg("sgd: buffer, gradient and parameter differ in size".into()));
         }

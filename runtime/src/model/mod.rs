@@ -4,6 +4,7 @@
 mod backbone;
 mod batch_norm_cpu;
 mod conv_cpu;
+pub(crate) use conv_cpu::contiguous_f32;
 mod layers;
 
 use std::collections::HashMap;

@@ -39,6 +39,8 @@ pub(super) struct Trainer<'a, 'e> {
     checkpoint_path: PathBuf,
     specs: Vec<EmbeddingSpec>,
     needs: EncoderNeeds,
+    /// Whether the learning rate and target momentum change within an epoch (asked once).
+    schedules_per_step: bool,
     optimizer: Sgd,
     /// The objective's own parameters (`learn` tensors), as it names them.
     objective_parameters: Vec<(String, Var)>,
@@ -117,6 +119,7 @@ impl<'a, 'e> Trainer<'a, 'e> {
         };
         let lock = dist::agree(collective, prepared)??;
         let name = objective.name().to_string();
+        let schedules_per_step = objective.schedules_per_step();
         objective
             .init_state(source.labels(), encoder.config().embedding_dim)
             .map_err(objective_error("init_state", &name))?;
@@ -143,6 +146,7 @@ impl<'a, 'e> Trainer<'a, 'e> {
             checkpoint_path: run.path.join(CHECKPOINT_FILE),
             specs,
             needs,
+            schedules_per_step,
             optimizer,
             objective_parameters,
             parameters,
@@ -319,7 +323,7 @@ impl<'a, 'e> Trainer<'a, 'e> {
     fn step(&mut self, plan: &EpochPlan, step: usize, indices: &[u32], tally: &mut Tally) -> Result<(), TrainError> {
         let step_start = Instant::now();
         let at = plan.at.at_step(step, plan.steps);
-        let rates = match step > 0 && self.objective.schedules_per_step() {
+        let rates = match step > 0 && self.schedules_per_step {
             true => self.rates(at, step)?,
             false => plan.rates,
         };
